@@ -1,0 +1,255 @@
+"""Tiled program for one quantized GEMM ``Y = act(requant(A @ W + bias))`` on a given ``NpuConfig``.
+
+Tiling (weight-stationary): K is cut into tiles of ``k_tile`` rows (the array's rows; twice that in
+a4w4), N into tiles of ``cols`` columns, M into chunks of ``Mc`` rows sized so that one chunk of A
+(all its K tiles) fits half the activation SRAM and two N tiles of accumulators fit the accumulator
+SRAM. Loop order: chunk -> N tile -> K tile (accumulating across K tiles). A chunks alternate between
+the two halves of the activation SRAM, accumulator tiles between the two halves of the accumulator
+SRAM; weights stay resident when they all fit, otherwise they cycle through a ring of slots.
+
+Stream order is software-pipelined for the in-order dispatcher: the loads of step s+1 follow the
+COMPUTE of step s (weights first, so PRELOAD s+1 overlaps the activation load), and the ACTIVATE of a
+finished N tile follows the first COMPUTE of the next tile, so the array never waits for write-back.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from opennpu.config import NpuConfig
+from opennpu.golden import numerics
+from opennpu.golden.isa import ActFn, Buf, Command, Opcode, Precision
+from opennpu.golden.model import k_tile, weight_words
+from opennpu.golden.program import Program
+
+__all__ = ["GemmSpec", "GemmProgram", "build_gemm", "random_gemm", "ACTIVATIONS"]
+
+ACTIVATIONS = ("none", "relu", "relu6", "gelu", "silu", "sigmoid", "tanh")
+
+
+@dataclass
+class GemmSpec:
+    """Integer operands and requantization parameters of one layer (values, not scales)."""
+    a: np.ndarray              # M x K, int8 (or int4 values in a4w4)
+    w: np.ndarray              # K x N, int8 (or int4 values in a8w4 / a4w4)
+    bias: np.ndarray           # N, int32 (activation zero point already folded in)
+    multiplier: int
+    shift: int
+    out_zp: int = 0
+    qmin: int = -128
+    qmax: int = 127
+    lut: np.ndarray | None = None
+    precision: Precision = Precision.INT8
+
+    def __post_init__(self):
+        self.a = np.asarray(self.a, np.int64)
+        self.w = np.asarray(self.w, np.int64)
+        self.bias = np.asarray(self.bias, np.int64)
+        self.precision = Precision(self.precision)
+        if self.a.ndim != 2 or self.w.ndim != 2 or self.a.shape[1] != self.w.shape[0] or 0 in self.a.shape \
+                or 0 in self.w.shape:
+            raise ValueError(f"GEMM needs A (M x K) and W (K x N) with matching non-zero K, got "
+                             f"A {self.a.shape} and W {self.w.shape}")
+        if self.bias.shape != (self.w.shape[1],):
+            raise ValueError(f"bias must have shape ({self.w.shape[1]},), got {self.bias.shape}")
+        a_bits = 4 if self.precision == Precision.A4W4 else 8
+        w_bits = 8 if self.precision == Precision.INT8 else 4
+        for name, m, bits in (("A", self.a, a_bits), ("W", self.w, w_bits)):
+            lo, hi = numerics.int_range(bits)
+            if m.min() < lo or m.max() > hi:
+                raise ValueError(f"{name} values must fit int{bits} for {self.precision.label}, "
+                                 f"got range {m.min()}..{m.max()}")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.a.shape[0], self.a.shape[1], self.w.shape[1]
+
+    def expected(self) -> np.ndarray:
+        """Direct numpy result (no tiling): the golden numerics applied to the whole product."""
+        acc = numerics.wrap_int32(self.a @ self.w)
+        return numerics.activation_unit(acc, self.bias, self.multiplier, self.shift, self.out_zp,
+                                        self.qmin, self.qmax, self.lut)
+
+
+@dataclass
+class GemmProgram:
+    program: Program
+    spec: GemmSpec
+    config: NpuConfig
+    chunks: list          # [(m0, rows)]
+    n_tiles: int
+
+    def decode_output(self, data_out: bytes) -> np.ndarray:
+        """Data-out bytes of the program -> M x N int64 result."""
+        c = self.config
+        m, _, n = self.spec.shape
+        row_bytes = c.beats(c.cols) * c.bus_bytes
+        expected = sum(rows for _, rows in self.chunks) * self.n_tiles * row_bytes
+        if len(data_out) != expected:
+            raise ValueError(f"data-out has {len(data_out)} bytes, the program emits {expected}")
+        out = np.zeros((m, n), np.int64)
+        raw = np.frombuffer(data_out, np.int8).reshape(-1, row_bytes)[:, :c.cols].astype(np.int64)
+        pos = 0
+        for m0, rows in self.chunks:
+            for t in range(self.n_tiles):
+                width = min(c.cols, n - t * c.cols)
+                out[m0:m0 + rows, t * c.cols:t * c.cols + width] = raw[pos:pos + rows, :width]
+                pos += rows
+        return out
+
+
+def _pad(block: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    out = np.zeros((rows, cols), np.int64)
+    out[:block.shape[0], :block.shape[1]] = block
+    return out
+
+
+def _act_words(spec: GemmSpec, config: NpuConfig, rows: np.ndarray) -> np.ndarray:
+    """A rows of one K tile (M' x k_tile values) -> activation SRAM words (M' x config.rows bytes)."""
+    if spec.precision == Precision.A4W4:
+        return numerics.pack_int4(rows)
+    return rows.astype(np.int8).view(np.uint8)
+
+
+def _wgt_words(spec: GemmSpec, config: NpuConfig, tile: np.ndarray) -> np.ndarray:
+    """One weight tile (k_tile x cols values) -> weight SRAM words (int4: two K rows per word)."""
+    if spec.precision == Precision.INT8:
+        return tile.astype(np.int8).view(np.uint8)
+    packed = numerics.pack_int4(tile)                      # k_tile x cols/2
+    return packed.reshape(-1, config.cols)                 # rows 2i, 2i+1 side by side
+
+
+class _Emitter:
+    """Collects commands and the data-in bytes they consume, padded to whole beats per word."""
+
+    def __init__(self, config: NpuConfig):
+        self.config = config
+        self.commands: list[Command] = []
+        self.data = bytearray()
+
+    def cmd(self, op: Opcode, **fields):
+        self.commands.append(Command(op, **fields))
+
+    def words(self, words: np.ndarray):
+        width = self.config.beats(words.shape[1]) * self.config.bus_bytes
+        padded = np.zeros((words.shape[0], width), np.uint8)
+        padded[:, :words.shape[1]] = words
+        self.data += padded.tobytes()
+
+    def register(self, payload: bytes):
+        self.data += payload + bytes(self.config.beats(len(payload)) * self.config.bus_bytes - len(payload))
+
+
+def build_gemm(config: NpuConfig, spec: GemmSpec) -> GemmProgram:
+    """Tile ``spec`` for ``config``; raises ``ValueError`` if it cannot be scheduled."""
+    if spec.precision.label not in config.precisions:
+        raise ValueError(f"precision {spec.precision.label!r} is not supported by this NPU "
+                         f"(precisions={config.precisions})")
+    if spec.lut is not None and len(spec.lut) != 256:
+        raise ValueError(f"LUT must have 256 entries, got {len(spec.lut)}")
+    m, k, n = spec.shape
+    kt, nt = k_tile(config, spec.precision), config.cols
+    n_k, n_n = -(-k // kt), -(-n // nt)
+    chunk = min(m, config.acc_depth // 2, (config.act_depth // 2) // n_k)
+    if chunk < 1:
+        raise ValueError(f"K={k} needs {n_k} activation words per row; the activation SRAM "
+                         f"({config.act_depth} words) cannot hold one row per half")
+    tile_words = weight_words(spec.precision, kt)
+    resident = n_k * n_n * tile_words <= config.wgt_depth
+    slots = config.wgt_depth // tile_words
+
+    e = _Emitter(config)
+    e.cmd(Opcode.CONFIG, precision=spec.precision, act=ActFn.LUT if spec.lut is not None else ActFn.CLAMP,
+          out_zp=spec.out_zp, qmin=spec.qmin, qmax=spec.qmax, shift=spec.shift,
+          multiplier=spec.multiplier)
+    if spec.lut is not None:
+        e.cmd(Opcode.LOAD_LUT)
+        e.register(np.asarray(spec.lut, np.int8).tobytes())
+
+    chunks = [(m0, min(chunk, m - m0)) for m0 in range(0, m, chunk)]
+    steps = []   # (chunk index, n tile, k tile, weight slot address)
+    for ci in range(len(chunks)):
+        for t in range(n_n):
+            for kk in range(n_k):
+                index = len(steps)
+                addr = ((t * n_k + kk) if resident else index % slots) * tile_words
+                steps.append((ci, t, kk, addr))
+
+    def emit_loads(step):
+        ci, t, kk, addr = step
+        m0, rows = chunks[ci]
+        if not resident or ci == 0:
+            krows = min(kt, k - kk * kt)
+            tile = _pad(spec.w[kk * kt:kk * kt + krows, t * nt:(t + 1) * nt], kt, nt)
+            words = _wgt_words(spec, config, tile)[:weight_words(spec.precision, krows)]
+            e.cmd(Opcode.LOAD, buf=Buf.WGT, addr=addr, rows=len(words))
+            e.words(words)
+        if t == 0:
+            block = _pad(spec.a[m0:m0 + rows, kk * kt:(kk + 1) * kt], rows, kt)
+            e.cmd(Opcode.LOAD, buf=Buf.ACT, addr=_a_addr(ci, kk), rows=rows)
+            e.words(_act_words(spec, config, block))
+
+    def _a_addr(ci, kk):
+        return (ci % 2) * (config.act_depth // 2) + kk * chunk
+
+    def emit_activate(ci, t):
+        m0, rows = chunks[ci]
+        bias = np.zeros(config.cols, np.int64)
+        width = min(nt, n - t * nt)
+        bias[:width] = spec.bias[t * nt:t * nt + width]
+        e.cmd(Opcode.LOAD_BIAS)
+        e.register(bias.astype("<i4").tobytes())
+        e.cmd(Opcode.ACTIVATE, accaddr=(t % 2) * chunk, aaddr=0, rows=rows, dest=1)
+
+    emit_loads(steps[0])
+    pending = None
+    for s, (ci, t, kk, addr) in enumerate(steps):
+        krows = min(kt, k - kk * kt)
+        e.cmd(Opcode.PRELOAD, addr=addr, krows=krows, ncols=min(nt, n - t * nt))
+        e.cmd(Opcode.COMPUTE, aaddr=_a_addr(ci, kk), accaddr=(t % 2) * chunk, rows=chunks[ci][1],
+              accumulate=kk > 0)
+        if pending is not None:
+            emit_activate(*pending)
+            pending = None
+        if s + 1 < len(steps):
+            emit_loads(steps[s + 1])
+        if kk == n_k - 1:
+            pending = (ci, t)
+    emit_activate(*pending)
+    return GemmProgram(Program(e.commands, bytes(e.data)), spec, config, chunks, n_n)
+
+
+def random_gemm(m: int, k: int, n: int, precision: str | Precision = "int8", act: str = "none",
+                seed: int = 0) -> GemmSpec:
+    """Random operands with realistic scales: outputs spread over the int8 (int4) range."""
+    for name, value in (("m", m), ("k", k), ("n", n)):
+        if not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"GEMM dimension {name} must be a positive int, got {value!r}")
+    if act not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {act!r}; expected one of {ACTIVATIONS}")
+    precision = Precision.from_label(precision) if isinstance(precision, str) else Precision(precision)
+    rng = np.random.default_rng(seed)
+    a_bits = 4 if precision == Precision.A4W4 else 8
+    w_bits = 8 if precision == Precision.INT8 else 4
+    out_bits = 4 if precision == Precision.A4W4 else 8
+    a = rng.integers(*numerics.int_range(a_bits), endpoint=True, size=(m, k))
+    w = rng.integers(*numerics.int_range(w_bits), endpoint=True, size=(k, n))
+    acc_std = max(1.0, float(np.sqrt(k)) * a.std() * w.std()) if a.size > 1 else 1.0
+    bias = rng.integers(-int(acc_std), int(acc_std) + 1, size=n)
+    out_lo, out_hi = numerics.int_range(out_bits)
+    # acc scale 1.0 (integers); map +-3 std onto the output range.
+    out_scale = 6.0 * acc_std / (out_hi - out_lo)
+    lut = None
+    if act in ("none", "relu", "relu6"):
+        out_zp = int(rng.integers(out_lo // 4, out_hi // 4 + 1))
+        # Real value = acc / acc_std * 2, so relu6 clips at 3 standard deviations.
+        qmin, qmax = numerics.relu_bounds(act, out_scale * 2.0 / acc_std, out_zp, out_bits)
+        multiplier, shift = numerics.quantize_multiplier(1.0 / out_scale)
+    else:
+        mid_scale = 6.0 * acc_std / 255            # requantize to an int8 intermediate, then the LUT
+        multiplier, shift = numerics.quantize_multiplier(1.0 / mid_scale)
+        out_zp, qmin, qmax = 0, -128, 127
+        # The LUT sees the accumulator in units of its std: x = q * mid_scale / acc_std.
+        lut = numerics.build_lut(act, mid_scale / acc_std, 0, 4.0 / (out_hi + 1), 0, out_bits)
+    return GemmSpec(a, w, bias, multiplier, shift, out_zp, qmin, qmax, lut, precision)

@@ -1,0 +1,224 @@
+"""The opennpu instruction set: one definition that encodes and decodes for compiler, models, RTL and tests.
+
+Binary format
+-------------
+Every command is one 128-bit little-endian word. Bits ``[3:0]`` hold the opcode; the other fields sit
+at fixed positions per opcode (table ``FIELDS`` below; the RTL builds its ``data.StructLayout`` views
+from the same table). Bits not covered by a field are reserved and must be zero.
+
+======== ====== ==============================================================================
+opcode   value  fields (bit offset:width)
+======== ====== ==============================================================================
+CONFIG   1      precision 4:2, act 6:2 (0 clamp only, 1 LUT), out_zp 8:8 s, qmin 16:8 s,
+                qmax 24:8 s, shift 32:8 s (>0 left, <0 right), multiplier 40:31 (Q31 M0)
+LOAD     2      buf 4:2 (0 act, 1 wgt), addr 8:16, rows 24:16
+LOAD_LUT 3      (256 int8 entries follow on data-in)
+LOAD_BIAS 4     (``cols`` int32 little-endian follow on data-in)
+PRELOAD  5      addr 8:16, krows 24:8 (K rows of the tile), ncols 32:8 (N columns of the tile)
+COMPUTE  6      aaddr 8:16, accaddr 24:16, rows 40:16, accumulate 56:1
+ACTIVATE 7      accaddr 8:16, aaddr 24:16, rows 40:16, dest 56:1 (0 act SRAM, 1 data-out)
+STORE    8      buf 4:2 (0 act, 1 wgt, 2 acc), addr 8:16, rows 24:16
+COUNTERS 9      (counter snapshot to data-out)
+FENCE    10     (wait until all work is done)
+======== ====== ==============================================================================
+
+Opcodes 0 and 11..15 are illegal. Semantic checks that depend on the configuration (address ranges,
+supported precisions, ``rows >= 1``) are not part of encoding: the hardware and the golden model reject
+such commands with a sticky error code (``ErrorCode``) and execute nothing.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+__all__ = ["Opcode", "ErrorCode", "Buf", "Precision", "ActFn", "Field", "FIELDS", "COMMAND_BITS",
+           "Command", "DecodeError", "encode", "decode", "encode_program", "decode_program"]
+
+COMMAND_BITS = 128
+
+
+class Opcode(enum.IntEnum):
+    CONFIG = 1
+    LOAD = 2
+    LOAD_LUT = 3
+    LOAD_BIAS = 4
+    PRELOAD = 5
+    COMPUTE = 6
+    ACTIVATE = 7
+    STORE = 8
+    COUNTERS = 9
+    FENCE = 10
+
+
+class ErrorCode(enum.IntEnum):
+    """Sticky error status: the first error since reset; later errors do not overwrite it."""
+    OK = 0
+    BAD_OPCODE = 1       # opcode 0 or 11..15
+    BAD_RANGE = 2        # address + rows beyond the SRAM depth, or rows == 0
+    BAD_PRECISION = 3    # CONFIG precision the configuration does not support
+    BAD_FIELD = 4        # any other illegal field value (buffer id, krows/ncols, qmin > qmax, act)
+
+
+class Buf(enum.IntEnum):
+    ACT = 0
+    WGT = 1
+    ACC = 2
+
+
+class Precision(enum.IntEnum):
+    INT8 = 0
+    A8W4 = 1
+    A4W4 = 2
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+    @classmethod
+    def from_label(cls, label: str) -> "Precision":
+        try:
+            return cls[label.upper()]
+        except KeyError:
+            raise ValueError(f"unknown precision {label!r}; expected one of "
+                             f"{[p.label for p in cls]}") from None
+
+
+class ActFn(enum.IntEnum):
+    CLAMP = 0   # requantize, add zero point, clamp to [qmin, qmax] (covers none/ReLU/ReLU6)
+    LUT = 1     # as CLAMP, then look the int8 result up in the 256-entry LUT
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    offset: int
+    width: int
+    signed: bool = False
+
+    @property
+    def lo(self) -> int:
+        return -(1 << (self.width - 1)) if self.signed else 0
+
+    @property
+    def hi(self) -> int:
+        return (1 << (self.width - 1)) - 1 if self.signed else (1 << self.width) - 1
+
+
+#: Field table per opcode, the single source of the binary format.
+FIELDS: dict[Opcode, tuple[Field, ...]] = {
+    Opcode.CONFIG: (Field("precision", 4, 2), Field("act", 6, 2), Field("out_zp", 8, 8, True),
+                    Field("qmin", 16, 8, True), Field("qmax", 24, 8, True),
+                    Field("shift", 32, 8, True), Field("multiplier", 40, 31)),
+    Opcode.LOAD: (Field("buf", 4, 2), Field("addr", 8, 16), Field("rows", 24, 16)),
+    Opcode.LOAD_LUT: (),
+    Opcode.LOAD_BIAS: (),
+    Opcode.PRELOAD: (Field("addr", 8, 16), Field("krows", 24, 8), Field("ncols", 32, 8)),
+    Opcode.COMPUTE: (Field("aaddr", 8, 16), Field("accaddr", 24, 16), Field("rows", 40, 16),
+                     Field("accumulate", 56, 1)),
+    Opcode.ACTIVATE: (Field("accaddr", 8, 16), Field("aaddr", 24, 16), Field("rows", 40, 16),
+                      Field("dest", 56, 1)),
+    Opcode.STORE: (Field("buf", 4, 2), Field("addr", 8, 16), Field("rows", 24, 16)),
+    Opcode.COUNTERS: (),
+    Opcode.FENCE: (),
+}
+
+
+class DecodeError(ValueError):
+    """A 128-bit word that is not a well-formed command (illegal opcode or reserved bits set)."""
+
+
+@dataclass(frozen=True)
+class Command:
+    """One decoded command: ``Command(Opcode.LOAD, buf=0, addr=0, rows=4)``.
+
+    Construction checks that exactly the opcode's fields are given and that each fits its width;
+    it raises ``ValueError`` naming the field and value otherwise.
+    """
+    op: Opcode
+    args: tuple  # ((name, value), ...) in FIELDS order
+
+    def __init__(self, op, **fields):
+        try:
+            op = Opcode(op)
+        except ValueError:
+            raise ValueError(f"unknown opcode {op!r}") from None
+        spec = FIELDS[op]
+        names = [f.name for f in spec]
+        unknown = set(fields) - set(names)
+        if unknown:
+            raise ValueError(f"{op.name} has no field(s) {sorted(unknown)}; fields are {names}")
+        args = []
+        for f in spec:
+            value = fields.get(f.name, 0)
+            if isinstance(value, enum.Enum):
+                value = int(value.value)
+            if isinstance(value, bool):
+                value = int(value)
+            if not isinstance(value, int) or not f.lo <= value <= f.hi:
+                raise ValueError(f"{op.name}.{f.name} = {value!r} out of range {f.lo}..{f.hi}")
+            args.append((f.name, value))
+        object.__setattr__(self, "op", op)
+        object.__setattr__(self, "args", tuple(args))
+
+    def __getattr__(self, name):
+        for key, value in object.__getattribute__(self, "args"):
+            if key == name:
+                return value
+        raise AttributeError(f"{object.__getattribute__(self, 'op').name} has no field {name!r}")
+
+    @property
+    def fields(self) -> dict:
+        return dict(self.args)
+
+    def __repr__(self):
+        inner = ", ".join(f"{k}={v}" for k, v in self.args)
+        return f"{self.op.name}({inner})"
+
+    def encode(self) -> int:
+        return encode(self)
+
+
+def encode(cmd: Command) -> int:
+    word = int(cmd.op)
+    for f in FIELDS[cmd.op]:
+        value = getattr(cmd, f.name)
+        word |= (value & ((1 << f.width) - 1)) << f.offset
+    return word
+
+
+def _reserved_mask(op: Opcode) -> int:
+    used = 0xF
+    for f in FIELDS[op]:
+        used |= ((1 << f.width) - 1) << f.offset
+    return ((1 << COMMAND_BITS) - 1) & ~used
+
+
+def decode(word: int) -> Command:
+    """128-bit int -> ``Command``; raises ``DecodeError`` for illegal opcodes or reserved bits."""
+    if not isinstance(word, int) or not 0 <= word < (1 << COMMAND_BITS):
+        raise DecodeError(f"command word must be an unsigned {COMMAND_BITS}-bit int, got {word!r}")
+    try:
+        op = Opcode(word & 0xF)
+    except ValueError:
+        raise DecodeError(f"illegal opcode {word & 0xF} in command word {word:#034x}") from None
+    if word & _reserved_mask(op):
+        raise DecodeError(f"{op.name}: reserved bits set in command word {word:#034x}")
+    fields = {}
+    for f in FIELDS[op]:
+        raw = (word >> f.offset) & ((1 << f.width) - 1)
+        if f.signed and raw >> (f.width - 1):
+            raw -= 1 << f.width
+        fields[f.name] = raw
+    return Command(op, **fields)
+
+
+def encode_program(commands) -> bytes:
+    """Commands -> bytes, 16 little-endian bytes per command."""
+    return b"".join(encode(c).to_bytes(COMMAND_BITS // 8, "little") for c in commands)
+
+
+def decode_program(blob: bytes) -> list[Command]:
+    if len(blob) % (COMMAND_BITS // 8):
+        raise DecodeError(f"program length {len(blob)} is not a multiple of {COMMAND_BITS // 8} bytes")
+    step = COMMAND_BITS // 8
+    return [decode(int.from_bytes(blob[i:i + step], "little")) for i in range(0, len(blob), step)]

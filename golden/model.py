@@ -1,0 +1,278 @@
+"""The golden model: executes a ``Program`` on numpy state, bit-exact and cycle-exact with the RTL.
+
+Functional state: activation / weight SRAMs (bytes), accumulator SRAM (int32), bias and LUT registers,
+the CONFIG registers, and the two PE weight buffers. Commands take effect in program order (the
+hardware's hazard checks guarantee the same result despite overlapping units). Timing comes from
+``timing.CycleModel``; energy from the configuration's energy table, one cost per counted event.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from opennpu.config import NpuConfig
+
+from . import numerics
+from .isa import ActFn, Buf, Command, DecodeError, ErrorCode, Opcode, Precision, decode
+from .program import COUNTER_NAMES, Program, Result
+from .timing import Access, CycleModel, Space
+
+__all__ = ["GoldenNpu", "validate", "k_tile", "weight_words", "ProgramError"]
+
+_SPACE_OF_BUF = {Buf.ACT: Space.ACT, Buf.WGT: Space.WGT, Buf.ACC: Space.ACC}
+COUNTER_BEATS_BYTES = 8 * len(COUNTER_NAMES)
+
+
+class ProgramError(ValueError):
+    """The program cannot run at all (e.g. its data-in stream is shorter than its LOADs need)."""
+
+
+def k_tile(config: NpuConfig, precision: Precision) -> int:
+    """K depth of one weight tile: two int4 activations per PE per cycle in a4w4."""
+    return config.rows * (2 if precision == Precision.A4W4 else 1)
+
+
+def weight_words(precision: Precision, krows: int) -> int:
+    """Weight SRAM words holding ``krows`` rows of a tile (int4 weights pack two rows per word)."""
+    return krows if precision == Precision.INT8 else -(-krows // 2)
+
+
+def _depth(config: NpuConfig, buf: Buf) -> int:
+    return {Buf.ACT: config.act_depth, Buf.WGT: config.wgt_depth, Buf.ACC: config.acc_depth}[buf]
+
+
+def validate(word: int, config: NpuConfig, precision: Precision) -> tuple[ErrorCode, Command | None]:
+    """Check one raw command word against the configuration; ``(ErrorCode.OK, cmd)`` if it may run.
+
+    Check order (the RTL reports the same first failure): opcode, reserved bits, precision, other
+    field values, address ranges.
+    """
+    try:
+        cmd = decode(word)
+    except DecodeError:
+        opcode = word & 0xF
+        return (ErrorCode.BAD_FIELD if opcode in set(Opcode) else ErrorCode.BAD_OPCODE), None
+    op, f = cmd.op, cmd.fields
+    field_ok, range_ok = True, True
+    if op == Opcode.CONFIG:
+        if f["precision"] > max(Precision) or Precision(f["precision"]).label not in config.precisions:
+            return ErrorCode.BAD_PRECISION, None
+        field_ok = f["act"] <= max(ActFn) and f["qmin"] <= f["qmax"] and \
+            numerics.SHIFT_MIN <= f["shift"] <= numerics.SHIFT_MAX
+    elif op in (Opcode.LOAD, Opcode.STORE):
+        field_ok = f["buf"] <= (Buf.WGT if op == Opcode.LOAD else Buf.ACC)
+        range_ok = field_ok and 1 <= f["rows"] and f["addr"] + f["rows"] <= _depth(config, Buf(f["buf"]))
+    elif op == Opcode.PRELOAD:
+        field_ok = 1 <= f["krows"] <= k_tile(config, precision) and 1 <= f["ncols"] <= config.cols
+        range_ok = f["addr"] + weight_words(precision, f["krows"]) <= config.wgt_depth
+    elif op == Opcode.COMPUTE:
+        range_ok = (1 <= f["rows"] and f["aaddr"] + f["rows"] <= config.act_depth
+                    and f["accaddr"] + f["rows"] <= config.acc_depth)
+    elif op == Opcode.ACTIVATE:
+        range_ok = (1 <= f["rows"] and f["accaddr"] + f["rows"] <= config.acc_depth
+                    and (f["dest"] == 1 or f["aaddr"] + f["rows"] <= config.act_depth))
+    if not field_ok:
+        return ErrorCode.BAD_FIELD, None
+    if not range_ok:
+        return ErrorCode.BAD_RANGE, None
+    return ErrorCode.OK, cmd
+
+
+class GoldenNpu:
+    """Numpy model of one NPU. ``run(program)`` may be called repeatedly; state persists like
+    hardware does between programs, counters included (``reset()`` starts over)."""
+
+    def __init__(self, config: NpuConfig):
+        self.config = config
+        self.reset()
+
+    # -- state ------------------------------------------------------------------------------------
+    def reset(self):
+        c = self.config
+        self.act = np.zeros((c.act_depth, c.act_word_bytes), np.uint8)
+        self.wgt = np.zeros((c.wgt_depth, c.wgt_word_bytes), np.uint8)
+        self.acc = np.zeros((c.acc_depth, c.cols), np.int64)
+        self.bias = np.zeros(c.cols, np.int64)
+        self.lut = np.zeros(256, np.int64)
+        self.pe_weights = [np.zeros((2 * c.rows, c.cols), np.int64) for _ in range(2)]
+        self.pe_macs = [0, 0]                 # useful MACs per row for each PE buffer
+        self.cur = 0                          # PE buffer the next COMPUTE uses
+        self.regs = dict(precision=Precision.INT8, act=ActFn.CLAMP, out_zp=0, qmin=-128, qmax=127,
+                         shift=0, multiplier=0)
+        self.error = ErrorCode.OK
+        self.rejected = 0
+        self.counters = dict.fromkeys(COUNTER_NAMES, 0)
+        self.timeline = CycleModel(c.rows, c.cols)
+        self.trace: list[tuple[object, int]] = []   # (command or raw word, dispatch cycle)
+
+    def _sram_fj(self, buf: Buf) -> int:
+        c = self.config
+        word = {Buf.ACT: c.act_word_bytes, Buf.WGT: c.wgt_word_bytes, Buf.ACC: c.acc_word_bytes}[buf]
+        return word * c.energy.sram_fj_per_byte(word * _depth(c, buf))
+
+    def _count(self, **events):
+        """Add events to the counters and their energy to ``energy_fj``."""
+        e = self.config.energy
+        cost = {"act_reads": self._sram_fj(Buf.ACT), "act_writes": self._sram_fj(Buf.ACT),
+                "wgt_reads": self._sram_fj(Buf.WGT), "wgt_writes": self._sram_fj(Buf.WGT),
+                "acc_reads": self._sram_fj(Buf.ACC), "acc_writes": self._sram_fj(Buf.ACC),
+                "dma_in_bytes": e.dma_byte_fj, "dma_out_bytes": e.dma_byte_fj, "act_ops": e.act_op_fj,
+                "macs": e.mac_int4_fj if self.regs["precision"] == Precision.A4W4 else e.mac_int8_fj}
+        for name, n in events.items():
+            self.counters[name] += n
+            self.counters["energy_fj"] += n * cost.get(name, 0)
+
+    # -- execution --------------------------------------------------------------------------------
+    def run(self, program: Program) -> Result:
+        self._din = memoryview(bytes(program.data_in))
+        self._dout = bytearray()
+        for word in program.words():
+            self._step(word)
+        if len(self._din):
+            raise ProgramError(f"{len(self._din)} data-in bytes left over after the last command")
+        self.counters["cycles"] = self.timeline.total_cycles()
+        return Result(bytes(self._dout), dict(self.counters), self.error, self.rejected)
+
+    def _step(self, word: int):
+        code, cmd = validate(word, self.config, self.regs["precision"])
+        if code != ErrorCode.OK:
+            if self.error == ErrorCode.OK:
+                self.error = code
+            self.rejected += 1
+            self.trace.append((word, self.timeline.reject()))
+            return
+        d = getattr(self, "_" + cmd.op.name.lower())(cmd)
+        self.trace.append((cmd, d))
+
+    def _take(self, nbytes: int) -> bytes:
+        if len(self._din) < nbytes:
+            raise ProgramError(f"data-in stream ran out: a command needs {nbytes} bytes, "
+                               f"{len(self._din)} left")
+        chunk, self._din = bytes(self._din[:nbytes]), self._din[nbytes:]
+        return chunk
+
+    def _push(self, data: bytes):
+        """Data-out: pad to whole beats."""
+        beats = self.config.beats(len(data))
+        self._dout += data + bytes(beats * self.config.bus_bytes - len(data))
+        self._count(dma_out_bytes=beats * self.config.bus_bytes)
+
+    def _config(self, cmd):
+        d = self.timeline.barrier()
+        f = cmd.fields
+        self.regs.update(precision=Precision(f["precision"]), act=ActFn(f["act"]), out_zp=f["out_zp"],
+                         qmin=f["qmin"], qmax=f["qmax"], shift=f["shift"], multiplier=f["multiplier"])
+        return d
+
+    def _fence(self, cmd):
+        return self.timeline.barrier()
+
+    def _load(self, cmd):
+        buf, c = Buf(cmd.buf), self.config
+        sram = self.act if buf == Buf.ACT else self.wgt
+        word = sram.shape[1]
+        beats = c.beats(word)
+        d = self.timeline.load([Access(_SPACE_OF_BUF[buf], cmd.addr, cmd.rows, True)], beats * cmd.rows)
+        raw = np.frombuffer(self._take(beats * c.bus_bytes * cmd.rows), np.uint8)
+        sram[cmd.addr:cmd.addr + cmd.rows] = raw.reshape(cmd.rows, beats * c.bus_bytes)[:, :word]
+        self._count(dma_in_bytes=beats * c.bus_bytes * cmd.rows,
+                    **{("act_writes" if buf == Buf.ACT else "wgt_writes"): cmd.rows})
+        return d
+
+    def _load_register(self, space: Space, nbytes: int) -> tuple[int, bytes]:
+        beats = self.config.beats(nbytes)
+        d = self.timeline.load([Access(space, 0, 1, True)], beats)
+        data = self._take(beats * self.config.bus_bytes)[:nbytes]
+        self._count(dma_in_bytes=beats * self.config.bus_bytes)
+        return d, data
+
+    def _load_bias(self, cmd):
+        d, data = self._load_register(Space.BIAS, 4 * self.config.cols)
+        self.bias = np.frombuffer(data, "<i4").astype(np.int64)
+        return d
+
+    def _load_lut(self, cmd):
+        d, data = self._load_register(Space.LUT, 256)
+        self.lut = np.frombuffer(data, np.int8).astype(np.int64)
+        return d
+
+    def _preload(self, cmd):
+        precision = self.regs["precision"]
+        words = weight_words(precision, cmd.krows)
+        target = 1 - self.cur
+        d = self.timeline.preload([Access(Space.WGT, cmd.addr, words, False),
+                                   Access(Space.PEW, target, 1, True)], words)
+        raw = self.wgt[cmd.addr:cmd.addr + words]
+        if precision == Precision.INT8:
+            rows = raw.view(np.int8).astype(np.int64)
+        else:   # each word packs two K rows: bytes [0, cols/2) row 2i, [cols/2, cols) row 2i+1
+            rows = numerics.unpack_int4(raw).reshape(2 * words, self.config.cols)
+        tile = np.zeros_like(self.pe_weights[target])
+        tile[:cmd.krows, :cmd.ncols] = rows[:cmd.krows, :cmd.ncols]
+        self.pe_weights[target] = tile
+        self.pe_macs[target] = cmd.krows * cmd.ncols
+        self.cur = target
+        self._count(wgt_reads=words)
+        return d
+
+    def _activations(self, addr: int, rows: int) -> np.ndarray:
+        raw = self.act[addr:addr + rows]
+        if self.regs["precision"] == Precision.A4W4:
+            return numerics.unpack_int4(raw)
+        return raw.view(np.int8).astype(np.int64)
+
+    def _compute(self, cmd):
+        d = self.timeline.compute([Access(Space.ACT, cmd.aaddr, cmd.rows, False),
+                                   Access(Space.ACC, cmd.accaddr, cmd.rows, True),
+                                   Access(Space.PEW, self.cur, 1, False)], cmd.rows)
+        a = self._activations(cmd.aaddr, cmd.rows)
+        w = self.pe_weights[self.cur][:a.shape[1]]
+        result = numerics.wrap_int32(a @ w)
+        rows = slice(cmd.accaddr, cmd.accaddr + cmd.rows)
+        self.acc[rows] = numerics.wrap_int32(self.acc[rows] + result) if cmd.accumulate else result
+        self._count(act_reads=cmd.rows, busy_cycles=cmd.rows, macs=cmd.rows * self.pe_macs[self.cur],
+                    acc_writes=cmd.rows, acc_reads=cmd.rows if cmd.accumulate else 0)
+        return d
+
+    def _activate(self, cmd):
+        c, r = self.config, self.regs
+        to_output = cmd.dest == 1
+        target = Access(Space.OUT, 0, 1, True) if to_output else Access(Space.ACT, cmd.aaddr, cmd.rows, True)
+        d = self.timeline.activate([Access(Space.ACC, cmd.accaddr, cmd.rows, False),
+                                    Access(Space.BIAS, 0, 1, False), Access(Space.LUT, 0, 1, False),
+                                    target], cmd.rows, to_output)
+        y = numerics.activation_unit(self.acc[cmd.accaddr:cmd.accaddr + cmd.rows], self.bias,
+                                     r["multiplier"], r["shift"], r["out_zp"], r["qmin"], r["qmax"],
+                                     self.lut if r["act"] == ActFn.LUT else None)
+        out = y.astype(np.int8).view(np.uint8)
+        self._count(acc_reads=cmd.rows, act_ops=cmd.rows * c.cols)
+        if to_output:
+            for row in out:
+                self._push(row.tobytes())
+        else:
+            lanes = min(c.rows, c.cols)
+            words = np.zeros((cmd.rows, c.act_word_bytes), np.uint8)
+            words[:, :lanes] = out[:, :lanes]
+            self.act[cmd.aaddr:cmd.aaddr + cmd.rows] = words
+            self._count(act_writes=cmd.rows)
+        return d
+
+    def _store(self, cmd):
+        buf, c = Buf(cmd.buf), self.config
+        if buf == Buf.ACC:
+            words = [row.astype("<i4").tobytes() for row in self.acc[cmd.addr:cmd.addr + cmd.rows]]
+        else:
+            sram = self.act if buf == Buf.ACT else self.wgt
+            words = [row.tobytes() for row in sram[cmd.addr:cmd.addr + cmd.rows]]
+        beats = c.beats(len(words[0]))
+        d = self.timeline.store([Access(_SPACE_OF_BUF[buf], cmd.addr, cmd.rows, False),
+                                 Access(Space.OUT, 0, 1, True)], beats * cmd.rows)
+        self._count(**{f"{buf.name.lower()}_reads": cmd.rows})
+        for w in words:
+            self._push(w)
+        return d
+
+    def _counters(self, cmd):
+        d = self.timeline.counters_snapshot(self.config.beats(COUNTER_BEATS_BYTES))
+        snapshot = dict(self.counters, cycles=d)
+        self._push(b"".join(snapshot[name].to_bytes(8, "little") for name in COUNTER_NAMES))
+        return d

@@ -1,0 +1,49 @@
+"""``Program`` (commands + data-in bytes) and ``Result`` (data-out bytes, counters, status): the
+backend-free contract between compiler, golden model and every simulator."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .isa import Command, ErrorCode, encode
+
+__all__ = ["COUNTER_NAMES", "Program", "Result", "decode_counters"]
+
+#: Hardware counters, in the order the ``COUNTERS`` command emits them (64-bit little-endian each)
+#: and the status port exposes them.
+COUNTER_NAMES = ("cycles", "busy_cycles", "stall_cycles", "macs", "act_reads", "act_writes",
+                 "wgt_reads", "wgt_writes", "acc_reads", "acc_writes", "dma_in_bytes",
+                 "dma_out_bytes", "act_ops", "energy_fj")
+
+
+@dataclass
+class Program:
+    """A command stream and the bytes it consumes from the data-in stream.
+
+    ``commands`` holds ``Command`` objects or raw 128-bit ints (raw ints let tests send malformed
+    words). ``data_in`` is the exact byte stream, already padded to whole beats per SRAM word.
+    """
+    commands: list = field(default_factory=list)
+    data_in: bytes = b""
+
+    def words(self) -> list[int]:
+        return [encode(c) if isinstance(c, Command) else int(c) for c in self.commands]
+
+    def __len__(self):
+        return len(self.commands)
+
+
+@dataclass
+class Result:
+    """What running a program produced: the data-out bytes, final counters and the sticky status."""
+    outputs: bytes
+    counters: dict
+    error: ErrorCode = ErrorCode.OK
+    rejected: int = 0
+
+
+def decode_counters(blob: bytes) -> dict:
+    """Bytes emitted by one ``COUNTERS`` command -> ``{name: value}``."""
+    need = 8 * len(COUNTER_NAMES)
+    if len(blob) < need:
+        raise ValueError(f"counter snapshot needs {need} bytes, got {len(blob)}")
+    return {name: int.from_bytes(blob[8 * i:8 * i + 8], "little") for i, name in enumerate(COUNTER_NAMES)}

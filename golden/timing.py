@@ -1,0 +1,180 @@
+"""The cycle model: when each command dispatches and finishes, exactly as the RTL does it.
+
+Microarchitecture (the contract the RTL in ``hdl/controller.py`` implements)
+-----------------------------------------------------------------------------
+A dispatcher holds one command (the *head*). Five units each execute one command at a time:
+
+====== ===================================== ==============================================
+unit   commands                              busy after dispatch in cycle ``d``
+====== ===================================== ==============================================
+LD     LOAD, LOAD_BIAS, LOAD_LUT             one data-in beat per cycle, d+1 .. d+B; free at d+B+1
+PL     PRELOAD (``w`` weight words)          clear + read rows d+1 .. d+w, PE writes d+2 .. d+w+1;
+                                             free at d+w+2
+EX     COMPUTE (``M`` rows)                  act rows read d+1 .. d+M (= e). The command then moves
+                                             to the single *drain* slot in cycle m = max(e, drain
+                                             free); EX takes a new COMPUTE from m+1; the drain slot
+                                             holds it until m+L+1 where L = array latency + 1
+                                             (last accumulator write at e+array_latency+1)
+ACT    ACTIVATE (``M`` rows)                 acc rows read d+1 .. d+M; row j written/pushed in
+                                             cycle d+2+j+P (P = activation unit latency);
+                                             free at d+M+P+2
+ST     STORE (``n`` words of ``b`` beats),   SRAM read of word j in d+1+j*b; beats pushed
+       COUNTERS (``B`` beats)                d+2 .. d+1+n*b (COUNTERS: n*b = B); free at d+n*b+2
+====== ===================================== ==============================================
+
+The head dispatches in cycle ``d`` (the next command is in the head from ``d+1``) when
+
+- it is malformed or fails a range check: it is rejected at once (no wait, nothing executes);
+- CONFIG, FENCE, COUNTERS: every unit is free;
+- otherwise: its unit is free and none of its accesses conflicts with an access of a command still
+  in flight in *another* unit (same space, overlapping address range, at least one write).
+
+Accesses are ``(space, lo, hi, write)``; spaces are the three SRAMs, the bias and LUT registers, the
+two PE weight buffers (PRELOAD writes ``1 - cur``, COMPUTE reads ``cur``) and the data-out port.
+All stream back-pressure freezes the whole machine (see ``hdl/top.py``), so this timeline is the RTL's
+timeline with the stall cycles removed: ``cycles - stall_cycles`` equals the model's ``cycles``.
+
+``cycles`` runs from the cycle the first command sits in the head to the cycle the last data-out
+word leaves the output register, whichever of (last dispatch, last unit busy, last output) is later.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+__all__ = ["Unit", "Space", "Access", "array_latency", "ACT_LATENCY", "conflict", "CycleModel"]
+
+#: Fused activation unit pipeline depth (cycles from accumulator data to result), see hdl/activation.py.
+ACT_LATENCY = 5
+
+
+def array_latency(rows: int, cols: int) -> int:
+    """Cycles from an activation row entering the array to its de-skewed result, see hdl/array.py."""
+    return rows + cols + 1
+
+
+class Unit(enum.IntEnum):
+    LD = 0
+    PL = 1
+    EX = 2
+    ACT = 3
+    ST = 4
+
+
+class Space(enum.IntEnum):
+    ACT = 0
+    WGT = 1
+    ACC = 2
+    BIAS = 3
+    LUT = 4
+    PEW = 5
+    OUT = 6
+
+
+@dataclass(frozen=True)
+class Access:
+    space: Space
+    lo: int
+    count: int
+    write: bool
+
+    @property
+    def hi(self) -> int:
+        return self.lo + self.count
+
+
+def conflict(x: Access, y: Access) -> bool:
+    return x.space == y.space and (x.write or y.write) and x.lo < y.hi and y.lo < x.hi
+
+
+@dataclass
+class _InFlight:
+    unit: Unit
+    accesses: tuple
+    release: int
+
+
+class CycleModel:
+    """Event-driven replica of the dispatcher and units. Feed commands in program order."""
+
+    def __init__(self, rows: int, cols: int):
+        self.drain_cycles = array_latency(rows, cols) + 1
+        self.head = 0                      # cycle in which the next command sits in the head
+        self.free = {u: 0 for u in Unit}   # first cycle each unit can accept a dispatch
+        self.drain_free = 0                # first cycle the EX drain slot is empty
+        self.inflight: list[_InFlight] = []
+        self.last_dispatch = -1
+        self.last_push = -2                # cycle of the last push into the output register
+        self.max_release = 0
+
+    def _all_free(self) -> int:
+        return max([self.max_release, *self.free.values()])
+
+    def _retire(self, d: int):
+        self.inflight = [f for f in self.inflight if f.release > d]
+        self.last_dispatch = d
+        self.head = d + 1
+
+    def reject(self) -> int:
+        d = self.head
+        self._retire(d)
+        return d
+
+    def barrier(self) -> int:
+        """CONFIG / FENCE / COUNTERS: dispatch once every unit is idle."""
+        d = max(self.head, self._all_free())
+        self._retire(d)
+        return d
+
+    def _dispatch_cycle(self, unit: Unit, accesses) -> int:
+        d = max(self.head, self.free[unit])
+        for f in self.inflight:
+            if f.unit != unit and any(conflict(a, b) for a in accesses for b in f.accesses):
+                d = max(d, f.release)
+        return d
+
+    def _record(self, unit, accesses, d, free, release):
+        self._retire(d)
+        self.free[unit] = free
+        self.inflight.append(_InFlight(unit, tuple(accesses), release))
+        self.max_release = max(self.max_release, release)
+
+    def load(self, accesses, beats: int) -> int:
+        d = self._dispatch_cycle(Unit.LD, accesses)
+        self._record(Unit.LD, accesses, d, d + beats + 1, d + beats + 1)
+        return d
+
+    def preload(self, accesses, words: int) -> int:
+        d = self._dispatch_cycle(Unit.PL, accesses)
+        self._record(Unit.PL, accesses, d, d + words + 2, d + words + 2)
+        return d
+
+    def compute(self, accesses, rows: int) -> int:
+        d = self._dispatch_cycle(Unit.EX, accesses)
+        move = max(d + rows, self.drain_free)
+        release = move + self.drain_cycles + 1
+        self.drain_free = release
+        self._record(Unit.EX, accesses, d, move + 1, release)
+        return d
+
+    def activate(self, accesses, rows: int, to_output: bool) -> int:
+        d = self._dispatch_cycle(Unit.ACT, accesses)
+        self._record(Unit.ACT, accesses, d, d + rows + ACT_LATENCY + 2, d + rows + ACT_LATENCY + 2)
+        if to_output:
+            self.last_push = max(self.last_push, d + rows + ACT_LATENCY + 1)
+        return d
+
+    def store(self, accesses, beats: int) -> int:
+        d = self._dispatch_cycle(Unit.ST, accesses)
+        self._record(Unit.ST, accesses, d, d + beats + 2, d + beats + 2)
+        self.last_push = max(self.last_push, d + beats + 1)
+        return d
+
+    def counters_snapshot(self, beats: int) -> int:
+        d = max(self.head, self._all_free())
+        self._record(Unit.ST, (Access(Space.OUT, 0, 1, True),), d, d + beats + 2, d + beats + 2)
+        self.last_push = max(self.last_push, d + beats + 1)
+        return d
+
+    def total_cycles(self) -> int:
+        return max(self.last_dispatch + 1, self._all_free(), self.last_push + 2)

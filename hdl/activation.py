@@ -1,0 +1,217 @@
+"""Fused activation unit on the accumulator -> scratchpad path.
+
+One lane per array column. Every lane computes, bit-exactly as ``golden.numerics.activation_unit``::
+
+    x = wrap32(acc + bias[lane])
+    y = clamp(rdbpot(srdhm(sat32(x << max(shift, 0)), multiplier), max(-shift, 0)) + out_zp, qmin, qmax)
+    y = lut[y + 128]                    # only when use_lut
+
+Latency: ``ActivationUnit.latency_for()`` = 6 cycles, independent of ``use_lut``.
+Throughput: one row of ``lanes`` values per cycle, back to back, no stalls.
+"""
+from amaranth import *
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+__all__ = ["ActivationUnit"]
+
+_INT32_MIN = -(1 << 31)
+_INT32_MAX = (1 << 31) - 1
+_LUT_DEPTH = 256
+
+
+class ActivationUnit(wiring.Component):
+    """Bias add, gemmlowp requantization, zero point, clamp and an optional 256-entry int8 LUT.
+
+    Pipeline (one register stage each; ``*_valid`` travels alongside, data registers load only when
+    the row entering them is valid, so ``o_data`` holds the last row while ``o_valid`` is low):
+
+    1. bias add: ``x = wrap32(acc + bias)``
+    2. saturating left shift: ``x = sat32(x << max(shift, 0))``
+    3. multiply + nudge: ``p = x * multiplier + 2^30`` (a DSP multiply with its post-adder). This is
+       the gemmlowp ``SaturatingRoundingDoublingHighMul``: ``srdhm(x, M) == (x*M + 2^30) >> 31`` for
+       every ``x``; its only saturating case (``x == M == INT32_MIN``) cannot occur because
+       ``multiplier`` is unsigned 31-bit.
+    4. high word and POT shift: ``h = p >> 31``, ``q = h >> e``, ``r = h[e-1] & (h >= 0 | h[0:e-1] != 0)``
+       with ``e = max(-shift, 0)`` (round half away from zero)
+    5. zero point and clamp: ``y = min(max(q + r + out_zp, qmin), qmax)`` (``r`` is the carry-in)
+    6. LUT select: ``o_data = use_lut ? lut[y + 128] : y``
+
+    The LUT is one register file of 256 int8 entries shared by all lanes, read through a 256:1 mux
+    per lane in stage 6. It resets to zeros.
+
+    Parameters
+    ----------
+    lanes : int
+        Number of lanes (array columns), >= 1.
+    lut_write_width : int
+        LUT entries written per ``lut_we`` cycle. A power of two up to 256: entries
+        ``lut_addr & ~(lut_write_width - 1)`` onwards get ``lut_wdata[0..lut_write_width-1]`` (the low
+        ``log2(lut_write_width)`` bits of ``lut_addr`` are ignored). Any value >= 256: the whole table
+        is loaded from ``lut_wdata[0..255]`` and ``lut_addr`` is ignored.
+
+    Members
+    -------
+    i_valid : In(1)
+        A row is presented on ``i_acc`` this cycle.
+    i_acc : In(ArrayLayout(signed(32), lanes))
+        Accumulators, one per lane.
+    bias : In(ArrayLayout(signed(32), lanes))
+        Per-lane bias (per output channel).
+    multiplier : In(unsigned(31))
+        Requantization multiplier ``M0``, 0..2^31-1.
+    shift : In(signed(8))
+        Requantization shift, -31..30 (positive: left shift before the multiply; negative: rounding
+        right shift after it).
+    out_zp, qmin, qmax : In(signed(8))
+        Output zero point and clamp bounds (``qmin > qmax`` yields ``qmax``, like ``np.clip``).
+    use_lut : In(1)
+        Map the clamped value through the LUT.
+    lut_we : In(1)
+        Write ``lut_wdata`` into the LUT at the clock edge.
+    lut_addr : In(range(256))
+        First LUT entry written (a multiple of ``lut_write_width``).
+    lut_wdata : In(ArrayLayout(signed(8), lut_write_width))
+        LUT entries to write.
+    o_valid : Out(1)
+        ``o_data`` holds a row; high exactly ``latency`` cycles after the row's ``i_valid``.
+    o_data : Out(ArrayLayout(signed(8), lanes))
+        Activated int8 outputs, one per lane.
+
+    ``bias``, ``multiplier``, ``shift``, ``out_zp``, ``qmin``, ``qmax``, ``use_lut`` and the LUT
+    contents are read by the stages as rows pass, so the controller holds them stable (and does not
+    write the LUT) while rows are in flight.
+
+    Raises
+    ------
+    TypeError
+        If ``lanes`` or ``lut_write_width`` is not an int.
+    ValueError
+        If ``lanes < 1``, or ``lut_write_width`` is neither a power of two up to 256 nor >= 256.
+    """
+
+    def __init__(self, lanes, lut_write_width):
+        for name, value in (("lanes", lanes), ("lut_write_width", lut_write_width)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{name} must be an int, got {value!r}")
+        if lanes < 1:
+            raise ValueError(f"lanes must be >= 1, got {lanes}")
+        if lut_write_width < 1 or (lut_write_width < _LUT_DEPTH and lut_write_width & (lut_write_width - 1)):
+            raise ValueError(f"lut_write_width must be a power of two up to {_LUT_DEPTH} or >= {_LUT_DEPTH}, "
+                             f"got {lut_write_width}")
+        self._lanes = lanes
+        self._lut_write_width = lut_write_width
+        super().__init__({
+            "i_valid":    In(1),
+            "i_acc":      In(data.ArrayLayout(signed(32), lanes)),
+            "bias":       In(data.ArrayLayout(signed(32), lanes)),
+            "multiplier": In(unsigned(31)),
+            "shift":      In(signed(8)),
+            "out_zp":     In(signed(8)),
+            "qmin":       In(signed(8)),
+            "qmax":       In(signed(8)),
+            "use_lut":    In(1),
+            "lut_we":     In(1),
+            "lut_addr":   In(range(_LUT_DEPTH)),
+            "lut_wdata":  In(data.ArrayLayout(signed(8), lut_write_width)),
+            "o_valid":    Out(1),
+            "o_data":     Out(data.ArrayLayout(signed(8), lanes)),
+        })
+
+    @staticmethod
+    def latency_for():
+        """Cycles from a row's ``i_valid`` to its ``o_valid``."""
+        return 6
+
+    @property
+    def latency(self):
+        return self.latency_for()
+
+    @property
+    def lanes(self):
+        return self._lanes
+
+    @property
+    def lut_write_width(self):
+        return self._lut_write_width
+
+    def elaborate(self, platform):
+        m = Module()
+
+        def stage_regs(elem_shape, name):
+            return Signal(data.ArrayLayout(elem_shape, self._lanes), reset_less=True, name=name)
+
+        # Shift decode (parameters are static while rows are in flight).
+        left = Signal(range(31))
+        right = Signal(range(32))
+        half = Signal(32)           # one-hot bit e-1 of the rounding right shift; zero when e == 0
+        m.d.comb += [
+            left.eq(Mux(self.shift > 0, self.shift, 0)),
+            right.eq(Mux(self.shift < 0, -self.shift, 0)),
+            half.eq((Const(1, 33) << right) >> 1),
+        ]
+        below_half = half - 1       # bits below e-1 (unused when e == 0, where half is zero)
+
+        # 1: bias add (wraps to 32 bits).
+        a_valid = Signal()
+        a_x = stage_regs(signed(32), "a_x")
+        m.d.sync += a_valid.eq(self.i_valid)
+        with m.If(self.i_valid):
+            m.d.sync += [a_x[i].eq(self.i_acc[i] + self.bias[i]) for i in range(self._lanes)]
+
+        # 2: saturating left shift.
+        s_valid = Signal()
+        s_x = stage_regs(signed(32), "s_x")
+        m.d.sync += s_valid.eq(a_valid)
+        with m.If(a_valid):
+            for i in range(self._lanes):
+                wide = a_x[i] << left
+                m.d.sync += s_x[i].eq(Mux(wide > _INT32_MAX, _INT32_MAX,
+                                          Mux(wide < _INT32_MIN, _INT32_MIN, wide)))
+
+        # 3: multiply with the srdhm nudge folded in.
+        p_valid = Signal()
+        p_x = stage_regs(signed(64), "p_x")
+        m.d.sync += p_valid.eq(s_valid)
+        with m.If(s_valid):
+            m.d.sync += [p_x[i].eq(s_x[i] * self.multiplier + (1 << 30)) for i in range(self._lanes)]
+
+        # 4: take the high word, shift right by e and compute the round-half-away-from-zero bit.
+        r_valid = Signal()
+        r_q = stage_regs(signed(32), "r_q")
+        r_round = stage_regs(unsigned(1), "r_round")
+        m.d.sync += r_valid.eq(p_valid)
+        with m.If(p_valid):
+            for i in range(self._lanes):
+                high = p_x[i][31:63].as_signed()
+                m.d.sync += [
+                    r_q[i].eq(high >> right),
+                    r_round[i].eq((high & half).any() & (~high[31] | (high & below_half).any())),
+                ]
+
+        # 5: round, zero point, clamp (np.clip order: max with qmin, then min with qmax).
+        c_valid = Signal()
+        c_y = stage_regs(signed(8), "c_y")
+        m.d.sync += c_valid.eq(r_valid)
+        with m.If(r_valid):
+            for i in range(self._lanes):
+                total = r_q[i] + r_round[i] + self.out_zp
+                floored = Mux(total < self.qmin, self.qmin, total)
+                m.d.sync += c_y[i].eq(Mux(floored > self.qmax, self.qmax, floored))
+
+        # 6: LUT (register file shared by all lanes, one read mux per lane).
+        lut = Signal(data.ArrayLayout(signed(8), _LUT_DEPTH))
+        with m.If(self.lut_we):
+            if self._lut_write_width >= _LUT_DEPTH:
+                m.d.sync += lut.eq(self.lut_wdata.as_value()[:8 * _LUT_DEPTH])
+            else:
+                block = self.lut_addr[self._lut_write_width.bit_length() - 1:]
+                m.d.sync += lut.as_value().word_select(block, 8 * self._lut_write_width).eq(self.lut_wdata)
+
+        m.d.sync += self.o_valid.eq(c_valid)
+        with m.If(c_valid):
+            for i in range(self._lanes):
+                index = Cat(c_y[i][:7], ~c_y[i][7])         # y + 128 for y in -128..127
+                m.d.sync += self.o_data[i].eq(Mux(self.use_lut, lut[index], c_y[i]))
+
+        return m

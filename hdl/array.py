@@ -1,0 +1,178 @@
+"""Weight-stationary systolic array of :class:`~opennpu.hdl.pe.ProcessingElement` cells.
+
+Dataflow of a ``rows`` x ``cols`` array (``rows`` = K depth, ``cols`` = N width)::
+
+    a_data[0] ---------------> PE(0,0) -> PE(0,1) -> ... -> PE(0,C-1)
+    a_data[1] -> [1 reg]  ---> PE(1,0) -> PE(1,1) -> ... -> PE(1,C-1)       activations move right,
+       ...                        |          |                  |           partial sums move down,
+    a_data[R-1] -> [R-1 regs] -> PE(R-1,0) -> ...        -> PE(R-1,C-1)     one PE per cycle
+                                  |          |                  |
+                           [C-1 regs] [C-2 regs]   ...      [0 regs]        de-skew
+                                  |          |                  |
+                             out_data[0] out_data[1]  ...  out_data[C-1]
+"""
+from amaranth import *
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from .pe import ProcessingElement
+
+__all__ = ["SystolicArray"]
+
+
+def _delay(m, value, cycles, name):
+    """``value`` delayed by ``cycles`` registers in the ``sync`` domain (``value`` itself for 0)."""
+    for stage in range(cycles):
+        reg = Signal.like(value, name=f"{name}_d{stage + 1}")
+        m.d.sync += reg.eq(value)
+        value = reg
+    return value
+
+
+class SystolicArray(wiring.Component):
+    """Weight-stationary ``rows`` x ``cols`` systolic array computing one row-vector x matrix per cycle.
+
+    Each PE(r, c) holds two int8 weights ``W[0][r][c]`` and ``W[1][r][c]`` (double buffering: the
+    controller loads one buffer while rows that use the other are still flowing through the array).
+    An activation row enters unskewed; lane ``r`` is delayed ``r`` cycles before PE(r, 0), then moves
+    right one PE per cycle with its buffer tag and valid bit. Partial sums (int32, wrap-around) move
+    down one PE per cycle; column ``c``'s bottom output is delayed ``cols - 1 - c`` cycles so that a
+    whole result row leaves at once.
+
+    Parameters
+    ----------
+    rows : int
+        Number of PE rows: the K depth of a weight tile and the number of activation lanes.
+    cols : int
+        Number of PE columns: the N width of a weight tile and the number of output lanes.
+
+    Members
+    -------
+    a_valid : In(1)
+        ``a_data`` carries an activation row this cycle.
+    a_data : In(ArrayLayout(signed(8), rows))
+        Activation row, all lanes in the same cycle; lane ``r`` feeds PE row ``r``.
+    a_buf : In(1)
+        Weight buffer this row multiplies with.
+    w_en : In(1)
+        At the clock edge, write ``w_data[c]`` into weight buffer ``w_buf`` of PE(``w_row``, c) for
+        every column ``c``.
+    w_row : In(range(rows))
+        PE row that ``w_en`` writes.
+    w_buf : In(1)
+        Weight buffer that ``w_en`` writes.
+    w_data : In(ArrayLayout(signed(8), cols))
+        One weight per column.
+    w_clear : In(1)
+        At the clock edge, zero weight buffer ``w_clear_buf`` in every PE. If ``w_en`` writes the same
+        buffer in the same cycle, the clear wins (the controller never does this).
+    w_clear_buf : In(1)
+        Weight buffer that ``w_clear`` zeroes.
+    out_valid : Out(1)
+        ``out_data`` carries the result of a row presented ``latency`` cycles ago.
+    out_data : Out(ArrayLayout(signed(32), cols))
+        ``out_data[c] = wrap32(sum_r a_data[r] * W[a_buf][r][c])``, where each ``W[a_buf][r][c]`` is
+        the content of that PE's buffer in the cycle the row reaches it (see *Timing*).
+
+    Timing
+    ------
+    All ports belong to the ``sync`` domain. The inputs are not registered first: a row presented
+    (``a_valid`` = 1) in cycle ``t`` reaches PE(r, c) in cycle ``t + r + c`` (lane 0 feeds PE(0, 0)
+    combinationally in cycle ``t``). All outputs come straight from registers.
+
+    A weight written or cleared at the clock edge ending cycle ``t`` (``w_en``/``w_clear`` in cycle
+    ``t``) is used by a row that reaches that PE in cycle ``t + 1`` or later; a row reaching it in
+    cycle ``t`` or earlier uses the old value. So a row using buffer ``b`` may be presented in cycle
+    ``s + 1`` when buffer ``b``'s PE row ``r`` is written in cycle ``s + r``.
+
+    Latency: ``rows + cols - 1`` cycles (:meth:`latency_for`) from ``a_valid`` to the matching
+    ``out_valid``/``out_data``: the row reaches PE(rows-1, cols-1) in cycle ``t + rows + cols - 2`` and
+    its registered result is visible one cycle later.
+
+    Throughput: one row per cycle; back-to-back rows may each use a different buffer.
+
+    Raises
+    ------
+    TypeError
+        If ``rows`` or ``cols`` is not an integer.
+    ValueError
+        If ``rows`` or ``cols`` is less than 1.
+    """
+
+    def __init__(self, rows, cols):
+        for name, value in (("rows", rows), ("cols", cols)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{name} must be an integer, got {value!r}")
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value!r}")
+        self._rows = rows
+        self._cols = cols
+        super().__init__({
+            "a_valid": In(1),
+            "a_data": In(data.ArrayLayout(signed(8), rows)),
+            "a_buf": In(1),
+            "w_en": In(1),
+            "w_row": In(range(rows)),
+            "w_buf": In(1),
+            "w_data": In(data.ArrayLayout(signed(8), cols)),
+            "w_clear": In(1),
+            "w_clear_buf": In(1),
+            "out_valid": Out(1),
+            "out_data": Out(data.ArrayLayout(signed(32), cols)),
+        })
+
+    @property
+    def rows(self):
+        return self._rows
+
+    @property
+    def cols(self):
+        return self._cols
+
+    @staticmethod
+    def latency_for(rows, cols):
+        """Cycles from ``a_valid`` to the matching ``out_valid`` of a ``rows`` x ``cols`` array."""
+        return rows + cols - 1
+
+    @property
+    def latency(self):
+        """Cycles from ``a_valid`` to the matching ``out_valid``: ``rows + cols - 1``."""
+        return self.latency_for(self._rows, self._cols)
+
+    def elaborate(self, platform):
+        m = Module()
+
+        pes = [[ProcessingElement() for _ in range(self._cols)] for _ in range(self._rows)]
+        for r, pe_row in enumerate(pes):
+            for c, pe in enumerate(pe_row):
+                m.submodules[f"pe_{r}_{c}"] = pe
+                m.d.comb += [
+                    pe.w_en.eq(self.w_en & (self.w_row == r)),
+                    pe.w_buf.eq(self.w_buf),
+                    pe.w_data.eq(self.w_data[c]),
+                    pe.w_clear.eq(self.w_clear),
+                    pe.w_clear_buf.eq(self.w_clear_buf),
+                    pe.psum_in.eq(pes[r - 1][c].psum_out if r > 0 else 0),
+                ]
+                if c > 0:
+                    m.d.comb += pe.a_in.eq(pe_row[c - 1].a_out)
+
+        # Skew: lane r (with the row's buffer tag and valid bit) enters PE(r, 0) r cycles late.
+        for r in range(self._rows):
+            lane = Signal.like(pes[r][0].a_in, name=f"lane{r}")
+            m.d.comb += [
+                lane.data.eq(self.a_data[r]),
+                lane.buf.eq(self.a_buf),
+                lane.valid.eq(self.a_valid),
+            ]
+            m.d.comb += pes[r][0].a_in.eq(_delay(m, lane, r + 1, name=f"skew{r}"))
+
+        # De-skew: column c's result leaves the bottom row cols-1-c cycles before the last column's.
+        bottom = pes[-1]
+        for c in range(self._cols):
+            m.d.comb += self.out_data[c].eq(
+                _delay(m, bottom[c].psum_out, self._cols - 1 - c, name=f"deskew{c}"))
+        # The valid bit leaving the bottom-right PE is aligned with its (un-delayed) result.
+        m.d.comb += self.out_valid.eq(bottom[-1].a_out.valid)
+
+        return m

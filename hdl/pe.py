@@ -1,0 +1,98 @@
+"""One processing element (PE) of the weight-stationary systolic array.
+
+A PE holds two int8 weights (double buffering), multiplies the activation passing through it by the
+weight its buffer tag selects, adds the product to the partial sum coming from above, and passes the
+activation to the right and the partial sum down, both through registers.
+"""
+from amaranth import *
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+__all__ = ["Activation", "ProcessingElement"]
+
+
+class Activation(data.Struct):
+    """One activation lane as it travels right through a row of PEs.
+
+    Members
+    -------
+    data : signed(8)
+        The activation value.
+    buf : unsigned(1)
+        Which of the two weight buffers this activation multiplies with.
+    valid : unsigned(1)
+        Set when the lane carries a row; travels with it so the array knows when its result leaves.
+    """
+    data: signed(8)
+    buf: 1
+    valid: 1
+
+
+class ProcessingElement(wiring.Component):
+    """Weight-stationary multiply-accumulate cell with two weight buffers.
+
+    Every cycle::
+
+        a_out    <= a_in
+        psum_out <= wrap32(psum_in + a_in.data * W[a_in.buf])
+
+    Latency: 1 cycle from ``a_in``/``psum_in`` to ``a_out``/``psum_out`` (both registered).
+    Throughput: one activation per cycle.
+
+    Weight timing: a weight written at the clock edge that ends cycle ``t`` (``w_en`` or ``w_clear``
+    set in cycle ``t``) multiplies the activations present on ``a_in`` in cycles ``t + 1`` and later;
+    an activation present in cycle ``t`` still uses the old value.
+
+    Members
+    -------
+    a_in : In(Activation)
+        Activation from the left neighbour (or the array's skew registers).
+    psum_in : In(signed(32))
+        Partial sum from the PE above (0 for the top row).
+    w_en : In(1)
+        Write ``w_data`` into weight buffer ``w_buf`` at the clock edge.
+    w_buf : In(1)
+        Weight buffer that ``w_en`` writes.
+    w_data : In(signed(8))
+        Weight value that ``w_en`` writes.
+    w_clear : In(1)
+        Zero weight buffer ``w_clear_buf`` at the clock edge; wins over ``w_en`` on the same buffer.
+    w_clear_buf : In(1)
+        Weight buffer that ``w_clear`` zeroes.
+    a_out : Out(Activation)
+        ``a_in`` delayed by one cycle, for the PE to the right.
+    psum_out : Out(signed(32))
+        ``psum_in + a_in.data * W[a_in.buf]`` delayed by one cycle, two's complement wrap-around,
+        for the PE below.
+    """
+
+    def __init__(self):
+        super().__init__({
+            "a_in": In(Activation),
+            "psum_in": In(signed(32)),
+            "w_en": In(1),
+            "w_buf": In(1),
+            "w_data": In(signed(8)),
+            "w_clear": In(1),
+            "w_clear_buf": In(1),
+            "a_out": Out(Activation),
+            "psum_out": Out(signed(32)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+
+        weights = [Signal(signed(8), name=f"weight{b}") for b in range(2)]
+        for b, weight in enumerate(weights):
+            with m.If(self.w_clear & (self.w_clear_buf == b)):
+                m.d.sync += weight.eq(0)
+            with m.Elif(self.w_en & (self.w_buf == b)):
+                m.d.sync += weight.eq(self.w_data)
+
+        weight = Mux(self.a_in.buf, weights[1], weights[0])
+        m.d.sync += [
+            self.a_out.eq(self.a_in),
+            # signed 8x8 product, 33-bit sum truncated to 32 bits: int32 wrap-around.
+            self.psum_out.eq(self.psum_in + self.a_in.data * weight),
+        ]
+        return m
