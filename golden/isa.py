@@ -32,7 +32,7 @@ import enum
 from dataclasses import dataclass
 
 __all__ = ["Opcode", "ErrorCode", "Buf", "Precision", "ActFn", "Field", "FIELDS", "COMMAND_BITS",
-           "Command", "DecodeError", "encode", "decode", "encode_program", "decode_program"]
+           "Command", "DecodeError", "encode", "decode", "encode_program", "decode_program", "reserved_mask"]
 
 COMMAND_BITS = 128
 
@@ -186,7 +186,7 @@ def encode(cmd: Command) -> int:
     return word
 
 
-def _reserved_mask(op: Opcode) -> int:
+def reserved_mask(op: Opcode) -> int:
     used = 0xF
     for f in FIELDS[op]:
         used |= ((1 << f.width) - 1) << f.offset
@@ -201,7 +201,7 @@ def decode(word: int) -> Command:
         op = Opcode(word & 0xF)
     except ValueError:
         raise DecodeError(f"illegal opcode {word & 0xF} in command word {word:#034x}") from None
-    if word & _reserved_mask(op):
+    if word & reserved_mask(op):
         raise DecodeError(f"{op.name}: reserved bits set in command word {word:#034x}")
     fields = {}
     for f in FIELDS[op]:

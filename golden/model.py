@@ -16,7 +16,7 @@ from .isa import ActFn, Buf, Command, DecodeError, ErrorCode, Opcode, Precision,
 from .program import COUNTER_NAMES, Program, Result
 from .timing import Access, CycleModel, Space
 
-__all__ = ["GoldenNpu", "validate", "k_tile", "weight_words", "ProgramError"]
+__all__ = ["GoldenNpu", "validate", "k_tile", "weight_words", "event_costs", "ProgramError"]
 
 _SPACE_OF_BUF = {Buf.ACT: Space.ACT, Buf.WGT: Space.WGT, Buf.ACC: Space.ACC}
 COUNTER_BEATS_BYTES = 8 * len(COUNTER_NAMES)
@@ -77,6 +77,23 @@ def validate(word: int, config: NpuConfig, precision: Precision) -> tuple[ErrorC
     return ErrorCode.OK, cmd
 
 
+def event_costs(config: NpuConfig, precision: Precision = Precision.INT8) -> dict[str, int]:
+    """Energy in fJ per unit of each counter (per word for SRAM accesses, per byte for DMA, per MAC,
+    per activation-unit element). The RTL's ``energy_fj`` accumulator uses the same table."""
+    e = config.energy
+
+    def sram(word_bytes: int, depth: int) -> int:
+        return word_bytes * e.sram_fj_per_byte(word_bytes * depth)
+
+    act = sram(config.act_word_bytes, config.act_depth)
+    wgt = sram(config.wgt_word_bytes, config.wgt_depth)
+    acc = sram(config.acc_word_bytes, config.acc_depth)
+    return {"act_reads": act, "act_writes": act, "wgt_reads": wgt, "wgt_writes": wgt,
+            "acc_reads": acc, "acc_writes": acc, "dma_in_bytes": e.dma_byte_fj,
+            "dma_out_bytes": e.dma_byte_fj, "act_ops": e.act_op_fj,
+            "macs": e.mac_int4_fj if precision == Precision.A4W4 else e.mac_int8_fj}
+
+
 class GoldenNpu:
     """Numpy model of one NPU. ``run(program)`` may be called repeatedly; state persists like
     hardware does between programs, counters included (``reset()`` starts over)."""
@@ -104,19 +121,9 @@ class GoldenNpu:
         self.timeline = CycleModel(c.rows, c.cols)
         self.trace: list[tuple[object, int]] = []   # (command or raw word, dispatch cycle)
 
-    def _sram_fj(self, buf: Buf) -> int:
-        c = self.config
-        word = {Buf.ACT: c.act_word_bytes, Buf.WGT: c.wgt_word_bytes, Buf.ACC: c.acc_word_bytes}[buf]
-        return word * c.energy.sram_fj_per_byte(word * _depth(c, buf))
-
     def _count(self, **events):
         """Add events to the counters and their energy to ``energy_fj``."""
-        e = self.config.energy
-        cost = {"act_reads": self._sram_fj(Buf.ACT), "act_writes": self._sram_fj(Buf.ACT),
-                "wgt_reads": self._sram_fj(Buf.WGT), "wgt_writes": self._sram_fj(Buf.WGT),
-                "acc_reads": self._sram_fj(Buf.ACC), "acc_writes": self._sram_fj(Buf.ACC),
-                "dma_in_bytes": e.dma_byte_fj, "dma_out_bytes": e.dma_byte_fj, "act_ops": e.act_op_fj,
-                "macs": e.mac_int4_fj if self.regs["precision"] == Precision.A4W4 else e.mac_int8_fj}
+        cost = event_costs(self.config, self.regs["precision"])
         for name, n in events.items():
             self.counters[name] += n
             self.counters["energy_fj"] += n * cost.get(name, 0)

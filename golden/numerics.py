@@ -43,10 +43,14 @@ def quantize_multiplier(scale: float) -> tuple[int, int]:
     Raises ``ValueError`` for scales that are not finite and positive, or whose shift falls outside
     the ISA range -31..30.
     """
-    if not (isinstance(scale, (int, float, np.floating)) and math.isfinite(scale) and scale > 0):
+    try:
+        valid = math.isfinite(float(scale)) and scale > 0
+    except (TypeError, OverflowError):
+        valid = False
+    if not valid:
         raise ValueError(f"requantization scale must be a finite positive number, got {scale!r}")
     mantissa, shift = math.frexp(float(scale))      # scale = mantissa * 2^shift, mantissa in [0.5, 1)
-    m0 = round(mantissa * (1 << 31))
+    m0 = math.floor(mantissa * (1 << 31) + 0.5)     # ties away from zero, like TFLite's std::round
     if m0 == 1 << 31:
         m0 //= 2
         shift += 1
@@ -121,7 +125,7 @@ def dequantize(q, scale: float, zero_point: int = 0):
 def pack_int4(values) -> np.ndarray:
     """int4 values (last axis even) -> uint8 bytes, two per byte, low nibble first."""
     v = np.asarray(values, dtype=np.int64)
-    if v.shape[-1] % 2:
+    if v.ndim == 0 or v.shape[-1] % 2:
         raise ValueError(f"pack_int4 needs an even last dimension, got shape {v.shape}")
     if v.size and (v.min() < -8 or v.max() > 7):
         raise ValueError(f"int4 values must lie in -8..7, got range {v.min()}..{v.max()}")

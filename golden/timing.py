@@ -45,12 +45,12 @@ from dataclasses import dataclass
 __all__ = ["Unit", "Space", "Access", "array_latency", "ACT_LATENCY", "conflict", "CycleModel"]
 
 #: Fused activation unit pipeline depth (cycles from accumulator data to result), see hdl/activation.py.
-ACT_LATENCY = 5
+ACT_LATENCY = 6
 
 
 def array_latency(rows: int, cols: int) -> int:
     """Cycles from an activation row entering the array to its de-skewed result, see hdl/array.py."""
-    return rows + cols + 1
+    return rows + cols - 1
 
 
 class Unit(enum.IntEnum):

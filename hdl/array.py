@@ -165,7 +165,7 @@ class SystolicArray(wiring.Component):
                 lane.buf.eq(self.a_buf),
                 lane.valid.eq(self.a_valid),
             ]
-            m.d.comb += pes[r][0].a_in.eq(_delay(m, lane, r + 1, name=f"skew{r}"))
+            m.d.comb += pes[r][0].a_in.eq(_delay(m, lane, r, name=f"skew{r}"))
 
         # De-skew: column c's result leaves the bottom row cols-1-c cycles before the last column's.
         bottom = pes[-1]

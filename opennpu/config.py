@@ -81,8 +81,8 @@ class NpuConfig:
         SRAM depths in words. An activation word holds ``rows`` int8 lanes, a weight word ``cols``
         int8 lanes, an accumulator word ``cols`` int32 lanes.
     bus_bytes:
-        Width of the data-in and data-out streams in bytes (one beat per cycle). ``None`` means
-        ``max(rows, cols)``, i.e. one int8 SRAM word per beat. Must be at least that.
+        Width of the data-in and data-out streams in bytes (one beat per cycle), a power of two.
+        ``None`` means the smallest power of two holding one int8 SRAM word (``max(rows, cols)``).
     energy:
         Energy table used by the hardware ``energy_fj`` counter and the cycle model.
     """
@@ -118,11 +118,12 @@ class NpuConfig:
         if self.wgt_depth < self.rows * 2:
             raise ValueError(f"NpuConfig.wgt_depth must hold at least two weight tiles "
                              f"({self.rows * 2} words), got {self.wgt_depth}")
+        widest = max(self.rows, self.cols)
         if self.bus_bytes is None:
-            object.__setattr__(self, "bus_bytes", max(self.rows, self.cols))
+            object.__setattr__(self, "bus_bytes", 1 << (widest - 1).bit_length())
         if (not isinstance(self.bus_bytes, int) or isinstance(self.bus_bytes, bool)
-                or not max(self.rows, self.cols) <= self.bus_bytes <= 512):
-            raise ValueError(f"NpuConfig.bus_bytes must be an int in {max(self.rows, self.cols)}..512 "
+                or not widest <= self.bus_bytes <= 512 or self.bus_bytes & (self.bus_bytes - 1)):
+            raise ValueError(f"NpuConfig.bus_bytes must be a power of two in {widest}..512 "
                              f"(at least one int8 SRAM word per beat), got {self.bus_bytes!r}")
         if not isinstance(self.energy, EnergyTable):
             raise ValueError(f"NpuConfig.energy must be an EnergyTable, got {type(self.energy).__name__}")

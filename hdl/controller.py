@@ -1,0 +1,273 @@
+"""The NPU core: SRAMs, systolic array, activation unit, the five execution units and the dispatcher.
+
+The dispatcher looks at the head command (held by ``hdl/top.py``) every cycle and, in this order:
+
+- rejects it if ``CommandChecker`` reports an error (sticky ``error``, ``rejected`` += 1, nothing runs);
+- CONFIG / FENCE / COUNTERS: dispatches once every unit is idle;
+- otherwise dispatches to its unit when that unit is free and none of the command's accesses
+  conflicts with an access of a command in flight in another unit (``hdl/hazard.py``).
+
+The timing of every unit is documented in its module and modelled in ``golden/timing.py``. The whole
+core runs under one clock enable (``hdl/top.py`` freezes it on stream back-pressure), so the core
+itself never sees a stall.
+"""
+from amaranth import *
+from amaranth.lib import data, memory, wiring
+from amaranth.lib.wiring import In, Out
+
+from opennpu.config import NpuConfig
+from opennpu.golden.isa import COMMAND_BITS, ActFn, Buf, Opcode, Precision
+from opennpu.golden.program import COUNTER_NAMES
+from opennpu.golden.timing import ACT_LATENCY, Space, array_latency
+
+from .activation import ActivationUnit
+from .array import SystolicArray
+from .counters import Events
+from .decoder import CommandChecker, command_layout
+from .execute_unit import ExecuteUnit
+from .hazard import AccessLayout, access, conflict
+from .load_unit import LoadKind, LoadUnit
+from .preload_unit import PreloadUnit
+from .store_unit import StoreMode, StoreUnit
+from .writeback_unit import WritebackUnit
+
+__all__ = ["Controller"]
+
+_LOAD_OPS = (Opcode.LOAD, Opcode.LOAD_BIAS, Opcode.LOAD_LUT)
+_BARRIER_OPS = (Opcode.CONFIG, Opcode.FENCE, Opcode.COUNTERS)
+
+
+class Controller(wiring.Component):
+    """Everything that the stream back-pressure freezes.
+
+    Members
+    -------
+    head_valid, head_word : In
+        The dispatcher's head command.
+    consume : Out(1)
+        The head is dispatched or rejected this cycle.
+    din : In(8 * bus_bytes); want_in : Out(1)
+        Data-in beat; the LD unit consumes one this cycle.
+    push, push_data : Out
+        A data-out beat this cycle.
+    counters : In(ArrayLayout(unsigned(64), n))
+        Live counter values (for the COUNTERS snapshot).
+    events : Out(Events)
+    busy : Out(1)
+        Some unit is executing.
+    error : Out(3); rejected : Out(16)
+        Sticky first error code and the number of rejected commands.
+    """
+
+    def __init__(self, config: NpuConfig):
+        if config.precisions != ("int8",) or config.dataflow != "ws":
+            raise ValueError(f"the RTL implements the weight-stationary int8 datapath only; got "
+                             f"dataflow={config.dataflow!r}, precisions={config.precisions!r}")
+        if SystolicArray.latency_for(config.rows, config.cols) != array_latency(config.rows, config.cols):
+            raise AssertionError("hdl/array.py and golden/timing.py disagree on the array latency")
+        if ActivationUnit.latency_for() != ACT_LATENCY:
+            raise AssertionError("hdl/activation.py and golden/timing.py disagree on the activation latency")
+        self._config = c = config
+        super().__init__({
+            "head_valid": In(1), "head_word": In(COMMAND_BITS), "consume": Out(1),
+            "din": In(8 * c.bus_bytes), "want_in": Out(1),
+            "push": Out(1), "push_data": Out(8 * c.bus_bytes),
+            "counters": In(data.ArrayLayout(unsigned(64), len(COUNTER_NAMES))),
+            "events": Out(Events), "busy": Out(1),
+            "error": Out(3), "rejected": Out(16),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        c = self._config
+
+        # -- storage and datapath ---------------------------------------------------------------
+        m.submodules.act_sram = act = memory.Memory(shape=8 * c.act_word_bytes, depth=c.act_depth, init=[])
+        m.submodules.wgt_sram = wgt = memory.Memory(shape=8 * c.wgt_word_bytes, depth=c.wgt_depth, init=[])
+        m.submodules.acc_sram = acc = memory.Memory(shape=32 * c.cols, depth=c.acc_depth, init=[])
+        m.submodules.array = array = SystolicArray(c.rows, c.cols)
+        m.submodules.act_fn = act_fn = ActivationUnit(c.cols, min(c.bus_bytes, 256))
+
+        m.submodules.ld = ld = LoadUnit(c)
+        m.submodules.pl = pl = PreloadUnit(c)
+        m.submodules.ex = ex = ExecuteUnit(c)
+        m.submodules.wb = wb = WritebackUnit(c)
+        m.submodules.st = st = StoreUnit(c)
+
+        acc_ex_wr = acc.write_port()
+        wiring.connect(m, ld.act_wr, act.write_port())
+        wiring.connect(m, wb.act_wr, act.write_port())
+        wiring.connect(m, ex.act_rd, act.read_port())
+        wiring.connect(m, st.act_rd, act.read_port())
+        wiring.connect(m, ld.wgt_wr, wgt.write_port())
+        wiring.connect(m, pl.wgt_rd, wgt.read_port())
+        wiring.connect(m, st.wgt_rd, wgt.read_port())
+        wiring.connect(m, ex.acc_wr, acc_ex_wr)
+        wiring.connect(m, ex.acc_rmw_rd, acc.read_port(transparent_for=(acc_ex_wr,)))
+        wiring.connect(m, wb.acc_rd, acc.read_port())
+        wiring.connect(m, st.acc_rd, acc.read_port())
+
+        m.d.comb += [
+            array.a_valid.eq(ex.a_valid), array.a_data.eq(ex.a_data), array.a_buf.eq(ex.a_buf),
+            ex.out_valid.eq(array.out_valid), ex.out_data.eq(array.out_data),
+            array.w_en.eq(pl.w_en), array.w_row.eq(pl.w_row), array.w_buf.eq(pl.w_buf),
+            array.w_data.eq(pl.w_data), array.w_clear.eq(pl.w_clear), array.w_clear_buf.eq(pl.w_clear_buf),
+            act_fn.i_valid.eq(wb.i_valid), act_fn.i_acc.eq(wb.i_acc),
+            wb.o_valid.eq(act_fn.o_valid), wb.o_data.eq(act_fn.o_data),
+            act_fn.bias.eq(ld.bias), act_fn.lut_we.eq(ld.lut_we), act_fn.lut_addr.eq(ld.lut_addr),
+            act_fn.lut_wdata.eq(ld.lut_wdata),
+            ld.din.eq(self.din), self.want_in.eq(ld.want),
+            st.counters.eq(self.counters),
+            self.push.eq(wb.push | st.push),
+            self.push_data.eq(Mux(wb.push, wb.push_data, st.push_data)),
+            self.busy.eq(ld.busy | pl.busy | ex.issue_busy | ex.drain_busy | wb.busy | st.busy),
+        ]
+
+        # -- CONFIG registers -------------------------------------------------------------------
+        precision = Signal(2, init=Precision.INT8)
+        use_lut = Signal()
+        out_zp, qmin, qmax = Signal(signed(8)), Signal(signed(8), init=-128), Signal(signed(8), init=127)
+        shift, multiplier = Signal(signed(8)), Signal(31)
+        m.d.comb += [act_fn.use_lut.eq(use_lut), act_fn.out_zp.eq(out_zp), act_fn.qmin.eq(qmin),
+                     act_fn.qmax.eq(qmax), act_fn.shift.eq(shift), act_fn.multiplier.eq(multiplier)]
+
+        # -- head decode ------------------------------------------------------------------------
+        m.submodules.checker = checker = CommandChecker(c)
+        m.d.comb += [checker.word.eq(self.head_word), checker.precision.eq(precision)]
+        v = {op: data.View(command_layout(op), self.head_word) for op in Opcode}
+        opcode = self.head_word[:4]
+        legal = self.head_valid & (checker.error == 0)
+
+        # PE weight buffers: COMPUTE uses ``cur``; PRELOAD fills ``~cur`` and then makes it current.
+        cur = Signal()
+        pe_macs = Array(Signal(16, name=f"pe_macs{i}") for i in range(2))
+
+        # Accesses of the head command (at most four), mirroring golden/model.py.
+        head = [Signal(AccessLayout, name=f"head_acc{i}") for i in range(4)]
+        with m.Switch(opcode):
+            with m.Case(Opcode.LOAD):
+                m.d.comb += head[0].eq(access(m, v[Opcode.LOAD].buf, v[Opcode.LOAD].addr,
+                                              v[Opcode.LOAD].rows, 1))
+            with m.Case(Opcode.LOAD_BIAS):
+                m.d.comb += head[0].eq(access(m, Space.BIAS, 0, 1, 1))
+            with m.Case(Opcode.LOAD_LUT):
+                m.d.comb += head[0].eq(access(m, Space.LUT, 0, 1, 1))
+            with m.Case(Opcode.PRELOAD):
+                p = v[Opcode.PRELOAD]
+                m.d.comb += [head[0].eq(access(m, Space.WGT, p.addr, p.krows, 0)),
+                             head[1].eq(access(m, Space.PEW, ~cur, 1, 1))]
+            with m.Case(Opcode.COMPUTE):
+                x = v[Opcode.COMPUTE]
+                m.d.comb += [head[0].eq(access(m, Space.ACT, x.aaddr, x.rows, 0)),
+                             head[1].eq(access(m, Space.ACC, x.accaddr, x.rows, 1)),
+                             head[2].eq(access(m, Space.PEW, cur, 1, 0))]
+            with m.Case(Opcode.ACTIVATE):
+                a = v[Opcode.ACTIVATE]
+                m.d.comb += [head[0].eq(access(m, Space.ACC, a.accaddr, a.rows, 0)),
+                             head[1].eq(access(m, Space.BIAS, 0, 1, 0)),
+                             head[2].eq(access(m, Space.LUT, 0, 1, 0)),
+                             head[3].eq(Mux(a.dest, access(m, Space.OUT, 0, 1, 1),
+                                            access(m, Space.ACT, a.aaddr, a.rows, 1)))]
+            with m.Case(Opcode.STORE):
+                s = v[Opcode.STORE]
+                m.d.comb += [head[0].eq(access(m, s.buf, s.addr, s.rows, 0)),
+                             head[1].eq(access(m, Space.OUT, 0, 1, 1))]
+            with m.Case(Opcode.COUNTERS):
+                m.d.comb += head[0].eq(access(m, Space.OUT, 0, 1, 1))
+
+        # In-flight accesses per unit (valid while the unit, or EX's slot, is busy).
+        def slots(name, n):
+            return [Signal(AccessLayout, name=f"{name}_acc{i}") for i in range(n)]
+        inflight = {"ld": (ld.busy, slots("ld", 1)), "pl": (pl.busy, slots("pl", 2)),
+                    "ex_issue": (ex.issue_busy, slots("ex_issue", 3)),
+                    "ex_drain": (ex.drain_busy, slots("ex_drain", 3)),
+                    "wb": (wb.busy, slots("wb", 4)), "st": (st.busy, slots("st", 2))}
+
+        def hazard(*own):
+            hits = [busy & conflict(h, f) for name, (busy, accs) in inflight.items() if name not in own
+                    for f in accs for h in head]
+            return Cat(hits).any()
+
+        all_idle = ~self.busy
+        can = Signal()
+        with m.Switch(opcode):
+            with m.Case(*_BARRIER_OPS):
+                m.d.comb += can.eq(all_idle)
+            with m.Case(*_LOAD_OPS):
+                m.d.comb += can.eq(~ld.busy & ~hazard("ld"))
+            with m.Case(Opcode.PRELOAD):
+                m.d.comb += can.eq(~pl.busy & ~hazard("pl"))
+            with m.Case(Opcode.COMPUTE):
+                m.d.comb += can.eq(~ex.issue_busy & ~hazard("ex_issue", "ex_drain"))
+            with m.Case(Opcode.ACTIVATE):
+                m.d.comb += can.eq(~wb.busy & ~hazard("wb"))
+            with m.Case(Opcode.STORE):
+                m.d.comb += can.eq(~st.busy & ~hazard("st"))
+        dispatch = Signal()
+        reject = Signal()
+        m.d.comb += [dispatch.eq(legal & can), reject.eq(self.head_valid & (checker.error != 0)),
+                     self.consume.eq(dispatch | reject)]
+
+        with m.If(reject):
+            m.d.sync += self.rejected.eq(self.rejected + 1)
+            with m.If(self.error == 0):
+                m.d.sync += self.error.eq(checker.error)
+
+        def record(unit):
+            _, accs = inflight[unit]
+            m.d.sync += [slot.eq(h) for slot, h in zip(accs, head)]
+
+        with m.If(ex.move):
+            m.d.sync += [d.eq(i) for d, i in zip(inflight["ex_drain"][1], inflight["ex_issue"][1])]
+
+        with m.If(dispatch):
+            with m.Switch(opcode):
+                with m.Case(Opcode.CONFIG):
+                    f = v[Opcode.CONFIG]
+                    m.d.sync += [precision.eq(f.precision), use_lut.eq(f.act == ActFn.LUT),
+                                 out_zp.eq(f.out_zp), qmin.eq(f.qmin), qmax.eq(f.qmax),
+                                 shift.eq(f.shift), multiplier.eq(f.multiplier)]
+                with m.Case(*_LOAD_OPS):
+                    record("ld")
+                    m.d.comb += ld.start.eq(1)
+                with m.Case(Opcode.PRELOAD):
+                    record("pl")
+                    f = v[Opcode.PRELOAD]
+                    m.d.comb += [pl.start.eq(1), pl.target.eq(~cur)]
+                    m.d.sync += [cur.eq(~cur), pe_macs[~cur].eq(f.krows * f.ncols)]
+                with m.Case(Opcode.COMPUTE):
+                    record("ex_issue")
+                    m.d.comb += ex.start.eq(1)
+                with m.Case(Opcode.ACTIVATE):
+                    record("wb")
+                    m.d.comb += wb.start.eq(1)
+                with m.Case(Opcode.STORE, Opcode.COUNTERS):
+                    record("st")
+                    m.d.comb += st.start.eq(1)
+
+        # Unit command fields straight from the head word (sampled by the units on ``start``).
+        load, pre, comp, act_cmd, store = (v[Opcode.LOAD], v[Opcode.PRELOAD], v[Opcode.COMPUTE],
+                                           v[Opcode.ACTIVATE], v[Opcode.STORE])
+        m.d.comb += [
+            ld.kind.eq(Mux(opcode == Opcode.LOAD, Mux(load.buf == Buf.WGT, LoadKind.WGT, LoadKind.ACT),
+                           Mux(opcode == Opcode.LOAD_BIAS, LoadKind.BIAS, LoadKind.LUT))),
+            ld.addr.eq(load.addr), ld.rows.eq(load.rows),
+            pl.addr.eq(pre.addr), pl.krows.eq(pre.krows), pl.ncols.eq(pre.ncols),
+            ex.aaddr.eq(comp.aaddr), ex.accaddr.eq(comp.accaddr), ex.rows.eq(comp.rows),
+            ex.accumulate.eq(comp.accumulate), ex.buf.eq(cur), ex.row_macs.eq(pe_macs[cur]),
+            wb.accaddr.eq(act_cmd.accaddr), wb.aaddr.eq(act_cmd.aaddr), wb.rows.eq(act_cmd.rows),
+            wb.dest.eq(act_cmd.dest),
+            st.mode.eq(Mux(opcode == Opcode.COUNTERS, StoreMode.COUNTERS, store.buf)),
+            st.addr.eq(store.addr), st.rows.eq(store.rows),
+        ]
+
+        # -- counter events -----------------------------------------------------------------------
+        ev = self.events
+        m.d.comb += [
+            ev.row.eq(ex.ev_row), ev.macs.eq(ex.macs),
+            ev.act_reads.eq(ex.ev_row + st.ev_act_read), ev.act_writes.eq(ld.ev_act_write + wb.ev_act_write),
+            ev.wgt_reads.eq(pl.ev_wgt_read + st.ev_wgt_read), ev.wgt_writes.eq(ld.ev_wgt_write),
+            ev.acc_reads.eq(ex.ev_acc_read + wb.ev_acc_read + st.ev_acc_read), ev.acc_writes.eq(ex.ev_acc_write),
+            ev.beat_in.eq(ld.ev_beat), ev.beat_out.eq(self.push), ev.act_row.eq(wb.ev_act_op),
+        ]
+        return m

@@ -1,0 +1,69 @@
+"""Hardware performance counters, including the ``energy_fj`` accumulator."""
+from amaranth import *
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from opennpu.config import NpuConfig
+from opennpu.golden.model import event_costs
+from opennpu.golden.program import COUNTER_NAMES
+
+__all__ = ["Events", "Counters"]
+
+
+class Events(data.Struct):
+    """What happened in one cycle (counts, since several units may touch one SRAM at once)."""
+    row: 1            # a row entered the array (busy cycle)
+    macs: 16          # useful MACs of that row
+    act_reads: 2
+    act_writes: 2
+    wgt_reads: 2
+    wgt_writes: 1
+    acc_reads: 2
+    acc_writes: 1
+    beat_in: 1
+    beat_out: 1
+    act_row: 1        # a row of ``cols`` elements left the activation unit
+
+
+class Counters(wiring.Component):
+    """64-bit counters in ``COUNTER_NAMES`` order.
+
+    Every cycle: ``cycles`` += ``active``; ``stall_cycles`` += ``active & ~run``; when ``run``, every
+    event counter adds this cycle's events and ``energy_fj`` adds their cost from the configuration's
+    energy table (the same ``event_costs`` the golden model uses).
+
+    Members
+    -------
+    run, active : In(1)
+    events : In(Events)
+    values : Out(ArrayLayout(unsigned(64), len(COUNTER_NAMES)))
+    """
+
+    def __init__(self, config: NpuConfig):
+        self._config = config
+        super().__init__({"run": In(1), "active": In(1), "events": In(Events),
+                          "values": Out(data.ArrayLayout(unsigned(64), len(COUNTER_NAMES)))})
+
+    def elaborate(self, platform):
+        m = Module()
+        c, ev = self._config, self.events
+        value = {name: self.values[i] for i, name in enumerate(COUNTER_NAMES)}
+        increments = {
+            "busy_cycles": ev.row, "macs": Mux(ev.row, ev.macs, 0),
+            "act_reads": ev.act_reads, "act_writes": ev.act_writes,
+            "wgt_reads": ev.wgt_reads, "wgt_writes": ev.wgt_writes,
+            "acc_reads": ev.acc_reads, "acc_writes": ev.acc_writes,
+            "dma_in_bytes": ev.beat_in * c.bus_bytes, "dma_out_bytes": ev.beat_out * c.bus_bytes,
+            "act_ops": ev.act_row * c.cols,
+        }
+        cost = event_costs(c)
+        energy = sum(increments[name] * cost[name] for name in cost)
+        with m.If(self.active):
+            m.d.sync += value["cycles"].eq(value["cycles"] + 1)
+            with m.If(~self.run):
+                m.d.sync += value["stall_cycles"].eq(value["stall_cycles"] + 1)
+        with m.If(self.run):
+            for name, inc in increments.items():
+                m.d.sync += value[name].eq(value[name] + inc)
+            m.d.sync += value["energy_fj"].eq(value["energy_fj"] + energy)
+        return m

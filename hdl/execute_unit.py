@@ -1,0 +1,107 @@
+"""EX unit: COMPUTE, streams activation rows through the systolic array into the accumulator SRAM."""
+from amaranth import *
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from opennpu.config import NpuConfig
+from opennpu.golden.timing import array_latency
+
+from .common import read_port_signature, write_port_signature
+
+__all__ = ["ExecuteUnit"]
+
+
+class _RowTag(data.Struct):
+    """What travels beside a row through the array: where its result goes."""
+    valid: 1
+    accumulate: 1
+    accaddr: 16
+
+
+class ExecuteUnit(wiring.Component):
+    """Issues one activation row per cycle into the array and writes results back.
+
+    Timing: ``start`` in cycle d; row j's activation SRAM read in d+1+j (``issue_busy``), the row
+    enters the array in d+2+j and its result is written (overwrite, or read-modify-write through a
+    transparent accumulator read port when ``accumulate``) in d+2+j+L, L = array latency. The last row
+    is issued in e = d+rows; in the first cycle m >= e with the drain slot empty, ``move`` pulses, the
+    issue slot frees (a new COMPUTE may start in m+1) and the drain slot stays busy m+1 .. m+L+1.
+
+    Members
+    -------
+    start, aaddr, accaddr, rows, accumulate, buf, row_macs : In
+        Dispatch pulse, command fields, the PE buffer to use and useful MACs per row of that buffer.
+    issue_busy, drain_busy, move : Out(1)
+    act_rd, acc_rmw_rd, acc_wr : SRAM ports.
+    a_valid, a_data, a_buf : Out, out_valid, out_data : In
+        Systolic array row interface.
+    ev_row, ev_acc_read, ev_acc_write : Out(1); macs : Out(16)
+        Counter events of this cycle (``macs`` valid with ``ev_row``).
+    """
+
+    def __init__(self, config: NpuConfig):
+        self._config = c = config
+        super().__init__({
+            "start": In(1), "aaddr": In(16), "accaddr": In(16), "rows": In(16), "accumulate": In(1),
+            "buf": In(1), "row_macs": In(16),
+            "issue_busy": Out(1), "drain_busy": Out(1), "move": Out(1),
+            "act_rd": In(read_port_signature(c.act_depth, 8 * c.act_word_bytes)),
+            "acc_rmw_rd": In(read_port_signature(c.acc_depth, 32 * c.cols)),
+            "acc_wr": In(write_port_signature(c.acc_depth, 32 * c.cols)),
+            "a_valid": Out(1), "a_data": Out(data.ArrayLayout(signed(8), c.rows)), "a_buf": Out(1),
+            "out_valid": In(1), "out_data": In(data.ArrayLayout(signed(32), c.cols)),
+            "ev_row": Out(1), "ev_acc_read": Out(1), "ev_acc_write": Out(1), "macs": Out(16),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        c = self._config
+        latency = array_latency(c.rows, c.cols)
+        aaddr, accaddr, rows_left = Signal(16), Signal(16), Signal(17)
+        accumulate, buf, row_macs = Signal(), Signal(), Signal(16)
+        drain_left = Signal(range(latency + 2))
+
+        # -- issue slot -------------------------------------------------------------------------
+        issuing = Signal()
+        m.d.comb += [issuing.eq(self.issue_busy & (rows_left != 0)),
+                     self.move.eq(self.issue_busy & (rows_left <= 1) & ~self.drain_busy),
+                     self.ev_row.eq(issuing), self.macs.eq(row_macs)]
+        with m.If(self.start):
+            m.d.sync += [self.issue_busy.eq(1), aaddr.eq(self.aaddr), accaddr.eq(self.accaddr),
+                         rows_left.eq(self.rows), accumulate.eq(self.accumulate), buf.eq(self.buf),
+                         row_macs.eq(self.row_macs)]
+        with m.If(issuing):
+            m.d.comb += [self.act_rd.en.eq(1), self.act_rd.addr.eq(aaddr)]
+            m.d.sync += [aaddr.eq(aaddr + 1), accaddr.eq(accaddr + 1), rows_left.eq(rows_left - 1)]
+
+        # -- drain slot ---------------------------------------------------------------------------
+        with m.If(self.move):
+            m.d.sync += [self.issue_busy.eq(0), self.drain_busy.eq(1), drain_left.eq(latency + 1)]
+        with m.Elif(self.drain_busy):
+            m.d.sync += drain_left.eq(drain_left - 1)
+            with m.If(drain_left == 1):
+                m.d.sync += self.drain_busy.eq(0)
+
+        # -- row tags travel beside the array: stage 0 lines up with the SRAM data ----------------
+        tag = Signal(_RowTag)
+        tag_buf = Signal()
+        m.d.sync += [tag.valid.eq(issuing), tag.accumulate.eq(accumulate), tag.accaddr.eq(accaddr),
+                     tag_buf.eq(buf)]
+        m.d.comb += [self.a_valid.eq(tag.valid), self.a_buf.eq(tag_buf),
+                     self.a_data.as_value().eq(self.act_rd.data)]
+        stages = [tag]
+        for i in range(latency):
+            nxt = Signal(_RowTag, name=f"tag_d{i + 1}")
+            m.d.sync += nxt.eq(stages[-1])
+            stages.append(nxt)
+        rmw, done = stages[-2], stages[-1]     # one cycle before / at the array output
+
+        m.d.comb += [self.acc_rmw_rd.en.eq(rmw.valid & rmw.accumulate), self.acc_rmw_rd.addr.eq(rmw.accaddr),
+                     self.ev_acc_read.eq(rmw.valid & rmw.accumulate)]
+        old = data.View(data.ArrayLayout(signed(32), c.cols), self.acc_rmw_rd.data)
+        new = data.View(data.ArrayLayout(signed(32), c.cols), self.acc_wr.data)
+        m.d.comb += [self.acc_wr.en.eq(done.valid), self.acc_wr.addr.eq(done.accaddr),
+                     self.ev_acc_write.eq(done.valid)]
+        for col in range(c.cols):
+            m.d.comb += new[col].eq(self.out_data[col] + Mux(done.accumulate, old[col], 0))
+        return m

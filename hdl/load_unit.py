@@ -1,0 +1,99 @@
+"""LD unit: LOAD, LOAD_BIAS and LOAD_LUT, the only consumer of the data-in stream."""
+from amaranth import *
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from opennpu.config import NpuConfig
+
+from .common import write_port_signature
+
+__all__ = ["LoadKind", "LoadUnit"]
+
+
+class LoadKind:
+    ACT = 0
+    WGT = 1
+    BIAS = 2
+    LUT = 3
+
+
+class LoadUnit(wiring.Component):
+    """Moves data-in beats into the activation / weight SRAM, the bias registers or the LUT.
+
+    Timing: ``start`` in cycle d; one beat consumed per cycle d+1 .. d+B (B = rows for SRAM loads,
+    since a beat holds a whole int8 word; ``beats(4*cols)`` for bias, ``beats(256)`` for the LUT);
+    ``busy`` is high d+1 .. d+B. Each SRAM word is written in the cycle its beat arrives.
+
+    Members
+    -------
+    start, kind, addr, rows : In
+        Dispatch pulse and command fields (``kind``: ``LoadKind``).
+    busy, want : Out(1)
+        Executing; wants a data-in beat this cycle (identical: one beat per busy cycle).
+    din : In(bus_bytes * 8)
+        The data-in beat (valid whenever the machine is not frozen).
+    act_wr, wgt_wr : memory write ports.
+    bias : Out(ArrayLayout(signed(32), cols))
+        Bias registers (LOAD_BIAS).
+    lut_we, lut_addr, lut_wdata : Out
+        LUT write, ``bus_bytes`` entries per beat starting at ``lut_addr``.
+    ev_beat, ev_act_write, ev_wgt_write : Out(1)
+        Counter events of this cycle.
+    """
+
+    def __init__(self, config: NpuConfig):
+        self._config = c = config
+        self._lut_width = min(c.bus_bytes, 256)
+        super().__init__({
+            "start": In(1), "kind": In(2), "addr": In(16), "rows": In(16),
+            "busy": Out(1), "want": Out(1), "din": In(8 * c.bus_bytes),
+            "act_wr": In(write_port_signature(c.act_depth, 8 * c.act_word_bytes)),
+            "wgt_wr": In(write_port_signature(c.wgt_depth, 8 * c.wgt_word_bytes)),
+            "bias": Out(data.ArrayLayout(signed(32), c.cols)),
+            "lut_we": Out(1), "lut_addr": Out(range(256)),
+            "lut_wdata": Out(data.ArrayLayout(signed(8), self._lut_width)),
+            "ev_beat": Out(1), "ev_act_write": Out(1), "ev_wgt_write": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        c = self._config
+        bias_beats = c.beats(4 * c.cols)
+        kind = Signal(2)
+        addr = Signal(16)
+        left = Signal(17)            # beats still to come
+        beat = Signal(range(max(bias_beats, c.beats(256)) + 1))
+        bias_shift = Signal(8 * c.bus_bytes * bias_beats)
+
+        m.d.comb += [self.want.eq(self.busy), self.ev_beat.eq(self.busy)]
+        with m.If(self.start):
+            m.d.sync += [self.busy.eq(1), kind.eq(self.kind), addr.eq(self.addr), beat.eq(0)]
+            with m.Switch(self.kind):
+                with m.Case(LoadKind.ACT, LoadKind.WGT):
+                    m.d.sync += left.eq(self.rows)
+                with m.Case(LoadKind.BIAS):
+                    m.d.sync += left.eq(bias_beats)
+                with m.Case(LoadKind.LUT):
+                    m.d.sync += left.eq(c.beats(256))
+
+        with m.If(self.busy):
+            m.d.sync += [left.eq(left - 1), beat.eq(beat + 1), addr.eq(addr + 1)]
+            with m.If(left == 1):
+                m.d.sync += self.busy.eq(0)
+            with m.Switch(kind):
+                with m.Case(LoadKind.ACT):
+                    m.d.comb += [self.act_wr.en.eq(1), self.act_wr.addr.eq(addr),
+                                 self.act_wr.data.eq(self.din), self.ev_act_write.eq(1)]
+                with m.Case(LoadKind.WGT):
+                    m.d.comb += [self.wgt_wr.en.eq(1), self.wgt_wr.addr.eq(addr),
+                                 self.wgt_wr.data.eq(self.din), self.ev_wgt_write.eq(1)]
+                with m.Case(LoadKind.BIAS):
+                    # Beats shift in from the top; after the last one beat 0 sits at the bottom.
+                    shifted = Cat(bias_shift[8 * c.bus_bytes:], self.din)
+                    m.d.sync += bias_shift.eq(shifted)
+                    with m.If(left == 1):
+                        m.d.sync += self.bias.as_value().eq(shifted[:32 * c.cols])
+                with m.Case(LoadKind.LUT):
+                    m.d.comb += [self.lut_we.eq(1), self.lut_addr.eq(beat * c.bus_bytes),
+                                 self.lut_wdata.as_value().eq(self.din)]
+        return m

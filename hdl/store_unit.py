@@ -1,0 +1,102 @@
+"""ST unit: STORE (SRAM words to data-out) and COUNTERS (counter snapshot to data-out)."""
+from amaranth import *
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from opennpu.config import NpuConfig
+from opennpu.golden.program import COUNTER_NAMES
+
+from .common import read_port_signature
+
+__all__ = ["StoreMode", "StoreUnit"]
+
+
+class StoreMode:
+    ACT = 0
+    WGT = 1
+    ACC = 2
+    COUNTERS = 3
+
+
+class StoreUnit(wiring.Component):
+    """Streams SRAM words (or the counter snapshot) out, one data-out beat per cycle.
+
+    Timing: ``start`` in cycle d; word 0 read in d+1; beats pushed d+2 .. d+1+n*b (b beats per word;
+    the next word is read during the previous word's last beat); ``busy`` high d+1 .. d+1+n*b.
+    COUNTERS behaves as one word of ``beats(8 * len(COUNTER_NAMES))`` beats taken from ``counters``,
+    sampled in cycle d.
+
+    Members
+    -------
+    start, mode, addr, rows : In
+    counters : In(ArrayLayout(unsigned(64), len(COUNTER_NAMES)))
+    busy : Out(1)
+    act_rd, wgt_rd, acc_rd : SRAM read ports.
+    push, push_data : Out
+    ev_act_read, ev_wgt_read, ev_acc_read : Out(1)
+    """
+
+    def __init__(self, config: NpuConfig):
+        self._config = c = config
+        super().__init__({
+            "start": In(1), "mode": In(2), "addr": In(16), "rows": In(16),
+            "counters": In(data.ArrayLayout(unsigned(64), len(COUNTER_NAMES))),
+            "busy": Out(1),
+            "act_rd": In(read_port_signature(c.act_depth, 8 * c.act_word_bytes)),
+            "wgt_rd": In(read_port_signature(c.wgt_depth, 8 * c.wgt_word_bytes)),
+            "acc_rd": In(read_port_signature(c.acc_depth, 32 * c.cols)),
+            "push": Out(1), "push_data": Out(8 * c.bus_bytes),
+            "ev_act_read": Out(1), "ev_wgt_read": Out(1), "ev_acc_read": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        c = self._config
+        bus = 8 * c.bus_bytes
+        sources = {   # mode: (word bits, read port or None, read event)
+            StoreMode.ACT: (self.act_rd.data, self.act_rd, self.ev_act_read),
+            StoreMode.WGT: (self.wgt_rd.data, self.wgt_rd, self.ev_wgt_read),
+            StoreMode.ACC: (self.acc_rd.data, self.acc_rd, self.ev_acc_read),
+        }
+        snapshot = Signal.like(self.counters)
+        mode, first = Signal(2), Signal()
+        addr, words_left = Signal(16), Signal(17)
+        most_beats = max(c.beats(len(v[0]) // 8) for v in sources.values()) + c.beats(8 * len(COUNTER_NAMES))
+        beat = Signal(range(most_beats + 1))
+
+        with m.If(self.start):
+            m.d.sync += [self.busy.eq(1), mode.eq(self.mode), first.eq(1), addr.eq(self.addr), beat.eq(0),
+                         words_left.eq(Mux(self.mode == StoreMode.COUNTERS, 1, self.rows))]
+            with m.If(self.mode == StoreMode.COUNTERS):
+                m.d.sync += snapshot.eq(self.counters)
+
+        read = Signal()
+        with m.If(self.busy):
+            with m.If(first):
+                m.d.comb += read.eq(1)
+                m.d.sync += first.eq(0)
+            with m.Else():
+                m.d.comb += self.push.eq(1)
+                with m.Switch(mode):
+                    for mode_value, (word, _, _) in [*sources.items(),
+                                                     (StoreMode.COUNTERS, (snapshot.as_value(), None, None))]:
+                        beats = c.beats(len(word) // 8)
+                        padded = Cat(word, Const(0, beats * bus - len(word)))
+                        with m.Case(mode_value):
+                            m.d.comb += self.push_data.eq(padded.word_select(beat, bus))
+                            with m.If(beat == beats - 1):
+                                m.d.sync += beat.eq(0)
+                                with m.If(words_left == 1):
+                                    m.d.sync += self.busy.eq(0)
+                                with m.Else():
+                                    m.d.comb += read.eq(1)
+                                    m.d.sync += words_left.eq(words_left - 1)
+                            with m.Else():
+                                m.d.sync += beat.eq(beat + 1)
+        with m.If(read):
+            m.d.sync += addr.eq(addr + 1)
+            with m.Switch(mode):
+                for mode_value, (_, port, event) in sources.items():
+                    with m.Case(mode_value):
+                        m.d.comb += [port.en.eq(1), port.addr.eq(addr), event.eq(1)]
+        return m

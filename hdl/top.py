@@ -1,0 +1,110 @@
+"""``NpuTop``: the NPU with its host streams, the head register, the output register and the stall logic.
+
+Back-pressure policy: any stream the machine needs and cannot use this cycle *freezes the whole core*
+(one clock enable, ``run``) for that cycle. That happens when the LD unit needs a data-in beat that
+is not valid, when the output register is full and the host is not ready, or when a program is open
+(its ``last`` command not yet received) and the head register is empty. Frozen cycles are counted
+in ``stall_cycles``; because nothing else moves, every other counter and the order of all events are
+exactly those of a run without back-pressure, and ``cycles - stall_cycles`` is what the cycle model
+(``golden/timing.py``) predicts.
+"""
+from amaranth import *
+from amaranth.hdl import EnableInserter
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from opennpu.config import NpuConfig
+from opennpu.golden.isa import COMMAND_BITS
+from opennpu.golden.program import COUNTER_NAMES
+
+from .controller import Controller
+from .counters import Counters
+
+__all__ = ["CommandBeat", "Status", "NpuTop"]
+
+
+class CommandBeat(data.Struct):
+    """One command; ``last`` marks the final command of a program."""
+    word: COMMAND_BITS
+    last: 1
+
+
+class Status(data.Struct):
+    error: 3          # golden.isa.ErrorCode, sticky (first error since reset)
+    rejected: 16      # number of rejected commands
+    idle: 1           # no program open, nothing executing, output register empty
+
+
+class NpuTop(wiring.Component):
+    """The whole NPU behind three valid/ready streams.
+
+    Members
+    -------
+    cmd : In(stream.Signature(CommandBeat))
+        Commands (``golden/isa.py`` encoding).
+    din : In(stream.Signature(8 * bus_bytes))
+        Data for LOAD / LOAD_BIAS / LOAD_LUT, one beat per cycle.
+    dout : Out(stream.Signature(8 * bus_bytes))
+        STORE / ACTIVATE-to-host / COUNTERS output. Once valid, payload and valid hold until taken.
+    status : Out(Status)
+    counters : Out(ArrayLayout(unsigned(64), len(COUNTER_NAMES)))
+        Live counters (``golden.program.COUNTER_NAMES`` order).
+    """
+
+    def __init__(self, config: NpuConfig):
+        self._config = config
+        bus = 8 * config.bus_bytes
+        super().__init__({
+            "cmd": In(stream.Signature(CommandBeat)),
+            "din": In(stream.Signature(bus)),
+            "dout": Out(stream.Signature(bus)),
+            "status": Out(Status),
+            "counters": Out(data.ArrayLayout(unsigned(64), len(COUNTER_NAMES))),
+        })
+
+    @property
+    def config(self) -> NpuConfig:
+        return self._config
+
+    def elaborate(self, platform):
+        m = Module()
+        core = Controller(self._config)
+        run = Signal()
+        m.submodules.core = EnableInserter(run)(core)
+        m.submodules.perf = perf = Counters(self._config)
+
+        head_valid, head_word, program_open = Signal(), Signal(COMMAND_BITS), Signal()
+        out_valid, out_data = Signal(), Signal(8 * self._config.bus_bytes)
+
+        s_cmd = program_open & ~head_valid
+        s_in = core.want_in & ~self.din.valid
+        s_out = out_valid & ~self.dout.ready
+        m.d.comb += [
+            run.eq(~(s_cmd | s_in | s_out)),
+            core.head_valid.eq(head_valid), core.head_word.eq(head_word),
+            core.din.eq(self.din.payload), core.counters.eq(perf.values),
+            self.din.ready.eq(core.want_in & ~s_out & ~s_cmd),
+            self.cmd.ready.eq(~head_valid | (core.consume & run)),
+            self.dout.valid.eq(out_valid), self.dout.payload.eq(out_data),
+        ]
+
+        with m.If(self.cmd.valid & self.cmd.ready):
+            m.d.sync += [head_valid.eq(1), head_word.eq(self.cmd.payload.word),
+                         program_open.eq(~self.cmd.payload.last)]
+        with m.Elif(core.consume & run):
+            m.d.sync += head_valid.eq(0)
+
+        with m.If(self.dout.valid & self.dout.ready):
+            m.d.sync += out_valid.eq(0)
+        with m.If(core.push & run):
+            m.d.sync += [out_valid.eq(1), out_data.eq(core.push_data)]
+
+        active = Signal()
+        m.d.comb += [
+            active.eq(head_valid | program_open | core.busy | out_valid),
+            perf.run.eq(run), perf.active.eq(active), perf.events.eq(core.events),
+            self.counters.eq(perf.values),
+            self.status.error.eq(core.error), self.status.rejected.eq(core.rejected),
+            self.status.idle.eq(~active),
+        ]
+        return m

@@ -1,0 +1,46 @@
+"""One driver API over every backend: ``Npu(config, backend).run(program) -> Result``."""
+from __future__ import annotations
+
+from opennpu.config import NpuConfig
+from opennpu.golden.model import GoldenNpu
+from opennpu.golden.program import Program, Result
+
+__all__ = ["BACKENDS", "BackendUnavailable", "Npu"]
+
+BACKENDS = ("golden", "pysim", "verilator")
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend exists in the API but cannot run here (not built yet, or a tool is missing)."""
+
+
+class Npu:
+    """An NPU instance on a backend. Every ``run`` starts from reset.
+
+    Parameters
+    ----------
+    config : NpuConfig
+    backend : ``"golden"`` (numpy model), ``"pysim"`` (Amaranth simulator) or ``"verilator"``.
+    backpressure : int or None
+        RTL backends: seed for random valid/ready gaps on every stream (None: none).
+    vcd, gtkw : str or None
+        RTL backends: write a waveform (and a GTKWave save file).
+    """
+
+    def __init__(self, config: NpuConfig, backend: str = "golden", *, backpressure: int | None = None,
+                 vcd: str | None = None, gtkw: str | None = None):
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+        if backend == "golden" and (vcd or backpressure is not None):
+            raise ValueError("the golden backend has no waveforms or stream back-pressure")
+        self.config, self.backend = config, backend
+        self._options = dict(backpressure=backpressure, vcd=vcd, gtkw=gtkw)
+
+    def run(self, program: Program) -> Result:
+        if self.backend == "golden":
+            return GoldenNpu(self.config).run(program)
+        if self.backend == "pysim":
+            from .pysim import run_pysim
+            return run_pysim(self.config, program, **self._options)
+        from .verilator import run_verilator
+        return run_verilator(self.config, program, **self._options)
