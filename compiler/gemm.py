@@ -22,8 +22,9 @@ from opennpu.golden import numerics
 from opennpu.golden.isa import ActFn, Buf, Command, Opcode, Precision
 from opennpu.golden.model import k_tile, weight_words
 from opennpu.golden.program import Program
+from opennpu.golden.timing import array_latency
 
-__all__ = ["GemmSpec", "GemmProgram", "build_gemm", "random_gemm", "ACTIVATIONS"]
+__all__ = ["GemmSpec", "GemmProgram", "build_gemm", "random_gemm", "ACTIVATIONS", "ORDERS"]
 
 ACTIVATIONS = ("none", "relu", "relu6", "gelu", "silu", "sigmoid", "tanh")
 
@@ -46,7 +47,8 @@ class GemmSpec:
         self.a = np.asarray(self.a, np.int64)
         self.w = np.asarray(self.w, np.int64)
         self.bias = np.asarray(self.bias, np.int64)
-        self.precision = Precision(self.precision)
+        p = self.precision
+        self.precision = Precision.from_label(p) if isinstance(p, str) else Precision(p)
         if self.a.ndim != 2 or self.w.ndim != 2 or self.a.shape[1] != self.w.shape[0] or 0 in self.a.shape \
                 or 0 in self.w.shape:
             raise ValueError(f"GEMM needs A (M x K) and W (K x N) with matching non-zero K, got "
@@ -141,20 +143,49 @@ class _Emitter:
         self.data += payload + bytes(self.config.beats(len(payload)) * self.config.bus_bytes - len(payload))
 
 
-def build_gemm(config: NpuConfig, spec: GemmSpec) -> GemmProgram:
-    """Tile ``spec`` for ``config``; raises ``ValueError`` if it cannot be scheduled."""
+ORDERS = ("n_outer", "k_outer")
+
+
+def build_gemm(config: NpuConfig, spec: GemmSpec, order: str | None = None) -> GemmProgram:
+    """Tile ``spec`` for ``config``; raises ``ValueError`` if it cannot be scheduled.
+
+    ``order`` picks the loop nest inside an M chunk: ``"n_outer"`` (N tile, then K tiles; two
+    accumulator tiles live) or ``"k_outer"`` (K tile, then N tiles; every N tile of the chunk live,
+    each activation tile loaded once and reused across N). ``None`` builds every order that fits and
+    keeps the one the cycle model says is fastest.
+    """
     if spec.precision.label not in config.precisions:
         raise ValueError(f"precision {spec.precision.label!r} is not supported by this NPU "
                          f"(precisions={config.precisions})")
     if spec.lut is not None and len(spec.lut) != 256:
         raise ValueError(f"LUT must have 256 entries, got {len(spec.lut)}")
+    if order is not None:
+        if order not in ORDERS:
+            raise ValueError(f"unknown loop order {order!r}; expected one of {ORDERS}")
+        return _schedule(config, spec, order)
+    candidates = []
+    for name in ORDERS:
+        try:
+            candidates.append(_schedule(config, spec, name))
+        except ValueError:
+            if name == ORDERS[0]:
+                raise
+    if len(candidates) == 1:
+        return candidates[0]
+    from opennpu.golden.model import GoldenNpu
+    return min(candidates, key=lambda gp: GoldenNpu(config).run(gp.program).counters["cycles"])
+
+
+def _schedule(config: NpuConfig, spec: GemmSpec, order: str) -> GemmProgram:
     m, k, n = spec.shape
     kt, nt = k_tile(config, spec.precision), config.cols
     n_k, n_n = -(-k // kt), -(-n // nt)
-    chunk = min(m, config.acc_depth // 2, (config.act_depth // 2) // n_k)
+    live_tiles = 2 if order == "n_outer" else 2 * n_n       # accumulator tiles resident at once
+    chunk = min(m, config.acc_depth // live_tiles, (config.act_depth // 2) // n_k)
     if chunk < 1:
-        raise ValueError(f"K={k} needs {n_k} activation words per row; the activation SRAM "
-                         f"({config.act_depth} words) cannot hold one row per half")
+        raise ValueError(f"K={k} needs {n_k} activation words per row and N={n} {live_tiles} "
+                         f"accumulator tiles; the activation SRAM ({config.act_depth} words) or the "
+                         f"accumulator SRAM ({config.acc_depth} words) cannot hold one row")
     tile_words = weight_words(spec.precision, kt)
     resident = n_k * n_n * tile_words <= config.wgt_depth
     slots = config.wgt_depth // tile_words
@@ -170,50 +201,86 @@ def build_gemm(config: NpuConfig, spec: GemmSpec) -> GemmProgram:
     chunks = [(m0, min(chunk, m - m0)) for m0 in range(0, m, chunk)]
     steps = []   # (chunk index, n tile, k tile, weight slot address)
     for ci in range(len(chunks)):
-        for t in range(n_n):
-            for kk in range(n_k):
-                index = len(steps)
-                addr = ((t * n_k + kk) if resident else index % slots) * tile_words
-                steps.append((ci, t, kk, addr))
+        nest = ([(t, kk) for t in range(n_n) for kk in range(n_k)] if order == "n_outer"
+                else [(t, kk) for kk in range(n_k) for t in range(n_n)])
+        for t, kk in nest:
+            addr = ((t * n_k + kk) if resident else len(steps) % slots) * tile_words
+            steps.append((ci, t, kk, addr))
 
-    def emit_loads(step):
+    def a_addr(ci, kk):
+        return (ci % 2) * (config.act_depth // 2) + kk * chunk
+
+    def acc_addr(ci, t):
+        """n_outer: consecutive output tiles alternate halves; k_outer: one region per chunk parity."""
+        if order == "n_outer":
+            return ((ci * n_n + t) % 2) * chunk
+        return ((ci % 2) * n_n + t) * chunk
+
+    # Prologue: the first COMPUTE starts after its activation rows arrive, so split the first step
+    # into pieces (LOAD + COMPUTE each) of at least one drain time of rows, which keeps the array busy.
+    pieces = max(1, min(4, chunks[0][1] // (array_latency(config.rows, config.cols) + 1)))
+
+    def row_pieces(rows, count):
+        bounds = [rows * i // count for i in range(count + 1)]
+        return [(lo, hi - lo) for lo, hi in zip(bounds, bounds[1:])]
+
+    def emit_weight_load(step):
         ci, t, kk, addr = step
-        m0, rows = chunks[ci]
         if not resident or ci == 0:
             krows = min(kt, k - kk * kt)
             tile = _pad(spec.w[kk * kt:kk * kt + krows, t * nt:(t + 1) * nt], kt, nt)
             words = _wgt_words(spec, config, tile)[:weight_words(spec.precision, krows)]
             e.cmd(Opcode.LOAD, buf=Buf.WGT, addr=addr, rows=len(words))
             e.words(words)
-        if t == 0:
-            block = _pad(spec.a[m0:m0 + rows, kk * kt:(kk + 1) * kt], rows, kt)
-            e.cmd(Opcode.LOAD, buf=Buf.ACT, addr=_a_addr(ci, kk), rows=rows)
-            e.words(_act_words(spec, config, block))
 
-    def _a_addr(ci, kk):
-        return (ci % 2) * (config.act_depth // 2) + kk * chunk
+    def emit_act_loads(step, parts):
+        ci, t, kk, _ = step
+        if t != 0:                      # activation tiles are loaded once per chunk
+            return
+        m0, rows = chunks[ci]
+        block = _act_words(spec, config, _pad(spec.a[m0:m0 + rows, kk * kt:(kk + 1) * kt], rows, kt))
+        for lo, size in parts:
+            e.cmd(Opcode.LOAD, buf=Buf.ACT, addr=a_addr(ci, kk) + lo, rows=size)
+            e.words(block[lo:lo + size])
+
+    def emit_preload(step):
+        _, t, kk, addr = step
+        e.cmd(Opcode.PRELOAD, addr=addr, krows=min(kt, k - kk * kt), ncols=min(nt, n - t * nt))
 
     def emit_activate(ci, t):
         m0, rows = chunks[ci]
         bias = np.zeros(config.cols, np.int64)
         width = min(nt, n - t * nt)
         bias[:width] = spec.bias[t * nt:t * nt + width]
-        e.cmd(Opcode.LOAD_BIAS)
+        bank = (ci * n_n + t) % 2                    # alternate banks: load one while the other is read
+        e.cmd(Opcode.LOAD_BIAS, bank=bank)
         e.register(bias.astype("<i4").tobytes())
-        e.cmd(Opcode.ACTIVATE, accaddr=(t % 2) * chunk, aaddr=0, rows=rows, dest=1)
+        e.cmd(Opcode.ACTIVATE, accaddr=acc_addr(ci, t), aaddr=0, rows=rows, dest=1, bank=bank)
 
-    emit_loads(steps[0])
-    pending = None
-    for s, (ci, t, kk, addr) in enumerate(steps):
-        krows = min(kt, k - kk * kt)
-        e.cmd(Opcode.PRELOAD, addr=addr, krows=krows, ncols=min(nt, n - t * nt))
-        e.cmd(Opcode.COMPUTE, aaddr=_a_addr(ci, kk), accaddr=(t % 2) * chunk, rows=chunks[ci][1],
+    def emit_compute(step, lo, size):
+        ci, t, kk, _ = step
+        e.cmd(Opcode.COMPUTE, aaddr=a_addr(ci, kk) + lo, accaddr=acc_addr(ci, t) + lo, rows=size,
               accumulate=kk > 0)
+
+    first = row_pieces(chunks[0][1], pieces)
+    emit_weight_load(steps[0])
+    emit_act_loads(steps[0], first[:1])
+    emit_preload(steps[0])
+    for i, (lo, size) in enumerate(first):      # load piece i+1 while piece i computes
+        emit_act_loads(steps[0], first[i + 1:i + 2])
+        emit_compute(steps[0], lo, size)
+    pending = None
+    for s, step in enumerate(steps):
+        ci, t, kk, _ = step
+        if s:
+            emit_preload(step)
+            emit_compute(step, 0, chunks[ci][1])
+        if s + 1 < len(steps):
+            emit_weight_load(steps[s + 1])
+            emit_act_loads(steps[s + 1], row_pieces(chunks[steps[s + 1][0]][1], 1))
         if pending is not None:
             emit_activate(*pending)
             pending = None
-        if s + 1 < len(steps):
-            emit_loads(steps[s + 1])
         if kk == n_k - 1:
             pending = (ci, t)
     emit_activate(*pending)

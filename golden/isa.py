@@ -13,10 +13,12 @@ CONFIG   1      precision 4:2, act 6:2 (0 clamp only, 1 LUT), out_zp 8:8 s, qmin
                 qmax 24:8 s, shift 32:8 s (>0 left, <0 right), multiplier 40:31 (Q31 M0)
 LOAD     2      buf 4:2 (0 act, 1 wgt), addr 8:16, rows 24:16
 LOAD_LUT 3      (256 int8 entries follow on data-in)
-LOAD_BIAS 4     (``cols`` int32 little-endian follow on data-in)
+LOAD_BIAS 4     bank 4:1 (``cols`` int32 little-endian follow on data-in; two banks, so the next
+                tile's bias loads while ACTIVATE reads the other bank)
 PRELOAD  5      addr 8:16, krows 24:8 (K rows of the tile), ncols 32:8 (N columns of the tile)
 COMPUTE  6      aaddr 8:16, accaddr 24:16, rows 40:16, accumulate 56:1
-ACTIVATE 7      accaddr 8:16, aaddr 24:16, rows 40:16, dest 56:1 (0 act SRAM, 1 data-out)
+ACTIVATE 7      accaddr 8:16, aaddr 24:16, rows 40:16, dest 56:1 (0 act SRAM, 1 data-out),
+                bank 57:1 (bias bank)
 STORE    8      buf 4:2 (0 act, 1 wgt, 2 acc), addr 8:16, rows 24:16
 COUNTERS 9      (counter snapshot to data-out)
 FENCE    10     (wait until all work is done)
@@ -111,12 +113,12 @@ FIELDS: dict[Opcode, tuple[Field, ...]] = {
                     Field("shift", 32, 8, True), Field("multiplier", 40, 31)),
     Opcode.LOAD: (Field("buf", 4, 2), Field("addr", 8, 16), Field("rows", 24, 16)),
     Opcode.LOAD_LUT: (),
-    Opcode.LOAD_BIAS: (),
+    Opcode.LOAD_BIAS: (Field("bank", 4, 1),),
     Opcode.PRELOAD: (Field("addr", 8, 16), Field("krows", 24, 8), Field("ncols", 32, 8)),
     Opcode.COMPUTE: (Field("aaddr", 8, 16), Field("accaddr", 24, 16), Field("rows", 40, 16),
                      Field("accumulate", 56, 1)),
     Opcode.ACTIVATE: (Field("accaddr", 8, 16), Field("aaddr", 24, 16), Field("rows", 40, 16),
-                      Field("dest", 56, 1)),
+                      Field("dest", 56, 1), Field("bank", 57, 1)),
     Opcode.STORE: (Field("buf", 4, 2), Field("addr", 8, 16), Field("rows", 24, 16)),
     Opcode.COUNTERS: (),
     Opcode.FENCE: (),

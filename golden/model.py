@@ -99,6 +99,9 @@ class GoldenNpu:
     hardware does between programs, counters included (``reset()`` starts over)."""
 
     def __init__(self, config: NpuConfig):
+        if config.dataflow != "ws":
+            raise ValueError(f"dataflow {config.dataflow!r}: only the weight-stationary dataflow ('ws') "
+                             f"is modelled so far")
         self.config = config
         self.reset()
 
@@ -108,7 +111,7 @@ class GoldenNpu:
         self.act = np.zeros((c.act_depth, c.act_word_bytes), np.uint8)
         self.wgt = np.zeros((c.wgt_depth, c.wgt_word_bytes), np.uint8)
         self.acc = np.zeros((c.acc_depth, c.cols), np.int64)
-        self.bias = np.zeros(c.cols, np.int64)
+        self.bias = [np.zeros(c.cols, np.int64) for _ in range(2)]   # two banks
         self.lut = np.zeros(256, np.int64)
         self.pe_weights = [np.zeros((2 * c.rows, c.cols), np.int64) for _ in range(2)]
         self.pe_macs = [0, 0]                 # useful MACs per row for each PE buffer
@@ -185,16 +188,16 @@ class GoldenNpu:
                     **{("act_writes" if buf == Buf.ACT else "wgt_writes"): cmd.rows})
         return d
 
-    def _load_register(self, space: Space, nbytes: int) -> tuple[int, bytes]:
+    def _load_register(self, space: Space, nbytes: int, index: int = 0) -> tuple[int, bytes]:
         beats = self.config.beats(nbytes)
-        d = self.timeline.load([Access(space, 0, 1, True)], beats)
+        d = self.timeline.load([Access(space, index, 1, True)], beats)
         data = self._take(beats * self.config.bus_bytes)[:nbytes]
         self._count(dma_in_bytes=beats * self.config.bus_bytes)
         return d, data
 
     def _load_bias(self, cmd):
-        d, data = self._load_register(Space.BIAS, 4 * self.config.cols)
-        self.bias = np.frombuffer(data, "<i4").astype(np.int64)
+        d, data = self._load_register(Space.BIAS, 4 * self.config.cols, cmd.bank)
+        self.bias[cmd.bank] = np.frombuffer(data, "<i4").astype(np.int64)
         return d
 
     def _load_lut(self, cmd):
@@ -245,9 +248,9 @@ class GoldenNpu:
         to_output = cmd.dest == 1
         target = Access(Space.OUT, 0, 1, True) if to_output else Access(Space.ACT, cmd.aaddr, cmd.rows, True)
         d = self.timeline.activate([Access(Space.ACC, cmd.accaddr, cmd.rows, False),
-                                    Access(Space.BIAS, 0, 1, False), Access(Space.LUT, 0, 1, False),
+                                    Access(Space.BIAS, cmd.bank, 1, False), Access(Space.LUT, 0, 1, False),
                                     target], cmd.rows, to_output)
-        y = numerics.activation_unit(self.acc[cmd.accaddr:cmd.accaddr + cmd.rows], self.bias,
+        y = numerics.activation_unit(self.acc[cmd.accaddr:cmd.accaddr + cmd.rows], self.bias[cmd.bank],
                                      r["multiplier"], r["shift"], r["out_zp"], r["qmin"], r["qmax"],
                                      self.lut if r["act"] == ActFn.LUT else None)
         out = y.astype(np.int8).view(np.uint8)

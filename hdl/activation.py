@@ -166,7 +166,7 @@ class ActivationUnit(wiring.Component):
         with m.If(a_valid):
             for i in range(self._lanes):
                 wide = a_x[i] << left
-                m.d.sync += s_x[i].eq(Mux(0, _INT32_MAX,
+                m.d.sync += s_x[i].eq(Mux(wide > _INT32_MAX, _INT32_MAX,
                                           Mux(wide < _INT32_MIN, _INT32_MIN, wide)))
 
         # 3: multiply with the srdhm nudge folded in.

@@ -68,6 +68,10 @@ class Controller(wiring.Component):
         if ActivationUnit.latency_for() != ACT_LATENCY:
             raise AssertionError("hdl/activation.py and golden/timing.py disagree on the activation latency")
         self._config = c = config
+        self.array = SystolicArray(c.rows, c.cols)
+        self.act_fn = ActivationUnit(c.cols, min(c.bus_bytes, 256))
+        self.ld, self.pl, self.ex = LoadUnit(c), PreloadUnit(c), ExecuteUnit(c)
+        self.wb, self.st = WritebackUnit(c), StoreUnit(c)
         super().__init__({
             "head_valid": In(1), "head_word": In(COMMAND_BITS), "consume": Out(1),
             "din": In(8 * c.bus_bytes), "want_in": Out(1),
@@ -85,14 +89,13 @@ class Controller(wiring.Component):
         m.submodules.act_sram = act = memory.Memory(shape=8 * c.act_word_bytes, depth=c.act_depth, init=[])
         m.submodules.wgt_sram = wgt = memory.Memory(shape=8 * c.wgt_word_bytes, depth=c.wgt_depth, init=[])
         m.submodules.acc_sram = acc = memory.Memory(shape=32 * c.cols, depth=c.acc_depth, init=[])
-        m.submodules.array = array = SystolicArray(c.rows, c.cols)
-        m.submodules.act_fn = act_fn = ActivationUnit(c.cols, min(c.bus_bytes, 256))
-
-        m.submodules.ld = ld = LoadUnit(c)
-        m.submodules.pl = pl = PreloadUnit(c)
-        m.submodules.ex = ex = ExecuteUnit(c)
-        m.submodules.wb = wb = WritebackUnit(c)
-        m.submodules.st = st = StoreUnit(c)
+        m.submodules.array = array = self.array
+        m.submodules.act_fn = act_fn = self.act_fn
+        m.submodules.ld = ld = self.ld
+        m.submodules.pl = pl = self.pl
+        m.submodules.ex = ex = self.ex
+        m.submodules.wb = wb = self.wb
+        m.submodules.st = st = self.st
 
         acc_ex_wr = acc.write_port()
         wiring.connect(m, ld.act_wr, act.write_port())
@@ -114,7 +117,7 @@ class Controller(wiring.Component):
             array.w_data.eq(pl.w_data), array.w_clear.eq(pl.w_clear), array.w_clear_buf.eq(pl.w_clear_buf),
             act_fn.i_valid.eq(wb.i_valid), act_fn.i_acc.eq(wb.i_acc),
             wb.o_valid.eq(act_fn.o_valid), wb.o_data.eq(act_fn.o_data),
-            act_fn.bias.eq(ld.bias), act_fn.lut_we.eq(ld.lut_we), act_fn.lut_addr.eq(ld.lut_addr),
+            act_fn.bias.eq(ld.bias[wb.bias_bank]), act_fn.lut_we.eq(ld.lut_we), act_fn.lut_addr.eq(ld.lut_addr),
             act_fn.lut_wdata.eq(ld.lut_wdata),
             ld.din.eq(self.din), self.want_in.eq(ld.want),
             st.counters.eq(self.counters),
@@ -149,7 +152,7 @@ class Controller(wiring.Component):
                 m.d.comb += head[0].eq(access(m, v[Opcode.LOAD].buf, v[Opcode.LOAD].addr,
                                               v[Opcode.LOAD].rows, 1))
             with m.Case(Opcode.LOAD_BIAS):
-                m.d.comb += head[0].eq(access(m, Space.BIAS, 0, 1, 1))
+                m.d.comb += head[0].eq(access(m, Space.BIAS, v[Opcode.LOAD_BIAS].bank, 1, 1))
             with m.Case(Opcode.LOAD_LUT):
                 m.d.comb += head[0].eq(access(m, Space.LUT, 0, 1, 1))
             with m.Case(Opcode.PRELOAD):
@@ -164,7 +167,7 @@ class Controller(wiring.Component):
             with m.Case(Opcode.ACTIVATE):
                 a = v[Opcode.ACTIVATE]
                 m.d.comb += [head[0].eq(access(m, Space.ACC, a.accaddr, a.rows, 0)),
-                             head[1].eq(access(m, Space.BIAS, 0, 1, 0)),
+                             head[1].eq(access(m, Space.BIAS, a.bank, 1, 0)),
                              head[2].eq(access(m, Space.LUT, 0, 1, 0)),
                              head[3].eq(Mux(a.dest, access(m, Space.OUT, 0, 1, 1),
                                             access(m, Space.ACT, a.aaddr, a.rows, 1)))]
@@ -251,12 +254,12 @@ class Controller(wiring.Component):
         m.d.comb += [
             ld.kind.eq(Mux(opcode == Opcode.LOAD, Mux(load.buf == Buf.WGT, LoadKind.WGT, LoadKind.ACT),
                            Mux(opcode == Opcode.LOAD_BIAS, LoadKind.BIAS, LoadKind.LUT))),
-            ld.addr.eq(load.addr), ld.rows.eq(load.rows),
+            ld.addr.eq(load.addr), ld.rows.eq(load.rows), ld.bank.eq(v[Opcode.LOAD_BIAS].bank),
             pl.addr.eq(pre.addr), pl.krows.eq(pre.krows), pl.ncols.eq(pre.ncols),
             ex.aaddr.eq(comp.aaddr), ex.accaddr.eq(comp.accaddr), ex.rows.eq(comp.rows),
             ex.accumulate.eq(comp.accumulate), ex.buf.eq(cur), ex.row_macs.eq(pe_macs[cur]),
             wb.accaddr.eq(act_cmd.accaddr), wb.aaddr.eq(act_cmd.aaddr), wb.rows.eq(act_cmd.rows),
-            wb.dest.eq(act_cmd.dest),
+            wb.dest.eq(act_cmd.dest), wb.bank.eq(act_cmd.bank),
             st.mode.eq(Mux(opcode == Opcode.COUNTERS, StoreMode.COUNTERS, store.buf)),
             st.addr.eq(store.addr), st.rows.eq(store.rows),
         ]

@@ -56,6 +56,7 @@ class ExecuteUnit(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         c = self._config
+        m.d.comb += self.act_rd.en.eq(0)            # memory read ports default to enabled
         latency = array_latency(c.rows, c.cols)
         aaddr, accaddr, rows_left = Signal(16), Signal(16), Signal(17)
         accumulate, buf, row_macs = Signal(), Signal(), Signal(16)

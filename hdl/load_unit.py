@@ -33,8 +33,10 @@ class LoadUnit(wiring.Component):
     din : In(bus_bytes * 8)
         The data-in beat (valid whenever the machine is not frozen).
     act_wr, wgt_wr : memory write ports.
-    bias : Out(ArrayLayout(signed(32), cols))
-        Bias registers (LOAD_BIAS).
+    bank : In(1)
+        LOAD_BIAS: which of the two bias banks to fill.
+    bias : Out(ArrayLayout(ArrayLayout(signed(32), cols), 2))
+        The two bias register banks.
     lut_we, lut_addr, lut_wdata : Out
         LUT write, ``bus_bytes`` entries per beat starting at ``lut_addr``.
     ev_beat, ev_act_write, ev_wgt_write : Out(1)
@@ -45,11 +47,11 @@ class LoadUnit(wiring.Component):
         self._config = c = config
         self._lut_width = min(c.bus_bytes, 256)
         super().__init__({
-            "start": In(1), "kind": In(2), "addr": In(16), "rows": In(16),
+            "start": In(1), "kind": In(2), "addr": In(16), "rows": In(16), "bank": In(1),
             "busy": Out(1), "want": Out(1), "din": In(8 * c.bus_bytes),
             "act_wr": In(write_port_signature(c.act_depth, 8 * c.act_word_bytes)),
             "wgt_wr": In(write_port_signature(c.wgt_depth, 8 * c.wgt_word_bytes)),
-            "bias": Out(data.ArrayLayout(signed(32), c.cols)),
+            "bias": Out(data.ArrayLayout(data.ArrayLayout(signed(32), c.cols), 2)),
             "lut_we": Out(1), "lut_addr": Out(range(256)),
             "lut_wdata": Out(data.ArrayLayout(signed(8), self._lut_width)),
             "ev_beat": Out(1), "ev_act_write": Out(1), "ev_wgt_write": Out(1),
@@ -59,7 +61,7 @@ class LoadUnit(wiring.Component):
         m = Module()
         c = self._config
         bias_beats = c.beats(4 * c.cols)
-        kind = Signal(2)
+        kind, bank = Signal(2), Signal()
         addr = Signal(16)
         left = Signal(17)            # beats still to come
         beat = Signal(range(max(bias_beats, c.beats(256)) + 1))
@@ -67,7 +69,7 @@ class LoadUnit(wiring.Component):
 
         m.d.comb += [self.want.eq(self.busy), self.ev_beat.eq(self.busy)]
         with m.If(self.start):
-            m.d.sync += [self.busy.eq(1), kind.eq(self.kind), addr.eq(self.addr), beat.eq(0)]
+            m.d.sync += [self.busy.eq(1), kind.eq(self.kind), addr.eq(self.addr), beat.eq(0), bank.eq(self.bank)]
             with m.Switch(self.kind):
                 with m.Case(LoadKind.ACT, LoadKind.WGT):
                     m.d.sync += left.eq(self.rows)
@@ -92,7 +94,7 @@ class LoadUnit(wiring.Component):
                     shifted = Cat(bias_shift[8 * c.bus_bytes:], self.din)
                     m.d.sync += bias_shift.eq(shifted)
                     with m.If(left == 1):
-                        m.d.sync += self.bias.as_value().eq(shifted[:32 * c.cols])
+                        m.d.sync += self.bias[bank].as_value().eq(shifted[:32 * c.cols])
                 with m.Case(LoadKind.LUT):
                     m.d.comb += [self.lut_we.eq(1), self.lut_addr.eq(beat * c.bus_bytes),
                                  self.lut_wdata.as_value().eq(self.din)]

@@ -42,6 +42,7 @@ class PreloadUnit(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         c = self._config
+        m.d.comb += self.wgt_rd.en.eq(0)           # memory read ports default to enabled
         addr = Signal(16)
         krows = Signal(8)
         ncols = Signal(8)

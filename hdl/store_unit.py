@@ -53,6 +53,8 @@ class StoreUnit(wiring.Component):
         m = Module()
         c = self._config
         bus = 8 * c.bus_bytes
+        # Read ports enable only on a read (their data must hold between the beats of a word).
+        m.d.comb += [self.act_rd.en.eq(0), self.wgt_rd.en.eq(0), self.acc_rd.en.eq(0)]
         sources = {   # mode: (word bits, read port or None, read event)
             StoreMode.ACT: (self.act_rd.data, self.act_rd, self.ev_act_read),
             StoreMode.WGT: (self.wgt_rd.data, self.wgt_rd, self.ev_wgt_read),

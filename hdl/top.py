@@ -53,6 +53,8 @@ class NpuTop(wiring.Component):
 
     def __init__(self, config: NpuConfig):
         self._config = config
+        self.core = Controller(config)
+        self.perf = Counters(config)
         bus = 8 * config.bus_bytes
         super().__init__({
             "cmd": In(stream.Signature(CommandBeat)),
@@ -68,10 +70,10 @@ class NpuTop(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        core = Controller(self._config)
+        core, perf = self.core, self.perf
         run = Signal()
         m.submodules.core = EnableInserter(run)(core)
-        m.submodules.perf = perf = Counters(self._config)
+        m.submodules.perf = perf
 
         head_valid, head_word, program_open = Signal(), Signal(COMMAND_BITS), Signal()
         out_valid, out_data = Signal(), Signal(8 * self._config.bus_bytes)

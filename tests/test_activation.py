@@ -103,30 +103,43 @@ def check(dut, segments):
 
 # -- property test -----------------------------------------------------------------------------------
 INT32 = st.integers(INT32_MIN, INT32_MAX)
-# +-odd * 2^j + {-1, 0, 1}: rounding ties of srdhm (with power-of-two multipliers) and of rdbpot.
-NEAR_TIES = st.builds(lambda sign, odd, j, d: int(np.clip(sign * (2 * odd + 1 << j) + d, INT32_MIN, INT32_MAX)),
-                      st.sampled_from([-1, 1]), st.integers(0, 255), st.integers(0, 30), st.integers(-1, 1))
-ACC = st.one_of(INT32, NEAR_TIES, st.integers(-4096, 4096),
+INT8 = st.integers(-128, 127)
+
+
+def near_ties(exponents):
+    """+-odd * 2^j + {-1, 0, 1} for j in ``exponents``, clipped to int32."""
+    return st.builds(lambda sign, odd, j, d: int(np.clip(sign * (2 * odd + 1 << j) + d, INT32_MIN, INT32_MAX)),
+                     st.sampled_from([-1, 1]), st.integers(0, 127), st.sampled_from(exponents), st.integers(-1, 1))
+
+
+ACC = st.one_of(INT32, near_ties(range(31)), st.integers(-4096, 4096),
                 st.sampled_from([INT32_MIN, INT32_MIN + 1, INT32_MAX, INT32_MAX - 1, 0, 1, -1]))
 MULTIPLIER = st.one_of(st.integers(0, INT32_MAX), st.builds(lambda p: 1 << p, st.integers(0, 30)),
                        st.sampled_from([0, 1, (1 << 30) + 1, INT32_MAX]))
-INT8 = st.integers(-128, 127)
 
 
 @st.composite
 def segments(draw):
+    """Random parameters and rows, or (tie mode) a power-of-two multiplier 2^p, shift -e and accumulators
+    at the srdhm ties (odd * 2^(30-p)) and rdbpot ties (odd * 2^(29-p+e)) whose results land in int8 range."""
     qmin, qmax = draw(st.one_of(st.just((-128, 127)), st.tuples(INT8, INT8).map(sorted)))
     use_lut = draw(st.booleans())
     lut_writes = []
     if use_lut:
         table = [b - 256 if b >= 128 else b for b in draw(st.binary(min_size=256, max_size=256))]
         lut_writes = [(a, table[a:a + 16]) for a in range(0, 256, 16)]
-    row = st.lists(ACC, min_size=LANES, max_size=LANES)
-    return Segment(
-        rows=draw(st.lists(st.one_of(row, row, row, st.none()), min_size=1, max_size=64)),
-        bias=draw(st.lists(st.one_of(INT32, st.just(0), st.integers(-1000, 1000)), min_size=LANES, max_size=LANES)),
-        multiplier=draw(MULTIPLIER), shift=draw(st.integers(-31, 30)), out_zp=draw(INT8),
-        qmin=qmin, qmax=qmax, use_lut=use_lut, lut_writes=lut_writes)
+    if draw(st.booleans()):
+        p = draw(st.integers(0, 30))
+        e = draw(st.integers(0, p))
+        multiplier, shift, acc = 1 << p, -e, near_ties(sorted({30 - p, 30 - p + max(e - 1, 0)}))
+        bias = st.just([0] * LANES)
+    else:
+        multiplier, shift, acc = draw(MULTIPLIER), draw(st.integers(-31, 30)), ACC
+        bias = st.lists(st.one_of(INT32, st.just(0), st.integers(-1000, 1000)), min_size=LANES, max_size=LANES)
+    row = st.lists(acc, min_size=LANES, max_size=LANES)
+    return Segment(rows=draw(st.lists(st.one_of(row, row, row, st.none()), min_size=1, max_size=64)),
+                   bias=draw(bias), multiplier=multiplier, shift=shift, out_zp=draw(INT8),
+                   qmin=qmin, qmax=qmax, use_lut=use_lut, lut_writes=lut_writes)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -147,9 +160,10 @@ def test_rounding_ties():
     halves = [2 * h for h in range(-300, 301)]
     assert all(srdhm(a, 1 << 30) == a // 2 for a in halves)
     segs = [Segment(rows_of(halves), [0] * LANES, 1 << 30, shift) for shift in (-1, -2, -3)]
-    # multiplier 2^p: srdhm ties where acc * 2^p == +-2^30 mod 2^31, i.e. acc = odd * 2^(30-p).
+    # multiplier 2^p: srdhm ties where acc * 2^p == +-2^30 mod 2^31, i.e. acc = odd * 2^(30-p), +-1.
     for p in (0, 12, 24, 29):
-        accs = [k << (30 - p) for k in range(-129, 130) if INT32_MIN <= k << (30 - p) <= INT32_MAX]
+        accs = [(k << (30 - p)) + d for k in range(-129, 130) for d in (-1, 0, 1)
+                if INT32_MIN <= (k << (30 - p)) + d <= INT32_MAX]
         segs.append(Segment(rows_of(accs), [0] * LANES, 1 << p, 0))
     check(ActivationUnit(LANES, 1), segs)
     # The golden model breaks positive ties up and negative ties (of srdhm) toward zero, rdbpot away from zero.

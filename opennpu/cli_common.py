@@ -1,0 +1,39 @@
+"""Helpers shared by the CLI subcommands: config from flags, JSON or text output, clean errors."""
+from __future__ import annotations
+
+import json
+import sys
+
+from opennpu.config import DATAFLOWS, PRECISIONS, NpuConfig, parse_array
+
+__all__ = ["add_config_args", "config_from_args", "emit", "fail"]
+
+
+def add_config_args(parser, *, precision=True):
+    parser.add_argument("--array", default="8x8", help="systolic array RxC (default 8x8)")
+    parser.add_argument("--dataflow", default="ws", choices=DATAFLOWS)
+    if precision:
+        parser.add_argument("--precision", default="int8", choices=PRECISIONS)
+    parser.add_argument("--act-depth", type=int, default=None, help="activation SRAM words")
+    parser.add_argument("--wgt-depth", type=int, default=None, help="weight SRAM words")
+    parser.add_argument("--acc-depth", type=int, default=None, help="accumulator SRAM words")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def config_from_args(args) -> NpuConfig:
+    rows, cols = parse_array(args.array)
+    extra = {k: v for k, v in (("act_depth", args.act_depth), ("wgt_depth", args.wgt_depth),
+                               ("acc_depth", args.acc_depth)) if v is not None}
+    precision = getattr(args, "precision", "int8")
+    precisions = ("int8",) if precision == "int8" else ("int8", precision)
+    return NpuConfig(rows=rows, cols=cols, dataflow=args.dataflow, precisions=precisions, **extra)
+
+
+def emit(args, obj: dict, text: str):
+    """Print ``obj`` as JSON with ``--json``, else ``text``."""
+    print(json.dumps(obj, indent=None, default=str) if args.json else text)
+
+
+def fail(args, message: str, code: int = 2) -> int:
+    print(f"opennpu {args.command}: error: {message}", file=sys.stderr)
+    return code

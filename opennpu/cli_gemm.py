@@ -1,0 +1,144 @@
+"""``opennpu gemm`` (random quantized GEMM, run and verify), ``opennpu sim`` (the same on the RTL
+with a waveform) and ``opennpu export`` (Verilog)."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from opennpu.cli_common import add_config_args, config_from_args, emit, fail
+
+__all__ = ["register", "run_gemm"]
+
+
+def register(sub):
+    gemm = sub.add_parser("gemm", help="run a random quantized GEMM and verify it")
+    _gemm_args(gemm)
+    gemm.add_argument("--backend", default="golden", choices=("golden", "pysim", "verilator"))
+    gemm.add_argument("--backpressure", type=int, default=None, metavar="SEED",
+                      help="RTL backends: random valid/ready gaps on every stream")
+    gemm.set_defaults(func=_cmd_gemm)
+
+    sim = sub.add_parser("sim", help="run a random GEMM on the RTL and write a waveform")
+    _gemm_args(sim)
+    sim.add_argument("--backend", default="pysim", choices=("pysim", "verilator"))
+    sim.add_argument("--vcd", help="VCD waveform path (a GTKWave .gtkw save file is written beside it)")
+    sim.add_argument("--fst", help="FST waveform path (verilator backend)")
+    sim.set_defaults(func=_cmd_sim)
+
+    export = sub.add_parser("export", help="write the NPU as Verilog")
+    add_config_args(export, precision=False)
+    export.add_argument("-o", "--output", required=True, help="Verilog file to write")
+    export.set_defaults(func=_cmd_export)
+
+
+def _gemm_args(parser):
+    parser.add_argument("--m", type=int, required=True)
+    parser.add_argument("--k", type=int, required=True)
+    parser.add_argument("--n", type=int, required=True)
+    add_config_args(parser)
+    parser.add_argument("--act", default="none",
+                        choices=("none", "relu", "relu6", "gelu", "silu", "sigmoid", "tanh"))
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def run_gemm(config, m, k, n, *, precision="int8", act="none", seed=0, backend="golden", **options) -> dict:
+    """Build, run and verify one random GEMM; returns the report dict the CLI prints."""
+    from opennpu.compiler.gemm import build_gemm, random_gemm
+    from opennpu.golden.model import GoldenNpu
+    from opennpu.sim.driver import Npu
+
+    spec = random_gemm(m, k, n, precision, act, seed)
+    gp = build_gemm(config, spec)
+    start = time.perf_counter()
+    golden = GoldenNpu(config).run(gp.program)
+    wall = time.perf_counter() - start
+    result = golden
+    if backend != "golden":
+        start = time.perf_counter()
+        result = Npu(config, backend, **options).run(gp.program)
+        wall = time.perf_counter() - start
+
+    out = gp.decode_output(result.outputs)
+    checks = {"numerics": bool(np.array_equal(out, spec.expected())),
+              "golden_outputs": result.outputs == golden.outputs}
+    stalls = result.counters["stall_cycles"]
+    checks["golden_counters"] = all(
+        result.counters[name] == golden.counters[name] + (stalls if name in ("cycles", "stall_cycles") else 0)
+        for name in golden.counters)
+    checks["error_free"] = int(result.error) == 0
+    reference_device = None
+    try:
+        from opennpu.golden.reference import gemm_reference, reference_device as pick
+        reference_device = pick()
+        ref = gemm_reference(spec.a, spec.w, spec.bias, spec.multiplier, spec.shift, spec.out_zp,
+                             spec.qmin, spec.qmax, spec.lut)
+        checks["torch_reference"] = bool(np.array_equal(out, ref))
+    except ImportError:
+        pass                               # torch is optional (extra "ref")
+
+    c = result.counters
+    pes = config.rows * config.cols
+    return {
+        "verified": all(checks.values()), "checks": checks, "backend": backend, "array": config.array,
+        "dataflow": config.dataflow, "precision": precision, "act": act, "shape": [m, k, n],
+        "bus_bytes": config.bus_bytes, "cycles": c["cycles"], "busy_cycles": c["busy_cycles"],
+        "stall_cycles": c["stall_cycles"], "macs": c["macs"],
+        "utilization": c["macs"] / (c["cycles"] * pes), "busy_fraction": c["busy_cycles"] / c["cycles"],
+        "energy_pj": c["energy_fj"] / 1000, "counters": c, "wall_s": wall,
+        "sim_cycles_per_s": c["cycles"] / wall if backend != "golden" and wall > 0 else None,
+        "reference_device": reference_device,
+    }
+
+
+def _text(report: dict) -> str:
+    m, k, n = report["shape"]
+    lines = [f"GEMM {m}x{k} @ {k}x{n} ({report['precision']}, act={report['act']}) on {report['array']} "
+             f"{report['dataflow'].upper()} [{report['backend']}]",
+             f"  verified      {report['verified']}  {report['checks']}",
+             f"  cycles        {report['cycles']}  (busy {report['busy_cycles']}, stall {report['stall_cycles']})",
+             f"  utilization   {report['utilization']:.1%}  (MACs {report['macs']})",
+             f"  energy        {report['energy_pj']:.1f} pJ",
+             f"  wall          {report['wall_s']:.2f} s"]
+    return "\n".join(lines)
+
+
+def _run(args, backend, **options) -> int:
+    from opennpu.sim.driver import BackendUnavailable
+    config = config_from_args(args)
+    try:
+        report = run_gemm(config, args.m, args.k, args.n, precision=args.precision, act=args.act,
+                          seed=args.seed, backend=backend, **options)
+    except BackendUnavailable as error:
+        return fail(args, f"backend {backend!r} unavailable: {error}")
+    emit(args, report, _text(report))
+    return 0 if report["verified"] else 1
+
+
+def _cmd_gemm(args) -> int:
+    options = {} if args.backend == "golden" else {"backpressure": args.backpressure}
+    return _run(args, args.backend, **options)
+
+
+def _cmd_sim(args) -> int:
+    if args.fst and args.backend != "verilator":
+        return fail(args, "--fst needs --backend verilator (Amaranth's simulator writes VCD)")
+    options = {}
+    if args.vcd:
+        options.update(vcd=args.vcd, gtkw=args.vcd.rsplit(".", 1)[0] + ".gtkw")
+    if args.fst:
+        options.update(fst=args.fst)
+    return _run(args, args.backend, **options)
+
+
+def _cmd_export(args) -> int:
+    from amaranth.back import verilog
+
+    from opennpu.hdl.top import NpuTop
+    config = config_from_args(args)
+    text = verilog.convert(NpuTop(config), name="opennpu_top")
+    with open(args.output, "w") as f:
+        f.write(text)
+    emit(args, {"output": args.output, "array": config.array, "bytes": len(text), "config": config.to_dict()},
+         f"wrote {args.output} ({len(text)} bytes, {config.array})")
+    return 0

@@ -1,0 +1,151 @@
+"""Differential tests: RTL (Amaranth simulator) vs golden model, outputs and every counter.
+
+pysim runs the full NPU at ~1k cycles/s, so these programs are small; big programs run on Verilator
+(tests/test_verilator.py).
+"""
+import numpy as np
+import pytest
+
+from opennpu.compiler.gemm import ACTIVATIONS, build_gemm, random_gemm
+from opennpu.config import NpuConfig
+from opennpu.golden.isa import Buf, Command, ErrorCode, Opcode, Precision
+from opennpu.golden.model import GoldenNpu
+from opennpu.golden.program import Program, decode_counters
+from opennpu.sim.driver import Npu
+
+
+def small_config(rows, cols, **kw):
+    return NpuConfig(rows=rows, cols=cols, act_depth=128, wgt_depth=64, acc_depth=64, **kw)
+
+
+def assert_same(rtl, golden):
+    """Outputs, status and counters equal; stalls only add cycles."""
+    assert rtl.outputs == golden.outputs
+    assert (rtl.error, rtl.rejected) == (golden.error, golden.rejected)
+    stalls = rtl.counters["stall_cycles"]
+    for name, value in golden.counters.items():
+        expected = value + stalls if name in ("cycles", "stall_cycles") else value
+        assert rtl.counters[name] == expected, name
+
+
+@pytest.mark.parametrize("rows, cols, m, k, n, act, backpressure", [
+    (2, 2, 5, 3, 3, "none", None),          # K, N not multiples of the array
+    (2, 2, 9, 7, 5, "relu", 11),            # accumulation over 4 K tiles, back-pressure
+    (3, 3, 7, 8, 4, "gelu", None),          # non-power-of-two array (bus 4 bytes)
+    (4, 4, 12, 9, 7, "relu6", 3),
+    (4, 4, 6, 16, 9, "sigmoid", 5),
+    (3, 2, 5, 7, 5, "silu", None),          # non-square array
+    (2, 4, 6, 5, 9, "tanh", 7),
+])
+def test_gemm_matches_golden(rows, cols, m, k, n, act, backpressure):
+    config = small_config(rows, cols)
+    spec = random_gemm(m, k, n, "int8", act, seed=rows * 100 + m)
+    gp = build_gemm(config, spec)
+    golden = GoldenNpu(config).run(gp.program)
+    rtl = Npu(config, "pysim", backpressure=backpressure).run(gp.program)
+    assert_same(rtl, golden)
+    assert np.array_equal(gp.decode_output(rtl.outputs), spec.expected())
+    if backpressure is not None:
+        assert rtl.counters["stall_cycles"] > 0
+
+
+def test_8x8_gemm_with_chunks_and_weight_ring():
+    """M split into chunks (acc SRAM), weights cycling through a slot ring (weight SRAM too small)."""
+    config = NpuConfig(rows=8, cols=8, act_depth=64, wgt_depth=24, acc_depth=16)
+    spec = random_gemm(20, 20, 10, "int8", "relu", seed=2)
+    gp = build_gemm(config, spec)
+    assert len(gp.chunks) > 1
+    golden = GoldenNpu(config).run(gp.program)
+    assert_same(Npu(config, "pysim").run(gp.program), golden)
+
+
+def _sram_dump(config):
+    """STORE every SRAM word (the readback the bad-command tests compare)."""
+    return [Command(Opcode.STORE, buf=Buf.ACT, addr=0, rows=config.act_depth),
+            Command(Opcode.STORE, buf=Buf.WGT, addr=0, rows=config.wgt_depth),
+            Command(Opcode.STORE, buf=Buf.ACC, addr=0, rows=config.acc_depth)]
+
+
+BAD_COMMANDS = {
+    "opcode 0": (0, ErrorCode.BAD_OPCODE),
+    "opcode 15": ((1 << 100) | 15, ErrorCode.BAD_OPCODE),
+    "reserved bits": (Command(Opcode.FENCE).encode() | (1 << 90), ErrorCode.BAD_FIELD),
+    "LOAD past the end": (Command(Opcode.LOAD, buf=Buf.ACT, addr=14, rows=3), ErrorCode.BAD_RANGE),
+    "LOAD zero rows": (Command(Opcode.LOAD, buf=Buf.WGT, addr=0, rows=0), ErrorCode.BAD_RANGE),
+    "LOAD to acc": (Command(Opcode.LOAD, buf=Buf.ACC, addr=0, rows=1), ErrorCode.BAD_FIELD),
+    "CONFIG a8w4": (Command(Opcode.CONFIG, precision=Precision.A8W4, qmin=-128, qmax=127), ErrorCode.BAD_PRECISION),
+    "CONFIG qmin>qmax": (Command(Opcode.CONFIG, qmin=5, qmax=4), ErrorCode.BAD_FIELD),
+    "PRELOAD krows 3": (Command(Opcode.PRELOAD, addr=0, krows=3, ncols=1), ErrorCode.BAD_FIELD),
+    "COMPUTE past acc": (Command(Opcode.COMPUTE, aaddr=0, accaddr=7, rows=2), ErrorCode.BAD_RANGE),
+    "ACTIVATE past act": (Command(Opcode.ACTIVATE, accaddr=0, aaddr=15, rows=2, dest=0), ErrorCode.BAD_RANGE),
+    "STORE buf 3": (Command(Opcode.STORE, buf=Buf.ACC, addr=0, rows=1).encode() | (3 << 4), ErrorCode.BAD_FIELD),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_COMMANDS))
+def test_bad_command_rejected_and_nothing_written(name):
+    """The bad command sets the sticky error, is counted, writes nothing, and later commands still run."""
+    word, code = BAD_COMMANDS[name]
+    config = NpuConfig(rows=2, cols=2, act_depth=16, wgt_depth=4, acc_depth=8)
+    rng = np.random.default_rng(1)
+    act_words = rng.integers(0, 256, size=(4, config.bus_bytes), dtype=np.uint8)
+    setup = [Command(Opcode.LOAD, buf=Buf.ACT, addr=0, rows=4)]
+    follow = [Command(Opcode.LOAD, buf=Buf.WGT, addr=0, rows=2),
+              Command(Opcode.PRELOAD, addr=0, krows=2, ncols=2),
+              Command(Opcode.COMPUTE, aaddr=0, accaddr=0, rows=4, accumulate=0)]
+    wgt_words = rng.integers(0, 256, size=(2, config.bus_bytes), dtype=np.uint8)
+    program = Program(setup + [word] + follow + _sram_dump(config), act_words.tobytes() + wgt_words.tobytes())
+    golden = GoldenNpu(config).run(program)
+    assert golden.error == code and golden.rejected == 1
+    clean = GoldenNpu(config).run(Program(setup + follow + _sram_dump(config), program.data_in))
+    assert golden.outputs == clean.outputs            # the bad command changed nothing
+    rtl = Npu(config, "pysim").run(program)
+    assert_same(rtl, golden)
+
+
+def test_sticky_error_keeps_first_code():
+    config = NpuConfig(rows=2, cols=2, act_depth=16, wgt_depth=4, acc_depth=8)
+    program = Program([0, Command(Opcode.CONFIG, qmin=1, qmax=0), Command(Opcode.FENCE)])
+    rtl = Npu(config, "pysim").run(program)
+    assert (rtl.error, rtl.rejected) == (ErrorCode.BAD_OPCODE, 2)
+    assert_same(rtl, GoldenNpu(config).run(program))
+
+
+def test_counters_command_snapshot():
+    config = small_config(2, 2)
+    gp = build_gemm(config, random_gemm(4, 3, 2, seed=3))
+    program = Program(gp.program.commands + [Command(Opcode.COUNTERS)], gp.program.data_in)
+    golden = GoldenNpu(config).run(program)
+    rtl = Npu(config, "pysim", backpressure=9).run(program)
+    size = config.beats(112) * config.bus_bytes
+    assert rtl.outputs[:-size] == golden.outputs[:-size]
+    snap_g, snap_r = decode_counters(golden.outputs[-size:]), decode_counters(rtl.outputs[-size:])
+    assert snap_r["cycles"] - snap_r["stall_cycles"] == snap_g["cycles"] > 0
+    assert {k: v for k, v in snap_r.items() if k not in ("cycles", "stall_cycles")} == \
+        {k: v for k, v in snap_g.items() if k not in ("cycles", "stall_cycles")}
+
+
+def test_activate_to_activation_sram_chains_layers():
+    """ACTIVATE dest=0 writes results back on chip; a STORE reads them (no host round trip)."""
+    config = small_config(2, 2)
+    spec = random_gemm(5, 2, 2, seed=4)
+    gp = build_gemm(config, spec)
+    commands = [c if c.op != Opcode.ACTIVATE else Command(Opcode.ACTIVATE, accaddr=c.accaddr, aaddr=100,
+                                                          rows=c.rows, dest=0)
+                for c in gp.program.commands]
+    program = Program(commands + [Command(Opcode.STORE, buf=Buf.ACT, addr=100, rows=5)], gp.program.data_in)
+    golden = GoldenNpu(config).run(program)
+    stored = np.frombuffer(golden.outputs, np.int8).reshape(5, config.bus_bytes)[:, :2]
+    assert np.array_equal(stored, spec.expected())
+    assert_same(Npu(config, "pysim").run(program), golden)
+
+
+def test_rtl_rejects_unsupported_configs():
+    with pytest.raises(ValueError, match="int8"):
+        Npu(NpuConfig(rows=2, cols=2, precisions=("int8", "a4w4")), "pysim").run(Program([Command(Opcode.FENCE)]))
+    with pytest.raises(ValueError, match="dataflow"):
+        Npu(NpuConfig(rows=2, cols=2, dataflow="os"), "pysim").run(Program([Command(Opcode.FENCE)]))
+
+
+def test_all_activations_listed():
+    assert set(ACTIVATIONS) == {"none", "relu", "relu6", "gelu", "silu", "sigmoid", "tanh"}
