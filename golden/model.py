@@ -209,8 +209,9 @@ class GoldenNpu:
         precision = self.regs["precision"]
         words = weight_words(precision, cmd.krows)
         target = 1 - self.cur
+        pe_rows = words if precision == Precision.A4W4 else cmd.krows      # one PE row per cycle
         d = self.timeline.preload([Access(Space.WGT, cmd.addr, words, False),
-                                   Access(Space.PEW, target, 1, True)], words)
+                                   Access(Space.PEW, target, 1, True)], pe_rows)
         raw = self.wgt[cmd.addr:cmd.addr + words]
         if precision == Precision.INT8:
             rows = raw.view(np.int8).astype(np.int64)

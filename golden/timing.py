@@ -8,8 +8,8 @@ A dispatcher holds one command (the *head*). Five units each execute one command
 unit   commands                              busy after dispatch in cycle ``d``
 ====== ===================================== ==============================================
 LD     LOAD, LOAD_BIAS, LOAD_LUT             one data-in beat per cycle, d+1 .. d+B; free at d+B+1
-PL     PRELOAD (``w`` weight words)          clear + read rows d+1 .. d+w, PE writes d+2 .. d+w+1;
-                                             free at d+w+2
+PL     PRELOAD (``w`` PE rows: krows, or     clear in d+1, PE row j written in d+2+j;
+       ceil(krows/2) in a4w4)                free at d+w+2
 EX     COMPUTE (``M`` rows)                  act rows read d+1 .. d+M (= e). The command then moves
                                              to the single *drain* slot in cycle m = max(e, drain
                                              free); EX takes a new COMPUTE from m+1; the drain slot

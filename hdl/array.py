@@ -68,6 +68,9 @@ class SystolicArray(wiring.Component):
         buffer in the same cycle, the clear wins (the controller never does this).
     w_clear_buf : In(1)
         Weight buffer that ``w_clear`` zeroes.
+    int4_pairs : In(1)
+        a4w4 mode for every PE (see ``ProcessingElement``): lane bytes and weight bytes hold two int4
+        values, so one row carries ``2 * rows`` K values.
     out_valid : Out(1)
         ``out_data`` carries the result of a row presented ``latency`` cycles ago.
     out_data : Out(ArrayLayout(signed(32), cols))
@@ -117,6 +120,7 @@ class SystolicArray(wiring.Component):
             "w_data": In(data.ArrayLayout(signed(8), cols)),
             "w_clear": In(1),
             "w_clear_buf": In(1),
+            "int4_pairs": In(1),
             "out_valid": Out(1),
             "out_data": Out(data.ArrayLayout(signed(32), cols)),
         })
@@ -152,6 +156,7 @@ class SystolicArray(wiring.Component):
                     pe.w_data.eq(self.w_data[c]),
                     pe.w_clear.eq(self.w_clear),
                     pe.w_clear_buf.eq(self.w_clear_buf),
+                    pe.int4_pairs.eq(self.int4_pairs),
                     pe.psum_in.eq(pes[r - 1][c].psum_out if r > 0 else 0),
                 ]
                 if c > 0:

@@ -60,9 +60,9 @@ class Controller(wiring.Component):
     """
 
     def __init__(self, config: NpuConfig):
-        if config.precisions != ("int8",) or config.dataflow != "ws":
-            raise ValueError(f"the RTL implements the weight-stationary int8 datapath only; got "
-                             f"dataflow={config.dataflow!r}, precisions={config.precisions!r}")
+        if config.dataflow != "ws":
+            raise ValueError(f"the RTL implements the weight-stationary dataflow only; got "
+                             f"dataflow={config.dataflow!r}")
         if SystolicArray.latency_for(config.rows, config.cols) != array_latency(config.rows, config.cols):
             raise AssertionError("hdl/array.py and golden/timing.py disagree on the array latency")
         if ActivationUnit.latency_for() != ACT_LATENCY:
@@ -131,7 +131,8 @@ class Controller(wiring.Component):
         use_lut = Signal()
         out_zp, qmin, qmax = Signal(signed(8)), Signal(signed(8), init=-128), Signal(signed(8), init=127)
         shift, multiplier = Signal(signed(8)), Signal(31)
-        m.d.comb += [act_fn.use_lut.eq(use_lut), act_fn.out_zp.eq(out_zp), act_fn.qmin.eq(qmin),
+        m.d.comb += [pl.precision.eq(precision), array.int4_pairs.eq(precision == Precision.A4W4),
+                     act_fn.use_lut.eq(use_lut), act_fn.out_zp.eq(out_zp), act_fn.qmin.eq(qmin),
                      act_fn.qmax.eq(qmax), act_fn.shift.eq(shift), act_fn.multiplier.eq(multiplier)]
 
         # -- head decode ------------------------------------------------------------------------
@@ -157,7 +158,8 @@ class Controller(wiring.Component):
                 m.d.comb += head[0].eq(access(m, Space.LUT, 0, 1, 1))
             with m.Case(Opcode.PRELOAD):
                 p = v[Opcode.PRELOAD]
-                m.d.comb += [head[0].eq(access(m, Space.WGT, p.addr, p.krows, 0)),
+                words = Mux(precision == Precision.INT8, p.krows, (p.krows + 1) >> 1)
+                m.d.comb += [head[0].eq(access(m, Space.WGT, p.addr, words, 0)),
                              head[1].eq(access(m, Space.PEW, ~cur, 1, 1))]
             with m.Case(Opcode.COMPUTE):
                 x = v[Opcode.COMPUTE]
@@ -267,7 +269,7 @@ class Controller(wiring.Component):
         # -- counter events -----------------------------------------------------------------------
         ev = self.events
         m.d.comb += [
-            ev.row.eq(ex.ev_row), ev.macs.eq(ex.macs),
+            ev.row.eq(ex.ev_row), ev.macs.eq(ex.macs), ev.int4_macs.eq(precision == Precision.A4W4),
             ev.act_reads.eq(ex.ev_row + st.ev_act_read), ev.act_writes.eq(ld.ev_act_write + wb.ev_act_write),
             ev.wgt_reads.eq(pl.ev_wgt_read + st.ev_wgt_read), ev.wgt_writes.eq(ld.ev_wgt_write),
             ev.acc_reads.eq(ex.ev_acc_read + wb.ev_acc_read + st.ev_acc_read), ev.acc_writes.eq(ex.ev_acc_write),

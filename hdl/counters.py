@@ -4,6 +4,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from opennpu.config import NpuConfig
+from opennpu.golden.isa import Precision
 from opennpu.golden.model import event_costs
 from opennpu.golden.program import COUNTER_NAMES
 
@@ -14,6 +15,7 @@ class Events(data.Struct):
     """What happened in one cycle (counts, since several units may touch one SRAM at once)."""
     row: 1            # a row entered the array (busy cycle)
     macs: 16          # useful MACs of that row
+    int4_macs: 1      # they are 4-bit MACs (a4w4), with their own energy cost
     act_reads: 2
     act_writes: 2
     wgt_reads: 2
@@ -56,8 +58,9 @@ class Counters(wiring.Component):
             "dma_in_bytes": ev.beat_in * c.bus_bytes, "dma_out_bytes": ev.beat_out * c.bus_bytes,
             "act_ops": ev.act_row * c.cols,
         }
-        cost = event_costs(c)
-        energy = sum(increments[name] * cost[name] for name in cost)
+        cost, cost_int4 = event_costs(c), event_costs(c, Precision.A4W4)
+        energy = sum(increments[name] * cost[name] for name in cost if name != "macs")
+        energy += increments["macs"] * Mux(ev.int4_macs, cost_int4["macs"], cost["macs"])
         with m.If(self.active):
             m.d.sync += value["cycles"].eq(value["cycles"] + 1)
             with m.If(~self.run):

@@ -71,9 +71,11 @@ class CommandChecker(wiring.Component):
                         m.d.comb += field_ok.eq(v.buf <= last_buf)
                         m.d.comb += range_ok.eq(fits(v.addr, v.rows, depth_of(v.buf)))
                     elif op == Opcode.PRELOAD:
-                        m.d.comb += field_ok.eq((v.krows >= 1) & (v.krows <= cfg.rows)
+                        k_tile = Mux(self.precision == Precision.A4W4, 2 * cfg.rows, cfg.rows)
+                        words = Mux(self.precision == Precision.INT8, v.krows, (v.krows + 1) >> 1)
+                        m.d.comb += field_ok.eq((v.krows >= 1) & (v.krows <= k_tile)
                                                 & (v.ncols >= 1) & (v.ncols <= cfg.cols))
-                        m.d.comb += range_ok.eq(v.addr + v.krows <= cfg.wgt_depth)
+                        m.d.comb += range_ok.eq(v.addr + words <= cfg.wgt_depth)
                     elif op == Opcode.COMPUTE:
                         m.d.comb += range_ok.eq(fits(v.aaddr, v.rows, cfg.act_depth)
                                                 & (v.accaddr + v.rows <= cfg.acc_depth))

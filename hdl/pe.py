@@ -59,6 +59,10 @@ class ProcessingElement(wiring.Component):
         Zero weight buffer ``w_clear_buf`` at the clock edge; wins over ``w_en`` on the same buffer.
     w_clear_buf : In(1)
         Weight buffer that ``w_clear`` zeroes.
+    int4_pairs : In(1)
+        a4w4 mode: activation and weight bytes each hold two int4 values (low nibble first) and the
+        PE adds both products, ``a.lo * w.lo + a.hi * w.hi``: two 4-bit MACs per cycle. Held stable
+        while rows are in flight.
     a_out : Out(Activation)
         ``a_in`` delayed by one cycle, for the PE to the right.
     psum_out : Out(signed(32))
@@ -75,6 +79,7 @@ class ProcessingElement(wiring.Component):
             "w_data": In(signed(8)),
             "w_clear": In(1),
             "w_clear_buf": In(1),
+            "int4_pairs": In(1),
             "a_out": Out(Activation),
             "psum_out": Out(signed(32)),
         })
@@ -90,9 +95,11 @@ class ProcessingElement(wiring.Component):
                 m.d.sync += weight.eq(self.w_data)
 
         weight = Mux(self.a_in.buf, weights[1], weights[0])
+        a = self.a_in.data
+        pair = a[:4].as_signed() * weight[:4].as_signed() + a[4:].as_signed() * weight[4:].as_signed()
         m.d.sync += [
             self.a_out.eq(self.a_in),
-            # signed 8x8 product, 33-bit sum truncated to 32 bits: int32 wrap-around.
-            self.psum_out.eq(self.psum_in + self.a_in.data * weight),
+            # signed 8x8 product (or two 4x4), 33-bit sum truncated to 32 bits: int32 wrap-around.
+            self.psum_out.eq(self.psum_in + Mux(self.int4_pairs, pair, a * weight)),
         ]
         return m

@@ -36,7 +36,6 @@ def test_gemm_pysim_small(capsys):
     (["--m", "2", "--k", "2", "--n", "2", "--array", "8by8"], "RxC"),
     (["--m", "2", "--k", "2", "--n", "2", "--array", "0x4"], "rows"),
     (["--m", "2", "--k", "2", "--n", "2", "--dataflow", "os"], "dataflow"),
-    (["--m", "2", "--k", "2", "--n", "2", "--precision", "a8w4", "--backend", "pysim"], "int8"),
 ])
 def test_gemm_bad_input(capsys, argv, message):
     code, out, err = run(capsys, "gemm", *argv)
