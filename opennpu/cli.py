@@ -10,6 +10,7 @@ __all__ = ["main", "SUBCOMMANDS"]
 
 SUBCOMMANDS = [
     "opennpu.cli_gemm",      # gemm, sim, export
+    "opennpu.cli_report",    # report
 ]
 
 
