@@ -1,0 +1,19 @@
+"""opennpu: an open NPU (Amaranth RTL, numpy golden model, simulators, compiler).
+
+``import opennpu`` stays light; ``opennpu.compile`` and ``opennpu.run_model`` load the compiler on
+first use.
+"""
+__all__ = ["compile", "run_model"]
+
+_LAZY = {"compile": ("opennpu.compiler.model_program", "compile_model"),
+         "run_model": ("opennpu.compiler.model_program", "run_model")}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'opennpu' has no attribute {name!r}")

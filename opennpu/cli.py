@@ -11,6 +11,7 @@ __all__ = ["main", "SUBCOMMANDS"]
 SUBCOMMANDS = [
     "opennpu.cli_gemm",      # gemm, sim, export
     "opennpu.cli_report",    # report
+    "opennpu.cli_run",       # run
 ]
 
 

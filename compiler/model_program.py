@@ -1,0 +1,470 @@
+"""Compile a ``QuantModel`` for an ``NpuConfig`` into NPU programs, and run them.
+
+Stages and fusion
+-----------------
+Layers are grouped into *stages*; one stage is one ``Program``. Inside a stage, every layer but the last
+writes its output into the activation SRAM (``ACTIVATE dest=0``) where the next layer reads it: no host
+round trip. ``ACTIVATE`` fills lanes ``0..min(rows, cols)-1`` of each activation word, so a producer that
+stays on chip uses N tiles of ``min(rows, cols)`` columns and output tile t, position p is directly one
+K tile of the consumer (MatMul/Gemm after MatMul/Gemm, or after Conv + Flatten: a conv's rows are stored
+position-major, so position p of all samples is one contiguous block). The last layer of a stage sends
+its result to the host (``dest=1``); a new stage starts where the layout does not chain (a Conv needs
+im2col on the host), where the on-chip activations would leave micro-batches too small to fill the
+array's pipeline (fewer rows than its drain time), or everywhere with ``fuse=False``. Nothing is
+truncated: a model that does not fit is split.
+
+Inside a stage the batch is cut into micro-batches sized to the activation SRAM; each layer runs over
+the micro-batch in accumulator chunks (``CHUNK_ROWS``), N tiles, then K tiles, emitted by
+``schedule.emit_steps`` (software pipelined; ``CONFIG`` + ``LOAD_LUT`` where the layer changes, a barrier).
+In a chain the next micro-batch's input loads while the current one runs its later layers (the input
+region is dead by then); a single-layer stage treats its GEMM rows as the units and alternates the two
+halves of the activation SRAM, so any M fits. Weights stay resident in the weight SRAM when the whole
+stage's tiles fit, otherwise they cycle through a ring of slots.
+
+One schedule is built per compile; ``CompiledModel.program(x)`` assembles its data-in stream for an
+input. With ``profile=True`` a ``COUNTERS`` snapshot follows every layer's last ``ACTIVATE`` (just
+before the ``CONFIG`` barrier that follows anyway), and ``run_model`` reports counters per layer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from opennpu.config import NpuConfig
+from opennpu.golden.isa import ActFn, Buf, ErrorCode, Opcode, Precision
+from opennpu.golden.model import COUNTER_BEATS_BYTES
+from opennpu.golden.program import COUNTER_NAMES, Program, Result, decode_counters
+from opennpu.golden.timing import array_latency
+
+from .qlayers import QLayer, QuantModel
+from .schedule import Activate, Deferred, Emitter, Load, Step, emit_steps
+
+__all__ = ["LayerInfo", "CompiledModel", "ModelRun", "compile_model", "run_model"]
+
+#: Rows per accumulator chunk (at most half the accumulator SRAM). Short chunks let the ACTIVATE of one
+#: chunk overlap the COMPUTEs of the next and leave little write-back exposed at a layer's end.
+CHUNK_ROWS = 128
+
+
+@dataclass
+class _Seg:
+    """One K tile of a layer: the K index feeding each lane (-1: unused), and where its rows are."""
+    kidx: np.ndarray
+    host: bool                  # loaded from the host (stage input) or produced on chip
+    tile: int = 0               # on chip: producer's N tile
+    pos: int = 0                # on chip: producer's output position
+
+
+@dataclass
+class _Plan:
+    """One layer inside a stage."""
+    index: int
+    layer: QLayer
+    rows_per_unit: int          # GEMM rows per stage unit
+    segs: list
+    ntiles: list                # [(n0, width)]
+    dest: int                   # 0: activation SRAM, 1: host
+    in_base: int = 0            # host segments' region
+    out_base: int = 0           # on-chip output tiles' region
+    slot0: int = 0              # first weight slot
+
+
+class _HostRows(Deferred):
+    """Rows ``row0 .. row0+rows`` and K columns ``k0 .. k1`` of the stage's input matrix."""
+
+    def __init__(self, row0, rows, k0, k1, width):
+        self.row0, self.rows, self.k0, self.k1, self.width = row0, rows, k0, k1, width
+
+    def words(self, source):
+        block = np.zeros((self.rows, self.width), np.int64)
+        block[:, :self.k1 - self.k0] = source[self.row0:self.row0 + self.rows, self.k0:self.k1]
+        return block.astype(np.int8).view(np.uint8)
+
+
+@dataclass
+class _Stage:
+    plans: list
+    units: int                  # samples, or GEMM rows for a single-layer stage
+    mb: int                     # units per micro-batch
+    emitter: Emitter = None
+
+    @property
+    def micro_batches(self) -> list:
+        return [(u0, min(self.mb, self.units - u0)) for u0 in range(0, self.units, self.mb)]
+
+    @property
+    def unit_rows(self) -> bool:
+        return len(self.plans) == 1
+
+
+@dataclass
+class LayerInfo:
+    """Static facts about one compiled layer (``m`` = GEMM rows for the whole batch)."""
+    index: int
+    name: str
+    op: str
+    m: int
+    k: int
+    n: int
+    stage: int
+    input: str                  # "host" or "chip"
+    output: str                 # "chip" or "host"
+    k_tiles: int
+    n_tiles: int
+    lut: bool
+
+    @property
+    def macs(self) -> int:
+        return self.m * self.k * self.n
+
+
+def _words_per_unit(plans) -> int:
+    first = plans[0]
+    total = len(first.segs) * first.rows_per_unit
+    return total + sum(len(p.ntiles) * p.rows_per_unit for p in plans if p.dest == 0)
+
+
+def _plan_stage(model: QuantModel, config: NpuConfig, indices: list, batch: int) -> _Stage:
+    lanes = min(config.rows, config.cols)
+    plans = []
+    for j, i in enumerate(indices):
+        layer = model.layers[i]
+        dest = 1 if j == len(indices) - 1 else 0
+        nt = config.cols if dest else lanes
+        ntiles = [(n0, min(nt, layer.n - n0)) for n0 in range(0, layer.n, nt)]
+        if j == 0:
+            segs = [_Seg(np.arange(k0, min(k0 + config.rows, layer.k)), True)
+                    for k0 in range(0, layer.k, config.rows)]
+        else:
+            prod = plans[-1]
+            positions = prod.layer.positions
+            groups: dict = {}
+            for k in range(layer.k):               # consumer K index = producer's flat output index
+                col, pos = divmod(k, positions)
+                t, lane = divmod(col, lanes)
+                kidx = groups.setdefault((t, pos), np.full(prod.ntiles[t][1], -1))
+                kidx[lane] = k
+            segs = [_Seg(kidx, False, t, pos) for (t, pos), kidx in sorted(groups.items())]
+        rows_per_unit = 1 if len(indices) == 1 else layer.positions
+        plans.append(_Plan(i, layer, rows_per_unit, segs, ntiles, dest))
+    units = batch * model.layers[indices[0]].positions if len(indices) == 1 else batch
+    return _Stage(plans, units, min(units, _capacity(config, len(indices)) // _words_per_unit(plans)))
+
+
+def _capacity(config: NpuConfig, layers: int) -> int:
+    """Activation words one micro-batch may use: half the SRAM for a single layer (micro-batches
+    alternate halves), all of it for a chain (the input region is dead once the first layer is done,
+    so the next micro-batch's input loads during the later layers instead)."""
+    return config.act_depth // 2 if layers == 1 else config.act_depth
+
+
+def _plan_stages(model: QuantModel, config: NpuConfig, batch: int, fuse: bool) -> list:
+    groups = [[0]]
+    for i in range(1, len(model.layers)):
+        chained = groups[-1] + [i]
+        if fuse and model.layers[i].conv is None and \
+                _plan_stage(model, config, chained, batch).mb >= min(batch, _min_rows(config)):
+            groups[-1] = chained
+        else:
+            groups.append([i])
+    stages = [_plan_stage(model, config, g, batch) for g in groups]
+    for stage in stages:
+        if stage.mb < 1:
+            layer = stage.plans[0].layer
+            raise ValueError(f"layer {layer.name}: K={layer.k} needs {len(stage.plans[0].segs)} activation "
+                             f"words per row; half the activation SRAM ({config.act_depth // 2} words) "
+                             f"cannot hold one row")
+    return stages
+
+
+def _min_rows(config: NpuConfig) -> int:
+    """Fewest rows per COMPUTE worth chaining for: below the array's drain time a COMPUTE costs the
+    drain anyway, so tiny micro-batches would be slower than a host round trip."""
+    return array_latency(config.rows, config.cols) + 3
+
+
+def _weight_words(config: NpuConfig, w: np.ndarray, seg: _Seg, n0: int, width: int) -> np.ndarray:
+    tile = np.zeros((len(seg.kidx), config.cols), np.int64)
+    valid = seg.kidx >= 0
+    tile[valid, :width] = w[seg.kidx[valid], n0:n0 + width]
+    return tile.astype(np.int8).view(np.uint8)
+
+
+def _prefetch(sources: list, targets: list):
+    """Move the activation loads of ``sources`` (the next micro-batch's first layer) onto ``targets`` (the
+    later layers of this one), as many rows as half the targets' COMPUTE rows, in pieces of at most
+    half a target's rows, so that the load unit is free again by the next step (a busy load unit would
+    hold the in-order dispatcher, LOAD_BIAS included). The rest stay where they were."""
+    budget = sum(step.rows // 2 for step in targets)
+    t, room = 0, targets[0].rows // 2
+    for step in sources:
+        keep = []
+        for load in step.loads:
+            if load.buf != Buf.ACT or load.rows > budget:
+                keep.append(load)
+                continue
+            budget -= load.rows
+            done = 0
+            while done < load.rows:
+                while room == 0 and t + 1 < len(targets):
+                    t += 1
+                    room = targets[t].rows // 2
+                size = min(load.rows - done, max(room, 1))
+                targets[t].loads.append(_piece(load, done, size))
+                done, room = done + size, max(room - size, 0)
+        step.loads = keep
+
+
+def _piece(load: Load, lo: int, rows: int) -> Load:
+    """Rows ``lo .. lo+rows`` of a host activation load."""
+    p = load.payload
+    return Load(load.buf, load.addr + lo, rows, _HostRows(p.row0 + lo, rows, p.k0, p.k1, p.width))
+
+
+def _emit_stage(stage: _Stage, config: NpuConfig, profile: bool) -> Emitter:
+    half, acc_half, kt = _capacity(config, len(stage.plans)), config.acc_depth // 2, config.rows
+    offset = 0
+    for plan in stage.plans:                       # regions sized for a full micro-batch
+        cap = stage.mb * plan.rows_per_unit
+        if plan is stage.plans[0]:
+            plan.in_base, offset = offset, offset + len(plan.segs) * cap
+        if plan.dest == 0:
+            plan.out_base, offset = offset, offset + len(plan.ntiles) * cap
+    slots = 0
+    for plan in stage.plans:
+        plan.slot0, slots = slots, slots + len(plan.segs) * len(plan.ntiles)
+    resident = slots * kt <= config.wgt_depth
+    ring = config.wgt_depth // kt
+
+    steps, loaded, banks, last_bank, tile_count = [], set(), [None, None], 1, 0
+    later = []                                     # steps of layers 1.. of the previous micro-batch
+    for j, (u0, mu) in enumerate(stage.micro_batches):
+        base = (j % 2) * half if stage.unit_rows else 0
+        start = len(steps)
+        for pi, plan in enumerate(stage.plans):
+            if pi == 1:
+                first, start = steps[start:], len(steps)
+            w, cap, m = plan.layer.w, stage.mb * plan.rows_per_unit, mu * plan.rows_per_unit
+            pieces = -(-m // min(acc_half, CHUNK_ROWS))
+            chunk = -(-m // pieces)            # balanced chunks: a short last ACTIVATE before the barrier
+            for m0 in range(0, m, chunk):
+                rows = min(chunk, m - m0)
+                for ti, (n0, width) in enumerate(plan.ntiles):
+                    acc_addr = (tile_count % 2) * acc_half
+                    tile_count += 1
+                    for si, seg in enumerate(plan.segs):
+                        key = (plan.index, si, ti)
+                        slot = plan.slot0 + si * len(plan.ntiles) + ti if resident else len(steps) % ring
+                        loads = []
+                        if not resident or key not in loaded:
+                            loaded.add(key)
+                            loads.append(Load(Buf.WGT, slot * kt, len(seg.kidx),
+                                              _weight_words(config, w, seg, n0, width)))
+                        if seg.host:
+                            act_addr = base + plan.in_base + si * cap + m0
+                            if ti == 0:
+                                k0 = int(seg.kidx[0])
+                                loads.append(Load(Buf.ACT, act_addr, rows, _HostRows(
+                                    u0 * plan.rows_per_unit + m0, rows, k0, k0 + len(seg.kidx), kt)))
+                        else:
+                            prod = stage.plans[pi - 1]
+                            act_addr = base + prod.out_base + seg.tile * stage.mb * prod.rows_per_unit \
+                                + seg.pos * mu + m0
+                        activate = None
+                        if si == len(plan.segs) - 1:
+                            bias_key = (plan.index, ti)
+                            if bias_key in banks:                # that bank still holds it
+                                bank, bias = banks.index(bias_key), None
+                            else:                                # load the other bank
+                                bank = 1 - last_bank
+                                banks[bank] = bias_key
+                                bias = np.zeros(config.cols, np.int64)
+                                bias[:width] = plan.layer.bias[n0:n0 + width]
+                            out_addr = base + plan.out_base + ti * cap + m0 if plan.dest == 0 else 0
+                            tag = (u0 * plan.rows_per_unit + m0, rows, n0, width)
+                            activate = Activate(acc_addr, out_addr, rows, plan.dest, bias, bank, tag)
+                            last_bank = bank
+                        steps.append(Step(plan.index, loads, slot * kt, len(seg.kidx), width, act_addr,
+                                          acc_addr, rows, si > 0, activate))
+        if not stage.unit_rows:
+            if later:                              # prefetch: this input loads during the last layers
+                _prefetch(first, later)
+            later = steps[start:]
+
+    e = Emitter(config)
+    layers = {plan.index: plan.layer for plan in stage.plans}
+
+    def preamble(index):
+        layer = layers[index]
+        e.cmd(Opcode.CONFIG, precision=Precision.INT8, act=ActFn.LUT if layer.lut is not None else ActFn.CLAMP,
+              out_zp=layer.out_zp, qmin=layer.qmin, qmax=layer.qmax, shift=layer.shift,
+              multiplier=layer.multiplier)
+        if layer.lut is not None:
+            e.cmd(Opcode.LOAD_LUT)
+            e.register(np.asarray(layer.lut, np.int8).tobytes())
+
+    emit_steps(e, steps, preamble, e.counters if profile else None)
+    return e
+
+
+@dataclass
+class ModelRun:
+    """What ``run_model`` returns: the model output (as the source model defines it), the int8-grid
+    values behind it, counters summed over the stage programs, per-layer counters (profiled builds:
+    each layer's share, the snapshots' own data-out traffic removed) and the raw results."""
+    outputs: np.ndarray
+    values: np.ndarray
+    counters: dict
+    layer_counters: list | None
+    results: list = field(default_factory=list)
+
+
+class CompiledModel:
+    """A model scheduled for one ``NpuConfig`` and batch size. See the module docstring.
+
+    ``layers`` lists ``LayerInfo`` per layer; ``stages`` is the number of programs (host round trips
+    between them); ``program(x)`` and ``decode_outputs(result)`` work on single-stage models.
+    """
+
+    def __init__(self, model: QuantModel, config: NpuConfig, batch: int, fuse: bool, profile: bool):
+        self.model, self.config, self.batch, self.fuse, self.profile = model, config, batch, fuse, profile
+        self._stages = _plan_stages(model, config, batch, fuse)
+        for stage in self._stages:
+            stage.emitter = _emit_stage(stage, config, profile)
+        self.layers = []
+        for s, stage in enumerate(self._stages):
+            for j, plan in enumerate(stage.plans):
+                layer = plan.layer
+                self.layers.append(LayerInfo(plan.index, layer.name, layer.op, batch * layer.positions, layer.k,
+                                             layer.n, s, "host" if j == 0 else "chip",
+                                             "host" if plan.dest else "chip", len(plan.segs),
+                                             len(plan.ntiles), layer.lut is not None))
+
+    @property
+    def stages(self) -> int:
+        return len(self._stages)
+
+    @property
+    def input_shape(self) -> tuple:
+        return (self.batch, *self.model.input.shape)
+
+    def check_input(self, x) -> np.ndarray:
+        """Refuse (``ValueError``) an input whose shape or kind does not match; returns it as an array."""
+        x = np.asarray(x)
+        if x.shape != self.input_shape:
+            raise ValueError(f"input {self.model.input.name!r} must have shape {self.input_shape} "
+                             f"(compiled batch {self.batch}), got {x.shape}")
+        return self.model.check_input(x)
+
+    # -- per stage ------------------------------------------------------------------------------------
+    def _stage_program(self, s: int, t: np.ndarray) -> Program:
+        """Stage ``s`` program for its input tensor ``t`` (int8 grid, (B, *in_shape) of its first layer)."""
+        stage = self._stages[s]
+        first = stage.plans[0].layer
+        a = first.matrix(t.reshape(len(t), *first.in_shape))
+        if not stage.unit_rows and first.positions > 1:      # conv rows position-major per micro-batch
+            p, k = first.positions, first.k
+            a = np.concatenate([a.reshape(self.batch, p, k)[u0:u0 + mu].transpose(1, 0, 2).reshape(-1, k)
+                                for u0, mu in stage.micro_batches])
+        return stage.emitter.program(a)
+
+    def _decode_stage(self, s: int, outputs: bytes) -> tuple[np.ndarray, list]:
+        """Stage data-out -> (last layer's output tensor, [(layer index, counter snapshot)])."""
+        c, stage = self.config, self._stages[s]
+        last = stage.plans[-1].layer
+        row_bytes = c.beats(c.cols) * c.bus_bytes
+        snap_bytes = c.beats(COUNTER_BEATS_BYTES) * c.bus_bytes
+        expected = sum(tag[1] * row_bytes if kind == "activate" else snap_bytes
+                       for kind, tag in stage.emitter.outputs)
+        if len(outputs) != expected:
+            raise ValueError(f"stage {s} emitted {len(outputs)} data-out bytes, its program emits {expected}")
+        y = np.zeros((self.batch * last.positions, last.n), np.int64)
+        snapshots, pos = [], 0
+        for kind, tag in stage.emitter.outputs:
+            if kind == "activate":
+                row0, rows, n0, width = tag
+                raw = np.frombuffer(outputs[pos:pos + rows * row_bytes], np.int8).reshape(rows, row_bytes)
+                y[row0:row0 + rows, n0:n0 + width] = raw[:, :width]
+                pos += rows * row_bytes
+            else:
+                snapshots.append((tag, decode_counters(outputs[pos:pos + snap_bytes])))
+                pos += snap_bytes
+        return last.tensor(y, self.batch), snapshots
+
+    # -- single-stage conveniences ------------------------------------------------------------------
+    def _single(self):
+        if len(self._stages) != 1:
+            raise ValueError(f"this model compiles to {len(self._stages)} programs with host round trips "
+                             f"between them (im2col or SRAM limits); use run_model")
+
+    def program(self, inputs) -> Program:
+        """The one program of a single-stage model, with the data-in stream for ``inputs``."""
+        self._single()
+        return self._stage_program(0, self.model.quantize_input(self.check_input(inputs)))
+
+    def decode_outputs(self, result: Result) -> np.ndarray:
+        """Result of ``program(x)`` -> the model output (as the source model defines it)."""
+        self._single()
+        return self.model.output_value(self._decode_stage(0, result.outputs)[0])
+
+
+def compile_model(model, config: NpuConfig | None = None, *, batch: int | None = None, fuse: bool = True,
+                  profile: bool = False) -> CompiledModel:
+    """Compile a quantized model for ``config`` (default ``NpuConfig()``).
+
+    ``model``: a ``QuantModel``, or an ONNX model (path, bytes, ``onnx.ModelProto``) imported with
+    ``onnx_import.import_onnx``. ``batch``: the batch size the programs are built for (default: the
+    model's fixed batch, else 1). ``fuse=False`` sends every layer's output to the host (one program
+    per layer), the baseline for the DMA saved by on-chip chaining. ``profile=True`` adds per-layer
+    ``COUNTERS`` snapshots. Raises ``ValueError`` for models or batch sizes that cannot be compiled.
+    """
+    if not isinstance(model, QuantModel):
+        from .onnx_import import import_onnx
+        model = import_onnx(model)
+    config = NpuConfig() if config is None else config
+    if config.dataflow != "ws":
+        raise ValueError(f"the model compiler targets the weight-stationary dataflow, got {config.dataflow!r}")
+    fixed = model.input.batch
+    if batch is None:
+        batch = fixed or 1
+    if not isinstance(batch, (int, np.integer)) or batch < 1 or (fixed is not None and batch != fixed):
+        raise ValueError(f"batch must be a positive int{f' equal to the model batch {fixed}' if fixed else ''}, "
+                         f"got {batch!r}")
+    return CompiledModel(model, config, int(batch), fuse, profile)
+
+
+def run_model(compiled: CompiledModel, inputs, backend="golden") -> ModelRun:
+    """Run a compiled model: quantize the input on the host, run each stage program on ``backend`` (a
+    name for ``opennpu.sim.driver.Npu`` or an object with ``run(program)``), do the host glue between
+    stages (im2col), decode and dequantize the output. Refuses a wrong input shape before anything runs;
+    raises ``RuntimeError`` if the NPU rejects a command."""
+    x = compiled.check_input(inputs)
+    if isinstance(backend, str):
+        from opennpu.sim.driver import Npu
+        backend = Npu(compiled.config, backend)
+    t = compiled.model.quantize_input(x)
+    totals = dict.fromkeys(COUNTER_NAMES, 0)
+    per_layer = {layer.index: dict.fromkeys(COUNTER_NAMES, 0) for layer in compiled.layers}
+    results = []
+    c = compiled.config
+    snap_bytes = c.beats(COUNTER_BEATS_BYTES) * c.bus_bytes
+    for s in range(compiled.stages):
+        result = backend.run(compiled._stage_program(s, t))
+        if result.error != ErrorCode.OK:
+            raise RuntimeError(f"the NPU rejected {result.rejected} command(s) of stage {s}: "
+                               f"{ErrorCode(result.error).name}")
+        results.append(result)
+        t, snapshots = compiled._decode_stage(s, result.outputs)
+        for name in COUNTER_NAMES:
+            totals[name] += result.counters[name]
+        previous = dict.fromkeys(COUNTER_NAMES, 0)
+        for i, (index, snap) in enumerate(snapshots):
+            for name in COUNTER_NAMES:
+                per_layer[index][name] += snap[name] - previous[name]
+            if i:                                  # the previous snapshot's own push landed here
+                per_layer[index]["dma_out_bytes"] -= snap_bytes
+                per_layer[index]["energy_fj"] -= snap_bytes * c.energy.dma_byte_fj
+            previous = snap
+    layer_counters = [per_layer[layer.index] for layer in compiled.layers] if compiled.profile else None
+    return ModelRun(compiled.model.output_value(t), t, totals, layer_counters, results)

@@ -1,0 +1,218 @@
+"""The integer layer list a quantized model becomes: what the NPU runs, independent of ONNX.
+
+A ``QuantModel`` is a chain ``input -> layer 0 -> layer 1 -> ... -> output``. Every tensor between
+layers is int8 on a (scale, zero point) grid; uint8 tensors of the source model are shifted by -128 on
+import (same scale, zero point - 128), which changes no real value. Each ``QLayer`` is one GEMM
+``Y = act(requant(A @ W + bias))`` with
+
+* ``w``: K x N int8 values, symmetric (weight zero points are folded in on import);
+* ``bias``: N int32 values with the activation zero point folded in: ``bias' = bias - zp_a * sum_k w``,
+  so the array multiplies plain signed activations;
+* ``multiplier``, ``shift``: ``numerics.quantize_multiplier(s_a * s_w / s_mid)``;
+* ``out_zp``, ``qmin``, ``qmax``: zero point and clamp of the requantized value (ReLU/ReLU6/Clip);
+* ``lut``: optional 256-entry table applied after the clamp (sigmoid, tanh, GELU, any unary chain).
+
+Conv2d layers carry a ``ConvGeom``: the host turns their NCHW input into im2col rows (one per output
+position, K ordered (channel, kernel row, kernel column), padding with the input zero point, which the
+folded bias turns into a real zero). ``QuantModel.reference`` runs the chain with the golden numerics in
+plain numpy: the NPU must reproduce it bit for bit.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from opennpu.golden import numerics
+
+__all__ = ["ConvGeom", "QLayer", "TensorSpec", "QuantModel", "quantize_like_onnx"]
+
+
+def quantize_like_onnx(x, scale: float, zero_point: int) -> np.ndarray:
+    """ONNX ``QuantizeLinear`` to int8 as onnxruntime computes it: float32 ``x / scale``, round half to
+    even, add the zero point, saturate."""
+    q = np.rint(np.asarray(x, np.float32) / np.float32(scale)).astype(np.int64) + zero_point
+    return np.clip(q, -128, 127)
+
+
+@dataclass(frozen=True)
+class ConvGeom:
+    """2-D convolution geometry (NCHW): input (C, H, W), kernel, stride, pads (top, left, bottom,
+    right), dilation, groups; output positions (Ho, Wo)."""
+    in_shape: tuple
+    kernel: tuple
+    stride: tuple
+    pads: tuple
+    dilation: tuple
+    groups: int
+
+    @property
+    def out_hw(self) -> tuple:
+        (_, h, w), (kh, kw), (sh, sw), (pt, pl, pb, pr), (dh, dw) = (self.in_shape, self.kernel, self.stride,
+                                                                     self.pads, self.dilation)
+        return ((h + pt + pb - dh * (kh - 1) - 1) // sh + 1, (w + pl + pr - dw * (kw - 1) - 1) // sw + 1)
+
+    @property
+    def positions(self) -> int:
+        ho, wo = self.out_hw
+        return ho * wo
+
+    def im2col(self, x: np.ndarray, pad_value: int) -> np.ndarray:
+        """(B, C, H, W) ints -> (B * Ho * Wo, C * kh * kw) rows in (sample, position) order."""
+        b, c = x.shape[:2]
+        (kh, kw), (sh, sw), (pt, pl, pb, pr), (dh, dw) = self.kernel, self.stride, self.pads, self.dilation
+        ho, wo = self.out_hw
+        xp = np.full((b, c, x.shape[2] + pt + pb, x.shape[3] + pl + pr), pad_value, np.int64)
+        xp[:, :, pt:pt + x.shape[2], pl:pl + x.shape[3]] = x
+        cols = np.empty((b, ho, wo, c, kh, kw), np.int64)
+        for i in range(kh):
+            for j in range(kw):
+                cols[:, :, :, :, i, j] = xp[:, :, i * dh:i * dh + sh * ho:sh,
+                                            j * dw:j * dw + sw * wo:sw].transpose(0, 2, 3, 1)
+        return cols.reshape(b * ho * wo, c * kh * kw)
+
+
+@dataclass
+class QLayer:
+    """One integer GEMM layer (see the module docstring). ``in_shape`` / ``out_shape`` are per-sample
+    logical shapes: ``(K,)`` / ``(N,)`` for MatMul and Gemm, ``(C, H, W)`` / ``(N, Ho, Wo)`` for Conv.
+    ``in_q`` / ``out_q`` are the (scale, zero point) of the input and of the final output (after the LUT)."""
+    name: str
+    op: str
+    w: np.ndarray
+    bias: np.ndarray
+    multiplier: int
+    shift: int
+    out_zp: int
+    qmin: int
+    qmax: int
+    lut: np.ndarray | None
+    in_shape: tuple
+    in_q: tuple
+    out_q: tuple
+    conv: ConvGeom | None = None
+
+    def __post_init__(self):
+        self.w = np.asarray(self.w, np.int64)
+        self.bias = np.asarray(self.bias, np.int64)
+        k, n = self.w.shape
+        if self.w.min() < -128 or self.w.max() > 127:
+            raise ValueError(f"layer {self.name}: weights must be int8")
+        if self.bias.shape != (n,) or self.bias.min() < numerics.INT32_MIN or self.bias.max() > numerics.INT32_MAX:
+            raise ValueError(f"layer {self.name}: bias must be {n} int32 values")
+        expected_k = int(np.prod(self.in_shape)) if self.conv is None else \
+            self.in_shape[0] * self.conv.kernel[0] * self.conv.kernel[1]
+        if k != expected_k:
+            raise ValueError(f"layer {self.name}: weights have K={k}, input {self.in_shape} needs {expected_k}")
+
+    @property
+    def k(self) -> int:
+        return self.w.shape[0]
+
+    @property
+    def n(self) -> int:
+        return self.w.shape[1]
+
+    @property
+    def positions(self) -> int:
+        """GEMM rows per sample: output positions of a conv, 1 for MatMul/Gemm."""
+        return 1 if self.conv is None else self.conv.positions
+
+    @property
+    def out_shape(self) -> tuple:
+        return (self.n,) if self.conv is None else (self.n, *self.conv.out_hw)
+
+    def matrix(self, x: np.ndarray) -> np.ndarray:
+        """Input tensor (B, *in_shape) -> GEMM operand A (B * positions, K), rows in (sample, position)
+        order."""
+        x = np.asarray(x, np.int64)
+        if self.conv is None:
+            return x.reshape(x.shape[0], -1)
+        return self.conv.im2col(x.reshape(x.shape[0], *self.in_shape), self.in_q[1])
+
+    def tensor(self, y: np.ndarray, batch: int) -> np.ndarray:
+        """GEMM result (B * positions, N) in (sample, position) order -> output tensor (B, *out_shape)."""
+        y = np.asarray(y, np.int64).reshape(batch, self.positions, self.n)
+        return y.reshape(batch, self.n) if self.conv is None else \
+            y.transpose(0, 2, 1).reshape(batch, *self.out_shape)
+
+    def reference(self, x: np.ndarray) -> np.ndarray:
+        """The layer with the golden numerics, no tiling: (B, *in_shape) -> (B, *out_shape)."""
+        acc = numerics.wrap_int32(self.matrix(x) @ self.w)
+        y = numerics.activation_unit(acc, self.bias, self.multiplier, self.shift, self.out_zp, self.qmin,
+                                     self.qmax, self.lut)
+        return self.tensor(y, len(x))
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A model input or output: name, per-sample shape, batch size (None: any), element type as in the
+    source model (``"float32"``, ``"int8"`` or ``"uint8"``) and the int8 grid (scale, zero point) of
+    the quantized tensor behind it."""
+    name: str
+    shape: tuple
+    batch: int | None
+    dtype: str
+    scale: float
+    zero_point: int
+
+
+@dataclass
+class QuantModel:
+    """A chain of ``QLayer``s between a quantized input and output (see the module docstring)."""
+    layers: list
+    input: TensorSpec
+    output: TensorSpec
+
+    def __post_init__(self):
+        if not self.layers:
+            raise ValueError("the model has no GEMM/Conv layer for the NPU to run")
+        for prev, layer in zip(self.layers, self.layers[1:]):
+            if int(np.prod(prev.out_shape)) != int(np.prod(layer.in_shape)):
+                raise ValueError(f"layer {layer.name} takes {layer.in_shape}, {prev.name} gives {prev.out_shape}")
+
+    def check_input(self, x) -> np.ndarray:
+        """The input as an array, refused with ``ValueError`` unless its shape and kind match."""
+        x = np.asarray(x)
+        batch = (self.input.batch,) if self.input.batch is not None else (x.shape[0] if x.ndim else -1,)
+        if x.shape != (*batch, *self.input.shape):
+            want = ("N" if self.input.batch is None else self.input.batch, *self.input.shape)
+            raise ValueError(f"input {self.input.name!r} must have shape ({', '.join(map(str, want))}), "
+                             f"got {x.shape}")
+        if self.input.dtype == "float32" and not np.issubdtype(x.dtype, np.floating):
+            raise ValueError(f"input {self.input.name!r} must be floating point, got {x.dtype}")
+        if self.input.dtype != "float32" and x.dtype != np.dtype(self.input.dtype):
+            raise ValueError(f"input {self.input.name!r} must be {self.input.dtype}, got {x.dtype}")
+        return x
+
+    def quantize_input(self, x) -> np.ndarray:
+        """Checked input -> int8 tensor (B, *layers[0].in_shape) on the input grid."""
+        x = self.check_input(x)
+        if self.input.dtype == "float32":
+            q = quantize_like_onnx(x, self.input.scale, self.input.zero_point)
+        else:
+            q = x.astype(np.int64) - (128 if self.input.dtype == "uint8" else 0)
+        return q.reshape(len(x), *self.layers[0].in_shape)
+
+    def output_value(self, q: np.ndarray) -> np.ndarray:
+        """Last layer's int8 tensor -> the model output as the source model defines it: float32
+        ``(q - zp) * scale`` after ``DequantizeLinear``, else the int8/uint8 values."""
+        q = np.asarray(q, np.int64).reshape(len(q), *self.output.shape)
+        if self.output.dtype == "float32":
+            return (q - self.output.zero_point).astype(np.float32) * np.float32(self.output.scale)
+        return (q + (128 if self.output.dtype == "uint8" else 0)).astype(self.output.dtype)
+
+    def output_lsb(self, y) -> np.ndarray:
+        """A model output (as ``output_value`` or onnxruntime returns it) -> int8 grid values, so that two
+        outputs can be compared in LSBs."""
+        y = np.asarray(y)
+        if self.output.dtype == "float32":
+            return quantize_like_onnx(y, self.output.scale, self.output.zero_point)
+        return y.astype(np.int64) - (128 if self.output.dtype == "uint8" else 0)
+
+    def reference(self, x) -> np.ndarray:
+        """Run the chain with the golden numerics (no tiling); returns the last layer's int8 tensor."""
+        t = self.quantize_input(x)
+        for layer in self.layers:
+            t = layer.reference(t.reshape(len(t), *layer.in_shape))
+        return t

@@ -1,0 +1,160 @@
+"""Command emission shared by the GEMM builder and the model compiler.
+
+A tiled computation is a list of ``Step`` objects, one ``PRELOAD`` + ``COMPUTE`` each, with the ``LOAD``s
+it needs first and, on the step that finishes an N tile, the ``ACTIVATE`` that writes the tile back.
+``emit_steps`` turns them into a software-pipelined command stream for the in-order dispatcher:
+
+* the loads of step s+1 follow the ``COMPUTE`` of step s (weights first, so the next ``PRELOAD`` overlaps
+  the activation load);
+* the ``LOAD_BIAS`` + ``ACTIVATE`` of a finished tile follow the first ``COMPUTE`` (and loads) of the next
+  tile, so the array never waits for write-back; bias goes to the bank the caller picks, so callers
+  alternate banks and the next bias loads while ``ACTIVATE`` reads the other one;
+* steps carry a ``group`` (e.g. a layer): where the group changes, the pending ``ACTIVATE`` is flushed and
+  the caller's preamble (``CONFIG``, ``LOAD_LUT``) is emitted. ``CONFIG`` waits for every unit to be idle, so
+  results always see the requantization registers of their own group.
+
+Data-in payloads are either static numpy SRAM words or ``Deferred`` objects resolved when the program is
+assembled (the model compiler builds one schedule and assembles it per input).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from opennpu.config import NpuConfig
+from opennpu.golden.isa import Buf, Command, Opcode
+from opennpu.golden.program import Program
+
+__all__ = ["Deferred", "Load", "Activate", "Step", "Emitter", "emit_steps"]
+
+
+class Deferred:
+    """A data-in payload known only when the program is assembled: ``words(source)`` returns the SRAM
+    words (uint8, one row per word) from whatever ``source`` the caller passes to ``Emitter.program``."""
+
+    def words(self, source) -> np.ndarray:
+        raise NotImplementedError
+
+
+@dataclass
+class Load:
+    """``LOAD buf addr rows`` with its payload: uint8 words (``rows`` x word bytes) or a ``Deferred``."""
+    buf: Buf
+    addr: int
+    rows: int
+    payload: object
+
+
+@dataclass
+class Activate:
+    """``LOAD_BIAS bank`` (unless ``bias`` is None: that bank already holds it) then ``ACTIVATE`` reading
+    ``bank``. ``tag`` is the caller's note for decoding what a ``dest=1`` activate pushes to data-out."""
+    accaddr: int
+    aaddr: int
+    rows: int
+    dest: int
+    bias: np.ndarray | None
+    bank: int = 0
+    tag: object = None
+
+
+@dataclass
+class Step:
+    """One weight tile through the array: loads, ``PRELOAD addr krows ncols``, ``COMPUTE``."""
+    group: object
+    loads: list
+    wgt_addr: int
+    krows: int
+    ncols: int
+    act_addr: int
+    acc_addr: int
+    rows: int
+    accumulate: bool
+    activate: Activate | None = None
+
+
+@dataclass
+class Emitter:
+    """Collects commands and their data-in payloads (padded to whole beats per SRAM word / register)."""
+    config: NpuConfig
+    commands: list = field(default_factory=list)
+    chunks: list = field(default_factory=list)       # bytes or (Deferred, word width)
+    #: data-out events in push order: ("activate", tag) per ``dest=1`` activate, ("counters", tag)
+    outputs: list = field(default_factory=list)
+
+    def cmd(self, op: Opcode, **fields):
+        self.commands.append(Command(op, **fields))
+
+    def _pad_words(self, words: np.ndarray) -> bytes:
+        width = self.config.beats(words.shape[1]) * self.config.bus_bytes
+        padded = np.zeros((words.shape[0], width), np.uint8)
+        padded[:, :words.shape[1]] = words
+        return padded.tobytes()
+
+    def words(self, words: np.ndarray):
+        self.chunks.append(self._pad_words(np.asarray(words, np.uint8)))
+
+    def register(self, payload: bytes):
+        self.chunks.append(payload + bytes(self.config.beats(len(payload)) * self.config.bus_bytes
+                                           - len(payload)))
+
+    def load(self, load: Load):
+        self.cmd(Opcode.LOAD, buf=load.buf, addr=load.addr, rows=load.rows)
+        if isinstance(load.payload, Deferred):
+            self.chunks.append(load.payload)
+        else:
+            self.words(load.payload)
+
+    def activate(self, act: Activate):
+        if act.bias is not None:
+            self.cmd(Opcode.LOAD_BIAS, bank=act.bank)
+            self.register(np.asarray(act.bias, np.int64).astype("<i4").tobytes())
+        self.cmd(Opcode.ACTIVATE, accaddr=act.accaddr, aaddr=act.aaddr, rows=act.rows, dest=act.dest,
+                 bank=act.bank)
+        if act.dest == 1:
+            self.outputs.append(("activate", act.tag))
+
+    def counters(self, tag):
+        self.cmd(Opcode.COUNTERS)
+        self.outputs.append(("counters", tag))
+
+    def program(self, source=None) -> Program:
+        """Assemble the data-in stream; ``Deferred`` payloads are resolved from ``source``."""
+        data = bytearray()
+        for chunk in self.chunks:
+            data += self._pad_words(chunk.words(source)) if isinstance(chunk, Deferred) else chunk
+        return Program(list(self.commands), bytes(data))
+
+
+def emit_steps(e: Emitter, steps: list, preamble: Callable[[object], None],
+               between: Callable[[object], None] | None = None):
+    """Emit ``steps`` in pipelined order. ``preamble(group)`` runs before the first step of each group;
+    ``between(group)`` (optional) runs after each group's last ``ACTIVATE`` is emitted, at a point where
+    the next command is a barrier anyway (used for ``COUNTERS`` snapshots)."""
+    if not steps:
+        raise ValueError("nothing to emit: no steps")
+    preamble(steps[0].group)
+    for load in steps[0].loads:
+        e.load(load)
+    pending = None
+    for s, step in enumerate(steps):
+        e.cmd(Opcode.PRELOAD, addr=step.wgt_addr, krows=step.krows, ncols=step.ncols)
+        e.cmd(Opcode.COMPUTE, aaddr=step.act_addr, accaddr=step.acc_addr, rows=step.rows,
+              accumulate=step.accumulate)
+        nxt = steps[s + 1] if s + 1 < len(steps) else None
+        if nxt is not None:
+            for load in nxt.loads:
+                e.load(load)
+        if pending is not None:
+            e.activate(pending)
+        pending = step.activate
+        if nxt is None or nxt.group != step.group:
+            if pending is not None:
+                e.activate(pending)
+                pending = None
+            if between is not None:
+                between(step.group)
+            if nxt is not None:
+                preamble(nxt.group)

@@ -1,0 +1,276 @@
+"""Model compiler: quantized ONNX graphs (QDQ and QLinear forms) imported, compiled and run on the golden
+model against onnxruntime (within 1 LSB) and the integer reference (bit-exact); on-chip chaining saves
+DMA; bad models and inputs fail with clear errors."""
+import json
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxruntime.quantization")
+
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+import opennpu  # noqa: E402
+from opennpu.compiler.model_program import compile_model, run_model  # noqa: E402
+from opennpu.compiler.onnx_import import import_onnx  # noqa: E402
+from opennpu.compiler.torch_quant import quantize_onnx  # noqa: E402
+from opennpu.config import NpuConfig  # noqa: E402
+from opennpu.golden.model import GoldenNpu  # noqa: E402
+
+RNG = np.random.default_rng(1)
+
+
+def _model(nodes, inits, in_shape, out_shape, opset=13) -> bytes:
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *in_shape])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", *out_shape])],
+        [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def _w(*shape):
+    return (RNG.standard_normal(shape) / np.sqrt(shape[0] if len(shape) == 2 else np.prod(shape[1:]))
+            ).astype(np.float32)
+
+
+def _mlp(act="Relu", hidden=24) -> bytes:
+    """MatMul + Add + act, MatMul + Add."""
+    return _model([helper.make_node("MatMul", ["x", "w1"], ["h0"], name="fc1"),
+                   helper.make_node("Add", ["h0", "b1"], ["h1"], name="bias1"),
+                   helper.make_node(act, ["h1"], ["h2"], name="act1"),
+                   helper.make_node("MatMul", ["h2", "w2"], ["h3"], name="fc2"),
+                   helper.make_node("Add", ["h3", "b2"], ["y"], name="bias2")],
+                  {"w1": _w(20, hidden), "b1": _w(hidden) * 0.1, "w2": _w(hidden, 10), "b2": _w(10) * 0.1},
+                  (20,), (10,))
+
+
+def _gemm_relu6() -> bytes:
+    return _model([helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="gemm1", transB=1),
+                   helper.make_node("Clip", ["h", "lo", "hi"], ["h6"], name="relu6"),
+                   helper.make_node("Gemm", ["h6", "w2", "b2"], ["y"], name="gemm2", transB=1)],
+                  {"w1": _w(17, 33), "b1": _w(17), "lo": np.float32(0), "hi": np.float32(6),
+                   "w2": _w(5, 17), "b2": _w(5)}, (33,), (5,))
+
+
+def _cnn(second_conv=False) -> bytes:
+    nodes = [helper.make_node("Conv", ["x", "c1", "cb1"], ["a"], name="conv1", kernel_shape=[3, 3],
+                              pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["ar"], name="relu1")]
+    inits = {"c1": _w(6, 2, 3, 3), "cb1": _w(6) * 0.1}
+    last, flat = "ar", 6 * 8 * 8
+    if second_conv:
+        nodes += [helper.make_node("Conv", ["ar", "c2", "cb2"], ["b"], name="conv2", kernel_shape=[3, 3],
+                                   strides=[2, 2]),
+                  helper.make_node("Tanh", ["b"], ["bt"], name="tanh2")]
+        inits.update(c2=_w(4, 6, 3, 3), cb2=_w(4) * 0.1)
+        last, flat = "bt", 4 * 3 * 3
+    nodes += [helper.make_node("Flatten", [last], ["f"], name="flatten"),
+              helper.make_node("Gemm", ["f", "wf", "bf"], ["g"], name="fc", transB=1),
+              helper.make_node("Sigmoid", ["g"], ["y"], name="sigmoid")]
+    inits.update(wf=_w(10, flat), bf=_w(10) * 0.1)
+    return _model(nodes, inits, (2, 8, 8), (10,))
+
+
+def _check(blob: bytes, x: np.ndarray, config=NpuConfig(), **options):
+    """Golden run vs onnxruntime (<= 1 LSB) and vs the integer reference (bit-exact)."""
+    qm = import_onnx(blob)
+    compiled = compile_model(qm, config, batch=len(x), **options)
+    run = run_model(compiled, x)
+    expected = ort.InferenceSession(blob, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert run.outputs.shape == expected.shape and run.outputs.dtype == expected.dtype
+    assert np.abs(qm.output_lsb(run.outputs) - qm.output_lsb(expected)).max() <= 1
+    assert np.array_equal(run.values, qm.reference(x))
+    return qm, compiled, run
+
+
+@pytest.fixture(scope="module")
+def models():
+    x20 = RNG.random((40, 20), dtype=np.float32) * 2 - 1
+    x33 = RNG.random((40, 33), dtype=np.float32) * 2 - 1
+    img = RNG.random((12, 2, 8, 8), dtype=np.float32)
+    out = {}
+    for name, blob, x in (("mlp", _mlp(), x20), ("sigmoid_mlp", _mlp("Sigmoid"), x20), ("tanh_mlp", _mlp("Tanh"), x20),
+                          ("gemm_relu6", _gemm_relu6(), x33), ("cnn", _cnn(), img), ("cnn2", _cnn(True), img)):
+        for qop in (False, True):
+            out[name, qop] = (quantize_onnx(blob, x[:16], qoperator=qop), x)
+    return out
+
+
+@pytest.mark.parametrize("qop", [False, True], ids=["qdq", "qlinear"])
+@pytest.mark.parametrize("name", ["mlp", "sigmoid_mlp", "tanh_mlp", "gemm_relu6", "cnn", "cnn2"])
+def test_quantized_graphs_match_onnxruntime(models, name, qop):
+    blob, x = models[name, qop]
+    ops = {n.op_type for n in onnx.load_from_string(blob).graph.node}
+    assert ops & ({"QLinearMatMul", "QGemm", "QLinearConv"} if qop else {"MatMul", "Gemm", "Conv"})
+    qm, compiled, _ = _check(blob, x)
+    if name in ("sigmoid_mlp", "tanh_mlp", "cnn", "cnn2"):      # a LUT layer is part of the chain
+        assert any(layer.lut is not None for layer in qm.layers)
+
+
+@pytest.mark.parametrize("array", [(4, 8), (8, 4), (3, 5)])
+def test_other_arrays_and_small_srams(models, array):
+    blob, x = models["cnn", False]
+    config = NpuConfig(rows=array[0], cols=array[1], act_depth=512, wgt_depth=512, acc_depth=64)
+    _check(blob, x, config)
+    blob, x = models["mlp", True]
+    _check(blob, x, config)
+
+
+def test_hand_written_qdq_uint8_with_bias_add_and_relu():
+    """uint8 activations, int8 weights, float bias Add and an int32 DequantizeLinear bias, Relu between."""
+    s_x, s_h, s_y = 1 / 64, 1 / 16, 1 / 8
+    w1 = RNG.integers(-127, 128, (12, 16), dtype=np.int8)
+    w2 = RNG.integers(-127, 128, (16, 4), dtype=np.int8)
+    b2 = RNG.integers(-2000, 2000, 4).astype(np.int32)
+    s_w = np.float32(0.01)
+    inits = {"sx": np.float32(s_x), "zx": np.uint8(100), "sh": np.float32(s_h), "zh": np.uint8(3),
+             "sy": np.float32(s_y), "zy": np.uint8(128), "w1": w1, "w2": w2, "sw": s_w, "zw": np.int8(0),
+             "b1": (RNG.standard_normal(16) * 0.3).astype(np.float32), "b2": b2,
+             "sb2": np.float32(s_h * s_w), "zb2": np.int32(0)}
+    nodes = [helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["w1", "sw", "zw"], ["w1d"]),
+             helper.make_node("MatMul", ["xd", "w1d"], ["m1"], name="mm1"),
+             helper.make_node("Add", ["m1", "b1"], ["a1"]),
+             helper.make_node("Relu", ["a1"], ["r1"]),
+             helper.make_node("QuantizeLinear", ["r1", "sh", "zh"], ["hq"]),
+             helper.make_node("DequantizeLinear", ["hq", "sh", "zh"], ["hd"]),
+             helper.make_node("DequantizeLinear", ["w2", "sw", "zw"], ["w2d"]),
+             helper.make_node("DequantizeLinear", ["b2", "sb2", "zb2"], ["b2d"]),
+             helper.make_node("MatMul", ["hd", "w2d"], ["m2"], name="mm2"),
+             helper.make_node("Add", ["m2", "b2d"], ["a2"]),
+             helper.make_node("QuantizeLinear", ["a2", "sy", "zy"], ["yq"]),
+             helper.make_node("DequantizeLinear", ["yq", "sy", "zy"], ["y"])]
+    blob = _model(nodes, inits, (12,), (4,))
+    x = RNG.random((30, 12), dtype=np.float32) * 3 - 1
+    qm, _, _ = _check(blob, x)
+    assert qm.layers[0].qmin == 3 - 128          # ReLU is a clamp at the (shifted) zero point
+
+
+def test_digits_mlp_same_argmax_as_onnxruntime():
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    from opennpu.compiler.demo_digits import load_digits, train_mlp
+    from opennpu.compiler.torch_quant import quantize_torch
+    x_train, y_train, x_test, y_test = load_digits()
+    blob = quantize_torch(train_mlp(x_train, y_train, epochs=8), x_train[:128])
+    _, _, run = _check(blob, x_test)
+    expected = ort.InferenceSession(blob, providers=["CPUExecutionProvider"]).run(None, {"x": x_test})[0]
+    assert np.array_equal(run.outputs.argmax(1), expected.argmax(1))
+    assert (run.outputs.argmax(1) == y_test).mean() > 0.85
+
+
+def test_fusion_keeps_activations_on_chip(models):
+    blob, x = models["cnn", False]
+    qm = import_onnx(blob)
+    fused = compile_model(qm, NpuConfig(), batch=len(x))
+    unfused = compile_model(qm, NpuConfig(), batch=len(x), fuse=False)
+    assert fused.stages == 1 and unfused.stages == 2
+    assert [layer.output for layer in fused.layers] == ["chip", "host"]
+    a, b = run_model(fused, x), run_model(unfused, x)
+    assert np.array_equal(a.values, b.values)
+    row_bytes = NpuConfig().bus_bytes
+    assert a.counters["dma_out_bytes"] == len(x) * row_bytes * 2          # only the 10 outputs (two N tiles)
+    assert a.counters["dma_in_bytes"] < b.counters["dma_in_bytes"]
+    assert a.counters["energy_fj"] < b.counters["energy_fj"]
+
+
+def test_conv_to_conv_splits_into_programs(models):
+    blob, x = models["cnn2", True]
+    compiled = compile_model(import_onnx(blob), NpuConfig(), batch=len(x))
+    assert compiled.stages == 2
+    assert [(info.input, info.output) for info in compiled.layers] == [("host", "host"), ("host", "chip"),
+                                                                     ("chip", "host")]
+    with pytest.raises(ValueError, match="use run_model"):
+        compiled.program(x)
+
+
+def test_profiled_layers_add_up(models):
+    blob, x = models["mlp", False]
+    qm = import_onnx(blob)
+    plain = run_model(compile_model(qm, batch=len(x)), x)
+    prof = run_model(compile_model(qm, batch=len(x), profile=True), x)
+    assert np.array_equal(plain.values, prof.values)
+    for name in ("macs", "busy_cycles", "act_ops", "dma_in_bytes", "dma_out_bytes"):
+        assert sum(c[name] for c in prof.layer_counters) == plain.counters[name]
+    # onnxruntime quantizes MatMul + Add as MatMul -> Q -> DQ -> Add: the Adds are identity layers
+    assert [info.op for info in compile_model(qm).layers] == ["MatMul", "Add", "MatMul", "Add"]
+    assert [c["macs"] for c in prof.layer_counters] == [len(x) * k * n for k, n in
+                                                       ((20, 24), (24, 24), (24, 10), (10, 10))]
+
+
+def test_single_program_api_and_lazy_compile(models):
+    blob, x = models["mlp", True]
+    compiled = opennpu.compile(blob, NpuConfig(rows=4, cols=4), batch=len(x))
+    result = GoldenNpu(compiled.config).run(compiled.program(x))
+    assert np.array_equal(compiled.decode_outputs(result), run_model(compiled, x).outputs)
+
+
+def test_wrong_input_shape_is_refused_before_running(models):
+    blob, x = models["mlp", False]
+    compiled = compile_model(import_onnx(blob), batch=len(x))
+
+    class Backend:
+        def run(self, program):
+            raise AssertionError("nothing may run")
+    for bad in (x[:5], x[:, :10], x.astype(np.int8)):
+        with pytest.raises(ValueError, match="input 'x'"):
+            run_model(compiled, bad, Backend())
+
+
+def test_unsupported_op_names_op_and_node():
+    blob = _model([helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"),
+                   helper.make_node("Softmax", ["h"], ["y"], name="probs")], {"w": _w(8, 4)}, (8,), (4,))
+    q = quantize_onnx(blob, RNG.random((8, 8), dtype=np.float32))
+    with pytest.raises(ValueError, match="Softmax node 'probs'"):
+        import_onnx(q)
+
+
+def test_float_weights_and_per_channel_scales_are_refused(tmp_path):
+    from onnxruntime.quantization import CalibrationDataReader, QuantType, quantize_static
+    blob = _model([helper.make_node("MatMul", ["x", "w"], ["y"], name="fc")], {"w": _w(8, 4)}, (8,), (4,))
+    with pytest.raises(ValueError, match="MatMul node 'fc'.*must be quantized"):
+        import_onnx(blob)
+
+    class Reader(CalibrationDataReader):
+        it = iter([{"x": RNG.random((1, 8), dtype=np.float32)} for _ in range(4)])
+
+        def get_next(self):
+            return next(self.it, None)
+    (tmp_path / "f.onnx").write_bytes(blob)
+    quantize_static(str(tmp_path / "f.onnx"), str(tmp_path / "q.onnx"), Reader(), per_channel=True,
+                    weight_type=QuantType.QInt8, activation_type=QuantType.QInt8)
+    with pytest.raises(ValueError, match="MatMul node 'fc'.*per-channel"):
+        import_onnx(tmp_path / "q.onnx")
+
+
+def test_branching_graph_is_refused():
+    blob = _model([helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"),
+                   helper.make_node("MatMul", ["h", "w2"], ["h2"], name="fc2"),
+                   helper.make_node("Add", ["h", "h2"], ["y"], name="residual")],
+                  {"w": _w(8, 8), "w2": _w(8, 8)}, (8,), (8,))
+    with pytest.raises(ValueError, match="residual|chain"):
+        import_onnx(quantize_onnx(blob, RNG.random((8, 8), dtype=np.float32)))
+
+
+def test_cli_run(models, tmp_path, capsys):
+    from opennpu.cli import main
+    blob, x = models["cnn", True]
+    (tmp_path / "m.onnx").write_bytes(blob)
+    np.save(tmp_path / "x.npy", x)
+    assert main(["run", str(tmp_path / "m.onnx"), "--input", str(tmp_path / "x.npy"), "--output",
+                 str(tmp_path / "y.npy"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["outputs"] == str(tmp_path / "y.npy") and len(report["layers"]) == 2
+    assert report["total"]["dma_bytes"] < report["unfused"]["dma_bytes"]
+    assert sum(layer["macs"] for layer in report["layers"]) == report["total"]["macs"]
+    y = np.load(tmp_path / "y.npy")
+    expected = ort.InferenceSession(blob, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert y.shape == expected.shape
+    np.save(tmp_path / "bad.npy", x[:, :1])
+    assert main(["run", str(tmp_path / "m.onnx"), "--input", str(tmp_path / "bad.npy")]) == 2
+    assert "must have shape" in capsys.readouterr().err
