@@ -274,3 +274,16 @@ def test_cli_run(models, tmp_path, capsys):
     np.save(tmp_path / "bad.npy", x[:, :1])
     assert main(["run", str(tmp_path / "m.onnx"), "--input", str(tmp_path / "bad.npy")]) == 2
     assert "must have shape" in capsys.readouterr().err
+
+
+def test_cli_report_on_a_model(models, tmp_path, capsys):
+    """``opennpu report MODEL.onnx``: per-layer figures, fused vs unfused from the model compiler."""
+    from opennpu.cli import main
+    blob, _ = models["mlp", False]
+    (tmp_path / "m.onnx").write_bytes(blob)
+    assert main(["report", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "rep"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert len(report["layers"]) == 2 and (tmp_path / "rep" / "fusion.png").stat().st_size > 0
+    fused, unfused = report["fused"]["fused"], report["fused"]["unfused"]
+    assert fused["dma_in_bytes"] + fused["dma_out_bytes"] < unfused["dma_in_bytes"] + unfused["dma_out_bytes"]
+    assert report["total"]["macs"] == fused["macs"]
