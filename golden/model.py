@@ -20,6 +20,7 @@ __all__ = ["GoldenNpu", "validate", "k_tile", "weight_words", "event_costs", "Pr
 
 _SPACE_OF_BUF = {Buf.ACT: Space.ACT, Buf.WGT: Space.WGT, Buf.ACC: Space.ACC}
 COUNTER_BEATS_BYTES = 8 * len(COUNTER_NAMES)
+REJECTED_MAX = 0xFFFF
 
 
 class ProgramError(ValueError):
@@ -147,7 +148,7 @@ class GoldenNpu:
         if code != ErrorCode.OK:
             if self.error == ErrorCode.OK:
                 self.error = code
-            self.rejected += 1
+            self.rejected = min(self.rejected + 1, REJECTED_MAX)       # 16-bit saturating in hardware
             self.trace.append((word, self.timeline.reject()))
             return
         d = getattr(self, "_" + cmd.op.name.lower())(cmd)

@@ -56,7 +56,7 @@ class Controller(wiring.Component):
     busy : Out(1)
         Some unit is executing.
     error : Out(3); rejected : Out(16)
-        Sticky first error code and the number of rejected commands.
+        Sticky first error code and the number of rejected commands (saturates at 65535).
     """
 
     def __init__(self, config: NpuConfig):
@@ -214,7 +214,8 @@ class Controller(wiring.Component):
                      self.consume.eq(dispatch | reject)]
 
         with m.If(reject):
-            m.d.sync += self.rejected.eq(self.rejected + 1)
+            with m.If(self.rejected != 0xFFFF):          # saturating 16-bit count
+                m.d.sync += self.rejected.eq(self.rejected + 1)
             with m.If(self.error == 0):
                 m.d.sync += self.error.eq(checker.error)
 

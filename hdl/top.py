@@ -31,7 +31,7 @@ class CommandBeat(data.Struct):
 
 class Status(data.Struct):
     error: 3          # golden.isa.ErrorCode, sticky (first error since reset)
-    rejected: 16      # number of rejected commands
+    rejected: 16      # number of rejected commands (saturating)
     idle: 1           # no program open, nothing executing, output register empty
 
 

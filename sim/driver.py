@@ -25,16 +25,22 @@ class Npu:
         RTL backends: seed for random valid/ready gaps on every stream (None: none).
     vcd, gtkw : str or None
         RTL backends: write a waveform (and a GTKWave save file).
+    fst : str or None
+        Verilator backend: write an FST waveform (instead of ``vcd``).
     """
 
     def __init__(self, config: NpuConfig, backend: str = "golden", *, backpressure: int | None = None,
-                 vcd: str | None = None, gtkw: str | None = None):
+                 vcd: str | None = None, gtkw: str | None = None, fst: str | None = None):
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
-        if backend == "golden" and (vcd or backpressure is not None):
+        if backend == "golden" and (vcd or fst or backpressure is not None):
             raise ValueError("the golden backend has no waveforms or stream back-pressure")
+        if fst and backend != "verilator":
+            raise ValueError("FST waveforms need the verilator backend (Amaranth's simulator writes VCD)")
         self.config, self.backend = config, backend
         self._options = dict(backpressure=backpressure, vcd=vcd, gtkw=gtkw)
+        if fst:
+            self._options["fst"] = fst
 
     def run(self, program: Program) -> Result:
         if self.backend == "golden":

@@ -165,3 +165,10 @@ def test_rtl_rejects_unsupported_configs():
 
 def test_all_activations_listed():
     assert set(ACTIVATIONS) == {"none", "relu", "relu6", "gelu", "silu", "sigmoid", "tanh"}
+
+
+def test_rejected_count_saturates_like_golden():
+    """Golden model and RTL agree past 65535 rejected commands (the 16-bit status count saturates)."""
+    config = NpuConfig(rows=2, cols=2, act_depth=16, wgt_depth=4, acc_depth=8)
+    golden = GoldenNpu(config).run(Program([0] * 65537 + [Command(Opcode.FENCE)]))
+    assert golden.rejected == 65535 and golden.error == ErrorCode.BAD_OPCODE

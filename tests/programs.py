@@ -1,0 +1,265 @@
+"""Random command streams, valid and malformed, with exactly the data-in they consume.
+
+``random_program(config, rng)`` mixes every command kind with malformed words (random 128-bit words,
+illegal opcodes, reserved bits, out-of-range addresses, zero rows, illegal buffers and fields,
+unsupported precisions) and ends with a full read-back of the three SRAMs. ``with_bad_commands``
+mixes malformed words into an existing program (e.g. a compiled GEMM). Whether a command will be
+accepted, and so whether it consumes data-in, is decided by the golden ``validate`` on the precision
+the accepted CONFIGs so far have set, so the data-in stream always matches.
+
+The functions take a ``random.Random``: ``programs(config)`` wraps ``random_program`` as a
+hypothesis strategy (through ``st.randoms``, so examples shrink and replay), and plain
+``Random(seed)`` instances make large batches cheaply.
+"""
+from __future__ import annotations
+
+import random
+
+from opennpu.compiler.gemm import ACTIVATIONS, build_gemm, random_gemm
+from opennpu.config import NpuConfig
+from opennpu.golden import numerics
+from opennpu.golden.isa import (COMMAND_BITS, ActFn, Buf, Command, ErrorCode, Opcode, Precision, encode,
+                                reserved_mask)
+from opennpu.golden.model import k_tile, validate, weight_words
+from opennpu.golden.program import Program
+
+__all__ = ["BAD_KINDS", "sram_dump", "good_command", "bad_command", "rejected_command", "random_program",
+           "with_bad_commands", "gemm_with_bad_commands", "programs"]
+
+#: Kinds of malformed command ``bad_command`` draws from.
+BAD_KINDS = ("random word", "random fields", "bad opcode", "reserved bits", "out of range", "zero rows",
+             "bad buffer", "bad field", "bad precision")
+
+
+def sram_dump(config: NpuConfig) -> list[Command]:
+    """STORE every word of the activation, weight and accumulator SRAMs."""
+    return [Command(Opcode.STORE, buf=Buf.ACT, addr=0, rows=config.act_depth),
+            Command(Opcode.STORE, buf=Buf.WGT, addr=0, rows=config.wgt_depth),
+            Command(Opcode.STORE, buf=Buf.ACC, addr=0, rows=config.acc_depth)]
+
+
+def _span(rng: random.Random, depth: int, max_rows: int) -> tuple[int, int]:
+    """An in-range (addr, rows) window, biased towards both ends of the SRAM."""
+    rows = rng.randint(1, min(depth, max_rows))
+    addr = rng.choice([0, depth - rows, rng.randint(0, depth - rows)])
+    return addr, rows
+
+
+def _depth(config: NpuConfig, buf: Buf) -> int:
+    return {Buf.ACT: config.act_depth, Buf.WGT: config.wgt_depth, Buf.ACC: config.acc_depth}[buf]
+
+
+def good_command(config: NpuConfig, rng: random.Random, precision: Precision, *, max_rows: int = 8) -> Command:
+    """A command that the configuration accepts in the current ``precision``."""
+    kinds = ["config", "load", "load", "load_bias", "load_lut", "preload", "compute", "compute",
+             "activate", "store", "fence", "counters"]
+    kind = rng.choice(kinds)
+    if kind == "config":
+        qmin = rng.randint(-128, 127)
+        return Command(Opcode.CONFIG, precision=Precision.from_label(rng.choice(config.precisions)),
+                       act=rng.choice(list(ActFn)), out_zp=rng.randint(-128, 127), qmin=qmin,
+                       qmax=rng.randint(qmin, 127), shift=rng.randint(numerics.SHIFT_MIN, numerics.SHIFT_MAX),
+                       multiplier=rng.choice([0, 1 << 30, (1 << 31) - 1, rng.getrandbits(31)]))
+    if kind == "load":
+        buf = rng.choice([Buf.ACT, Buf.WGT])
+        addr, rows = _span(rng, _depth(config, buf), max_rows)
+        return Command(Opcode.LOAD, buf=buf, addr=addr, rows=rows)
+    if kind == "load_bias":
+        return Command(Opcode.LOAD_BIAS, bank=rng.randint(0, 1))
+    if kind == "load_lut":
+        return Command(Opcode.LOAD_LUT)
+    if kind == "preload":
+        krows = rng.randint(1, k_tile(config, precision))
+        addr = rng.randint(0, config.wgt_depth - weight_words(precision, krows))
+        return Command(Opcode.PRELOAD, addr=addr, krows=krows, ncols=rng.randint(1, config.cols))
+    if kind == "compute":
+        rows = rng.randint(1, min(config.act_depth, config.acc_depth, max_rows))
+        return Command(Opcode.COMPUTE, aaddr=rng.randint(0, config.act_depth - rows),
+                       accaddr=rng.randint(0, config.acc_depth - rows), rows=rows, accumulate=rng.randint(0, 1))
+    if kind == "activate":
+        rows = rng.randint(1, min(config.act_depth, config.acc_depth, max_rows))
+        return Command(Opcode.ACTIVATE, accaddr=rng.randint(0, config.acc_depth - rows),
+                       aaddr=rng.randint(0, config.act_depth - rows), rows=rows, dest=rng.randint(0, 1),
+                       bank=rng.randint(0, 1))
+    if kind == "store":
+        buf = rng.choice(list(Buf))
+        addr, rows = _span(rng, _depth(config, buf), max_rows)
+        return Command(Opcode.STORE, buf=buf, addr=addr, rows=rows)
+    return Command(Opcode.COUNTERS if kind == "counters" else Opcode.FENCE)
+
+
+def _beyond(rng: random.Random, depth: int, rows: int) -> int:
+    """A 16-bit address at which ``rows`` words overrun an SRAM of ``depth`` words."""
+    return rng.randint(min(max(0, depth - rows + 1), 0xFFFF), 0xFFFF)
+
+
+def bad_command(config: NpuConfig, rng: random.Random, kind: str | None = None) -> int:
+    """A raw 128-bit word meant to be rejected; ``kind`` from ``BAD_KINDS`` (random if None).
+
+    "random word" and, often, "random fields" can draw a valid command; ``rejected_command`` redraws
+    until the golden model rejects the word.
+    """
+    kind = kind or rng.choice(BAD_KINDS)
+    if kind == "random word":
+        return rng.getrandbits(COMMAND_BITS)
+    if kind == "random fields":          # a legal opcode with random field values: mostly range errors
+        op = rng.choice(list(Opcode))
+        return rng.getrandbits(COMMAND_BITS) & ~reserved_mask(op) & ~0xF | op
+    if kind == "bad opcode":
+        upper = rng.getrandbits(COMMAND_BITS - 4) if rng.random() < 0.5 else 0
+        return upper << 4 | rng.choice([0, 11, 12, 13, 14, 15])
+    if kind == "reserved bits":
+        good = encode(good_command(config, rng, Precision.INT8))
+        mask = reserved_mask(Opcode(good & 0xF))
+        return good | 1 << rng.choice([i for i in range(COMMAND_BITS) if mask >> i & 1])
+    if kind == "zero rows":
+        op = rng.choice([Opcode.LOAD, Opcode.STORE, Opcode.COMPUTE, Opcode.ACTIVATE])
+        if op in (Opcode.LOAD, Opcode.STORE):
+            return encode(Command(op, buf=rng.randint(0, 1), addr=rng.randint(0, 3), rows=0))
+        fields = {"aaddr": 0, "accaddr": 0, "rows": 0}
+        return encode(Command(op, **fields, **({"dest": rng.randint(0, 1)} if op == Opcode.ACTIVATE else {})))
+    if kind == "out of range":
+        op = rng.choice([Opcode.LOAD, Opcode.STORE, Opcode.COMPUTE, Opcode.ACTIVATE, Opcode.PRELOAD])
+        if op in (Opcode.LOAD, Opcode.STORE):
+            buf = rng.choice([Buf.ACT, Buf.WGT] + ([Buf.ACC] if op == Opcode.STORE else []))
+            rows = rng.choice([1, rng.randint(1, 0xFFFF)])
+            return encode(Command(op, buf=buf, addr=_beyond(rng, _depth(config, buf), rows), rows=rows))
+        if op == Opcode.PRELOAD:
+            return encode(Command(op, addr=_beyond(rng, config.wgt_depth, 1), krows=rng.randint(1, config.rows),
+                                  ncols=rng.randint(1, config.cols)))
+        rows = rng.randint(1, min(config.act_depth, config.acc_depth))
+        fields = {"aaddr": rng.randint(0, config.act_depth - rows),
+                  "accaddr": rng.randint(0, config.acc_depth - rows), "rows": rows}
+        side = rng.choice(["aaddr", "accaddr"])
+        fields[side] = _beyond(rng, config.act_depth if side == "aaddr" else config.acc_depth, rows)
+        if op == Opcode.ACTIVATE:
+            fields.update(dest=0, bank=rng.randint(0, 1))   # dest=1 would ignore aaddr
+        return encode(Command(op, **fields))
+    if kind == "bad buffer":
+        op = rng.choice([Opcode.LOAD, Opcode.STORE])
+        buf = rng.choice([2, 3] if op == Opcode.LOAD else [3])
+        return encode(Command(op, buf=0, addr=0, rows=1)) | buf << 4
+    if kind == "bad field":
+        choice = rng.randint(0, 4)
+        if choice == 0:
+            qmax = rng.randint(-128, 126)
+            return encode(Command(Opcode.CONFIG, qmin=rng.randint(qmax + 1, 127), qmax=qmax))
+        if choice == 1:
+            return encode(Command(Opcode.CONFIG, qmin=-128, qmax=127)) | rng.randint(2, 3) << 6   # act
+        if choice == 2:
+            shift = rng.choice([-128, numerics.SHIFT_MIN - 1, numerics.SHIFT_MAX + 1, 127])
+            return encode(Command(Opcode.CONFIG, shift=shift, qmin=-128, qmax=127))
+        if choice == 3:
+            krows = rng.choice([0, 2 * config.rows + 1, 255])
+            return encode(Command(Opcode.PRELOAD, addr=0, krows=krows, ncols=1))
+        return encode(Command(Opcode.PRELOAD, addr=0, krows=1, ncols=rng.choice([0, config.cols + 1, 255])))
+    if kind == "bad precision":
+        unsupported = [p.value for p in Precision if p.label not in config.precisions] + [3]
+        return encode(Command(Opcode.CONFIG, qmin=-128, qmax=127)) | rng.choice(unsupported) << 4
+    raise ValueError(f"unknown bad-command kind {kind!r}; expected one of {BAD_KINDS}")
+
+
+def rejected_command(config: NpuConfig, rng: random.Random, precision: Precision = Precision.INT8,
+                     kind: str | None = None) -> int:
+    """A ``bad_command`` that the golden model rejects in ``precision`` (redrawn until it is)."""
+    while True:
+        word = bad_command(config, rng, kind)
+        if validate(word, config, precision)[0] != ErrorCode.OK:
+            return word
+
+
+class _Stream:
+    """Builds a command list and its data-in, tracking the precision that decides acceptance."""
+
+    def __init__(self, config: NpuConfig, rng: random.Random, counters: bool = True):
+        self.config, self.rng, self.counters = config, rng, counters
+        self.commands: list = []
+        self.data = bytearray()
+        self.precision = Precision.INT8
+
+    def add(self, command):
+        """Append ``command`` and, if it will be accepted and reads data-in, random bytes of the right
+        length. An accepted COUNTERS is dropped unless ``counters``."""
+        word = command if isinstance(command, int) else encode(command)
+        code, cmd = validate(word, self.config, self.precision)
+        if code == ErrorCode.OK and cmd.op == Opcode.COUNTERS and not self.counters:
+            return
+        self.commands.append(command)
+        if code != ErrorCode.OK:
+            return
+        if cmd.op == Opcode.CONFIG:
+            self.precision = Precision(cmd.precision)
+        need = self.consumes(cmd)
+        if need:
+            self.data += self.rng.randbytes(need)
+
+    def consumes(self, cmd: Command) -> int:
+        """Data-in bytes an accepted command reads."""
+        c = self.config
+        if cmd.op == Opcode.LOAD:
+            word = c.act_word_bytes if cmd.buf == Buf.ACT else c.wgt_word_bytes
+            return cmd.rows * c.beats(word) * c.bus_bytes
+        if cmd.op == Opcode.LOAD_BIAS:
+            return c.beats(4 * c.cols) * c.bus_bytes
+        if cmd.op == Opcode.LOAD_LUT:
+            return c.beats(256) * c.bus_bytes
+        return 0
+
+    def program(self) -> Program:
+        return Program(list(self.commands), bytes(self.data))
+
+
+def random_program(config: NpuConfig, rng: random.Random, *, max_commands: int = 24, bad_rate: float = 0.25,
+                   max_rows: int = 8, counters: bool = True, dump: bool = True) -> Program:
+    """A random mix of accepted and rejected commands, then (``dump``) a read-back of every SRAM.
+
+    ``counters=False`` leaves out COUNTERS (its snapshot holds ``cycles``, which back-pressure changes).
+    """
+    s = _Stream(config, rng, counters)
+    for _ in range(rng.randint(1, max_commands)):
+        if rng.random() < bad_rate:
+            s.add(bad_command(config, rng))
+        else:
+            s.add(good_command(config, rng, s.precision, max_rows=max_rows))
+    for command in sram_dump(config) if dump else []:
+        s.add(command)
+    return s.program()
+
+
+def with_bad_commands(config: NpuConfig, program: Program, rng: random.Random, count: int) -> Program:
+    """``program`` with ``count`` rejected words inserted at random places (its data-in unchanged).
+
+    Only words the golden model rejects in the precision current at that place are inserted, so the
+    rest of the program runs exactly as before.
+    """
+    commands = list(program.commands)
+    slots = sorted(rng.randint(0, len(commands)) for _ in range(count))
+    out, precision, index = [], Precision.INT8, 0
+    for position, command in enumerate(commands + [None]):
+        while index < len(slots) and slots[index] == position:
+            out.append(rejected_command(config, rng, precision))
+            index += 1
+        if command is None:
+            break
+        code, cmd = validate(command if isinstance(command, int) else encode(command), config, precision)
+        if code == ErrorCode.OK and cmd.op == Opcode.CONFIG:
+            precision = Precision(cmd.precision)
+        out.append(command)
+    return Program(out, program.data_in)
+
+
+def gemm_with_bad_commands(config: NpuConfig, rng: random.Random, *, max_dim: int = 12, bad: int = 3):
+    """A compiled random GEMM (odd shapes, any activation) with malformed words mixed in and the SRAMs
+    read back at the end; returns ``(GemmProgram, Program)``."""
+    m, k, n = (rng.randint(1, max_dim) for _ in range(3))
+    act = rng.choice(ACTIVATIONS)
+    gp = build_gemm(config, random_gemm(m, k, n, "int8", act, seed=rng.getrandbits(32)))
+    mixed = with_bad_commands(config, gp.program, rng, rng.randint(0, bad))
+    return gp, Program(mixed.commands + sram_dump(config), mixed.data_in)
+
+
+def programs(config: NpuConfig, **options):
+    """Hypothesis strategy of ``random_program(config, rng, **options)``."""
+    from hypothesis import strategies as st
+    return st.builds(lambda rng: random_program(config, rng, **options), st.randoms(use_true_random=False))
+
