@@ -24,6 +24,7 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_perf.py
+	$(PY) benchmarks/bench_precision.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

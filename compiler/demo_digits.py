@@ -152,6 +152,8 @@ def main(argv=None) -> int:
     parser.add_argument("--pysim-samples", type=int, default=4, help="MLP digits on the Amaranth simulator (0: skip)")
     parser.add_argument("--pysim-array", default="4x4")
     parser.add_argument("--no-rtl", action="store_true", help="skip the Verilator and pysim runs")
+    parser.add_argument("--save", metavar="DIR", help="also write the quantized models as DIR/digits_mlp.onnx "
+                        "and DIR/digits_cnn.onnx (e.g. for `opennpu report`)")
     args = parser.parse_args(argv)
     import torch
 
@@ -166,6 +168,13 @@ def main(argv=None) -> int:
     models = [("MLP 64-32-10", quantize_torch(mlp, calib), x_test, mlp),
               ("CNN conv3x3x8-fc10", quantize_torch(cnn, calib.reshape(-1, 1, 8, 8)), x_test.reshape(-1, 1, 8, 8), cnn)]
     print(f"trained and quantized 2 models on {len(x_train)} digits in {time.perf_counter() - start:.1f} s")
+    if args.save:
+        from pathlib import Path
+        folder = Path(args.save)
+        folder.mkdir(parents=True, exist_ok=True)
+        for (_, blob, _, _), stem in zip(models, ("digits_mlp", "digits_cnn")):
+            (folder / f"{stem}.onnx").write_bytes(blob)
+        print(f"saved {folder}/digits_mlp.onnx and {folder}/digits_cnn.onnx")
     results = []
     for name, blob, x, net in models:
         with torch.no_grad():

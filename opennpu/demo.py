@@ -38,7 +38,9 @@ def main():
         _show("RTL on Verilator, 16x16 array", run_gemm(config, 256, 256, 256, backend="verilator"))
     if importlib.util.find_spec("opennpu.compiler.demo_digits"):
         from opennpu.compiler import demo_digits
-        demo_digits.main()
+        if demo_digits.main(["--save", "out"]) != 0:
+            raise SystemExit("demo failed: the digits models did not match onnxruntime")
+        print("\nNext: .venv/bin/opennpu report out/digits_cnn.onnx -o out/report   (Markdown + plots)")
 
 
 if __name__ == "__main__":
