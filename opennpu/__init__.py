@@ -3,10 +3,14 @@
 ``import opennpu`` stays light; ``opennpu.compile`` and ``opennpu.run_model`` load the compiler on
 first use.
 """
-__all__ = ["compile", "run_model"]
+from .config import NpuConfig
+
+__version__ = "0.1.0"
+__all__ = ["NpuConfig", "compile", "run_model", "Npu"]
 
 _LAZY = {"compile": ("opennpu.compiler.model_program", "compile_model"),
-         "run_model": ("opennpu.compiler.model_program", "run_model")}
+         "run_model": ("opennpu.compiler.model_program", "run_model"),
+         "Npu": ("opennpu.sim.driver", "Npu")}
 
 
 def __getattr__(name):
