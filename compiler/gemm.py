@@ -7,9 +7,11 @@ SRAM. Loop order: chunk -> N tile -> K tile (accumulating across K tiles). A chu
 the two halves of the activation SRAM, accumulator tiles between the two halves of the accumulator
 SRAM; weights stay resident when they all fit, otherwise they cycle through a ring of slots.
 
-Stream order is software-pipelined for the in-order dispatcher: the loads of step s+1 follow the
-COMPUTE of step s (weights first, so PRELOAD s+1 overlaps the activation load), and the ACTIVATE of a
-finished N tile follows the first COMPUTE of the next tile, so the array never waits for write-back.
+The tiles become ``schedule.Step``s and ``schedule.emit_steps`` (the emitter the model compiler uses too)
+software-pipelines them for the in-order dispatcher: the loads of step s+1 follow the COMPUTE of step s
+(weights first, so PRELOAD s+1 overlaps the activation load), the ACTIVATE of a finished N tile follows
+the first COMPUTE of the next tile, so the array never waits for write-back, and the first COMPUTE is
+split into row pieces that compute while the next piece loads (``split_first``).
 """
 from __future__ import annotations
 
@@ -19,10 +21,11 @@ import numpy as np
 
 from opennpu.config import NpuConfig
 from opennpu.golden import numerics
-from opennpu.golden.isa import ActFn, Buf, Command, Opcode, Precision
+from opennpu.golden.isa import Buf, Precision
 from opennpu.golden.model import k_tile, weight_words
 from opennpu.golden.program import Program
-from opennpu.golden.timing import array_latency
+
+from .schedule import Activate, Emitter, Load, Step, emit_steps
 
 __all__ = ["GemmSpec", "GemmProgram", "build_gemm", "random_gemm", "ACTIVATIONS", "ORDERS"]
 
@@ -122,27 +125,6 @@ def _wgt_words(spec: GemmSpec, config: NpuConfig, tile: np.ndarray) -> np.ndarra
     return packed.reshape(-1, config.cols)                 # rows 2i, 2i+1 side by side
 
 
-class _Emitter:
-    """Collects commands and the data-in bytes they consume, padded to whole beats per word."""
-
-    def __init__(self, config: NpuConfig):
-        self.config = config
-        self.commands: list[Command] = []
-        self.data = bytearray()
-
-    def cmd(self, op: Opcode, **fields):
-        self.commands.append(Command(op, **fields))
-
-    def words(self, words: np.ndarray):
-        width = self.config.beats(words.shape[1]) * self.config.bus_bytes
-        padded = np.zeros((words.shape[0], width), np.uint8)
-        padded[:, :words.shape[1]] = words
-        self.data += padded.tobytes()
-
-    def register(self, payload: bytes):
-        self.data += payload + bytes(self.config.beats(len(payload)) * self.config.bus_bytes - len(payload))
-
-
 ORDERS = ("n_outer", "k_outer")
 
 
@@ -190,25 +172,11 @@ def _schedule(config: NpuConfig, spec: GemmSpec, order: str) -> GemmProgram:
     resident = n_k * n_n * tile_words <= config.wgt_depth
     slots = config.wgt_depth // tile_words
 
-    e = _Emitter(config)
-    e.cmd(Opcode.CONFIG, precision=spec.precision, act=ActFn.LUT if spec.lut is not None else ActFn.CLAMP,
-          out_zp=spec.out_zp, qmin=spec.qmin, qmax=spec.qmax, shift=spec.shift,
-          multiplier=spec.multiplier)
-    if spec.lut is not None:
-        e.cmd(Opcode.LOAD_LUT)
-        e.register(np.asarray(spec.lut, np.int8).tobytes())
+    e = Emitter(config)
 
-    chunks = [(m0, min(chunk, m - m0)) for m0 in range(0, m, chunk)]
-    steps = []   # (chunk index, n tile, k tile, weight slot address)
-    for ci in range(len(chunks)):
-        nest = ([(t, kk) for t in range(n_n) for kk in range(n_k)] if order == "n_outer"
-                else [(t, kk) for kk in range(n_k) for t in range(n_n)])
-        for t, kk in nest:
-            addr = ((t * n_k + kk) if resident else len(steps) % slots) * tile_words
-            steps.append((ci, t, kk, addr))
-
-    def a_addr(ci, kk):
-        return (ci % 2) * (config.act_depth // 2) + kk * chunk
+    def preamble(_group):
+        e.configure(multiplier=spec.multiplier, shift=spec.shift, out_zp=spec.out_zp, qmin=spec.qmin,
+                    qmax=spec.qmax, lut=spec.lut, precision=spec.precision)
 
     def acc_addr(ci, t):
         """n_outer: consecutive output tiles alternate halves; k_outer: one region per chunk parity."""
@@ -216,75 +184,33 @@ def _schedule(config: NpuConfig, spec: GemmSpec, order: str) -> GemmProgram:
             return ((ci * n_n + t) % 2) * chunk
         return ((ci % 2) * n_n + t) * chunk
 
-    # Prologue: the first COMPUTE starts after its activation rows arrive, so split the first step
-    # into pieces (LOAD + COMPUTE each) of at least one drain time of rows, which keeps the array busy.
-    pieces = max(1, min(4, chunks[0][1] // (array_latency(config.rows, config.cols) + 1)))
-
-    def row_pieces(rows, count):
-        bounds = [rows * i // count for i in range(count + 1)]
-        return [(lo, hi - lo) for lo, hi in zip(bounds, bounds[1:])]
-
-    def emit_weight_load(step):
-        ci, t, kk, addr = step
-        if not resident or ci == 0:
-            krows = min(kt, k - kk * kt)
-            tile = _pad(spec.w[kk * kt:kk * kt + krows, t * nt:(t + 1) * nt], kt, nt)
-            words = _wgt_words(spec, config, tile)[:weight_words(spec.precision, krows)]
-            e.cmd(Opcode.LOAD, buf=Buf.WGT, addr=addr, rows=len(words))
-            e.words(words)
-
-    def emit_act_loads(step, parts):
-        ci, t, kk, _ = step
-        if t != 0:                      # activation tiles are loaded once per chunk
-            return
-        m0, rows = chunks[ci]
-        block = _act_words(spec, config, _pad(spec.a[m0:m0 + rows, kk * kt:(kk + 1) * kt], rows, kt))
-        for lo, size in parts:
-            e.cmd(Opcode.LOAD, buf=Buf.ACT, addr=a_addr(ci, kk) + lo, rows=size)
-            e.words(block[lo:lo + size])
-
-    def emit_preload(step):
-        _, t, kk, addr = step
-        e.cmd(Opcode.PRELOAD, addr=addr, krows=min(kt, k - kk * kt), ncols=min(nt, n - t * nt))
-
-    def emit_activate(ci, t):
-        m0, rows = chunks[ci]
-        bias = np.zeros(config.cols, np.int64)
-        width = min(nt, n - t * nt)
-        bias[:width] = spec.bias[t * nt:t * nt + width]
-        bank = (ci * n_n + t) % 2                    # alternate banks: load one while the other is read
-        e.cmd(Opcode.LOAD_BIAS, bank=bank)
-        e.register(bias.astype("<i4").tobytes())
-        e.cmd(Opcode.ACTIVATE, accaddr=acc_addr(ci, t), aaddr=0, rows=rows, dest=1, bank=bank)
-
-    def emit_compute(step, lo, size):
-        ci, t, kk, _ = step
-        e.cmd(Opcode.COMPUTE, aaddr=a_addr(ci, kk) + lo, accaddr=acc_addr(ci, t) + lo, rows=size,
-              accumulate=kk > 0)
-
-    first = row_pieces(chunks[0][1], pieces)
-    emit_weight_load(steps[0])
-    emit_act_loads(steps[0], first[:1])
-    emit_preload(steps[0])
-    for i, (lo, size) in enumerate(first):      # load piece i+1 while piece i computes
-        emit_act_loads(steps[0], first[i + 1:i + 2])
-        emit_compute(steps[0], lo, size)
-    pending = None
-    for s, step in enumerate(steps):
-        ci, t, kk, _ = step
-        if s:
-            emit_preload(step)
-            emit_compute(step, 0, chunks[ci][1])
-        if s + 1 < len(steps):
-            emit_weight_load(steps[s + 1])
-            emit_act_loads(steps[s + 1], row_pieces(chunks[steps[s + 1][0]][1], 1))
-        if pending is not None:
-            emit_activate(*pending)
-            pending = None
-        if kk == n_k - 1:
-            pending = (ci, t)
-    emit_activate(*pending)
-    return GemmProgram(Program(e.commands, bytes(e.data)), spec, config, chunks, n_n)
+    chunks = [(m0, min(chunk, m - m0)) for m0 in range(0, m, chunk)]
+    steps = []
+    for ci, (m0, rows) in enumerate(chunks):
+        nest = ([(t, kk) for t in range(n_n) for kk in range(n_k)] if order == "n_outer"
+                else [(t, kk) for kk in range(n_k) for t in range(n_n)])
+        for t, kk in nest:
+            wgt_addr = ((t * n_k + kk) if resident else len(steps) % slots) * tile_words
+            act_addr = (ci % 2) * (config.act_depth // 2) + kk * chunk
+            krows, width = min(kt, k - kk * kt), min(nt, n - t * nt)
+            loads = []
+            if not resident or ci == 0:
+                tile = _pad(spec.w[kk * kt:kk * kt + krows, t * nt:(t + 1) * nt], kt, nt)
+                words = _wgt_words(spec, config, tile)[:weight_words(spec.precision, krows)]
+                loads.append(Load(Buf.WGT, wgt_addr, len(words), words))
+            if t == 0:                      # activation tiles are loaded once per chunk
+                block = _pad(spec.a[m0:m0 + rows, kk * kt:(kk + 1) * kt], rows, kt)
+                loads.append(Load(Buf.ACT, act_addr, rows, _act_words(spec, config, block)))
+            activate = None
+            if kk == n_k - 1:               # alternate banks: load one while the other is read
+                bias = np.zeros(config.cols, np.int64)
+                bias[:width] = spec.bias[t * nt:t * nt + width]
+                activate = Activate(acc_addr(ci, t), 0, rows, 1, bias, bank=(ci * n_n + t) % 2,
+                                    tag=(m0, rows, t * nt, width))
+            steps.append(Step(0, loads, wgt_addr, krows, width, act_addr, acc_addr(ci, t), rows, kk > 0,
+                              activate))
+    emit_steps(e, steps, preamble, split_first=True)
+    return GemmProgram(e.program(), spec, config, chunks, n_n)
 
 
 def random_gemm(m: int, k: int, n: int, precision: str | Precision = "int8", act: str = "none",

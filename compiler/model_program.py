@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from opennpu.config import NpuConfig
-from opennpu.golden.isa import ActFn, Buf, ErrorCode, Opcode, Precision
+from opennpu.golden.isa import Buf, ErrorCode
 from opennpu.golden.model import COUNTER_BEATS_BYTES
 from opennpu.golden.program import COUNTER_NAMES, Program, Result, decode_counters
 from opennpu.golden.timing import array_latency
@@ -297,12 +297,8 @@ def _emit_stage(stage: _Stage, config: NpuConfig, profile: bool) -> Emitter:
 
     def preamble(index):
         layer = layers[index]
-        e.cmd(Opcode.CONFIG, precision=Precision.INT8, act=ActFn.LUT if layer.lut is not None else ActFn.CLAMP,
-              out_zp=layer.out_zp, qmin=layer.qmin, qmax=layer.qmax, shift=layer.shift,
-              multiplier=layer.multiplier)
-        if layer.lut is not None:
-            e.cmd(Opcode.LOAD_LUT)
-            e.register(np.asarray(layer.lut, np.int8).tobytes())
+        e.configure(multiplier=layer.multiplier, shift=layer.shift, out_zp=layer.out_zp, qmin=layer.qmin,
+                    qmax=layer.qmax, lut=layer.lut)
 
     emit_steps(e, steps, preamble, e.counters if profile else None)
     return e

@@ -9,6 +9,9 @@ it needs first and, on the step that finishes an N tile, the ``ACTIVATE`` that w
 * the ``LOAD_BIAS`` + ``ACTIVATE`` of a finished tile follow the first ``COMPUTE`` (and loads) of the next
   tile, so the array never waits for write-back; bias goes to the bank the caller picks, so callers
   alternate banks and the next bias loads while ``ACTIVATE`` reads the other one;
+* optionally (``split_first``) the first ``COMPUTE`` of the program is cut into row pieces, each of at
+  least one drain time of the array, and its activation load with it: piece i computes while piece i+1
+  loads, so the array starts after the first piece's rows arrive instead of the whole tile's;
 * steps carry a ``group`` (e.g. a layer): where the group changes, the pending ``ACTIVATE`` is flushed and
   the caller's preamble (``CONFIG``, ``LOAD_LUT``) is emitted. ``CONFIG`` waits for every unit to be idle, so
   results always see the requantization registers of their own group.
@@ -24,10 +27,11 @@ from typing import Callable
 import numpy as np
 
 from opennpu.config import NpuConfig
-from opennpu.golden.isa import Buf, Command, Opcode
+from opennpu.golden.isa import ActFn, Buf, Command, Opcode, Precision
 from opennpu.golden.program import Program
+from opennpu.golden.timing import array_latency
 
-__all__ = ["Deferred", "Load", "Activate", "Step", "Emitter", "emit_steps"]
+__all__ = ["Deferred", "Load", "Activate", "Step", "Emitter", "emit_steps", "prologue_pieces", "row_pieces"]
 
 
 class Deferred:
@@ -45,6 +49,10 @@ class Load:
     addr: int
     rows: int
     payload: object
+
+    def piece(self, lo: int, rows: int) -> "Load":
+        """Rows ``lo .. lo+rows`` of this load (numpy payloads only)."""
+        return Load(self.buf, self.addr + lo, rows, self.payload[lo:lo + rows])
 
 
 @dataclass
@@ -100,6 +108,16 @@ class Emitter:
         self.chunks.append(payload + bytes(self.config.beats(len(payload)) * self.config.bus_bytes
                                            - len(payload)))
 
+    def configure(self, *, multiplier: int, shift: int, out_zp: int, qmin: int, qmax: int, lut=None,
+                  precision: Precision = Precision.INT8):
+        """``CONFIG`` with these requantization parameters (LUT activation when ``lut`` is given: 256 int8
+        entries), then ``LOAD_LUT``."""
+        self.cmd(Opcode.CONFIG, precision=precision, act=ActFn.LUT if lut is not None else ActFn.CLAMP,
+                 out_zp=out_zp, qmin=qmin, qmax=qmax, shift=shift, multiplier=multiplier)
+        if lut is not None:
+            self.cmd(Opcode.LOAD_LUT)
+            self.register(np.asarray(lut, np.int8).tobytes())
+
     def load(self, load: Load):
         self.cmd(Opcode.LOAD, buf=load.buf, addr=load.addr, rows=load.rows)
         if isinstance(load.payload, Deferred):
@@ -128,21 +146,57 @@ class Emitter:
         return Program(list(self.commands), bytes(data))
 
 
+def row_pieces(rows: int, count: int) -> list:
+    """``rows`` cut into ``count`` balanced pieces: [(first row, rows)]."""
+    bounds = [rows * i // count for i in range(count + 1)]
+    return [(lo, hi - lo) for lo, hi in zip(bounds, bounds[1:])]
+
+
+def prologue_pieces(config: NpuConfig, rows: int) -> int:
+    """How many pieces a first ``COMPUTE`` of ``rows`` rows is cut into: up to 4, each of at least one
+    drain time of the array (shorter pieces would cost more in drains than the overlap saves)."""
+    return max(1, min(4, rows // (array_latency(config.rows, config.cols) + 1)))
+
+
+def _emit_compute(e: Emitter, step: Step, lo: int, rows: int):
+    e.cmd(Opcode.COMPUTE, aaddr=step.act_addr + lo, accaddr=step.acc_addr + lo, rows=rows,
+          accumulate=step.accumulate)
+
+
 def emit_steps(e: Emitter, steps: list, preamble: Callable[[object], None],
-               between: Callable[[object], None] | None = None):
+               between: Callable[[object], None] | None = None, *, split_first: bool = False):
     """Emit ``steps`` in pipelined order. ``preamble(group)`` runs before the first step of each group;
     ``between(group)`` (optional) runs after each group's last ``ACTIVATE`` is emitted, at a point where
-    the next command is a barrier anyway (used for ``COUNTERS`` snapshots)."""
+    the next command is a barrier anyway (used for ``COUNTERS`` snapshots).
+
+    ``split_first``: split the first step's ``COMPUTE`` into ``prologue_pieces`` row pieces, and with it
+    each of its activation loads that covers exactly the rows it computes (numpy payloads; other loads go
+    first, whole). The stream starts: other loads, piece 0's loads, ``PRELOAD``, then for each piece i the
+    loads of piece i+1 and ``COMPUTE`` piece i."""
     if not steps:
         raise ValueError("nothing to emit: no steps")
-    preamble(steps[0].group)
-    for load in steps[0].loads:
-        e.load(load)
+    first = steps[0]
+    split = [load for load in first.loads if split_first and load.buf == Buf.ACT
+             and load.addr == first.act_addr and load.rows == first.rows
+             and not isinstance(load.payload, Deferred)]
+    parts = row_pieces(first.rows, prologue_pieces(e.config, first.rows) if split else 1)
+    preamble(first.group)
+    for load in first.loads:
+        if not any(load is piece for piece in split):
+            e.load(load)
+    for load in split:
+        e.load(load.piece(*parts[0]))
     pending = None
     for s, step in enumerate(steps):
         e.cmd(Opcode.PRELOAD, addr=step.wgt_addr, krows=step.krows, ncols=step.ncols)
-        e.cmd(Opcode.COMPUTE, aaddr=step.act_addr, accaddr=step.acc_addr, rows=step.rows,
-              accumulate=step.accumulate)
+        if s == 0:
+            for i, (lo, rows) in enumerate(parts):     # load piece i+1 while piece i computes
+                if i + 1 < len(parts):
+                    for load in split:
+                        e.load(load.piece(*parts[i + 1]))
+                _emit_compute(e, step, lo, rows)
+        else:
+            _emit_compute(e, step, 0, step.rows)
         nxt = steps[s + 1] if s + 1 < len(steps) else None
         if nxt is not None:
             for load in nxt.loads:

@@ -107,7 +107,7 @@ def _matmul_exact(a, w, bias, device):
     a = _int_array("a", a, 2)
     w = _int_array("w", w, 2)
     bias = _int_array("bias", bias, 1)
-    (m, k), (k2, n) = a.shape, w.shape
+    (_, k), (k2, n) = a.shape, w.shape
     if k != k2:
         raise ValueError(f"inner dimensions differ: a is {a.shape}, w is {w.shape}")
     if bias.shape != (n,):

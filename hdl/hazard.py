@@ -7,7 +7,6 @@ conflicts with an in-flight access of another unit: same space, overlapping rang
 from amaranth import *
 from amaranth.lib import data
 
-from opennpu.golden.timing import Space
 
 __all__ = ["AccessLayout", "access", "conflict"]
 
