@@ -31,10 +31,17 @@ from .preload_unit import PreloadUnit
 from .store_unit import StoreMode, StoreUnit
 from .writeback_unit import WritebackUnit
 
-__all__ = ["Controller"]
+__all__ = ["Controller", "check_rtl_config"]
 
 _LOAD_OPS = (Opcode.LOAD, Opcode.LOAD_BIAS, Opcode.LOAD_LUT)
 _BARRIER_OPS = (Opcode.CONFIG, Opcode.FENCE, Opcode.COUNTERS)
+
+
+def check_rtl_config(config: NpuConfig):
+    """Raise ``ValueError`` for configurations the RTL does not implement (call before elaborating)."""
+    if config.dataflow != "ws":
+        raise ValueError(f"the RTL implements the weight-stationary dataflow only; got "
+                         f"dataflow={config.dataflow!r}")
 
 
 class Controller(wiring.Component):
@@ -60,9 +67,7 @@ class Controller(wiring.Component):
     """
 
     def __init__(self, config: NpuConfig):
-        if config.dataflow != "ws":
-            raise ValueError(f"the RTL implements the weight-stationary dataflow only; got "
-                             f"dataflow={config.dataflow!r}")
+        check_rtl_config(config)
         if SystolicArray.latency_for(config.rows, config.cols) != array_latency(config.rows, config.cols):
             raise AssertionError("hdl/array.py and golden/timing.py disagree on the array latency")
         if ActivationUnit.latency_for() != ACT_LATENCY:

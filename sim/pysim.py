@@ -12,6 +12,7 @@ from amaranth.sim import Simulator
 from opennpu.config import NpuConfig
 from opennpu.golden.isa import ErrorCode
 from opennpu.golden.program import COUNTER_NAMES, Program, Result
+from opennpu.hdl.controller import check_rtl_config
 from opennpu.hdl.top import NpuTop
 
 __all__ = ["run_pysim", "split_beats"]
@@ -26,6 +27,7 @@ def split_beats(data: bytes, bus_bytes: int) -> list[int]:
 def run_pysim(config: NpuConfig, program: Program, *, backpressure: int | None = None,
               vcd: str | None = None, gtkw: str | None = None, max_cycles: int = 2_000_000) -> Result:
     """Simulate ``program`` from reset until the NPU is idle; returns outputs, counters and status."""
+    check_rtl_config(config)
     dut = NpuTop(config)
     words = program.words()
     if not words:

@@ -152,9 +152,11 @@ def _export_verilog(config: NpuConfig, directory: Path):
     from amaranth.back import verilog
     from amaranth.hdl import Fragment, Signal, Value, ValueCastable
 
+    from opennpu.hdl.controller import check_rtl_config
     from opennpu.hdl.top import NpuTop
 
     from .waves import gtkw_traces
+    check_rtl_config(config)
     top = NpuTop(config)
     ports = [value.as_value() if isinstance(value, ValueCastable) else value
              for _, _, value in top.signature.flatten(top)]
