@@ -123,11 +123,12 @@ class GoldenNpu:
         self.rejected = 0
         self.counters = dict.fromkeys(COUNTER_NAMES, 0)
         self.timeline = CycleModel(c.rows, c.cols)
+        self._costs = {p: event_costs(c, p) for p in Precision}
         self.trace: list[tuple[object, int]] = []   # (command or raw word, dispatch cycle)
 
     def _count(self, **events):
         """Add events to the counters and their energy to ``energy_fj``."""
-        cost = event_costs(self.config, self.regs["precision"])
+        cost = self._costs[self.regs["precision"]]
         for name, n in events.items():
             self.counters[name] += n
             self.counters["energy_fj"] += n * cost.get(name, 0)
