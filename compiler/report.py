@@ -21,7 +21,7 @@ from .gemm import GemmSpec, build_gemm
 
 __all__ = ["Layer", "layer_figures", "gpu_figures", "write_report", "int4_variant"]
 
-#: Default clocks: the FPGA figure is replaced by a measured Fmax when synth results are given.
+#: Default clocks (nominal, not measured): pass ``fpga_mhz`` / ``asic_mhz`` to override.
 DEFAULT_FPGA_MHZ = 50.0
 DEFAULT_ASIC_MHZ = 1000.0
 

@@ -16,8 +16,8 @@ def register(sub):
     p.add_argument("--act-depth", type=int, default=None)
     p.add_argument("--wgt-depth", type=int, default=None)
     p.add_argument("--acc-depth", type=int, default=None)
-    p.add_argument("--fpga-mhz", type=float, default=None, help="FPGA clock (default: measured Fmax "
-                   "from synth/RESULTS.json when present, else 50)")
+    p.add_argument("--fpga-mhz", type=float, default=None, help="FPGA clock for the latency column "
+                   "(default: a nominal 50 MHz; no measured Fmax exists yet)")
     p.add_argument("--asic-mhz", type=float, default=1000.0)
     p.add_argument("--gpu", action="store_true", help="time the PyTorch reference (CUDA when present)")
     p.add_argument("-o", "--output", default="report", help="output folder")
