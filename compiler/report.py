@@ -151,6 +151,12 @@ def write_report(layers: list[Layer], config: NpuConfig, out_dir: str | Path, *,
     return report
 
 
+def _save(plt, fig, path: Path):
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _plots(plt, out: Path, rows, precisions, config, fused):
     names = [r["name"] for r in rows]
     parts = list(rows[0]["energy_breakdown_pj"])
@@ -163,9 +169,7 @@ def _plots(plt, out: Path, rows, precisions, config, fused):
     ax.set_ylabel("energy (uJ)")
     ax.set_title(f"NPU energy per layer ({config.array}, {config.energy.name})")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "energy_breakdown.png", dpi=110)
-    plt.close(fig)
+    _save(plt, fig, out / "energy_breakdown.png")
 
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
     for i, key in enumerate(("cycles", "energy_pj")):
@@ -175,9 +179,7 @@ def _plots(plt, out: Path, rows, precisions, config, fused):
         axes[i].set_xticks(np.arange(len(names)), names, fontsize=7)
         axes[i].set_title(key)
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "precisions.png", dpi=110)
-    plt.close(fig)
+    _save(plt, fig, out / "precisions.png")
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     intensity = np.logspace(-1, 3, 200)
@@ -189,9 +191,7 @@ def _plots(plt, out: Path, rows, precisions, config, fused):
     ax.set_ylabel("ops per cycle")
     ax.set_title(f"roofline: peak {peak} ops/cycle, {config.bus_bytes} B/cycle")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "roofline.png", dpi=110)
-    plt.close(fig)
+    _save(plt, fig, out / "roofline.png")
 
     if fused:
         fig, ax = plt.subplots(figsize=(5, 3))
@@ -199,9 +199,7 @@ def _plots(plt, out: Path, rows, precisions, config, fused):
         ax.bar(labels, [fused[k]["dma_in_bytes"] + fused[k]["dma_out_bytes"] for k in labels])
         ax.set_ylabel("DMA bytes")
         ax.set_title("on-chip fusion")
-        fig.tight_layout()
-        fig.savefig(out / "fusion.png", dpi=110)
-        plt.close(fig)
+        _save(plt, fig, out / "fusion.png")
 
 
 def _markdown(report: dict) -> str:
