@@ -69,12 +69,10 @@ def train_cnn(x, y, epochs: int = 40):
 def evaluate(name: str, onnx_bytes: bytes, x: np.ndarray, y: np.ndarray, config: NpuConfig,
              float_logits: np.ndarray) -> dict:
     """Run ``onnx_bytes`` on onnxruntime and on the NPU golden model (fused and unfused); figures dict."""
-    import onnxruntime as ort
-
     from .model_program import compile_model, run_model
-    from .onnx_import import import_onnx
+    from .onnx_import import import_onnx, onnxruntime_session
     qm = import_onnx(onnx_bytes)
-    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    session = onnxruntime_session(onnx_bytes)
     y_ort = session.run(None, {qm.input.name: x})[0]
     compiled = compile_model(qm, config, batch=len(x))
     start = time.perf_counter()

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import opennpu  # noqa: E402
 from opennpu.compiler.model_program import compile_model, run_model  # noqa: E402
-from opennpu.compiler.onnx_import import import_onnx  # noqa: E402
+from opennpu.compiler.onnx_import import import_onnx, onnxruntime_session  # noqa: E402
 from opennpu.compiler.torch_quant import quantize_onnx  # noqa: E402
 from opennpu.config import NpuConfig  # noqa: E402
 from opennpu.golden.model import GoldenNpu  # noqa: E402
@@ -80,7 +80,7 @@ def _check(blob: bytes, x: np.ndarray, config=NpuConfig(), **options):
     qm = import_onnx(blob)
     compiled = compile_model(qm, config, batch=len(x), **options)
     run = run_model(compiled, x)
-    expected = ort.InferenceSession(blob, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    expected = onnxruntime_session(blob).run(None, {"x": x})[0]
     assert run.outputs.shape == expected.shape and run.outputs.dtype == expected.dtype
     assert np.abs(qm.output_lsb(run.outputs) - qm.output_lsb(expected)).max() <= 1
     assert np.array_equal(run.values, qm.reference(x))
@@ -159,7 +159,7 @@ def test_digits_mlp_same_argmax_as_onnxruntime():
     x_train, y_train, x_test, y_test = load_digits()
     blob = quantize_torch(train_mlp(x_train, y_train, epochs=8), x_train[:128])
     _, _, run = _check(blob, x_test)
-    expected = ort.InferenceSession(blob, providers=["CPUExecutionProvider"]).run(None, {"x": x_test})[0]
+    expected = onnxruntime_session(blob).run(None, {"x": x_test})[0]
     assert np.array_equal(run.outputs.argmax(1), expected.argmax(1))
     assert (run.outputs.argmax(1) == y_test).mean() > 0.85
 
@@ -269,7 +269,7 @@ def test_cli_run(models, tmp_path, capsys):
     assert report["total"]["dma_bytes"] < report["unfused"]["dma_bytes"]
     assert sum(layer["macs"] for layer in report["layers"]) == report["total"]["macs"]
     y = np.load(tmp_path / "y.npy")
-    expected = ort.InferenceSession(blob, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    expected = onnxruntime_session(blob).run(None, {"x": x})[0]
     assert y.shape == expected.shape
     np.save(tmp_path / "bad.npy", x[:, :1])
     assert main(["run", str(tmp_path / "m.onnx"), "--input", str(tmp_path / "bad.npy")]) == 2
