@@ -209,7 +209,7 @@ def _schedule(config: NpuConfig, spec: GemmSpec, order: str) -> GemmProgram:
                                     tag=(m0, rows, t * nt, width))
             steps.append(Step(0, loads, wgt_addr, krows, width, act_addr, acc_addr(ci, t), rows, kk > 0,
                               activate))
-    emit_steps(e, steps, preamble, split_first=True)
+    emit_steps(e, steps, preamble, split_first=True, split_last=True)
     return GemmProgram(e.program(), spec, config, chunks, n_n)
 
 
