@@ -44,13 +44,16 @@ from dataclasses import dataclass
 
 __all__ = ["Unit", "Space", "Access", "array_latency", "ACT_LATENCY", "conflict", "CycleModel"]
 
-#: Fused activation unit pipeline depth (cycles from accumulator data to result), see hdl/activation.py.
-ACT_LATENCY = 6
+#: Fused activation unit pipeline depth (cycles from accumulator data to result), see hdl/activation.py:
+#: bias, shift, three multiply stages, rounding shift, zero point, clamp, LUT read, select.
+ACT_LATENCY = 10
 
 
 def array_latency(rows: int, cols: int) -> int:
-    """Cycles from an activation row entering the array to its de-skewed result, see hdl/array.py."""
-    return rows + cols - 1
+    """Cycles from an activation row entering the array to its de-skewed result, see hdl/array.py:
+    the skew (``rows - 1``) and the row's walk to the last column (``cols - 1``), plus the 3-stage
+    PE pipeline (operands, DSP product, sum)."""
+    return rows + cols + 1
 
 
 class Unit(enum.IntEnum):

@@ -6,12 +6,15 @@ One lane per array column. Every lane computes, bit-exactly as ``golden.numerics
     y = clamp(rdbpot(srdhm(sat32(x << max(shift, 0)), multiplier), max(-shift, 0)) + out_zp, qmin, qmax)
     y = lut[y + 128]                    # only when use_lut
 
-Latency: ``ActivationUnit.latency_for()`` = 6 cycles, independent of ``use_lut``.
+Latency: ``ActivationUnit.latency_for()`` = 10 cycles (``golden.timing.ACT_LATENCY``), independent of
+``use_lut``.
 Throughput: one row of ``lanes`` values per cycle, back to back, no stalls.
 """
 from amaranth import *
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
+
+from .sram import ReplicatedMemory
 
 __all__ = ["ActivationUnit"]
 
@@ -28,17 +31,20 @@ class ActivationUnit(wiring.Component):
 
     1. bias add: ``x = wrap32(acc + bias)``
     2. saturating left shift: ``x = sat32(x << max(shift, 0))``
-    3. multiply + nudge: ``p = x * multiplier + 2^30`` (a DSP multiply with its post-adder). This is
+    3. multiply + nudge: ``p = x * multiplier + 2^30``, three stages: four 16x16 partial products
+       (DSP blocks), then ``hh``, ``hl + lh`` and ``ll + 2^30``, then their weighted sum. This is
        the gemmlowp ``SaturatingRoundingDoublingHighMul``: ``srdhm(x, M) == (x*M + 2^30) >> 31`` for
        every ``x``; its only saturating case (``x == M == INT32_MIN``) cannot occur because
        ``multiplier`` is unsigned 31-bit.
     4. high word and POT shift: ``h = p >> 31``, ``q = h >> e``, ``r = h[e-1] & (h >= 0 | h[0:e-1] != 0)``
        with ``e = max(-shift, 0)`` (round half away from zero)
-    5. zero point and clamp: ``y = min(max(q + r + out_zp, qmin), qmax)`` (``r`` is the carry-in)
-    6. LUT select: ``o_data = use_lut ? lut[y + 128] : y``
+    5. zero point, then clamp (two stages): ``t = q + r + out_zp``; ``y = min(max(t, qmin), qmax)``
+    6. LUT read: the word holding entry ``y + 128`` (block RAM, one copy per lane)
+    7. select: ``o_data = use_lut ? lut[y + 128] : y``
 
-    The LUT is one register file of 256 int8 entries shared by all lanes, read through a 256:1 mux
-    per lane in stage 6. It resets to zeros.
+    The LUT holds 256 int8 entries as ``256 / lut_write_width`` words, one block-RAM copy per lane
+    (a register file when ``lut_write_width >= 256``). It powers up zero and, like the SRAMs, keeps
+    its contents across a reset (programs load it with ``LOAD_LUT`` before using it).
 
     Parameters
     ----------
@@ -121,7 +127,7 @@ class ActivationUnit(wiring.Component):
     @staticmethod
     def latency_for():
         """Cycles from a row's ``i_valid`` to its ``o_valid``."""
-        return 6
+        return 10
 
     @property
     def latency(self):
@@ -169,12 +175,31 @@ class ActivationUnit(wiring.Component):
                 m.d.sync += s_x[i].eq(Mux(wide > _INT32_MAX, _INT32_MAX,
                                           Mux(wide < _INT32_MIN, _INT32_MIN, wide)))
 
-        # 3: multiply with the srdhm nudge folded in.
+        # 3: multiply with the srdhm nudge folded in, in three stages: four 16x16 partial products
+        # (one DSP block each), two partial sums, the 64-bit total.
+        q_valid = Signal()
+        pp = {name: stage_regs(signed(34), f"pp_{name}") for name in ("hh", "hl", "lh", "ll")}
+        m.d.sync += q_valid.eq(s_valid)
+        m_hi, m_lo = self.multiplier[16:31], self.multiplier[:16]
+        with m.If(s_valid):
+            for i in range(self._lanes):
+                x_hi, x_lo = s_x[i][16:32].as_signed(), s_x[i][:16]
+                m.d.sync += [pp["hh"][i].eq(x_hi * m_hi), pp["hl"][i].eq(x_hi * m_lo),
+                             pp["lh"][i].eq(x_lo * m_hi), pp["ll"][i].eq(x_lo * m_lo)]
+        u_valid = Signal()
+        u_hh = stage_regs(signed(32), "u_hh")
+        u_mid = stage_regs(signed(34), "u_mid")
+        u_lo = stage_regs(unsigned(33), "u_lo")
+        m.d.sync += u_valid.eq(q_valid)
+        with m.If(q_valid):
+            for i in range(self._lanes):
+                m.d.sync += [u_hh[i].eq(pp["hh"][i]), u_mid[i].eq(pp["hl"][i] + pp["lh"][i]),
+                             u_lo[i].eq(pp["ll"][i][:32] + (1 << 30))]
         p_valid = Signal()
         p_x = stage_regs(signed(64), "p_x")
-        m.d.sync += p_valid.eq(s_valid)
-        with m.If(s_valid):
-            m.d.sync += [p_x[i].eq(s_x[i] * self.multiplier + (1 << 30)) for i in range(self._lanes)]
+        m.d.sync += p_valid.eq(u_valid)
+        with m.If(u_valid):
+            m.d.sync += [p_x[i].eq((u_hh[i] << 32) + (u_mid[i] << 16) + u_lo[i]) for i in range(self._lanes)]
 
         # 4: take the high word, shift right by e and compute the round-half-away-from-zero bit.
         r_valid = Signal()
@@ -189,29 +214,54 @@ class ActivationUnit(wiring.Component):
                     r_round[i].eq((high & half).any() & (~high[31] | (high & below_half).any())),
                 ]
 
-        # 5: round, zero point, clamp (np.clip order: max with qmin, then min with qmax).
+        # 5: round and zero point, then clamp (np.clip order: max with qmin, then min with qmax).
+        t_valid = Signal()
+        t_y = stage_regs(signed(33), "t_y")
+        m.d.sync += t_valid.eq(r_valid)
+        with m.If(r_valid):
+            m.d.sync += [t_y[i].eq(r_q[i] + r_round[i] + self.out_zp) for i in range(self._lanes)]
         c_valid = Signal()
         c_y = stage_regs(signed(8), "c_y")
-        m.d.sync += c_valid.eq(r_valid)
-        with m.If(r_valid):
+        m.d.sync += c_valid.eq(t_valid)
+        with m.If(t_valid):
             for i in range(self._lanes):
-                total = r_q[i] + r_round[i] + self.out_zp
-                floored = Mux(total < self.qmin, self.qmin, total)
+                floored = Mux(t_y[i] < self.qmin, self.qmin, t_y[i])
                 m.d.sync += c_y[i].eq(Mux(floored > self.qmax, self.qmax, floored))
 
-        # 6: LUT (register file shared by all lanes, one read mux per lane).
-        lut = Signal(data.ArrayLayout(signed(8), _LUT_DEPTH))
-        with m.If(self.lut_we):
-            if self._lut_write_width >= _LUT_DEPTH:
-                m.d.sync += lut.eq(self.lut_wdata.as_value()[:8 * _LUT_DEPTH])
-            else:
-                block = self.lut_addr[self._lut_write_width.bit_length() - 1:]
-                m.d.sync += lut.as_value().word_select(block, 8 * self._lut_write_width).eq(self.lut_wdata)
-
-        m.d.sync += self.o_valid.eq(c_valid)
+        # 6: LUT read. The table is stored as words of ``lut_write_width`` entries (one word per
+        # ``lut_we``), one block-RAM copy per lane (a synchronous read: the RAM's own register is
+        # this stage's register); a write of all 256 entries at once needs a register file instead.
+        w = min(self._lut_write_width, _LUT_DEPTH)
+        words = _LUT_DEPTH // w
+        low_bits = (w - 1).bit_length()
+        l_valid, l_use, l_low = Signal(), Signal(), stage_regs(unsigned(max(1, low_bits)), "l_low")
+        l_y = stage_regs(signed(8), "l_y")
+        l_word = [Signal(8 * w, name=f"l_word{i}") for i in range(self._lanes)]
+        index = [Cat(c_y[i][:7], ~c_y[i][7]) for i in range(self._lanes)]     # y + 128 for y in -128..127
+        m.d.sync += l_valid.eq(c_valid)
         with m.If(c_valid):
+            m.d.sync += [l_use.eq(self.use_lut)]
             for i in range(self._lanes):
-                index = Cat(c_y[i][:7], ~c_y[i][7])         # y + 128 for y in -128..127
-                m.d.sync += self.o_data[i].eq(Mux(self.use_lut, lut[index], c_y[i]))
+                m.d.sync += [l_y[i].eq(c_y[i]), l_low[i].eq(index[i][:low_bits] if low_bits else 0)]
+        if words > 1:
+            m.submodules.lut = lut = ReplicatedMemory(width=8 * w, depth=words, read_ports=self._lanes)
+            m.d.comb += [lut.wr.en.eq(self.lut_we), lut.wr.addr.eq(self.lut_addr[low_bits:]),
+                         lut.wr.data.eq(self.lut_wdata.as_value()[:8 * w])]
+            for i in range(self._lanes):
+                port = lut.read_port(i)
+                m.d.comb += [port.en.eq(c_valid), port.addr.eq(index[i][low_bits:]), l_word[i].eq(port.data)]
+        else:
+            table = Signal(8 * _LUT_DEPTH)
+            with m.If(self.lut_we):
+                m.d.sync += table.eq(self.lut_wdata.as_value()[:8 * _LUT_DEPTH])
+            with m.If(c_valid):
+                m.d.sync += [l_word[i].eq(table) for i in range(self._lanes)]
+
+        # 7: select the entry (or the clamped value) into the output register.
+        m.d.sync += self.o_valid.eq(l_valid)
+        with m.If(l_valid):
+            for i in range(self._lanes):
+                entry = l_word[i].word_select(l_low[i], 8) if low_bits else l_word[i]
+                m.d.sync += self.o_data[i].eq(Mux(l_use, entry, l_y[i]))
 
         return m

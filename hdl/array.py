@@ -88,9 +88,10 @@ class SystolicArray(wiring.Component):
     cycle ``t`` or earlier uses the old value. So a row using buffer ``b`` may be presented in cycle
     ``s + 1`` when buffer ``b``'s PE row ``r`` is written in cycle ``s + r``.
 
-    Latency: ``rows + cols - 1`` cycles (:meth:`latency_for`) from ``a_valid`` to the matching
-    ``out_valid``/``out_data``: the row reaches PE(rows-1, cols-1) in cycle ``t + rows + cols - 2`` and
-    its registered result is visible one cycle later.
+    Latency: ``rows + cols + 1`` cycles (:meth:`latency_for`, = ``golden.timing.array_latency``) from
+    ``a_valid`` to the matching ``out_valid``/``out_data``: the row reaches PE(rows-1, cols-1) in cycle
+    ``t + rows + cols - 2`` and its result leaves that PE's 3-stage pipeline
+    (``ProcessingElement.LATENCY``) three cycles later.
 
     Throughput: one row per cycle; back-to-back rows may each use a different buffer.
 
@@ -100,9 +101,16 @@ class SystolicArray(wiring.Component):
         If ``rows`` or ``cols`` is not an integer.
     ValueError
         If ``rows`` or ``cols`` is less than 1.
+
+    Parameters (keyword)
+    --------------------
+    int4_pairs : bool
+        Build the a4w4 datapath in every PE (leave it out when the configuration has no a4w4: it
+        costs a mux and two small multipliers per PE).
     """
 
-    def __init__(self, rows, cols):
+    def __init__(self, rows, cols, *, int4_pairs=True):
+        self._int4 = bool(int4_pairs)
         for name, value in (("rows", rows), ("cols", cols)):
             if not isinstance(value, int) or isinstance(value, bool):
                 raise TypeError(f"{name} must be an integer, got {value!r}")
@@ -136,17 +144,17 @@ class SystolicArray(wiring.Component):
     @staticmethod
     def latency_for(rows, cols):
         """Cycles from ``a_valid`` to the matching ``out_valid`` of a ``rows`` x ``cols`` array."""
-        return rows + cols - 1
+        return rows + cols - 2 + ProcessingElement.LATENCY
 
     @property
     def latency(self):
-        """Cycles from ``a_valid`` to the matching ``out_valid``: ``rows + cols - 1``."""
+        """Cycles from ``a_valid`` to the matching ``out_valid``: ``rows + cols + 1``."""
         return self.latency_for(self._rows, self._cols)
 
     def elaborate(self, platform):
         m = Module()
 
-        pes = [[ProcessingElement() for _ in range(self._cols)] for _ in range(self._rows)]
+        pes = [[ProcessingElement(int4_pairs=self._int4) for _ in range(self._cols)] for _ in range(self._rows)]
         for r, pe_row in enumerate(pes):
             for c, pe in enumerate(pe_row):
                 m.submodules[f"pe_{r}_{c}"] = pe
@@ -177,7 +185,9 @@ class SystolicArray(wiring.Component):
         for c in range(self._cols):
             m.d.comb += self.out_data[c].eq(
                 _delay(m, bottom[c].psum_out, self._cols - 1 - c, name=f"deskew{c}"))
-        # The valid bit leaving the bottom-right PE is aligned with its (un-delayed) result.
-        m.d.comb += self.out_valid.eq(bottom[-1].a_out.valid)
+        # The valid bit leaving the bottom-right PE (1 cycle after its input) is aligned with that PE's
+        # (un-delayed) result, ProcessingElement.LATENCY cycles after its input.
+        m.d.comb += self.out_valid.eq(
+            _delay(m, bottom[-1].a_out.valid, ProcessingElement.LATENCY - 1, name="out_valid"))
 
         return m

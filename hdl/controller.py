@@ -12,7 +12,7 @@ core runs under one clock enable (``hdl/top.py`` freezes it on stream back-press
 itself never sees a stall.
 """
 from amaranth import *
-from amaranth.lib import data, memory, wiring
+from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from opennpu.config import NpuConfig
@@ -28,6 +28,7 @@ from .execute_unit import ExecuteUnit
 from .hazard import AccessLayout, access, conflict
 from .load_unit import LoadKind, LoadUnit
 from .preload_unit import PreloadUnit
+from .sram import DualWriteMemory, ReplicatedMemory
 from .store_unit import StoreMode, StoreUnit
 from .writeback_unit import WritebackUnit
 
@@ -73,7 +74,7 @@ class Controller(wiring.Component):
         if ActivationUnit.latency_for() != ACT_LATENCY:
             raise AssertionError("hdl/activation.py and golden/timing.py disagree on the activation latency")
         self._config = c = config
-        self.array = SystolicArray(c.rows, c.cols)
+        self.array = SystolicArray(c.rows, c.cols, int4_pairs="a4w4" in c.precisions)
         self.act_fn = ActivationUnit(c.cols, min(c.bus_bytes, 256))
         self.ld, self.pl, self.ex = LoadUnit(c), PreloadUnit(c), ExecuteUnit(c)
         self.wb, self.st = WritebackUnit(c), StoreUnit(c)
@@ -91,9 +92,12 @@ class Controller(wiring.Component):
         c = self._config
 
         # -- storage and datapath ---------------------------------------------------------------
-        m.submodules.act_sram = act = memory.Memory(shape=8 * c.act_word_bytes, depth=c.act_depth, init=[])
-        m.submodules.wgt_sram = wgt = memory.Memory(shape=8 * c.wgt_word_bytes, depth=c.wgt_depth, init=[])
-        m.submodules.acc_sram = acc = memory.Memory(shape=32 * c.cols, depth=c.acc_depth, init=[])
+        # Block-RAM friendly SRAMs (hdl/sram.py): read-port copies, parity banks for the two act writers.
+        m.submodules.act_sram = act = DualWriteMemory(width=8 * c.act_word_bytes, depth=c.act_depth)
+        m.submodules.wgt_sram = wgt = ReplicatedMemory(width=8 * c.wgt_word_bytes, depth=c.wgt_depth,
+                                                       read_ports=2)
+        m.submodules.acc_sram = acc = ReplicatedMemory(width=32 * c.cols, depth=c.acc_depth, read_ports=3,
+                                                       transparent=(0,))
         m.submodules.array = array = self.array
         m.submodules.act_fn = act_fn = self.act_fn
         m.submodules.ld = ld = self.ld
@@ -102,18 +106,17 @@ class Controller(wiring.Component):
         m.submodules.wb = wb = self.wb
         m.submodules.st = st = self.st
 
-        acc_ex_wr = acc.write_port()
-        wiring.connect(m, ld.act_wr, act.write_port())
-        wiring.connect(m, wb.act_wr, act.write_port())
-        wiring.connect(m, ex.act_rd, act.read_port())
-        wiring.connect(m, st.act_rd, act.read_port())
-        wiring.connect(m, ld.wgt_wr, wgt.write_port())
-        wiring.connect(m, pl.wgt_rd, wgt.read_port())
-        wiring.connect(m, st.wgt_rd, wgt.read_port())
-        wiring.connect(m, ex.acc_wr, acc_ex_wr)
-        wiring.connect(m, ex.acc_rmw_rd, acc.read_port(transparent_for=(acc_ex_wr,)))
-        wiring.connect(m, wb.acc_rd, acc.read_port())
-        wiring.connect(m, st.acc_rd, acc.read_port())
+        wiring.connect(m, ld.act_wr, act.wr0)
+        wiring.connect(m, wb.act_wr, act.wr1)
+        wiring.connect(m, ex.act_rd, act.rd0)
+        wiring.connect(m, st.act_rd, act.rd1)
+        wiring.connect(m, ld.wgt_wr, wgt.wr)
+        wiring.connect(m, pl.wgt_rd, wgt.rd0)
+        wiring.connect(m, st.wgt_rd, wgt.rd1)
+        wiring.connect(m, ex.acc_wr, acc.wr)
+        wiring.connect(m, ex.acc_rmw_rd, acc.rd0)
+        wiring.connect(m, wb.acc_rd, acc.rd1)
+        wiring.connect(m, st.acc_rd, acc.rd2)
 
         m.d.comb += [
             array.a_valid.eq(ex.a_valid), array.a_data.eq(ex.a_data), array.a_buf.eq(ex.a_buf),

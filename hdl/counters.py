@@ -8,6 +8,8 @@ from opennpu.golden.isa import Precision
 from opennpu.golden.model import event_costs
 from opennpu.golden.program import COUNTER_NAMES
 
+from .fanout import buffered
+
 __all__ = ["Events", "Counters"]
 
 
@@ -65,8 +67,8 @@ class Counters(wiring.Component):
             m.d.sync += value["cycles"].eq(value["cycles"] + 1)
             with m.If(~self.run):
                 m.d.sync += value["stall_cycles"].eq(value["stall_cycles"] + 1)
-        with m.If(self.run):
-            for name, inc in increments.items():
+        # ``run`` reaches each 64-bit counter through its own buffer (hdl/fanout.py).
+        for name, inc in [*increments.items(), ("energy_fj", energy)]:
+            with m.If(buffered(m, platform, self.run, f"run_{name}")):
                 m.d.sync += value[name].eq(value[name] + inc)
-            m.d.sync += value["energy_fj"].eq(value["energy_fj"] + energy)
         return m

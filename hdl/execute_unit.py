@@ -22,8 +22,9 @@ class ExecuteUnit(wiring.Component):
     """Issues one activation row per cycle into the array and writes results back.
 
     Timing: ``start`` in cycle d; row j's activation SRAM read in d+1+j (``issue_busy``), the row
-    enters the array in d+2+j and its result is written (overwrite, or read-modify-write through a
-    transparent accumulator read port when ``accumulate``) in d+2+j+L, L = array latency. The last row
+    enters the array in d+2+j and its result is written (overwrite, or read-modify-write when
+    ``accumulate``: the old word is read in d+j+L through a port transparent to the write) in d+2+j+L,
+    L = array latency (>= 3). The last row
     is issued in e = d+rows; in the first cycle m >= e with the drain slot empty, ``move`` pulses, the
     issue slot frees (a new COMPUTE may start in m+1) and the drain slot stays busy m+1 .. m+L+1.
 
@@ -95,11 +96,20 @@ class ExecuteUnit(wiring.Component):
             nxt = Signal(_RowTag, name=f"tag_d{i + 1}")
             m.d.sync += nxt.eq(stages[-1])
             stages.append(nxt)
-        rmw, done = stages[-2], stages[-1]     # one cycle before / at the array output
-
+        # Read-modify-write, pipelined so that no path runs from the accumulator SRAM's output through
+        # the adder back into it: the old word is read two cycles before its write (``rmw``), lands in
+        # ``old_q``, and the add happens at the array output (``done``). The early read still sees
+        # every earlier write: rows of one COMPUTE have distinct addresses, and the rows of the next
+        # COMPUTE are issued at least two cycles after the last row of this one (it dispatches when
+        # the issue slot frees, ``move`` + 1, and issues from the cycle after), so its read is never
+        # earlier than our write of the same word; the same-cycle case is the port's transparency.
+        rmw = stages[-3]
         m.d.comb += [self.acc_rmw_rd.en.eq(rmw.valid & rmw.accumulate), self.acc_rmw_rd.addr.eq(rmw.accaddr),
                      self.ev_acc_read.eq(rmw.valid & rmw.accumulate)]
-        old = data.View(data.ArrayLayout(signed(32), c.cols), self.acc_rmw_rd.data)
+        old_q = Signal(32 * c.cols)
+        m.d.sync += old_q.eq(self.acc_rmw_rd.data)
+        done = stages[-1]
+        old = data.View(data.ArrayLayout(signed(32), c.cols), old_q)
         new = data.View(data.ArrayLayout(signed(32), c.cols), self.acc_wr.data)
         m.d.comb += [self.acc_wr.en.eq(done.valid), self.acc_wr.addr.eq(done.accaddr),
                      self.ev_acc_write.eq(done.valid)]

@@ -2,7 +2,8 @@
 
 A PE holds two int8 weights (double buffering), multiplies the activation passing through it by the
 weight its buffer tag selects, adds the product to the partial sum coming from above, and passes the
-activation to the right and the partial sum down, both through registers.
+activation to the right (one register) and the partial sum down (three pipeline stages: operands,
+product, sum, so that the multiply has a whole cycle in a DSP block, ``MULT18X18D`` / ``SB_MAC16``).
 """
 from amaranth import *
 from amaranth.lib import data, wiring
@@ -29,19 +30,31 @@ class Activation(data.Struct):
 
 
 class ProcessingElement(wiring.Component):
-    """Weight-stationary multiply-accumulate cell with two weight buffers.
+    """Weight-stationary multiply-accumulate cell with two weight buffers, pipelined.
 
     Every cycle::
 
         a_out    <= a_in
-        psum_out <= wrap32(psum_in + a_in.data * W[a_in.buf])
+        a_q, w_q <= a_in.data, W[a_in.buf]                 # stage 1: operands
+        p        <= a_q * w_q                              # stage 2: product (DSP)
+        psum_out <= wrap32(psum_in + p)                    # stage 3: sum
 
-    Latency: 1 cycle from ``a_in``/``psum_in`` to ``a_out``/``psum_out`` (both registered).
+    Latency: 1 cycle from ``a_in`` to ``a_out``; ``LATENCY`` = 3 cycles from ``a_in`` to the
+    ``psum_out`` that includes its product, and 1 cycle from ``psum_in`` to ``psum_out``. Because every
+    PE adds the same two cycles, the partial sum of a row still meets the row's product in the PE
+    below: a row reaching PE(r, c) in cycle ``t + r + c`` leaves the bottom of column ``c`` in cycle
+    ``t + rows + c + 1``.
     Throughput: one activation per cycle.
 
     Weight timing: a weight written at the clock edge that ends cycle ``t`` (``w_en`` or ``w_clear``
     set in cycle ``t``) multiplies the activations present on ``a_in`` in cycles ``t + 1`` and later;
-    an activation present in cycle ``t`` still uses the old value.
+    an activation present in cycle ``t`` still uses the old value (stage 1 samples the weight in the
+    cycle the activation is present).
+
+    Parameters
+    ----------
+    int4_pairs : bool
+        Build the a4w4 datapath (``int4_pairs`` input); without it the input is ignored.
 
     Members
     -------
@@ -66,11 +79,14 @@ class ProcessingElement(wiring.Component):
     a_out : Out(Activation)
         ``a_in`` delayed by one cycle, for the PE to the right.
     psum_out : Out(signed(32))
-        ``psum_in + a_in.data * W[a_in.buf]`` delayed by one cycle, two's complement wrap-around,
-        for the PE below.
+        ``psum_in`` (one cycle ago) plus the product of ``a_in`` (three cycles ago), two's complement
+        wrap-around, for the PE below.
     """
 
-    def __init__(self):
+    LATENCY = 3
+
+    def __init__(self, *, int4_pairs=False):
+        self._int4 = bool(int4_pairs)
         super().__init__({
             "a_in": In(Activation),
             "psum_in": In(signed(32)),
@@ -94,12 +110,19 @@ class ProcessingElement(wiring.Component):
             with m.Elif(self.w_en & (self.w_buf == b)):
                 m.d.sync += weight.eq(self.w_data)
 
-        weight = Mux(self.a_in.buf, weights[1], weights[0])
-        a = self.a_in.data
-        pair = a[:4].as_signed() * weight[:4].as_signed() + a[4:].as_signed() * weight[4:].as_signed()
+        a_q = Signal(signed(8))
+        w_q = Signal(signed(8))
+        p = Signal(signed(16))
         m.d.sync += [
             self.a_out.eq(self.a_in),
-            # signed 8x8 product (or two 4x4), 33-bit sum truncated to 32 bits: int32 wrap-around.
-            self.psum_out.eq(self.psum_in + Mux(self.int4_pairs, pair, a * weight)),
+            a_q.eq(self.a_in.data),
+            w_q.eq(Mux(self.a_in.buf, weights[1], weights[0])),
+            # signed 8x8 product (or two 4x4 products); the 33-bit sum truncates to int32 wrap-around.
+            self.psum_out.eq(self.psum_in + p),
         ]
+        product = a_q * w_q
+        if self._int4:
+            pair = a_q[:4].as_signed() * w_q[:4].as_signed() + a_q[4:].as_signed() * w_q[4:].as_signed()
+            product = Mux(self.int4_pairs, pair, product)
+        m.d.sync += p.eq(product)
         return m

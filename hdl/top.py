@@ -9,7 +9,6 @@ exactly those of a run without back-pressure, and ``cycles - stall_cycles`` is w
 (``golden/timing.py``) predicts.
 """
 from amaranth import *
-from amaranth.hdl import EnableInserter
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -19,6 +18,7 @@ from opennpu.golden.program import COUNTER_NAMES
 
 from .controller import Controller
 from .counters import Counters
+from .fanout import BufferedEnableInserter
 
 __all__ = ["CommandBeat", "Status", "NpuTop"]
 
@@ -72,7 +72,8 @@ class NpuTop(wiring.Component):
         m = Module()
         core, perf = self.core, self.perf
         run = Signal()
-        m.submodules.core = EnableInserter(run)(core)
+        # The clock enable of the whole core, fanned out through LUT buffers (hdl/fanout.py).
+        m.submodules.core = BufferedEnableInserter(run, platform)(core)
         m.submodules.perf = perf
 
         head_valid, head_word, program_open = Signal(), Signal(COMMAND_BITS), Signal()

@@ -12,6 +12,7 @@ SUBCOMMANDS = [
     "opennpu.cli_gemm",      # gemm, sim, export
     "opennpu.cli_report",    # report
     "opennpu.cli_run",       # run
+    "opennpu.cli_synth",     # synth
 ]
 
 

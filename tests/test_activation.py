@@ -9,6 +9,7 @@ from amaranth.sim import Simulator
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from opennpu.golden.numerics import INT32_MAX, INT32_MIN, activation_unit, srdhm, rdbpot
+from opennpu.golden.timing import ACT_LATENCY
 from opennpu.hdl.activation import ActivationUnit
 
 LANES = 4
@@ -227,10 +228,10 @@ def test_clamp_zero_point():
 
 def test_latency_and_parameters():
     dut = ActivationUnit(3, 2)
-    assert dut.latency == ActivationUnit.latency_for() == 6
+    assert dut.latency == ActivationUnit.latency_for() == ACT_LATENCY == 10
     assert (dut.lanes, dut.lut_write_width) == (3, 2)
     expected = check(dut, [Segment([[2, -4, 6]], [0] * 3, 1 << 30, 0)])
-    assert expected == [(6, [1, -2, 3])]            # one row in at cycle 0, out at cycle 6
+    assert expected == [(10, [1, -2, 3])]           # one row in at cycle 0, out at cycle 10
 
 
 @pytest.mark.parametrize("args, exc", [

@@ -121,8 +121,10 @@ def random_matrix(rng, rows, cols):
 
 # -- processing element --------------------------------------------------------------------------------
 def test_pe_multiply_accumulate_wraps_to_int32():
-    """The PE adds ``a * W[buf]`` to ``psum_in`` with int32 wrap-around, one cycle later."""
+    """The PE adds ``a * W[buf]`` to ``psum_in`` with int32 wrap-around: the product of the activation
+    presented in cycle ``k`` meets the ``psum_in`` of cycle ``k + 2`` (``LATENCY`` = 3 stages)."""
     dut = ProcessingElement()
+    assert ProcessingElement.LATENCY == 3
     cases = [  # (psum_in, a, buf): W = (127, -128)
         (5, -3, 0),
         (5, -3, 1),
@@ -131,7 +133,7 @@ def test_pe_multiply_accumulate_wraps_to_int32():
         (INT32_MIN, -128, 1),            # -128 * -128 = 16384, no wrap
     ]
     weights = (127, -128)
-    got = []
+    got, passed = [], []
 
     async def testbench(ctx):
         for buf, w in enumerate(weights):
@@ -140,16 +142,24 @@ def test_pe_multiply_accumulate_wraps_to_int32():
             ctx.set(dut.w_data, w)
             await ctx.tick()
         ctx.set(dut.w_en, 0)
-        for psum, a, buf in cases:
-            ctx.set(dut.psum_in, psum)
-            ctx.set(dut.a_in, {"data": a, "buf": buf, "valid": 1})
+        for k in range(len(cases) + 2):
+            if k < len(cases):
+                _, a, buf = cases[k]
+                ctx.set(dut.a_in, {"data": a, "buf": buf, "valid": 1})
+            if k >= 2:
+                ctx.set(dut.psum_in, cases[k - 2][0])
             await ctx.tick()
-            got.append((ctx.get(dut.psum_out), ctx.get(dut.a_out.data), ctx.get(dut.a_out.buf)))
+            if k < len(cases):
+                passed.append((ctx.get(dut.a_out.data), ctx.get(dut.a_out.buf)))
+            if k >= 2:
+                got.append(ctx.get(dut.psum_out))
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)
     sim.add_testbench(testbench)
     sim.run()
+    assert passed == [(a, buf) for _, a, buf in cases]
+    got = [(g, a, buf) for g, (_, a, buf) in zip(got, cases)]
     expected = [(int(wrap_int32(psum + a * weights[buf])), a, buf) for psum, a, buf in cases]
     assert got == expected
     assert expected[2][0] < 0 and expected[3][0] > 0      # the wrap cases really wrap
@@ -181,9 +191,9 @@ def test_random_rows_both_buffers(rows, cols):
 
 
 def test_latency():
-    assert SystolicArray.latency_for(4, 4) == 7
-    assert SystolicArray.latency_for(3, 2) == 4
-    assert SystolicArray.latency_for(1, 1) == 1
+    assert SystolicArray.latency_for(4, 4) == 9         # skew 3 + walk 3 + PE pipeline 3
+    assert SystolicArray.latency_for(3, 2) == 6
+    assert SystolicArray.latency_for(1, 1) == 3
     assert SystolicArray(3, 2).latency == SystolicArray.latency_for(3, 2)
 
 

@@ -1,0 +1,154 @@
+"""The scratchpad SRAMs, built from simple-dual-port memories so that Yosys maps them to block RAM.
+
+An FPGA block RAM has one write and one read port (ECP5 ``DP16KD`` used as simple dual port, iCE40
+``SB_RAM40_4K``). The NPU's SRAMs need more:
+
+============  ======================================  ============================================
+SRAM          ports                                   built as
+============  ======================================  ============================================
+weight        1 write (LD), 2 reads (PL, ST)          ``ReplicatedMemory``: one copy per read port
+accumulator   1 write (EX), 3 reads (EX read-modify-   ``ReplicatedMemory``: one copy per read port,
+              write, transparent; ACT; ST)            the RMW copy transparent to the write
+activation    2 writes (LD, ACT), 2 reads (EX, ST)    ``DualWriteMemory``: even / odd address banks,
+                                                      one copy per read port, writes scheduled
+============  ======================================  ============================================
+
+All read ports are synchronous (data one cycle after ``en``; ``data`` holds while ``en`` is low),
+like ``amaranth.lib.memory`` read ports, so the units cannot tell the difference.
+"""
+from amaranth import *
+from amaranth.lib import memory, wiring
+from amaranth.lib.wiring import Out
+
+from .common import addr_bits
+
+__all__ = ["ReplicatedMemory", "DualWriteMemory"]
+
+
+def _read_sig(depth, width):
+    return memory.ReadPort.Signature(addr_width=addr_bits(depth), shape=width)
+
+
+def _write_sig(depth, width):
+    return memory.WritePort.Signature(addr_width=addr_bits(depth), shape=width)
+
+
+class ReplicatedMemory(wiring.Component):
+    """One write port and ``read_ports`` read ports: one memory copy per read port, written together.
+
+    Costs ``read_ports`` times the storage; every copy is a plain 1-write 1-read memory.
+
+    Parameters
+    ----------
+    width, depth : int
+    read_ports : int
+    transparent : tuple of int
+        Read ports that are transparent to the write port (return the word written in the same
+        cycle), like ``read_port(transparent_for=(write_port,))``.
+
+    Members
+    -------
+    wr : Out(WritePort.Signature); rd0, rd1, ... : Out(ReadPort.Signature)
+        Ports with ``amaranth.lib.memory`` semantics (connect a unit's flipped port signature).
+    """
+
+    def __init__(self, *, width, depth, read_ports, transparent=()):
+        self._width, self._depth, self._n, self._transparent = width, depth, read_ports, tuple(transparent)
+        super().__init__({"wr": Out(_write_sig(depth, width)),
+                          **{f"rd{i}": Out(_read_sig(depth, width)) for i in range(read_ports)}})
+
+    def read_port(self, i):
+        return getattr(self, f"rd{i}")
+
+    def elaborate(self, platform):
+        m = Module()
+        for i in range(self._n):
+            m.submodules[f"copy{i}"] = mem = memory.Memory(shape=self._width, depth=self._depth, init=[])
+            wp = mem.write_port()
+            rp = mem.read_port(transparent_for=(wp,) if i in self._transparent else ())
+            rd = self.read_port(i)
+            m.d.comb += [wp.addr.eq(self.wr.addr), wp.data.eq(self.wr.data), wp.en.eq(self.wr.en),
+                         rp.addr.eq(rd.addr), rp.en.eq(rd.en), rd.data.eq(rp.data)]
+        return m
+
+
+class DualWriteMemory(wiring.Component):
+    """Two write ports and two read ports from 1-write 1-read memories: address-parity banks.
+
+    Words with an even address live in bank 0, odd ones in bank 1; each bank has one copy per read
+    port, so a bank takes one write per cycle. Each write port may hold one word back for one cycle
+    (a *deferred* write). Per cycle: deferred words are written first (they never share a bank,
+    see below); a new word is written at once if its port has no deferred word and its bank is
+    still free (port 0 before port 1), otherwise it is deferred.
+
+    Contract (what the controller's dispatcher guarantees, see ``golden/timing.py``):
+
+    - each write port writes *consecutive* addresses in consecutive cycles while a command runs
+      (LD: one word per cycle; ACT: one result row per cycle), so a port's successive words always
+      alternate banks. By induction, two deferred words always sit in different banks, and a
+      deferred word is written exactly one cycle late;
+    - a word written in cycle ``t`` is not read before cycle ``t + 2`` and no other write port writes
+      the same address before cycle ``t + 2``: a unit's last write precedes its release by at least
+      one cycle, and a dependent command dispatches at the release and reads one cycle later.
+
+    Under that contract the memory behaves exactly like a 2-write 2-read memory with non-transparent
+    synchronous reads, at 2x the storage (``DESIGN.md``: the activation SRAM).
+
+    Members
+    -------
+    wr0, wr1 : Out(WritePort.Signature); rd0, rd1 : Out(ReadPort.Signature)
+    """
+
+    def __init__(self, *, width, depth):
+        self._width, self._depth = width, depth
+        super().__init__({"wr0": Out(_write_sig(depth, width)), "wr1": Out(_write_sig(depth, width)),
+                          "rd0": Out(_read_sig(depth, width)), "rd1": Out(_read_sig(depth, width))})
+
+    def elaborate(self, platform):
+        m = Module()
+        width, half = self._width, (self._depth + 1) // 2
+        wrs, rds = (self.wr0, self.wr1), (self.rd0, self.rd1)
+
+        # banks[b][p]: bank b (address parity), copy for read port p.
+        bank_we = [Signal(name=f"bank{b}_we") for b in range(2)]
+        bank_addr = [Signal(addr_bits(half), name=f"bank{b}_waddr") for b in range(2)]
+        bank_data = [Signal(width, name=f"bank{b}_wdata") for b in range(2)]
+        for p, rd in enumerate(rds):
+            odd = Signal(name=f"rd{p}_odd")             # which bank the word being read comes from
+            with m.If(rd.en):
+                m.d.sync += odd.eq(rd.addr[0])
+            data = []
+            for b in range(2):
+                m.submodules[f"bank{b}_copy{p}"] = mem = memory.Memory(shape=width, depth=half, init=[])
+                wp, rp = mem.write_port(), mem.read_port()
+                m.d.comb += [wp.en.eq(bank_we[b]), wp.addr.eq(bank_addr[b]), wp.data.eq(bank_data[b]),
+                             rp.addr.eq(rd.addr[1:]), rp.en.eq(rd.en)]
+                data.append(rp.data)
+            m.d.comb += rd.data.eq(Mux(odd, data[1], data[0]))
+
+        # Deferred words (one per write port).
+        held = [Signal(name=f"held{s}") for s in range(2)]
+        held_addr = [Signal(addr_bits(self._depth), name=f"held{s}_addr") for s in range(2)]
+        held_data = [Signal(width, name=f"held{s}_data") for s in range(2)]
+
+        # Bank claims in priority order: held0, held1, new0, new1.
+        claims = []           # (valid, addr, data)
+        for s in range(2):
+            claims.append((held[s], held_addr[s], held_data[s]))
+        taken = [held[0] & (held_addr[0][0] == b) | held[1] & (held_addr[1][0] == b) for b in range(2)]
+        for s, wr in enumerate(wrs):
+            now = Signal(name=f"write{s}_now")
+            bank = wr.addr[0]
+            free = Mux(bank, ~taken[1], ~taken[0])
+            m.d.comb += now.eq(wr.en & ~held[s] & free)
+            m.d.sync += held[s].eq(wr.en & ~now)
+            with m.If(wr.en & ~now):
+                m.d.sync += [held_addr[s].eq(wr.addr), held_data[s].eq(wr.data)]
+            claims.append((now, wr.addr, wr.data))
+            taken = [taken[b] | now & (bank == b) for b in range(2)]
+
+        for b in range(2):
+            for valid, addr, data in reversed(claims):     # earlier claims win (none overlap anyway)
+                with m.If(valid & (addr[0] == b)):
+                    m.d.comb += [bank_we[b].eq(1), bank_addr[b].eq(addr[1:]), bank_data[b].eq(data)]
+        return m

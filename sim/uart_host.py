@@ -1,0 +1,260 @@
+"""Host driver for the NPU on a board: ``golden/link.py`` frames over a serial port.
+
+``UartHost(config, link).run(program) -> Result`` is what ``Npu(config, "uart", port=...)`` calls.
+The link is any object with ``write(bytes)`` and ``read(timeout_s) -> bytes`` (whatever arrived,
+possibly nothing), and optionally ``monotonic()`` (its clock, for the timeouts): ``SerialLink`` wraps
+pyserial for a real board, ``sim/uart_sim.py`` a simulated serial line.
+
+Protocol use (see ``golden/link.py``): ``RESET`` first (so every run starts from reset, like the
+other backends), then the command and data-in frames, at most one unacknowledged frame per stream
+(the two streams advance independently, so a LOAD waiting for data never blocks the data behind
+it), collecting ``DOUT`` frames as they come; then ``STATUS`` until the NPU is idle, which also
+returns the counters. A NAK or a missing ACK resends the frame (the device drops duplicates by
+sequence number). A lost ``DOUT`` frame cannot be resent by the device; the whole run is repeated from
+reset instead (``retries``).
+"""
+from __future__ import annotations
+
+import time
+
+from opennpu.config import NpuConfig
+from opennpu.golden.isa import ErrorCode
+from opennpu.golden.link import (STATUS_BYTES, FrameParser, FrameType, NakReason, StatusFlag, decode_info,
+                                 decode_status, encode_frame)
+from opennpu.golden.program import Program, Result
+
+__all__ = ["LinkError", "SerialLink", "UartHost", "run_uart"]
+
+_COMMAND_BYTES = 16
+
+
+class LinkError(RuntimeError):
+    """The board did not answer as the protocol requires (after retries)."""
+
+
+class SerialLink:
+    """A serial port through pyserial (imported lazily: an optional dependency)."""
+
+    def __init__(self, port: str, baud: int = 115_200):
+        try:
+            import serial
+        except ImportError as error:
+            raise ImportError("the uart backend needs pyserial (pip install pyserial)") from error
+        self._serial = serial.Serial(port, baud, timeout=0)
+
+    def write(self, data: bytes):
+        self._serial.write(data)
+        self._serial.flush()
+
+    def read(self, timeout: float) -> bytes:
+        self._serial.timeout = timeout
+        first = self._serial.read(1)
+        if not first:
+            return b""
+        self._serial.timeout = 0
+        return first + self._serial.read(self._serial.in_waiting or 0)
+
+    def close(self):
+        self._serial.close()
+
+
+class UartHost:
+    """Runs programs on a board through ``link``.
+
+    Parameters
+    ----------
+    config : NpuConfig
+        Must match the board's (checked against its INFO reply).
+    link : object with ``write(bytes)`` and ``read(timeout_s) -> bytes``
+    timeout : float
+        Seconds without any answer before a frame is resent or the status is polled.
+    retries : int
+        Attempts per frame, and attempts per run when a data-out frame was lost.
+    """
+
+    def __init__(self, config: NpuConfig, link, *, timeout: float = 0.5, retries: int = 8):
+        self.config, self.link = config, link
+        self.timeout, self.retries = timeout, retries
+        self._parser = FrameParser(max_payload=max(4096, STATUS_BYTES))
+        self._frames: list[tuple[int, int, bytes]] = []
+        self._seq = 0
+        self._info = None
+        self.last_status = None
+        self.resent = 0                   # frames sent again after a NAK or a timeout
+
+    def _now(self) -> float:
+        """Seconds on the link's clock (a simulated link counts simulated time)."""
+        clock = getattr(self.link, "monotonic", None)
+        return clock() if clock is not None else time.monotonic()
+
+    # -- frames -----------------------------------------------------------------------------------
+    def _next_seq(self) -> int:
+        self._seq = (self._seq + 1) & 0xFF
+        return self._seq
+
+    def _send(self, ftype, seq=0, payload=b""):
+        self.link.write(encode_frame(ftype, seq, payload))
+
+    def _poll(self, timeout: float) -> bool:
+        """Read what arrives within ``timeout`` into the frame queue; True if any frame came."""
+        frames = self._parser.feed(self.link.read(timeout))
+        self._frames += frames
+        return bool(frames)
+
+    def _take(self, ftype: int, timeout: float):
+        """The first frame of ``ftype`` (other frames stay queued), or None after ``timeout``."""
+        deadline = self._now() + timeout
+        while True:
+            for i, frame in enumerate(self._frames):
+                if frame[0] == ftype:
+                    return self._frames.pop(i)
+            left = deadline - self._now()
+            if left <= 0:
+                return None
+            self._poll(min(left, 0.05))
+
+    def _request(self, ftype: int, reply: int, seq: int = 0):
+        for _ in range(self.retries):
+            self._send(ftype, seq)
+            frame = self._take(reply, self.timeout)
+            if frame is not None and (reply != FrameType.ACK or frame[1] == seq):
+                return frame
+        raise LinkError(f"no {FrameType(reply).name} reply to {FrameType(ftype).name} "
+                        f"after {self.retries} attempts")
+
+    # -- requests ----------------------------------------------------------------------------------
+    def info(self) -> dict:
+        return decode_info(self._request(FrameType.INFO, FrameType.INFO_REPLY)[2])
+
+    def status(self) -> dict:
+        return decode_status(self._request(FrameType.STATUS, FrameType.STATUS_REPLY)[2])
+
+    def reset(self):
+        """Reset the NPU and the link's sequence numbers; drops frames still queued."""
+        seq = 0
+        self._request(FrameType.RESET, FrameType.ACK, seq)
+        self._frames = [f for f in self._frames if f[0] not in (FrameType.DOUT, FrameType.ACK, FrameType.NAK)]
+        self._seq = seq
+
+    def check_config(self):
+        """Compare the board's INFO reply with ``config``; raises ValueError on a mismatch."""
+        info = self._info = self._info or self.info()
+        c = self.config
+        want = {"rows": c.rows, "cols": c.cols, "bus_bytes": c.bus_bytes, "act_depth": c.act_depth,
+                "wgt_depth": c.wgt_depth, "acc_depth": c.acc_depth}
+        wrong = {k: (v, info[k]) for k, v in want.items() if info[k] != v}
+        if wrong:
+            raise ValueError("the board's NPU does not match the configuration: "
+                             + ", ".join(f"{k}: config {a}, board {b}" for k, (a, b) in wrong.items()))
+        return info
+
+    # -- programs ----------------------------------------------------------------------------------
+    def _frames_of(self, program: Program, frame_max: int):
+        words = program.words()
+        if not words:
+            raise ValueError("program has no commands")
+        if len(program.data_in) % self.config.bus_bytes:
+            raise ValueError(f"data-in length {len(program.data_in)} is not a whole number of "
+                             f"{self.config.bus_bytes}-byte beats")
+        per = frame_max // _COMMAND_BYTES
+        cmd = []
+        for i in range(0, len(words), per):
+            chunk = words[i:i + per]
+            payload = b"".join(w.to_bytes(_COMMAND_BYTES, "little") for w in chunk)
+            cmd.append((FrameType.CMD_LAST if i + per >= len(words) else FrameType.CMD, payload))
+        step = frame_max - frame_max % self.config.bus_bytes
+        data = [(FrameType.DATA, program.data_in[i:i + step]) for i in range(0, len(program.data_in), step)]
+        return cmd, data
+
+    def _run_once(self, program: Program) -> Result:
+        info = self.check_config()
+        self.reset()
+        queues = self._frames_of(program, info["frame_max"])
+        pending = [None, None]           # per stream: (seq, type, payload, attempts, sent_at)
+        position = [0, 0]
+        outputs = []
+        while True:
+            now = self._now()
+            for s in range(2):
+                if pending[s] is None and position[s] < len(queues[s]):
+                    ftype, payload = queues[s][position[s]]
+                    position[s] += 1
+                    pending[s] = [self._next_seq(), ftype, payload, 1, now]
+                    self._send(ftype, pending[s][0], payload)
+            if pending == [None, None]:
+                break
+            self._poll(0.02)
+            while self._frames:
+                ftype, seq, payload = self._frames.pop(0)
+                if ftype == FrameType.DOUT:
+                    outputs.append(self._dout_payload(seq, len(outputs), payload))
+                    continue
+                for s, p in enumerate(pending):
+                    if p is None or seq != p[0] or not payload:
+                        continue
+                    if ftype == FrameType.ACK:
+                        pending[s] = None
+                    elif ftype == FrameType.NAK:
+                        if payload[-1] == NakReason.BUSY:     # the first copy is still draining
+                            p[4] = self._now()
+                            continue
+                        self._resend(p)
+            for s, p in enumerate(pending):
+                if p is not None and self._now() - p[4] > self.timeout:
+                    status = self.status()
+                    last = status["cmd_seq" if s == 0 else "data_seq"]
+                    busy = status["flags"] & (StatusFlag.CMD_BUSY if s == 0 else StatusFlag.DATA_BUSY)
+                    if last == p[0] and not busy:
+                        pending[s] = None                   # the ACK was lost
+                    elif last == p[0]:
+                        p[4] = self._now()              # still draining into a busy NPU
+                    else:
+                        self._resend(p)
+        # Everything is inside the NPU: wait until it is idle (STATUS replies come after every DOUT
+        # frame sent before them, so the outputs are complete when one says idle).
+        while True:
+            status = self.status()
+            while self._frames:
+                ftype, seq, payload = self._frames.pop(0)
+                if ftype == FrameType.DOUT:
+                    outputs.append(self._dout_payload(seq, len(outputs), payload))
+            if status["flags"] & StatusFlag.IDLE:
+                break
+        self.last_status = status
+        if status["flags"] & (StatusFlag.OVERRUN | StatusFlag.FRAMING):
+            raise LinkError(f"the board's receiver reported {status['flags']!r}")
+        return Result(b"".join(outputs), status["counters"], ErrorCode(status["error"]), status["rejected"])
+
+    @staticmethod
+    def _dout_payload(seq: int, index: int, payload: bytes) -> bytes:
+        """The payload of data-out frame number ``index`` of this run; raises if ``seq`` shows a gap."""
+        if seq != index & 0xFF:
+            raise LinkError(f"data-out frame {index & 0xFF} lost (got {seq})")
+        return payload
+
+    def _resend(self, p):
+        self.resent += 1
+        p[3] += 1
+        if p[3] > self.retries:
+            raise LinkError(f"{FrameType(p[1]).name} frame {p[0]} not accepted after {self.retries} attempts")
+        p[4] = self._now()
+        self._send(p[1], p[0], p[2])
+
+    def run(self, program: Program) -> Result:
+        """Run ``program`` from reset; returns data-out bytes, counters and status like every backend."""
+        for attempt in range(self.retries):
+            try:
+                return self._run_once(program)
+            except LinkError:
+                if attempt == self.retries - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+
+def run_uart(config: NpuConfig, program: Program, *, port: str, baud: int = 115_200, **options) -> Result:
+    """``Npu(config, "uart", port=...)``: one run on a board through pyserial."""
+    link = SerialLink(port, baud)
+    try:
+        return UartHost(config, link, **options).run(program)
+    finally:
+        link.close()
