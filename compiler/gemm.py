@@ -12,6 +12,13 @@ software-pipelines them for the in-order dispatcher: the loads of step s+1 follo
 (weights first, so PRELOAD s+1 overlaps the activation load), the ACTIVATE of a finished N tile follows
 the first COMPUTE of the next tile, so the array never waits for write-back, and the first COMPUTE is
 split into row pieces that compute while the next piece loads (``split_first``).
+
+Output-stationary (``config.dataflow == "os"``, ``_schedule_os``): the output is cut into ``rows`` x
+``cols`` tiles; one COMPUTE streams all of K (or a K chunk, accumulating, when two weight chunks must
+share the weight SRAM) through the array for one tile. Activation tiles are stored transposed (one
+SRAM word per K step: the step's value of each of the tile's rows) and alternate between the SRAM
+halves; the next M tile's activations load while the current one computes. Weights stay resident
+when they fit, otherwise each tile's chunk is loaded into one of two alternating slots.
 """
 from __future__ import annotations
 
@@ -21,8 +28,8 @@ import numpy as np
 
 from opennpu.config import NpuConfig
 from opennpu.golden import numerics
-from opennpu.golden.isa import Buf, Precision
-from opennpu.golden.model import k_tile, weight_words
+from opennpu.golden.isa import Buf, Opcode, Precision
+from opennpu.golden.model import k_tile, stream_weight_words, weight_words
 from opennpu.golden.program import Program
 
 from .schedule import Activate, Emitter, Load, Step, emit_steps
@@ -136,6 +143,13 @@ def build_gemm(config: NpuConfig, spec: GemmSpec, order: str | None = None) -> G
     each activation tile loaded once and reused across N). ``None`` builds every order that fits and
     keeps the one the cycle model says is fastest.
     """
+    if config.dataflow == "os":
+        if order is not None:
+            raise ValueError(f"loop order {order!r} applies to the weight-stationary dataflow only")
+        if spec.precision.label not in config.precisions:
+            raise ValueError(f"precision {spec.precision.label!r} is not supported by this NPU "
+                             f"(precisions={config.precisions})")
+        return _schedule_os(config, spec)
     if spec.precision.label not in config.precisions:
         raise ValueError(f"precision {spec.precision.label!r} is not supported by this NPU "
                          f"(precisions={config.precisions})")
@@ -210,6 +224,68 @@ def _schedule(config: NpuConfig, spec: GemmSpec, order: str) -> GemmProgram:
             steps.append(Step(0, loads, wgt_addr, krows, width, act_addr, acc_addr(ci, t), rows, kk > 0,
                               activate))
     emit_steps(e, steps, preamble, split_first=True, split_last=True)
+    return GemmProgram(e.program(), spec, config, chunks, n_n)
+
+
+def _schedule_os(config: NpuConfig, spec: GemmSpec) -> GemmProgram:
+    if spec.lut is not None and len(spec.lut) != 256:
+        raise ValueError(f"LUT must have 256 entries, got {len(spec.lut)}")
+    m, k, n = spec.shape
+    rows, cols, p = config.rows, config.cols, spec.precision
+    per_step = 2 if p == Precision.A4W4 else 1                  # K values per step
+    steps = -(-k // per_step)
+    if steps > config.act_depth // 2:
+        raise ValueError(f"K={k} needs {steps} activation words per output tile; half the activation "
+                         f"SRAM ({config.act_depth // 2} words) must hold them")
+    n_n, n_m = -(-n // cols), -(-m // rows)
+    resident = n_n * stream_weight_words(p, steps) <= config.wgt_depth
+    # K chunk (in steps) when weights stream: two chunks share the weight SRAM; a8w4 chunks are whole words.
+    chunk = steps if resident else min(steps, config.wgt_depth // 2 * (2 if p == Precision.A8W4 else 1))
+    if chunk < 1 or 2 * rows > config.acc_depth:
+        raise ValueError(f"the weight SRAM ({config.wgt_depth} words) or accumulator SRAM "
+                         f"({config.acc_depth} words) is too small for one output tile")
+    k_chunks = [(s0, min(chunk, steps - s0)) for s0 in range(0, steps, chunk)]
+    w_words = [_wgt_words(spec, config, _pad(spec.w[:, t * cols:(t + 1) * cols], steps * per_step + (
+        steps * per_step) % 2, cols)) for t in range(n_n)]           # int4: even K rows, two per word
+
+    def act_words(mt):
+        block = _pad(spec.a[mt * rows:(mt + 1) * rows], rows, steps * per_step)     # rows x K
+        return (numerics.pack_int4(block) if p == Precision.A4W4 else block.astype(np.int8).view(np.uint8)).T
+
+    e = Emitter(config)
+    e.configure(multiplier=spec.multiplier, shift=spec.shift, out_zp=spec.out_zp, qmin=spec.qmin,
+                qmax=spec.qmax, lut=spec.lut, precision=p)
+    act_base = [0, config.act_depth // 2]
+    e.load(Load(Buf.ACT, act_base[0], steps, act_words(0)))
+    pending, tiles, chunks = None, 0, []
+    for mt in range(n_m):
+        m0, mrows = mt * rows, min(rows, m - mt * rows)
+        chunks.append((m0, mrows))
+        for t in range(n_n):
+            ncols = min(cols, n - t * cols)
+            slot = tiles % 2
+            for kk, (s0, count) in enumerate(k_chunks):
+                w0, w_count = stream_weight_words(p, s0), stream_weight_words(p, count)
+                if resident:
+                    waddr = t * stream_weight_words(p, steps) + w0
+                    if mt == 0:
+                        e.load(Load(Buf.WGT, waddr, w_count, w_words[t][w0:w0 + w_count]))
+                else:
+                    waddr = ((tiles * len(k_chunks) + kk) % 2) * (config.wgt_depth // 2)
+                    e.load(Load(Buf.WGT, waddr, w_count, w_words[t][w0:w0 + w_count]))
+                e.cmd(Opcode.COMPUTE, aaddr=act_base[mt % 2] + s0, accaddr=slot * rows, rows=count,
+                      accumulate=kk > 0, waddr=waddr, mrows=mrows, ncols=ncols)
+            # The next M tile's activations load while this one computes: after the first tile, or after
+            # the last one while the first M tile still loads every tile's weights.
+            if mt + 1 < n_m and t == (n_n - 1 if mt == 0 and resident else 0):
+                e.load(Load(Buf.ACT, act_base[(mt + 1) % 2], steps, act_words(mt + 1)))
+            if pending is not None:
+                e.activate(pending)
+            bias = np.zeros(cols, np.int64)
+            bias[:ncols] = spec.bias[t * cols:t * cols + ncols]
+            pending = Activate(slot * rows, 0, mrows, 1, bias, bank=slot, tag=(m0, mrows, t * cols, ncols))
+            tiles += 1
+    e.activate(pending)
     return GemmProgram(e.program(), spec, config, chunks, n_n)
 
 

@@ -16,13 +16,25 @@ LOAD_LUT 3      (256 int8 entries follow on data-in)
 LOAD_BIAS 4     bank 4:1 (``cols`` int32 little-endian follow on data-in; two banks, so the next
                 tile's bias loads while ACTIVATE reads the other bank)
 PRELOAD  5      addr 8:16, krows 24:8 (K rows of the tile), ncols 32:8 (N columns of the tile)
-COMPUTE  6      aaddr 8:16, accaddr 24:16, rows 40:16, accumulate 56:1
+COMPUTE  6      aaddr 8:16, accaddr 24:16, rows 40:16, accumulate 56:1, waddr 64:16, mrows 80:8,
+                ncols 88:8 (the last three: output-stationary only, zero in weight-stationary)
 ACTIVATE 7      accaddr 8:16, aaddr 24:16, rows 40:16, dest 56:1 (0 act SRAM, 1 data-out),
                 bank 57:1 (bias bank)
 STORE    8      buf 4:2 (0 act, 1 wgt, 2 acc), addr 8:16, rows 24:16
 COUNTERS 9      (counter snapshot to data-out)
 FENCE    10     (wait until all work is done)
 ======== ====== ==============================================================================
+
+Dataflows (``NpuConfig.dataflow``) read ``PRELOAD``/``COMPUTE`` differently:
+
+- weight-stationary (``ws``): ``PRELOAD`` moves a K x N weight tile into the PEs; ``COMPUTE`` streams
+  ``rows`` activation rows (one SRAM word each: K values) through them into ``rows`` accumulator rows.
+- output-stationary (``os``): there is no ``PRELOAD`` (it is rejected as an illegal opcode); ``COMPUTE``
+  streams ``rows`` K steps: step j reads activation word ``aaddr + j`` (lane i: row i of the output tile,
+  one K value; a4w4: two) and the weight row(s) of step j from ``waddr`` (int8: word ``waddr + j``; int4:
+  the packed words ``PRELOAD`` uses, two K rows each). Each PE(i, c) accumulates output (i, c) of an
+  ``mrows`` x ``ncols`` tile, which is then written (or added, ``accumulate``) to accumulator rows
+  ``accaddr .. accaddr + mrows - 1``.
 
 Opcodes 0 and 11..15 are illegal. Semantic checks that depend on the configuration (address ranges,
 supported precisions, ``rows >= 1``) are not part of encoding: the hardware and the golden model reject
@@ -55,7 +67,7 @@ class Opcode(enum.IntEnum):
 class ErrorCode(enum.IntEnum):
     """Sticky error status: the first error since reset; later errors do not overwrite it."""
     OK = 0
-    BAD_OPCODE = 1       # opcode 0 or 11..15
+    BAD_OPCODE = 1       # opcode 0 or 11..15, or PRELOAD on an output-stationary NPU
     BAD_RANGE = 2        # address + rows beyond the SRAM depth, or rows == 0
     BAD_PRECISION = 3    # CONFIG precision the configuration does not support
     BAD_FIELD = 4        # any other illegal field value (buffer id, krows/ncols, qmin > qmax, act)
@@ -116,7 +128,8 @@ FIELDS: dict[Opcode, tuple[Field, ...]] = {
     Opcode.LOAD_BIAS: (Field("bank", 4, 1),),
     Opcode.PRELOAD: (Field("addr", 8, 16), Field("krows", 24, 8), Field("ncols", 32, 8)),
     Opcode.COMPUTE: (Field("aaddr", 8, 16), Field("accaddr", 24, 16), Field("rows", 40, 16),
-                     Field("accumulate", 56, 1)),
+                     Field("accumulate", 56, 1), Field("waddr", 64, 16), Field("mrows", 80, 8),
+                     Field("ncols", 88, 8)),
     Opcode.ACTIVATE: (Field("accaddr", 8, 16), Field("aaddr", 24, 16), Field("rows", 40, 16),
                       Field("dest", 56, 1), Field("bank", 57, 1)),
     Opcode.STORE: (Field("buf", 4, 2), Field("addr", 8, 16), Field("rows", 24, 16)),

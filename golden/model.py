@@ -16,7 +16,8 @@ from .isa import ActFn, Buf, Command, DecodeError, ErrorCode, Opcode, Precision,
 from .program import COUNTER_NAMES, Program, Result
 from .timing import Access, CycleModel, Space
 
-__all__ = ["GoldenNpu", "validate", "k_tile", "weight_words", "event_costs", "ProgramError"]
+__all__ = ["GoldenNpu", "validate", "k_tile", "weight_words", "stream_weight_words", "event_costs",
+           "ProgramError"]
 
 _SPACE_OF_BUF = {Buf.ACT: Space.ACT, Buf.WGT: Space.WGT, Buf.ACC: Space.ACC}
 COUNTER_BEATS_BYTES = 8 * len(COUNTER_NAMES)
@@ -37,6 +38,12 @@ def weight_words(precision: Precision, krows: int) -> int:
     return krows if precision == Precision.INT8 else -(-krows // 2)
 
 
+def stream_weight_words(precision: Precision, steps: int) -> int:
+    """Weight SRAM words an output-stationary ``COMPUTE`` of ``steps`` K steps reads: one per step,
+    except a8w4, where a word holds the weight rows of two steps."""
+    return -(-steps // 2) if precision == Precision.A8W4 else steps
+
+
 def _depth(config: NpuConfig, buf: Buf) -> int:
     return {Buf.ACT: config.act_depth, Buf.WGT: config.wgt_depth, Buf.ACC: config.acc_depth}[buf]
 
@@ -47,6 +54,8 @@ def validate(word: int, config: NpuConfig, precision: Precision) -> tuple[ErrorC
     Check order (the RTL reports the same first failure): opcode, reserved bits, precision, other
     field values, address ranges.
     """
+    if word & 0xF == Opcode.PRELOAD and config.dataflow == "os":
+        return ErrorCode.BAD_OPCODE, None          # no PRELOAD in the output-stationary ISA
     try:
         cmd = decode(word)
     except DecodeError:
@@ -65,7 +74,13 @@ def validate(word: int, config: NpuConfig, precision: Precision) -> tuple[ErrorC
     elif op == Opcode.PRELOAD:
         field_ok = 1 <= f["krows"] <= k_tile(config, precision) and 1 <= f["ncols"] <= config.cols
         range_ok = f["addr"] + weight_words(precision, f["krows"]) <= config.wgt_depth
+    elif op == Opcode.COMPUTE and config.dataflow == "os":
+        field_ok = 1 <= f["mrows"] <= config.rows and 1 <= f["ncols"] <= config.cols
+        range_ok = (1 <= f["rows"] and f["aaddr"] + f["rows"] <= config.act_depth
+                    and f["waddr"] + stream_weight_words(precision, f["rows"]) <= config.wgt_depth
+                    and f["accaddr"] + f["mrows"] <= config.acc_depth)
     elif op == Opcode.COMPUTE:
+        field_ok = f["waddr"] == f["mrows"] == f["ncols"] == 0
         range_ok = (1 <= f["rows"] and f["aaddr"] + f["rows"] <= config.act_depth
                     and f["accaddr"] + f["rows"] <= config.acc_depth)
     elif op == Opcode.ACTIVATE:
@@ -100,9 +115,6 @@ class GoldenNpu:
     hardware does between programs, counters included (``reset()`` starts over)."""
 
     def __init__(self, config: NpuConfig):
-        if config.dataflow != "ws":
-            raise ValueError(f"dataflow {config.dataflow!r}: only the weight-stationary dataflow ('ws') "
-                             f"is modelled so far")
         self.config = config
         self.reset()
 
@@ -122,7 +134,7 @@ class GoldenNpu:
         self.error = ErrorCode.OK
         self.rejected = 0
         self.counters = dict.fromkeys(COUNTER_NAMES, 0)
-        self.timeline = CycleModel(c.rows, c.cols)
+        self.timeline = CycleModel(c.rows, c.cols, c.dataflow)
         self._costs = {p: event_costs(c, p) for p in Precision}
         self.trace: list[tuple[object, int]] = []   # (command or raw word, dispatch cycle)
 
@@ -234,6 +246,8 @@ class GoldenNpu:
         return raw.view(np.int8).astype(np.int64)
 
     def _compute(self, cmd):
+        if self.config.dataflow == "os":
+            return self._compute_os(cmd)
         d = self.timeline.compute([Access(Space.ACT, cmd.aaddr, cmd.rows, False),
                                    Access(Space.ACC, cmd.accaddr, cmd.rows, True),
                                    Access(Space.PEW, self.cur, 1, False)], cmd.rows)
@@ -244,6 +258,33 @@ class GoldenNpu:
         self.acc[rows] = numerics.wrap_int32(self.acc[rows] + result) if cmd.accumulate else result
         self._count(act_reads=cmd.rows, busy_cycles=cmd.rows, macs=cmd.rows * self.pe_macs[self.cur],
                     acc_writes=cmd.rows, acc_reads=cmd.rows if cmd.accumulate else 0)
+        return d
+
+    def _compute_os(self, cmd):
+        """Output-stationary COMPUTE: ``rows`` K steps into an ``mrows`` x ``ncols`` output tile."""
+        c, precision = self.config, self.regs["precision"]
+        words = stream_weight_words(precision, cmd.rows)
+        d = self.timeline.compute_os([Access(Space.ACT, cmd.aaddr, cmd.rows, False),
+                                      Access(Space.WGT, cmd.waddr, words, False),
+                                      Access(Space.ACC, cmd.accaddr, cmd.mrows, True)], cmd.rows, cmd.mrows)
+        raw_a, raw_w = self.act[cmd.aaddr:cmd.aaddr + cmd.rows], self.wgt[cmd.waddr:cmd.waddr + words]
+        if precision == Precision.A4W4:      # step j, lane i: K values 2j and 2j+1 of output row i
+            a = numerics.unpack_int4(raw_a).reshape(cmd.rows, c.rows, 2).transpose(1, 0, 2).reshape(c.rows, -1)
+        else:                                # step j, lane i: K value j of output row i
+            a = raw_a.view(np.int8).astype(np.int64).T
+        if precision == Precision.INT8:
+            w = raw_w.view(np.int8).astype(np.int64)
+        else:   # each word packs two K rows: bytes [0, cols/2) row 2i, [cols/2, cols) row 2i+1
+            w = numerics.unpack_int4(raw_w).reshape(2 * words, c.cols)
+        w = w[:a.shape[1]].copy()
+        w[:, cmd.ncols:] = 0
+        result = numerics.wrap_int32(a[:cmd.mrows] @ w)
+        rows = slice(cmd.accaddr, cmd.accaddr + cmd.mrows)
+        self.acc[rows] = numerics.wrap_int32(self.acc[rows] + result) if cmd.accumulate else result
+        k_per_step = 2 if precision == Precision.A4W4 else 1
+        self._count(act_reads=cmd.rows, wgt_reads=words, busy_cycles=cmd.rows,
+                    macs=cmd.rows * k_per_step * cmd.mrows * cmd.ncols,
+                    acc_writes=cmd.mrows, acc_reads=cmd.mrows if cmd.accumulate else 0)
         return d
 
     def _activate(self, cmd):

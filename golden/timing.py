@@ -14,7 +14,9 @@ EX     COMPUTE (``M`` rows)                  act rows read d+1 .. d+M (= e). The
                                              to the single *drain* slot in cycle m = max(e, drain
                                              free); EX takes a new COMPUTE from m+1; the drain slot
                                              holds it until m+L+1 where L = array latency + 1
-                                             (last accumulator write at e+array_latency+1)
+                                             (last accumulator write at e+array_latency+1).
+       output-stationary COMPUTE (``S``      e = d + max(S, cols-1); the drain slot writes output
+       steps, ``R`` output rows)             row i in m+cols+3+i and holds it until m+cols+R+2
 ACT    ACTIVATE (``M`` rows)                 acc rows read d+1 .. d+M; row j written/pushed in
                                              cycle d+2+j+P (P = activation unit latency);
                                              free at d+M+P+2
@@ -100,8 +102,9 @@ class _InFlight:
 class CycleModel:
     """Event-driven replica of the dispatcher and units. Feed commands in program order."""
 
-    def __init__(self, rows: int, cols: int):
-        self.drain_cycles = array_latency(rows, cols) + 1
+    def __init__(self, rows: int, cols: int, dataflow: str = "ws"):
+        self.cols = cols
+        self.drain_cycles = array_latency(rows, cols) + 1 if dataflow == "ws" else None
         self.head = 0                      # cycle in which the next command sits in the head
         self.free = {u: 0 for u in Unit}   # first cycle each unit can accept a dispatch
         self.drain_free = 0                # first cycle the EX drain slot is empty
@@ -156,6 +159,18 @@ class CycleModel:
         d = self._dispatch_cycle(Unit.EX, accesses)
         move = max(d + rows, self.drain_free)
         release = move + self.drain_cycles + 1
+        self.drain_free = release
+        self._record(Unit.EX, accesses, d, move + 1, release)
+        return d
+
+    def compute_os(self, accesses, steps: int, mrows: int) -> int:
+        """Output-stationary COMPUTE (``hdl/os_execute_unit.py``): the issue phase lasts
+        ``P = max(steps, cols - 1)`` cycles (idle ones first, so a tile's results are drained before
+        the next tile overwrites them), then the command waits for the drain slot like a WS COMPUTE;
+        output row i is written in cycle m+cols+3+i, the slot frees after the last one."""
+        d = self._dispatch_cycle(Unit.EX, accesses)
+        move = max(d + max(steps, self.cols - 1), self.drain_free)
+        release = move + self.cols + mrows + 3
         self.drain_free = release
         self._record(Unit.EX, accesses, d, move + 1, release)
         return d

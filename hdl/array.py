@@ -15,18 +15,10 @@ from amaranth import *
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
+from .common import delay_line
 from .pe import ProcessingElement
 
 __all__ = ["SystolicArray"]
-
-
-def _delay(m, value, cycles, name):
-    """``value`` delayed by ``cycles`` registers in the ``sync`` domain (``value`` itself for 0)."""
-    for stage in range(cycles):
-        reg = Signal.like(value, name=f"{name}_d{stage + 1}")
-        m.d.sync += reg.eq(value)
-        value = reg
-    return value
 
 
 class SystolicArray(wiring.Component):
@@ -178,16 +170,16 @@ class SystolicArray(wiring.Component):
                 lane.buf.eq(self.a_buf),
                 lane.valid.eq(self.a_valid),
             ]
-            m.d.comb += pes[r][0].a_in.eq(_delay(m, lane, r, name=f"skew{r}"))
+            m.d.comb += pes[r][0].a_in.eq(delay_line(m, lane, r, name=f"skew{r}"))
 
         # De-skew: column c's result leaves the bottom row cols-1-c cycles before the last column's.
         bottom = pes[-1]
         for c in range(self._cols):
             m.d.comb += self.out_data[c].eq(
-                _delay(m, bottom[c].psum_out, self._cols - 1 - c, name=f"deskew{c}"))
+                delay_line(m, bottom[c].psum_out, self._cols - 1 - c, name=f"deskew{c}"))
         # The valid bit leaving the bottom-right PE (1 cycle after its input) is aligned with that PE's
         # (un-delayed) result, ProcessingElement.LATENCY cycles after its input.
         m.d.comb += self.out_valid.eq(
-            _delay(m, bottom[-1].a_out.valid, ProcessingElement.LATENCY - 1, name="out_valid"))
+            delay_line(m, bottom[-1].a_out.valid, ProcessingElement.LATENCY - 1, name="out_valid"))
 
         return m

@@ -25,6 +25,8 @@ from .array import SystolicArray
 from .counters import Events
 from .decoder import CommandChecker, command_layout
 from .execute_unit import ExecuteUnit
+from .os_array import OutputStationaryArray
+from .os_execute_unit import OsExecuteUnit
 from .hazard import AccessLayout, access, conflict
 from .load_unit import LoadKind, LoadUnit
 from .preload_unit import PreloadUnit
@@ -40,9 +42,8 @@ _BARRIER_OPS = (Opcode.CONFIG, Opcode.FENCE, Opcode.COUNTERS)
 
 def check_rtl_config(config: NpuConfig):
     """Raise ``ValueError`` for configurations the RTL does not implement (call before elaborating)."""
-    if config.dataflow != "ws":
-        raise ValueError(f"the RTL implements the weight-stationary dataflow only; got "
-                         f"dataflow={config.dataflow!r}")
+    if config.dataflow not in ("ws", "os"):
+        raise ValueError(f"the RTL implements the 'ws' and 'os' dataflows; got dataflow={config.dataflow!r}")
 
 
 class Controller(wiring.Component):
@@ -74,9 +75,16 @@ class Controller(wiring.Component):
         if ActivationUnit.latency_for() != ACT_LATENCY:
             raise AssertionError("hdl/activation.py and golden/timing.py disagree on the activation latency")
         self._config = c = config
-        self.array = SystolicArray(c.rows, c.cols, int4_pairs="a4w4" in c.precisions)
+        self._os = config.dataflow == "os"
+        int4_pairs = "a4w4" in c.precisions
+        if self._os:      # no PL unit: the weights stream through the array with the activations
+            self.array, self.pl, self.ex = (OutputStationaryArray(c.rows, c.cols, int4_pairs=int4_pairs), None,
+                                            OsExecuteUnit(c))
+        else:
+            self.array, self.pl, self.ex = (SystolicArray(c.rows, c.cols, int4_pairs=int4_pairs), PreloadUnit(c),
+                                            ExecuteUnit(c))
         self.act_fn = ActivationUnit(c.cols, min(c.bus_bytes, 256))
-        self.ld, self.pl, self.ex = LoadUnit(c), PreloadUnit(c), ExecuteUnit(c)
+        self.ld = LoadUnit(c)
         self.wb, self.st = WritebackUnit(c), StoreUnit(c)
         super().__init__({
             "head_valid": In(1), "head_word": In(COMMAND_BITS), "consume": Out(1),
@@ -101,7 +109,9 @@ class Controller(wiring.Component):
         m.submodules.array = array = self.array
         m.submodules.act_fn = act_fn = self.act_fn
         m.submodules.ld = ld = self.ld
-        m.submodules.pl = pl = self.pl
+        pl = self.pl
+        if pl is not None:
+            m.submodules.pl = pl
         m.submodules.ex = ex = self.ex
         m.submodules.wb = wb = self.wb
         m.submodules.st = st = self.st
@@ -111,18 +121,28 @@ class Controller(wiring.Component):
         wiring.connect(m, ex.act_rd, act.rd0)
         wiring.connect(m, st.act_rd, act.rd1)
         wiring.connect(m, ld.wgt_wr, wgt.wr)
-        wiring.connect(m, pl.wgt_rd, wgt.rd0)
+        wiring.connect(m, (ex if self._os else pl).wgt_rd, wgt.rd0)
         wiring.connect(m, st.wgt_rd, wgt.rd1)
         wiring.connect(m, ex.acc_wr, acc.wr)
         wiring.connect(m, ex.acc_rmw_rd, acc.rd0)
         wiring.connect(m, wb.acc_rd, acc.rd1)
         wiring.connect(m, st.acc_rd, acc.rd2)
 
+        if self._os:
+            m.d.comb += [
+                array.a_valid.eq(ex.a_valid), array.a_first.eq(ex.a_first), array.a_last.eq(ex.a_last),
+                array.a_data.eq(ex.a_data), array.w_data.eq(ex.w_data),
+                array.drain_row.eq(ex.drain_row), ex.drain_data.eq(array.drain_data),
+            ]
+        else:
+            m.d.comb += [
+                array.a_valid.eq(ex.a_valid), array.a_data.eq(ex.a_data), array.a_buf.eq(ex.a_buf),
+                ex.out_valid.eq(array.out_valid), ex.out_data.eq(array.out_data),
+                array.w_en.eq(pl.w_en), array.w_row.eq(pl.w_row), array.w_buf.eq(pl.w_buf),
+                array.w_data.eq(pl.w_data), array.w_clear.eq(pl.w_clear), array.w_clear_buf.eq(pl.w_clear_buf),
+            ]
+        pl_busy = pl.busy if pl is not None else C(0)
         m.d.comb += [
-            array.a_valid.eq(ex.a_valid), array.a_data.eq(ex.a_data), array.a_buf.eq(ex.a_buf),
-            ex.out_valid.eq(array.out_valid), ex.out_data.eq(array.out_data),
-            array.w_en.eq(pl.w_en), array.w_row.eq(pl.w_row), array.w_buf.eq(pl.w_buf),
-            array.w_data.eq(pl.w_data), array.w_clear.eq(pl.w_clear), array.w_clear_buf.eq(pl.w_clear_buf),
             act_fn.i_valid.eq(wb.i_valid), act_fn.i_acc.eq(wb.i_acc),
             wb.o_valid.eq(act_fn.o_valid), wb.o_data.eq(act_fn.o_data),
             act_fn.bias.eq(ld.bias[wb.bias_bank]), act_fn.lut_we.eq(ld.lut_we), act_fn.lut_addr.eq(ld.lut_addr),
@@ -131,7 +151,7 @@ class Controller(wiring.Component):
             st.counters.eq(self.counters),
             self.push.eq(wb.push | st.push),
             self.push_data.eq(Mux(wb.push, wb.push_data, st.push_data)),
-            self.busy.eq(ld.busy | pl.busy | ex.issue_busy | ex.drain_busy | wb.busy | st.busy),
+            self.busy.eq(ld.busy | pl_busy | ex.issue_busy | ex.drain_busy | wb.busy | st.busy),
         ]
 
         # -- CONFIG registers -------------------------------------------------------------------
@@ -139,7 +159,8 @@ class Controller(wiring.Component):
         use_lut = Signal()
         out_zp, qmin, qmax = Signal(signed(8)), Signal(signed(8), init=-128), Signal(signed(8), init=127)
         shift, multiplier = Signal(signed(8)), Signal(31)
-        m.d.comb += [pl.precision.eq(precision), array.int4_pairs.eq(precision == Precision.A4W4),
+        m.d.comb += [(ex if self._os else pl).precision.eq(precision),
+                     array.int4_pairs.eq(precision == Precision.A4W4),
                      act_fn.use_lut.eq(use_lut), act_fn.out_zp.eq(out_zp), act_fn.qmin.eq(qmin),
                      act_fn.qmax.eq(qmax), act_fn.shift.eq(shift), act_fn.multiplier.eq(multiplier)]
 
@@ -164,16 +185,23 @@ class Controller(wiring.Component):
                 m.d.comb += head[0].eq(access(m, Space.BIAS, v[Opcode.LOAD_BIAS].bank, 1, 1))
             with m.Case(Opcode.LOAD_LUT):
                 m.d.comb += head[0].eq(access(m, Space.LUT, 0, 1, 1))
-            with m.Case(Opcode.PRELOAD):
-                p = v[Opcode.PRELOAD]
-                words = Mux(precision == Precision.INT8, p.krows, (p.krows + 1) >> 1)
-                m.d.comb += [head[0].eq(access(m, Space.WGT, p.addr, words, 0)),
-                             head[1].eq(access(m, Space.PEW, ~cur, 1, 1))]
+            if not self._os:
+                with m.Case(Opcode.PRELOAD):
+                    p = v[Opcode.PRELOAD]
+                    words = Mux(precision == Precision.INT8, p.krows, (p.krows + 1) >> 1)
+                    m.d.comb += [head[0].eq(access(m, Space.WGT, p.addr, words, 0)),
+                                 head[1].eq(access(m, Space.PEW, ~cur, 1, 1))]
             with m.Case(Opcode.COMPUTE):
                 x = v[Opcode.COMPUTE]
-                m.d.comb += [head[0].eq(access(m, Space.ACT, x.aaddr, x.rows, 0)),
-                             head[1].eq(access(m, Space.ACC, x.accaddr, x.rows, 1)),
-                             head[2].eq(access(m, Space.PEW, cur, 1, 0))]
+                if self._os:
+                    words = Mux(precision == Precision.A8W4, (x.rows + 1) >> 1, x.rows)
+                    m.d.comb += [head[0].eq(access(m, Space.ACT, x.aaddr, x.rows, 0)),
+                                 head[1].eq(access(m, Space.WGT, x.waddr, words, 0)),
+                                 head[2].eq(access(m, Space.ACC, x.accaddr, x.mrows, 1))]
+                else:
+                    m.d.comb += [head[0].eq(access(m, Space.ACT, x.aaddr, x.rows, 0)),
+                                 head[1].eq(access(m, Space.ACC, x.accaddr, x.rows, 1)),
+                                 head[2].eq(access(m, Space.PEW, cur, 1, 0))]
             with m.Case(Opcode.ACTIVATE):
                 a = v[Opcode.ACTIVATE]
                 m.d.comb += [head[0].eq(access(m, Space.ACC, a.accaddr, a.rows, 0)),
@@ -191,7 +219,7 @@ class Controller(wiring.Component):
         # In-flight accesses per unit (valid while the unit, or EX's slot, is busy).
         def slots(name, n):
             return [Signal(AccessLayout, name=f"{name}_acc{i}") for i in range(n)]
-        inflight = {"ld": (ld.busy, slots("ld", 1)), "pl": (pl.busy, slots("pl", 2)),
+        inflight = {"ld": (ld.busy, slots("ld", 1)), "pl": (pl_busy, slots("pl", 2)),
                     "ex_issue": (ex.issue_busy, slots("ex_issue", 3)),
                     "ex_drain": (ex.drain_busy, slots("ex_drain", 3)),
                     "wb": (wb.busy, slots("wb", 4)), "st": (st.busy, slots("st", 2))}
@@ -209,7 +237,7 @@ class Controller(wiring.Component):
             with m.Case(*_LOAD_OPS):
                 m.d.comb += can.eq(~ld.busy & ~hazard("ld"))
             with m.Case(Opcode.PRELOAD):
-                m.d.comb += can.eq(~pl.busy & ~hazard("pl"))
+                m.d.comb += can.eq(~pl_busy & ~hazard("pl"))
             with m.Case(Opcode.COMPUTE):
                 m.d.comb += can.eq(~ex.issue_busy & ~hazard("ex_issue", "ex_drain"))
             with m.Case(Opcode.ACTIVATE):
@@ -244,11 +272,12 @@ class Controller(wiring.Component):
                 with m.Case(*_LOAD_OPS):
                     record("ld")
                     m.d.comb += ld.start.eq(1)
-                with m.Case(Opcode.PRELOAD):
-                    record("pl")
-                    f = v[Opcode.PRELOAD]
-                    m.d.comb += [pl.start.eq(1), pl.target.eq(~cur)]
-                    m.d.sync += [cur.eq(~cur), pe_macs[~cur].eq(f.krows * f.ncols)]
+                if not self._os:                  # (the checker rejects PRELOAD in the OS dataflow)
+                    with m.Case(Opcode.PRELOAD):
+                        record("pl")
+                        f = v[Opcode.PRELOAD]
+                        m.d.comb += [pl.start.eq(1), pl.target.eq(~cur)]
+                        m.d.sync += [cur.eq(~cur), pe_macs[~cur].eq(f.krows * f.ncols)]
                 with m.Case(Opcode.COMPUTE):
                     record("ex_issue")
                     m.d.comb += ex.start.eq(1)
@@ -266,21 +295,26 @@ class Controller(wiring.Component):
             ld.kind.eq(Mux(opcode == Opcode.LOAD, Mux(load.buf == Buf.WGT, LoadKind.WGT, LoadKind.ACT),
                            Mux(opcode == Opcode.LOAD_BIAS, LoadKind.BIAS, LoadKind.LUT))),
             ld.addr.eq(load.addr), ld.rows.eq(load.rows), ld.bank.eq(v[Opcode.LOAD_BIAS].bank),
-            pl.addr.eq(pre.addr), pl.krows.eq(pre.krows), pl.ncols.eq(pre.ncols),
             ex.aaddr.eq(comp.aaddr), ex.accaddr.eq(comp.accaddr), ex.rows.eq(comp.rows),
-            ex.accumulate.eq(comp.accumulate), ex.buf.eq(cur), ex.row_macs.eq(pe_macs[cur]),
+            ex.accumulate.eq(comp.accumulate),
             wb.accaddr.eq(act_cmd.accaddr), wb.aaddr.eq(act_cmd.aaddr), wb.rows.eq(act_cmd.rows),
             wb.dest.eq(act_cmd.dest), wb.bank.eq(act_cmd.bank),
             st.mode.eq(Mux(opcode == Opcode.COUNTERS, StoreMode.COUNTERS, store.buf)),
             st.addr.eq(store.addr), st.rows.eq(store.rows),
         ]
 
+        if self._os:
+            m.d.comb += [ex.waddr.eq(comp.waddr), ex.mrows.eq(comp.mrows), ex.ncols.eq(comp.ncols)]
+        else:
+            m.d.comb += [pl.addr.eq(pre.addr), pl.krows.eq(pre.krows), pl.ncols.eq(pre.ncols),
+                         ex.buf.eq(cur), ex.row_macs.eq(pe_macs[cur])]
+
         # -- counter events -----------------------------------------------------------------------
         ev = self.events
         m.d.comb += [
             ev.row.eq(ex.ev_row), ev.macs.eq(ex.macs), ev.int4_macs.eq(precision == Precision.A4W4),
             ev.act_reads.eq(ex.ev_row + st.ev_act_read), ev.act_writes.eq(ld.ev_act_write + wb.ev_act_write),
-            ev.wgt_reads.eq(pl.ev_wgt_read + st.ev_wgt_read), ev.wgt_writes.eq(ld.ev_wgt_write),
+            ev.wgt_reads.eq((ex if self._os else pl).ev_wgt_read + st.ev_wgt_read), ev.wgt_writes.eq(ld.ev_wgt_write),
             ev.acc_reads.eq(ex.ev_acc_read + wb.ev_acc_read + st.ev_acc_read), ev.acc_writes.eq(ex.ev_acc_write),
             ev.beat_in.eq(ld.ev_beat), ev.beat_out.eq(self.push), ev.act_row.eq(wb.ev_act_op),
         ]

@@ -32,7 +32,7 @@ class CommandChecker(wiring.Component):
     word : In(128)
         The raw command word.
     precision : In(2)
-        The current CONFIG precision (decides the K depth of a weight tile).
+        The current CONFIG precision (decides the K depth of a weight tile and the words a stream reads).
     error : Out(3)
         ``ErrorCode``: OK, or the first failing check in the order opcode, reserved bits, precision,
         field values, address ranges (the order ``golden.model.validate`` uses).
@@ -58,6 +58,8 @@ class CommandChecker(wiring.Component):
         opcode = word[:4]
         with m.Switch(opcode):
             for op in Opcode:
+                if op == Opcode.PRELOAD and cfg.dataflow == "os":
+                    continue                         # no PRELOAD in the output-stationary ISA
                 with m.Case(op):
                     v = views[op]
                     if op == Opcode.CONFIG:
@@ -76,7 +78,15 @@ class CommandChecker(wiring.Component):
                         m.d.comb += field_ok.eq((v.krows >= 1) & (v.krows <= k_tile)
                                                 & (v.ncols >= 1) & (v.ncols <= cfg.cols))
                         m.d.comb += range_ok.eq(v.addr + words <= cfg.wgt_depth)
+                    elif op == Opcode.COMPUTE and cfg.dataflow == "os":
+                        words = Mux(self.precision == Precision.A8W4, (v.rows + 1) >> 1, v.rows)
+                        m.d.comb += field_ok.eq((v.mrows >= 1) & (v.mrows <= cfg.rows)
+                                                & (v.ncols >= 1) & (v.ncols <= cfg.cols))
+                        m.d.comb += range_ok.eq(fits(v.aaddr, v.rows, cfg.act_depth)
+                                                & (v.waddr + words <= cfg.wgt_depth)
+                                                & (v.accaddr + v.mrows <= cfg.acc_depth))
                     elif op == Opcode.COMPUTE:
+                        m.d.comb += field_ok.eq((v.waddr == 0) & (v.mrows == 0) & (v.ncols == 0))
                         m.d.comb += range_ok.eq(fits(v.aaddr, v.rows, cfg.act_depth)
                                                 & (v.accaddr + v.rows <= cfg.acc_depth))
                     elif op == Opcode.ACTIVATE:

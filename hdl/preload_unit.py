@@ -6,14 +6,9 @@ from amaranth.lib.wiring import In, Out
 from opennpu.config import NpuConfig
 from opennpu.golden.isa import Precision
 
-from .common import read_port_signature
+from .common import read_port_signature, weight_lane
 
 __all__ = ["PreloadUnit"]
-
-
-def _nibble(byte_array, index):
-    """Sign-extended int4 number ``index`` of packed bytes (low nibble first)."""
-    return byte_array[index // 2][4 * (index % 2):4 * (index % 2) + 4].as_signed()
 
 
 class PreloadUnit(wiring.Component):
@@ -75,16 +70,10 @@ class PreloadUnit(wiring.Component):
             with m.If(step != 0):
                 row = step - 1
                 word = data.View(data.ArrayLayout(unsigned(8), c.cols), self.wgt_rd.data)
-                half = c.cols // 2
+                second_k_row = (2 * row + 1) < krows          # a4w4, odd krows: last high nibble is 0
                 m.d.comb += [self.w_en.eq(1), self.w_row.eq(row)]
                 for col in range(c.cols):
-                    if c.cols % 2 == 0:
-                        low, high = _nibble(word[:half], col), _nibble(word[half:], col)
-                        second_k_row = (2 * row + 1) < krows          # odd krows: last high nibble is 0
-                        value = Mux(a4w4, Cat(low[:4], Mux(second_k_row, high[:4], 0)),
-                                    Mux(a8w4, Mux(row[0], high, low), word[col]))
-                    else:                                             # int4 modes need even cols
-                        value = word[col]
+                    value = weight_lane(word, col, a8w4=a8w4, a4w4=a4w4, high_row=row[0], high_pair=second_k_row)
                     m.d.comb += self.w_data[col].eq(Mux(col < ncols, value, 0))
             with m.If(step == pe_rows):
                 m.d.sync += self.busy.eq(0)

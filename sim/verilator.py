@@ -183,8 +183,6 @@ def build_harness(config: NpuConfig, trace: str | None = None) -> Path:
     """Path of the harness executable for ``config`` (``trace``: None, ``"vcd"`` or ``"fst"``),
     building it first if the cache has none. Raises ``BackendUnavailable`` if a tool is missing and
     ``RuntimeError`` with Verilator's log if the build fails."""
-    if config.dataflow != "ws":
-        raise ValueError(f"dataflow {config.dataflow!r}: the RTL implements only 'ws'")
     mode = trace or "plain"
     if mode not in _TRACE_FLAGS:
         raise ValueError(f"trace must be None, 'vcd' or 'fst', got {trace!r}")

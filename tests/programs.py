@@ -20,7 +20,7 @@ from opennpu.config import NpuConfig
 from opennpu.golden import numerics
 from opennpu.golden.isa import (COMMAND_BITS, ActFn, Buf, Command, ErrorCode, Opcode, Precision, encode,
                                 reserved_mask)
-from opennpu.golden.model import k_tile, validate, weight_words
+from opennpu.golden.model import k_tile, stream_weight_words, validate, weight_words
 from opennpu.golden.program import Program
 
 __all__ = ["BAD_KINDS", "sram_dump", "good_command", "bad_command", "rejected_command", "random_program",
@@ -68,6 +68,14 @@ def good_command(config: NpuConfig, rng: random.Random, precision: Precision, *,
         return Command(Opcode.LOAD_BIAS, bank=rng.randint(0, 1))
     if kind == "load_lut":
         return Command(Opcode.LOAD_LUT)
+    if config.dataflow == "os" and kind in ("preload", "compute"):
+        steps = rng.randint(1, min(config.act_depth, max_rows))
+        words = stream_weight_words(precision, steps)
+        mrows = rng.randint(1, min(config.rows, config.acc_depth))
+        return Command(Opcode.COMPUTE, aaddr=rng.randint(0, config.act_depth - steps),
+                       accaddr=rng.randint(0, config.acc_depth - mrows), rows=steps, accumulate=rng.randint(0, 1),
+                       waddr=rng.randint(0, config.wgt_depth - words), mrows=mrows,
+                       ncols=rng.randint(1, config.cols))
     if kind == "preload":
         krows = rng.randint(1, k_tile(config, precision))
         addr = rng.randint(0, config.wgt_depth - weight_words(precision, krows))

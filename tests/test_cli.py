@@ -31,11 +31,17 @@ def test_gemm_pysim_small(capsys):
     assert code == 0 and report["verified"] and report["checks"]["golden_counters"]
 
 
+def test_gemm_output_stationary_pysim(capsys):
+    code, out, _ = run(capsys, "gemm", "--m", "5", "--k", "6", "--n", "3", "--array", "2x2", "--dataflow", "os",
+                       "--backend", "pysim", "--json")
+    report = json.loads(out)
+    assert code == 0 and report["verified"] and report["dataflow"] == "os" and report["checks"]["golden_counters"]
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--m", "0", "--k", "2", "--n", "2"], "dimension m"),
     (["--m", "2", "--k", "2", "--n", "2", "--array", "8by8"], "RxC"),
     (["--m", "2", "--k", "2", "--n", "2", "--array", "0x4"], "rows"),
-    (["--m", "2", "--k", "2", "--n", "2", "--dataflow", "os"], "dataflow"),
 ])
 def test_gemm_bad_input(capsys, argv, message):
     code, out, err = run(capsys, "gemm", *argv)

@@ -158,9 +158,40 @@ def test_int4_modes_match_golden(rows, cols, m, k, n, precision, act, backpressu
     assert np.array_equal(gp.decode_output(golden.outputs), spec.expected())
 
 
-def test_rtl_rejects_unsupported_configs():
-    with pytest.raises(ValueError, match="dataflow"):
-        Npu(NpuConfig(rows=2, cols=2, dataflow="os"), "pysim").run(Program([Command(Opcode.FENCE)]))
+@pytest.mark.parametrize("rows, cols, m, k, n, precision, act, backpressure", [
+    (2, 2, 5, 3, 3, "int8", "none", None),      # K shorter than the array width: idle issue cycles
+    (4, 4, 9, 13, 7, "int8", "relu", 3),        # several M and N tiles, back-pressure
+    (3, 2, 7, 8, 5, "int8", "gelu", None),      # non-square, odd rows
+    (2, 2, 5, 7, 5, "a8w4", "relu6", 5),        # one weight word per two K steps, odd K
+    (4, 4, 6, 10, 9, "a4w4", "none", None),     # two 4-bit MACs per PE per step
+])
+def test_output_stationary_matches_golden(rows, cols, m, k, n, precision, act, backpressure):
+    config = small_config(rows, cols, dataflow="os", precisions=INT4 if rows % 2 == 0 == cols % 2 else ("int8",))
+    spec = random_gemm(m, k, n, precision, act, seed=6)
+    gp = build_gemm(config, spec)
+    golden = GoldenNpu(config).run(gp.program)
+    assert_same(Npu(config, "pysim", backpressure=backpressure).run(gp.program), golden)
+    assert np.array_equal(gp.decode_output(golden.outputs), spec.expected())
+
+
+def test_output_stationary_weight_stream_in_chunks():
+    """Weights that do not fit stream in two alternating slots, K in chunks accumulated in the drain."""
+    config = NpuConfig(rows=2, cols=2, dataflow="os", act_depth=64, wgt_depth=8, acc_depth=8)
+    spec = random_gemm(5, 11, 5, "int8", "relu", seed=3)
+    gp = build_gemm(config, spec)
+    assert sum(c.op == Opcode.COMPUTE and c.accumulate for c in gp.program.commands) > 0
+    golden = GoldenNpu(config).run(gp.program)
+    assert_same(Npu(config, "pysim").run(gp.program), golden)
+    assert np.array_equal(gp.decode_output(golden.outputs), spec.expected())
+
+
+def test_output_stationary_rejects_preload():
+    """No PRELOAD in the OS ISA: rejected as an illegal opcode, nothing runs, the rest still does."""
+    config = small_config(2, 2, dataflow="os")
+    program = Program([Command(Opcode.PRELOAD, addr=0, krows=1, ncols=1), Command(Opcode.COUNTERS)])
+    golden = GoldenNpu(config).run(program)
+    assert golden.error == ErrorCode.BAD_OPCODE and golden.rejected == 1
+    assert_same(Npu(config, "pysim").run(program), golden)
 
 
 def test_all_activations_listed():
