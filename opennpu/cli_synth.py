@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from opennpu.cli_common import emit, fail
-from opennpu.config import parse_array
+from opennpu.config import DATAFLOWS, parse_array
 
 __all__ = ["register"]
 
@@ -12,6 +12,7 @@ def register(sub):
     synth = sub.add_parser("synth", help="FPGA build (amaranth-boards + YoWASP): resources, Fmax, bitstream")
     synth.add_argument("--board", required=True, help=f"one of: {', '.join(BOARDS)}")
     synth.add_argument("--array", default="8x8", help="systolic array RxC (default 8x8)")
+    synth.add_argument("--dataflow", default="ws", choices=DATAFLOWS, help="weight- or output-stationary")
     synth.add_argument("--freq", type=float, default=None, metavar="MHZ",
                        help="core clock target made by the PLL (default: the board's)")
     synth.add_argument("--act-depth", type=int, default=None, help="activation SRAM words (default: the board's)")
@@ -46,8 +47,8 @@ def _cmd_synth(args) -> int:
     from opennpu.synth.flow import BuildFailed, plan, synth_config, synthesize
     board = get_board(args.board)
     rows, cols = parse_array(args.array)
-    config = synth_config(board, rows, cols, act_depth=args.act_depth, wgt_depth=args.wgt_depth,
-                          acc_depth=args.acc_depth)
+    config = synth_config(board, rows, cols, dataflow=args.dataflow, act_depth=args.act_depth,
+                          wgt_depth=args.wgt_depth, acc_depth=args.acc_depth)
     if args.plan_only:
         build_plan = plan(board, config, freq_mhz=args.freq, baud=args.baud)
         directory = args.build_dir or f"build/{board.name}-{config.array}"

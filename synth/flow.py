@@ -65,14 +65,14 @@ class SynthResult:
         return asdict(self)
 
 
-def synth_config(board: Board | str, rows: int, cols: int, **overrides) -> NpuConfig:
+def synth_config(board: Board | str, rows: int, cols: int, dataflow: str = "ws", **overrides) -> NpuConfig:
     """The configuration a board is built with: the board's SRAM depths unless overridden."""
     board = get_board(board) if isinstance(board, str) else board
     if rows * cols > board.max_pes:
         raise ValueError(f"array {rows}x{cols} is too big for {board.name} ({board.device}): "
                          f"at most {board.max_pes} PEs")
     depths = {**board.depths, **{k: v for k, v in overrides.items() if v is not None}}
-    return NpuConfig(rows=rows, cols=cols, **depths)
+    return NpuConfig(rows=rows, cols=cols, dataflow=dataflow, **depths)
 
 
 def _tool_env(board: Board, *, check: bool) -> dict:

@@ -13,10 +13,11 @@ from opennpu.synth.flow import BuildFailed, ToolMissing, plan, synth_config, syn
 from opennpu.synth.report import parse_nextpnr_log, parse_nextpnr_report, parse_yosys_stat
 
 
-@pytest.mark.parametrize("board, array, synth_cmd", [("ulx3s-85f", (2, 2), "synth_ecp5"),
-                                                     ("icebreaker", (2, 2), "synth_ice40 -dsp")])
-def test_board_design_elaborates_to_a_build_plan(board, array, synth_cmd):
-    config = synth_config(board, *array)
+@pytest.mark.parametrize("board, array, synth_cmd, dataflow", [("ulx3s-85f", (2, 2), "synth_ecp5", "ws"),
+                                                               ("ulx3s-85f", (2, 2), "synth_ecp5", "os"),
+                                                               ("icebreaker", (2, 2), "synth_ice40 -dsp", "ws")])
+def test_board_design_elaborates_to_a_build_plan(board, array, synth_cmd, dataflow):
+    config = synth_config(board, *array, dataflow=dataflow)
     build = plan(board, config)
     files = build.files
     assert {"opennpu.il", "opennpu.ys", "build_opennpu.sh"} <= set(files)
