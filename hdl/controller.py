@@ -34,7 +34,24 @@ from .sram import DualWriteMemory, ReplicatedMemory
 from .store_unit import StoreMode, StoreUnit
 from .writeback_unit import WritebackUnit
 
-__all__ = ["Controller", "check_rtl_config"]
+__all__ = ["Controller", "HeadState", "INFLIGHT_GROUPS", "check_rtl_config"]
+
+#: In-flight access groups of the dispatcher: (name, access slots), in ``HeadState.hits`` bit order.
+INFLIGHT_GROUPS = (("ld", 1), ("pl", 2), ("ex_issue", 3), ("ex_drain", 3), ("wb", 4), ("st", 2))
+
+
+class HeadState(data.Struct):
+    """The dispatcher's head command with its decode, computed while it waited behind the head.
+
+    ``error``: the ``CommandChecker`` code in the precision the head sees; ``accs``: its accesses
+    (``golden/timing.py``); ``hits``: bit g set when an access conflicts with an access of in-flight group
+    g (``INFLIGHT_GROUPS``) -- valid while that group stays busy.
+    """
+    valid: 1
+    word: COMMAND_BITS
+    error: 3
+    accs: data.ArrayLayout(AccessLayout, 4)
+    hits: len(INFLIGHT_GROUPS)
 
 _LOAD_OPS = (Opcode.LOAD, Opcode.LOAD_BIAS, Opcode.LOAD_LUT)
 _BARRIER_OPS = (Opcode.CONFIG, Opcode.FENCE, Opcode.COUNTERS)
@@ -51,8 +68,15 @@ class Controller(wiring.Component):
 
     Members
     -------
-    head_valid, head_word : In
-        The dispatcher's head command.
+    head : In(HeadState)
+        The dispatcher's head register, held by ``hdl/top.py`` because it must load while the core is
+        frozen (a program waiting for its next command).
+    next_word : In(COMMAND_BITS); running : In(1)
+        The command waiting behind the head, and whether the core advances this cycle.
+    next_head : Out(HeadState)
+        What the head becomes if it loads ``next_word`` at the end of this cycle (``valid`` = 1).
+    kept_hits : Out(len(INFLIGHT_GROUPS))
+        ``head.hits`` for the next cycle if the head keeps its command and the core advances.
     consume : Out(1)
         The head is dispatched or rejected this cycle.
     din : In(8 * bus_bytes); want_in : Out(1)
@@ -87,13 +111,58 @@ class Controller(wiring.Component):
         self.ld = LoadUnit(c)
         self.wb, self.st = WritebackUnit(c), StoreUnit(c)
         super().__init__({
-            "head_valid": In(1), "head_word": In(COMMAND_BITS), "consume": Out(1),
+            "head": In(HeadState), "next_word": In(COMMAND_BITS), "running": In(1),
+            "next_head": Out(HeadState), "kept_hits": Out(len(INFLIGHT_GROUPS)), "consume": Out(1),
             "din": In(8 * c.bus_bytes), "want_in": Out(1),
             "push": Out(1), "push_data": Out(8 * c.bus_bytes),
             "counters": In(data.ArrayLayout(unsigned(64), len(COUNTER_NAMES))),
             "events": Out(Events), "busy": Out(1),
             "error": Out(3), "rejected": Out(16),
         })
+
+    def _accesses(self, m, word, precision, cur):
+        """The (at most four) accesses of command ``word``, mirroring golden/model.py: a list of
+        combinational ``AccessLayout`` signals (unused ones invalid)."""
+        v = {op: data.View(command_layout(op), word) for op in Opcode}
+        accs = [Signal(AccessLayout, name=f"next_acc{i}") for i in range(4)]
+        with m.Switch(word[:4]):
+            with m.Case(Opcode.LOAD):
+                m.d.comb += accs[0].eq(access(m, v[Opcode.LOAD].buf, v[Opcode.LOAD].addr, v[Opcode.LOAD].rows, 1))
+            with m.Case(Opcode.LOAD_BIAS):
+                m.d.comb += accs[0].eq(access(m, Space.BIAS, v[Opcode.LOAD_BIAS].bank, 1, 1))
+            with m.Case(Opcode.LOAD_LUT):
+                m.d.comb += accs[0].eq(access(m, Space.LUT, 0, 1, 1))
+            if not self._os:
+                with m.Case(Opcode.PRELOAD):
+                    p = v[Opcode.PRELOAD]
+                    words = Mux(precision == Precision.INT8, p.krows, (p.krows + 1) >> 1)
+                    m.d.comb += [accs[0].eq(access(m, Space.WGT, p.addr, words, 0)),
+                                 accs[1].eq(access(m, Space.PEW, ~cur, 1, 1))]
+            with m.Case(Opcode.COMPUTE):
+                x = v[Opcode.COMPUTE]
+                if self._os:
+                    words = Mux(precision == Precision.A8W4, (x.rows + 1) >> 1, x.rows)
+                    m.d.comb += [accs[0].eq(access(m, Space.ACT, x.aaddr, x.rows, 0)),
+                                 accs[1].eq(access(m, Space.WGT, x.waddr, words, 0)),
+                                 accs[2].eq(access(m, Space.ACC, x.accaddr, x.mrows, 1))]
+                else:
+                    m.d.comb += [accs[0].eq(access(m, Space.ACT, x.aaddr, x.rows, 0)),
+                                 accs[1].eq(access(m, Space.ACC, x.accaddr, x.rows, 1)),
+                                 accs[2].eq(access(m, Space.PEW, cur, 1, 0))]
+            with m.Case(Opcode.ACTIVATE):
+                a = v[Opcode.ACTIVATE]
+                m.d.comb += [accs[0].eq(access(m, Space.ACC, a.accaddr, a.rows, 0)),
+                             accs[1].eq(access(m, Space.BIAS, a.bank, 1, 0)),
+                             accs[2].eq(access(m, Space.LUT, 0, 1, 0)),
+                             accs[3].eq(Mux(a.dest, access(m, Space.OUT, 0, 1, 1),
+                                            access(m, Space.ACT, a.aaddr, a.rows, 1)))]
+            with m.Case(Opcode.STORE):
+                st = v[Opcode.STORE]
+                m.d.comb += [accs[0].eq(access(m, st.buf, st.addr, st.rows, 0)),
+                             accs[1].eq(access(m, Space.OUT, 0, 1, 1))]
+            with m.Case(Opcode.COUNTERS):
+                m.d.comb += accs[0].eq(access(m, Space.OUT, 0, 1, 1))
+        return accs
 
     def elaborate(self, platform):
         m = Module()
@@ -164,70 +233,33 @@ class Controller(wiring.Component):
                      act_fn.use_lut.eq(use_lut), act_fn.out_zp.eq(out_zp), act_fn.qmin.eq(qmin),
                      act_fn.qmax.eq(qmax), act_fn.shift.eq(shift), act_fn.multiplier.eq(multiplier)]
 
-        # -- head decode ------------------------------------------------------------------------
-        m.submodules.checker = checker = CommandChecker(c)
-        m.d.comb += [checker.word.eq(self.head_word), checker.precision.eq(precision)]
-        v = {op: data.View(command_layout(op), self.head_word) for op in Opcode}
-        opcode = self.head_word[:4]
-        legal = self.head_valid & (checker.error == 0)
+        # -- head: dispatched from registers, decoded the cycle before it loads --------------------
+        # The command behind the head (``next_word``) is checked, its accesses computed and compared
+        # with the in-flight accesses as they will be after this cycle's dispatch; the results are
+        # registered with the head. So the dispatch decision only ANDs registered conflict bits with
+        # the units' busy flags, and the head still refills in the cycle after a dispatch.
+        head_word = self.head.word
+        v = {op: data.View(command_layout(op), head_word) for op in Opcode}
+        opcode = head_word[:4]
+        head = [self.head.accs[i] for i in range(4)]
 
         # PE weight buffers: COMPUTE uses ``cur``; PRELOAD fills ``~cur`` and then makes it current.
         cur = Signal()
         pe_macs = Array(Signal(16, name=f"pe_macs{i}") for i in range(2))
 
-        # Accesses of the head command (at most four), mirroring golden/model.py.
-        head = [Signal(AccessLayout, name=f"head_acc{i}") for i in range(4)]
-        with m.Switch(opcode):
-            with m.Case(Opcode.LOAD):
-                m.d.comb += head[0].eq(access(m, v[Opcode.LOAD].buf, v[Opcode.LOAD].addr,
-                                              v[Opcode.LOAD].rows, 1))
-            with m.Case(Opcode.LOAD_BIAS):
-                m.d.comb += head[0].eq(access(m, Space.BIAS, v[Opcode.LOAD_BIAS].bank, 1, 1))
-            with m.Case(Opcode.LOAD_LUT):
-                m.d.comb += head[0].eq(access(m, Space.LUT, 0, 1, 1))
-            if not self._os:
-                with m.Case(Opcode.PRELOAD):
-                    p = v[Opcode.PRELOAD]
-                    words = Mux(precision == Precision.INT8, p.krows, (p.krows + 1) >> 1)
-                    m.d.comb += [head[0].eq(access(m, Space.WGT, p.addr, words, 0)),
-                                 head[1].eq(access(m, Space.PEW, ~cur, 1, 1))]
-            with m.Case(Opcode.COMPUTE):
-                x = v[Opcode.COMPUTE]
-                if self._os:
-                    words = Mux(precision == Precision.A8W4, (x.rows + 1) >> 1, x.rows)
-                    m.d.comb += [head[0].eq(access(m, Space.ACT, x.aaddr, x.rows, 0)),
-                                 head[1].eq(access(m, Space.WGT, x.waddr, words, 0)),
-                                 head[2].eq(access(m, Space.ACC, x.accaddr, x.mrows, 1))]
-                else:
-                    m.d.comb += [head[0].eq(access(m, Space.ACT, x.aaddr, x.rows, 0)),
-                                 head[1].eq(access(m, Space.ACC, x.accaddr, x.rows, 1)),
-                                 head[2].eq(access(m, Space.PEW, cur, 1, 0))]
-            with m.Case(Opcode.ACTIVATE):
-                a = v[Opcode.ACTIVATE]
-                m.d.comb += [head[0].eq(access(m, Space.ACC, a.accaddr, a.rows, 0)),
-                             head[1].eq(access(m, Space.BIAS, a.bank, 1, 0)),
-                             head[2].eq(access(m, Space.LUT, 0, 1, 0)),
-                             head[3].eq(Mux(a.dest, access(m, Space.OUT, 0, 1, 1),
-                                            access(m, Space.ACT, a.aaddr, a.rows, 1)))]
-            with m.Case(Opcode.STORE):
-                s = v[Opcode.STORE]
-                m.d.comb += [head[0].eq(access(m, s.buf, s.addr, s.rows, 0)),
-                             head[1].eq(access(m, Space.OUT, 0, 1, 1))]
-            with m.Case(Opcode.COUNTERS):
-                m.d.comb += head[0].eq(access(m, Space.OUT, 0, 1, 1))
-
         # In-flight accesses per unit (valid while the unit, or EX's slot, is busy).
         def slots(name, n):
             return [Signal(AccessLayout, name=f"{name}_acc{i}") for i in range(n)]
-        inflight = {"ld": (ld.busy, slots("ld", 1)), "pl": (pl_busy, slots("pl", 2)),
-                    "ex_issue": (ex.issue_busy, slots("ex_issue", 3)),
-                    "ex_drain": (ex.drain_busy, slots("ex_drain", 3)),
-                    "wb": (wb.busy, slots("wb", 4)), "st": (st.busy, slots("st", 2))}
+        busy = {"ld": ld.busy, "pl": pl_busy, "ex_issue": ex.issue_busy, "ex_drain": ex.drain_busy,
+                "wb": wb.busy, "st": st.busy}
+        inflight = {name: (busy[name], slots(name, n)) for name, n in INFLIGHT_GROUPS}
+        unit_of = {"ld": _LOAD_OPS, "pl": (Opcode.PRELOAD,), "ex_issue": (Opcode.COMPUTE,), "ex_drain": (),
+                   "wb": (Opcode.ACTIVATE,), "st": (Opcode.STORE, Opcode.COUNTERS)}
+        head_conflicts = {name: self.head.hits[g] for g, (name, _) in enumerate(INFLIGHT_GROUPS)}
 
         def hazard(*own):
-            hits = [busy & conflict(h, f) for name, (busy, accs) in inflight.items() if name not in own
-                    for f in accs for h in head]
-            return Cat(hits).any()
+            return Cat(busy & head_conflicts[name] for name, (busy, _) in inflight.items()
+                       if name not in own).any()
 
         all_idle = ~self.busy
         can = Signal()
@@ -246,14 +278,44 @@ class Controller(wiring.Component):
                 m.d.comb += can.eq(~st.busy & ~hazard("st"))
         dispatch = Signal()
         reject = Signal()
-        m.d.comb += [dispatch.eq(legal & can), reject.eq(self.head_valid & (checker.error != 0)),
+        m.d.comb += [dispatch.eq(self.head.valid & (self.head.error == 0) & can),
+                     reject.eq(self.head.valid & (self.head.error != 0)),
                      self.consume.eq(dispatch | reject)]
 
         with m.If(reject):
             with m.If(self.rejected != 0xFFFF):          # saturating 16-bit count
                 m.d.sync += self.rejected.eq(self.rejected + 1)
             with m.If(self.error == 0):
-                m.d.sync += self.error.eq(checker.error)
+                m.d.sync += self.error.eq(self.head.error)
+
+        # State as the next head will see it: CONFIG / PRELOAD dispatching now change precision / ``cur``.
+        next_precision = Mux(dispatch & (opcode == Opcode.CONFIG), v[Opcode.CONFIG].precision, precision)
+        next_cur = cur ^ (dispatch & (opcode == Opcode.PRELOAD))
+        m.submodules.checker = checker = CommandChecker(c)
+        m.d.comb += [checker.word.eq(self.next_word), checker.precision.eq(next_precision)]
+        incoming = self._accesses(m, self.next_word, next_precision, next_cur)
+
+        moving = ex.move & self.running              # the drain slot takes the issue slot's accesses
+
+        def slots_next(name):
+            """The in-flight accesses of ``name`` after this cycle (recorded / moved now, or as they are)."""
+            accs = inflight[name][1]
+            if name == "ex_drain":
+                return [Mux(moving, i, d) for d, i in zip(accs, inflight["ex_issue"][1])]
+            recording = (dispatch & self.running & Cat(opcode == op for op in unit_of[name]).any()
+                         if unit_of[name] else C(0))
+            return [Mux(recording, h, f) for f, h in zip(accs, head)]
+
+        m.d.comb += [self.next_head.valid.eq(1), self.next_head.word.eq(self.next_word),
+                     self.next_head.error.eq(checker.error),
+                     *[self.next_head.accs[i].eq(a) for i, a in enumerate(incoming)]]
+        for g, (name, n) in enumerate(INFLIGHT_GROUPS):
+            future = [Signal(AccessLayout, name=f"{name}_next{i}") for i in range(n)]
+            m.d.comb += [f.eq(value) for f, value in zip(future, slots_next(name))]
+            m.d.comb += self.next_head.hits[g].eq(Cat(conflict(h, f) for h in incoming for f in future).any())
+            moved = name == "ex_drain"
+            m.d.comb += self.kept_hits[g].eq(Mux(ex.move, head_conflicts["ex_issue"], head_conflicts[name])
+                                             if moved else head_conflicts[name])
 
         def record(unit):
             _, accs = inflight[unit]

@@ -16,7 +16,7 @@ from opennpu.config import NpuConfig
 from opennpu.golden.isa import COMMAND_BITS
 from opennpu.golden.program import COUNTER_NAMES
 
-from .controller import Controller
+from .controller import Controller, HeadState
 from .counters import Counters
 from .fanout import BufferedEnableInserter
 
@@ -76,26 +76,36 @@ class NpuTop(wiring.Component):
         m.submodules.core = BufferedEnableInserter(run, platform)(core)
         m.submodules.perf = perf
 
-        head_valid, head_word, program_open = Signal(), Signal(COMMAND_BITS), Signal()
+        # The pre-head register: the command behind the core's head, decoded by the core while it waits
+        # (hdl/controller.py). A program is open from the cycle its first command sits in the head.
+        # The head register (decoded by the core the cycle before it loads) is kept here, outside the
+        # clock enable: a program waiting for its next command is frozen and must still load it.
+        pre_valid, pre, head = Signal(), Signal(CommandBeat), Signal(HeadState)
+        program_open = Signal()
         out_valid, out_data = Signal(), Signal(8 * self._config.bus_bytes)
 
-        s_cmd = program_open & ~head_valid
+        s_cmd = program_open & ~head.valid
         s_in = core.want_in & ~self.din.valid
         s_out = out_valid & ~self.dout.ready
+        take = Signal()
         m.d.comb += [
             run.eq(~(s_cmd | s_in | s_out)),
-            core.head_valid.eq(head_valid), core.head_word.eq(head_word),
+            take.eq(pre_valid & (~head.valid | (core.consume & run))),
+            core.head.eq(head), core.next_word.eq(pre.word), core.running.eq(run),
             core.din.eq(self.din.payload), core.counters.eq(perf.values),
             self.din.ready.eq(core.want_in & ~s_out & ~s_cmd),
-            self.cmd.ready.eq(~head_valid | (core.consume & run)),
+            self.cmd.ready.eq(~pre_valid | take),
             self.dout.valid.eq(out_valid), self.dout.payload.eq(out_data),
         ]
 
         with m.If(self.cmd.valid & self.cmd.ready):
-            m.d.sync += [head_valid.eq(1), head_word.eq(self.cmd.payload.word),
-                         program_open.eq(~self.cmd.payload.last)]
-        with m.Elif(core.consume & run):
-            m.d.sync += head_valid.eq(0)
+            m.d.sync += [pre_valid.eq(1), pre.eq(self.cmd.payload)]
+        with m.Elif(take):
+            m.d.sync += pre_valid.eq(0)
+        with m.If(take):
+            m.d.sync += [head.eq(core.next_head), program_open.eq(~pre.last)]
+        with m.Elif(run):
+            m.d.sync += [head.valid.eq(head.valid & ~core.consume), head.hits.eq(core.kept_hits)]
 
         with m.If(self.dout.valid & self.dout.ready):
             m.d.sync += out_valid.eq(0)
@@ -104,10 +114,10 @@ class NpuTop(wiring.Component):
 
         active = Signal()
         m.d.comb += [
-            active.eq(head_valid | program_open | core.busy | out_valid),
+            active.eq(head.valid | program_open | core.busy | out_valid),
             perf.run.eq(run), perf.active.eq(active), perf.events.eq(core.events),
             self.counters.eq(perf.values),
             self.status.error.eq(core.error), self.status.rejected.eq(core.rejected),
-            self.status.idle.eq(~active),
+            self.status.idle.eq(~active & ~pre_valid),
         ]
         return m

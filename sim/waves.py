@@ -19,7 +19,7 @@ def gtkw_traces(top) -> dict:
     return {
         "host": [top.cmd.valid, top.cmd.ready, top.din.valid, top.din.ready, top.dout.valid, top.dout.ready,
                  top.status.idle, top.status.error],
-        "controller": [core.head_valid, core.consume, core.busy, ld.busy, *pl_busy, ex.issue_busy,
+        "controller": [core.head.valid, core.consume, core.busy, ld.busy, *pl_busy, ex.issue_busy,
                        ex.drain_busy, ex.move, wb.busy, st.busy],
         "array (PE row/col edges)": datapath,
         "SRAM ports": [ex.act_rd.addr, ex.act_rd.en, ex.acc_wr.addr, ex.acc_wr.en, ex.acc_rmw_rd.en,
