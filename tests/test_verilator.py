@@ -237,12 +237,15 @@ FUZZ_PLAN = [
     (CONFIG_4X4, "random", 2000, False), (CONFIG_4X4, "random", 1000, True),
     (CONFIG_2X2, "gemm", 900, True), (CONFIG_4X4, "gemm", 900, True),
     (CONFIG_8X8, "gemm", 500, True), (CONFIG_16X16, "gemm", 200, True),
+    (CONFIG_4X4_OS, "random", 1500, False), (CONFIG_4X4_OS, "random", 700, True),
+    (CONFIG_4X4_OS, "gemm", 700, True),
 ]
 
 
 @pytest.mark.slow
 def test_fuzz_ten_thousand_programs():
-    """Random programs and GEMMs with malformed words, batched per configuration; prints the count."""
+    """Random programs and GEMMs with malformed words, batched per configuration (both dataflows);
+    prints the count."""
     start, total, failures = time.perf_counter(), 0, []
     for index, (config, kind, count, pressure) in enumerate(FUZZ_PLAN):
         rngs = [random.Random(f"fuzz-{index}-{i}") for i in range(count)]
