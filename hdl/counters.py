@@ -34,7 +34,8 @@ class Counters(wiring.Component):
 
     Every cycle: ``cycles`` += ``active``; ``stall_cycles`` += ``active & ~run``; when ``run``, every
     event counter adds this cycle's events and ``energy_fj`` adds their cost from the configuration's
-    energy table (the same ``event_costs`` the golden model uses).
+    energy table (the same ``event_costs`` the golden model uses). All values include every event of
+    the cycles before the current one.
 
     Members
     -------
@@ -68,7 +69,14 @@ class Counters(wiring.Component):
             with m.If(~self.run):
                 m.d.sync += value["stall_cycles"].eq(value["stall_cycles"] + 1)
         # ``run`` reaches each 64-bit counter through its own buffer (hdl/fanout.py).
-        for name, inc in [*increments.items(), ("energy_fj", energy)]:
+        for name, inc in increments.items():
             with m.If(buffered(m, platform, self.run, f"run_{name}")):
                 m.d.sync += value[name].eq(value[name] + inc)
+        # Energy in two stages: this cycle's cost (multiplies and a sum) is registered in ``pending`` and
+        # added to the 64-bit total in the next cycle; the value read out is total + pending, so it is
+        # exact in every cycle while no path runs from the events through the multiplies into the total.
+        total, pending = Signal(64), Signal(64)
+        m.d.sync += [total.eq(total + pending),
+                     pending.eq(Mux(buffered(m, platform, self.run, "run_energy_fj"), energy, 0))]
+        m.d.comb += value["energy_fj"].eq(total + pending)
         return m

