@@ -77,6 +77,7 @@ BAD_COMMANDS = {
     "CONFIG qmin>qmax": (Command(Opcode.CONFIG, qmin=5, qmax=4), ErrorCode.BAD_FIELD),
     "PRELOAD krows 3": (Command(Opcode.PRELOAD, addr=0, krows=3, ncols=1), ErrorCode.BAD_FIELD),
     "COMPUTE past acc": (Command(Opcode.COMPUTE, aaddr=0, accaddr=7, rows=2), ErrorCode.BAD_RANGE),
+    "COMPUTE with OS fields": (Command(Opcode.COMPUTE, aaddr=0, accaddr=0, rows=1, waddr=1), ErrorCode.BAD_FIELD),
     "ACTIVATE past act": (Command(Opcode.ACTIVATE, accaddr=0, aaddr=15, rows=2, dest=0), ErrorCode.BAD_RANGE),
     "STORE buf 3": (Command(Opcode.STORE, buf=Buf.ACC, addr=0, rows=1).encode() | (3 << 4), ErrorCode.BAD_FIELD),
 }
@@ -185,12 +186,29 @@ def test_output_stationary_weight_stream_in_chunks():
     assert np.array_equal(gp.decode_output(golden.outputs), spec.expected())
 
 
-def test_output_stationary_rejects_preload():
-    """No PRELOAD in the OS ISA: rejected as an illegal opcode, nothing runs, the rest still does."""
-    config = small_config(2, 2, dataflow="os")
-    program = Program([Command(Opcode.PRELOAD, addr=0, krows=1, ncols=1), Command(Opcode.COUNTERS)])
+OS_BAD_COMMANDS = {
+    "PRELOAD": (Command(Opcode.PRELOAD, addr=0, krows=1, ncols=1), ErrorCode.BAD_OPCODE),
+    "mrows 0": (Command(Opcode.COMPUTE, aaddr=0, accaddr=0, rows=1, waddr=0, mrows=0, ncols=1), ErrorCode.BAD_FIELD),
+    "ncols 3": (Command(Opcode.COMPUTE, aaddr=0, accaddr=0, rows=1, waddr=0, mrows=1, ncols=3), ErrorCode.BAD_FIELD),
+    "weights past the end": (Command(Opcode.COMPUTE, aaddr=0, accaddr=0, rows=3, waddr=2, mrows=2, ncols=2),
+                             ErrorCode.BAD_RANGE),
+    "output rows past acc": (Command(Opcode.COMPUTE, aaddr=0, accaddr=7, rows=1, waddr=0, mrows=2, ncols=2),
+                             ErrorCode.BAD_RANGE),
+}
+
+
+@pytest.mark.parametrize("name", list(OS_BAD_COMMANDS))
+def test_output_stationary_bad_command_rejected_and_nothing_written(name):
+    word, code = OS_BAD_COMMANDS[name]
+    config = NpuConfig(rows=2, cols=2, dataflow="os", act_depth=16, wgt_depth=4, acc_depth=8)
+    rng = np.random.default_rng(2)
+    data = rng.integers(0, 256, size=(8, config.bus_bytes), dtype=np.uint8).tobytes()
+    setup = [Command(Opcode.LOAD, buf=Buf.ACT, addr=0, rows=4), Command(Opcode.LOAD, buf=Buf.WGT, addr=0, rows=4)]
+    follow = [Command(Opcode.COMPUTE, aaddr=0, accaddr=0, rows=4, accumulate=0, waddr=0, mrows=2, ncols=2)]
+    program = Program(setup + [word] + follow + _sram_dump(config), data)
     golden = GoldenNpu(config).run(program)
-    assert golden.error == ErrorCode.BAD_OPCODE and golden.rejected == 1
+    assert golden.error == code and golden.rejected == 1
+    assert golden.outputs == GoldenNpu(config).run(Program(setup + follow + _sram_dump(config), data)).outputs
     assert_same(Npu(config, "pysim").run(program), golden)
 
 
