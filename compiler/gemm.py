@@ -228,6 +228,7 @@ def _schedule(config: NpuConfig, spec: GemmSpec, order: str) -> GemmProgram:
 
 
 def _schedule_os(config: NpuConfig, spec: GemmSpec) -> GemmProgram:
+    """Output-stationary program (see the module docstring); raises ``ValueError`` if it cannot fit."""
     if spec.lut is not None and len(spec.lut) != 256:
         raise ValueError(f"LUT must have 256 entries, got {len(spec.lut)}")
     m, k, n = spec.shape

@@ -313,9 +313,10 @@ class Controller(wiring.Component):
             future = [Signal(AccessLayout, name=f"{name}_next{i}") for i in range(n)]
             m.d.comb += [f.eq(value) for f, value in zip(future, slots_next(name))]
             m.d.comb += self.next_head.hits[g].eq(Cat(conflict(h, f) for h in incoming for f in future).any())
-            moved = name == "ex_drain"
-            m.d.comb += self.kept_hits[g].eq(Mux(ex.move, head_conflicts["ex_issue"], head_conflicts[name])
-                                             if moved else head_conflicts[name])
+            # A kept head's bits change only when the drain slot takes over the issue slot's accesses.
+            kept = Mux(ex.move, head_conflicts["ex_issue"], head_conflicts[name]) if name == "ex_drain" \
+                else head_conflicts[name]
+            m.d.comb += self.kept_hits[g].eq(kept)
 
         def record(unit):
             _, accs = inflight[unit]
