@@ -76,7 +76,7 @@ def layer_figures(config: NpuConfig, spec: GemmSpec, fpga_mhz: float, asic_mhz: 
 def gpu_figures(spec: GemmSpec, npu_outputs: np.ndarray, device: str | None = None) -> dict:
     """Time the PyTorch reference of the layer (CUDA events on a GPU, wall clock on the CPU); on CUDA
     also read NVML's energy counter. Outputs must equal the NPU's bit for bit."""
-    from opennpu.golden.reference import gemm_reference, reference_device, time_gemm
+    from opennpu.golden.reference import gemm_reference, reference_device, time_gemm, time_int8_matmul
     dev = reference_device(device)
     args = (spec.a, spec.w, spec.bias, spec.multiplier, spec.shift, spec.out_zp, spec.qmin, spec.qmax, spec.lut)
     exact = bool(np.array_equal(gemm_reference(*args, device=dev), npu_outputs))
@@ -84,6 +84,8 @@ def gpu_figures(spec: GemmSpec, npu_outputs: np.ndarray, device: str | None = No
     figures = {"device": dev, "latency_us": seconds * 1e6, "bit_exact": exact, "energy_uj": None}
     if dev.startswith("cuda"):
         figures.update(_nvml_energy(args, dev))
+        m, k = spec.a.shape
+        figures.update(time_int8_matmul(m, k, spec.w.shape[1], dev))
     return figures
 
 
@@ -245,6 +247,18 @@ def _markdown(report: dict) -> str:
             lines.append(f"| {k} | {c['cycles']} | {c['dma_in_bytes'] + c['dma_out_bytes']} | "
                          f"{c['energy_fj'] / 1e9:.3f} |")
         lines += ["", "![fusion](fusion.png)", ""]
+    tuned = [r for r in report["layers"] if (r.get("gpu") or {}).get("int8_kernel_us") is not None]
+    if tuned:
+        lines += ["## The GPU's own INT8 GEMM", "",
+                  "`torch._int_mm` (int8 x int8 -> int32 on tensor cores), operands already on the GPU, no "
+                  "bias/requantization/activation, shape padded to what the kernel accepts: the GPU's best "
+                  "case for the multiply part of each layer.", "",
+                  "| layer | padded M,K,N | GPU INT8 kernel us | NPU ASIC us |", "| --- | --- | ---: | ---: |"]
+        for r in tuned:
+            g = r["gpu"]
+            lines.append(f"| {r['name']} | {','.join(map(str, g['padded_shape']))} | {g['int8_kernel_us']:.1f} | "
+                         f"{r['latency_asic_us']:.2f} |")
+        lines.append("")
     lines += ["GPU/CPU latency: the PyTorch reference of the same integer layer (CUDA events on a GPU, "
               "wall clock on the CPU, host transfers included): a bit-exact emulation (float64 matmul, "
               "int64 requantization ops), not a tuned INT8 kernel. GPU uJ: NVML whole-board energy per "

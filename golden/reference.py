@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-__all__ = ["reference_device", "requantize_reference", "gemm_reference", "float_requant_reference",
+__all__ = ["time_int8_matmul", "reference_device", "requantize_reference", "gemm_reference", "float_requant_reference",
            "time_gemm"]
 
 INT32_MIN = -(1 << 31)
@@ -185,3 +185,31 @@ def time_gemm(*args, repeat: int = 10, warmup: int = 2, device=None, **kwargs) -
     for _ in range(repeat):
         gemm_reference(*args, device=dev, **kwargs)
     return (time.perf_counter() - t0) / repeat
+
+
+def time_int8_matmul(m: int, k: int, n: int, device=None, *, min_seconds: float = 0.5) -> dict | None:
+    """The GPU's own INT8 GEMM on an ``m x k @ k x n`` problem: ``torch._int_mm`` (int8 x int8 -> int32,
+    tensor cores through cuBLASLt) on random operands already on the device, no requantization, no
+    host transfers. Dimensions are padded to what the kernel accepts (m > 16, k and n multiples of 8).
+    Returns ``{"int8_kernel_us", "padded_shape"}`` (CUDA events, mean over >= ``min_seconds`` of calls),
+    or None on a CPU (the CPU path has no comparable tuned kernel here)."""
+    dev = reference_device(device)
+    if not dev.startswith("cuda"):
+        return None
+    torch = _torch()
+    mp, kp, np_ = max(m, 17), -(-k // 8) * 8, -(-n // 8) * 8
+    a = torch.randint(-128, 128, (mp, kp), dtype=torch.int8, device=dev)
+    w = torch.randint(-128, 128, (kp, np_), dtype=torch.int8, device=dev)
+    for _ in range(3):
+        torch._int_mm(a, w)
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    calls, t0 = 0, time.perf_counter()
+    start.record()
+    while calls < 100 or time.perf_counter() - t0 < min_seconds:
+        torch._int_mm(a, w)
+        calls += 1
+    end.record()
+    torch.cuda.synchronize()
+    return {"int8_kernel_us": start.elapsed_time(end) * 1000.0 / calls, "padded_shape": [mp, kp, np_]}
+
