@@ -143,18 +143,15 @@ def build_gemm(config: NpuConfig, spec: GemmSpec, order: str | None = None) -> G
     each activation tile loaded once and reused across N). ``None`` builds every order that fits and
     keeps the one the cycle model says is fastest.
     """
-    if config.dataflow == "os":
-        if order is not None:
-            raise ValueError(f"loop order {order!r} applies to the weight-stationary dataflow only")
-        if spec.precision.label not in config.precisions:
-            raise ValueError(f"precision {spec.precision.label!r} is not supported by this NPU "
-                             f"(precisions={config.precisions})")
-        return _schedule_os(config, spec)
     if spec.precision.label not in config.precisions:
         raise ValueError(f"precision {spec.precision.label!r} is not supported by this NPU "
                          f"(precisions={config.precisions})")
     if spec.lut is not None and len(spec.lut) != 256:
         raise ValueError(f"LUT must have 256 entries, got {len(spec.lut)}")
+    if config.dataflow == "os":
+        if order is not None:
+            raise ValueError(f"loop order {order!r} applies to the weight-stationary dataflow only")
+        return _schedule_os(config, spec)
     if order is not None:
         if order not in ORDERS:
             raise ValueError(f"unknown loop order {order!r}; expected one of {ORDERS}")
@@ -229,8 +226,6 @@ def _schedule(config: NpuConfig, spec: GemmSpec, order: str) -> GemmProgram:
 
 def _schedule_os(config: NpuConfig, spec: GemmSpec) -> GemmProgram:
     """Output-stationary program (see the module docstring); raises ``ValueError`` if it cannot fit."""
-    if spec.lut is not None and len(spec.lut) != 256:
-        raise ValueError(f"LUT must have 256 entries, got {len(spec.lut)}")
     m, k, n = spec.shape
     rows, cols, p = config.rows, config.cols, spec.precision
     per_step = 2 if p == Precision.A4W4 else 1                  # K values per step
@@ -267,12 +262,9 @@ def _schedule_os(config: NpuConfig, spec: GemmSpec) -> GemmProgram:
             slot = tiles % 2
             for kk, (s0, count) in enumerate(k_chunks):
                 w0, w_count = stream_weight_words(p, s0), stream_weight_words(p, count)
-                if resident:
-                    waddr = t * stream_weight_words(p, steps) + w0
-                    if mt == 0:
-                        e.load(Load(Buf.WGT, waddr, w_count, w_words[t][w0:w0 + w_count]))
-                else:
-                    waddr = ((tiles * len(k_chunks) + kk) % 2) * (config.wgt_depth // 2)
+                waddr = (t * stream_weight_words(p, steps) + w0 if resident
+                         else ((tiles * len(k_chunks) + kk) % 2) * (config.wgt_depth // 2))
+                if not resident or mt == 0:          # resident weights load once, with the first M tile
                     e.load(Load(Buf.WGT, waddr, w_count, w_words[t][w0:w0 + w_count]))
                 e.cmd(Opcode.COMPUTE, aaddr=act_base[mt % 2] + s0, accaddr=slot * rows, rows=count,
                       accumulate=kk > 0, waddr=waddr, mrows=mrows, ncols=ncols)

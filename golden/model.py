@@ -226,11 +226,7 @@ class GoldenNpu:
         pe_rows = words if precision == Precision.A4W4 else cmd.krows      # one PE row per cycle
         d = self.timeline.preload([Access(Space.WGT, cmd.addr, words, False),
                                    Access(Space.PEW, target, 1, True)], pe_rows)
-        raw = self.wgt[cmd.addr:cmd.addr + words]
-        if precision == Precision.INT8:
-            rows = raw.view(np.int8).astype(np.int64)
-        else:   # each word packs two K rows: bytes [0, cols/2) row 2i, [cols/2, cols) row 2i+1
-            rows = numerics.unpack_int4(raw).reshape(2 * words, self.config.cols)
+        rows = self._weight_rows(cmd.addr, words)
         tile = np.zeros_like(self.pe_weights[target])
         tile[:cmd.krows, :cmd.ncols] = rows[:cmd.krows, :cmd.ncols]
         self.pe_weights[target] = tile
@@ -238,6 +234,14 @@ class GoldenNpu:
         self.cur = target
         self._count(wgt_reads=words)
         return d
+
+    def _weight_rows(self, addr: int, words: int) -> np.ndarray:
+        """Weight SRAM words ``addr .. addr+words`` as K rows of int values (a new array): one per word in
+        int8; two per word in the int4 modes, bytes [0, cols/2) row 2i, [cols/2, cols) row 2i+1."""
+        raw = self.wgt[addr:addr + words]
+        if self.regs["precision"] == Precision.INT8:
+            return raw.view(np.int8).astype(np.int64)
+        return numerics.unpack_int4(raw).reshape(2 * words, self.config.cols)
 
     def _activations(self, addr: int, rows: int) -> np.ndarray:
         raw = self.act[addr:addr + rows]
@@ -267,16 +271,12 @@ class GoldenNpu:
         d = self.timeline.compute_os([Access(Space.ACT, cmd.aaddr, cmd.rows, False),
                                       Access(Space.WGT, cmd.waddr, words, False),
                                       Access(Space.ACC, cmd.accaddr, cmd.mrows, True)], cmd.rows, cmd.mrows)
-        raw_a, raw_w = self.act[cmd.aaddr:cmd.aaddr + cmd.rows], self.wgt[cmd.waddr:cmd.waddr + words]
+        raw_a = self.act[cmd.aaddr:cmd.aaddr + cmd.rows]
         if precision == Precision.A4W4:      # step j, lane i: K values 2j and 2j+1 of output row i
             a = numerics.unpack_int4(raw_a).reshape(cmd.rows, c.rows, 2).transpose(1, 0, 2).reshape(c.rows, -1)
         else:                                # step j, lane i: K value j of output row i
             a = raw_a.view(np.int8).astype(np.int64).T
-        if precision == Precision.INT8:
-            w = raw_w.view(np.int8).astype(np.int64)
-        else:   # each word packs two K rows: bytes [0, cols/2) row 2i, [cols/2, cols) row 2i+1
-            w = numerics.unpack_int4(raw_w).reshape(2 * words, c.cols)
-        w = w[:a.shape[1]].copy()
+        w = self._weight_rows(cmd.waddr, words)[:a.shape[1]]
         w[:, cmd.ncols:] = 0
         result = numerics.wrap_int32(a[:cmd.mrows] @ w)
         rows = slice(cmd.accaddr, cmd.accaddr + cmd.mrows)

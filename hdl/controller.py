@@ -22,6 +22,7 @@ from opennpu.golden.timing import ACT_LATENCY, Space, array_latency
 
 from .activation import ActivationUnit
 from .array import SystolicArray
+from .common import preload_words, stream_words
 from .counters import Events
 from .decoder import CommandChecker, command_layout
 from .execute_unit import ExecuteUnit
@@ -135,15 +136,13 @@ class Controller(wiring.Component):
             if not self._os:
                 with m.Case(Opcode.PRELOAD):
                     p = v[Opcode.PRELOAD]
-                    words = Mux(precision == Precision.INT8, p.krows, (p.krows + 1) >> 1)
-                    m.d.comb += [accs[0].eq(access(m, Space.WGT, p.addr, words, 0)),
+                    m.d.comb += [accs[0].eq(access(m, Space.WGT, p.addr, preload_words(precision, p.krows), 0)),
                                  accs[1].eq(access(m, Space.PEW, ~cur, 1, 1))]
             with m.Case(Opcode.COMPUTE):
                 x = v[Opcode.COMPUTE]
                 if self._os:
-                    words = Mux(precision == Precision.A8W4, (x.rows + 1) >> 1, x.rows)
                     m.d.comb += [accs[0].eq(access(m, Space.ACT, x.aaddr, x.rows, 0)),
-                                 accs[1].eq(access(m, Space.WGT, x.waddr, words, 0)),
+                                 accs[1].eq(access(m, Space.WGT, x.waddr, stream_words(precision, x.rows), 0)),
                                  accs[2].eq(access(m, Space.ACC, x.accaddr, x.mrows, 1))]
                 else:
                     m.d.comb += [accs[0].eq(access(m, Space.ACT, x.aaddr, x.rows, 0)),

@@ -13,6 +13,8 @@ from opennpu.golden.isa import (COMMAND_BITS, FIELDS, ActFn, Buf, ErrorCode, Opc
                                 reserved_mask)
 from opennpu.golden.numerics import SHIFT_MAX, SHIFT_MIN
 
+from .common import preload_words, stream_words
+
 __all__ = ["command_layout", "CommandChecker"]
 
 
@@ -74,12 +76,12 @@ class CommandChecker(wiring.Component):
                         m.d.comb += range_ok.eq(fits(v.addr, v.rows, depth_of(v.buf)))
                     elif op == Opcode.PRELOAD:
                         k_tile = Mux(self.precision == Precision.A4W4, 2 * cfg.rows, cfg.rows)
-                        words = Mux(self.precision == Precision.INT8, v.krows, (v.krows + 1) >> 1)
+                        words = preload_words(self.precision, v.krows)
                         m.d.comb += field_ok.eq((v.krows >= 1) & (v.krows <= k_tile)
                                                 & (v.ncols >= 1) & (v.ncols <= cfg.cols))
                         m.d.comb += range_ok.eq(v.addr + words <= cfg.wgt_depth)
                     elif op == Opcode.COMPUTE and cfg.dataflow == "os":
-                        words = Mux(self.precision == Precision.A8W4, (v.rows + 1) >> 1, v.rows)
+                        words = stream_words(self.precision, v.rows)
                         m.d.comb += field_ok.eq((v.mrows >= 1) & (v.mrows <= cfg.rows)
                                                 & (v.ncols >= 1) & (v.ncols <= cfg.cols))
                         m.d.comb += range_ok.eq(fits(v.aaddr, v.rows, cfg.act_depth)
