@@ -80,8 +80,9 @@ class Controller(wiring.Component):
         ``head.hits`` for the next cycle if the head keeps its command and the core advances.
     consume : Out(1)
         The head is dispatched or rejected this cycle.
-    din : In(8 * bus_bytes); want_in : Out(1)
-        Data-in beat; the LD unit consumes one this cycle.
+    din : In(8 * bus_bytes); want_in, want_in_next : Out(1)
+        Data-in beat; the LD unit consumes one this cycle / will want one in the next cycle if this
+        cycle runs.
     push, push_data : Out
         A data-out beat this cycle.
     counters : In(ArrayLayout(unsigned(64), n))
@@ -114,7 +115,7 @@ class Controller(wiring.Component):
         super().__init__({
             "head": In(HeadState), "next_word": In(COMMAND_BITS), "running": In(1),
             "next_head": Out(HeadState), "kept_hits": Out(len(INFLIGHT_GROUPS)), "consume": Out(1),
-            "din": In(8 * c.bus_bytes), "want_in": Out(1),
+            "din": In(8 * c.bus_bytes), "want_in": Out(1), "want_in_next": Out(1),
             "push": Out(1), "push_data": Out(8 * c.bus_bytes),
             "counters": In(data.ArrayLayout(unsigned(64), len(COUNTER_NAMES))),
             "events": Out(Events), "busy": Out(1),
@@ -215,7 +216,7 @@ class Controller(wiring.Component):
             wb.o_valid.eq(act_fn.o_valid), wb.o_data.eq(act_fn.o_data),
             act_fn.bias.eq(ld.bias[wb.bias_bank]), act_fn.lut_we.eq(ld.lut_we), act_fn.lut_addr.eq(ld.lut_addr),
             act_fn.lut_wdata.eq(ld.lut_wdata),
-            ld.din.eq(self.din), self.want_in.eq(ld.want),
+            ld.din.eq(self.din), self.want_in.eq(ld.want), self.want_in_next.eq(ld.want_next),
             st.counters.eq(self.counters),
             self.push.eq(wb.push | st.push),
             self.push_data.eq(Mux(wb.push, wb.push_data, st.push_data)),

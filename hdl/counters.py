@@ -32,51 +32,65 @@ class Events(data.Struct):
 class Counters(wiring.Component):
     """64-bit counters in ``COUNTER_NAMES`` order.
 
-    Every cycle: ``cycles`` += ``active``; ``stall_cycles`` += ``active & ~run``; when ``run``, every
-    event counter adds this cycle's events and ``energy_fj`` adds their cost from the configuration's
-    energy table (the same ``event_costs`` the golden model uses). All values include every event of
-    the cycles before the current one.
+    ``cycles`` += ``active`` and ``stall_cycles`` += ``stall`` every cycle; their values include every
+    cycle before the current one. The events of each running (``run``) cycle go through a pipeline:
+    registered first, then added to each event counter while their cost (from the configuration's
+    energy table, the same ``event_costs`` the golden model uses) is registered, then that cost is
+    added to the energy total. The event counters and ``energy_fj`` (total + registered cost) read in
+    cycle t therefore include the events of every cycle before t - 1: two cycles of latency, and no path
+    runs from the units' event logic into a 64-bit adder or from a multiply into the total.
+    ``settled``: no event is in the pipeline (every value is final).
 
     Members
     -------
-    run, active : In(1)
+    run, active, stall : In(1)
     events : In(Events)
     values : Out(ArrayLayout(unsigned(64), len(COUNTER_NAMES)))
+    settled : Out(1)
     """
+
+    #: Counters whose values include the cycle before the current one (the rest lag one more cycle).
+    LIVE = ("cycles", "stall_cycles")
 
     def __init__(self, config: NpuConfig):
         self._config = config
-        super().__init__({"run": In(1), "active": In(1), "events": In(Events),
-                          "values": Out(data.ArrayLayout(unsigned(64), len(COUNTER_NAMES)))})
+        super().__init__({"run": In(1), "active": In(1), "stall": In(1), "events": In(Events),
+                          "values": Out(data.ArrayLayout(unsigned(64), len(COUNTER_NAMES))),
+                          "settled": Out(1)})
 
     def elaborate(self, platform):
         m = Module()
-        c, ev = self._config, self.events
+        c = self._config
         value = {name: self.values[i] for i, name in enumerate(COUNTER_NAMES)}
+        with m.If(self.active):
+            m.d.sync += value["cycles"].eq(value["cycles"] + 1)
+        with m.If(self.stall):
+            m.d.sync += value["stall_cycles"].eq(value["stall_cycles"] + 1)
+
+        # Stage 1: the events of a running cycle (``run`` reaches the register through its own buffer).
+        # (``macs`` and ``int4_macs`` describe a row: kept only with one, so that no row means all zero.)
+        ev, counted = Signal(Events), Signal(Events)
+        m.d.comb += [counted.eq(self.events),
+                     counted.macs.eq(Mux(self.events.row, self.events.macs, 0)),
+                     counted.int4_macs.eq(self.events.row & self.events.int4_macs)]
+        m.d.sync += ev.eq(Mux(buffered(m, platform, self.run, "run_events"), counted, 0))
+        m.d.comb += self.settled.eq(ev.as_value() == 0)
+        # Stage 2: the event counters add them; their energy cost is registered in ``pending``.
         increments = {
-            "busy_cycles": ev.row, "macs": Mux(ev.row, ev.macs, 0),
+            "busy_cycles": ev.row, "macs": ev.macs,
             "act_reads": ev.act_reads, "act_writes": ev.act_writes,
             "wgt_reads": ev.wgt_reads, "wgt_writes": ev.wgt_writes,
             "acc_reads": ev.acc_reads, "acc_writes": ev.acc_writes,
             "dma_in_bytes": ev.beat_in * c.bus_bytes, "dma_out_bytes": ev.beat_out * c.bus_bytes,
             "act_ops": ev.act_row * c.cols,
         }
+        for name, inc in increments.items():
+            m.d.sync += value[name].eq(value[name] + inc)
         cost, cost_int4 = event_costs(c), event_costs(c, Precision.A4W4)
         energy = sum(increments[name] * cost[name] for name in cost if name != "macs")
         energy += increments["macs"] * Mux(ev.int4_macs, cost_int4["macs"], cost["macs"])
-        with m.If(self.active):
-            m.d.sync += value["cycles"].eq(value["cycles"] + 1)
-            with m.If(~self.run):
-                m.d.sync += value["stall_cycles"].eq(value["stall_cycles"] + 1)
-        # ``run`` reaches each 64-bit counter through its own buffer (hdl/fanout.py).
-        for name, inc in increments.items():
-            with m.If(buffered(m, platform, self.run, f"run_{name}")):
-                m.d.sync += value[name].eq(value[name] + inc)
-        # Energy in two stages: this cycle's cost (multiplies and a sum) is registered in ``pending`` and
-        # added to the 64-bit total in the next cycle; the value read out is total + pending, so it is
-        # exact in every cycle while no path runs from the events through the multiplies into the total.
+        # Stage 3: the total adds the registered cost; the value read is total + pending.
         total, pending = Signal(64), Signal(64)
-        m.d.sync += [total.eq(total + pending),
-                     pending.eq(Mux(buffered(m, platform, self.run, "run_energy_fj"), energy, 0))]
+        m.d.sync += [pending.eq(energy), total.eq(total + pending)]
         m.d.comb += value["energy_fj"].eq(total + pending)
         return m

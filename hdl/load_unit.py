@@ -30,6 +30,8 @@ class LoadUnit(wiring.Component):
         Dispatch pulse and command fields (``kind``: ``LoadKind``).
     busy, want : Out(1)
         Executing; wants a data-in beat this cycle (identical: one beat per busy cycle).
+    want_next : Out(1)
+        ``want`` in the next cycle, if this cycle runs (for the registered stall decision).
     din : In(bus_bytes * 8)
         The data-in beat (valid whenever the machine is not frozen).
     act_wr, wgt_wr : memory write ports.
@@ -48,7 +50,7 @@ class LoadUnit(wiring.Component):
         self._lut_width = min(c.bus_bytes, 256)
         super().__init__({
             "start": In(1), "kind": In(2), "addr": In(16), "rows": In(16), "bank": In(1),
-            "busy": Out(1), "want": Out(1), "din": In(8 * c.bus_bytes),
+            "busy": Out(1), "want": Out(1), "want_next": Out(1), "din": In(8 * c.bus_bytes),
             "act_wr": In(write_port_signature(c.act_depth, 8 * c.act_word_bytes)),
             "wgt_wr": In(write_port_signature(c.wgt_depth, 8 * c.wgt_word_bytes)),
             "bias": Out(data.ArrayLayout(data.ArrayLayout(signed(32), c.cols), 2)),
@@ -67,7 +69,8 @@ class LoadUnit(wiring.Component):
         beat = Signal(range(max(bias_beats, c.beats(256)) + 1))
         bias_shift = Signal(8 * c.bus_bytes * bias_beats)
 
-        m.d.comb += [self.want.eq(self.busy), self.ev_beat.eq(self.busy)]
+        m.d.comb += [self.want.eq(self.busy), self.ev_beat.eq(self.busy),
+                     self.want_next.eq(self.start | (self.busy & (left != 1)))]
         with m.If(self.start):
             m.d.sync += [self.busy.eq(1), kind.eq(self.kind), addr.eq(self.addr), beat.eq(0), bank.eq(self.bank)]
             with m.Switch(self.kind):

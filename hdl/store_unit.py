@@ -7,6 +7,7 @@ from opennpu.config import NpuConfig
 from opennpu.golden.program import COUNTER_NAMES
 
 from .common import read_port_signature
+from .counters import Counters
 
 __all__ = ["StoreMode", "StoreUnit"]
 
@@ -23,8 +24,10 @@ class StoreUnit(wiring.Component):
 
     Timing: ``start`` in cycle d; word 0 read in d+1; beats pushed d+2 .. d+1+n*b (b beats per word;
     the next word is read during the previous word's last beat); ``busy`` high d+1 .. d+1+n*b.
-    COUNTERS behaves as one word of ``beats(8 * len(COUNTER_NAMES))`` beats taken from ``counters``,
-    sampled in cycle d.
+    COUNTERS behaves as one word of ``beats(8 * len(COUNTER_NAMES))`` beats taken from ``counters``:
+    the snapshot holds every cycle and event before cycle d. ``cycles`` / ``stall_cycles`` are sampled
+    in cycle d, the event counters (one cycle more latency, ``hdl/counters.py``) in d+1. Nothing happens
+    in cycle d itself: COUNTERS dispatches only when every unit is idle.
 
     Members
     -------
@@ -77,6 +80,9 @@ class StoreUnit(wiring.Component):
             with m.If(first):
                 m.d.comb += read.eq(1)
                 m.d.sync += first.eq(0)
+                with m.If(mode == StoreMode.COUNTERS):
+                    m.d.sync += [snapshot[i].eq(self.counters[i]) for i, name in enumerate(COUNTER_NAMES)
+                                 if name not in Counters.LIVE]
             with m.Else():
                 m.d.comb += self.push.eq(1)
                 with m.Switch(mode):

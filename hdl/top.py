@@ -1,15 +1,23 @@
-"""``NpuTop``: the NPU with its host streams, the head register, the output register and the stall logic.
+"""``NpuTop``: the NPU with its host streams, the head register, the stream FIFOs and the stall logic.
 
-Back-pressure policy: any stream the machine needs and cannot use this cycle *freezes the whole core*
-(one clock enable, ``run``) for that cycle. That happens when the LD unit needs a data-in beat that
-is not valid, when the output register is full and the host is not ready, or when a program is open
-(its ``last`` command not yet received) and the head register is empty. Frozen cycles are counted
-in ``stall_cycles``; because nothing else moves, every other counter and the order of all events are
-exactly those of a run without back-pressure, and ``cycles - stall_cycles`` is what the cycle model
-(``golden/timing.py``) predicts.
+Back-pressure policy: any stream the machine needs and cannot use *freezes the whole core* (one clock
+enable, ``run``) for that cycle. ``run`` is a register: it is decided one cycle ahead from next-state
+values, so that the enable of ~16k flip-flops starts at a flip-flop instead of at the end of the
+stream handshakes. The core is frozen in cycle t+1 when, after cycle t:
+
+- a program is open (its ``last`` command not yet received) and the head register will be empty;
+- the LD unit will want a data-in beat and the 2-entry data-in FIFO will be empty;
+- the 3-entry data-out FIFO holds two beats or more now (a beat pushed in t still fits; this rule
+  does not wait for the host's ``ready``, which is not known a cycle ahead).
+
+Frozen cycles are counted in ``stall_cycles``; because nothing else moves, every other counter and
+the order of all events are exactly those of a run without back-pressure. After the program, cycles
+spent only waiting for the host to take buffered data-out beats count as stalls too, except the one
+right after the last push (the cycle the model counts for the output register). So
+``cycles - stall_cycles`` is what the cycle model (``golden/timing.py``) predicts.
 """
 from amaranth import *
-from amaranth.lib import data, stream, wiring
+from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from opennpu.config import NpuConfig
@@ -71,10 +79,13 @@ class NpuTop(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         core, perf = self.core, self.perf
-        run = Signal()
+        bus = 8 * self._config.bus_bytes
+        run = Signal(init=1)
         # The clock enable of the whole core, fanned out through LUT buffers (hdl/fanout.py).
         m.submodules.core = BufferedEnableInserter(run, platform)(core)
         m.submodules.perf = perf
+        m.submodules.din_fifo = din_fifo = fifo.SyncFIFO(width=bus, depth=2)
+        m.submodules.dout_fifo = dout_fifo = fifo.SyncFIFO(width=bus, depth=3)
 
         # The pre-head register: the command behind the core's head, decoded by the core while it waits
         # (hdl/controller.py). A program is open from the cycle its first command sits in the head.
@@ -82,20 +93,21 @@ class NpuTop(wiring.Component):
         # clock enable: a program waiting for its next command is frozen and must still load it.
         pre_valid, pre, head = Signal(), Signal(CommandBeat), Signal(HeadState)
         program_open = Signal()
-        out_valid, out_data = Signal(), Signal(8 * self._config.bus_bytes)
 
-        s_cmd = program_open & ~head.valid
-        s_in = core.want_in & ~self.din.valid
-        s_out = out_valid & ~self.dout.ready
+        consumed = core.consume & run
         take = Signal()
+        pop_in = core.want_in & run
+        push_out = core.push & run
         m.d.comb += [
-            run.eq(~(s_cmd | s_in | s_out)),
-            take.eq(pre_valid & (~head.valid | (core.consume & run))),
+            take.eq(pre_valid & (~head.valid | consumed)),
             core.head.eq(head), core.next_word.eq(pre.word), core.running.eq(run),
-            core.din.eq(self.din.payload), core.counters.eq(perf.values),
-            self.din.ready.eq(core.want_in & ~s_out & ~s_cmd),
+            core.din.eq(din_fifo.r_data), core.counters.eq(perf.values),
             self.cmd.ready.eq(~pre_valid | take),
-            self.dout.valid.eq(out_valid), self.dout.payload.eq(out_data),
+            din_fifo.w_en.eq(self.din.valid), din_fifo.w_data.eq(self.din.payload),
+            self.din.ready.eq(din_fifo.w_rdy), din_fifo.r_en.eq(pop_in),
+            dout_fifo.w_en.eq(push_out), dout_fifo.w_data.eq(core.push_data),
+            self.dout.valid.eq(dout_fifo.r_rdy), self.dout.payload.eq(dout_fifo.r_data),
+            dout_fifo.r_en.eq(self.dout.ready),
         ]
 
         with m.If(self.cmd.valid & self.cmd.ready):
@@ -107,17 +119,27 @@ class NpuTop(wiring.Component):
         with m.Elif(run):
             m.d.sync += [head.valid.eq(head.valid & ~core.consume), head.hits.eq(core.kept_hits)]
 
-        with m.If(self.dout.valid & self.dout.ready):
-            m.d.sync += out_valid.eq(0)
-        with m.If(core.push & run):
-            m.d.sync += [out_valid.eq(1), out_data.eq(core.push_data)]
+        # -- the stall decision for the next cycle, from this cycle's next-state values ------------
+        head_valid_next = pre_valid | (head.valid & ~consumed)
+        program_open_next = Mux(take, ~pre.last, program_open)
+        want_next = Mux(run, core.want_in_next, core.want_in)
+        din_level_next = din_fifo.level + (din_fifo.w_en & din_fifo.w_rdy) - pop_in
+        m.d.sync += run.eq(~((program_open_next & ~head_valid_next)
+                             | (want_next & (din_level_next == 0))
+                             | (dout_fifo.level >= 2)))
 
-        active = Signal()
+        # -- activity and stall accounting ---------------------------------------------------------
+        core_active = Signal()
+        active, pushed_before = Signal(), Signal()
+        m.d.sync += pushed_before.eq(push_out)
         m.d.comb += [
-            active.eq(head.valid | program_open | core.busy | out_valid),
-            perf.run.eq(run), perf.active.eq(active), perf.events.eq(core.events),
+            core_active.eq(head.valid | program_open | core.busy),
+            active.eq(core_active | dout_fifo.r_rdy),
+            perf.run.eq(run), perf.active.eq(active),
+            perf.stall.eq(active & Mux(core_active, ~run, ~pushed_before)),
+            perf.events.eq(core.events),
             self.counters.eq(perf.values),
             self.status.error.eq(core.error), self.status.rejected.eq(core.rejected),
-            self.status.idle.eq(~active & ~pre_valid),
+            self.status.idle.eq(~active & ~pre_valid & perf.settled),
         ]
         return m
