@@ -75,7 +75,8 @@ class Controller(wiring.Component):
     next_word : In(COMMAND_BITS); running : In(1)
         The command waiting behind the head, and whether the core advances this cycle.
     next_head : Out(HeadState)
-        What the head becomes if it loads ``next_word`` at the end of this cycle (``valid`` = 1).
+        What the head becomes if it loads ``next_word`` at the end of this cycle (``valid`` = 1). Valid
+        only in the cycles where it may load: the head is empty or leaves (``consume`` and ``running``).
     kept_hits : Out(len(INFLIGHT_GROUPS))
         ``head.hits`` for the next cycle if the head keeps its command and the core advances.
     consume : Out(1)
@@ -288,9 +289,13 @@ class Controller(wiring.Component):
             with m.If(self.error == 0):
                 m.d.sync += self.error.eq(self.head.error)
 
-        # State as the next head will see it: CONFIG / PRELOAD dispatching now change precision / ``cur``.
-        next_precision = Mux(dispatch & (opcode == Opcode.CONFIG), v[Opcode.CONFIG].precision, precision)
-        next_cur = cur ^ (dispatch & (opcode == Opcode.PRELOAD))
+        # The command behind the head loads only when the head is empty or leaves this cycle, and a valid
+        # head without error leaves only by being dispatched. So the next head is decoded assuming that
+        # a valid, error-free head dispatches now: from registers alone, never from ``dispatch``.
+        # State as the next head will see it: a dispatched CONFIG / PRELOAD changes precision / ``cur``.
+        leaving = self.head.valid & (self.head.error == 0)
+        next_precision = Mux(leaving & (opcode == Opcode.CONFIG), v[Opcode.CONFIG].precision, precision)
+        next_cur = cur ^ (leaving & (opcode == Opcode.PRELOAD))
         m.submodules.checker = checker = CommandChecker(c)
         m.d.comb += [checker.word.eq(self.next_word), checker.precision.eq(next_precision)]
         incoming = self._accesses(m, self.next_word, next_precision, next_cur)
@@ -302,8 +307,7 @@ class Controller(wiring.Component):
             accs = inflight[name][1]
             if name == "ex_drain":
                 return [Mux(moving, i, d) for d, i in zip(accs, inflight["ex_issue"][1])]
-            recording = (dispatch & self.running & Cat(opcode == op for op in unit_of[name]).any()
-                         if unit_of[name] else C(0))
+            recording = leaving & Cat(opcode == op for op in unit_of[name]).any() if unit_of[name] else C(0)
             return [Mux(recording, h, f) for f, h in zip(accs, head)]
 
         m.d.comb += [self.next_head.valid.eq(1), self.next_head.word.eq(self.next_word),
