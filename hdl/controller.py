@@ -302,21 +302,29 @@ class Controller(wiring.Component):
 
         moving = ex.move & self.running              # the drain slot takes the issue slot's accesses
 
-        def slots_next(name):
-            """The in-flight accesses of ``name`` after this cycle (recorded / moved now, or as they are)."""
-            accs = inflight[name][1]
-            if name == "ex_drain":
-                return [Mux(moving, i, d) for d, i in zip(accs, inflight["ex_issue"][1])]
-            recording = leaving & Cat(opcode == op for op in unit_of[name]).any() if unit_of[name] else C(0)
-            return [Mux(recording, h, f) for f, h in zip(accs, head)]
+        def hit_any(accs, name):
+            """1 when an incoming access conflicts with one of ``accs`` (a registered set of accesses)."""
+            hit = Signal(name=f"hit_{name}")
+            m.d.comb += hit.eq(Cat(conflict(h, a) for h in incoming for a in accs).any())
+            return hit
+
+        # Each group's slots after this cycle are the recorded head, the issue slot's accesses (drain slot,
+        # moving) or the slots as they are: compare against each registered candidate, select last.
+        hits_now = {name: hit_any(accs, name) for name, (_, accs) in inflight.items()}
+        hits_head = {n: hit_any(head[:n], f"head{n}") for n in sorted({n for _, n in INFLIGHT_GROUPS})}
 
         m.d.comb += [self.next_head.valid.eq(1), self.next_head.word.eq(self.next_word),
                      self.next_head.error.eq(checker.error),
                      *[self.next_head.accs[i].eq(a) for i, a in enumerate(incoming)]]
         for g, (name, n) in enumerate(INFLIGHT_GROUPS):
-            future = [Signal(AccessLayout, name=f"{name}_next{i}") for i in range(n)]
-            m.d.comb += [f.eq(value) for f, value in zip(future, slots_next(name))]
-            m.d.comb += self.next_head.hits[g].eq(Cat(conflict(h, f) for h in incoming for f in future).any())
+            if name == "ex_drain":
+                hit = Mux(moving, hits_now["ex_issue"], hits_now[name])
+            elif unit_of[name]:
+                recording = leaving & Cat(opcode == op for op in unit_of[name]).any()
+                hit = Mux(recording, hits_head[n], hits_now[name])
+            else:
+                hit = hits_now[name]
+            m.d.comb += self.next_head.hits[g].eq(hit)
             # A kept head's bits change only when the drain slot takes over the issue slot's accesses.
             kept = Mux(ex.move, head_conflicts["ex_issue"], head_conflicts[name]) if name == "ex_drain" \
                 else head_conflicts[name]
