@@ -35,7 +35,7 @@ from .sram import DualWriteMemory, ReplicatedMemory
 from .store_unit import StoreMode, StoreUnit
 from .writeback_unit import WritebackUnit
 
-__all__ = ["Controller", "HeadState", "INFLIGHT_GROUPS", "check_rtl_config"]
+__all__ = ["Controller", "HeadState", "PreDecode", "INFLIGHT_GROUPS", "check_rtl_config"]
 
 #: In-flight access groups of the dispatcher: (name, access slots), in ``HeadState.hits`` bit order.
 INFLIGHT_GROUPS = (("ld", 1), ("pl", 2), ("ex_issue", 3), ("ex_drain", 3), ("wb", 4), ("st", 2))
@@ -53,6 +53,26 @@ class HeadState(data.Struct):
     error: 3
     accs: data.ArrayLayout(AccessLayout, 4)
     hits: len(INFLIGHT_GROUPS)
+
+_PRECISIONS = tuple(Precision)
+
+
+class PreAccess(data.Struct):
+    """An access decoded before the state it depends on is known: ``hi`` for every precision; a PE weight
+    buffer access (``space`` PEW) holds in ``lo`` whether it is ``~cur`` (PRELOAD) rather than ``cur``."""
+    valid: 1
+    write: 1
+    space: 3
+    lo: 17
+    hi: data.ArrayLayout(17, len(_PRECISIONS))
+
+
+class PreDecode(data.Struct):
+    """The decode of a command as it enters the pre-head register: ``CommandChecker`` error code and
+    accesses for every precision (``Precision`` order), resolved against precision / ``cur`` later."""
+    error: data.ArrayLayout(3, len(_PRECISIONS))
+    accs: data.ArrayLayout(PreAccess, 4)
+
 
 _LOAD_OPS = (Opcode.LOAD, Opcode.LOAD_BIAS, Opcode.LOAD_LUT)
 _BARRIER_OPS = (Opcode.CONFIG, Opcode.FENCE, Opcode.COUNTERS)
@@ -72,8 +92,11 @@ class Controller(wiring.Component):
     head : In(HeadState)
         The dispatcher's head register, held by ``hdl/top.py`` because it must load while the core is
         frozen (a program waiting for its next command).
-    next_word : In(COMMAND_BITS); running : In(1)
-        The command waiting behind the head, and whether the core advances this cycle.
+    cmd_word : In(COMMAND_BITS); cmd_decode : Out(PreDecode)
+        A command entering the pre-head register and its decode (registered with it by ``hdl/top.py``).
+    next_word : In(COMMAND_BITS); next_decode : In(PreDecode); running : In(1)
+        The command waiting behind the head with its registered decode, and whether the core advances
+        this cycle.
     next_head : Out(HeadState)
         What the head becomes if it loads ``next_word`` at the end of this cycle (``valid`` = 1). Valid
         only in the cycles where it may load: the head is empty or leaves (``consume`` and ``running``).
@@ -114,7 +137,8 @@ class Controller(wiring.Component):
         self.ld = LoadUnit(c)
         self.wb, self.st = WritebackUnit(c), StoreUnit(c)
         super().__init__({
-            "head": In(HeadState), "next_word": In(COMMAND_BITS), "running": In(1),
+            "head": In(HeadState), "cmd_word": In(COMMAND_BITS), "cmd_decode": Out(PreDecode),
+            "next_word": In(COMMAND_BITS), "next_decode": In(PreDecode), "running": In(1),
             "next_head": Out(HeadState), "kept_hits": Out(len(INFLIGHT_GROUPS)), "consume": Out(1),
             "din": In(8 * c.bus_bytes), "want_in": Out(1), "want_in_next": Out(1),
             "push": Out(1), "push_data": Out(8 * c.bus_bytes),
@@ -127,7 +151,7 @@ class Controller(wiring.Component):
         """The (at most four) accesses of command ``word``, mirroring golden/model.py: a list of
         combinational ``AccessLayout`` signals (unused ones invalid)."""
         v = {op: data.View(command_layout(op), word) for op in Opcode}
-        accs = [Signal(AccessLayout, name=f"next_acc{i}") for i in range(4)]
+        accs = [Signal(AccessLayout) for i in range(4)]
         with m.Switch(word[:4]):
             with m.Case(Opcode.LOAD):
                 m.d.comb += accs[0].eq(access(m, v[Opcode.LOAD].buf, v[Opcode.LOAD].addr, v[Opcode.LOAD].rows, 1))
@@ -235,9 +259,10 @@ class Controller(wiring.Component):
                      act_fn.qmax.eq(qmax), act_fn.shift.eq(shift), act_fn.multiplier.eq(multiplier)]
 
         # -- head: dispatched from registers, decoded the cycle before it loads --------------------
-        # The command behind the head (``next_word``) is checked, its accesses computed and compared
-        # with the in-flight accesses as they will be after this cycle's dispatch; the results are
-        # registered with the head. So the dispatch decision only ANDs registered conflict bits with
+        # The command behind the head (``next_word``, checked and its accesses computed for every
+        # precision as it entered the pre-head register) is resolved against the precision and ``cur``
+        # it will see and its accesses compared with the in-flight accesses as they will be after this
+        # cycle's dispatch; the results are registered with the head. So the dispatch decision only ANDs registered conflict bits with
         # the units' busy flags, and the head still refills in the cycle after a dispatch.
         head_word = self.head.word
         v = {op: data.View(command_layout(op), head_word) for op in Opcode}
@@ -296,9 +321,27 @@ class Controller(wiring.Component):
         leaving = self.head.valid & (self.head.error == 0)
         next_precision = Mux(leaving & (opcode == Opcode.CONFIG), v[Opcode.CONFIG].precision, precision)
         next_cur = cur ^ (leaving & (opcode == Opcode.PRELOAD))
-        m.submodules.checker = checker = CommandChecker(c)
-        m.d.comb += [checker.word.eq(self.next_word), checker.precision.eq(next_precision)]
-        incoming = self._accesses(m, self.next_word, next_precision, next_cur)
+        # Stage 1 (a command entering the pre-head register): checker and accesses for every precision.
+        for p in _PRECISIONS:
+            m.submodules[f"checker_{p.label}"] = checker = CommandChecker(c)
+            m.d.comb += [checker.word.eq(self.cmd_word), checker.precision.eq(p),
+                         self.cmd_decode.error[p].eq(checker.error)]
+            for i, a in enumerate(self._accesses(m, self.cmd_word, C(p, 2), C(0))):
+                m.d.comb += self.cmd_decode.accs[i].hi[p].eq(a.hi)
+                if p == Precision.INT8:   # (nothing but ``hi`` depends on the precision)
+                    pre = self.cmd_decode.accs[i]
+                    m.d.comb += [pre.valid.eq(a.valid), pre.write.eq(a.write), pre.space.eq(a.space),
+                                 pre.lo.eq(a.lo)]
+        # Stage 2 (the command behind the head): resolved against the state the next head will see.
+        decode = self.next_decode
+        incoming = []
+        for i in range(4):
+            pre, acc = decode.accs[i], Signal(AccessLayout, name=f"next_acc{i}")
+            pew, buf = pre.space == Space.PEW, pre.lo[0] ^ next_cur
+            m.d.comb += [acc.valid.eq(pre.valid), acc.write.eq(pre.write), acc.space.eq(pre.space),
+                         acc.lo.eq(Mux(pew, buf, pre.lo)),
+                         acc.hi.eq(Mux(pew, Cat(~buf, buf), pre.hi[next_precision]))]
+            incoming.append(acc)
 
         moving = ex.move & self.running              # the drain slot takes the issue slot's accesses
 
@@ -314,7 +357,7 @@ class Controller(wiring.Component):
         hits_head = {n: hit_any(head[:n], f"head{n}") for n in sorted({n for _, n in INFLIGHT_GROUPS})}
 
         m.d.comb += [self.next_head.valid.eq(1), self.next_head.word.eq(self.next_word),
-                     self.next_head.error.eq(checker.error),
+                     self.next_head.error.eq(decode.error[next_precision]),
                      *[self.next_head.accs[i].eq(a) for i, a in enumerate(incoming)]]
         for g, (name, n) in enumerate(INFLIGHT_GROUPS):
             if name == "ex_drain":

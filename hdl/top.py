@@ -24,7 +24,7 @@ from opennpu.config import NpuConfig
 from opennpu.golden.isa import COMMAND_BITS
 from opennpu.golden.program import COUNTER_NAMES
 
-from .controller import Controller, HeadState
+from .controller import Controller, HeadState, PreDecode
 from .counters import Counters
 from .fanout import BufferedEnableInserter
 
@@ -87,11 +87,14 @@ class NpuTop(wiring.Component):
         m.submodules.din_fifo = din_fifo = fifo.SyncFIFO(width=bus, depth=2)
         m.submodules.dout_fifo = dout_fifo = fifo.SyncFIFO(width=bus, depth=3)
 
-        # The pre-head register: the command behind the core's head, decoded by the core while it waits
-        # (hdl/controller.py). A program is open from the cycle its first command sits in the head.
+        # The pre-head register: the command behind the core's head with its first decode stage (checker
+        # and accesses for every precision, computed by the core as the command enters), resolved and
+        # compared with the in-flight accesses while it waits (hdl/controller.py). A program is open
+        # from the cycle its first command sits in the head.
         # The head register (decoded by the core the cycle before it loads) is kept here, outside the
         # clock enable: a program waiting for its next command is frozen and must still load it.
         pre_valid, pre, head = Signal(), Signal(CommandBeat), Signal(HeadState)
+        pre_decode = Signal(PreDecode)
         program_open = Signal()
 
         consumed = core.consume & run
@@ -100,7 +103,8 @@ class NpuTop(wiring.Component):
         push_out = core.push & run
         m.d.comb += [
             take.eq(pre_valid & (~head.valid | consumed)),
-            core.head.eq(head), core.next_word.eq(pre.word), core.running.eq(run),
+            core.head.eq(head), core.cmd_word.eq(self.cmd.payload.word),
+            core.next_word.eq(pre.word), core.next_decode.eq(pre_decode), core.running.eq(run),
             core.din.eq(din_fifo.r_data), core.counters.eq(perf.values),
             self.cmd.ready.eq(~pre_valid | take),
             din_fifo.w_en.eq(self.din.valid), din_fifo.w_data.eq(self.din.payload),
@@ -111,7 +115,7 @@ class NpuTop(wiring.Component):
         ]
 
         with m.If(self.cmd.valid & self.cmd.ready):
-            m.d.sync += [pre_valid.eq(1), pre.eq(self.cmd.payload)]
+            m.d.sync += [pre_valid.eq(1), pre.eq(self.cmd.payload), pre_decode.eq(core.cmd_decode)]
         with m.Elif(take):
             m.d.sync += pre_valid.eq(0)
         with m.If(take):
