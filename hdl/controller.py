@@ -110,7 +110,7 @@ class Controller(wiring.Component):
     push, push_data : Out
         A data-out beat this cycle.
     counters : In(ArrayLayout(unsigned(64), n))
-        Live counter values (for the COUNTERS snapshot).
+        The values a COUNTERS snapshot samples (``Counters.snapshot``, hdl/counters.py).
     events : Out(Events)
     busy : Out(1)
         Some unit is executing.

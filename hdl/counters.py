@@ -41,11 +41,16 @@ class Counters(wiring.Component):
     runs from the units' event logic into a 64-bit adder or from a multiply into the total.
     ``settled``: no event is in the pipeline (every value is final).
 
+    ``snapshot``: what a COUNTERS command dispatched in the previous running cycle d samples in the
+    next running cycle (``hdl/store_unit.py``): the event counters as they are (every event before d,
+    since nothing happens in d itself) and ``cycles`` / ``stall_cycles`` as they were in d (registered
+    in every running cycle). So no snapshot register is loaded by the dispatch decision itself.
+
     Members
     -------
     run, active, stall : In(1)
     events : In(Events)
-    values : Out(ArrayLayout(unsigned(64), len(COUNTER_NAMES)))
+    values, snapshot : Out(ArrayLayout(unsigned(64), len(COUNTER_NAMES)))
     settled : Out(1)
     """
 
@@ -56,6 +61,7 @@ class Counters(wiring.Component):
         self._config = config
         super().__init__({"run": In(1), "active": In(1), "stall": In(1), "events": In(Events),
                           "values": Out(data.ArrayLayout(unsigned(64), len(COUNTER_NAMES))),
+                          "snapshot": Out(data.ArrayLayout(unsigned(64), len(COUNTER_NAMES))),
                           "settled": Out(1)})
 
     def elaborate(self, platform):
@@ -93,4 +99,14 @@ class Counters(wiring.Component):
         total, pending = Signal(64), Signal(64)
         m.d.sync += [pending.eq(energy), total.eq(total + pending)]
         m.d.comb += value["energy_fj"].eq(total + pending)
+
+        run_mark = buffered(m, platform, self.run, "run_mark")
+        for i, name in enumerate(COUNTER_NAMES):
+            if name in self.LIVE:
+                mark = Signal(64, name=f"{name}_mark")
+                with m.If(run_mark):
+                    m.d.sync += mark.eq(value[name])
+                m.d.comb += self.snapshot[i].eq(mark)
+            else:
+                m.d.comb += self.snapshot[i].eq(value[name])
         return m

@@ -7,7 +7,6 @@ from opennpu.config import NpuConfig
 from opennpu.golden.program import COUNTER_NAMES
 
 from .common import read_port_signature
-from .counters import Counters
 
 __all__ = ["StoreMode", "StoreUnit"]
 
@@ -24,10 +23,8 @@ class StoreUnit(wiring.Component):
 
     Timing: ``start`` in cycle d; word 0 read in d+1; beats pushed d+2 .. d+1+n*b (b beats per word;
     the next word is read during the previous word's last beat); ``busy`` high d+1 .. d+1+n*b.
-    COUNTERS behaves as one word of ``beats(8 * len(COUNTER_NAMES))`` beats taken from ``counters``:
-    the snapshot holds every cycle and event before cycle d. ``cycles`` / ``stall_cycles`` are sampled
-    in cycle d, the event counters (one cycle more latency, ``hdl/counters.py``) in d+1. Nothing happens
-    in cycle d itself: COUNTERS dispatches only when every unit is idle.
+    COUNTERS behaves as one word of ``beats(8 * len(COUNTER_NAMES))`` beats taken from ``counters``
+    (``Counters.snapshot``), sampled in cycle d+1: every cycle and event before cycle d.
 
     Members
     -------
@@ -72,8 +69,6 @@ class StoreUnit(wiring.Component):
         with m.If(self.start):
             m.d.sync += [self.busy.eq(1), mode.eq(self.mode), first.eq(1), addr.eq(self.addr), beat.eq(0),
                          words_left.eq(Mux(self.mode == StoreMode.COUNTERS, 1, self.rows))]
-            with m.If(self.mode == StoreMode.COUNTERS):
-                m.d.sync += snapshot.eq(self.counters)
 
         read = Signal()
         with m.If(self.busy):
@@ -81,8 +76,7 @@ class StoreUnit(wiring.Component):
                 m.d.comb += read.eq(1)
                 m.d.sync += first.eq(0)
                 with m.If(mode == StoreMode.COUNTERS):
-                    m.d.sync += [snapshot[i].eq(self.counters[i]) for i, name in enumerate(COUNTER_NAMES)
-                                 if name not in Counters.LIVE]
+                    m.d.sync += snapshot.eq(self.counters)
             with m.Else():
                 m.d.comb += self.push.eq(1)
                 with m.Switch(mode):

@@ -105,7 +105,7 @@ class NpuTop(wiring.Component):
             take.eq(pre_valid & (~head.valid | consumed)),
             core.head.eq(head), core.cmd_word.eq(self.cmd.payload.word),
             core.next_word.eq(pre.word), core.next_decode.eq(pre_decode), core.running.eq(run),
-            core.din.eq(din_fifo.r_data), core.counters.eq(perf.values),
+            core.din.eq(din_fifo.r_data), core.counters.eq(perf.snapshot),
             self.cmd.ready.eq(~pre_valid | take),
             din_fifo.w_en.eq(self.din.valid), din_fifo.w_data.eq(self.din.payload),
             self.din.ready.eq(din_fifo.w_rdy), din_fifo.r_en.eq(pop_in),
