@@ -147,16 +147,21 @@ class ActivationUnit(wiring.Component):
         def stage_regs(elem_shape, name):
             return Signal(data.ArrayLayout(elem_shape, self._lanes), reset_less=True, name=name)
 
-        # Shift decode (parameters are static while rows are in flight).
+        # Shift decode, registered: a row entering in cycle t meets the decode of ``shift`` as it was in
+        # t (stage 2 runs in t+1), and ``shift`` is static while rows are in flight.
         left = Signal(range(31))
         right = Signal(range(32))
         half = Signal(32)           # one-hot bit e-1 of the rounding right shift; zero when e == 0
-        m.d.comb += [
-            left.eq(Mux(self.shift > 0, self.shift, 0)),
-            right.eq(Mux(self.shift < 0, -self.shift, 0)),
-            half.eq((Const(1, 33) << right) >> 1),
+        below_half = Signal(32)     # bits below e-1 (unused when e == 0, where half is zero)
+        sat_hi, sat_lo = Signal(signed(32)), Signal(signed(32))   # x << left saturates beyond these
+        left_now = Mux(self.shift > 0, self.shift, 0)[:5]
+        right_now = Mux(self.shift < 0, -self.shift, 0)[:5]
+        half_now = ((Const(1, 33) << right_now) >> 1)[:32]
+        m.d.sync += [
+            left.eq(left_now), right.eq(right_now), half.eq(half_now), below_half.eq(half_now - 1),
+            sat_hi.eq(Const(_INT32_MAX, signed(32)) >> left_now),
+            sat_lo.eq(Const(_INT32_MIN, signed(32)) >> left_now),
         ]
-        below_half = half - 1       # bits below e-1 (unused when e == 0, where half is zero)
 
         # 1: bias add (wraps to 32 bits).
         a_valid = Signal()
@@ -165,15 +170,16 @@ class ActivationUnit(wiring.Component):
         with m.If(self.i_valid):
             m.d.sync += [a_x[i].eq(self.i_acc[i] + self.bias[i]) for i in range(self._lanes)]
 
-        # 2: saturating left shift.
+        # 2: saturating left shift (x << left > INT32_MAX exactly when x > INT32_MAX >> left, and
+        # x << left < INT32_MIN exactly when x < INT32_MIN >> left: compares beside the shifter).
         s_valid = Signal()
         s_x = stage_regs(signed(32), "s_x")
         m.d.sync += s_valid.eq(a_valid)
         with m.If(a_valid):
             for i in range(self._lanes):
-                wide = a_x[i] << left
-                m.d.sync += s_x[i].eq(Mux(wide > _INT32_MAX, _INT32_MAX,
-                                          Mux(wide < _INT32_MIN, _INT32_MIN, wide)))
+                shifted = (a_x[i] << left)[:32].as_signed()
+                m.d.sync += s_x[i].eq(Mux(a_x[i] > sat_hi, _INT32_MAX,
+                                          Mux(a_x[i] < sat_lo, _INT32_MIN, shifted)))
 
         # 3: multiply with the srdhm nudge folded in, in three stages: four 16x16 partial products
         # (one DSP block each), two partial sums, the 64-bit total.
