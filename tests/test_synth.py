@@ -104,3 +104,26 @@ def test_real_ice40_build_reports_what_does_not_fit(tmp_path):
         pytest.skip("YoWASP tools not installed (pip install opennpu[fpga])")
     with pytest.raises(BuildFailed, match=r"does not fit icebreaker .*ICESTORM_LC \d+/5280"):
         synthesize("icebreaker", synth_config("icebreaker", 2, 2), build_dir=tmp_path)
+
+
+@pytest.mark.parametrize("block", ["array", "activation", "npu"])
+def test_block_harness_elaborates(block):
+    """Each out-of-context block (synth/blocks.py) converts to RTLIL inside its 64-bit harness."""
+    from amaranth.back import rtlil
+    from opennpu.config import NpuConfig
+    from opennpu.synth.blocks import _block, harness
+    il = rtlil.convert(harness(_block(block, NpuConfig(rows=2, cols=2, act_depth=64, wgt_depth=64,
+                                                       acc_depth=64))), name="top")
+    assert "module \\top" in il and "wire width 64 input 0 \\i" in il.replace("  ", " ")
+    with pytest.raises(ValueError, match="unknown block 'pe'"):
+        _block("pe", NpuConfig(rows=2, cols=2))
+
+
+@pytest.mark.slow
+def test_real_block_build_reports_fmax(tmp_path):
+    if not _tools("ulx3s-85f"):
+        pytest.skip("YoWASP tools not installed (pip install opennpu[fpga])")
+    from opennpu.config import NpuConfig
+    from opennpu.synth.blocks import block_fmax
+    result = block_fmax("activation", NpuConfig(rows=2, cols=2), build_dir=tmp_path)
+    assert result.fmax_mhz > 0 and result.luts > 0 and result.ffs > 0 and result.dsps > 0
