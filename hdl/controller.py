@@ -334,21 +334,28 @@ class Controller(wiring.Component):
                                  pre.lo.eq(a.lo)]
         # Stage 2 (the command behind the head): resolved against the state the next head will see.
         decode = self.next_decode
-        incoming = []
-        for i in range(4):
-            pre, acc = decode.accs[i], Signal(AccessLayout, name=f"next_acc{i}")
-            pew, buf = pre.space == Space.PEW, pre.lo[0] ^ next_cur
-            m.d.comb += [acc.valid.eq(pre.valid), acc.write.eq(pre.write), acc.space.eq(pre.space),
-                         acc.lo.eq(Mux(pew, buf, pre.lo)),
-                         acc.hi.eq(Mux(pew, Cat(~buf, buf), pre.hi[next_precision]))]
-            incoming.append(acc)
+
+        def resolved(prec, name):
+            accs = []
+            for i in range(4):
+                pre, acc = decode.accs[i], Signal(AccessLayout, name=f"{name}{i}")
+                pew, buf = pre.space == Space.PEW, pre.lo[0] ^ next_cur
+                m.d.comb += [acc.valid.eq(pre.valid), acc.write.eq(pre.write), acc.space.eq(pre.space),
+                             acc.lo.eq(Mux(pew, buf, pre.lo)),
+                             acc.hi.eq(Mux(pew, Cat(~buf, buf), pre.hi[prec]))]
+                accs.append(acc)
+            return accs
+        incoming = resolved(next_precision, "next_acc")
+        # The conflict bits use the current precision: they differ only when the head is a CONFIG that
+        # leaves, and CONFIG dispatches with every unit idle and records nothing, so then no bit is used.
+        compared = resolved(precision, "compared_acc")
 
         moving = ex.move & self.running              # the drain slot takes the issue slot's accesses
 
         def hit_any(accs, name):
             """1 when an incoming access conflicts with one of ``accs`` (a registered set of accesses)."""
             hit = Signal(name=f"hit_{name}")
-            m.d.comb += hit.eq(Cat(conflict(h, a) for h in incoming for a in accs).any())
+            m.d.comb += hit.eq(Cat(conflict(h, a) for h in compared for a in accs).any())
             return hit
 
         # Each group's slots after this cycle are the recorded head, the issue slot's accesses (drain slot,
