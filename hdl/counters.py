@@ -34,11 +34,12 @@ class Counters(wiring.Component):
 
     ``cycles`` += ``active`` and ``stall_cycles`` += ``stall`` every cycle; their values include every
     cycle before the current one. The events of each running (``run``) cycle go through a pipeline:
-    registered first, then added to each event counter while their cost (from the configuration's
-    energy table, the same ``event_costs`` the golden model uses) is registered, then that cost is
-    added to the energy total. The event counters and ``energy_fj`` (total + registered cost) read in
-    cycle t therefore include the events of every cycle before t - 1: two cycles of latency, and no path
-    runs from the units' event logic into a 64-bit adder or from a multiply into the total.
+    registered first (with the MACs' energy, a multiply), then added to each event counter while their
+    cost (from the configuration's energy table, the same ``event_costs`` the golden model uses) is
+    registered, then that cost is added to the energy total. The event counters and ``energy_fj``
+    (total + registered cost) read in cycle t therefore include the events of every cycle before t - 1:
+    two cycles of latency, and no path runs from the units' event logic into a 64-bit adder, from a
+    multiply into the cost sum or from the cost sum into the total.
     ``settled``: no event is in the pipeline (every value is final).
 
     ``snapshot``: what a COUNTERS command dispatched in the previous running cycle d samples in the
@@ -79,7 +80,13 @@ class Counters(wiring.Component):
         m.d.comb += [counted.eq(self.events),
                      counted.macs.eq(Mux(self.events.row, self.events.macs, 0)),
                      counted.int4_macs.eq(self.events.row & self.events.int4_macs)]
-        m.d.sync += ev.eq(Mux(buffered(m, platform, self.run, "run_events"), counted, 0))
+        cost, cost_int4 = event_costs(c), event_costs(c, Precision.A4W4)
+        run_events = buffered(m, platform, self.run, "run_events")
+        # The MACs' energy (a multiply, in a DSP block) is computed in this stage, beside the register.
+        mac_energy = Signal(64)
+        m.d.sync += [ev.eq(Mux(run_events, counted, 0)),
+                     mac_energy.eq(Mux(run_events, counted.macs * Mux(counted.int4_macs, cost_int4["macs"],
+                                                                       cost["macs"]), 0))]
         m.d.comb += self.settled.eq(ev.as_value() == 0)
         # Stage 2: the event counters add them; their energy cost is registered in ``pending``.
         increments = {
@@ -92,9 +99,7 @@ class Counters(wiring.Component):
         }
         for name, inc in increments.items():
             m.d.sync += value[name].eq(value[name] + inc)
-        cost, cost_int4 = event_costs(c), event_costs(c, Precision.A4W4)
-        energy = sum(increments[name] * cost[name] for name in cost if name != "macs")
-        energy += increments["macs"] * Mux(ev.int4_macs, cost_int4["macs"], cost["macs"])
+        energy = sum(increments[name] * cost[name] for name in cost if name != "macs") + mac_energy
         # Stage 3: the total adds the registered cost; the value read is total + pending.
         total, pending = Signal(64), Signal(64)
         m.d.sync += [pending.eq(energy), total.eq(total + pending)]
