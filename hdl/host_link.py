@@ -66,7 +66,8 @@ class HostLink(wiring.Component):
     rx_overrun, rx_framing_error : In(1)
         Sticky receiver errors, reported in the STATUS flags.
     npu_reset : Out(1)
-        One-cycle pulse: reset the NPU.
+        One-cycle pulse, from a register (it reaches every flip-flop of the NPU): reset the NPU and the
+        drains, in the cycle after the RESET frame's last byte.
     """
 
     def __init__(self, config: NpuConfig, *, frame_max: int = 512, timeout: int = 1 << 20):
@@ -109,6 +110,8 @@ class HostLink(wiring.Component):
         c = self._config
         fmax = self._frame_max
         len_bits = (fmax - 1).bit_length() + 1          # 0..frame_max
+        reset_request = Signal()                         # a RESET frame ended this cycle
+        m.d.sync += self.npu_reset.eq(reset_request)
 
         # -- per-stream state (0: commands, 1: data-in) -----------------------------------------
         bufs = [memory.Memory(shape=8, depth=fmax, init=[]) for _ in range(2)]
@@ -215,7 +218,7 @@ class HostLink(wiring.Component):
                     with m.Elif(r_type == FrameType.INFO):
                         m.d.sync += info_pend.eq(1)
                     with m.Elif(r_type == FrameType.RESET):
-                        m.d.comb += self.npu_reset.eq(1)
+                        m.d.comb += reset_request.eq(1)
                         m.d.sync += [ack_reset.eq(1), ack_reset_seq.eq(r_seq)]
                     with m.Else():
                         for s in range(2):
@@ -338,7 +341,7 @@ class HostLink(wiring.Component):
                         m.next = "FETCH"
 
         # -- RESET: sequence numbers, buffers and drains start over (after this cycle's updates) -----
-        with m.If(self.npu_reset):
+        with m.If(reset_request):
             m.d.sync += [busy[0].eq(0), busy[1].eq(0), seen[0].eq(0), seen[1].eq(0),
                          ack_pend[0].eq(0), ack_pend[1].eq(0), dout_seq.eq(0), crc_errors.eq(0)]
         return m
