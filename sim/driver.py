@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from opennpu.config import NpuConfig
+from opennpu.golden.deps import check_program
 from opennpu.golden.model import GoldenNpu
 from opennpu.golden.program import Program, Result
 
@@ -52,8 +53,11 @@ class Npu:
             self._options["fst"] = fst
 
     def run(self, program: Program) -> Result:
+        """Run ``program`` from reset. A program whose ``wait`` tokens leave a hazard unordered is refused
+        before anything runs (``golden.deps.HazardError``, naming both commands)."""
         if self.backend == "golden":
-            return GoldenNpu(self.config).run(program)
+            return GoldenNpu(self.config).run(program)       # (checks the tokens as it goes)
+        check_program(program, self.config)
         if self.backend == "uart":
             from .uart_host import run_uart
             return run_uart(self.config, program, **self._options)
