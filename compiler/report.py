@@ -122,6 +122,9 @@ def write_report(layers: list[Layer], config: NpuConfig, out_dir: str | Path, *,
     ``fused``: optional ``{"fused": counters, "unfused": counters}`` of the whole model compiled with
     and without on-chip activation chaining (from the model compiler).
     """
+    for name, mhz in (("fpga_mhz", fpga_mhz), ("asic_mhz", asic_mhz)):
+        if mhz is not None and not mhz > 0:             # also refuses nan
+            raise ValueError(f"{name} must be > 0, got {mhz}")
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -129,7 +132,7 @@ def write_report(layers: list[Layer], config: NpuConfig, out_dir: str | Path, *,
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    fpga_mhz = fpga_mhz or DEFAULT_FPGA_MHZ
+    fpga_mhz = DEFAULT_FPGA_MHZ if fpga_mhz is None else fpga_mhz
     config = config.with_(precisions=PRECISIONS)
     rows, precisions = [], {}
     with Progress(transient=True) as progress:
