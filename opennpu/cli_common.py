@@ -4,12 +4,13 @@ from __future__ import annotations
 import json
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from opennpu.config import DATAFLOWS, PRECISIONS, NpuConfig, parse_array
 
 __all__ = ["add_config_args", "config_from_args", "emit", "fail", "check_output_file", "check_output_dir",
-           "check_input_file"]
+           "check_input_file", "busy"]
 
 
 def add_config_args(parser, *, precision=True):
@@ -58,6 +59,24 @@ def check_output_dir(path: str, flag: str):
 def check_input_file(path: str, what: str):
     if not Path(path).is_file():
         raise ValueError(f"{what} {path!r} not found" if not Path(path).exists() else f"{what} {path!r} is not a file")
+
+
+@contextmanager
+def busy(args, text: str):
+    """While long work runs: a spinner with the elapsed time on stderr, only where stderr is a
+    terminal, never under ``--json`` (and none without rich, an optional dependency)."""
+    try:
+        from rich.console import Console
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    except ImportError:
+        Progress = None
+    if Progress is None or args.json or not sys.stderr.isatty():
+        yield
+        return
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=True) as progress:
+        progress.add_task(text, total=None)
+        yield
 
 
 def fail(args, message: str, code: int = 2) -> int:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from opennpu.cli_common import add_config_args, check_output_file, config_from_args, emit, fail
+from opennpu.cli_common import add_config_args, busy, check_output_file, config_from_args, emit, fail
 
 __all__ = ["register", "run_gemm", "gemm_memory_bytes"]
 
@@ -120,9 +120,11 @@ def _run(args, backend, **options) -> int:
     if need > args.max_gb:
         return fail(args, f"GEMM {args.m}x{args.k}x{args.n} needs about {need:.1f} GB of host memory "
                           f"(estimated), over --max-gb {args.max_gb:g}; use smaller dimensions or raise --max-gb")
+    note = " (a first run on a configuration builds the model: minutes)" if backend == "verilator" else ""
     try:
-        report = run_gemm(config, args.m, args.k, args.n, precision=args.precision, act=args.act,
-                          seed=args.seed, backend=backend, **options)
+        with busy(args, f"GEMM {args.m}x{args.k}x{args.n} on {backend}{note}"):
+            report = run_gemm(config, args.m, args.k, args.n, precision=args.precision, act=args.act,
+                              seed=args.seed, backend=backend, **options)
     except BackendUnavailable as error:
         return fail(args, f"backend {backend!r} unavailable: {error}")
     emit(args, report, _text(report))

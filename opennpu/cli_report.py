@@ -57,7 +57,7 @@ def _cmd_report(args) -> int:
     else:
         layers, title = _gemm_layers(args.gemm), "GEMM layers"
     report = write_report(layers, config, args.output, fpga_mhz=args.fpga_mhz, asic_mhz=args.asic_mhz,
-                          gpu=args.gpu, fused=fused, title=title)
+                          gpu=args.gpu, fused=fused, title=title, progress=not args.json)
     t = report["total"]
     emit(args, {**report, "output": args.output},
          f"wrote {args.output}/report.md: {len(report['layers'])} layers, {t['cycles']} cycles, "

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from opennpu.cli_common import add_config_args, check_input_file, check_output_file, config_from_args, emit, fail
+from opennpu.cli_common import (add_config_args, busy, check_input_file, check_output_file, config_from_args, emit,
+                                 fail)
 
 __all__ = ["register", "run_report"]
 
@@ -87,7 +88,8 @@ def _cmd_run(args) -> int:
     except (OSError, ValueError) as error:
         return fail(args, f"cannot read input {args.input!r}: {error}")
     try:
-        outputs, report = run_report(args.model, x, config_from_args(args), args.backend, not args.no_fuse)
+        with busy(args, f"{args.model} on {args.backend}"):
+            outputs, report = run_report(args.model, x, config_from_args(args), args.backend, not args.no_fuse)
     except ImportError as error:
         return fail(args, f"{error}; install onnx (pip install onnx)")
     except BackendUnavailable as error:

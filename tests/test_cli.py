@@ -184,3 +184,16 @@ def test_ctrl_c_during_sim_removes_the_partial_waveform(tmp_path, capsys, monkey
     err = one_line_error(capsys, ["sim", "--m", "2", "--k", "2", "--n", "2", "--array", "2x2", "--vcd", str(vcd)],
                          "interrupted; removed the partial waveform files", code=130)
     assert str(vcd) in err and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("json_flag", [False, True])
+def test_progress_on_a_terminal_never_under_json(capsys, monkeypatch, json_flag):
+    pytest.importorskip("rich")
+    import sys
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    code, out, err = run(capsys, "gemm", "--m", "4", "--k", "3", "--n", "2", *(["--json"] if json_flag else []))
+    assert code == 0
+    if json_flag:
+        assert err == "" and json.loads(out)["verified"]
+    else:
+        assert "GEMM 4x3x2 on golden" in err
