@@ -46,6 +46,20 @@ def run_pysim(config: NpuConfig, program: Program, *, backpressure: int | None =
     def rng_for(stream):
         return None if backpressure is None else random.Random(f"{backpressure}-{stream}")
 
+    def ticker(ctx, limit=None):
+        """``await tick(*signals)``: one cycle, True if every signal was 1 at its clock edge; past
+        ``limit`` cycles (the whole run's, sending the commands included) ``TimeoutError``."""
+        cycles = 0
+
+        async def tick(*signals):
+            nonlocal cycles
+            cycles += 1
+            if limit is not None and cycles > limit:
+                raise TimeoutError(f"NPU not idle after {limit} cycles: it reached the cycle limit")
+            _, _, *values = await ctx.tick().sample(*signals)
+            return all(values)
+        return tick
+
     async def send(ctx, port, payloads, rng, tick):
         for payload in payloads:
             for _ in range(gaps(rng)):
@@ -56,22 +70,8 @@ def run_pysim(config: NpuConfig, program: Program, *, backpressure: int | None =
                 pass
             ctx.set(port.valid, 0)
 
-    def free_tick(ctx):
-        async def tick(*signals):
-            return (await ctx.tick().sample(*signals))[2:] == (1,) * len(signals)
-        return tick
-
     async def commands(ctx):
-        cycles = 0
-
-        async def tick(*signals):
-            """One cycle (True if every ``signal`` was 1 at the edge); the whole run's cycle limit."""
-            nonlocal cycles
-            cycles += 1
-            if cycles > max_cycles:
-                raise TimeoutError(f"NPU not idle after {max_cycles} cycles: it reached the cycle limit")
-            return (await ctx.tick().sample(*signals))[2:] == (1,) * len(signals)
-
+        tick = ticker(ctx, max_cycles)
         await send(ctx, dut.cmd, [{"word": w, "last": int(i == len(words) - 1)} for i, w in enumerate(words)],
                    rng_for("cmd"), tick)
         while not ctx.get(dut.status.idle):
@@ -81,7 +81,7 @@ def run_pysim(config: NpuConfig, program: Program, *, backpressure: int | None =
         done["rejected"] = ctx.get(dut.status.rejected)
 
     async def data_in(ctx):
-        await send(ctx, dut.din, beats, rng_for("din"), free_tick(ctx))
+        await send(ctx, dut.din, beats, rng_for("din"), ticker(ctx))
 
     async def data_out(ctx):
         rng = rng_for("dout")
