@@ -27,6 +27,7 @@ from typing import Callable
 import numpy as np
 
 from opennpu.config import NpuConfig
+from opennpu.golden.deps import order_program
 from opennpu.golden.isa import ActFn, Buf, Command, Opcode, Precision
 from opennpu.golden.program import Program
 from opennpu.golden.timing import array_latency
@@ -98,6 +99,7 @@ class Emitter:
     chunks: list = field(default_factory=list)       # bytes or (Deferred, word width)
     #: data-out events in push order: ("activate", tag) per ``dest=1`` activate, ("counters", tag)
     outputs: list = field(default_factory=list)
+    _ordered: tuple = field(default=(-1, []), init=False, repr=False)   # (commands seen, ordered commands)
 
     def cmd(self, op: Opcode, **fields):
         self.commands.append(Command(op, **fields))
@@ -145,12 +147,18 @@ class Emitter:
         self.cmd(Opcode.COUNTERS)
         self.outputs.append(("counters", tag))
 
+    def ordered(self) -> list:
+        """The commands with the ``wait`` tokens that order them (``golden.deps.order_program``)."""
+        if self._ordered[0] != len(self.commands):
+            self._ordered = (len(self.commands), order_program(Program(self.commands), self.config).commands)
+        return self._ordered[1]
+
     def program(self, source=None) -> Program:
-        """Assemble the data-in stream; ``Deferred`` payloads are resolved from ``source``."""
+        """The ordered commands and their data-in stream; ``Deferred`` payloads come from ``source``."""
         data = bytearray()
         for chunk in self.chunks:
             data += self._pad_words(chunk.words(source)) if isinstance(chunk, Deferred) else chunk
-        return Program(list(self.commands), bytes(data))
+        return Program(list(self.ordered()), bytes(data))
 
 
 def row_pieces(rows: int, count: int) -> list:

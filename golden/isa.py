@@ -4,7 +4,8 @@ Binary format
 -------------
 Every command is one 128-bit little-endian word. Bits ``[3:0]`` hold the opcode; the other fields sit
 at fixed positions per opcode (table ``FIELDS`` below; the RTL builds its ``data.StructLayout`` views
-from the same table). Bits not covered by a field are reserved and must be zero.
+from the same table). Bits not covered by a field are reserved and must be zero. Every opcode carries
+``wait`` in bits ``[125:120]``: the dependency tokens the compiler sets (``Wait``, below).
 
 ======== ====== ==============================================================================
 opcode   value  fields (bit offset:width)
@@ -36,6 +37,15 @@ Dataflows (``NpuConfig.dataflow``) read ``PRELOAD``/``COMPUTE`` differently:
   ``mrows`` x ``ncols`` tile, which is then written (or added, ``accumulate``) to accumulator rows
   ``accaddr .. accaddr + mrows - 1``.
 
+Dependencies (``wait`` 120:6, every opcode)
+-------------------------------------------
+The hardware compares no addresses. A command waits, before it dispatches, until every unit named in its
+``wait`` bits has finished all earlier commands (``Wait.EX_OLDER``: all earlier COMPUTEs but the most
+recent one). The compiler sets the bits (``golden/deps.py``: ``order_program``); the golden model and
+the drivers refuse a program in which two conflicting commands of different units are not ordered by
+them (``HazardError``, naming both). CONFIG, FENCE and COUNTERS wait for every unit anyway. Bits 126 and
+127 are reserved (zero, like every reserved bit) for the tokens of units still to come.
+
 Opcodes 0 and 11..15 are illegal. Semantic checks that depend on the configuration (address ranges,
 supported precisions, ``rows >= 1``) are not part of encoding: the hardware and the golden model reject
 such commands with a sticky error code (``ErrorCode``) and execute nothing.
@@ -45,7 +55,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-__all__ = ["Opcode", "ErrorCode", "Buf", "Precision", "ActFn", "Field", "FIELDS", "COMMAND_BITS",
+__all__ = ["Opcode", "ErrorCode", "Buf", "Precision", "ActFn", "Wait", "WAIT_FIELD", "Field", "FIELDS", "COMMAND_BITS",
            "Command", "DecodeError", "encode", "decode", "encode_program", "decode_program", "reserved_mask"]
 
 COMMAND_BITS = 128
@@ -102,6 +112,16 @@ class ActFn(enum.IntEnum):
     LUT = 1     # as CLAMP, then look the int8 result up in the 256-entry LUT
 
 
+class Wait(enum.IntFlag):
+    """Dependency tokens of a command (its ``wait`` field): units whose earlier commands must be done."""
+    LD = 1 << 0         # every earlier LOAD, LOAD_BIAS, LOAD_LUT
+    PL = 1 << 1         # every earlier PRELOAD
+    EX = 1 << 2         # every earlier COMPUTE, drained into the accumulators
+    EX_OLDER = 1 << 3   # every earlier COMPUTE but the most recent one (the one in the drain slot)
+    ACT = 1 << 4        # every earlier ACTIVATE
+    ST = 1 << 5         # every earlier STORE, COUNTERS
+
+
 @dataclass(frozen=True)
 class Field:
     name: str
@@ -117,6 +137,9 @@ class Field:
     def hi(self) -> int:
         return (1 << (self.width - 1)) - 1 if self.signed else (1 << self.width) - 1
 
+
+#: The dependency tokens, at the same place in every opcode.
+WAIT_FIELD = Field("wait", 120, 6)
 
 #: Field table per opcode, the single source of the binary format.
 FIELDS: dict[Opcode, tuple[Field, ...]] = {
@@ -136,6 +159,7 @@ FIELDS: dict[Opcode, tuple[Field, ...]] = {
     Opcode.COUNTERS: (),
     Opcode.FENCE: (),
 }
+FIELDS = {op: fields + (WAIT_FIELD,) for op, fields in FIELDS.items()}
 
 
 class DecodeError(ValueError):
@@ -174,11 +198,10 @@ class Command:
             args.append((f.name, value))
         object.__setattr__(self, "op", op)
         object.__setattr__(self, "args", tuple(args))
+        for name, value in args:                 # fields read as attributes (``cmd.rows``)
+            object.__setattr__(self, name, value)
 
-    def __getattr__(self, name):
-        for key, value in object.__getattribute__(self, "args"):
-            if key == name:
-                return value
+    def __getattr__(self, name):                 # (only called for names that are not fields)
         raise AttributeError(f"{object.__getattribute__(self, 'op').name} has no field {name!r}")
 
     @property
@@ -186,11 +209,16 @@ class Command:
         return dict(self.args)
 
     def __repr__(self):
-        inner = ", ".join(f"{k}={v}" for k, v in self.args)
+        inner = ", ".join(f"{k}={Wait(v)!r}" if k == "wait" else f"{k}={v}" for k, v in self.args
+                          if k != "wait" or v)
         return f"{self.op.name}({inner})"
 
     def encode(self) -> int:
         return encode(self)
+
+    def with_fields(self, **fields) -> "Command":
+        """A copy with some fields replaced (e.g. ``cmd.with_fields(wait=Wait.LD)``)."""
+        return Command(self.op, **{**self.fields, **fields})
 
 
 def encode(cmd: Command) -> int:

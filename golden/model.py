@@ -1,8 +1,10 @@
 """The golden model: executes a ``Program`` on numpy state, bit-exact and cycle-exact with the RTL.
 
 Functional state: activation / weight SRAMs (bytes), accumulator SRAM (int32), bias and LUT registers,
-the CONFIG registers, and the two PE weight buffers. Commands take effect in program order (the
-hardware's hazard checks guarantee the same result despite overlapping units). Timing comes from
+the CONFIG registers, and the two PE weight buffers. Commands take effect in program order: the
+program's ``wait`` tokens order every conflicting pair of commands of different units, which the model
+checks as it goes (``golden/deps.py``; an unordered pair raises ``HazardError``), so the overlapping
+units of the hardware compute the same result. Timing comes from
 ``timing.CycleModel``; energy from the configuration's energy table, one cost per counted event.
 """
 from __future__ import annotations
@@ -12,85 +14,17 @@ import numpy as np
 from opennpu.config import NpuConfig
 
 from . import numerics
-from .isa import ActFn, Buf, Command, DecodeError, ErrorCode, Opcode, Precision, decode
-from .program import COUNTER_NAMES, Program, Result
-from .timing import Access, CycleModel, Space
+from .checks import k_tile, stream_weight_words, validate, weight_words
+from .deps import DependencyTracker, HazardError, accesses
+from .isa import ActFn, Buf, ErrorCode, Precision
+from .program import COUNTER_NAMES, Program, ProgramError, Result
+from .timing import CycleModel
 
 __all__ = ["GoldenNpu", "validate", "k_tile", "weight_words", "stream_weight_words", "event_costs",
-           "ProgramError"]
+           "ProgramError", "HazardError"]
 
-_SPACE_OF_BUF = {Buf.ACT: Space.ACT, Buf.WGT: Space.WGT, Buf.ACC: Space.ACC}
 COUNTER_BEATS_BYTES = 8 * len(COUNTER_NAMES)
 REJECTED_MAX = 0xFFFF
-
-
-class ProgramError(ValueError):
-    """The program cannot run at all (e.g. its data-in stream is shorter than its LOADs need)."""
-
-
-def k_tile(config: NpuConfig, precision: Precision) -> int:
-    """K depth of one weight tile: two int4 activations per PE per cycle in a4w4."""
-    return config.rows * (2 if precision == Precision.A4W4 else 1)
-
-
-def weight_words(precision: Precision, krows: int) -> int:
-    """Weight SRAM words holding ``krows`` rows of a tile (int4 weights pack two rows per word)."""
-    return krows if precision == Precision.INT8 else -(-krows // 2)
-
-
-def stream_weight_words(precision: Precision, steps: int) -> int:
-    """Weight SRAM words an output-stationary ``COMPUTE`` of ``steps`` K steps reads: one per step,
-    except a8w4, where a word holds the weight rows of two steps."""
-    return -(-steps // 2) if precision == Precision.A8W4 else steps
-
-
-def _depth(config: NpuConfig, buf: Buf) -> int:
-    return {Buf.ACT: config.act_depth, Buf.WGT: config.wgt_depth, Buf.ACC: config.acc_depth}[buf]
-
-
-def validate(word: int, config: NpuConfig, precision: Precision) -> tuple[ErrorCode, Command | None]:
-    """Check one raw command word against the configuration; ``(ErrorCode.OK, cmd)`` if it may run.
-
-    Check order (the RTL reports the same first failure): opcode, reserved bits, precision, other
-    field values, address ranges.
-    """
-    if word & 0xF == Opcode.PRELOAD and config.dataflow == "os":
-        return ErrorCode.BAD_OPCODE, None          # no PRELOAD in the output-stationary ISA
-    try:
-        cmd = decode(word)
-    except DecodeError:
-        opcode = word & 0xF
-        return (ErrorCode.BAD_FIELD if opcode in set(Opcode) else ErrorCode.BAD_OPCODE), None
-    op, f = cmd.op, cmd.fields
-    field_ok, range_ok = True, True
-    if op == Opcode.CONFIG:
-        if f["precision"] > max(Precision) or Precision(f["precision"]).label not in config.precisions:
-            return ErrorCode.BAD_PRECISION, None
-        field_ok = f["act"] <= max(ActFn) and f["qmin"] <= f["qmax"] and \
-            numerics.SHIFT_MIN <= f["shift"] <= numerics.SHIFT_MAX
-    elif op in (Opcode.LOAD, Opcode.STORE):
-        field_ok = f["buf"] <= (Buf.WGT if op == Opcode.LOAD else Buf.ACC)
-        range_ok = field_ok and 1 <= f["rows"] and f["addr"] + f["rows"] <= _depth(config, Buf(f["buf"]))
-    elif op == Opcode.PRELOAD:
-        field_ok = 1 <= f["krows"] <= k_tile(config, precision) and 1 <= f["ncols"] <= config.cols
-        range_ok = f["addr"] + weight_words(precision, f["krows"]) <= config.wgt_depth
-    elif op == Opcode.COMPUTE and config.dataflow == "os":
-        field_ok = 1 <= f["mrows"] <= config.rows and 1 <= f["ncols"] <= config.cols
-        range_ok = (1 <= f["rows"] and f["aaddr"] + f["rows"] <= config.act_depth
-                    and f["waddr"] + stream_weight_words(precision, f["rows"]) <= config.wgt_depth
-                    and f["accaddr"] + f["mrows"] <= config.acc_depth)
-    elif op == Opcode.COMPUTE:
-        field_ok = f["waddr"] == f["mrows"] == f["ncols"] == 0
-        range_ok = (1 <= f["rows"] and f["aaddr"] + f["rows"] <= config.act_depth
-                    and f["accaddr"] + f["rows"] <= config.acc_depth)
-    elif op == Opcode.ACTIVATE:
-        range_ok = (1 <= f["rows"] and f["accaddr"] + f["rows"] <= config.acc_depth
-                    and (f["dest"] == 1 or f["aaddr"] + f["rows"] <= config.act_depth))
-    if not field_ok:
-        return ErrorCode.BAD_FIELD, None
-    if not range_ok:
-        return ErrorCode.BAD_RANGE, None
-    return ErrorCode.OK, cmd
 
 
 def event_costs(config: NpuConfig, precision: Precision = Precision.INT8) -> dict[str, int]:
@@ -135,6 +69,7 @@ class GoldenNpu:
         self.rejected = 0
         self.counters = dict.fromkeys(COUNTER_NAMES, 0)
         self.timeline = CycleModel(c.rows, c.cols, c.dataflow)
+        self.deps = DependencyTracker()
         self._costs = {p: event_costs(c, p) for p in Precision}
         self.trace: list[tuple[object, int]] = []   # (command or raw word, dispatch cycle)
 
@@ -149,14 +84,14 @@ class GoldenNpu:
     def run(self, program: Program) -> Result:
         self._din = memoryview(bytes(program.data_in))
         self._dout = bytearray()
-        for word in program.words():
-            self._step(word)
+        for index, word in enumerate(program.words()):
+            self._step(index, word)
         if len(self._din):
             raise ProgramError(f"{len(self._din)} data-in bytes left over after the last command")
         self.counters["cycles"] = self.timeline.total_cycles()
         return Result(bytes(self._dout), dict(self.counters), self.error, self.rejected)
 
-    def _step(self, word: int):
+    def _step(self, index: int, word: int):
         code, cmd = validate(word, self.config, self.regs["precision"])
         if code != ErrorCode.OK:
             if self.error == ErrorCode.OK:
@@ -164,6 +99,7 @@ class GoldenNpu:
             self.rejected = min(self.rejected + 1, REJECTED_MAX)       # 16-bit saturating in hardware
             self.trace.append((word, self.timeline.reject()))
             return
+        self.deps.dispatch(index, cmd, accesses(cmd, self.config, self.regs["precision"], self.cur))
         d = getattr(self, "_" + cmd.op.name.lower())(cmd)
         self.trace.append((cmd, d))
 
@@ -195,27 +131,27 @@ class GoldenNpu:
         sram = self.act if buf == Buf.ACT else self.wgt
         word = sram.shape[1]
         beats = c.beats(word)
-        d = self.timeline.load([Access(_SPACE_OF_BUF[buf], cmd.addr, cmd.rows, True)], beats * cmd.rows)
+        d = self.timeline.load(cmd.wait, beats * cmd.rows)
         raw = np.frombuffer(self._take(beats * c.bus_bytes * cmd.rows), np.uint8)
         sram[cmd.addr:cmd.addr + cmd.rows] = raw.reshape(cmd.rows, beats * c.bus_bytes)[:, :word]
         self._count(dma_in_bytes=beats * c.bus_bytes * cmd.rows,
                     **{("act_writes" if buf == Buf.ACT else "wgt_writes"): cmd.rows})
         return d
 
-    def _load_register(self, space: Space, nbytes: int, index: int = 0) -> tuple[int, bytes]:
+    def _load_register(self, waits: int, nbytes: int) -> tuple[int, bytes]:
         beats = self.config.beats(nbytes)
-        d = self.timeline.load([Access(space, index, 1, True)], beats)
+        d = self.timeline.load(waits, beats)
         data = self._take(beats * self.config.bus_bytes)[:nbytes]
         self._count(dma_in_bytes=beats * self.config.bus_bytes)
         return d, data
 
     def _load_bias(self, cmd):
-        d, data = self._load_register(Space.BIAS, 4 * self.config.cols, cmd.bank)
+        d, data = self._load_register(cmd.wait, 4 * self.config.cols)
         self.bias[cmd.bank] = np.frombuffer(data, "<i4").astype(np.int64)
         return d
 
     def _load_lut(self, cmd):
-        d, data = self._load_register(Space.LUT, 256)
+        d, data = self._load_register(cmd.wait, 256)
         self.lut = np.frombuffer(data, np.int8).astype(np.int64)
         return d
 
@@ -224,8 +160,7 @@ class GoldenNpu:
         words = weight_words(precision, cmd.krows)
         target = 1 - self.cur
         pe_rows = words if precision == Precision.A4W4 else cmd.krows      # one PE row per cycle
-        d = self.timeline.preload([Access(Space.WGT, cmd.addr, words, False),
-                                   Access(Space.PEW, target, 1, True)], pe_rows)
+        d = self.timeline.preload(cmd.wait, pe_rows)
         rows = self._weight_rows(cmd.addr, words)
         tile = np.zeros_like(self.pe_weights[target])
         tile[:cmd.krows, :cmd.ncols] = rows[:cmd.krows, :cmd.ncols]
@@ -252,9 +187,7 @@ class GoldenNpu:
     def _compute(self, cmd):
         if self.config.dataflow == "os":
             return self._compute_os(cmd)
-        d = self.timeline.compute([Access(Space.ACT, cmd.aaddr, cmd.rows, False),
-                                   Access(Space.ACC, cmd.accaddr, cmd.rows, True),
-                                   Access(Space.PEW, self.cur, 1, False)], cmd.rows)
+        d = self.timeline.compute(cmd.wait, cmd.rows)
         a = self._activations(cmd.aaddr, cmd.rows)
         w = self.pe_weights[self.cur][:a.shape[1]]
         result = numerics.wrap_int32(a @ w)
@@ -268,9 +201,7 @@ class GoldenNpu:
         """Output-stationary COMPUTE: ``rows`` K steps into an ``mrows`` x ``ncols`` output tile."""
         c, precision = self.config, self.regs["precision"]
         words = stream_weight_words(precision, cmd.rows)
-        d = self.timeline.compute_os([Access(Space.ACT, cmd.aaddr, cmd.rows, False),
-                                      Access(Space.WGT, cmd.waddr, words, False),
-                                      Access(Space.ACC, cmd.accaddr, cmd.mrows, True)], cmd.rows, cmd.mrows)
+        d = self.timeline.compute_os(cmd.wait, cmd.rows, cmd.mrows)
         raw_a = self.act[cmd.aaddr:cmd.aaddr + cmd.rows]
         if precision == Precision.A4W4:      # step j, lane i: K values 2j and 2j+1 of output row i
             a = numerics.unpack_int4(raw_a).reshape(cmd.rows, c.rows, 2).transpose(1, 0, 2).reshape(c.rows, -1)
@@ -290,10 +221,7 @@ class GoldenNpu:
     def _activate(self, cmd):
         c, r = self.config, self.regs
         to_output = cmd.dest == 1
-        target = Access(Space.OUT, 0, 1, True) if to_output else Access(Space.ACT, cmd.aaddr, cmd.rows, True)
-        d = self.timeline.activate([Access(Space.ACC, cmd.accaddr, cmd.rows, False),
-                                    Access(Space.BIAS, cmd.bank, 1, False), Access(Space.LUT, 0, 1, False),
-                                    target], cmd.rows, to_output)
+        d = self.timeline.activate(cmd.wait, cmd.rows, to_output)
         y = numerics.activation_unit(self.acc[cmd.accaddr:cmd.accaddr + cmd.rows], self.bias[cmd.bank],
                                      r["multiplier"], r["shift"], r["out_zp"], r["qmin"], r["qmax"],
                                      self.lut if r["act"] == ActFn.LUT else None)
@@ -318,8 +246,7 @@ class GoldenNpu:
             sram = self.act if buf == Buf.ACT else self.wgt
             words = [row.tobytes() for row in sram[cmd.addr:cmd.addr + cmd.rows]]
         beats = c.beats(len(words[0]))
-        d = self.timeline.store([Access(_SPACE_OF_BUF[buf], cmd.addr, cmd.rows, False),
-                                 Access(Space.OUT, 0, 1, True)], beats * cmd.rows)
+        d = self.timeline.store(cmd.wait, beats * cmd.rows)
         self._count(**{f"{buf.name.lower()}_reads": cmd.rows})
         for w in words:
             self._push(w)

@@ -7,13 +7,17 @@ from dataclasses import dataclass, field
 
 from .isa import COMMAND_BITS, Command, ErrorCode, encode
 
-__all__ = ["COUNTER_NAMES", "Program", "Result", "decode_counters"]
+__all__ = ["COUNTER_NAMES", "ProgramError", "Program", "Result", "decode_counters"]
 
 #: Hardware counters, in the order the ``COUNTERS`` command emits them (64-bit little-endian each)
 #: and the status port exposes them.
 COUNTER_NAMES = ("cycles", "busy_cycles", "stall_cycles", "macs", "act_reads", "act_writes",
                  "wgt_reads", "wgt_writes", "acc_reads", "acc_writes", "dma_in_bytes",
                  "dma_out_bytes", "act_ops", "energy_fj")
+
+
+class ProgramError(ValueError):
+    """The program cannot run at all (e.g. its data-in stream is shorter than its LOADs need)."""
 
 
 @dataclass

@@ -28,11 +28,11 @@ The head dispatches in cycle ``d`` (the next command is in the head from ``d+1``
 
 - it is malformed or fails a range check: it is rejected at once (no wait, nothing executes);
 - CONFIG, FENCE, COUNTERS: every unit is free;
-- otherwise: its unit is free and none of its accesses conflicts with an access of a command still
-  in flight in *another* unit (same space, overlapping address range, at least one write).
+- otherwise: its unit is free and every unit its ``wait`` tokens name (``golden/isa.py`` ``Wait``) has
+  finished its earlier commands: the release cycle of that unit's last command (``Wait.EX_OLDER``: of
+  the COMPUTE before the last). No addresses are compared: the compiler orders conflicting commands
+  with the tokens (``golden/deps.py``).
 
-Accesses are ``(space, lo, hi, write)``; spaces are the three SRAMs, the bias and LUT registers, the
-two PE weight buffers (PRELOAD writes ``1 - cur``, COMPUTE reads ``cur``) and the data-out port.
 All stream back-pressure freezes the whole machine (see ``hdl/top.py``), so this timeline is the RTL's
 timeline with the stall cycles removed: ``cycles - stall_cycles`` equals the model's ``cycles``.
 
@@ -44,7 +44,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-__all__ = ["Unit", "Space", "Access", "array_latency", "ACT_LATENCY", "conflict", "CycleModel"]
+from .isa import Wait
+
+__all__ = ["Unit", "Space", "Access", "array_latency", "ACT_LATENCY", "conflict", "WAIT_OF_UNIT", "CycleModel"]
 
 #: Fused activation unit pipeline depth (cycles from accumulator data to result), see hdl/activation.py:
 #: bias, shift, three multiply stages, rounding shift, zero point, clamp, LUT read, select.
@@ -92,11 +94,8 @@ def conflict(x: Access, y: Access) -> bool:
     return x.space == y.space and (x.write or y.write) and x.lo < y.hi and y.lo < x.hi
 
 
-@dataclass
-class _InFlight:
-    unit: Unit
-    accesses: tuple
-    release: int
+#: The wait token that waits for a unit's earlier commands.
+WAIT_OF_UNIT = {Unit.LD: Wait.LD, Unit.PL: Wait.PL, Unit.EX: Wait.EX, Unit.ACT: Wait.ACT, Unit.ST: Wait.ST}
 
 
 class CycleModel:
@@ -107,8 +106,8 @@ class CycleModel:
         self.drain_cycles = array_latency(rows, cols) + 1 if dataflow == "ws" else None
         self.head = 0                      # cycle in which the next command sits in the head
         self.free = {u: 0 for u in Unit}   # first cycle each unit can accept a dispatch
-        self.drain_free = 0                # first cycle the EX drain slot is empty
-        self.inflight: list[_InFlight] = []
+        self.release = {u: 0 for u in Unit}   # cycle the last command of each unit is done
+        self.ex_older_release = 0          # ... and of the COMPUTE before the last one
         self.last_dispatch = -1
         self.last_push = -2                # cycle of the last push into the output register
         self.max_release = 0
@@ -117,7 +116,6 @@ class CycleModel:
         return max([self.max_release, *self.free.values()])
 
     def _retire(self, d: int):
-        self.inflight = [f for f in self.inflight if f.release > d]
         self.last_dispatch = d
         self.head = d + 1
 
@@ -132,65 +130,67 @@ class CycleModel:
         self._retire(d)
         return d
 
-    def _dispatch_cycle(self, unit: Unit, accesses) -> int:
+    def _dispatch_cycle(self, unit: Unit, waits: int) -> int:
         d = max(self.head, self.free[unit])
-        for f in self.inflight:
-            if f.unit != unit and any(conflict(a, b) for a in accesses for b in f.accesses):
-                d = max(d, f.release)
+        for u, token in WAIT_OF_UNIT.items():
+            if waits & token:
+                d = max(d, self.release[u])
+        if waits & Wait.EX_OLDER:
+            d = max(d, self.ex_older_release)
         return d
 
-    def _record(self, unit, accesses, d, free, release):
+    def _record(self, unit, d, free, release):
         self._retire(d)
         self.free[unit] = free
-        self.inflight.append(_InFlight(unit, tuple(accesses), release))
+        if unit == Unit.EX:
+            self.ex_older_release = self.release[unit]
+        self.release[unit] = release
         self.max_release = max(self.max_release, release)
 
-    def load(self, accesses, beats: int) -> int:
-        d = self._dispatch_cycle(Unit.LD, accesses)
-        self._record(Unit.LD, accesses, d, d + beats + 1, d + beats + 1)
+    def load(self, waits: int, beats: int) -> int:
+        d = self._dispatch_cycle(Unit.LD, waits)
+        self._record(Unit.LD, d, d + beats + 1, d + beats + 1)
         return d
 
-    def preload(self, accesses, words: int) -> int:
-        d = self._dispatch_cycle(Unit.PL, accesses)
-        self._record(Unit.PL, accesses, d, d + words + 2, d + words + 2)
+    def preload(self, waits: int, words: int) -> int:
+        d = self._dispatch_cycle(Unit.PL, waits)
+        self._record(Unit.PL, d, d + words + 2, d + words + 2)
         return d
 
-    def compute(self, accesses, rows: int) -> int:
-        d = self._dispatch_cycle(Unit.EX, accesses)
-        move = max(d + rows, self.drain_free)
+    def compute(self, waits: int, rows: int) -> int:
+        d = self._dispatch_cycle(Unit.EX, waits)
+        move = max(d + rows, self.release[Unit.EX])
         release = move + self.drain_cycles + 1
-        self.drain_free = release
-        self._record(Unit.EX, accesses, d, move + 1, release)
+        self._record(Unit.EX, d, move + 1, release)
         return d
 
-    def compute_os(self, accesses, steps: int, mrows: int) -> int:
+    def compute_os(self, waits: int, steps: int, mrows: int) -> int:
         """Output-stationary COMPUTE (``hdl/os_execute_unit.py``): the issue phase lasts
         ``P = max(steps, cols - 1)`` cycles (idle ones first, so a tile's results are drained before
         the next tile overwrites them), then the command waits for the drain slot like a WS COMPUTE;
         output row i is written in cycle m+cols+3+i, the slot frees after the last one."""
-        d = self._dispatch_cycle(Unit.EX, accesses)
-        move = max(d + max(steps, self.cols - 1), self.drain_free)
+        d = self._dispatch_cycle(Unit.EX, waits)
+        move = max(d + max(steps, self.cols - 1), self.release[Unit.EX])
         release = move + self.cols + mrows + 3
-        self.drain_free = release
-        self._record(Unit.EX, accesses, d, move + 1, release)
+        self._record(Unit.EX, d, move + 1, release)
         return d
 
-    def activate(self, accesses, rows: int, to_output: bool) -> int:
-        d = self._dispatch_cycle(Unit.ACT, accesses)
-        self._record(Unit.ACT, accesses, d, d + rows + ACT_LATENCY + 2, d + rows + ACT_LATENCY + 2)
+    def activate(self, waits: int, rows: int, to_output: bool) -> int:
+        d = self._dispatch_cycle(Unit.ACT, waits)
+        self._record(Unit.ACT, d, d + rows + ACT_LATENCY + 2, d + rows + ACT_LATENCY + 2)
         if to_output:
             self.last_push = max(self.last_push, d + rows + ACT_LATENCY + 1)
         return d
 
-    def store(self, accesses, beats: int) -> int:
-        d = self._dispatch_cycle(Unit.ST, accesses)
-        self._record(Unit.ST, accesses, d, d + beats + 2, d + beats + 2)
+    def store(self, waits: int, beats: int) -> int:
+        d = self._dispatch_cycle(Unit.ST, waits)
+        self._record(Unit.ST, d, d + beats + 2, d + beats + 2)
         self.last_push = max(self.last_push, d + beats + 1)
         return d
 
     def counters_snapshot(self, beats: int) -> int:
         d = max(self.head, self._all_free())
-        self._record(Unit.ST, (Access(Space.OUT, 0, 1, True),), d, d + beats + 2, d + beats + 2)
+        self._record(Unit.ST, d, d + beats + 2, d + beats + 2)
         self.last_push = max(self.last_push, d + beats + 1)
         return d
 

@@ -2,10 +2,8 @@
 from amaranth import Cat, Mux, Signal
 from amaranth.lib import memory
 
-from opennpu.golden.isa import Precision
 
-__all__ = ["addr_bits", "read_port_signature", "write_port_signature", "delay_line", "weight_lane",
-           "preload_words", "stream_words"]
+__all__ = ["addr_bits", "read_port_signature", "write_port_signature", "delay_line", "weight_lane"]
 
 
 def addr_bits(depth: int) -> int:
@@ -28,17 +26,6 @@ def delay_line(m, value, cycles, name):
         m.d.sync += reg.eq(value)
         value = reg
     return value
-
-
-def preload_words(precision, krows):
-    """Weight SRAM words a PRELOAD of ``krows`` K rows reads (``golden.model.weight_words``)."""
-    return Mux(precision == Precision.INT8, krows, (krows + 1) >> 1)
-
-
-def stream_words(precision, steps):
-    """Weight SRAM words an output-stationary COMPUTE of ``steps`` reads
-    (``golden.model.stream_weight_words``)."""
-    return Mux(precision == Precision.A8W4, (steps + 1) >> 1, steps)
 
 
 def _nibble(byte_array, index):

@@ -1,21 +1,24 @@
-"""Command decoding and validation in hardware, generated from the one ISA table in ``golden/isa.py``.
+"""Command decoding and validation in hardware, generated from the ISA tables in ``golden/``.
 
 ``command_layout(op)`` gives a ``data.FlexibleLayout`` over the 128-bit command word whose fields sit
 exactly where ``isa.FIELDS`` puts them, so encoder, golden model and RTL cannot drift apart.
-``CommandChecker`` computes the error code ``golden.model.validate`` computes, combinationally.
+``CommandChecker`` evaluates the same per-opcode rules as ``golden.checks.validate``
+(``golden.checks.rules``) on those fields, combinationally.
 """
+from types import SimpleNamespace
+
 from amaranth import *
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from opennpu.config import NpuConfig
-from opennpu.golden.isa import (COMMAND_BITS, FIELDS, ActFn, Buf, ErrorCode, Opcode, Precision,
-                                reserved_mask)
-from opennpu.golden.numerics import SHIFT_MAX, SHIFT_MIN
+from opennpu.golden.checks import rules
+from opennpu.golden.isa import COMMAND_BITS, FIELDS, ErrorCode, Opcode, reserved_mask
 
-from .common import preload_words, stream_words
+__all__ = ["HW_OPS", "command_layout", "CommandChecker"]
 
-__all__ = ["command_layout", "CommandChecker"]
+#: ``ops`` of the ``golden.checks`` rules for Amaranth values.
+HW_OPS = SimpleNamespace(select=Mux, all=lambda *conds: Cat(*conds).all(), any=lambda *conds: Cat(*conds).any())
 
 
 def command_layout(op: Opcode) -> data.FlexibleLayout:
@@ -27,17 +30,18 @@ def command_layout(op: Opcode) -> data.FlexibleLayout:
 
 
 class CommandChecker(wiring.Component):
-    """Validates the command in the dispatcher's head register (purely combinational).
+    """Validates a command word (purely combinational).
 
     Members
     -------
     word : In(128)
         The raw command word.
     precision : In(2)
-        The current CONFIG precision (decides the K depth of a weight tile and the words a stream reads).
+        The CONFIG precision it is checked in (decides the K depth of a weight tile and the words a
+        stream reads).
     error : Out(3)
         ``ErrorCode``: OK, or the first failing check in the order opcode, reserved bits, precision,
-        field values, address ranges (the order ``golden.model.validate`` uses).
+        field values, address ranges (the order ``golden.checks.validate`` uses).
     """
 
     def __init__(self, config: NpuConfig):
@@ -46,60 +50,17 @@ class CommandChecker(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        cfg, word = self._config, self.word
-        views = {op: data.View(command_layout(op), word) for op in Opcode}
-        depth = {Buf.ACT: cfg.act_depth, Buf.WGT: cfg.wgt_depth, Buf.ACC: cfg.acc_depth}
-
-        def fits(addr, count, limit):
-            return (count != 0) & (addr + count <= limit)
-
-        def depth_of(buf):
-            return Mux(buf == Buf.ACT, depth[Buf.ACT], Mux(buf == Buf.WGT, depth[Buf.WGT], depth[Buf.ACC]))
-
-        field_ok, range_ok = Signal(init=1), Signal(init=1)
-        opcode = word[:4]
-        with m.Switch(opcode):
-            for op in Opcode:
-                if op == Opcode.PRELOAD and cfg.dataflow == "os":
-                    continue                         # no PRELOAD in the output-stationary ISA
+        word = self.word
+        with m.Switch(word[:4]):
+            for op, rule in rules(self._config).items():
                 with m.Case(op):
-                    v = views[op]
-                    if op == Opcode.CONFIG:
-                        supported = Cat(v.precision == Precision.from_label(p) for p in cfg.precisions).any()
-                        precision_ok = Signal()
-                        m.d.comb += precision_ok.eq(supported)
-                        m.d.comb += field_ok.eq((v.act <= max(ActFn)) & (v.qmin <= v.qmax)
-                                                & (v.shift >= SHIFT_MIN) & (v.shift <= SHIFT_MAX))
-                    elif op in (Opcode.LOAD, Opcode.STORE):
-                        last_buf = Buf.WGT if op == Opcode.LOAD else Buf.ACC
-                        m.d.comb += field_ok.eq(v.buf <= last_buf)
-                        m.d.comb += range_ok.eq(fits(v.addr, v.rows, depth_of(v.buf)))
-                    elif op == Opcode.PRELOAD:
-                        k_tile = Mux(self.precision == Precision.A4W4, 2 * cfg.rows, cfg.rows)
-                        words = preload_words(self.precision, v.krows)
-                        m.d.comb += field_ok.eq((v.krows >= 1) & (v.krows <= k_tile)
-                                                & (v.ncols >= 1) & (v.ncols <= cfg.cols))
-                        m.d.comb += range_ok.eq(v.addr + words <= cfg.wgt_depth)
-                    elif op == Opcode.COMPUTE and cfg.dataflow == "os":
-                        words = stream_words(self.precision, v.rows)
-                        m.d.comb += field_ok.eq((v.mrows >= 1) & (v.mrows <= cfg.rows)
-                                                & (v.ncols >= 1) & (v.ncols <= cfg.cols))
-                        m.d.comb += range_ok.eq(fits(v.aaddr, v.rows, cfg.act_depth)
-                                                & (v.waddr + words <= cfg.wgt_depth)
-                                                & (v.accaddr + v.mrows <= cfg.acc_depth))
-                    elif op == Opcode.COMPUTE:
-                        m.d.comb += field_ok.eq((v.waddr == 0) & (v.mrows == 0) & (v.ncols == 0))
-                        m.d.comb += range_ok.eq(fits(v.aaddr, v.rows, cfg.act_depth)
-                                                & (v.accaddr + v.rows <= cfg.acc_depth))
-                    elif op == Opcode.ACTIVATE:
-                        m.d.comb += range_ok.eq(fits(v.accaddr, v.rows, cfg.acc_depth)
-                                                & (v.dest | (v.aaddr + v.rows <= cfg.act_depth)))
-                    reserved = (word & reserved_mask(op)).any()
-                    with m.If(reserved):
+                    precision_ok, field_ok, range_ok = (
+                        Value.cast(ok) for ok in rule(data.View(command_layout(op), word), self.precision,
+                                                      self._config, HW_OPS))
+                    with m.If((word & reserved_mask(op)).any()):
                         m.d.comb += self.error.eq(ErrorCode.BAD_FIELD)
-                    if op == Opcode.CONFIG:
-                        with m.Elif(~precision_ok):
-                            m.d.comb += self.error.eq(ErrorCode.BAD_PRECISION)
+                    with m.Elif(~precision_ok):
+                        m.d.comb += self.error.eq(ErrorCode.BAD_PRECISION)
                     with m.Elif(~field_ok):
                         m.d.comb += self.error.eq(ErrorCode.BAD_FIELD)
                     with m.Elif(~range_ok):

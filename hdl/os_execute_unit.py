@@ -7,7 +7,7 @@ from opennpu.config import NpuConfig
 from opennpu.golden.isa import Precision
 
 from .common import read_port_signature, weight_lane, write_port_signature
-from .os_array import OsStep, OutputStationaryArray
+from .os_array import OsStep
 
 __all__ = ["OsExecuteUnit"]
 

@@ -24,7 +24,8 @@ from opennpu.config import NpuConfig
 from opennpu.golden.isa import COMMAND_BITS
 from opennpu.golden.program import COUNTER_NAMES
 
-from .controller import Controller, HeadState, PreDecode
+from .controller import Controller
+from .dispatcher import HeadState
 from .counters import Counters
 from .fanout import BufferedEnableInserter
 
@@ -87,14 +88,14 @@ class NpuTop(wiring.Component):
         m.submodules.din_fifo = din_fifo = fifo.SyncFIFO(width=bus, depth=2)
         m.submodules.dout_fifo = dout_fifo = fifo.SyncFIFO(width=bus, depth=3)
 
-        # The pre-head register: the command behind the core's head with its first decode stage (checker
-        # and accesses for every precision, computed by the core as the command enters), resolved and
-        # compared with the in-flight accesses while it waits (hdl/controller.py). A program is open
-        # from the cycle its first command sits in the head.
-        # The head register (decoded by the core the cycle before it loads) is kept here, outside the
-        # clock enable: a program waiting for its next command is frozen and must still load it.
+        # The pre-head register: the command behind the core's head with its checker codes for every
+        # configured precision (computed by the dispatcher as the command enters, hdl/dispatcher.py).
+        # A program is open from the cycle its first command sits in the head.
+        # The head register (its code selected by the dispatcher the cycle before it loads) is kept
+        # here, outside the clock enable: a program waiting for its next command is frozen and must
+        # still load it.
         pre_valid, pre, head = Signal(), Signal(CommandBeat), Signal(HeadState)
-        pre_decode = Signal(PreDecode)
+        pre_errors = Signal.like(core.cmd_errors)
         program_open = Signal()
 
         consumed = core.consume & run
@@ -104,7 +105,7 @@ class NpuTop(wiring.Component):
         m.d.comb += [
             take.eq(pre_valid & (~head.valid | consumed)),
             core.head.eq(head), core.cmd_word.eq(self.cmd.payload.word),
-            core.next_word.eq(pre.word), core.next_decode.eq(pre_decode), core.running.eq(run),
+            core.next_word.eq(pre.word), core.next_errors.eq(pre_errors),
             core.din.eq(din_fifo.r_data), core.counters.eq(perf.snapshot),
             self.cmd.ready.eq(~pre_valid | take),
             din_fifo.w_en.eq(self.din.valid), din_fifo.w_data.eq(self.din.payload),
@@ -115,13 +116,13 @@ class NpuTop(wiring.Component):
         ]
 
         with m.If(self.cmd.valid & self.cmd.ready):
-            m.d.sync += [pre_valid.eq(1), pre.eq(self.cmd.payload), pre_decode.eq(core.cmd_decode)]
+            m.d.sync += [pre_valid.eq(1), pre.eq(self.cmd.payload), pre_errors.eq(core.cmd_errors)]
         with m.Elif(take):
             m.d.sync += pre_valid.eq(0)
         with m.If(take):
             m.d.sync += [head.eq(core.next_head), program_open.eq(~pre.last)]
         with m.Elif(run):
-            m.d.sync += [head.valid.eq(head.valid & ~core.consume), head.hits.eq(core.kept_hits)]
+            m.d.sync += head.valid.eq(head.valid & ~core.consume)
 
         # -- the stall decision for the next cycle, from this cycle's next-state values ------------
         head_valid_next = pre_valid | (head.valid & ~consumed)

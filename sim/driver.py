@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 from opennpu.config import NpuConfig
+from opennpu.golden.checks import validate
+from opennpu.golden.deps import check_program
 from opennpu.golden.isa import Buf, ErrorCode, Opcode, Precision
-from opennpu.golden.model import GoldenNpu, ProgramError, validate
-from opennpu.golden.program import Program, Result
+from opennpu.golden.model import GoldenNpu
+from opennpu.golden.program import Program, ProgramError, Result
 
-__all__ = ["BACKENDS", "BackendUnavailable", "Npu", "check_program", "data_in_takes"]
+__all__ = ["BACKENDS", "BackendUnavailable", "Npu", "program_words", "data_in_takes"]
 
 BACKENDS = ("golden", "pysim", "verilator", "uart")
 
@@ -35,7 +37,7 @@ def data_in_takes(config: NpuConfig, words: list[int]) -> list[int]:
     return takes
 
 
-def check_program(config: NpuConfig, program: Program) -> list[int]:
+def program_words(config: NpuConfig, program: Program) -> list[int]:
     """The program's command words, once it is known to be runnable: at least one command, every
     word a 128-bit int (``Program.words``), data-in whole beats and exactly as long as its LOADs
     take. Every backend calls this before it runs anything, so all refuse the same programs with
@@ -99,11 +101,14 @@ class Npu:
             self._options["fst"] = fst
 
     def run(self, program: Program) -> Result:
-        """Run ``program`` from reset. A program no backend can run (``check_program``) raises
-        ``ValueError`` / ``ProgramError`` before anything runs, the same on every backend."""
+        """Run ``program`` from reset. A program no backend can run is refused before anything runs, the
+        same way on every backend: ``ValueError`` / ``ProgramError`` (``program_words``), then, for a
+        program whose ``wait`` tokens leave a hazard unordered, ``golden.deps.HazardError`` (naming both
+        commands)."""
+        program_words(self.config, program)
         if self.backend == "golden":
-            check_program(self.config, program)
-            return GoldenNpu(self.config).run(program)
+            return GoldenNpu(self.config).run(program)       # (checks the tokens as it goes)
+        check_program(program, self.config)
         if self.backend == "uart":
             from .uart_host import run_uart
             return run_uart(self.config, program, **self._options)

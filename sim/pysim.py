@@ -15,7 +15,7 @@ from opennpu.golden.program import COUNTER_NAMES, Program, Result
 from opennpu.hdl.controller import check_rtl_config
 from opennpu.hdl.top import NpuTop
 
-from .driver import check_program
+from .driver import program_words
 
 __all__ = ["run_pysim", "split_beats"]
 
@@ -33,7 +33,7 @@ def run_pysim(config: NpuConfig, program: Program, *, backpressure: int | None =
     ``max_cycles`` bounds the whole run (sending the commands included): over it, ``TimeoutError``.
     """
     check_rtl_config(config)
-    words = check_program(config, program)
+    words = program_words(config, program)
     dut = NpuTop(config)
     beats = split_beats(program.data_in, config.bus_bytes)
     outputs: list[int] = []

@@ -22,10 +22,9 @@ from opennpu.config import NpuConfig
 from opennpu.golden.isa import ErrorCode
 from opennpu.golden.link import (STATUS_BYTES, FrameParser, FrameType, NakReason, StatusFlag, decode_info,
                                  decode_status, encode_frame)
-from opennpu.golden.model import ProgramError
-from opennpu.golden.program import Program, Result
+from opennpu.golden.program import Program, ProgramError, Result
 
-from .driver import check_program
+from .driver import program_words
 
 __all__ = ["LinkError", "UartTimeout", "SerialLink", "UartHost", "run_uart"]
 
@@ -262,7 +261,7 @@ class UartHost:
 
     def run(self, program: Program) -> Result:
         """Run ``program`` from reset; returns data-out bytes, counters and status like every backend."""
-        check_program(self.config, program)
+        program_words(self.config, program)
         self._deadline = self._now() + self.run_timeout
         for attempt in range(self.retries):
             try:

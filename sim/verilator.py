@@ -51,7 +51,7 @@ from opennpu.config import NpuConfig
 from opennpu.golden.isa import ErrorCode
 from opennpu.golden.program import COUNTER_NAMES, Program, Result, decode_counters
 
-from .driver import BackendUnavailable, check_program
+from .driver import BackendUnavailable, program_words
 
 __all__ = ["HARNESS_SOURCE", "WRAPPER_SOURCE", "TOP_NAME", "cache_dir", "find_tools", "build_harness",
            "run_verilator", "run_verilator_batch"]
@@ -262,7 +262,7 @@ def _encode(config: NpuConfig, programs: Sequence[Program], seeds: Sequence[int 
     bus = config.bus_bytes
     parts = [struct.pack("<II", _MAGIC_IN, len(programs))]
     for program, seed in zip(programs, seeds):
-        words = check_program(config, program)
+        words = program_words(config, program)
         data = bytes(program.data_in)
         parts.append(struct.pack("<QQIIIQ", max_cycles or 0, _MAX_QUIET, len(words), len(data) // bus,
                                  seed is not None, (seed or 0) & ((1 << 64) - 1)))

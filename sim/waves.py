@@ -7,7 +7,8 @@ __all__ = ["gtkw_traces"]
 def gtkw_traces(top) -> dict:
     """``{group: [signals]}`` for ``Simulator.write_vcd(traces=...)`` from an ``NpuTop``."""
     core = top.core
-    ex, pl, ld, wb, st, array = core.ex, core.pl, core.ld, core.wb, core.st, core.array
+    engine = core.engine
+    ex, pl, ld, wb, st, array = engine.ex, engine.pl, core.ld, core.wb, core.st, engine.array
     if pl is None:                         # output-stationary: weights stream with the activations
         datapath = [array.a_valid, array.a_first, array.a_last, array.a_data, array.w_data, array.drain_row,
                     array.drain_data]

@@ -50,7 +50,8 @@ class BlockResult:
 
 def _block(name: str, config: NpuConfig):
     if name == "array":
-        return _array(config)
+        from opennpu.hdl.engine import array_for
+        return array_for(config)
     if name == "activation":
         from opennpu.hdl.activation import ActivationUnit
         return ActivationUnit(config.cols, min(config.bus_bytes, 256))
@@ -58,15 +59,6 @@ def _block(name: str, config: NpuConfig):
         from opennpu.hdl.top import NpuTop
         return NpuTop(config)
     raise ValueError(f"unknown block {name!r}; expected one of {', '.join(BLOCKS)}")
-
-
-def _array(config: NpuConfig):
-    int4_pairs = "a4w4" in config.precisions
-    if config.dataflow == "os":
-        from opennpu.hdl.os_array import OutputStationaryArray
-        return OutputStationaryArray(config.rows, config.cols, int4_pairs=int4_pairs)
-    from opennpu.hdl.array import SystolicArray
-    return SystolicArray(config.rows, config.cols, int4_pairs=int4_pairs)
 
 
 def harness(block):

@@ -2,7 +2,8 @@
 
 ``random_program(config, rng)`` mixes every command kind with malformed words (random 128-bit words,
 illegal opcodes, reserved bits, out-of-range addresses, zero rows, illegal buffers and fields,
-unsupported precisions) and ends with a full read-back of the three SRAMs. ``with_bad_commands``
+unsupported precisions) and ends with a full read-back of the three SRAMs; ``golden.deps.order_program``
+adds the ``wait`` tokens that order it. ``with_bad_commands``
 mixes malformed words into an existing program (e.g. a compiled GEMM). Whether a command will be
 accepted, and so whether it consumes data-in, is decided by the golden ``validate`` on the precision
 the accepted CONFIGs so far have set, so the data-in stream always matches.
@@ -20,6 +21,7 @@ from opennpu.config import NpuConfig
 from opennpu.golden import numerics
 from opennpu.golden.isa import (COMMAND_BITS, ActFn, Buf, Command, ErrorCode, Opcode, Precision, encode,
                                 reserved_mask)
+from opennpu.golden.deps import order_program
 from opennpu.golden.model import k_tile, stream_weight_words, validate, weight_words
 from opennpu.golden.program import Program
 
@@ -50,7 +52,13 @@ def _depth(config: NpuConfig, buf: Buf) -> int:
 
 
 def good_command(config: NpuConfig, rng: random.Random, precision: Precision, *, max_rows: int = 8) -> Command:
-    """A command that the configuration accepts in the current ``precision``."""
+    """A command that the configuration accepts in the current ``precision``; one in four waits for
+    random units besides those the ordering will add (tokens that cost time but are legal)."""
+    cmd = _good_command(config, rng, precision, max_rows)
+    return cmd.with_fields(wait=rng.getrandbits(6)) if rng.random() < 0.25 else cmd
+
+
+def _good_command(config: NpuConfig, rng: random.Random, precision: Precision, max_rows: int) -> Command:
     kinds = ["config", "load", "load", "load_bias", "load_lut", "preload", "compute", "compute",
              "activate", "store", "fence", "counters"]
     kind = rng.choice(kinds)
@@ -214,7 +222,7 @@ class _Stream:
         return 0
 
     def program(self) -> Program:
-        return Program(list(self.commands), bytes(self.data))
+        return order_program(Program(list(self.commands), bytes(self.data)), self.config)
 
 
 def random_program(config: NpuConfig, rng: random.Random, *, max_commands: int = 24, bad_rate: float = 0.25,
@@ -263,7 +271,7 @@ def gemm_with_bad_commands(config: NpuConfig, rng: random.Random, *, max_dim: in
     act = rng.choice(ACTIVATIONS)
     gp = build_gemm(config, random_gemm(m, k, n, "int8", act, seed=rng.getrandbits(32)))
     mixed = with_bad_commands(config, gp.program, rng, rng.randint(0, bad))
-    return gp, Program(mixed.commands + sram_dump(config), mixed.data_in)
+    return gp, order_program(Program(mixed.commands + sram_dump(config), mixed.data_in), config)
 
 
 def programs(config: NpuConfig, **options):

@@ -9,11 +9,11 @@ import pytest
 from opennpu.compiler.gemm import build_gemm, random_gemm
 from opennpu.config import NpuConfig
 from opennpu.golden.isa import Buf, Command, Opcode
-from opennpu.golden.model import GoldenNpu, ProgramError
-from opennpu.golden.program import Program
+from opennpu.golden.model import GoldenNpu
+from opennpu.golden.program import Program, ProgramError
 from opennpu.sim import pysim, uart_host
 from opennpu.sim import verilator as vl
-from opennpu.sim.driver import Npu, check_program, data_in_takes
+from opennpu.sim.driver import Npu, data_in_takes, program_words
 from opennpu.sim.uart_host import UartHost, UartTimeout
 from opennpu.sim.uart_sim import run_uart_pysim
 
@@ -75,7 +75,7 @@ def test_rejected_load_takes_no_data_in():
     bad = Command(Opcode.LOAD, buf=Buf.ACT, addr=31, rows=2)             # past the end: rejected
     assert data_in_takes(CONFIG, [bad.encode(), Command(Opcode.LOAD_LUT).encode()]) == [0, 256]
     with pytest.raises(ProgramError, match="too long"):
-        check_program(CONFIG, Program([bad], bytes(4 * CONFIG.bus_bytes)))
+        program_words(CONFIG, Program([bad], bytes(4 * CONFIG.bus_bytes)))
 
 
 @pytest.mark.parametrize("config", [CONFIG, CONFIG_OS], ids=["ws", "os"])
@@ -85,7 +85,7 @@ def test_data_in_accounting_equals_the_golden_models(config):
     for seed in range(60):
         program = random_program(config, random.Random(seed))
         GoldenNpu(config).run(program)
-        assert check_program(config, program) == program.words()
+        assert program_words(config, program) == program.words()
     gp = build_gemm(config, random_gemm(5, 3, 3, "int8", "gelu", seed=1))
     assert sum(data_in_takes(config, gp.program.words())) == len(gp.program.data_in)
 
@@ -93,7 +93,7 @@ def test_data_in_accounting_equals_the_golden_models(config):
 def test_pysim_cycle_limit_holds_while_commands_are_sent(monkeypatch):
     """Past the up-front check (bypassed here), a starved LOAD_LUT with commands queued behind it
     used to hang pysim: the limit was only checked after the last command was sent."""
-    monkeypatch.setattr(pysim, "check_program", lambda config, program: program.words())
+    monkeypatch.setattr(pysim, "program_words", lambda config, program: program.words())
     program = Program([Command(Opcode.LOAD_LUT)] + [FENCE] * 40)
     with pytest.raises(TimeoutError, match="not idle after 300 cycles: it reached the cycle limit"):
         pysim.run_pysim(CONFIG, program, max_cycles=300)
@@ -114,7 +114,7 @@ def test_uart_leftover_data_in_is_an_error_not_a_hang(monkeypatch):
     """Past the up-front check (bypassed here), data-in the NPU never takes kept the host polling
     STATUS forever; now the host sees the NPU idle with data undelivered and says so. (Four beats:
     more than the NPU's data-in FIFO holds; a short frame timeout keeps the simulation short.)"""
-    monkeypatch.setattr(uart_host, "check_program", lambda config, program: program.words())
+    monkeypatch.setattr(uart_host, "program_words", lambda config, program: program.words())
     with pytest.raises(ProgramError, match="without taking all data-in: data-in frame 1 of 1 never drained"):
         run_uart_pysim(CONFIG, Program([FENCE], bytes(4 * CONFIG.bus_bytes)), timeout=6e-4, run_timeout=0.05)
 

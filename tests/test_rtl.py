@@ -6,6 +6,7 @@ pysim runs the full NPU at ~1k cycles/s, so these programs are small; big progra
 import numpy as np
 import pytest
 
+from opennpu.golden.deps import order_program
 from opennpu.compiler.gemm import ACTIVATIONS, build_gemm, random_gemm
 from opennpu.config import NpuConfig
 from opennpu.golden.isa import Buf, Command, ErrorCode, Opcode, Precision
@@ -95,10 +96,11 @@ def test_bad_command_rejected_and_nothing_written(name):
               Command(Opcode.PRELOAD, addr=0, krows=2, ncols=2),
               Command(Opcode.COMPUTE, aaddr=0, accaddr=0, rows=4, accumulate=0)]
     wgt_words = rng.integers(0, 256, size=(2, config.bus_bytes), dtype=np.uint8)
-    program = Program(setup + [word] + follow + _sram_dump(config), act_words.tobytes() + wgt_words.tobytes())
+    program = order_program(Program(setup + [word] + follow + _sram_dump(config),
+                                    act_words.tobytes() + wgt_words.tobytes()), config)
     golden = GoldenNpu(config).run(program)
     assert golden.error == code and golden.rejected == 1
-    clean = GoldenNpu(config).run(Program(setup + follow + _sram_dump(config), program.data_in))
+    clean = GoldenNpu(config).run(order_program(Program(setup + follow + _sram_dump(config), program.data_in), config))
     assert golden.outputs == clean.outputs            # the bad command changed nothing
     rtl = Npu(config, "pysim").run(program)
     assert_same(rtl, golden)
@@ -115,7 +117,7 @@ def test_sticky_error_keeps_first_code():
 def test_counters_command_snapshot():
     config = small_config(2, 2)
     gp = build_gemm(config, random_gemm(4, 3, 2, seed=3))
-    program = Program(gp.program.commands + [Command(Opcode.COUNTERS)], gp.program.data_in)
+    program = order_program(Program(gp.program.commands + [Command(Opcode.COUNTERS)], gp.program.data_in), config)
     golden = GoldenNpu(config).run(program)
     rtl = Npu(config, "pysim", backpressure=9).run(program)
     size = config.beats(112) * config.bus_bytes
@@ -134,7 +136,8 @@ def test_activate_to_activation_sram_chains_layers():
     commands = [c if c.op != Opcode.ACTIVATE else Command(Opcode.ACTIVATE, accaddr=c.accaddr, aaddr=100,
                                                           rows=c.rows, dest=0)
                 for c in gp.program.commands]
-    program = Program(commands + [Command(Opcode.STORE, buf=Buf.ACT, addr=100, rows=5)], gp.program.data_in)
+    program = order_program(Program(commands + [Command(Opcode.STORE, buf=Buf.ACT, addr=100, rows=5)],
+                                    gp.program.data_in), config)
     golden = GoldenNpu(config).run(program)
     stored = np.frombuffer(golden.outputs, np.int8).reshape(5, config.bus_bytes)[:, :2]
     assert np.array_equal(stored, spec.expected())
@@ -205,10 +208,11 @@ def test_output_stationary_bad_command_rejected_and_nothing_written(name):
     data = rng.integers(0, 256, size=(8, config.bus_bytes), dtype=np.uint8).tobytes()
     setup = [Command(Opcode.LOAD, buf=Buf.ACT, addr=0, rows=4), Command(Opcode.LOAD, buf=Buf.WGT, addr=0, rows=4)]
     follow = [Command(Opcode.COMPUTE, aaddr=0, accaddr=0, rows=4, accumulate=0, waddr=0, mrows=2, ncols=2)]
-    program = Program(setup + [word] + follow + _sram_dump(config), data)
+    program = order_program(Program(setup + [word] + follow + _sram_dump(config), data), config)
     golden = GoldenNpu(config).run(program)
     assert golden.error == code and golden.rejected == 1
-    assert golden.outputs == GoldenNpu(config).run(Program(setup + follow + _sram_dump(config), data)).outputs
+    clean = order_program(Program(setup + follow + _sram_dump(config), data), config)
+    assert golden.outputs == GoldenNpu(config).run(clean).outputs
     assert_same(Npu(config, "pysim").run(program), golden)
 
 

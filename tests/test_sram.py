@@ -11,6 +11,7 @@ import pytest
 from amaranth import Module
 from amaranth.sim import Simulator
 
+from opennpu.golden.deps import order_program
 from opennpu.config import NpuConfig
 from opennpu.golden.isa import ActFn, Buf, Command, Opcode
 from opennpu.golden.model import GoldenNpu
@@ -44,7 +45,7 @@ def _random_program(config, rng, steps=6):
                             rows=rng.randint(1, 8), accumulate=rng.random() < 0.5))
     cmds.append(Command(Opcode.STORE, buf=Buf.ACT, addr=0, rows=c.act_depth))
     cmds.append(Command(Opcode.STORE, buf=Buf.ACC, addr=0, rows=16))
-    return Program(cmds, bytes(data))
+    return order_program(Program(cmds, bytes(data)), config)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -144,7 +145,7 @@ def test_back_to_back_accumulation_into_the_same_rows(rows):
             Command(Opcode.COMPUTE, aaddr=0, accaddr=0, rows=rows)]
     cmds += [Command(Opcode.COMPUTE, aaddr=i, accaddr=0, rows=rows, accumulate=1) for i in range(1, 6)]
     cmds += [Command(Opcode.STORE, buf=Buf.ACC, addr=0, rows=rows)]
-    program = Program(cmds, data)
+    program = order_program(Program(cmds, data), config)
     golden = GoldenNpu(config).run(program)
     rtl = Npu(config, "pysim").run(program)
     assert rtl.outputs == golden.outputs and rtl.counters == golden.counters

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from opennpu.golden.deps import order_program
 from opennpu.compiler.gemm import ACTIVATIONS, build_gemm, random_gemm
 from opennpu.config import NpuConfig
 from opennpu.golden.isa import Command, ErrorCode, Opcode
@@ -161,7 +162,7 @@ def test_vcd_and_gtkw(tmp_path):
     header = vcd.read_text().split("$enddefinitions")[0]
     assert "$scope module npu $end" in header
     save = gtkw.read_text()
-    assert f'[dumpfile] "{vcd}"' in save and "TOP.opennpu_tb.npu.core.ex.issue_busy" in save
+    assert f'[dumpfile] "{vcd}"' in save and "TOP.opennpu_tb.npu.core.engine.ex.issue_busy" in save
 
 
 def test_cycle_limit_and_hang_raise(monkeypatch):
@@ -172,7 +173,7 @@ def test_cycle_limit_and_hang_raise(monkeypatch):
     starved = Program([Command(Opcode.LOAD_LUT)], b"")          # would wait forever for data-in
     with pytest.raises(ProgramError, match="too short"):
         vl.run_verilator(config, starved)                       # so it is refused up front
-    monkeypatch.setattr(vl, "check_program", lambda config, program: program.words())
+    monkeypatch.setattr(vl, "program_words", lambda config, program: program.words())
     with pytest.raises(TimeoutError, match="moved nothing"):    # past the check: the hang detector
         vl.run_verilator(config, starved)
 
@@ -212,7 +213,7 @@ def test_big_arrays_every_activation(config):
     for i, act in enumerate(ACTIVATIONS):
         m, k, n = 3 * config.rows + i, 2 * config.rows + 3, config.cols + 2 * i + 1
         gp = build_gemm(config, random_gemm(m, k, n, "int8", act, seed=i))
-        batch.append(Program(gp.program.commands + sram_dump(config), gp.program.data_in))
+        batch.append(order_program(Program(gp.program.commands + sram_dump(config), gp.program.data_in), config))
         gemms.append(gp)
     goldens = [GoldenNpu(config).run(p) for p in batch]
     for seeds in ([None] * len(batch), list(range(len(batch)))):

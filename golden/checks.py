@@ -1,0 +1,120 @@
+"""Which commands a configuration accepts: one rule per opcode, evaluated by the golden model on ints
+(``validate``) and by the RTL's ``hdl/decoder.py`` on the command word's fields.
+
+A rule ``rule(f, precision, config, ops) -> (precision_ok, field_ok, range_ok)`` reads the fields of
+``f`` (a ``Command`` or an Amaranth ``View``) and combines conditions only with comparisons, ``+``,
+``>>`` and ``ops`` (``select``, ``all``, ``any``), so the same expression is Python arithmetic in the
+golden model and logic in the RTL. The error code is the first failing check in the order opcode,
+reserved bits, precision, other field values, address ranges (``ErrorCode``).
+"""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from opennpu.config import NpuConfig
+
+from . import numerics
+from .isa import ActFn, Buf, Command, DecodeError, ErrorCode, Opcode, Precision, decode
+
+__all__ = ["PY_OPS", "k_tile", "weight_words", "stream_weight_words", "rules", "check", "validate"]
+
+#: ``ops`` for Python integers.
+PY_OPS = SimpleNamespace(select=lambda cond, a, b: a if cond else b, all=lambda *conds: all(conds),
+                         any=lambda *conds: any(conds))
+
+
+def k_tile(config: NpuConfig, precision, ops=PY_OPS):
+    """K depth of one weight tile: two int4 activations per PE per cycle in a4w4."""
+    return ops.select(precision == Precision.A4W4, 2 * config.rows, config.rows)
+
+
+def weight_words(precision, krows, ops=PY_OPS):
+    """Weight SRAM words holding ``krows`` rows of a tile (int4 weights pack two rows per word)."""
+    return ops.select(precision == Precision.INT8, krows, (krows + 1) >> 1)
+
+
+def stream_weight_words(precision, steps, ops=PY_OPS):
+    """Weight SRAM words an output-stationary ``COMPUTE`` of ``steps`` K steps reads: one per step,
+    except a8w4, where a word holds the weight rows of two steps."""
+    return ops.select(precision == Precision.A8W4, (steps + 1) >> 1, steps)
+
+
+def _fits(ops, addr, count, limit):
+    return ops.all(count >= 1, addr + count <= limit)
+
+
+def _config(f, p, cfg, ops):
+    supported = ops.any(*(f.precision == Precision.from_label(label) for label in cfg.precisions))
+    return supported, ops.all(f.act <= max(ActFn), f.qmin <= f.qmax, f.shift >= numerics.SHIFT_MIN,
+                              f.shift <= numerics.SHIFT_MAX), True
+
+
+def _buffer(last: Buf):
+    def rule(f, p, cfg, ops):
+        depth = ops.select(f.buf == Buf.ACT, cfg.act_depth, ops.select(f.buf == Buf.WGT, cfg.wgt_depth,
+                                                                       cfg.acc_depth))
+        return True, f.buf <= last, _fits(ops, f.addr, f.rows, depth)
+    return rule
+
+
+def _preload(f, p, cfg, ops):
+    return True, ops.all(f.krows >= 1, f.krows <= k_tile(cfg, p, ops), f.ncols >= 1, f.ncols <= cfg.cols), \
+        f.addr + weight_words(p, f.krows, ops) <= cfg.wgt_depth
+
+
+def _compute_ws(f, p, cfg, ops):
+    return True, ops.all(f.waddr == 0, f.mrows == 0, f.ncols == 0), \
+        ops.all(_fits(ops, f.aaddr, f.rows, cfg.act_depth), f.accaddr + f.rows <= cfg.acc_depth)
+
+
+def _compute_os(f, p, cfg, ops):
+    return True, ops.all(f.mrows >= 1, f.mrows <= cfg.rows, f.ncols >= 1, f.ncols <= cfg.cols), \
+        ops.all(_fits(ops, f.aaddr, f.rows, cfg.act_depth),
+                f.waddr + stream_weight_words(p, f.rows, ops) <= cfg.wgt_depth,
+                f.accaddr + f.mrows <= cfg.acc_depth)
+
+
+def _activate(f, p, cfg, ops):
+    return True, True, ops.all(_fits(ops, f.accaddr, f.rows, cfg.acc_depth),
+                               ops.any(f.dest == 1, f.aaddr + f.rows <= cfg.act_depth))
+
+
+def _no_fields(f, p, cfg, ops):
+    return True, True, True
+
+
+_RULES = {Opcode.CONFIG: _config, Opcode.LOAD: _buffer(Buf.WGT), Opcode.LOAD_LUT: _no_fields,
+          Opcode.LOAD_BIAS: _no_fields, Opcode.PRELOAD: _preload, Opcode.COMPUTE: _compute_ws,
+          Opcode.ACTIVATE: _activate, Opcode.STORE: _buffer(Buf.ACC), Opcode.COUNTERS: _no_fields,
+          Opcode.FENCE: _no_fields}
+#: Output-stationary: COMPUTE streams weights too, and PRELOAD is an illegal opcode.
+_RULES_OS = {**{op: r for op, r in _RULES.items() if op != Opcode.PRELOAD}, Opcode.COMPUTE: _compute_os}
+
+
+def rules(config: NpuConfig) -> dict:
+    """``{opcode: rule}`` for the opcodes the configuration implements."""
+    return _RULES_OS if config.dataflow == "os" else _RULES
+
+
+def check(cmd: Command, config: NpuConfig, precision: Precision) -> ErrorCode:
+    """The error code of a well-formed ``Command`` (an opcode of the configuration, no reserved bits)."""
+    precision_ok, field_ok, range_ok = rules(config)[cmd.op](cmd, precision, config, PY_OPS)
+    if not precision_ok:
+        return ErrorCode.BAD_PRECISION
+    if not field_ok:
+        return ErrorCode.BAD_FIELD
+    if not range_ok:
+        return ErrorCode.BAD_RANGE
+    return ErrorCode.OK
+
+
+def validate(word: int, config: NpuConfig, precision: Precision) -> tuple[ErrorCode, Command | None]:
+    """Check one raw command word against the configuration; ``(ErrorCode.OK, cmd)`` if it may run."""
+    if (word & 0xF) not in rules(config):
+        return ErrorCode.BAD_OPCODE, None
+    try:
+        cmd = decode(word)
+    except DecodeError:
+        return ErrorCode.BAD_FIELD, None
+    code = check(cmd, config, precision)
+    return code, cmd if code == ErrorCode.OK else None

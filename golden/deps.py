@@ -1,0 +1,194 @@
+"""Dependencies between commands, resolved by the compiler: what each command accesses, which unit runs
+it, and the ``wait`` tokens (``golden/isa.py`` ``Wait``) that order conflicting commands.
+
+The hardware dispatches in program order, one command at a time, and compares no addresses. When
+command ``k`` dispatches, the only earlier commands that can still run are
+
+- the last command of each of LD, PL, ACT and ST (a unit takes a command only once the one before it
+  is done), and the last two COMPUTEs (EX takes a COMPUTE while the one before it drains);
+- and of those only the ones no command up to ``k`` has waited for (a token of ``k``, or of a command
+  between, guarantees that they were done when that command dispatched; CONFIG, FENCE and COUNTERS
+  wait for everything).
+
+Two commands *conflict* when they access the same space with overlapping ranges and at least one
+writes (``golden.timing.conflict``). A program is *ordered* when no command conflicts with such a
+possibly-running command of another unit (a unit runs its own commands in order). This holds for any
+timing, so the check needs no cycle model. ``order_program`` sets the fewest tokens that order a
+program (exactly the waits the RTL's old address compare made, so the timeline does not change);
+``check_program`` refuses an unordered one with a ``HazardError`` naming both commands.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from opennpu.config import NpuConfig
+
+from .checks import check, rules, stream_weight_words, validate, weight_words
+from .isa import Command, ErrorCode, Opcode, Precision, Wait, encode
+from .program import Program
+from .timing import WAIT_OF_UNIT, Access, Space, Unit, conflict
+
+__all__ = ["UNIT_OF", "BARRIERS", "HazardError", "accesses", "DependencyTracker", "order_program",
+           "check_program"]
+
+#: The unit that executes each opcode (CONFIG and FENCE occupy none).
+UNIT_OF = {Opcode.LOAD: Unit.LD, Opcode.LOAD_BIAS: Unit.LD, Opcode.LOAD_LUT: Unit.LD,
+           Opcode.PRELOAD: Unit.PL, Opcode.COMPUTE: Unit.EX, Opcode.ACTIVATE: Unit.ACT,
+           Opcode.STORE: Unit.ST, Opcode.COUNTERS: Unit.ST}
+#: Opcodes that dispatch only when every unit is idle.
+BARRIERS = (Opcode.CONFIG, Opcode.FENCE, Opcode.COUNTERS)
+
+
+class HazardError(ValueError):
+    """Two conflicting commands of different units that no ``wait`` token orders."""
+
+    def __init__(self, later: tuple, earlier: tuple, access: Access, token: int):
+        (k, cmd_k), (j, cmd_j) = later, earlier
+        self.later, self.earlier = later, earlier
+        super().__init__(f"unordered hazard: command {k} {cmd_k!r} and command {j} {cmd_j!r} both access "
+                         f"{access.space.name}[{access.lo}:{access.hi}] (one writes) and no wait orders "
+                         f"them; command {k} needs wait={Wait(token)!r} (golden.deps.order_program sets it)")
+
+
+_SPACE_OF_BUF = (Space.ACT, Space.WGT, Space.ACC)
+_OUT = Access(Space.OUT, 0, 1, True)
+
+
+def accesses(cmd: Command, config: NpuConfig, precision: Precision, cur: int) -> tuple:
+    """What an accepted command reads and writes (``cur``: the PE weight buffer COMPUTE uses; PRELOAD
+    fills the other one). The one table the golden model, the cycle model and the ordering share."""
+    op = cmd.op
+    if op == Opcode.LOAD:
+        return (Access(_SPACE_OF_BUF[cmd.buf], cmd.addr, cmd.rows, True),)
+    if op == Opcode.LOAD_BIAS:
+        return (Access(Space.BIAS, cmd.bank, 1, True),)
+    if op == Opcode.LOAD_LUT:
+        return (Access(Space.LUT, 0, 1, True),)
+    if op == Opcode.PRELOAD:
+        return (Access(Space.WGT, cmd.addr, weight_words(precision, cmd.krows), False),
+                Access(Space.PEW, 1 - cur, 1, True))
+    if op == Opcode.COMPUTE and config.dataflow == "os":
+        return (Access(Space.ACT, cmd.aaddr, cmd.rows, False),
+                Access(Space.WGT, cmd.waddr, stream_weight_words(precision, cmd.rows), False),
+                Access(Space.ACC, cmd.accaddr, cmd.mrows, True))
+    if op == Opcode.COMPUTE:
+        return (Access(Space.ACT, cmd.aaddr, cmd.rows, False), Access(Space.ACC, cmd.accaddr, cmd.rows, True),
+                Access(Space.PEW, cur, 1, False))
+    if op == Opcode.ACTIVATE:
+        target = _OUT if cmd.dest else Access(Space.ACT, cmd.aaddr, cmd.rows, True)
+        return (Access(Space.ACC, cmd.accaddr, cmd.rows, False), Access(Space.BIAS, cmd.bank, 1, False),
+                Access(Space.LUT, 0, 1, False), target)
+    if op == Opcode.STORE:
+        return (Access(_SPACE_OF_BUF[cmd.buf], cmd.addr, cmd.rows, False), _OUT)
+    if op == Opcode.COUNTERS:
+        return (_OUT,)
+    return ()
+
+
+_TOKENS = tuple((u, int(token)) for u, token in WAIT_OF_UNIT.items())
+_EX_OLDER = int(Wait.EX_OLDER)
+
+
+@dataclass(frozen=True)
+class _Running:
+    index: int
+    cmd: Command
+    accesses: tuple
+
+
+class DependencyTracker:
+    """The commands that may still run, per unit, as a program is fed in order (``dispatch``)."""
+
+    def __init__(self):
+        self.running = {u: [] for u in Unit}      # oldest first; EX: up to two
+
+    def _hit(self, entry: _Running, accs) -> Access | None:
+        for a in accs:
+            for b in entry.accesses:
+                if conflict(a, b):
+                    return a
+        return None
+
+    def needed(self, unit: Unit, accs) -> int:
+        """The fewest tokens (``Wait`` bits) that order a command of ``unit`` with these accesses."""
+        waits = 0
+        for u, token in _TOKENS:
+            entries = self.running[u]
+            if u == unit or not entries:
+                continue
+            if self._hit(entries[-1], accs):
+                waits |= token
+            elif len(entries) > 1 and self._hit(entries[0], accs):      # (EX: the older COMPUTE)
+                waits |= _EX_OLDER
+        return waits
+
+    def dispatch(self, index: int, cmd: Command, accs):
+        """Account for an accepted command; ``HazardError`` if it is not ordered."""
+        running = self.running
+        if cmd.op in BARRIERS:
+            for entries in running.values():
+                entries.clear()
+        else:
+            wait = cmd.wait
+            for u, token in _TOKENS:
+                if wait & token:
+                    running[u].clear()
+            if wait & _EX_OLDER:
+                del running[Unit.EX][:-1]
+            unit = UNIT_OF[cmd.op]
+            for u, entries in running.items():
+                for e in entries if u != unit else ():
+                    hit = self._hit(e, accs)
+                    if hit is not None:
+                        token = WAIT_OF_UNIT[u] if e is entries[-1] else _EX_OLDER
+                        raise HazardError((index, cmd), (e.index, e.cmd), hit, token)
+        unit = UNIT_OF.get(cmd.op)
+        if unit is not None:
+            keep = running[unit][-1:] if unit == Unit.EX else []
+            running[unit] = keep + [_Running(index, cmd, tuple(accs))]
+
+
+def _walk(program: Program, config: NpuConfig):
+    """(index, raw word or None, accepted command or None, its accesses) for each command, tracking the
+    precision and PE buffer state that validation and accesses depend on."""
+    precision, cur = Precision.INT8, 0
+    for index, command in enumerate(program.commands):
+        if isinstance(command, Command):          # (well-formed by construction: no decode needed)
+            word, cmd = None, command
+            code = check(cmd, config, precision) if cmd.op in rules(config) else ErrorCode.BAD_OPCODE
+        else:
+            word = command
+            code, cmd = validate(word, config, precision)
+        if code != ErrorCode.OK:
+            yield index, word, None, ()
+            continue
+        yield index, word, cmd, accesses(cmd, config, precision, cur)
+        if cmd.op == Opcode.CONFIG:
+            precision = Precision(cmd.precision)
+        elif cmd.op == Opcode.PRELOAD:
+            cur = 1 - cur
+
+
+def order_program(program: Program, config: NpuConfig) -> Program:
+    """The program with the fewest ``wait`` tokens that order it added to each accepted command (tokens
+    already set are kept). Raw-int commands stay raw ints; rejected ones are unchanged."""
+    tracker, commands = DependencyTracker(), []
+    for index, word, cmd, accs in _walk(program, config):
+        original = program.commands[index]
+        if cmd is None:
+            commands.append(original)
+            continue
+        needed = 0 if cmd.op in BARRIERS else tracker.needed(UNIT_OF[cmd.op], accs)
+        if needed & ~cmd.wait:
+            cmd = cmd.with_fields(wait=cmd.wait | needed)
+        tracker.dispatch(index, cmd, accs)
+        commands.append(cmd if isinstance(original, Command) else encode(cmd))
+    return Program(commands, program.data_in)
+
+
+def check_program(program: Program, config: NpuConfig):
+    """Raise ``HazardError`` (naming both commands) if the program's tokens leave a hazard unordered."""
+    tracker = DependencyTracker()
+    for index, _, cmd, accs in _walk(program, config):
+        if cmd is not None:
+            tracker.dispatch(index, cmd, accs)

@@ -1,0 +1,158 @@
+"""The dispatcher: checks the head command and starts it on its unit once its ``wait`` tokens allow.
+
+No addresses are compared. A command of unit U dispatches when U is free and every unit its ``wait``
+tokens (``golden.isa.Wait``) name is idle (``EX_OLDER``: EX's drain slot is empty or the issue slot is
+free, i.e. no COMPUTE but the last one is in flight); CONFIG, FENCE and COUNTERS dispatch when every
+unit is idle; a command the checker flags is rejected at once (sticky ``error``, ``rejected`` += 1,
+nothing runs). So the dispatch decision is a few gates on registered state, whatever the number of
+commands in flight. The compiler sets the tokens (``golden/deps.py``); the golden model and the
+drivers refuse a program whose tokens leave a hazard unordered.
+
+The check runs a cycle ahead: a command is checked (once per configured precision, ``cmd_errors``) as
+it enters the pre-head register of ``hdl/top.py``, and the code for the precision it will see is
+selected as it moves into the head (``next_head``). Timing: ``golden/timing.py``.
+"""
+from amaranth import *
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from opennpu.config import NpuConfig
+from opennpu.golden.isa import COMMAND_BITS, WAIT_FIELD, Opcode, Precision, Wait
+
+from .decoder import CommandChecker, command_layout
+
+__all__ = ["HeadState", "UnitBusy", "UnitStart", "Dispatcher", "REJECTED_MAX"]
+
+#: The rejected-command count saturates here (16 bits).
+REJECTED_MAX = 0xFFFF
+
+
+class HeadState(data.Struct):
+    """The head command and its ``CommandChecker`` code in the precision it sees."""
+    valid: 1
+    word: COMMAND_BITS
+    error: 3
+
+
+class UnitBusy(data.Struct):
+    """Which units hold a command (EX: its issue slot and its drain slot)."""
+    ld: 1
+    pl: 1
+    ex_issue: 1
+    ex_drain: 1
+    act: 1
+    st: 1
+
+
+class UnitStart(data.Struct):
+    """Dispatch pulses: the head command starts on this unit this cycle (``config``: CONFIG loads)."""
+    ld: 1
+    pl: 1
+    ex: 1
+    act: 1
+    st: 1
+    config: 1
+
+
+_LOAD_OPS = (Opcode.LOAD, Opcode.LOAD_BIAS, Opcode.LOAD_LUT)
+_BARRIER_OPS = (Opcode.CONFIG, Opcode.FENCE, Opcode.COUNTERS)
+
+
+def _errors_layout(config: NpuConfig):
+    return data.ArrayLayout(3, len(config.precisions))
+
+
+class Dispatcher(wiring.Component):
+    """Members
+    -------
+    head : In(HeadState)
+        The head register (held by ``hdl/top.py``).
+    cmd_word : In(COMMAND_BITS); cmd_errors : Out(ArrayLayout(3, len(precisions)))
+        A command entering the pre-head register and its checker code in each configured precision.
+    next_word : In(COMMAND_BITS); next_errors : In(ArrayLayout(3, len(precisions)))
+        The command in the pre-head register with its registered codes.
+    next_head : Out(HeadState)
+        What the head becomes if it loads ``next_word`` at the end of this cycle: valid only in cycles
+        in which it may load (the head is empty, or it is consumed and the core runs).
+    busy : In(UnitBusy)
+    start : Out(UnitStart); consume : Out(1)
+        The head dispatches on a unit / is dispatched or rejected this cycle.
+    precision : Out(2)
+        The CONFIG precision (``golden.isa.Precision``), loaded when a CONFIG dispatches.
+    error : Out(3); rejected : Out(16)
+        Sticky first error code and the rejected-command count (saturates at 65535).
+    """
+
+    def __init__(self, config: NpuConfig):
+        self._config = config
+        errors = _errors_layout(config)
+        super().__init__({
+            "head": In(HeadState), "cmd_word": In(COMMAND_BITS), "cmd_errors": Out(errors),
+            "next_word": In(COMMAND_BITS), "next_errors": In(errors), "next_head": Out(HeadState),
+            "busy": In(UnitBusy), "start": Out(UnitStart), "consume": Out(1),
+            "precision": Out(2, init=Precision.INT8), "error": Out(3), "rejected": Out(16),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        c = self._config
+        precisions = [Precision.from_label(p) for p in c.precisions]
+
+        # -- check a cycle ahead: one checker per configured precision ------------------------------
+        for i, p in enumerate(precisions):
+            m.submodules[f"checker_{p.label}"] = checker = CommandChecker(c)
+            m.d.comb += [checker.word.eq(self.cmd_word), checker.precision.eq(p),
+                         self.cmd_errors[i].eq(checker.error)]
+
+        head, busy = self.head, self.busy
+        opcode = head.word[:4]
+        config_view = data.View(command_layout(Opcode.CONFIG), head.word)
+        wait = head.word[WAIT_FIELD.offset:WAIT_FIELD.offset + WAIT_FIELD.width]
+
+        # A command behind the head loads only when the head is empty or leaves, and a valid error-free
+        # head leaves only by dispatching: the precision the next head sees assumes that it does.
+        leaving_config = head.valid & (head.error == 0) & (opcode == Opcode.CONFIG)
+        next_precision = Mux(leaving_config, config_view.precision, self.precision)
+        next_error = self.next_errors[0]
+        for i, p in enumerate(precisions[1:], start=1):
+            next_error = Mux(next_precision == p, self.next_errors[i], next_error)
+        m.d.comb += [self.next_head.valid.eq(1), self.next_head.word.eq(self.next_word),
+                     self.next_head.error.eq(next_error)]
+
+        # -- dispatch ---------------------------------------------------------------------------------
+        ex_busy = busy.ex_issue | busy.ex_drain
+        def waits(token):
+            return (wait & int(token)).any()
+        blocked = ((waits(Wait.LD) & busy.ld) | (waits(Wait.PL) & busy.pl) | (waits(Wait.EX) & ex_busy)
+                   | (waits(Wait.EX_OLDER) & busy.ex_issue & busy.ex_drain)
+                   | (waits(Wait.ACT) & busy.act) | (waits(Wait.ST) & busy.st))
+        all_idle = ~(busy.as_value().any())
+        can = Signal()
+        unit = Signal(UnitStart)
+        with m.Switch(opcode):
+            with m.Case(*_BARRIER_OPS):
+                m.d.comb += can.eq(all_idle)
+                m.d.comb += [unit.config.eq(opcode == Opcode.CONFIG), unit.st.eq(opcode == Opcode.COUNTERS)]
+            with m.Case(*_LOAD_OPS):
+                m.d.comb += [can.eq(~busy.ld & ~blocked), unit.ld.eq(1)]
+            with m.Case(Opcode.PRELOAD):
+                m.d.comb += [can.eq(~busy.pl & ~blocked), unit.pl.eq(1)]
+            with m.Case(Opcode.COMPUTE):
+                m.d.comb += [can.eq(~busy.ex_issue & ~blocked), unit.ex.eq(1)]
+            with m.Case(Opcode.ACTIVATE):
+                m.d.comb += [can.eq(~busy.act & ~blocked), unit.act.eq(1)]
+            with m.Case(Opcode.STORE):
+                m.d.comb += [can.eq(~busy.st & ~blocked), unit.st.eq(1)]
+        dispatch = head.valid & (head.error == 0) & can
+        reject = head.valid & (head.error != 0)
+        m.d.comb += [self.consume.eq(dispatch | reject),
+                     self.start.eq(Mux(dispatch, unit.as_value(), 0))]
+
+        with m.If(dispatch & unit.config):
+            m.d.sync += self.precision.eq(config_view.precision)
+        with m.If(reject):
+            with m.If(self.rejected != REJECTED_MAX):
+                m.d.sync += self.rejected.eq(self.rejected + 1)
+            with m.If(self.error == 0):
+                m.d.sync += self.error.eq(head.error)
+        return m
