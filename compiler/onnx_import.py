@@ -642,10 +642,14 @@ def import_onnx(model) -> QuantModel:
     docstring for what is accepted).
     """
     import onnx
-    if isinstance(model, (str, os.PathLike)):
-        model = onnx.load(os.fspath(model))
-    elif isinstance(model, (bytes, bytearray)):
-        model = onnx.load_from_string(bytes(model))
+    from google.protobuf.message import DecodeError
+    try:
+        if isinstance(model, (str, os.PathLike)):
+            model = onnx.load(os.fspath(model))
+        elif isinstance(model, (bytes, bytearray)):
+            model = onnx.load_from_string(bytes(model))
+    except DecodeError as error:
+        raise ValueError(f"not an ONNX model (the file does not parse: {error})") from None
     if not isinstance(model, onnx.ModelProto):
         raise ValueError(f"expected an ONNX model (path, bytes or ModelProto), got {type(model).__name__}")
     return _Importer(model).run()

@@ -116,23 +116,29 @@ def _nvml_energy(args, device: str, repeat: int = 50, min_seconds: float = 2.0) 
 
 def write_report(layers: list[Layer], config: NpuConfig, out_dir: str | Path, *, fpga_mhz: float | None = None,
                  asic_mhz: float = DEFAULT_ASIC_MHZ, gpu: bool = True, fused: dict | None = None,
-                 title: str = "model") -> dict:
+                 title: str = "model", progress: bool = True) -> dict:
     """Measure every layer, write ``report.md`` + plots into ``out_dir``, return the numbers.
+
+    ``progress``: show a progress bar on stderr while measuring (only where stderr is a terminal).
 
     ``fused``: optional ``{"fused": counters, "unfused": counters}`` of the whole model compiled with
     and without on-chip activation chaining (from the model compiler).
     """
+    for name, mhz in (("fpga_mhz", fpga_mhz), ("asic_mhz", asic_mhz)):
+        if mhz is not None and not mhz > 0:             # also refuses nan
+            raise ValueError(f"{name} must be > 0, got {mhz}")
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from rich.console import Console
     from rich.progress import Progress
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    fpga_mhz = fpga_mhz or DEFAULT_FPGA_MHZ
+    fpga_mhz = DEFAULT_FPGA_MHZ if fpga_mhz is None else fpga_mhz
     config = config.with_(precisions=PRECISIONS)
     rows, precisions = [], {}
-    with Progress(transient=True) as progress:
+    with Progress(transient=True, disable=not progress, console=Console(stderr=True)) as progress:
         task = progress.add_task("measuring layers", total=len(layers) * (len(PRECISIONS) + int(gpu)))
         for layer in layers:
             figures = layer_figures(config, layer.spec, fpga_mhz, asic_mhz)

@@ -2,9 +2,10 @@
 backend-free contract between compiler, golden model and every simulator."""
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 
-from .isa import Command, ErrorCode, encode
+from .isa import COMMAND_BITS, Command, ErrorCode, encode
 
 __all__ = ["COUNTER_NAMES", "ProgramError", "Program", "Result", "decode_counters"]
 
@@ -30,7 +31,19 @@ class Program:
     data_in: bytes = b""
 
     def words(self) -> list[int]:
-        return [encode(c) if isinstance(c, Command) else int(c) for c in self.commands]
+        """The 128-bit command words; raises ValueError naming the first entry that is neither a
+        ``Command`` nor an integer in ``0 .. 2**128 - 1`` (bools and floats are refused, not
+        converted), so every backend refuses the same programs before anything runs."""
+        words = []
+        for index, c in enumerate(self.commands):
+            if isinstance(c, Command):
+                words.append(encode(c))
+            elif isinstance(c, numbers.Integral) and not isinstance(c, bool) and 0 <= c < 1 << COMMAND_BITS:
+                words.append(int(c))
+            else:
+                raise ValueError(f"command {index} is {c!r}: expected a Command or an unsigned "
+                                 f"{COMMAND_BITS}-bit int")
+        return words
 
     def __len__(self):
         return len(self.commands)

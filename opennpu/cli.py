@@ -1,5 +1,6 @@
 """``opennpu`` command line. Each subcommand lives in its own module exposing ``register(subparsers)``;
-its handler returns an exit code (0 ok, 1 verification failed, 2 bad input / unavailable)."""
+its handler returns an exit code (0 ok, 1 verification failed, 2 bad input / unavailable, 130
+interrupted). Errors are one line on stderr, never a traceback."""
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,15 @@ SUBCOMMANDS = [
 ]
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line too (``--help`` still shows the usage)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="opennpu", description="An open NPU: RTL, golden model, compiler.")
+    parser = _Parser(prog="opennpu", description="An open NPU: RTL, golden model, compiler.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in SUBCOMMANDS:
         importlib.import_module(name).register(sub)
@@ -29,9 +37,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except ValueError as error:       # bad input anywhere below: one line, exit 2
+    except (ValueError, OSError) as error:       # bad input or an unusable file anywhere below
         print(f"opennpu {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as interrupt:       # Ctrl-C: the handler may say what it cleaned up
+        print(f"opennpu {args.command}: interrupted" + (f"; {interrupt}" if str(interrupt) else ""),
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

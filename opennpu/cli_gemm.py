@@ -3,12 +3,13 @@ with a waveform) and ``opennpu export`` (Verilog)."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 
-from opennpu.cli_common import add_config_args, config_from_args, emit, fail
+from opennpu.cli_common import add_config_args, busy, check_output_file, config_from_args, emit, fail
 
-__all__ = ["register", "run_gemm"]
+__all__ = ["register", "run_gemm", "gemm_memory_bytes"]
 
 
 def register(sub):
@@ -40,6 +41,14 @@ def _gemm_args(parser):
     parser.add_argument("--act", default="none",
                         choices=("none", "relu", "relu6", "gelu", "silu", "sigmoid", "tanh"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-gb", type=float, default=4.0,
+                        help="refuse a GEMM estimated to need more host memory than this (default 4 GB)")
+
+
+def gemm_memory_bytes(m: int, k: int, n: int) -> int:
+    """Rough host memory of one CLI GEMM run (operands, expected and decoded outputs, the program and
+    its data-in, the golden model's trace): measured about 250 bytes per row plus 70-90 per element."""
+    return 256 * m + 96 * (m * k + m * n + k * n)
 
 
 def run_gemm(config, m, k, n, *, precision="int8", act="none", seed=0, backend="golden", **options) -> dict:
@@ -48,6 +57,7 @@ def run_gemm(config, m, k, n, *, precision="int8", act="none", seed=0, backend="
     from opennpu.golden.model import GoldenNpu
     from opennpu.sim.driver import Npu
 
+    npu = Npu(config, backend, **options)          # refuses options the backend does not have
     spec = random_gemm(m, k, n, precision, act, seed)
     gp = build_gemm(config, spec)
     start = time.perf_counter()
@@ -56,7 +66,7 @@ def run_gemm(config, m, k, n, *, precision="int8", act="none", seed=0, backend="
     result = golden
     if backend != "golden":
         start = time.perf_counter()
-        result = Npu(config, backend, **options).run(gp.program)
+        result = npu.run(gp.program)
         wall = time.perf_counter() - start
 
     out = gp.decode_output(result.outputs)
@@ -106,9 +116,15 @@ def _text(report: dict) -> str:
 def _run(args, backend, **options) -> int:
     from opennpu.sim.driver import BackendUnavailable
     config = config_from_args(args)
+    need = gemm_memory_bytes(args.m, args.k, args.n) / 1e9
+    if need > args.max_gb:
+        return fail(args, f"GEMM {args.m}x{args.k}x{args.n} needs about {need:.1f} GB of host memory "
+                          f"(estimated), over --max-gb {args.max_gb:g}; use smaller dimensions or raise --max-gb")
+    note = " (a first run on a configuration builds the model: minutes)" if backend == "verilator" else ""
     try:
-        report = run_gemm(config, args.m, args.k, args.n, precision=args.precision, act=args.act,
-                          seed=args.seed, backend=backend, **options)
+        with busy(args, f"GEMM {args.m}x{args.k}x{args.n} on {backend}{note}"):
+            report = run_gemm(config, args.m, args.k, args.n, precision=args.precision, act=args.act,
+                              seed=args.seed, backend=backend, **options)
     except BackendUnavailable as error:
         return fail(args, f"backend {backend!r} unavailable: {error}")
     emit(args, report, _text(report))
@@ -116,8 +132,7 @@ def _run(args, backend, **options) -> int:
 
 
 def _cmd_gemm(args) -> int:
-    options = {} if args.backend == "golden" else {"backpressure": args.backpressure}
-    return _run(args, args.backend, **options)
+    return _run(args, args.backend, backpressure=args.backpressure)
 
 
 def _cmd_sim(args) -> int:
@@ -128,13 +143,24 @@ def _cmd_sim(args) -> int:
         options.update(vcd=args.vcd, gtkw=args.vcd.rsplit(".", 1)[0] + ".gtkw")
     if args.fst:
         options.update(fst=args.fst)
-    return _run(args, args.backend, **options)
+    for flag in ("vcd", "fst"):
+        if flag in options:
+            check_output_file(options[flag], f"--{flag}")
+    try:
+        return _run(args, args.backend, **options)
+    except KeyboardInterrupt:
+        written = [path for path in options.values() if Path(path).exists()]
+        for path in written:
+            Path(path).unlink()
+        raise KeyboardInterrupt(f"removed the partial waveform files {', '.join(written)}" if written
+                                else "") from None
 
 
 def _cmd_export(args) -> int:
     from amaranth.back import verilog
 
     from opennpu.hdl.top import NpuTop
+    check_output_file(args.output, "-o")
     config = config_from_args(args)
     text = verilog.convert(NpuTop(config), name="opennpu_top")
     with open(args.output, "w") as f:

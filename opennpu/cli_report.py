@@ -1,7 +1,7 @@
 """``opennpu report``: NPU vs GPU/CPU report (Markdown + PNG plots) for a model or a list of GEMMs."""
 from __future__ import annotations
 
-from opennpu.cli_common import config_from_args, emit, fail
+from opennpu.cli_common import check_input_file, check_output_dir, config_from_args, emit, fail
 
 __all__ = ["register"]
 
@@ -45,6 +45,9 @@ def _cmd_report(args) -> int:
     from opennpu.compiler.report import write_report
     if bool(args.model) == bool(args.gemm):
         return fail(args, "give either MODEL.onnx or one or more --gemm MxKxN")
+    check_output_dir(args.output, "-o")
+    if args.model:
+        check_input_file(args.model, "model")
     config = config_from_args(args)
     fused = None
     if args.model:
@@ -54,7 +57,7 @@ def _cmd_report(args) -> int:
     else:
         layers, title = _gemm_layers(args.gemm), "GEMM layers"
     report = write_report(layers, config, args.output, fpga_mhz=args.fpga_mhz, asic_mhz=args.asic_mhz,
-                          gpu=args.gpu, fused=fused, title=title)
+                          gpu=args.gpu, fused=fused, title=title, progress=not args.json)
     t = report["total"]
     emit(args, {**report, "output": args.output},
          f"wrote {args.output}/report.md: {len(report['layers'])} layers, {t['cycles']} cycles, "

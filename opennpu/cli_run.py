@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from opennpu.cli_common import add_config_args, config_from_args, emit, fail
+from opennpu.cli_common import (add_config_args, busy, check_input_file, check_output_file, config_from_args, emit,
+                                 fail)
 
 __all__ = ["register", "run_report"]
 
@@ -13,7 +14,7 @@ def register(sub):
     run = sub.add_parser("run", help="run a quantized ONNX model (QDQ or QLinear ops) on the NPU")
     run.add_argument("model", help="quantized ONNX model")
     run.add_argument("--input", required=True, help=".npy input, batch first")
-    run.add_argument("--output", help="write the model output here (.npy)")
+    run.add_argument("--output", help="write the model output to this .npy file")
     run.add_argument("--backend", default="golden", choices=("golden", "pysim", "verilator"))
     run.add_argument("--no-fuse", action="store_true",
                      help="send every layer's output to the host (no on-chip chaining)")
@@ -77,18 +78,22 @@ def _text(r: dict) -> str:
 
 def _cmd_run(args) -> int:
     from opennpu.sim.driver import BackendUnavailable
+    if args.output:                       # checked first: a bad path must not lose a long run's result
+        if not args.output.endswith(".npy"):
+            return fail(args, f"--output {args.output!r} must end in .npy (it is written with numpy.save)")
+        check_output_file(args.output, "--output")
+    check_input_file(args.model, "model")
     try:
         x = np.load(args.input)
     except (OSError, ValueError) as error:
         return fail(args, f"cannot read input {args.input!r}: {error}")
     try:
-        outputs, report = run_report(args.model, x, config_from_args(args), args.backend, not args.no_fuse)
+        with busy(args, f"{args.model} on {args.backend}"):
+            outputs, report = run_report(args.model, x, config_from_args(args), args.backend, not args.no_fuse)
     except ImportError as error:
         return fail(args, f"{error}; install onnx (pip install onnx)")
     except BackendUnavailable as error:
         return fail(args, f"backend {args.backend!r} unavailable: {error}")
-    except FileNotFoundError as error:
-        return fail(args, str(error))
     if args.output:
         np.save(args.output, outputs)
     report["outputs"] = args.output

@@ -1,7 +1,7 @@
 """``opennpu synth``: build the board design with the open toolchain and report resources and Fmax."""
 from __future__ import annotations
 
-from opennpu.cli_common import emit, fail
+from opennpu.cli_common import busy, emit, fail
 from opennpu.config import DATAFLOWS, parse_array
 
 __all__ = ["register"]
@@ -57,8 +57,9 @@ def _cmd_synth(args) -> int:
                     "files": sorted(build_plan.files)}, f"wrote the build files to {directory}")
         return 0
     try:
-        result = synthesize(board, config, freq_mhz=args.freq, baud=args.baud, seed=args.seed,
-                            build_dir=args.build_dir or f"build/{board.name}-{config.array}")
+        with busy(args, f"building {board.name} {config.array} (minutes)"):
+            result = synthesize(board, config, freq_mhz=args.freq, baud=args.baud, seed=args.seed,
+                                build_dir=args.build_dir or f"build/{board.name}-{config.array}")
     except BuildFailed as error:
         return fail(args, f"{error}; {error.log_tail.splitlines()[-1] if error.log_tail else 'see the build log'}")
     report = result.to_dict()

@@ -2,17 +2,65 @@
 from __future__ import annotations
 
 from opennpu.config import NpuConfig
+from opennpu.golden.checks import validate
 from opennpu.golden.deps import check_program
+from opennpu.golden.isa import Buf, ErrorCode, Opcode, Precision
 from opennpu.golden.model import GoldenNpu
-from opennpu.golden.program import Program, Result
+from opennpu.golden.program import Program, ProgramError, Result
 
-__all__ = ["BACKENDS", "BackendUnavailable", "Npu"]
+__all__ = ["BACKENDS", "BackendUnavailable", "Npu", "program_words", "data_in_takes"]
 
 BACKENDS = ("golden", "pysim", "verilator", "uart")
 
 
 class BackendUnavailable(RuntimeError):
     """The backend exists in the API but cannot run here (not built yet, or a tool is missing)."""
+
+
+def data_in_takes(config: NpuConfig, words: list[int]) -> list[int]:
+    """Data-in bytes each command word takes, as the golden model counts them: an accepted ``LOAD``
+    its rows of whole beats, ``LOAD_LUT`` / ``LOAD_BIAS`` their register, a rejected command none.
+    (Whether a ``LOAD`` is accepted does not depend on the precision in force.)"""
+    bus = config.bus_bytes
+    takes = []
+    for word in words:
+        op = word & 0xF
+        nbytes = 0
+        if op in (Opcode.LOAD, Opcode.LOAD_LUT, Opcode.LOAD_BIAS):
+            code, cmd = validate(word, config, Precision.INT8)
+            if code == ErrorCode.OK and op == Opcode.LOAD:
+                word_bytes = config.act_word_bytes if cmd.buf == Buf.ACT else config.wgt_word_bytes
+                nbytes = config.beats(word_bytes) * bus * cmd.rows
+            elif code == ErrorCode.OK:
+                nbytes = config.beats(256 if op == Opcode.LOAD_LUT else 4 * config.cols) * bus
+        takes.append(nbytes)
+    return takes
+
+
+def program_words(config: NpuConfig, program: Program) -> list[int]:
+    """The program's command words, once it is known to be runnable: at least one command, every
+    word a 128-bit int (``Program.words``), data-in whole beats and exactly as long as its LOADs
+    take. Every backend calls this before it runs anything, so all refuse the same programs with
+    the same error: ``ValueError``, ``ProgramError`` (a ValueError) for the data-in length."""
+    words = program.words()
+    if not words:
+        raise ValueError("program has no commands")
+    size, bus = len(program.data_in), config.bus_bytes
+    if size % bus:
+        raise ValueError(f"data-in length {size} is not a whole number of {bus}-byte beats")
+    takes = data_in_takes(config, words)
+    need = sum(takes)
+    if size < need:
+        total, first = 0, 0
+        while total + takes[first] <= size:
+            total += takes[first]
+            first += 1
+        raise ProgramError(f"data-in stream too short: the program's LOADs take {need} bytes, it has "
+                           f"{size} (command {first} is the first left without its data)")
+    if size > need:
+        raise ProgramError(f"data-in stream too long: the program's LOADs take {need} bytes, it has {size} "
+                           f"({size - need} left over)")
+    return words
 
 
 class Npu:
@@ -53,8 +101,11 @@ class Npu:
             self._options["fst"] = fst
 
     def run(self, program: Program) -> Result:
-        """Run ``program`` from reset. A program whose ``wait`` tokens leave a hazard unordered is refused
-        before anything runs (``golden.deps.HazardError``, naming both commands)."""
+        """Run ``program`` from reset. A program no backend can run is refused before anything runs, the
+        same way on every backend: ``ValueError`` / ``ProgramError`` (``program_words``), then, for a
+        program whose ``wait`` tokens leave a hazard unordered, ``golden.deps.HazardError`` (naming both
+        commands)."""
+        program_words(self.config, program)
         if self.backend == "golden":
             return GoldenNpu(self.config).run(program)       # (checks the tokens as it goes)
         check_program(program, self.config)

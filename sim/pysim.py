@@ -15,6 +15,8 @@ from opennpu.golden.program import COUNTER_NAMES, Program, Result
 from opennpu.hdl.controller import check_rtl_config
 from opennpu.hdl.top import NpuTop
 
+from .driver import program_words
+
 __all__ = ["run_pysim", "split_beats"]
 
 
@@ -26,12 +28,13 @@ def split_beats(data: bytes, bus_bytes: int) -> list[int]:
 
 def run_pysim(config: NpuConfig, program: Program, *, backpressure: int | None = None,
               vcd: str | None = None, gtkw: str | None = None, max_cycles: int = 2_000_000) -> Result:
-    """Simulate ``program`` from reset until the NPU is idle; returns outputs, counters and status."""
+    """Simulate ``program`` from reset until the NPU is idle; returns outputs, counters and status.
+
+    ``max_cycles`` bounds the whole run (sending the commands included): over it, ``TimeoutError``.
+    """
     check_rtl_config(config)
+    words = program_words(config, program)
     dut = NpuTop(config)
-    words = program.words()
-    if not words:
-        raise ValueError("program has no commands")
     beats = split_beats(program.data_in, config.bus_bytes)
     outputs: list[int] = []
     done = {}
@@ -43,32 +46,42 @@ def run_pysim(config: NpuConfig, program: Program, *, backpressure: int | None =
     def rng_for(stream):
         return None if backpressure is None else random.Random(f"{backpressure}-{stream}")
 
-    async def send(ctx, port, payloads, rng):
+    def ticker(ctx, limit=None):
+        """``await tick(*signals)``: one cycle, True if every signal was 1 at its clock edge; past
+        ``limit`` cycles (the whole run's, sending the commands included) ``TimeoutError``."""
+        cycles = 0
+
+        async def tick(*signals):
+            nonlocal cycles
+            cycles += 1
+            if limit is not None and cycles > limit:
+                raise TimeoutError(f"NPU not idle after {limit} cycles: it reached the cycle limit")
+            _, _, *values = await ctx.tick().sample(*signals)
+            return all(values)
+        return tick
+
+    async def send(ctx, port, payloads, rng, tick):
         for payload in payloads:
-            idle = gaps(rng)
-            if idle:
-                await ctx.tick().repeat(idle)
+            for _ in range(gaps(rng)):
+                await tick()
             ctx.set(port.payload, payload)
             ctx.set(port.valid, 1)
-            await ctx.tick().until(port.ready)
+            while not await tick(port.ready):
+                pass
             ctx.set(port.valid, 0)
 
     async def commands(ctx):
-        rng = rng_for("cmd")
+        tick = ticker(ctx, max_cycles)
         await send(ctx, dut.cmd, [{"word": w, "last": int(i == len(words) - 1)} for i, w in enumerate(words)],
-                   rng)
-        cycles = 0
+                   rng_for("cmd"), tick)
         while not ctx.get(dut.status.idle):
-            await ctx.tick()
-            cycles += 1
-            if cycles > max_cycles:
-                raise TimeoutError(f"NPU not idle after {max_cycles} cycles")
+            await tick()
         done["counters"] = {name: ctx.get(dut.counters[i]) for i, name in enumerate(COUNTER_NAMES)}
         done["error"] = ctx.get(dut.status.error)
         done["rejected"] = ctx.get(dut.status.rejected)
 
     async def data_in(ctx):
-        await send(ctx, dut.din, beats, rng_for("din"))
+        await send(ctx, dut.din, beats, rng_for("din"), ticker(ctx))
 
     async def data_out(ctx):
         rng = rng_for("dout")

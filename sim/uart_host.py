@@ -11,7 +11,8 @@ other backends), then the command and data-in frames, at most one unacknowledged
 it), collecting ``DOUT`` frames as they come; then ``STATUS`` until the NPU is idle, which also
 returns the counters. A NAK or a missing ACK resends the frame (the device drops duplicates by
 sequence number). A lost ``DOUT`` frame cannot be resent by the device; the whole run is repeated from
-reset instead (``retries``).
+reset instead (``retries``). A run has an overall time limit (``run_timeout``, on the link's clock):
+past it, ``UartTimeout`` (a ``TimeoutError``) says which frames were still waiting.
 """
 from __future__ import annotations
 
@@ -21,15 +22,21 @@ from opennpu.config import NpuConfig
 from opennpu.golden.isa import ErrorCode
 from opennpu.golden.link import (STATUS_BYTES, FrameParser, FrameType, NakReason, StatusFlag, decode_info,
                                  decode_status, encode_frame)
-from opennpu.golden.program import Program, Result
+from opennpu.golden.program import Program, ProgramError, Result
 
-__all__ = ["LinkError", "SerialLink", "UartHost", "run_uart"]
+from .driver import program_words
+
+__all__ = ["LinkError", "UartTimeout", "SerialLink", "UartHost", "run_uart"]
 
 _COMMAND_BYTES = 16
 
 
 class LinkError(RuntimeError):
     """The board did not answer as the protocol requires (after retries)."""
+
+
+class UartTimeout(TimeoutError):
+    """A run did not finish within the host's ``run_timeout`` (not retried: the board may be busy)."""
 
 
 class SerialLink:
@@ -70,11 +77,17 @@ class UartHost:
         Seconds without any answer before a frame is resent or the status is polled.
     retries : int
         Attempts per frame, and attempts per run when a data-out frame was lost.
+    run_timeout : float
+        Seconds one ``run`` may take, every attempt included; past it, ``UartTimeout``.
     """
 
-    def __init__(self, config: NpuConfig, link, *, timeout: float = 0.5, retries: int = 8):
+    def __init__(self, config: NpuConfig, link, *, timeout: float = 0.5, retries: int = 8,
+                 run_timeout: float = 600.0):
+        if not run_timeout > 0:
+            raise ValueError(f"run_timeout must be > 0 seconds, got {run_timeout!r}")
         self.config, self.link = config, link
-        self.timeout, self.retries = timeout, retries
+        self.timeout, self.retries, self.run_timeout = timeout, retries, run_timeout
+        self._deadline = float("inf")
         self._parser = FrameParser(max_payload=max(4096, STATUS_BYTES))
         self._frames: list[tuple[int, int, bytes]] = []
         self._seq = 0
@@ -150,12 +163,7 @@ class UartHost:
 
     # -- programs ----------------------------------------------------------------------------------
     def _frames_of(self, program: Program, frame_max: int):
-        words = program.words()
-        if not words:
-            raise ValueError("program has no commands")
-        if len(program.data_in) % self.config.bus_bytes:
-            raise ValueError(f"data-in length {len(program.data_in)} is not a whole number of "
-                             f"{self.config.bus_bytes}-byte beats")
+        words = program.words()               # checked by run()
         per = frame_max // _COMMAND_BYTES
         cmd = []
         for i in range(0, len(words), per):
@@ -174,6 +182,8 @@ class UartHost:
         position = [0, 0]
         outputs = []
         while True:
+            self._check_deadline(f"command frames sent {position[0]} of {len(queues[0])}, "
+                                 f"data-in frames sent {position[1]} of {len(queues[1])}")
             now = self._now()
             for s in range(2):
                 if pending[s] is None and position[s] < len(queues[s]):
@@ -183,7 +193,7 @@ class UartHost:
                     self._send(ftype, pending[s][0], payload)
             if pending == [None, None]:
                 break
-            self._poll(0.02)
+            self._poll(min(0.02, self.timeout))     # no longer than a frame may wait
             while self._frames:
                 ftype, seq, payload = self._frames.pop(0)
                 if ftype == FrameType.DOUT:
@@ -206,6 +216,10 @@ class UartHost:
                     busy = status["flags"] & (StatusFlag.CMD_BUSY if s == 0 else StatusFlag.DATA_BUSY)
                     if last == p[0] and not busy:
                         pending[s] = None                   # the ACK was lost
+                    elif last == p[0] and s == 1 and status["flags"] & StatusFlag.IDLE and \
+                            pending[0] is None and position[0] == len(queues[0]):
+                        raise ProgramError(f"the NPU finished the program without taking all data-in: "
+                                           f"data-in frame {position[1]} of {len(queues[1])} never drained")
                     elif last == p[0]:
                         p[4] = self._now()              # still draining into a busy NPU
                     else:
@@ -213,6 +227,7 @@ class UartHost:
         # Everything is inside the NPU: wait until it is idle (STATUS replies come after every DOUT
         # frame sent before them, so the outputs are complete when one says idle).
         while True:
+            self._check_deadline("every frame delivered, the NPU still busy")
             status = self.status()
             while self._frames:
                 ftype, seq, payload = self._frames.pop(0)
@@ -232,6 +247,10 @@ class UartHost:
             raise LinkError(f"data-out frame {index & 0xFF} lost (got {seq})")
         return payload
 
+    def _check_deadline(self, state: str):
+        if self._now() > self._deadline:
+            raise UartTimeout(f"run not finished after {self.run_timeout} s ({state})")
+
     def _resend(self, p):
         self.resent += 1
         p[3] += 1
@@ -242,6 +261,8 @@ class UartHost:
 
     def run(self, program: Program) -> Result:
         """Run ``program`` from reset; returns data-out bytes, counters and status like every backend."""
+        program_words(self.config, program)
+        self._deadline = self._now() + self.run_timeout
         for attempt in range(self.retries):
             try:
                 return self._run_once(program)

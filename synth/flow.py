@@ -93,6 +93,14 @@ def _tool_env(board: Board, *, check: bool) -> dict:
     return env
 
 
+def _check_clocks(freq_mhz: float | None, baud: int):
+    """ValueError for a core clock or a UART rate that is not a positive number."""
+    if freq_mhz is not None and not freq_mhz > 0:          # also refuses nan
+        raise ValueError(f"the core clock must be > 0 MHz, got {freq_mhz}")
+    if isinstance(baud, bool) or not isinstance(baud, int) or baud <= 0:
+        raise ValueError(f"the UART baud rate must be a positive integer, got {baud!r}")
+
+
 def _top(board: Board, config: NpuConfig, freq_mhz: float | None, baud: int):
     from opennpu.hdl.board_top import BoardTop
     return BoardTop(config, clk_freq=(freq_mhz or board.default_mhz) * 1e6, baud=baud)
@@ -124,6 +132,7 @@ def _environment(env: dict):
 
 def plan(board: Board | str, config: NpuConfig, *, freq_mhz: float | None = None, baud: int = 115_200):
     """Elaborate the board design and return amaranth's ``BuildPlan`` (no tool runs)."""
+    _check_clocks(freq_mhz, baud)
     board = get_board(board) if isinstance(board, str) else board
     env = _tool_env(board, check=False)
     with _environment(env):
@@ -134,7 +143,9 @@ def plan(board: Board | str, config: NpuConfig, *, freq_mhz: float | None = None
 
 def synthesize(board: Board | str, config: NpuConfig, *, freq_mhz: float | None = None,
                build_dir: str | os.PathLike = "build", baud: int = 115_200, seed: int | None = None) -> SynthResult:
-    """Build the bitstream and return resources and timing. Raises ``ToolMissing`` or ``BuildFailed``."""
+    """Build the bitstream and return resources and timing. Raises ``ToolMissing`` or ``BuildFailed``
+    (``ValueError`` for a clock or baud rate that is not positive)."""
+    _check_clocks(freq_mhz, baud)
     board = get_board(board) if isinstance(board, str) else board
     env = _tool_env(board, check=True)
     target = freq_mhz or board.default_mhz

@@ -1,6 +1,7 @@
 """The ``opennpu`` CLI: JSON reports, verification, one-line errors with exit code 2."""
 import json
 
+import numpy as np
 import pytest
 
 from opennpu.cli import main
@@ -69,3 +70,130 @@ def test_sim_writes_vcd_and_gtkw(tmp_path, capsys):
     assert vcd.stat().st_size > 1000
     gtkw = (tmp_path / "run.gtkw").read_text()
     assert "controller" in gtkw and "array" in gtkw
+
+
+# -- issue 18: one-line errors with exit 2 instead of tracebacks (defect 7) -------------------------
+
+def one_line_error(capsys, argv, message, code=2):
+    code_, out, err = run(capsys, *argv)
+    assert (code_, out) == (code, ""), err
+    assert len(err.strip().splitlines()) == 1 and message in err, err
+    return err
+
+
+@pytest.fixture
+def corrupt_model(tmp_path):
+    (tmp_path / "bad.onnx").write_bytes(b"this is not an ONNX model\n")
+    np.save(tmp_path / "x.npy", np.zeros((1, 8), np.float32))
+    return str(tmp_path / "bad.onnx"), str(tmp_path / "x.npy")
+
+
+def test_export_to_a_missing_folder_or_a_folder(tmp_path, capsys):
+    one_line_error(capsys, ["export", "--array", "2x2", "-o", str(tmp_path / "missing" / "npu.v")],
+                   "does not exist")
+    one_line_error(capsys, ["export", "--array", "2x2", "-o", str(tmp_path)], "is a directory")
+
+
+def test_sim_vcd_in_a_missing_folder_is_refused_before_simulating(tmp_path, capsys, monkeypatch):
+    import opennpu.cli_gemm
+    monkeypatch.setattr(opennpu.cli_gemm, "run_gemm", lambda *a, **k: pytest.fail("simulated anyway"))
+    one_line_error(capsys, ["sim", "--m", "2", "--k", "2", "--n", "2", "--array", "2x2", "--vcd",
+                            str(tmp_path / "missing" / "out.vcd")], "--vcd")
+
+
+def test_report_missing_model_and_output_that_is_a_file(tmp_path, capsys):
+    one_line_error(capsys, ["report", str(tmp_path / "missing.onnx")], "not found")
+    (tmp_path / "afile").write_text("")
+    one_line_error(capsys, ["report", "--gemm", "4x4x4", "-o", str(tmp_path / "afile")], "is a file")
+
+
+def test_run_corrupt_model(corrupt_model, capsys):
+    pytest.importorskip("onnx")
+    model, x = corrupt_model
+    one_line_error(capsys, ["run", model, "--input", x], "not an ONNX model")
+
+
+def test_run_output_path_is_checked_before_running(corrupt_model, tmp_path, capsys):
+    """The corrupt model would fail later: the --output error proves the path is checked first."""
+    model, x = corrupt_model
+    one_line_error(capsys, ["run", model, "--input", x, "--output", str(tmp_path / "missing" / "y.npy")],
+                   "does not exist")
+    one_line_error(capsys, ["run", model, "--input", x, "--output", str(tmp_path / "y.txt")],
+                   "must end in .npy")                                        # defect 8: no y.txt.npy
+    assert not list(tmp_path.glob("y.txt*"))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--baud", "0"], "baud rate must be a positive integer, got 0"),
+    (["--baud", "-9600"], "baud rate must be a positive integer"),
+    (["--freq", "-5"], "core clock must be > 0 MHz, got -5.0"),
+    (["--freq", "0"], "core clock must be > 0 MHz, got 0.0"),
+])
+def test_synth_bad_clocks(tmp_path, capsys, argv, message):
+    one_line_error(capsys, ["synth", "--board", "ulx3s-85f", "--plan-only", "--build-dir", str(tmp_path / "b"),
+                            *argv], message)
+    assert not (tmp_path / "b").exists()
+
+
+# -- silently wrong results (defect 8) --------------------------------------------------------------
+
+@pytest.mark.parametrize("mhz", ["-5", "0", "nan"])
+def test_report_fpga_mhz_must_be_positive(tmp_path, capsys, mhz):
+    one_line_error(capsys, ["report", "--gemm", "4x4x4", "--fpga-mhz", mhz, "-o", str(tmp_path / "r")],
+                   "fpga_mhz must be > 0")
+    assert not (tmp_path / "r").exists()
+
+
+def test_backpressure_on_golden_is_an_error(capsys):
+    one_line_error(capsys, ["gemm", "--m", "2", "--k", "2", "--n", "2", "--backpressure", "3"], "back-pressure")
+
+
+def test_huge_gemm_is_refused_with_an_estimate(capsys):
+    err = one_line_error(capsys, ["gemm", "--m", "10000000", "--k", "2", "--n", "2"], "GB of host memory")
+    assert "--max-gb 4" in err
+
+
+def test_usage_errors_are_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["gemm", "--m", "x", "--k", "2", "--n", "2"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == ["opennpu gemm: error: argument --m: invalid int value: 'x'"]
+
+
+# -- Ctrl-C (defect 10) -----------------------------------------------------------------------------
+
+def test_ctrl_c_exits_130_in_one_line(capsys, monkeypatch):
+    import opennpu.cli_gemm
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(opennpu.cli_gemm, "run_gemm", interrupted)
+    assert one_line_error(capsys, ["gemm", "--m", "2", "--k", "2", "--n", "2"], "interrupted", code=130) \
+        == "opennpu gemm: interrupted\n"
+
+
+def test_ctrl_c_during_sim_removes_the_partial_waveform(tmp_path, capsys, monkeypatch):
+    from opennpu.sim import pysim
+
+    def interrupted(self):                # Ctrl-C after a few simulated steps, the VCD half written
+        for _ in range(40):
+            self.advance()
+        raise KeyboardInterrupt
+    monkeypatch.setattr(pysim.Simulator, "run", interrupted)
+    vcd = tmp_path / "run.vcd"
+    err = one_line_error(capsys, ["sim", "--m", "2", "--k", "2", "--n", "2", "--array", "2x2", "--vcd", str(vcd)],
+                         "interrupted; removed the partial waveform files", code=130)
+    assert str(vcd) in err and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("json_flag", [False, True])
+def test_progress_on_a_terminal_never_under_json(capsys, monkeypatch, json_flag):
+    pytest.importorskip("rich")
+    import sys
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    code, out, err = run(capsys, "gemm", "--m", "4", "--k", "3", "--n", "2", *(["--json"] if json_flag else []))
+    assert code == 0
+    if json_flag:
+        assert err == "" and json.loads(out)["verified"]
+    else:
+        assert "GEMM 4x3x2 on golden" in err

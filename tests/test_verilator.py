@@ -17,7 +17,7 @@ from opennpu.golden.deps import order_program
 from opennpu.compiler.gemm import ACTIVATIONS, build_gemm, random_gemm
 from opennpu.config import NpuConfig
 from opennpu.golden.isa import Command, ErrorCode, Opcode
-from opennpu.golden.model import GoldenNpu
+from opennpu.golden.model import GoldenNpu, ProgramError
 from opennpu.golden.program import Program
 from opennpu.sim import verilator as vl
 from opennpu.sim.driver import BackendUnavailable, Npu
@@ -165,13 +165,16 @@ def test_vcd_and_gtkw(tmp_path):
     assert f'[dumpfile] "{vcd}"' in save and "TOP.opennpu_tb.npu.core.engine.ex.issue_busy" in save
 
 
-def test_cycle_limit_and_hang_raise():
+def test_cycle_limit_and_hang_raise(monkeypatch):
     config = CONFIG_2X2
     gp = build_gemm(config, random_gemm(6, 4, 4, seed=2))
     with pytest.raises(TimeoutError, match="cycle limit"):
         vl.run_verilator(config, gp.program, max_cycles=10)
-    starved = Program([Command(Opcode.LOAD_LUT)], b"")          # waits forever for data-in
-    with pytest.raises(TimeoutError, match="moved nothing"):
+    starved = Program([Command(Opcode.LOAD_LUT)], b"")          # would wait forever for data-in
+    with pytest.raises(ProgramError, match="too short"):
+        vl.run_verilator(config, starved)                       # so it is refused up front
+    monkeypatch.setattr(vl, "program_words", lambda config, program: program.words())
+    with pytest.raises(TimeoutError, match="moved nothing"):    # past the check: the hang detector
         vl.run_verilator(config, starved)
 
 
