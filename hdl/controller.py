@@ -9,7 +9,8 @@ The dispatcher looks at the head command (held by ``hdl/top.py``) every cycle an
 
 The timing of every unit is documented in its module and modelled in ``golden/timing.py``. The whole
 core runs under one clock enable (``hdl/top.py`` freezes it on stream back-pressure), so the core
-itself never sees a stall.
+itself never sees a stall: the dispatcher and every unit below run under their own registered copy
+of it (``hdl/freeze.py``), all loaded with ``run_next``.
 """
 from amaranth import *
 from amaranth.lib import data, wiring
@@ -17,15 +18,15 @@ from amaranth.lib.wiring import In, Out
 
 from opennpu.config import NpuConfig
 from opennpu.golden.isa import COMMAND_BITS, ActFn, Buf, Opcode, Precision
-from opennpu.golden.program import COUNTER_NAMES
 from opennpu.golden.timing import ACT_LATENCY, Space, array_latency
 
 from .activation import ActivationUnit
 from .array import SystolicArray
 from .common import preload_words, stream_words
-from .counters import Events
+from .counters import Events, counters_layout
 from .decoder import CommandChecker, command_layout
 from .execute_unit import ExecuteUnit
+from .freeze import EnableCopies
 from .os_array import OutputStationaryArray
 from .os_execute_unit import OsExecuteUnit
 from .hazard import AccessLayout, access, conflict
@@ -97,6 +98,9 @@ class Controller(wiring.Component):
     next_word : In(COMMAND_BITS); next_decode : In(PreDecode); running : In(1)
         The command waiting behind the head with its registered decode, and whether the core advances
         this cycle.
+    run_next : In(1)
+        Whether the core advances in the next cycle (``running`` one cycle later): loaded into the
+        enable copies of the dispatcher and the units.
     next_head : Out(HeadState)
         What the head becomes if it loads ``next_word`` at the end of this cycle (``valid`` = 1). Valid
         only in the cycles where it may load: the head is empty or leaves (``consume`` and ``running``).
@@ -109,7 +113,7 @@ class Controller(wiring.Component):
         cycle runs.
     push, push_data : Out
         A data-out beat this cycle.
-    counters : In(ArrayLayout(unsigned(64), n))
+    counters : In(ArrayLayout(unsigned(counter_bits), n))
         The values a COUNTERS snapshot samples (``Counters.snapshot``, hdl/counters.py).
     events : Out(Events)
     busy : Out(1)
@@ -139,10 +143,11 @@ class Controller(wiring.Component):
         super().__init__({
             "head": In(HeadState), "cmd_word": In(COMMAND_BITS), "cmd_decode": Out(PreDecode),
             "next_word": In(COMMAND_BITS), "next_decode": In(PreDecode), "running": In(1),
+            "run_next": In(1),
             "next_head": Out(HeadState), "kept_hits": Out(len(INFLIGHT_GROUPS)), "consume": Out(1),
             "din": In(8 * c.bus_bytes), "want_in": Out(1), "want_in_next": Out(1),
             "push": Out(1), "push_data": Out(8 * c.bus_bytes),
-            "counters": In(data.ArrayLayout(unsigned(64), len(COUNTER_NAMES))),
+            "counters": In(counters_layout(c)),
             "events": Out(Events), "busy": Out(1),
             "error": Out(3), "rejected": Out(16),
         })
@@ -190,25 +195,25 @@ class Controller(wiring.Component):
         return accs
 
     def elaborate(self, platform):
-        m = Module()
+        m = Module()                     # the dispatcher; ``units``: the submodules (hdl/freeze.py)
         c = self._config
 
         # -- storage and datapath ---------------------------------------------------------------
         # Block-RAM friendly SRAMs (hdl/sram.py): read-port copies, parity banks for the two act writers.
-        m.submodules.act_sram = act = DualWriteMemory(width=8 * c.act_word_bytes, depth=c.act_depth)
-        m.submodules.wgt_sram = wgt = ReplicatedMemory(width=8 * c.wgt_word_bytes, depth=c.wgt_depth,
-                                                       read_ports=2)
-        m.submodules.acc_sram = acc = ReplicatedMemory(width=32 * c.cols, depth=c.acc_depth, read_ports=3,
-                                                       transparent=(0,))
-        m.submodules.array = array = self.array
-        m.submodules.act_fn = act_fn = self.act_fn
-        m.submodules.ld = ld = self.ld
+        units = {}
+        units["act_sram"] = act = DualWriteMemory(width=8 * c.act_word_bytes, depth=c.act_depth)
+        units["wgt_sram"] = wgt = ReplicatedMemory(width=8 * c.wgt_word_bytes, depth=c.wgt_depth, read_ports=2)
+        units["acc_sram"] = acc = ReplicatedMemory(width=32 * c.cols, depth=c.acc_depth, read_ports=3,
+                                                   transparent=(0,))
+        units["array"] = array = self.array
+        units["act_fn"] = act_fn = self.act_fn
+        units["ld"] = ld = self.ld
         pl = self.pl
         if pl is not None:
-            m.submodules.pl = pl
-        m.submodules.ex = ex = self.ex
-        m.submodules.wb = wb = self.wb
-        m.submodules.st = st = self.st
+            units["pl"] = pl
+        units["ex"] = ex = self.ex
+        units["wb"] = wb = self.wb
+        units["st"] = st = self.st
 
         wiring.connect(m, ld.act_wr, act.wr0)
         wiring.connect(m, wb.act_wr, act.wr1)
@@ -443,4 +448,10 @@ class Controller(wiring.Component):
             ev.acc_reads.eq(ex.ev_acc_read + wb.ev_acc_read + st.ev_acc_read), ev.acc_writes.eq(ex.ev_acc_write),
             ev.beat_in.eq(ld.ev_beat), ev.beat_out.eq(self.push), ev.act_row.eq(wb.ev_act_op),
         ]
-        return m
+
+        core = Module()
+        enables = EnableCopies(core, platform, self.run_next)
+        for name, unit in units.items():
+            enables.freeze(name, unit)
+        enables.freeze("dispatcher", m)
+        return core
