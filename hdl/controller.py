@@ -451,7 +451,7 @@ class Controller(wiring.Component):
 
         core = Module()
         enables = EnableCopies(core, platform, self.run_next)
+        enables.freeze("dispatcher", m)       # (first: the units' ports keep their units' names in Verilog)
         for name, unit in units.items():
             enables.freeze(name, unit)
-        enables.freeze("dispatcher", m)
         return core
