@@ -33,7 +33,7 @@ import numpy as np
 
 from opennpu.config import NpuConfig
 from opennpu.golden.isa import Buf, ErrorCode
-from opennpu.golden.model import COUNTER_BEATS_BYTES
+from opennpu.golden.model import COUNTER_BEATS_BYTES, reported_counters
 from opennpu.golden.program import COUNTER_NAMES, Program, Result, decode_counters
 from opennpu.golden.timing import array_latency
 
@@ -384,7 +384,7 @@ class CompiledModel:
                 y[row0:row0 + rows, n0:n0 + width] = raw[:, :width]
                 pos += rows * row_bytes
             else:
-                snapshots.append((tag, decode_counters(outputs[pos:pos + snap_bytes])))
+                snapshots.append((tag, reported_counters(self.config, decode_counters(outputs[pos:pos + snap_bytes]))))
                 pos += snap_bytes
         return last.tensor(y, self.batch), snapshots
 

@@ -21,7 +21,7 @@ from .program import COUNTER_NAMES, Program, ProgramError, Result
 from .timing import CycleModel
 
 __all__ = ["GoldenNpu", "validate", "k_tile", "weight_words", "stream_weight_words", "event_costs",
-           "ProgramError", "HazardError"]
+           "derive_energy", "reported_counters", "ProgramError", "HazardError"]
 
 COUNTER_BEATS_BYTES = 8 * len(COUNTER_NAMES)
 REJECTED_MAX = 0xFFFF
@@ -42,6 +42,27 @@ def event_costs(config: NpuConfig, precision: Precision = Precision.INT8) -> dic
             "acc_reads": acc, "acc_writes": acc, "dma_in_bytes": e.dma_byte_fj,
             "dma_out_bytes": e.dma_byte_fj, "act_ops": e.act_op_fj,
             "macs": e.mac_int4_fj if precision == Precision.A4W4 else e.mac_int8_fj}
+
+
+def derive_energy(config: NpuConfig, counters: dict) -> int:
+    """``energy_fj`` from the event counters, equal to what the hardware accumulator holds.
+
+    Every event but a MAC costs the same in every precision (``event_costs``); ``int4_macs`` of the
+    ``macs`` cost ``mac_int4_fj``, the rest ``mac_int8_fj``. The counters wrap at ``counter_bits``, so the
+    sum is taken modulo ``2 ** counter_bits`` too: the result is exact whenever the accumulator is.
+    """
+    int8, a4w4 = event_costs(config), event_costs(config, Precision.A4W4)
+    total = sum(counters[name] * cost for name, cost in int8.items() if name != "macs")
+    total += (counters["macs"] - counters["int4_macs"]) * int8["macs"] + counters["int4_macs"] * a4w4["macs"]
+    return total & config.counter_mask
+
+
+def reported_counters(config: NpuConfig, counters: dict) -> dict:
+    """The counters a driver reports: as read from the hardware, with ``energy_fj`` derived from the
+    events when the configuration has no energy accumulator (the hardware reads 0 there)."""
+    if config.energy_counter:
+        return dict(counters)
+    return dict(counters, energy_fj=derive_energy(config, counters))
 
 
 class GoldenNpu:
@@ -74,11 +95,16 @@ class GoldenNpu:
         self.trace: list[tuple[object, int]] = []   # (command or raw word, dispatch cycle)
 
     def _count(self, **events):
-        """Add events to the counters and their energy to ``energy_fj``."""
-        cost = self._costs[self.regs["precision"]]
+        """Add events to the counters and their energy to ``energy_fj`` (if the hardware has it); a4w4
+        MACs to ``int4_macs`` too. Every counter wraps at ``counter_bits``, as in hardware."""
+        precision, mask = self.regs["precision"], self.config.counter_mask
+        if precision == Precision.A4W4 and "macs" in events:
+            events["int4_macs"] = events["macs"]
+        cost = self._costs[precision]
         for name, n in events.items():
-            self.counters[name] += n
-            self.counters["energy_fj"] += n * cost.get(name, 0)
+            self.counters[name] = (self.counters[name] + n) & mask
+            if self.config.energy_counter:
+                self.counters["energy_fj"] = (self.counters["energy_fj"] + n * cost.get(name, 0)) & mask
 
     # -- execution --------------------------------------------------------------------------------
     def run(self, program: Program) -> Result:
@@ -88,8 +114,9 @@ class GoldenNpu:
             self._step(index, word)
         if len(self._din):
             raise ProgramError(f"{len(self._din)} data-in bytes left over after the last command")
-        self.counters["cycles"] = self.timeline.total_cycles()
-        return Result(bytes(self._dout), dict(self.counters), self.error, self.rejected)
+        self.counters["cycles"] = self.timeline.total_cycles() & self.config.counter_mask
+        return Result(bytes(self._dout), reported_counters(self.config, self.counters), self.error,
+                      self.rejected)
 
     def _step(self, index: int, word: int):
         code, cmd = validate(word, self.config, self.regs["precision"])
@@ -254,6 +281,6 @@ class GoldenNpu:
 
     def _counters(self, cmd):
         d = self.timeline.counters_snapshot(self.config.beats(COUNTER_BEATS_BYTES))
-        snapshot = dict(self.counters, cycles=d)
+        snapshot = dict(self.counters, cycles=d & self.config.counter_mask)
         self._push(b"".join(snapshot[name].to_bytes(8, "little") for name in COUNTER_NAMES))
         return d

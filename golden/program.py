@@ -9,11 +9,13 @@ from .isa import COMMAND_BITS, Command, ErrorCode, encode
 
 __all__ = ["COUNTER_NAMES", "ProgramError", "Program", "Result", "decode_counters"]
 
-#: Hardware counters, in the order the ``COUNTERS`` command emits them (64-bit little-endian each)
-#: and the status port exposes them.
+#: Hardware counters, in the order the ``COUNTERS`` command emits them (8 bytes little-endian each,
+#: ``NpuConfig.counter_bits`` wide, zero-extended) and the status port exposes them. ``int4_macs``:
+#: the MACs (of ``macs``) done in a4w4, at the 4-bit MAC cost; with ``energy_counter=False`` the
+#: hardware's ``energy_fj`` is 0 and the drivers derive it (``golden.model.derive_energy``).
 COUNTER_NAMES = ("cycles", "busy_cycles", "stall_cycles", "macs", "act_reads", "act_writes",
                  "wgt_reads", "wgt_writes", "acc_reads", "acc_writes", "dma_in_bytes",
-                 "dma_out_bytes", "act_ops", "energy_fj")
+                 "dma_out_bytes", "act_ops", "energy_fj", "int4_macs")
 
 
 class ProgramError(ValueError):

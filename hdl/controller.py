@@ -6,7 +6,8 @@ once the unit is free and the units its ``wait`` tokens name are idle; it compar
 PRELOAD and COMPUTE go to the compute engine of the configured dataflow (``hdl/engine.py``). The
 timing of every unit is documented in its module and modelled in ``golden/timing.py``. The whole
 core runs under one clock enable (``hdl/top.py`` freezes it on stream back-pressure), so the core
-itself never sees a stall.
+itself never sees a stall: its registers and every unit below run under their own registered copy of
+it (``hdl/freeze.py``), all loaded with ``run_next``.
 """
 from amaranth import *
 from amaranth.lib import data, wiring
@@ -14,15 +15,15 @@ from amaranth.lib.wiring import In, Out
 
 from opennpu.config import NpuConfig
 from opennpu.golden.isa import COMMAND_BITS, ActFn, Buf, Opcode, Precision
-from opennpu.golden.program import COUNTER_NAMES
 from opennpu.golden.timing import ACT_LATENCY, array_latency
 
 from .activation import ActivationUnit
 from .array import SystolicArray
-from .counters import Events
+from .counters import Events, counters_layout
 from .decoder import command_layout
 from .dispatcher import Dispatcher, HeadState
 from .engine import compute_engine
+from .freeze import EnableCopies
 from .load_unit import LoadKind, LoadUnit
 from .sram import DualWriteMemory, ReplicatedMemory
 from .store_unit import StoreMode, StoreUnit
@@ -54,7 +55,9 @@ class Controller(wiring.Component):
         cycle runs.
     push, push_data : Out
         A data-out beat this cycle.
-    counters : In(ArrayLayout(unsigned(64), n))
+    run_next : In(1)
+        Whether the core advances in the next cycle: loaded into the enable copies of the units.
+    counters : In(ArrayLayout(unsigned(counter_bits), n))
         The values a COUNTERS snapshot samples (``Counters.snapshot``, hdl/counters.py).
     events : Out(Events)
     busy : Out(1)
@@ -82,28 +85,28 @@ class Controller(wiring.Component):
             "next_head": Out(HeadState), "consume": Out(1),
             "din": In(8 * c.bus_bytes), "want_in": Out(1), "want_in_next": Out(1),
             "push": Out(1), "push_data": Out(8 * c.bus_bytes),
-            "counters": In(data.ArrayLayout(unsigned(64), len(COUNTER_NAMES))),
+            "run_next": In(1), "counters": In(counters_layout(c)),
             "events": Out(Events), "busy": Out(1),
             "error": Out(3), "rejected": Out(16),
         })
 
     def elaborate(self, platform):
-        m = Module()
+        m = Module()                     # the core's registers and wiring; the units run beside it
         c = self._config
 
         # -- storage and units --------------------------------------------------------------------
         # Block-RAM friendly SRAMs (hdl/sram.py): read-port copies, parity banks for the two act writers.
-        m.submodules.act_sram = act = DualWriteMemory(width=8 * c.act_word_bytes, depth=c.act_depth)
-        m.submodules.wgt_sram = wgt = ReplicatedMemory(width=8 * c.wgt_word_bytes, depth=c.wgt_depth,
-                                                       read_ports=2)
-        m.submodules.acc_sram = acc = ReplicatedMemory(width=32 * c.cols, depth=c.acc_depth, read_ports=3,
-                                                       transparent=(0,))
-        m.submodules.engine = engine = self.engine
-        m.submodules.act_fn = act_fn = self.act_fn
-        m.submodules.ld = ld = self.ld
-        m.submodules.wb = wb = self.wb
-        m.submodules.st = st = self.st
-        m.submodules.dispatcher = disp = self.dispatcher
+        units = {}
+        units["act_sram"] = act = DualWriteMemory(width=8 * c.act_word_bytes, depth=c.act_depth)
+        units["wgt_sram"] = wgt = ReplicatedMemory(width=8 * c.wgt_word_bytes, depth=c.wgt_depth, read_ports=2)
+        units["acc_sram"] = acc = ReplicatedMemory(width=32 * c.cols, depth=c.acc_depth, read_ports=3,
+                                                   transparent=(0,))
+        units["engine"] = engine = self.engine
+        units["act_fn"] = act_fn = self.act_fn
+        units["ld"] = ld = self.ld
+        units["wb"] = wb = self.wb
+        units["st"] = st = self.st
+        units["dispatcher"] = disp = self.dispatcher
 
         wiring.connect(m, ld.act_wr, act.wr0)
         wiring.connect(m, wb.act_wr, act.wr1)
@@ -181,4 +184,10 @@ class Controller(wiring.Component):
             ev.acc_reads.eq(eng.acc_read + wb.ev_acc_read + st.ev_acc_read), ev.acc_writes.eq(eng.acc_write),
             ev.beat_in.eq(ld.ev_beat), ev.beat_out.eq(self.push), ev.act_row.eq(wb.ev_act_op),
         ]
-        return m
+
+        core = Module()
+        enables = EnableCopies(core, platform, self.run_next)
+        enables.freeze("regs", m)         # (first: the units' ports keep their units' names in Verilog)
+        for name, unit in units.items():
+            enables.freeze(name, unit)
+        return core

@@ -8,16 +8,19 @@ from opennpu.golden.isa import Precision
 from opennpu.golden.model import event_costs
 from opennpu.golden.program import COUNTER_NAMES
 
-from .fanout import buffered
+__all__ = ["Events", "Counters", "counters_layout"]
 
-__all__ = ["Events", "Counters"]
+
+def counters_layout(config: NpuConfig) -> data.ArrayLayout:
+    """Every counter, ``config.counter_bits`` wide, in ``COUNTER_NAMES`` order."""
+    return data.ArrayLayout(unsigned(config.counter_bits), len(COUNTER_NAMES))
 
 
 class Events(data.Struct):
     """What happened in one cycle (counts, since several units may touch one SRAM at once)."""
     row: 1            # a row entered the array (busy cycle)
     macs: 16          # useful MACs of that row
-    int4_macs: 1      # they are 4-bit MACs (a4w4), with their own energy cost
+    int4_macs: 1      # they are 4-bit MACs (a4w4), with their own energy cost and counter
     act_reads: 2
     act_writes: 2
     wgt_reads: 2
@@ -30,7 +33,7 @@ class Events(data.Struct):
 
 
 class Counters(wiring.Component):
-    """64-bit counters in ``COUNTER_NAMES`` order.
+    """``config.counter_bits``-wide counters in ``COUNTER_NAMES`` order; they wrap like the golden model's.
 
     ``cycles`` += ``active`` and ``stall_cycles`` += ``stall`` every cycle; their values include every
     cycle before the current one. The events of each running (``run``) cycle go through a pipeline:
@@ -38,8 +41,11 @@ class Counters(wiring.Component):
     cost (from the configuration's energy table, the same ``event_costs`` the golden model uses) is
     registered, then that cost is added to the energy total. The event counters and ``energy_fj``
     (total + registered cost) read in cycle t therefore include the events of every cycle before t - 1:
-    two cycles of latency, and no path runs from the units' event logic into a 64-bit adder, from a
-    multiply into the cost sum or from the cost sum into the total.
+    two cycles of latency, and no path runs from the units' event logic into a counter adder, from a
+    multiply into the cost sum or from the cost sum into the total. ``int4_macs`` counts the MACs of
+    rows done in a4w4 (constant 0 without a4w4 in ``config.precisions``). Without
+    ``config.energy_counter`` there is no multiply, cost sum or total: ``energy_fj`` reads 0 and the
+    drivers derive it from the event counters (``golden.model.derive_energy``).
     ``settled``: no event is in the pipeline (every value is final).
 
     ``snapshot``: what a COUNTERS command dispatched in the previous running cycle d samples in the
@@ -50,8 +56,9 @@ class Counters(wiring.Component):
     Members
     -------
     run, active, stall : In(1)
+        ``run``: the core's clock enable this cycle (a register, ``hdl/top.py``).
     events : In(Events)
-    values, snapshot : Out(ArrayLayout(unsigned(64), len(COUNTER_NAMES)))
+    values, snapshot : Out(ArrayLayout(unsigned(counter_bits), len(COUNTER_NAMES)))
     settled : Out(1)
     """
 
@@ -60,37 +67,32 @@ class Counters(wiring.Component):
 
     def __init__(self, config: NpuConfig):
         self._config = config
+        layout = counters_layout(config)
         super().__init__({"run": In(1), "active": In(1), "stall": In(1), "events": In(Events),
-                          "values": Out(data.ArrayLayout(unsigned(64), len(COUNTER_NAMES))),
-                          "snapshot": Out(data.ArrayLayout(unsigned(64), len(COUNTER_NAMES))),
-                          "settled": Out(1)})
+                          "values": Out(layout), "snapshot": Out(layout), "settled": Out(1)})
 
     def elaborate(self, platform):
         m = Module()
         c = self._config
+        bits = c.counter_bits
         value = {name: self.values[i] for i, name in enumerate(COUNTER_NAMES)}
         with m.If(self.active):
             m.d.sync += value["cycles"].eq(value["cycles"] + 1)
         with m.If(self.stall):
             m.d.sync += value["stall_cycles"].eq(value["stall_cycles"] + 1)
 
-        # Stage 1: the events of a running cycle (``run`` reaches the register through its own buffer).
+        # Stage 1: the events of a running cycle.
         # (``macs`` and ``int4_macs`` describe a row: kept only with one, so that no row means all zero.)
         ev, counted = Signal(Events), Signal(Events)
+        int4 = self.events.int4_macs if "a4w4" in c.precisions else C(0)
         m.d.comb += [counted.eq(self.events),
                      counted.macs.eq(Mux(self.events.row, self.events.macs, 0)),
-                     counted.int4_macs.eq(self.events.row & self.events.int4_macs)]
-        cost, cost_int4 = event_costs(c), event_costs(c, Precision.A4W4)
-        run_events = buffered(m, platform, self.run, "run_events")
-        # The MACs' energy (a multiply, in a DSP block) is computed in this stage, beside the register.
-        mac_energy = Signal(64)
-        m.d.sync += [ev.eq(Mux(run_events, counted, 0)),
-                     mac_energy.eq(Mux(run_events, counted.macs * Mux(counted.int4_macs, cost_int4["macs"],
-                                                                       cost["macs"]), 0))]
+                     counted.int4_macs.eq(self.events.row & int4)]
+        m.d.sync += ev.eq(Mux(self.run, counted, 0))
         m.d.comb += self.settled.eq(ev.as_value() == 0)
-        # Stage 2: the event counters add them; their energy cost is registered in ``pending``.
+        # Stage 2: the event counters add them.
         increments = {
-            "busy_cycles": ev.row, "macs": ev.macs,
+            "busy_cycles": ev.row, "macs": ev.macs, "int4_macs": Mux(ev.int4_macs, ev.macs, 0),
             "act_reads": ev.act_reads, "act_writes": ev.act_writes,
             "wgt_reads": ev.wgt_reads, "wgt_writes": ev.wgt_writes,
             "acc_reads": ev.acc_reads, "acc_writes": ev.acc_writes,
@@ -99,17 +101,22 @@ class Counters(wiring.Component):
         }
         for name, inc in increments.items():
             m.d.sync += value[name].eq(value[name] + inc)
-        energy = sum(increments[name] * cost[name] for name in cost if name != "macs") + mac_energy
-        # Stage 3: the total adds the registered cost; the value read is total + pending.
-        total, pending = Signal(64), Signal(64)
-        m.d.sync += [pending.eq(energy), total.eq(total + pending)]
-        m.d.comb += value["energy_fj"].eq(total + pending)
+        if c.energy_counter:
+            # The MACs' energy (a multiply, in a DSP block) is computed in stage 1, beside the register;
+            # stage 2 registers the cost of the events in ``pending``; stage 3 adds it to the total.
+            cost, cost_int4 = event_costs(c), event_costs(c, Precision.A4W4)
+            mac_energy = Signal(bits)
+            m.d.sync += mac_energy.eq(Mux(self.run, counted.macs * Mux(counted.int4_macs, cost_int4["macs"],
+                                                                       cost["macs"]), 0))
+            energy = sum(increments[name] * cost[name] for name in cost if name != "macs") + mac_energy
+            total, pending = Signal(bits), Signal(bits)
+            m.d.sync += [pending.eq(energy), total.eq(total + pending)]
+            m.d.comb += value["energy_fj"].eq(total + pending)
 
-        run_mark = buffered(m, platform, self.run, "run_mark")
         for i, name in enumerate(COUNTER_NAMES):
             if name in self.LIVE:
-                mark = Signal(64, name=f"{name}_mark")
-                with m.If(run_mark):
+                mark = Signal(bits, name=f"{name}_mark")
+                with m.If(self.run):
                     m.d.sync += mark.eq(value[name])
                 m.d.comb += self.snapshot[i].eq(mark)
             else:

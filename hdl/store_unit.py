@@ -1,12 +1,13 @@
 """ST unit: STORE (SRAM words to data-out) and COUNTERS (counter snapshot to data-out)."""
 from amaranth import *
-from amaranth.lib import data, wiring
+from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from opennpu.config import NpuConfig
 from opennpu.golden.program import COUNTER_NAMES
 
 from .common import read_port_signature
+from .counters import counters_layout
 
 __all__ = ["StoreMode", "StoreUnit"]
 
@@ -24,12 +25,13 @@ class StoreUnit(wiring.Component):
     Timing: ``start`` in cycle d; word 0 read in d+1; beats pushed d+2 .. d+1+n*b (b beats per word;
     the next word is read during the previous word's last beat); ``busy`` high d+1 .. d+1+n*b.
     COUNTERS behaves as one word of ``beats(8 * len(COUNTER_NAMES))`` beats taken from ``counters``
-    (``Counters.snapshot``), sampled in cycle d+1: every cycle and event before cycle d.
+    (``Counters.snapshot``), sampled in cycle d+1: every cycle and event before cycle d. Only the
+    ``counter_bits`` of each counter are registered; the word carries each in 8 bytes, zero-extended.
 
     Members
     -------
     start, mode, addr, rows : In
-    counters : In(ArrayLayout(unsigned(64), len(COUNTER_NAMES)))
+    counters : In(ArrayLayout(unsigned(counter_bits), len(COUNTER_NAMES)))
     busy : Out(1)
     act_rd, wgt_rd, acc_rd : SRAM read ports.
     push, push_data : Out
@@ -40,7 +42,7 @@ class StoreUnit(wiring.Component):
         self._config = c = config
         super().__init__({
             "start": In(1), "mode": In(2), "addr": In(16), "rows": In(16),
-            "counters": In(data.ArrayLayout(unsigned(64), len(COUNTER_NAMES))),
+            "counters": In(counters_layout(c)),
             "busy": Out(1),
             "act_rd": In(read_port_signature(c.act_depth, 8 * c.act_word_bytes)),
             "wgt_rd": In(read_port_signature(c.wgt_depth, 8 * c.wgt_word_bytes)),
@@ -80,8 +82,10 @@ class StoreUnit(wiring.Component):
             with m.Else():
                 m.d.comb += self.push.eq(1)
                 with m.Switch(mode):
+                    counters_word = Cat(Cat(snapshot[i], Const(0, 64 - c.counter_bits))
+                                        for i in range(len(COUNTER_NAMES)))
                     for mode_value, (word, _, _) in [*sources.items(),
-                                                     (StoreMode.COUNTERS, (snapshot.as_value(), None, None))]:
+                                                     (StoreMode.COUNTERS, (counters_word, None, None))]:
                         beats = c.beats(len(word) // 8)
                         padded = Cat(word, Const(0, beats * bus - len(word)))
                         with m.Case(mode_value):

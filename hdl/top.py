@@ -2,8 +2,10 @@
 
 Back-pressure policy: any stream the machine needs and cannot use *freezes the whole core* (one clock
 enable, ``run``) for that cycle. ``run`` is a register: it is decided one cycle ahead from next-state
-values, so that the enable of ~16k flip-flops starts at a flip-flop instead of at the end of the
-stream handshakes. The core is frozen in cycle t+1 when, after cycle t:
+values (``run_next``), so that the enable of ~16k flip-flops starts at flip-flops instead of at the
+end of the stream handshakes. Each unit of the core, the counters and this module's own logic load
+their own copy of that register (``hdl/freeze.py``), so no single net reaches every flip-flop. The
+core is frozen in cycle t+1 when, after cycle t:
 
 - a program is open (its ``last`` command not yet received) and the head register will be empty;
 - the LD unit will want a data-in beat and the 2-entry data-in FIFO will be empty;
@@ -27,7 +29,7 @@ from opennpu.golden.program import COUNTER_NAMES
 from .controller import Controller
 from .dispatcher import HeadState
 from .counters import Counters
-from .fanout import BufferedEnableInserter
+from .freeze import EnableCopies
 
 __all__ = ["CommandBeat", "Status", "NpuTop"]
 
@@ -57,7 +59,7 @@ class NpuTop(wiring.Component):
         STORE / ACTIVATE-to-host / COUNTERS output. Once valid, payload and valid hold until taken.
     status : Out(Status)
     counters : Out(ArrayLayout(unsigned(64), len(COUNTER_NAMES)))
-        Live counters (``golden.program.COUNTER_NAMES`` order).
+        Live counters (``golden.program.COUNTER_NAMES`` order), ``counter_bits`` wide, zero-extended.
     """
 
     def __init__(self, config: NpuConfig):
@@ -81,9 +83,12 @@ class NpuTop(wiring.Component):
         m = Module()
         core, perf = self.core, self.perf
         bus = 8 * self._config.bus_bytes
-        run = Signal(init=1)
-        # The clock enable of the whole core, fanned out through LUT buffers (hdl/fanout.py).
-        m.submodules.core = BufferedEnableInserter(run, platform)(core)
+        # The clock enable of the whole core: registered copies of ``run_next`` (hdl/freeze.py), one
+        # here, one for the counters, one per unit inside the core.
+        run_next = Signal()
+        enables = EnableCopies(m, platform, run_next)
+        run = enables.copy("run")
+        m.submodules.core = core
         m.submodules.perf = perf
         m.submodules.din_fifo = din_fifo = fifo.SyncFIFO(width=bus, depth=2)
         m.submodules.dout_fifo = dout_fifo = fifo.SyncFIFO(width=bus, depth=3)
@@ -129,9 +134,10 @@ class NpuTop(wiring.Component):
         program_open_next = Mux(take, ~pre.last, program_open)
         want_next = Mux(run, core.want_in_next, core.want_in)
         din_level_next = din_fifo.level + (din_fifo.w_en & din_fifo.w_rdy) - pop_in
-        m.d.sync += run.eq(~((program_open_next & ~head_valid_next)
-                             | (want_next & (din_level_next == 0))
-                             | (dout_fifo.level >= 2)))
+        m.d.comb += [run_next.eq(~((program_open_next & ~head_valid_next)
+                                   | (want_next & (din_level_next == 0))
+                                   | (dout_fifo.level >= 2))),
+                     core.run_next.eq(run_next)]
 
         # -- activity and stall accounting ---------------------------------------------------------
         core_active = Signal()
@@ -140,10 +146,10 @@ class NpuTop(wiring.Component):
         m.d.comb += [
             core_active.eq(head.valid | program_open | core.busy),
             active.eq(core_active | dout_fifo.r_rdy),
-            perf.run.eq(run), perf.active.eq(active),
+            perf.run.eq(enables.copy("run_perf")), perf.active.eq(active),
             perf.stall.eq(active & Mux(core_active, ~run, ~pushed_before)),
             perf.events.eq(core.events),
-            self.counters.eq(perf.values),
+            *[self.counters[i].eq(perf.values[i]) for i in range(len(COUNTER_NAMES))],
             self.status.error.eq(core.error), self.status.rejected.eq(core.rejected),
             self.status.idle.eq(~active & ~pre_valid & perf.settled),
         ]

@@ -85,6 +85,22 @@ class NpuConfig:
         ``None`` means the smallest power of two holding one int8 SRAM word (``max(rows, cols)``).
     energy:
         Energy table used by the hardware ``energy_fj`` counter and the cycle model.
+    counter_bits:
+        Width of every hardware counter (``golden.program.COUNTER_NAMES``), 1..64; the golden model
+        wraps its counters at the same width. The ``COUNTERS`` snapshot and the status port still
+        carry 8 bytes per counter (zero-extended). The default, 56, holds a 2048^3 GEMM on every
+        array size: the largest counter is ``energy_fj``, and the worst array is 1x1, where the
+        compiled int8 GEMM (one-row M chunks, weights reloaded for every tile) takes about
+        5.6e10 cycles and accumulates about 2.2e15 fJ (< 2^52). Even if every one of those cycles
+        carried the most energy one cycle can (two activation reads and writes, two weight reads and a
+        write, two accumulator reads and a write, a beat in, a beat out, a MAC and an activation op:
+        about 3.6e5 fJ with the default table and depths), the total, 2.0e16 fJ, stays below 2^55.
+        ``cycles`` (< 2^36) and the event counts are far smaller. (A non-default energy table, very
+        deep SRAMs or a data bus much wider than the array scale ``energy_fj`` up: raise the width.)
+    energy_counter:
+        Build the hardware ``energy_fj`` accumulator. Without it (small FPGA profiles) the hardware
+        reports 0 in that slot and the drivers derive ``energy_fj`` exactly from the event counters
+        (``golden.model.derive_energy``): ``int4_macs`` separates the MACs of a4w4 cost.
     """
     rows: int = 8
     cols: int = 8
@@ -95,6 +111,8 @@ class NpuConfig:
     acc_depth: int = 1024
     bus_bytes: int | None = None
     energy: EnergyTable = field(default_factory=EnergyTable)
+    counter_bits: int = 56
+    energy_counter: bool = True
 
     def __post_init__(self):
         for name in ("rows", "cols"):
@@ -127,6 +145,11 @@ class NpuConfig:
                              f"(at least one int8 SRAM word per beat), got {self.bus_bytes!r}")
         if not isinstance(self.energy, EnergyTable):
             raise ValueError(f"NpuConfig.energy must be an EnergyTable, got {type(self.energy).__name__}")
+        if (not isinstance(self.counter_bits, int) or isinstance(self.counter_bits, bool)
+                or not 1 <= self.counter_bits <= 64):
+            raise ValueError(f"NpuConfig.counter_bits must be an int in 1..64, got {self.counter_bits!r}")
+        if not isinstance(self.energy_counter, bool):
+            raise ValueError(f"NpuConfig.energy_counter must be a bool, got {self.energy_counter!r}")
 
     # -- derived sizes --------------------------------------------------------------------------
     @property
@@ -144,6 +167,11 @@ class NpuConfig:
     @property
     def acc_word_bytes(self) -> int:
         return 4 * self.cols
+
+    @property
+    def counter_mask(self) -> int:
+        """Counters wrap modulo ``counter_mask + 1`` (``2 ** counter_bits``)."""
+        return (1 << self.counter_bits) - 1
 
     def beats(self, nbytes: int) -> int:
         """Data-stream beats that carry ``nbytes`` (a word never shares a beat with another)."""

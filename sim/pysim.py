@@ -11,6 +11,7 @@ from amaranth.sim import Simulator
 
 from opennpu.config import NpuConfig
 from opennpu.golden.isa import ErrorCode
+from opennpu.golden.model import reported_counters
 from opennpu.golden.program import COUNTER_NAMES, Program, Result
 from opennpu.hdl.controller import check_rtl_config
 from opennpu.hdl.top import NpuTop
@@ -104,4 +105,4 @@ def run_pysim(config: NpuConfig, program: Program, *, backpressure: int | None =
     else:
         sim.run()
     out = b"".join(v.to_bytes(config.bus_bytes, "little") for v in outputs)
-    return Result(out, done["counters"], ErrorCode(done["error"]), done["rejected"])
+    return Result(out, reported_counters(config, done["counters"]), ErrorCode(done["error"]), done["rejected"])

@@ -22,6 +22,7 @@ from opennpu.config import NpuConfig
 from opennpu.golden.isa import ErrorCode
 from opennpu.golden.link import (STATUS_BYTES, FrameParser, FrameType, NakReason, StatusFlag, decode_info,
                                  decode_status, encode_frame)
+from opennpu.golden.model import reported_counters
 from opennpu.golden.program import Program, ProgramError, Result
 
 from .driver import program_words
@@ -238,7 +239,8 @@ class UartHost:
         self.last_status = status
         if status["flags"] & (StatusFlag.OVERRUN | StatusFlag.FRAMING):
             raise LinkError(f"the board's receiver reported {status['flags']!r}")
-        return Result(b"".join(outputs), status["counters"], ErrorCode(status["error"]), status["rejected"])
+        return Result(b"".join(outputs), reported_counters(self.config, status["counters"]), ErrorCode(status["error"]),
+                      status["rejected"])
 
     @staticmethod
     def _dout_payload(seq: int, index: int, payload: bytes) -> bytes:

@@ -49,6 +49,7 @@ from pathlib import Path
 
 from opennpu.config import NpuConfig
 from opennpu.golden.isa import ErrorCode
+from opennpu.golden.model import reported_counters
 from opennpu.golden.program import COUNTER_NAMES, Program, Result, decode_counters
 
 from .driver import BackendUnavailable, program_words
@@ -287,7 +288,7 @@ def _decode(config: NpuConfig, blob: bytes, count: int) -> list[Result]:
         pos += 12
         status = status_layout.from_bits(int.from_bytes(blob[pos:pos + status_bytes], "little"))
         pos += status_bytes
-        counters = decode_counters(blob[pos:pos + counter_bytes])
+        counters = reported_counters(config, decode_counters(blob[pos:pos + counter_bytes]))
         pos += counter_bytes
         (beats,) = struct.unpack_from("<I", blob, pos)
         pos += 4

@@ -11,7 +11,7 @@ module opennpu_tb #(
     parameter CMD_BITS = 129,
     parameter BUS_BITS = 128,
     parameter STATUS_BITS = 20,
-    parameter COUNTER_BITS = 896
+    parameter COUNTER_BITS = 960
 ) (
     input clk,
     input rst_next,

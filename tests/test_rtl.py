@@ -11,7 +11,7 @@ from opennpu.compiler.gemm import ACTIVATIONS, build_gemm, random_gemm
 from opennpu.config import NpuConfig
 from opennpu.golden.isa import Buf, Command, ErrorCode, Opcode, Precision
 from opennpu.golden.model import GoldenNpu
-from opennpu.golden.program import Program, decode_counters
+from opennpu.golden.program import COUNTER_NAMES, Program, decode_counters
 from opennpu.sim.driver import Npu
 
 
@@ -120,7 +120,7 @@ def test_counters_command_snapshot():
     program = order_program(Program(gp.program.commands + [Command(Opcode.COUNTERS)], gp.program.data_in), config)
     golden = GoldenNpu(config).run(program)
     rtl = Npu(config, "pysim", backpressure=9).run(program)
-    size = config.beats(112) * config.bus_bytes
+    size = config.beats(8 * len(COUNTER_NAMES)) * config.bus_bytes
     assert rtl.outputs[:-size] == golden.outputs[:-size]
     snap_g, snap_r = decode_counters(golden.outputs[-size:]), decode_counters(rtl.outputs[-size:])
     assert snap_r["cycles"] - snap_r["stall_cycles"] == snap_g["cycles"] > 0
