@@ -218,3 +218,30 @@ def test_real_block_build_reports_fmax(tmp_path):
     from opennpu.synth.blocks import block_fmax
     result = block_fmax("activation", NpuConfig(rows=2, cols=2), build_dir=tmp_path)
     assert result.fmax_mhz > 0 and result.luts > 0 and result.ffs > 0 and result.dsps > 0
+
+
+def _bench_fpga():
+    import importlib.util
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_fpga.py"
+    spec = importlib.util.spec_from_file_location("bench_fpga", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_fpga_parses_configs_and_fails_fast(capsys, tmp_path, monkeypatch):
+    bench = _bench_fpga()
+    assert bench.parse_configs(bench.DEFAULT_CONFIGS) == [("ulx3s-85f", (4, 4), 125.0), ("ulx3s-85f", (8, 8), 100.0)]
+    assert bench.parse_configs("icebreaker:2x2") == [("icebreaker", (2, 2), None)]
+    for vars_ in ("YOSYS", "NEXTPNR_ECP5", "ECPPACK"):     # the checks below must not need the tools
+        monkeypatch.setenv(vars_, "true")
+    for argv, message in ((["--configs", "8x8"], "expected BOARD:RxC"),
+                          (["--configs", "ulx3s-85f:8x8@fast"], "is not a number of MHz"),
+                          (["--configs", "ulx3s-85f:16x16"], "256 MULT18X18D DSPs, the device has 156"),
+                          (["--out", str(tmp_path / "file" / "x.json"), "--build-dir", str(tmp_path / "file")],
+                           "not writable")):
+        if "not writable" in message:
+            (tmp_path / "file").write_text("")              # a file where a directory should be
+        assert bench.main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
