@@ -64,7 +64,7 @@ def test_a_config_that_cannot_fit_fails_before_any_tool_runs(capsys, monkeypatch
     assert main(["synth", "--board", "ulx3s-85f", "--array", "2x2", "--acc-depth", "65536"]) == 2
     err = capsys.readouterr().err.strip()
     assert "DP16KD block RAMs" in err and "no-such-yosys" not in err and len(err.splitlines()) == 1
-    # The board's own depths fit (the 8x8 estimate equals the 95 DP16KD nextpnr placed: synth/RESULTS.md).
+    # The board's own depths fit (at 8x8 the estimate equals the 95 DP16KD placed: synth/RESULTS.md).
     plan("ulx3s-85f", synth_config("ulx3s-85f", 2, 2))
 
 
