@@ -20,6 +20,8 @@ def register(sub):
     synth.add_argument("--acc-depth", type=int, default=None, help="accumulator SRAM words (default: the board's)")
     synth.add_argument("--baud", type=int, default=115_200, help="UART host link rate (default 115200)")
     synth.add_argument("--seed", type=int, default=None, help="nextpnr placement seed")
+    synth.add_argument("--timeout", type=float, default=None, metavar="S",
+                       help="stop the tools after S seconds (an error, exit 2)")
     synth.add_argument("--build-dir", default=None, help="build directory (default build/<board>-<array>)")
     synth.add_argument("--plan-only", action="store_true", help="write the build files, run no tool")
     synth.add_argument("--json", action="store_true", help="print one JSON object")
@@ -36,6 +38,7 @@ def _text(r) -> str:
              f"  BRAMs     {r.brams}",
              f"  Fmax      {r.fmax_mhz:.1f} MHz (target {r.target_mhz:.1f} MHz)" if r.fmax_mhz else
              f"  Fmax      unknown (target {r.target_mhz:.1f} MHz)",
+             f"  seed      {r.seed if r.seed is not None else 'nextpnr default'}",
              f"  bitstream {r.bitstream}",
              f"  build     {r.seconds:.0f} s in {r.build_dir}"]
     lines += [f"    {cell:16s} {used:6d} / {avail}" for cell, (used, avail) in sorted(util.items()) if used]
@@ -50,7 +53,7 @@ def _cmd_synth(args) -> int:
     config = synth_config(board, rows, cols, dataflow=args.dataflow, act_depth=args.act_depth,
                           wgt_depth=args.wgt_depth, acc_depth=args.acc_depth)
     if args.plan_only:
-        build_plan = plan(board, config, freq_mhz=args.freq, baud=args.baud)
+        build_plan = plan(board, config, freq_mhz=args.freq, baud=args.baud, seed=args.seed)
         directory = args.build_dir or f"build/{board.name}-{config.array}"
         build_plan.extract(directory)
         emit(args, {"board": board.name, "array": config.array, "build_dir": directory,
@@ -59,6 +62,7 @@ def _cmd_synth(args) -> int:
     try:
         with busy(args, f"building {board.name} {config.array} (minutes)"):
             result = synthesize(board, config, freq_mhz=args.freq, baud=args.baud, seed=args.seed,
+                                timeout_s=args.timeout,
                                 build_dir=args.build_dir or f"build/{board.name}-{config.array}")
     except BuildFailed as error:
         return fail(args, f"{error}; {error.log_tail.splitlines()[-1] if error.log_tail else 'see the build log'}")

@@ -3,7 +3,9 @@
 ``synthesize(board, config)`` elaborates ``hdl.board_top.BoardTop`` for the board, runs Yosys, nextpnr
 (timing-driven, against the PLL's core clock) and the bitstream packer, and returns the resources and
 Fmax parsed from the tools' reports. ``plan(board, config)`` stops after writing the build files
-(fast: no tools run).
+(fast: no tools run). Both first check that the design can fit the board (``check_fit``: lower bounds
+of the DSPs and block RAMs it needs), so a config that cannot fit fails in seconds with a one-line
+``DoesNotFit`` naming the resource, not after a long build.
 
 The tools come from the environment variables amaranth-boards reads (``YOSYS``, ``NEXTPNR_ECP5``,
 ``ECPPACK``, ``NEXTPNR_ICE40``, ``ICEPACK``); unset ones default to the YoWASP commands
@@ -12,8 +14,11 @@ The tools come from the environment variables amaranth-boards reads (``YOSYS``, 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -25,13 +30,18 @@ from opennpu.config import NpuConfig
 from .boards import Board, get_board
 from .report import parse_nextpnr_log, parse_nextpnr_report, parse_yosys_stat
 
-__all__ = ["ToolMissing", "BuildFailed", "SynthResult", "synth_config", "plan", "synthesize"]
+__all__ = ["ToolMissing", "BuildFailed", "DoesNotFit", "SynthResult", "synth_config", "check_fit", "plan",
+           "synthesize"]
 
 NAME = "opennpu"
 
 
 class ToolMissing(ValueError):
     """A tool of the flow is neither on PATH nor named by its environment variable."""
+
+
+class DoesNotFit(ValueError):
+    """The design needs more of an FPGA resource than the board's device has."""
 
 
 class BuildFailed(RuntimeError):
@@ -55,6 +65,7 @@ class SynthResult:
     bitstream: str | None
     timing_met: bool
     fits: bool
+    seed: int | None = None                                # nextpnr placement seed (None: nextpnr's default)
     utilization: dict = field(default_factory=dict)       # nextpnr cell type -> [used, available]
     yosys_cells: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
@@ -68,11 +79,36 @@ class SynthResult:
 def synth_config(board: Board | str, rows: int, cols: int, dataflow: str = "ws", **overrides) -> NpuConfig:
     """The configuration a board is built with: the board's SRAM depths unless overridden."""
     board = get_board(board) if isinstance(board, str) else board
-    if rows * cols > board.max_pes:
-        raise ValueError(f"array {rows}x{cols} is too big for {board.name} ({board.device}): "
-                         f"at most {board.max_pes} PEs")
+    _check_dsps(board, rows, cols)
     depths = {**board.depths, **{k: v for k, v in overrides.items() if v is not None}}
     return NpuConfig(rows=rows, cols=cols, dataflow=dataflow, **depths)
+
+
+def _check_dsps(board: Board, rows: int, cols: int):
+    if rows * cols > board.dsps:
+        raise DoesNotFit(f"array {rows}x{cols} is too big for {board.name} ({board.device}): its {rows * cols} "
+                         f"PE multipliers need {rows * cols} {board.dsp_cells[0]} DSPs, the device has {board.dsps}")
+
+
+_MEMORY = re.compile(r"^\s*memory width (\d+) size (\d+) (\S+)", re.M)
+_BLOCK_RAM_MIN_DEPTH = 512        # memories this deep always become block RAM (smaller ones may be LUT RAM or FFs)
+
+
+def check_fit(board: Board | str, config: NpuConfig, rtlil: str):
+    """Raise ``DoesNotFit`` when the design (its RTLIL) needs more DSPs or block RAMs than ``board`` has.
+
+    Lower bounds, so a design that passes may still not fit (nextpnr then says which resource):
+    one DSP per PE multiplier, and for every memory of at least 512 words the fewest block RAMs
+    of the device's aspect ratios that hold it."""
+    board = get_board(board) if isinstance(board, str) else board
+    _check_dsps(board, config.rows, config.cols)
+    brams = sum(min(math.ceil(width / w) * math.ceil(depth / d) for w, d in board.bram_shapes)
+                for width, depth in ((int(w), int(d)) for w, d, _ in _MEMORY.findall(rtlil))
+                if depth >= _BLOCK_RAM_MIN_DEPTH)
+    if brams > board.brams:
+        raise DoesNotFit(f"{config.array} with SRAM depths {config.act_depth}/{config.wgt_depth}/{config.acc_depth} "
+                         f"does not fit {board.name} ({board.device}): its memories need at least {brams} "
+                         f"{board.bram_cells[0]} block RAMs, the device has {board.brams}")
 
 
 def _tool_env(board: Board, *, check: bool) -> dict:
@@ -130,39 +166,60 @@ def _environment(env: dict):
                 os.environ[k] = v
 
 
-def plan(board: Board | str, config: NpuConfig, *, freq_mhz: float | None = None, baud: int = 115_200):
-    """Elaborate the board design and return amaranth's ``BuildPlan`` (no tool runs)."""
+def plan(board: Board | str, config: NpuConfig, *, freq_mhz: float | None = None, baud: int = 115_200,
+         seed: int | None = None):
+    """Elaborate the board design and return amaranth's ``BuildPlan`` (no tool runs); ``DoesNotFit``
+    if the design cannot fit the board (``ValueError`` for a clock or baud rate that is not positive)."""
     _check_clocks(freq_mhz, baud)
     board = get_board(board) if isinstance(board, str) else board
-    env = _tool_env(board, check=False)
-    with _environment(env):
-        platform = board.platform_class()()
-        return platform.build(_top(board, config, freq_mhz, baud), name=NAME, do_build=False,
-                              **_overrides(board, None))
+    build_plan, _ = _plan(board, config, freq_mhz, baud, seed)
+    return build_plan
+
+
+def _plan(board: Board, config: NpuConfig, freq_mhz: float | None, baud: int, seed: int | None):
+    top = _top(board, config, freq_mhz, baud)
+    with _environment(_tool_env(board, check=False)):
+        build_plan = board.platform_class()().build(top, name=NAME, do_build=False, **_overrides(board, seed))
+    check_fit(board, config, build_plan.files[f"{NAME}.il"])
+    return build_plan, top
 
 
 def synthesize(board: Board | str, config: NpuConfig, *, freq_mhz: float | None = None,
-               build_dir: str | os.PathLike = "build", baud: int = 115_200, seed: int | None = None) -> SynthResult:
-    """Build the bitstream and return resources and timing. Raises ``ToolMissing`` or ``BuildFailed``
-    (``ValueError`` for a clock or baud rate that is not positive)."""
+               build_dir: str | os.PathLike = "build", baud: int = 115_200, seed: int | None = None,
+               timeout_s: float | None = None) -> SynthResult:
+    """Build the bitstream and return resources and timing. Raises ``DoesNotFit``, ``ToolMissing`` or
+    ``BuildFailed`` (also when the tools run past ``timeout_s`` seconds: they are stopped);
+    ``ValueError`` for a clock or baud rate that is not positive."""
     _check_clocks(freq_mhz, baud)
     board = get_board(board) if isinstance(board, str) else board
-    env = _tool_env(board, check=True)
-    target = freq_mhz or board.default_mhz
-    build_dir = Path(build_dir)
     started = time.monotonic()
-    with _environment(env):
-        platform = board.platform_class()()
-        top = _top(board, config, target, baud)
-        try:
-            platform.build(top, name=NAME, build_dir=str(build_dir), do_program=False, **_overrides(board, seed))
-        except subprocess.CalledProcessError as error:
-            raise _failure(board, config, build_dir, error) from None
+    build_plan, top = _plan(board, config, freq_mhz or board.default_mhz, baud, seed)
+    env = _tool_env(board, check=True)
+    build_dir = Path(build_dir)
+    build_plan.extract(build_dir)
+    # The build script in its own process group, so that a timeout stops the tools it started too.
+    proc = subprocess.Popen(["sh", f"{build_plan.script}.sh"], cwd=build_dir, env={**os.environ, **env},
+                            start_new_session=True)
+    try:
+        returncode = proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        stage = "nextpnr" if (build_dir / f"{NAME}.tim").exists() else "yosys"
+        raise BuildFailed(f"{board.name} {config.array}: the build did not finish in {timeout_s:.0f} s "
+                          f"(stopped in {stage}, seed {seed})") from None
+    finally:
+        if proc.poll() is None:                   # interrupted (e.g. Ctrl-C): stop the tools as well
+            os.killpg(proc.pid, signal.SIGKILL)
+    if returncode:
+        raise _failure(board, config, build_dir, returncode)
     achieved_mhz = top.pll["f_out"] / 1e6 if top.pll else board.osc_mhz
-    return collect(board, config, build_dir, target_mhz=achieved_mhz, seconds=time.monotonic() - started)
+    result = collect(board, config, build_dir, target_mhz=achieved_mhz, seconds=time.monotonic() - started)
+    result.seed = seed
+    return result
 
 
-def _failure(board: Board, config: NpuConfig, build_dir: Path, error) -> BuildFailed:
+def _failure(board: Board, config: NpuConfig, build_dir: Path, returncode: int) -> BuildFailed:
     """Say why a build failed: over-used FPGA resources if nextpnr got that far, else the log tail."""
     pnr_log = build_dir / f"{NAME}.tim"
     tail = ""
@@ -176,7 +233,7 @@ def _failure(board: Board, config: NpuConfig, build_dir: Path, error) -> BuildFa
         if over:
             return BuildFailed(f"{config.array} does not fit {board.name} ({board.device}): "
                                + ", ".join(over), tail)
-    return BuildFailed(f"{board.name}: the build failed (exit {error.returncode})", tail)
+    return BuildFailed(f"{board.name}: the build failed (exit {returncode})", tail)
 
 
 def collect(board: Board | str, config: NpuConfig, build_dir, *, target_mhz: float, seconds: float = 0.0) -> SynthResult:
