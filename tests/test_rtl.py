@@ -6,10 +6,10 @@ pysim runs the full NPU at ~1k cycles/s, so these programs are small; big progra
 import numpy as np
 import pytest
 
-from opennpu.golden.deps import order_program
 from opennpu.compiler.gemm import ACTIVATIONS, build_gemm, random_gemm
 from opennpu.config import NpuConfig
-from opennpu.golden.isa import Buf, Command, ErrorCode, Opcode, Precision
+from opennpu.golden.deps import HazardError, order_program
+from opennpu.golden.isa import Buf, Command, ErrorCode, Opcode, Precision, Wait
 from opennpu.golden.model import GoldenNpu
 from opennpu.golden.program import COUNTER_NAMES, Program, decode_counters
 from opennpu.sim.driver import Npu
@@ -104,6 +104,27 @@ def test_bad_command_rejected_and_nothing_written(name):
     assert golden.outputs == clean.outputs            # the bad command changed nothing
     rtl = Npu(config, "pysim").run(program)
     assert_same(rtl, golden)
+
+
+def test_tokens_that_name_a_rejected_commands_unit_do_not_hang():
+    """A token waits only for accepted commands: after a rejected LOAD, a COMPUTE waiting on LD (and on
+    every other unit) runs at once; RTL == golden, and the sticky error stays the LOAD's."""
+    config = NpuConfig(rows=2, cols=2, act_depth=16, wgt_depth=4, acc_depth=8)
+    every = Wait.LD | Wait.PL | Wait.EX | Wait.EX_OLDER | Wait.ACT | Wait.ST
+    program = Program([Command(Opcode.LOAD, buf=Buf.ACT, addr=15, rows=4),
+                       Command(Opcode.COMPUTE, aaddr=0, accaddr=0, rows=2, wait=every),
+                       Command(Opcode.STORE, buf=Buf.ACC, addr=0, rows=2, wait=Wait.EX)])
+    golden = GoldenNpu(config).run(program)
+    assert (golden.error, golden.rejected) == (ErrorCode.BAD_RANGE, 1)
+    assert_same(Npu(config, "pysim", backpressure=3).run(program), golden)
+
+
+def test_drivers_refuse_an_unordered_program_before_running():
+    config = NpuConfig(rows=2, cols=2, act_depth=16, wgt_depth=4, acc_depth=8)
+    program = Program([Command(Opcode.LOAD, buf=Buf.ACT, addr=0, rows=2),
+                       Command(Opcode.COMPUTE, aaddr=0, accaddr=0, rows=2)], bytes(2 * config.bus_bytes))
+    with pytest.raises(HazardError, match="command 1 COMPUTE.*command 0 LOAD"):
+        Npu(config, "pysim").run(program)
 
 
 def test_sticky_error_keeps_first_code():
