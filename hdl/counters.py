@@ -32,6 +32,27 @@ class Events(data.Struct):
     act_row: 1        # a row of ``cols`` elements left the activation unit
 
 
+def _costed_events(ev, config: NpuConfig) -> dict:
+    """The event counters that cost energy apart from MACs: ``{name: (event field, factor)}``, the counter
+    adding ``field * factor`` per cycle (``golden.model.event_costs`` names)."""
+    return {"act_reads": (ev.act_reads, 1), "act_writes": (ev.act_writes, 1), "wgt_reads": (ev.wgt_reads, 1),
+            "wgt_writes": (ev.wgt_writes, 1), "acc_reads": (ev.acc_reads, 1), "acc_writes": (ev.acc_writes, 1),
+            "dma_in_bytes": (ev.beat_in, config.bus_bytes), "dma_out_bytes": (ev.beat_out, config.bus_bytes),
+            "act_ops": (ev.act_row, config.cols)}
+
+
+def _scaled(field, constant: int):
+    """``field * constant`` for a narrow unsigned ``field``, as a table of constants (no multiplier)."""
+    return Array(C(i * constant) for i in range(1 << len(field)))[field]
+
+
+def _balanced_sum(terms: list):
+    """The sum of ``terms`` as a balanced tree of adders (depth log2 of their number, not their number)."""
+    while len(terms) > 1:
+        terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i] for i in range(0, len(terms), 2)]
+    return terms[0]
+
+
 class Counters(wiring.Component):
     """``config.counter_bits``-wide counters in ``COUNTER_NAMES`` order; they wrap like the golden model's.
 
@@ -91,14 +112,8 @@ class Counters(wiring.Component):
         m.d.sync += ev.eq(Mux(self.run, counted, 0))
         m.d.comb += self.settled.eq(ev.as_value() == 0)
         # Stage 2: the event counters add them.
-        increments = {
-            "busy_cycles": ev.row, "macs": ev.macs, "int4_macs": Mux(ev.int4_macs, ev.macs, 0),
-            "act_reads": ev.act_reads, "act_writes": ev.act_writes,
-            "wgt_reads": ev.wgt_reads, "wgt_writes": ev.wgt_writes,
-            "acc_reads": ev.acc_reads, "acc_writes": ev.acc_writes,
-            "dma_in_bytes": ev.beat_in * c.bus_bytes, "dma_out_bytes": ev.beat_out * c.bus_bytes,
-            "act_ops": ev.act_row * c.cols,
-        }
+        increments = {"busy_cycles": ev.row, "macs": ev.macs, "int4_macs": Mux(ev.int4_macs, ev.macs, 0),
+                      **{name: field * factor for name, (field, factor) in _costed_events(ev, c).items()}}
         for name, inc in increments.items():
             m.d.sync += value[name].eq(value[name] + inc)
         if c.energy_counter:
@@ -108,7 +123,9 @@ class Counters(wiring.Component):
             mac_energy = Signal(bits)
             m.d.sync += mac_energy.eq(Mux(self.run, counted.macs * Mux(counted.int4_macs, cost_int4["macs"],
                                                                        cost["macs"]), 0))
-            energy = sum(increments[name] * cost[name] for name in cost if name != "macs") + mac_energy
+            # Each event's cost from a table on its (1- or 2-bit) count, no multiplier; a balanced sum.
+            energy = _balanced_sum([_scaled(field, factor * cost[name])
+                                    for name, (field, factor) in _costed_events(ev, c).items()] + [mac_energy])
             total, pending = Signal(bits), Signal(bits)
             m.d.sync += [pending.eq(energy), total.eq(total + pending)]
             m.d.comb += value["energy_fj"].eq(total + pending)
