@@ -46,7 +46,10 @@ the drivers refuse a program in which two conflicting commands of different unit
 them (``HazardError``, naming both). CONFIG, FENCE and COUNTERS wait for every unit anyway. Bits 126 and
 127 are reserved (zero, like every reserved bit) for the tokens of units still to come.
 
-Opcodes 0 and 11..15 are illegal. Semantic checks that depend on the configuration (address ranges,
+Room for the units the next issues add: opcodes 11..15 are free (e.g. a load of per-channel
+requantization parameters, which would sit beside the bias banks and so wait like LOAD_BIAS, and the
+commands of an elementwise / pooling unit), and ``wait`` bits 126-127 give two more units a token.
+Opcodes 0 and 11..15 are illegal today. Semantic checks that depend on the configuration (address ranges,
 supported precisions, ``rows >= 1``) are not part of encoding: the hardware and the golden model reject
 such commands with a sticky error code (``ErrorCode``) and execute nothing.
 """

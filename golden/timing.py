@@ -1,7 +1,7 @@
 """The cycle model: when each command dispatches and finishes, exactly as the RTL does it.
 
-Microarchitecture (the contract the RTL in ``hdl/controller.py`` implements)
------------------------------------------------------------------------------
+Microarchitecture (the contract ``hdl/dispatcher.py`` and the units implement)
+------------------------------------------------------------------------------
 A dispatcher holds one command (the *head*). Five units each execute one command at a time:
 
 ====== ===================================== ==============================================
