@@ -16,7 +16,8 @@ from opennpu.config import NpuConfig
 from . import numerics
 from .isa import ActFn, Buf, Command, DecodeError, ErrorCode, Opcode, Precision, decode
 
-__all__ = ["PY_OPS", "k_tile", "weight_words", "stream_weight_words", "rules", "check", "validate"]
+__all__ = ["PY_OPS", "k_tile", "weight_words", "stream_weight_words", "data_in_bytes", "rules", "check",
+           "validate"]
 
 #: ``ops`` for Python integers.
 PY_OPS = SimpleNamespace(select=lambda cond, a, b: a if cond else b, all=lambda *conds: all(conds),
@@ -37,6 +38,19 @@ def stream_weight_words(precision, steps, ops=PY_OPS):
     """Weight SRAM words an output-stationary ``COMPUTE`` of ``steps`` K steps reads: one per step,
     except a8w4, where a word holds the weight rows of two steps."""
     return ops.select(precision == Precision.A8W4, (steps + 1) >> 1, steps)
+
+
+def data_in_bytes(cmd: Command, config: NpuConfig) -> int:
+    """Data-in bytes an accepted command takes: a LOAD its rows of whole beats, LOAD_LUT / LOAD_BIAS
+    their register in whole beats, anything else none."""
+    c = config
+    if cmd.op == Opcode.LOAD:
+        return cmd.rows * c.beats(c.act_word_bytes if cmd.buf == Buf.ACT else c.wgt_word_bytes) * c.bus_bytes
+    if cmd.op == Opcode.LOAD_BIAS:
+        return c.beats(4 * c.cols) * c.bus_bytes
+    if cmd.op == Opcode.LOAD_LUT:
+        return c.beats(256) * c.bus_bytes
+    return 0
 
 
 def _fits(ops, addr, count, limit):

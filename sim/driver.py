@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from opennpu.config import NpuConfig
-from opennpu.golden.checks import validate
+from opennpu.golden.checks import data_in_bytes, validate
 from opennpu.golden.deps import check_program
-from opennpu.golden.isa import Buf, ErrorCode, Opcode, Precision
+from opennpu.golden.isa import ErrorCode, Opcode, Precision
 from opennpu.golden.model import GoldenNpu
 from opennpu.golden.program import Program, ProgramError, Result
 
@@ -21,18 +21,13 @@ def data_in_takes(config: NpuConfig, words: list[int]) -> list[int]:
     """Data-in bytes each command word takes, as the golden model counts them: an accepted ``LOAD``
     its rows of whole beats, ``LOAD_LUT`` / ``LOAD_BIAS`` their register, a rejected command none.
     (Whether a ``LOAD`` is accepted does not depend on the precision in force.)"""
-    bus = config.bus_bytes
     takes = []
     for word in words:
-        op = word & 0xF
         nbytes = 0
-        if op in (Opcode.LOAD, Opcode.LOAD_LUT, Opcode.LOAD_BIAS):
+        if word & 0xF in (Opcode.LOAD, Opcode.LOAD_LUT, Opcode.LOAD_BIAS):
             code, cmd = validate(word, config, Precision.INT8)
-            if code == ErrorCode.OK and op == Opcode.LOAD:
-                word_bytes = config.act_word_bytes if cmd.buf == Buf.ACT else config.wgt_word_bytes
-                nbytes = config.beats(word_bytes) * bus * cmd.rows
-            elif code == ErrorCode.OK:
-                nbytes = config.beats(256 if op == Opcode.LOAD_LUT else 4 * config.cols) * bus
+            if code == ErrorCode.OK:
+                nbytes = data_in_bytes(cmd, config)
         takes.append(nbytes)
     return takes
 

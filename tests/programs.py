@@ -21,6 +21,7 @@ from opennpu.config import NpuConfig
 from opennpu.golden import numerics
 from opennpu.golden.isa import (COMMAND_BITS, ActFn, Buf, Command, ErrorCode, Opcode, Precision, encode,
                                 reserved_mask)
+from opennpu.golden.checks import data_in_bytes
 from opennpu.golden.deps import order_program
 from opennpu.golden.model import k_tile, stream_weight_words, validate, weight_words
 from opennpu.golden.program import Program
@@ -205,21 +206,9 @@ class _Stream:
             return
         if cmd.op == Opcode.CONFIG:
             self.precision = Precision(cmd.precision)
-        need = self.consumes(cmd)
+        need = data_in_bytes(cmd, self.config)
         if need:
             self.data += self.rng.randbytes(need)
-
-    def consumes(self, cmd: Command) -> int:
-        """Data-in bytes an accepted command reads."""
-        c = self.config
-        if cmd.op == Opcode.LOAD:
-            word = c.act_word_bytes if cmd.buf == Buf.ACT else c.wgt_word_bytes
-            return cmd.rows * c.beats(word) * c.bus_bytes
-        if cmd.op == Opcode.LOAD_BIAS:
-            return c.beats(4 * c.cols) * c.bus_bytes
-        if cmd.op == Opcode.LOAD_LUT:
-            return c.beats(256) * c.bus_bytes
-        return 0
 
     def program(self) -> Program:
         return order_program(Program(list(self.commands), bytes(self.data)), self.config)
