@@ -32,7 +32,7 @@ from opennpu.golden.isa import Buf, Opcode, Precision
 from opennpu.golden.model import k_tile, stream_weight_words, weight_words
 from opennpu.golden.program import Program
 
-from .schedule import Activate, Emitter, Load, Step, emit_steps
+from .schedule import Activate, Emitter, Load, Step, config_requant, emit_steps, per_channel, tile_quant
 
 __all__ = ["GemmSpec", "GemmProgram", "build_gemm", "random_gemm", "ACTIVATIONS", "ORDERS"]
 
@@ -45,8 +45,8 @@ class GemmSpec:
     a: np.ndarray              # M x K, int8 (or int4 values in a4w4)
     w: np.ndarray              # K x N, int8 (or int4 values in a8w4 / a4w4)
     bias: np.ndarray           # N, int32 (activation zero point already folded in)
-    multiplier: int
-    shift: int
+    multiplier: int | np.ndarray   # per tensor, or N values (per output channel)
+    shift: int | np.ndarray
     out_zp: int = 0
     qmin: int = -128
     qmax: int = 127
@@ -65,6 +65,10 @@ class GemmSpec:
                              f"A {self.a.shape} and W {self.w.shape}")
         if self.bias.shape != (self.w.shape[1],):
             raise ValueError(f"bias must have shape ({self.w.shape[1]},), got {self.bias.shape}")
+        if np.ndim(self.multiplier) or np.ndim(self.shift):
+            self.multiplier = np.broadcast_to(np.asarray(self.multiplier, np.int64), self.bias.shape).copy()
+            self.shift = np.broadcast_to(np.asarray(self.shift, np.int64), self.bias.shape).copy()
+        numerics.requantize(0, self.multiplier, self.shift)          # (range check: ValueError)
         a_bits = 4 if self.precision == Precision.A4W4 else 8
         w_bits = 8 if self.precision == Precision.INT8 else 4
         for name, m, bits in (("A", self.a, a_bits), ("W", self.w, w_bits)):
@@ -185,8 +189,10 @@ def _schedule(config: NpuConfig, spec: GemmSpec, order: str) -> GemmProgram:
 
     e = Emitter(config)
 
+    multiplier, shift = config_requant(spec.multiplier, spec.shift)
+
     def preamble(_group):
-        e.configure(multiplier=spec.multiplier, shift=spec.shift, out_zp=spec.out_zp, qmin=spec.qmin,
+        e.configure(multiplier=multiplier, shift=shift, out_zp=spec.out_zp, qmin=spec.qmin,
                     qmax=spec.qmax, lut=spec.lut, precision=spec.precision)
 
     def acc_addr(ci, t):
@@ -217,7 +223,8 @@ def _schedule(config: NpuConfig, spec: GemmSpec, order: str) -> GemmProgram:
                 bias = np.zeros(config.cols, np.int64)
                 bias[:width] = spec.bias[t * nt:t * nt + width]
                 activate = Activate(acc_addr(ci, t), 0, rows, 1, bias, bank=(ci * n_n + t) % 2,
-                                    tag=(m0, rows, t * nt, width))
+                                    tag=(m0, rows, t * nt, width), quant=tile_quant(spec.multiplier, spec.shift, t * nt, width, nt),
+                                    perchan=per_channel(spec.multiplier))
             steps.append(Step(0, loads, wgt_addr, krows, width, act_addr, acc_addr(ci, t), rows, kk > 0,
                               activate))
     emit_steps(e, steps, preamble, split_first=True, split_last=True)
@@ -249,7 +256,8 @@ def _schedule_os(config: NpuConfig, spec: GemmSpec) -> GemmProgram:
         return (numerics.pack_int4(block) if p == Precision.A4W4 else block.astype(np.int8).view(np.uint8)).T
 
     e = Emitter(config)
-    e.configure(multiplier=spec.multiplier, shift=spec.shift, out_zp=spec.out_zp, qmin=spec.qmin,
+    multiplier, shift = config_requant(spec.multiplier, spec.shift)
+    e.configure(multiplier=multiplier, shift=shift, out_zp=spec.out_zp, qmin=spec.qmin,
                 qmax=spec.qmax, lut=spec.lut, precision=p)
     act_base = [0, config.act_depth // 2]
     e.load(Load(Buf.ACT, act_base[0], steps, act_words(0)))
@@ -276,15 +284,19 @@ def _schedule_os(config: NpuConfig, spec: GemmSpec) -> GemmProgram:
                 e.activate(pending)
             bias = np.zeros(cols, np.int64)
             bias[:ncols] = spec.bias[t * cols:t * cols + ncols]
-            pending = Activate(slot * rows, 0, mrows, 1, bias, bank=slot, tag=(m0, mrows, t * cols, ncols))
+            pending = Activate(slot * rows, 0, mrows, 1, bias, bank=slot, tag=(m0, mrows, t * cols, ncols),
+                               quant=tile_quant(spec.multiplier, spec.shift, t * cols, ncols, cols),
+                               perchan=per_channel(spec.multiplier))
             tiles += 1
     e.activate(pending)
     return GemmProgram(e.program(), spec, config, chunks, n_n)
 
 
 def random_gemm(m: int, k: int, n: int, precision: str | Precision = "int8", act: str = "none",
-                seed: int = 0) -> GemmSpec:
-    """Random operands with realistic scales: outputs spread over the int8 (int4) range."""
+                seed: int = 0, per_channel: bool = False) -> GemmSpec:
+    """Random operands with realistic scales: outputs spread over the int8 (int4) range.
+    ``per_channel``: each output channel gets its own requantization scale (weight scales of a
+    per-channel quantized layer: the output scale times 0.25 .. 4)."""
     for name, value in (("m", m), ("k", k), ("n", n)):
         if not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"GEMM dimension {name} must be a positive int, got {value!r}")
@@ -314,4 +326,8 @@ def random_gemm(m: int, k: int, n: int, precision: str | Precision = "int8", act
         out_zp, qmin, qmax = 0, -128, 127
         # The LUT sees the accumulator in units of its std: x = q * mid_scale / acc_std.
         lut = numerics.build_lut(act, mid_scale / acc_std, 0, 4.0 / (out_hi + 1), 0, out_bits)
+    if per_channel:
+        pairs = [numerics.quantize_multiplier(multiplier / 2 ** 31 * 2.0 ** shift * f)
+                 for f in 2.0 ** rng.uniform(-2, 2, size=n)]
+        multiplier, shift = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
     return GemmSpec(a, w, bias, multiplier, shift, out_zp, qmin, qmax, lut, precision)

@@ -38,7 +38,7 @@ from opennpu.golden.program import COUNTER_NAMES, Program, Result, decode_counte
 from opennpu.golden.timing import array_latency
 
 from .qlayers import QLayer, QuantModel
-from .schedule import Activate, Deferred, Emitter, Load, Step, emit_steps
+from .schedule import Activate, Deferred, Emitter, Load, Step, config_requant, emit_steps, per_channel, tile_quant
 
 __all__ = ["LayerInfo", "CompiledModel", "ModelRun", "compile_model", "run_model"]
 
@@ -274,16 +274,19 @@ def _emit_stage(stage: _Stage, config: NpuConfig, profile: bool) -> Emitter:
                         activate = None
                         if si == len(plan.segs) - 1:
                             bias_key = (plan.index, ti)
+                            layer = plan.layer
                             if bias_key in banks:                # that bank still holds it
-                                bank, bias = banks.index(bias_key), None
+                                bank, bias, quant = banks.index(bias_key), None, None
                             else:                                # load the other bank
                                 bank = 1 - last_bank
                                 banks[bank] = bias_key
                                 bias = np.zeros(config.cols, np.int64)
-                                bias[:width] = plan.layer.bias[n0:n0 + width]
+                                bias[:width] = layer.bias[n0:n0 + width]
+                                quant = tile_quant(layer.multiplier, layer.shift, n0, width, config.cols)
                             out_addr = base + plan.out_base + ti * cap + m0 if plan.dest == 0 else 0
                             tag = (u0 * plan.rows_per_unit + m0, rows, n0, width)
-                            activate = Activate(acc_addr, out_addr, rows, plan.dest, bias, bank, tag)
+                            activate = Activate(acc_addr, out_addr, rows, plan.dest, bias, bank, tag, quant,
+                                                per_channel(layer.multiplier))
                             last_bank = bank
                         steps.append(Step(plan.index, loads, slot * kt, len(seg.kidx), width, act_addr,
                                           acc_addr, rows, si > 0, activate))
@@ -297,7 +300,8 @@ def _emit_stage(stage: _Stage, config: NpuConfig, profile: bool) -> Emitter:
 
     def preamble(index):
         layer = layers[index]
-        e.configure(multiplier=layer.multiplier, shift=layer.shift, out_zp=layer.out_zp, qmin=layer.qmin,
+        multiplier, shift = config_requant(layer.multiplier, layer.shift)
+        e.configure(multiplier=multiplier, shift=shift, out_zp=layer.out_zp, qmin=layer.qmin,
                     qmax=layer.qmax, lut=layer.lut)
 
     emit_steps(e, steps, preamble, e.counters if profile else None)

@@ -8,7 +8,8 @@ import (same scale, zero point - 128), which changes no real value. Each ``QLaye
 * ``w``: K x N int8 values, symmetric (weight zero points are folded in on import);
 * ``bias``: N int32 values with the activation zero point folded in: ``bias' = bias - zp_a * sum_k w``,
   so the array multiplies plain signed activations;
-* ``multiplier``, ``shift``: ``numerics.quantize_multiplier(s_a * s_w / s_mid)``;
+* ``multiplier``, ``shift``: ``numerics.quantize_multiplier(s_a * s_w / s_mid)``: ints, or N values each
+  for per-channel weight scales (the NPU loads them per output tile with ``LOAD_QUANT``);
 * ``out_zp``, ``qmin``, ``qmax``: zero point and clamp of the requantized value (ReLU/ReLU6/Clip);
 * ``lut``: optional 256-entry table applied after the clamp (sigmoid, tanh, GELU, any unary chain).
 
@@ -81,8 +82,8 @@ class QLayer:
     op: str
     w: np.ndarray
     bias: np.ndarray
-    multiplier: int
-    shift: int
+    multiplier: int | np.ndarray
+    shift: int | np.ndarray
     out_zp: int
     qmin: int
     qmax: int
@@ -104,6 +105,10 @@ class QLayer:
             self.in_shape[0] * self.conv.kernel[0] * self.conv.kernel[1]
         if k != expected_k:
             raise ValueError(f"layer {self.name}: weights have K={k}, input {self.in_shape} needs {expected_k}")
+        if np.ndim(self.multiplier) or np.ndim(self.shift):
+            self.multiplier = np.broadcast_to(np.asarray(self.multiplier, np.int64), (n,)).copy()
+            self.shift = np.broadcast_to(np.asarray(self.shift, np.int64), (n,)).copy()
+        numerics.requantize(0, self.multiplier, self.shift)          # (range check: ValueError)
 
     @property
     def k(self) -> int:

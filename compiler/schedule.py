@@ -36,6 +36,26 @@ __all__ = ["Deferred", "Load", "Activate", "Step", "Emitter", "emit_steps", "pro
            "row_pieces"]
 
 
+def per_channel(multiplier) -> bool:
+    """A layer's requantization is per output channel (an array of multipliers), not per tensor."""
+    return np.ndim(multiplier) == 1
+
+
+def config_requant(multiplier, shift) -> tuple[int, int]:
+    """CONFIG's multiplier and shift for a layer (unused, zero, when per-channel)."""
+    return (0, 0) if per_channel(multiplier) else (int(multiplier), int(shift))
+
+
+def tile_quant(multiplier, shift, n0: int, width: int, cols: int) -> tuple | None:
+    """Per-channel ``(multipliers, shifts)`` of output columns ``n0 .. n0+width`` padded to ``cols`` lanes
+    (``Activate.quant``), or None for a per-tensor layer."""
+    if not per_channel(multiplier):
+        return None
+    mults, shifts = np.zeros(cols, np.int64), np.zeros(cols, np.int64)
+    mults[:width], shifts[:width] = multiplier[n0:n0 + width], shift[n0:n0 + width]
+    return mults, shifts
+
+
 class Deferred:
     """A data-in payload known only when the program is assembled: ``words(source)`` returns the SRAM
     words (uint8, one row per word) from whatever ``source`` the caller passes to ``Emitter.program``."""
@@ -59,8 +79,10 @@ class Load:
 
 @dataclass
 class Activate:
-    """``LOAD_BIAS bank`` (unless ``bias`` is None: that bank already holds it) then ``ACTIVATE`` reading
-    ``bank``. ``tag`` is the caller's note for decoding what a ``dest=1`` activate pushes to data-out."""
+    """``LOAD_BIAS bank`` (unless ``bias`` is None: that bank already holds it), ``LOAD_QUANT bank`` when
+    ``quant`` (per-channel ``(multipliers, shifts)``, one per column) is given, then ``ACTIVATE`` reading
+    ``bank`` (``perchan``: with the bank's per-channel requantization). ``tag`` is the caller's note for
+    decoding what a ``dest=1`` activate pushes to data-out."""
     accaddr: int
     aaddr: int
     rows: int
@@ -68,12 +90,15 @@ class Activate:
     bias: np.ndarray | None
     bank: int = 0
     tag: object = None
+    quant: tuple | None = None
+    perchan: bool = False
 
     def piece(self, lo: int, rows: int) -> "Activate":
-        """Rows ``lo .. lo+rows`` of this write-back; only the first piece loads the bias. Each piece
-        pushes its rows (in order) and records the same ``tag``."""
-        return Activate(self.accaddr + lo, self.aaddr + lo, rows, self.dest,
-                        self.bias if lo == 0 else None, self.bank, self.tag)
+        """Rows ``lo .. lo+rows`` of this write-back; only the first piece loads the bias (and the
+        per-channel parameters). Each piece pushes its rows (in order) and records the same ``tag``."""
+        first = lo == 0
+        return Activate(self.accaddr + lo, self.aaddr + lo, rows, self.dest, self.bias if first else None,
+                        self.bank, self.tag, self.quant if first else None, self.perchan)
 
 
 @dataclass
@@ -138,8 +163,13 @@ class Emitter:
         if act.bias is not None:
             self.cmd(Opcode.LOAD_BIAS, bank=act.bank)
             self.register(np.asarray(act.bias, np.int64).astype("<i4").tobytes())
+        if act.quant is not None:
+            multipliers, shifts = act.quant
+            self.cmd(Opcode.LOAD_QUANT, bank=act.bank)
+            self.register(np.asarray(multipliers, np.int64).astype("<i4").tobytes()
+                          + np.asarray(shifts, np.int64).astype(np.int8).tobytes())
         self.cmd(Opcode.ACTIVATE, accaddr=act.accaddr, aaddr=act.aaddr, rows=act.rows, dest=act.dest,
-                 bank=act.bank)
+                 bank=act.bank, perchan=act.perchan)
         if act.dest == 1:
             self.outputs.append(("activate", act.tag))
 

@@ -15,9 +15,10 @@ from opennpu.config import NpuConfig
 
 from . import numerics
 from .isa import ActFn, Buf, Command, DecodeError, ErrorCode, Opcode, Precision, decode
+from .program import ProgramError
 
-__all__ = ["PY_OPS", "k_tile", "weight_words", "stream_weight_words", "data_in_bytes", "rules", "check",
-           "validate"]
+__all__ = ["PY_OPS", "k_tile", "weight_words", "stream_weight_words", "data_in_bytes", "quant_params",
+           "rules", "check", "validate"]
 
 #: ``ops`` for Python integers.
 PY_OPS = SimpleNamespace(select=lambda cond, a, b: a if cond else b, all=lambda *conds: all(conds),
@@ -41,16 +42,32 @@ def stream_weight_words(precision, steps, ops=PY_OPS):
 
 
 def data_in_bytes(cmd: Command, config: NpuConfig) -> int:
-    """Data-in bytes an accepted command takes: a LOAD its rows of whole beats, LOAD_LUT / LOAD_BIAS
-    their register in whole beats, anything else none."""
+    """Data-in bytes an accepted command takes: a LOAD its rows of whole beats, LOAD_LUT / LOAD_BIAS /
+    LOAD_QUANT their register in whole beats, anything else none."""
     c = config
     if cmd.op == Opcode.LOAD:
         return cmd.rows * c.beats(c.act_word_bytes if cmd.buf == Buf.ACT else c.wgt_word_bytes) * c.bus_bytes
     if cmd.op == Opcode.LOAD_BIAS:
         return c.beats(4 * c.cols) * c.bus_bytes
+    if cmd.op == Opcode.LOAD_QUANT:
+        return c.beats(5 * c.cols) * c.bus_bytes
     if cmd.op == Opcode.LOAD_LUT:
         return c.beats(256) * c.bus_bytes
     return 0
+
+
+def quant_params(data: bytes, config: NpuConfig) -> tuple:
+    """A ``LOAD_QUANT``'s data-in (padding included) -> (multipliers, shifts), one per lane, as int lists;
+    ``ProgramError`` naming the lane if a multiplier or shift is outside what the activation unit takes
+    (the hardware does not check data-in, so the golden model and the drivers refuse it up front)."""
+    cols = config.cols
+    multipliers = [int.from_bytes(data[4 * i:4 * i + 4], "little", signed=True) for i in range(cols)]
+    shifts = [int.from_bytes(data[4 * cols + i:4 * cols + i + 1], "little", signed=True) for i in range(cols)]
+    for lane, (mult, shift) in enumerate(zip(multipliers, shifts)):
+        if not 0 <= mult < 1 << 31 or not numerics.SHIFT_MIN <= shift <= numerics.SHIFT_MAX:
+            raise ProgramError(f"LOAD_QUANT lane {lane}: multiplier {mult} (0..2^31-1) or shift {shift} "
+                               f"({numerics.SHIFT_MIN}..{numerics.SHIFT_MAX}) out of range")
+    return multipliers, shifts
 
 
 def _fits(ops, addr, count, limit):
@@ -100,7 +117,7 @@ def _no_fields(f, p, cfg, ops):
 _RULES = {Opcode.CONFIG: _config, Opcode.LOAD: _buffer(Buf.WGT), Opcode.LOAD_LUT: _no_fields,
           Opcode.LOAD_BIAS: _no_fields, Opcode.PRELOAD: _preload, Opcode.COMPUTE: _compute_ws,
           Opcode.ACTIVATE: _activate, Opcode.STORE: _buffer(Buf.ACC), Opcode.COUNTERS: _no_fields,
-          Opcode.FENCE: _no_fields}
+          Opcode.FENCE: _no_fields, Opcode.LOAD_QUANT: _no_fields}
 #: Output-stationary: COMPUTE streams weights too, and PRELOAD is an illegal opcode.
 _RULES_OS = {**{op: r for op, r in _RULES.items() if op != Opcode.PRELOAD}, Opcode.COMPUTE: _compute_os}
 

@@ -32,7 +32,7 @@ __all__ = ["UNIT_OF", "BARRIERS", "HazardError", "accesses", "DependencyTracker"
            "check_program"]
 
 #: The unit that executes each opcode (CONFIG and FENCE occupy none).
-UNIT_OF = {Opcode.LOAD: Unit.LD, Opcode.LOAD_BIAS: Unit.LD, Opcode.LOAD_LUT: Unit.LD,
+UNIT_OF = {Opcode.LOAD: Unit.LD, Opcode.LOAD_BIAS: Unit.LD, Opcode.LOAD_LUT: Unit.LD, Opcode.LOAD_QUANT: Unit.LD,
            Opcode.PRELOAD: Unit.PL, Opcode.COMPUTE: Unit.EX, Opcode.ACTIVATE: Unit.ACT,
            Opcode.STORE: Unit.ST, Opcode.COUNTERS: Unit.ST}
 #: Opcodes that dispatch only when every unit is idle.
@@ -60,7 +60,7 @@ def accesses(cmd: Command, config: NpuConfig, precision: Precision, cur: int) ->
     op = cmd.op
     if op == Opcode.LOAD:
         return (Access(_SPACE_OF_BUF[cmd.buf], cmd.addr, cmd.rows, True),)
-    if op == Opcode.LOAD_BIAS:
+    if op in (Opcode.LOAD_BIAS, Opcode.LOAD_QUANT):      # (a bias bank holds both)
         return (Access(Space.BIAS, cmd.bank, 1, True),)
     if op == Opcode.LOAD_LUT:
         return (Access(Space.LUT, 0, 1, True),)

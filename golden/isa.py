@@ -20,11 +20,18 @@ PRELOAD  5      addr 8:16, krows 24:8 (K rows of the tile), ncols 32:8 (N column
 COMPUTE  6      aaddr 8:16, accaddr 24:16, rows 40:16, accumulate 56:1, waddr 64:16, mrows 80:8,
                 ncols 88:8 (the last three: output-stationary only, zero in weight-stationary)
 ACTIVATE 7      accaddr 8:16, aaddr 24:16, rows 40:16, dest 56:1 (0 act SRAM, 1 data-out),
-                bank 57:1 (bias bank)
+                bank 57:1 (bias bank), perchan 58:1 (per-channel requantization, below)
 STORE    8      buf 4:2 (0 act, 1 wgt, 2 acc), addr 8:16, rows 24:16
 COUNTERS 9      (counter snapshot to data-out)
 FENCE    10     (wait until all work is done)
+LOAD_QUANT 11   bank 4:1 (per-channel requantization of a bias bank: ``cols`` int32 little-endian
+                multipliers M0 in 0..2^31-1, then ``cols`` int8 shifts in -31..30, on data-in)
 ======== ====== ==============================================================================
+
+``ACTIVATE`` has ``perchan`` 58:1: requantize lane c with the multiplier and shift that ``LOAD_QUANT``
+put in bias bank ``bank`` (one per output channel) instead of CONFIG's ``multiplier`` and ``shift``.
+The hardware does not check the contents of data-in; the golden model and the drivers
+(``sim/driver.program_words``) refuse a LOAD_QUANT whose values are out of range before anything runs.
 
 Dataflows (``NpuConfig.dataflow``) read ``PRELOAD``/``COMPUTE`` differently:
 
@@ -46,10 +53,9 @@ the drivers refuse a program in which two conflicting commands of different unit
 them (``HazardError``, naming both). CONFIG, FENCE and COUNTERS wait for every unit anyway. Bits 126 and
 127 are reserved (zero, like every reserved bit) for the tokens of units still to come.
 
-Room for the units the next issues add: opcodes 11..15 are free (e.g. a load of per-channel
-requantization parameters, which would sit beside the bias banks and so wait like LOAD_BIAS, and the
-commands of an elementwise / pooling unit), and ``wait`` bits 126-127 give two more units a token.
-Opcodes 0 and 11..15 are illegal today. Semantic checks that depend on the configuration (address ranges,
+Room for the units the next issues add: opcodes 12..15 are free (e.g. the commands of an elementwise /
+pooling unit), and ``wait`` bits 126-127 give two more units a token. Opcodes 0 and 12..15 are illegal
+today. Semantic checks that depend on the configuration (address ranges,
 supported precisions, ``rows >= 1``) are not part of encoding: the hardware and the golden model reject
 such commands with a sticky error code (``ErrorCode``) and execute nothing.
 """
@@ -75,12 +81,13 @@ class Opcode(enum.IntEnum):
     STORE = 8
     COUNTERS = 9
     FENCE = 10
+    LOAD_QUANT = 11
 
 
 class ErrorCode(enum.IntEnum):
     """Sticky error status: the first error since reset; later errors do not overwrite it."""
     OK = 0
-    BAD_OPCODE = 1       # opcode 0 or 11..15, or PRELOAD on an output-stationary NPU
+    BAD_OPCODE = 1       # opcode 0 or 12..15, or PRELOAD on an output-stationary NPU
     BAD_RANGE = 2        # address + rows beyond the SRAM depth, or rows == 0
     BAD_PRECISION = 3    # CONFIG precision the configuration does not support
     BAD_FIELD = 4        # any other illegal field value (buffer id, krows/ncols, qmin > qmax, act)
@@ -117,7 +124,7 @@ class ActFn(enum.IntEnum):
 
 class Wait(enum.IntFlag):
     """Dependency tokens of a command (its ``wait`` field): units whose earlier commands must be done."""
-    LD = 1 << 0         # every earlier LOAD, LOAD_BIAS, LOAD_LUT
+    LD = 1 << 0         # every earlier LOAD, LOAD_BIAS, LOAD_LUT, LOAD_QUANT
     PL = 1 << 1         # every earlier PRELOAD
     EX = 1 << 2         # every earlier COMPUTE, drained into the accumulators
     EX_OLDER = 1 << 3   # every earlier COMPUTE but the most recent one (the one in the drain slot)
@@ -157,10 +164,11 @@ FIELDS: dict[Opcode, tuple[Field, ...]] = {
                      Field("accumulate", 56, 1), Field("waddr", 64, 16), Field("mrows", 80, 8),
                      Field("ncols", 88, 8)),
     Opcode.ACTIVATE: (Field("accaddr", 8, 16), Field("aaddr", 24, 16), Field("rows", 40, 16),
-                      Field("dest", 56, 1), Field("bank", 57, 1)),
+                      Field("dest", 56, 1), Field("bank", 57, 1), Field("perchan", 58, 1)),
     Opcode.STORE: (Field("buf", 4, 2), Field("addr", 8, 16), Field("rows", 24, 16)),
     Opcode.COUNTERS: (),
     Opcode.FENCE: (),
+    Opcode.LOAD_QUANT: (Field("bank", 4, 1),),
 }
 FIELDS = {op: fields + (WAIT_FIELD,) for op, fields in FIELDS.items()}
 

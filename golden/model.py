@@ -14,7 +14,7 @@ import numpy as np
 from opennpu.config import NpuConfig
 
 from . import numerics
-from .checks import k_tile, stream_weight_words, validate, weight_words
+from .checks import k_tile, quant_params, stream_weight_words, validate, weight_words
 from .deps import DependencyTracker, HazardError, accesses
 from .isa import ActFn, Buf, ErrorCode, Precision
 from .program import COUNTER_NAMES, Program, ProgramError, Result
@@ -80,6 +80,7 @@ class GoldenNpu:
         self.wgt = np.zeros((c.wgt_depth, c.wgt_word_bytes), np.uint8)
         self.acc = np.zeros((c.acc_depth, c.cols), np.int64)
         self.bias = [np.zeros(c.cols, np.int64) for _ in range(2)]   # two banks
+        self.quant = [(np.zeros(c.cols, np.int64), np.zeros(c.cols, np.int64)) for _ in range(2)]  # (M0, shift)
         self.lut = np.zeros(256, np.int64)
         self.pe_weights = [np.zeros((2 * c.rows, c.cols), np.int64) for _ in range(2)]
         self.pe_macs = [0, 0]                 # useful MACs per row for each PE buffer
@@ -177,6 +178,12 @@ class GoldenNpu:
         self.bias[cmd.bank] = np.frombuffer(data, "<i4").astype(np.int64)
         return d
 
+    def _load_quant(self, cmd):
+        d, data = self._load_register(cmd.wait, 5 * self.config.cols)
+        multipliers, shifts = quant_params(data, self.config)
+        self.quant[cmd.bank] = (np.array(multipliers, np.int64), np.array(shifts, np.int64))
+        return d
+
     def _load_lut(self, cmd):
         d, data = self._load_register(cmd.wait, 256)
         self.lut = np.frombuffer(data, np.int8).astype(np.int64)
@@ -249,8 +256,9 @@ class GoldenNpu:
         c, r = self.config, self.regs
         to_output = cmd.dest == 1
         d = self.timeline.activate(cmd.wait, cmd.rows, to_output)
+        multiplier, shift = self.quant[cmd.bank] if cmd.perchan else (r["multiplier"], r["shift"])
         y = numerics.activation_unit(self.acc[cmd.accaddr:cmd.accaddr + cmd.rows], self.bias[cmd.bank],
-                                     r["multiplier"], r["shift"], r["out_zp"], r["qmin"], r["qmax"],
+                                     multiplier, shift, r["out_zp"], r["qmin"], r["qmax"],
                                      self.lut if r["act"] == ActFn.LUT else None)
         out = y.astype(np.int8).view(np.uint8)
         self._count(acc_reads=cmd.rows, act_ops=cmd.rows * c.cols)

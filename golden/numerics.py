@@ -84,14 +84,17 @@ def rdbpot(x, exponent):
     return ((x >> exponent) + (remainder > threshold)).astype(np.int64)
 
 
-def requantize(acc, multiplier: int, shift: int):
-    """MultiplyByQuantizedMultiplier(acc, M0, shift) on int32 accumulators."""
-    if not 0 <= multiplier <= INT32_MAX:
+def requantize(acc, multiplier, shift):
+    """MultiplyByQuantizedMultiplier(acc, M0, shift) on int32 accumulators. ``multiplier`` and ``shift``
+    are ints (per tensor) or arrays broadcast against ``acc``'s last axis (per output channel)."""
+    multiplier = np.asarray(multiplier, dtype=np.int64)
+    shift = np.asarray(shift, dtype=np.int64)
+    if multiplier.size and not (0 <= multiplier.min() and multiplier.max() <= INT32_MAX):
         raise ValueError(f"multiplier must be in 0..{INT32_MAX}, got {multiplier}")
-    if not SHIFT_MIN <= shift <= SHIFT_MAX:
+    if shift.size and not (SHIFT_MIN <= shift.min() and shift.max() <= SHIFT_MAX):
         raise ValueError(f"shift must be in {SHIFT_MIN}..{SHIFT_MAX}, got {shift}")
     acc = np.asarray(acc, dtype=np.int64)
-    left, right = max(shift, 0), max(-shift, 0)
+    left, right = np.maximum(shift, 0), np.maximum(-shift, 0)
     shifted = np.clip(acc << left, INT32_MIN, INT32_MAX)
     return rdbpot(srdhm(shifted, multiplier), right)
 

@@ -48,28 +48,32 @@ def _wrap32(x):
 
 
 def _check_requant_params(multiplier, shift):
-    if not 0 <= multiplier <= INT32_MAX:
+    """Per-tensor ints or per-channel arrays (the last axis of the result)."""
+    multiplier, shift = np.asarray(multiplier), np.asarray(shift)
+    if multiplier.size and not (0 <= multiplier.min() and multiplier.max() <= INT32_MAX):
         raise ValueError(f"multiplier must be in 0..{INT32_MAX}, got {multiplier}")
-    if not SHIFT_MIN <= shift <= SHIFT_MAX:
+    if shift.size and not (SHIFT_MIN <= shift.min() and shift.max() <= SHIFT_MAX):
         raise ValueError(f"shift must be in {SHIFT_MIN}..{SHIFT_MAX}, got {shift}")
 
 
-def _requantize(x, multiplier: int, shift: int):
-    """MultiplyByQuantizedMultiplier on an int64 tensor holding int32 values."""
+def _requantize(x, multiplier, shift):
+    """MultiplyByQuantizedMultiplier on an int64 tensor holding int32 values; ``multiplier`` and
+    ``shift`` are ints or per-channel arrays broadcast against the last axis."""
     torch = _torch()
-    left, right = max(shift, 0), max(-shift, 0)
+    m = _to_tensor(multiplier, x.device)
+    s = _to_tensor(shift, x.device)
+    left, right = torch.clamp(s, min=0), torch.clamp(-s, min=0)
+    one = torch.ones_like(s)
     # Saturating left shift (as a multiply: |x| * 2^30 < 2^62 fits int64).
-    x = torch.clamp(x * (1 << left), INT32_MIN, INT32_MAX)
+    x = torch.clamp(x * (one << left), INT32_MIN, INT32_MAX)
     # SaturatingRoundingDoublingHighMul: (x*M0 + nudge) / 2^31, C-style truncation toward zero.
-    ab = x * multiplier                                     # |ab| <= 2^62
+    ab = x * m                                              # |ab| <= 2^62
     total = ab + torch.where(ab >= 0, 1 << 30, 1 - (1 << 30))
     high = torch.where(total >= 0, total >> 31, -((-total) >> 31))
-    high = torch.where((x == INT32_MIN) & (multiplier == INT32_MIN), INT32_MAX, high)  # single overflow
+    high = torch.where((x == INT32_MIN) & (m == INT32_MIN), INT32_MAX, high)  # single overflow
     # RoundingDivideByPOT: round half away from zero = sign(h) * ((|h| + 2^(e-1)) >> e).
-    if right:
-        mag = (high.abs() + (1 << (right - 1))) >> right
-        high = torch.where(high < 0, -mag, mag)
-    return high
+    mag = (high.abs() + ((one << right) >> 1)) >> right
+    return torch.where(high < 0, -mag, mag)
 
 
 def _to_tensor(x, device):
@@ -77,14 +81,14 @@ def _to_tensor(x, device):
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.int64)).to(device)
 
 
-def requantize_reference(acc, multiplier: int, shift: int, device=None) -> np.ndarray:
+def requantize_reference(acc, multiplier, shift, device=None) -> np.ndarray:
     """``numerics.requantize`` in torch (int32 accumulators in, int64 array out)."""
     _check_requant_params(multiplier, shift)
     acc = np.asarray(acc)
     if acc.size and (acc.min() < INT32_MIN or acc.max() > INT32_MAX):
         raise ValueError("accumulators must lie in the int32 range")
     dev = reference_device(device)
-    return _requantize(_to_tensor(acc, dev), int(multiplier), int(shift)).cpu().numpy()
+    return _requantize(_to_tensor(acc, dev), multiplier, shift).cpu().numpy()
 
 
 def _int_array(name, x, ndim):
@@ -123,7 +127,7 @@ def _matmul_exact(a, w, bias, device):
     return _wrap32(acc + _to_tensor(bias, device)[None, :])
 
 
-def gemm_reference(a, w, bias, multiplier: int, shift: int, out_zp: int, qmin: int, qmax: int, lut=None,
+def gemm_reference(a, w, bias, multiplier, shift, out_zp: int, qmin: int, qmax: int, lut=None,
                    device=None) -> np.ndarray:
     """``activation_unit(wrap32(a @ w), bias, ...)`` computed with torch on ``device`` -> int64 (M, N)."""
     torch = _torch()
@@ -138,7 +142,7 @@ def gemm_reference(a, w, bias, multiplier: int, shift: int, out_zp: int, qmin: i
             raise ValueError(f"LUT mode needs qmin/qmax within -128..127, got {qmin}..{qmax}")
     dev = reference_device(device)
     acc = _matmul_exact(a, w, bias, dev)
-    y = _requantize(acc, int(multiplier), int(shift))
+    y = _requantize(acc, multiplier, shift)
     y = torch.clamp(y + int(out_zp), int(qmin), int(qmax))
     if lut is not None:
         y = _to_tensor(lut, dev)[y + 128]

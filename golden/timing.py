@@ -7,7 +7,8 @@ A dispatcher holds one command (the *head*). Five units each execute one command
 ====== ===================================== ==============================================
 unit   commands                              busy after dispatch in cycle ``d``
 ====== ===================================== ==============================================
-LD     LOAD, LOAD_BIAS, LOAD_LUT             one data-in beat per cycle, d+1 .. d+B; free at d+B+1
+LD     LOAD, LOAD_BIAS, LOAD_LUT,            one data-in beat per cycle, d+1 .. d+B; free at d+B+1
+       LOAD_QUANT
 PL     PRELOAD (``w`` PE rows: krows, or     clear in d+1, PE row j written in d+2+j;
        ceil(krows/2) in a4w4)                free at d+w+2
 EX     COMPUTE (``M`` rows)                  act rows read d+1 .. d+M (= e). The command then moves

@@ -64,11 +64,11 @@ class ActivationUnit(wiring.Component):
         Accumulators, one per lane.
     bias : In(ArrayLayout(signed(32), lanes))
         Per-lane bias (per output channel).
-    multiplier : In(unsigned(31))
-        Requantization multiplier ``M0``, 0..2^31-1.
-    shift : In(signed(8))
-        Requantization shift, -31..30 (positive: left shift before the multiply; negative: rounding
-        right shift after it).
+    multiplier : In(ArrayLayout(unsigned(31), lanes))
+        Per-lane requantization multiplier ``M0``, 0..2^31-1.
+    shift : In(ArrayLayout(signed(8), lanes))
+        Per-lane requantization shift, -31..30 (positive: left shift before the multiply; negative:
+        rounding right shift after it).
     out_zp, qmin, qmax : In(signed(8))
         Output zero point and clamp bounds (``qmin > qmax`` yields ``qmax``, like ``np.clip``).
     use_lut : In(1)
@@ -111,8 +111,8 @@ class ActivationUnit(wiring.Component):
             "i_valid":    In(1),
             "i_acc":      In(data.ArrayLayout(signed(32), lanes)),
             "bias":       In(data.ArrayLayout(signed(32), lanes)),
-            "multiplier": In(unsigned(31)),
-            "shift":      In(signed(8)),
+            "multiplier": In(data.ArrayLayout(unsigned(31), lanes)),
+            "shift":      In(data.ArrayLayout(signed(8), lanes)),
             "out_zp":     In(signed(8)),
             "qmin":       In(signed(8)),
             "qmax":       In(signed(8)),
@@ -147,21 +147,25 @@ class ActivationUnit(wiring.Component):
         def stage_regs(elem_shape, name):
             return Signal(data.ArrayLayout(elem_shape, self._lanes), reset_less=True, name=name)
 
-        # Shift decode, registered: a row entering in cycle t meets the decode of ``shift`` as it was in
-        # t (stage 2 runs in t+1), and ``shift`` is static while rows are in flight.
-        left = Signal(range(31))
-        right = Signal(range(32))
-        half = Signal(32)           # one-hot bit e-1 of the rounding right shift; zero when e == 0
-        below_half = Signal(32)     # bits below e-1 (unused when e == 0, where half is zero)
-        sat_hi, sat_lo = Signal(signed(32)), Signal(signed(32))   # x << left saturates beyond these
-        left_now = Mux(self.shift > 0, self.shift, 0)[:5]
-        right_now = Mux(self.shift < 0, -self.shift, 0)[:5]
-        half_now = ((Const(1, 33) << right_now) >> 1)[:32]
-        m.d.sync += [
-            left.eq(left_now), right.eq(right_now), half.eq(half_now), below_half.eq(half_now - 1),
-            sat_hi.eq(Const(_INT32_MAX, signed(32)) >> left_now),
-            sat_lo.eq(Const(_INT32_MIN, signed(32)) >> left_now),
-        ]
+        # Shift decode per lane, registered: a row entering in cycle t meets the decode of ``shift`` as
+        # it was in t (stage 2 runs in t+1), and ``shift`` is static while rows are in flight.
+        left = stage_regs(range(31), "left")
+        right = stage_regs(range(32), "right")
+        half = stage_regs(32, "half")            # one-hot bit e-1 of the rounding right shift; 0 if e == 0
+        below_half = stage_regs(32, "below_half")  # bits below e-1 (unused when e == 0, where half is 0)
+        sat_hi = stage_regs(signed(32), "sat_hi")  # x << left saturates beyond these
+        sat_lo = stage_regs(signed(32), "sat_lo")
+        for i in range(self._lanes):
+            shift = self.shift[i]
+            left_now = Mux(shift > 0, shift, 0)[:5]
+            right_now = Mux(shift < 0, -shift, 0)[:5]
+            half_now = ((Const(1, 33) << right_now) >> 1)[:32]
+            m.d.sync += [
+                left[i].eq(left_now), right[i].eq(right_now), half[i].eq(half_now),
+                below_half[i].eq(half_now - 1),
+                sat_hi[i].eq(Const(_INT32_MAX, signed(32)) >> left_now),
+                sat_lo[i].eq(Const(_INT32_MIN, signed(32)) >> left_now),
+            ]
 
         # 1: bias add (wraps to 32 bits).
         a_valid = Signal()
@@ -177,18 +181,18 @@ class ActivationUnit(wiring.Component):
         m.d.sync += s_valid.eq(a_valid)
         with m.If(a_valid):
             for i in range(self._lanes):
-                shifted = (a_x[i] << left)[:32].as_signed()
-                m.d.sync += s_x[i].eq(Mux(a_x[i] > sat_hi, _INT32_MAX,
-                                          Mux(a_x[i] < sat_lo, _INT32_MIN, shifted)))
+                shifted = (a_x[i] << left[i])[:32].as_signed()
+                m.d.sync += s_x[i].eq(Mux(a_x[i] > sat_hi[i], _INT32_MAX,
+                                          Mux(a_x[i] < sat_lo[i], _INT32_MIN, shifted)))
 
         # 3: multiply with the srdhm nudge folded in, in three stages: four 16x16 partial products
         # (one DSP block each), two partial sums, the 64-bit total.
         q_valid = Signal()
         pp = {name: stage_regs(signed(34), f"pp_{name}") for name in ("hh", "hl", "lh", "ll")}
         m.d.sync += q_valid.eq(s_valid)
-        m_hi, m_lo = self.multiplier[16:31], self.multiplier[:16]
         with m.If(s_valid):
             for i in range(self._lanes):
+                m_hi, m_lo = self.multiplier[i][16:31], self.multiplier[i][:16]
                 x_hi, x_lo = s_x[i][16:32].as_signed(), s_x[i][:16]
                 m.d.sync += [pp["hh"][i].eq(x_hi * m_hi), pp["hl"][i].eq(x_hi * m_lo),
                              pp["lh"][i].eq(x_lo * m_hi), pp["ll"][i].eq(x_lo * m_lo)]
@@ -216,8 +220,8 @@ class ActivationUnit(wiring.Component):
             for i in range(self._lanes):
                 high = p_x[i][31:63].as_signed()
                 m.d.sync += [
-                    r_q[i].eq(high >> right),
-                    r_round[i].eq((high & half).any() & (~high[31] | (high & below_half).any())),
+                    r_q[i].eq(high >> right[i]),
+                    r_round[i].eq((high & half[i]).any() & (~high[31] | (high & below_half[i]).any())),
                 ]
 
         # 5: round and zero point, then clamp (np.clip order: max with qmin, then min with qmax).

@@ -155,7 +155,12 @@ class Controller(wiring.Component):
             m.d.sync += [use_lut.eq(f.act == ActFn.LUT), out_zp.eq(f.out_zp), qmin.eq(f.qmin),
                          qmax.eq(f.qmax), shift.eq(f.shift), multiplier.eq(f.multiplier)]
         m.d.comb += [act_fn.use_lut.eq(use_lut), act_fn.out_zp.eq(out_zp), act_fn.qmin.eq(qmin),
-                     act_fn.qmax.eq(qmax), act_fn.shift.eq(shift), act_fn.multiplier.eq(multiplier)]
+                     act_fn.qmax.eq(qmax)]
+        for i in range(c.cols):        # per lane: CONFIG's, or the bank's per-channel (ACTIVATE perchan)
+            m.d.comb += [
+                act_fn.shift[i].eq(Mux(wb.per_channel, ld.shift[wb.bias_bank][i], shift)),
+                act_fn.multiplier[i].eq(Mux(wb.per_channel, ld.multiplier[wb.bias_bank][i], multiplier)),
+            ]
 
         # -- unit commands: start pulses from the dispatcher, fields straight from the head word ------
         opcode = head_word[:4]
@@ -165,11 +170,12 @@ class Controller(wiring.Component):
             engine.precision.eq(precision),
             ld.start.eq(start.ld),
             ld.kind.eq(Mux(opcode == Opcode.LOAD, Mux(load.buf == Buf.WGT, LoadKind.WGT, LoadKind.ACT),
-                           Mux(opcode == Opcode.LOAD_BIAS, LoadKind.BIAS, LoadKind.LUT))),
-            ld.addr.eq(load.addr), ld.rows.eq(load.rows), ld.bank.eq(v[Opcode.LOAD_BIAS].bank),
+                           Mux(opcode == Opcode.LOAD_BIAS, LoadKind.BIAS,
+                               Mux(opcode == Opcode.LOAD_QUANT, LoadKind.QUANT, LoadKind.LUT)))),
+            ld.addr.eq(load.addr), ld.rows.eq(load.rows), ld.bank.eq(v[Opcode.LOAD_BIAS].bank),     # (LOAD_QUANT: the same field)
             wb.start.eq(start.act),
             wb.accaddr.eq(act_cmd.accaddr), wb.aaddr.eq(act_cmd.aaddr), wb.rows.eq(act_cmd.rows),
-            wb.dest.eq(act_cmd.dest), wb.bank.eq(act_cmd.bank),
+            wb.dest.eq(act_cmd.dest), wb.bank.eq(act_cmd.bank), wb.perchan.eq(act_cmd.perchan),
             st.start.eq(start.st),
             st.mode.eq(Mux(opcode == Opcode.COUNTERS, StoreMode.COUNTERS, store.buf)),
             st.addr.eq(store.addr), st.rows.eq(store.rows),

@@ -54,7 +54,7 @@ class UnitStart(data.Struct):
     config: 1
 
 
-_LOAD_OPS = (Opcode.LOAD, Opcode.LOAD_BIAS, Opcode.LOAD_LUT)
+_LOAD_OPS = (Opcode.LOAD, Opcode.LOAD_BIAS, Opcode.LOAD_LUT, Opcode.LOAD_QUANT)
 _BARRIER_OPS = (Opcode.CONFIG, Opcode.FENCE, Opcode.COUNTERS)
 
 

@@ -1,4 +1,4 @@
-"""LD unit: LOAD, LOAD_BIAS and LOAD_LUT, the only consumer of the data-in stream."""
+"""LD unit: LOAD, LOAD_BIAS, LOAD_QUANT and LOAD_LUT, the only consumer of the data-in stream."""
 from amaranth import *
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
@@ -15,14 +15,17 @@ class LoadKind:
     WGT = 1
     BIAS = 2
     LUT = 3
+    QUANT = 4
 
 
 class LoadUnit(wiring.Component):
-    """Moves data-in beats into the activation / weight SRAM, the bias registers or the LUT.
+    """Moves data-in beats into the activation / weight SRAM, the bias and requantization registers or
+    the LUT.
 
     Timing: ``start`` in cycle d; one beat consumed per cycle d+1 .. d+B (B = rows for SRAM loads,
-    since a beat holds a whole int8 word; ``beats(4*cols)`` for bias, ``beats(256)`` for the LUT);
-    ``busy`` is high d+1 .. d+B. Each SRAM word is written in the cycle its beat arrives.
+    since a beat holds a whole int8 word; ``beats(4*cols)`` for bias, ``beats(5*cols)`` for the
+    per-channel requantization, ``beats(256)`` for the LUT); ``busy`` is high d+1 .. d+B. Each SRAM
+    word is written in the cycle its beat arrives; a register bank with its last beat.
 
     Members
     -------
@@ -36,9 +39,14 @@ class LoadUnit(wiring.Component):
         The data-in beat (valid whenever the machine is not frozen).
     act_wr, wgt_wr : memory write ports.
     bank : In(1)
-        LOAD_BIAS: which of the two bias banks to fill.
+        LOAD_BIAS / LOAD_QUANT: which of the two banks to fill.
     bias : Out(ArrayLayout(ArrayLayout(signed(32), cols), 2))
         The two bias register banks.
+    multiplier : Out(ArrayLayout(ArrayLayout(unsigned(31), cols), 2))
+    shift : Out(ArrayLayout(ArrayLayout(signed(8), cols), 2))
+        The two banks of per-channel requantization parameters (``LOAD_QUANT``: ``cols`` int32 M0,
+        of which the low 31 bits are kept, then ``cols`` int8 shifts; the drivers send only in-range
+        values).
     lut_we, lut_addr, lut_wdata : Out
         LUT write, ``bus_bytes`` entries per beat starting at ``lut_addr``.
     ev_beat, ev_act_write, ev_wgt_write : Out(1)
@@ -49,11 +57,13 @@ class LoadUnit(wiring.Component):
         self._config = c = config
         self._lut_width = min(c.bus_bytes, 256)
         super().__init__({
-            "start": In(1), "kind": In(2), "addr": In(16), "rows": In(16), "bank": In(1),
+            "start": In(1), "kind": In(3), "addr": In(16), "rows": In(16), "bank": In(1),
             "busy": Out(1), "want": Out(1), "want_next": Out(1), "din": In(8 * c.bus_bytes),
             "act_wr": In(write_port_signature(c.act_depth, 8 * c.act_word_bytes)),
             "wgt_wr": In(write_port_signature(c.wgt_depth, 8 * c.wgt_word_bytes)),
             "bias": Out(data.ArrayLayout(data.ArrayLayout(signed(32), c.cols), 2)),
+            "multiplier": Out(data.ArrayLayout(data.ArrayLayout(unsigned(31), c.cols), 2)),
+            "shift": Out(data.ArrayLayout(data.ArrayLayout(signed(8), c.cols), 2)),
             "lut_we": Out(1), "lut_addr": Out(range(256)),
             "lut_wdata": Out(data.ArrayLayout(signed(8), self._lut_width)),
             "ev_beat": Out(1), "ev_act_write": Out(1), "ev_wgt_write": Out(1),
@@ -62,12 +72,15 @@ class LoadUnit(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         c = self._config
-        bias_beats = c.beats(4 * c.cols)
-        kind, bank = Signal(2), Signal()
+        bias_beats, quant_beats = c.beats(4 * c.cols), c.beats(5 * c.cols)
+        kind, bank = Signal(3), Signal()
         addr = Signal(16)
         left = Signal(17)            # beats still to come
-        beat = Signal(range(max(bias_beats, c.beats(256)) + 1))
-        bias_shift = Signal(8 * c.bus_bytes * bias_beats)
+        beat = Signal(range(max(quant_beats, c.beats(256)) + 1))
+        # Register loads shift in from the top: after the last of B beats, beat 0 sits B beats below
+        # the top (a bias load, with fewer beats than LOAD_QUANT, ends higher up).
+        regs_shift = Signal(8 * c.bus_bytes * quant_beats)
+        bias_base = 8 * c.bus_bytes * (quant_beats - bias_beats)
 
         m.d.comb += [self.want.eq(self.busy), self.ev_beat.eq(self.busy),
                      self.want_next.eq(self.start | (self.busy & (left != 1)))]
@@ -78,6 +91,8 @@ class LoadUnit(wiring.Component):
                     m.d.sync += left.eq(self.rows)
                 with m.Case(LoadKind.BIAS):
                     m.d.sync += left.eq(bias_beats)
+                with m.Case(LoadKind.QUANT):
+                    m.d.sync += left.eq(quant_beats)
                 with m.Case(LoadKind.LUT):
                     m.d.sync += left.eq(c.beats(256))
 
@@ -92,12 +107,15 @@ class LoadUnit(wiring.Component):
                 with m.Case(LoadKind.WGT):
                     m.d.comb += [self.wgt_wr.en.eq(1), self.wgt_wr.addr.eq(addr),
                                  self.wgt_wr.data.eq(self.din), self.ev_wgt_write.eq(1)]
-                with m.Case(LoadKind.BIAS):
-                    # Beats shift in from the top; after the last one beat 0 sits at the bottom.
-                    shifted = Cat(bias_shift[8 * c.bus_bytes:], self.din)
-                    m.d.sync += bias_shift.eq(shifted)
-                    with m.If(left == 1):
-                        m.d.sync += self.bias[bank].as_value().eq(shifted[:32 * c.cols])
+                with m.Case(LoadKind.BIAS, LoadKind.QUANT):
+                    shifted = Cat(regs_shift[8 * c.bus_bytes:], self.din)
+                    m.d.sync += regs_shift.eq(shifted)
+                    with m.If((left == 1) & (kind == LoadKind.BIAS)):
+                        m.d.sync += self.bias[bank].as_value().eq(shifted[bias_base:bias_base + 32 * c.cols])
+                    with m.If((left == 1) & (kind == LoadKind.QUANT)):
+                        for i in range(c.cols):
+                            m.d.sync += [self.multiplier[bank][i].eq(shifted[32 * i:32 * i + 31]),
+                                         self.shift[bank][i].eq(shifted.word_select(4 * c.cols + i, 8))]
                 with m.Case(LoadKind.LUT):
                     m.d.comb += [self.lut_we.eq(1), self.lut_addr.eq(beat * c.bus_bytes),
                                  self.lut_wdata.as_value().eq(self.din)]

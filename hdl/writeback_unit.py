@@ -21,10 +21,12 @@ class WritebackUnit(wiring.Component):
 
     Members
     -------
-    start, accaddr, aaddr, rows, dest, bank : In
+    start, accaddr, aaddr, rows, dest, bank, perchan : In
     busy : Out(1)
     bias_bank : Out(1)
         The bias bank of the ACTIVATE in flight (selects the activation unit's bias).
+    per_channel : Out(1)
+        The ACTIVATE in flight requantizes with its bank's per-channel parameters (``perchan``).
     acc_rd, act_wr : SRAM ports.
     i_valid, i_acc : Out; o_valid, o_data : In
         The activation unit's row interface.
@@ -37,7 +39,7 @@ class WritebackUnit(wiring.Component):
         self._config = c = config
         super().__init__({
             "start": In(1), "accaddr": In(16), "aaddr": In(16), "rows": In(16), "dest": In(1),
-            "bank": In(1), "busy": Out(1), "bias_bank": Out(1),
+            "bank": In(1), "perchan": In(1), "busy": Out(1), "bias_bank": Out(1), "per_channel": Out(1),
             "acc_rd": In(read_port_signature(c.acc_depth, 32 * c.cols)),
             "act_wr": In(write_port_signature(c.act_depth, 8 * c.act_word_bytes)),
             "i_valid": Out(1), "i_acc": Out(data.ArrayLayout(signed(32), c.cols)),
@@ -58,7 +60,7 @@ class WritebackUnit(wiring.Component):
         with m.If(self.start):
             m.d.sync += [self.busy.eq(1), raddr.eq(self.accaddr), waddr.eq(self.aaddr),
                          rows_left.eq(self.rows), outs_left.eq(self.rows), dest.eq(self.dest),
-                         self.bias_bank.eq(self.bank)]
+                         self.bias_bank.eq(self.bank), self.per_channel.eq(self.perchan)]
         with m.If(reading):
             m.d.comb += [self.acc_rd.en.eq(1), self.acc_rd.addr.eq(raddr), self.ev_acc_read.eq(1)]
             m.d.sync += [raddr.eq(raddr + 1), rows_left.eq(rows_left - 1)]

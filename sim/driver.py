@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from opennpu.config import NpuConfig
-from opennpu.golden.checks import data_in_bytes, validate
+from opennpu.golden.checks import data_in_bytes, quant_params, validate
 from opennpu.golden.deps import check_program
 from opennpu.golden.isa import ErrorCode, Opcode, Precision
 from opennpu.golden.model import GoldenNpu
@@ -19,12 +19,13 @@ class BackendUnavailable(RuntimeError):
 
 def data_in_takes(config: NpuConfig, words: list[int]) -> list[int]:
     """Data-in bytes each command word takes, as the golden model counts them: an accepted ``LOAD``
-    its rows of whole beats, ``LOAD_LUT`` / ``LOAD_BIAS`` their register, a rejected command none.
+    its rows of whole beats, ``LOAD_LUT`` / ``LOAD_BIAS`` / ``LOAD_QUANT`` their register, a rejected
+    command none.
     (Whether a ``LOAD`` is accepted does not depend on the precision in force.)"""
     takes = []
     for word in words:
         nbytes = 0
-        if word & 0xF in (Opcode.LOAD, Opcode.LOAD_LUT, Opcode.LOAD_BIAS):
+        if word & 0xF in (Opcode.LOAD, Opcode.LOAD_LUT, Opcode.LOAD_BIAS, Opcode.LOAD_QUANT):
             code, cmd = validate(word, config, Precision.INT8)
             if code == ErrorCode.OK:
                 nbytes = data_in_bytes(cmd, config)
@@ -35,8 +36,9 @@ def data_in_takes(config: NpuConfig, words: list[int]) -> list[int]:
 def program_words(config: NpuConfig, program: Program) -> list[int]:
     """The program's command words, once it is known to be runnable: at least one command, every
     word a 128-bit int (``Program.words``), data-in whole beats and exactly as long as its LOADs
-    take. Every backend calls this before it runs anything, so all refuse the same programs with
-    the same error: ``ValueError``, ``ProgramError`` (a ValueError) for the data-in length."""
+    take, and every ``LOAD_QUANT``'s values in range (the hardware does not check data-in). Every
+    backend calls this before it runs anything, so all refuse the same programs with the same error:
+    ``ValueError``, ``ProgramError`` (a ValueError) for the data-in."""
     words = program.words()
     if not words:
         raise ValueError("program has no commands")
@@ -55,6 +57,11 @@ def program_words(config: NpuConfig, program: Program) -> list[int]:
     if size > need:
         raise ProgramError(f"data-in stream too long: the program's LOADs take {need} bytes, it has {size} "
                            f"({size - need} left over)")
+    offset = 0
+    for word, take in zip(words, takes):
+        if take and word & 0xF == Opcode.LOAD_QUANT:
+            quant_params(program.data_in[offset:offset + take], config)
+        offset += take
     return words
 
 

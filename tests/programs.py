@@ -26,9 +26,11 @@ from opennpu.golden.deps import order_program
 from opennpu.golden.model import k_tile, stream_weight_words, validate, weight_words
 from opennpu.golden.program import Program
 
-__all__ = ["BAD_KINDS", "sram_dump", "good_command", "bad_command", "rejected_command", "random_program",
+__all__ = ["ILLEGAL_OPCODES", "BAD_KINDS", "sram_dump", "quant_data", "good_command", "bad_command", "rejected_command", "random_program",
            "with_bad_commands", "gemm_with_bad_commands", "programs"]
 
+#: Opcode values no configuration implements.
+ILLEGAL_OPCODES = [op for op in range(16) if op not in set(Opcode)]
 #: Kinds of malformed command ``bad_command`` draws from.
 BAD_KINDS = ("random word", "random fields", "bad opcode", "reserved bits", "out of range", "zero rows",
              "bad buffer", "bad field", "bad precision")
@@ -60,7 +62,7 @@ def good_command(config: NpuConfig, rng: random.Random, precision: Precision, *,
 
 
 def _good_command(config: NpuConfig, rng: random.Random, precision: Precision, max_rows: int) -> Command:
-    kinds = ["config", "load", "load", "load_bias", "load_lut", "preload", "compute", "compute",
+    kinds = ["config", "load", "load", "load_bias", "load_quant", "load_lut", "preload", "compute", "compute",
              "activate", "store", "fence", "counters"]
     kind = rng.choice(kinds)
     if kind == "config":
@@ -75,6 +77,8 @@ def _good_command(config: NpuConfig, rng: random.Random, precision: Precision, m
         return Command(Opcode.LOAD, buf=buf, addr=addr, rows=rows)
     if kind == "load_bias":
         return Command(Opcode.LOAD_BIAS, bank=rng.randint(0, 1))
+    if kind == "load_quant":
+        return Command(Opcode.LOAD_QUANT, bank=rng.randint(0, 1))
     if kind == "load_lut":
         return Command(Opcode.LOAD_LUT)
     if config.dataflow == "os" and kind in ("preload", "compute"):
@@ -97,12 +101,24 @@ def _good_command(config: NpuConfig, rng: random.Random, precision: Precision, m
         rows = rng.randint(1, min(config.act_depth, config.acc_depth, max_rows))
         return Command(Opcode.ACTIVATE, accaddr=rng.randint(0, config.acc_depth - rows),
                        aaddr=rng.randint(0, config.act_depth - rows), rows=rows, dest=rng.randint(0, 1),
-                       bank=rng.randint(0, 1))
+                       bank=rng.randint(0, 1), perchan=rng.randint(0, 1))
     if kind == "store":
         buf = rng.choice(list(Buf))
         addr, rows = _span(rng, _depth(config, buf), max_rows)
         return Command(Opcode.STORE, buf=buf, addr=addr, rows=rows)
     return Command(Opcode.COUNTERS if kind == "counters" else Opcode.FENCE)
+
+
+def quant_data(config: NpuConfig, rng: random.Random) -> bytes:
+    """A LOAD_QUANT's data-in: random in-range multipliers and shifts (edge values included), padded
+    with random bytes (padding is ignored)."""
+    cols = config.cols
+    mults = [rng.choice([0, 1 << 30, (1 << 31) - 1, rng.getrandbits(31)]) for _ in range(cols)]
+    shifts = [rng.choice([numerics.SHIFT_MIN, numerics.SHIFT_MAX, 0, rng.randint(numerics.SHIFT_MIN,
+                                                                                 numerics.SHIFT_MAX)])
+              for _ in range(cols)]
+    data = b"".join(m.to_bytes(4, "little") for m in mults) + bytes(s & 0xFF for s in shifts)
+    return data + rng.randbytes(data_in_bytes(Command(Opcode.LOAD_QUANT), config) - len(data))
 
 
 def _beyond(rng: random.Random, depth: int, rows: int) -> int:
@@ -124,7 +140,7 @@ def bad_command(config: NpuConfig, rng: random.Random, kind: str | None = None) 
         return rng.getrandbits(COMMAND_BITS) & ~reserved_mask(op) & ~0xF | op
     if kind == "bad opcode":
         upper = rng.getrandbits(COMMAND_BITS - 4) if rng.random() < 0.5 else 0
-        return upper << 4 | rng.choice([0, 11, 12, 13, 14, 15])
+        return upper << 4 | rng.choice(ILLEGAL_OPCODES)
     if kind == "reserved bits":
         good = encode(good_command(config, rng, Precision.INT8))
         mask = reserved_mask(Opcode(good & 0xF))
@@ -207,7 +223,9 @@ class _Stream:
         if cmd.op == Opcode.CONFIG:
             self.precision = Precision(cmd.precision)
         need = data_in_bytes(cmd, self.config)
-        if need:
+        if cmd.op == Opcode.LOAD_QUANT:
+            self.data += quant_data(self.config, self.rng)
+        elif need:
             self.data += self.rng.randbytes(need)
 
     def program(self) -> Program:

@@ -20,8 +20,8 @@ class Segment:
     """Rows streamed under one parameter set; the pipeline drains before the next segment."""
     rows: list                      # each a list of LANES accumulators, or None for an idle cycle
     bias: list
-    multiplier: int
-    shift: int
+    multiplier: int | list          # per tensor, or one per lane (per output channel)
+    shift: int | list
     out_zp: int = 0
     qmin: int = -128
     qmax: int = 127
@@ -36,6 +36,10 @@ def write_model_lut(lut, width, addr, values):
     else:
         base = addr // width * width
         lut[base:base + width] = values
+
+
+def per_lane(value, lanes):
+    return list(value) if isinstance(value, list) else [value] * lanes
 
 
 def simulate(dut, segments):
@@ -54,8 +58,8 @@ def simulate(dut, segments):
 
         for seg in segments:
             ctx.set(dut.bias, seg.bias)
-            ctx.set(dut.multiplier, seg.multiplier)
-            ctx.set(dut.shift, seg.shift)
+            ctx.set(dut.multiplier, per_lane(seg.multiplier, lanes))
+            ctx.set(dut.shift, per_lane(seg.shift, lanes))
             ctx.set(dut.out_zp, seg.out_zp)
             ctx.set(dut.qmin, seg.qmin)
             ctx.set(dut.qmax, seg.qmax)
@@ -119,6 +123,9 @@ MULTIPLIER = st.one_of(st.integers(0, INT32_MAX), st.builds(lambda p: 1 << p, st
                        st.sampled_from([0, 1, (1 << 30) + 1, INT32_MAX]))
 
 
+RANDOM_BIAS = st.lists(st.one_of(INT32, st.just(0), st.integers(-1000, 1000)), min_size=LANES, max_size=LANES)
+
+
 @st.composite
 def segments(draw):
     """Random parameters and rows, or (tie mode) a power-of-two multiplier 2^p, shift -e and accumulators
@@ -134,9 +141,13 @@ def segments(draw):
         e = draw(st.integers(0, p))
         multiplier, shift, acc = 1 << p, -e, near_ties(sorted({30 - p, 30 - p + max(e - 1, 0)}))
         bias = st.just([0] * LANES)
-    else:
+    elif draw(st.booleans()):
         multiplier, shift, acc = draw(MULTIPLIER), draw(st.integers(-31, 30)), ACC
-        bias = st.lists(st.one_of(INT32, st.just(0), st.integers(-1000, 1000)), min_size=LANES, max_size=LANES)
+        bias = RANDOM_BIAS
+    else:                           # per output channel: every lane its own multiplier and shift
+        multiplier = draw(st.lists(MULTIPLIER, min_size=LANES, max_size=LANES))
+        shift, acc = draw(st.lists(st.integers(-31, 30), min_size=LANES, max_size=LANES)), ACC
+        bias = RANDOM_BIAS
     row = st.lists(acc, min_size=LANES, max_size=LANES)
     return Segment(rows=draw(st.lists(st.one_of(row, row, row, st.none()), min_size=1, max_size=64)),
                    bias=draw(bias), multiplier=multiplier, shift=shift, out_zp=draw(INT8),

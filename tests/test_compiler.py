@@ -289,3 +289,4 @@ def test_cli_report_on_a_model(models, tmp_path, capsys):
     fused, unfused = report["fused"]["fused"], report["fused"]["unfused"]
     assert fused["dma_in_bytes"] + fused["dma_out_bytes"] < unfused["dma_in_bytes"] + unfused["dma_out_bytes"]
     assert report["total"]["macs"] == fused["macs"]
+

@@ -7,8 +7,9 @@ from hypothesis import given, settings, strategies as st
 from opennpu.golden.isa import (COMMAND_BITS, FIELDS, ActFn, Buf, Command, DecodeError, Opcode, decode,
                                 decode_program, encode, encode_program)
 
+from programs import ILLEGAL_OPCODES
+
 WORD_MAX = (1 << COMMAND_BITS) - 1
-ILLEGAL_OPCODES = [0, 11, 12, 13, 14, 15]
 FIELD_CASES = [(op, f) for op in Opcode for f in FIELDS[op]]
 
 

@@ -47,7 +47,8 @@ def operands(rng, m, k, n, abits, wbits, fill):
        prec=st.sampled_from(list(PRECISIONS)), fill=st.sampled_from(["random", "extreme", "sparse"]),
        bias_kind=st.sampled_from(["zero", "small", "full"]),
        requant=st.one_of(st.tuples(st.integers(0, I32_MAX), st.integers(-31, 30)),
-                         st.floats(1e-6, 2.0).map(nm.quantize_multiplier)),
+                         st.floats(1e-6, 2.0).map(nm.quantize_multiplier),
+                         st.just("per channel")),
        zp=st.integers(-128, 127), q=st.tuples(st.integers(-128, 127), st.integers(-128, 127)),
        use_lut=st.booleans(), device=st.sampled_from(DEVICES))
 def test_gemm_bit_exact(seed, m, k, n, prec, fill, bias_kind, requant, zp, q, use_lut, device):
@@ -56,7 +57,10 @@ def test_gemm_bit_exact(seed, m, k, n, prec, fill, bias_kind, requant, zp, q, us
     bias = {"zero": np.zeros(n, np.int64),
             "small": rng.integers(-(2 ** 16), 2 ** 16, n),
             "full": rng.integers(I32_MIN, I32_MAX, n, endpoint=True)}[bias_kind]
-    mult, shift = requant
+    if requant == "per channel":           # one multiplier and shift per output column
+        mult, shift = rng.integers(0, I32_MAX, n, endpoint=True), rng.integers(-31, 31, n)
+    else:
+        mult, shift = requant
     qmin, qmax = min(q), max(q)
     lut = rng.integers(-128, 128, 256) if use_lut else None
     got = gemm_reference(a, w, bias, mult, shift, zp, qmin, qmax, lut=lut, device=device)

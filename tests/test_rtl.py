@@ -29,18 +29,20 @@ def assert_same(rtl, golden):
         assert rtl.counters[name] == expected, name
 
 
-@pytest.mark.parametrize("rows, cols, m, k, n, act, backpressure", [
-    (2, 2, 5, 3, 3, "none", None),          # K, N not multiples of the array
-    (2, 2, 9, 7, 5, "relu", 11),            # accumulation over 4 K tiles, back-pressure
-    (3, 3, 7, 8, 4, "gelu", None),          # non-power-of-two array (bus 4 bytes)
-    (4, 4, 12, 9, 7, "relu6", 3),
-    (4, 4, 6, 16, 9, "sigmoid", 5),
-    (3, 2, 5, 7, 5, "silu", None),          # non-square array
-    (2, 4, 6, 5, 9, "tanh", 7),
+@pytest.mark.parametrize("rows, cols, m, k, n, act, backpressure, per_channel", [
+    (2, 2, 5, 3, 3, "none", None, False),   # K, N not multiples of the array
+    (2, 2, 5, 3, 5, "relu", 4, True),       # per-channel requantization (LOAD_QUANT, ACTIVATE perchan)
+    (3, 2, 6, 4, 7, "gelu", None, True),
+    (2, 2, 9, 7, 5, "relu", 11, False),            # accumulation over 4 K tiles, back-pressure
+    (3, 3, 7, 8, 4, "gelu", None, False),          # non-power-of-two array (bus 4 bytes)
+    (4, 4, 12, 9, 7, "relu6", 3, False),
+    (4, 4, 6, 16, 9, "sigmoid", 5, False),
+    (3, 2, 5, 7, 5, "silu", None, False),          # non-square array
+    (2, 4, 6, 5, 9, "tanh", 7, False),
 ])
-def test_gemm_matches_golden(rows, cols, m, k, n, act, backpressure):
+def test_gemm_matches_golden(rows, cols, m, k, n, act, backpressure, per_channel):
     config = small_config(rows, cols)
-    spec = random_gemm(m, k, n, "int8", act, seed=rows * 100 + m)
+    spec = random_gemm(m, k, n, "int8", act, seed=rows * 100 + m, per_channel=per_channel)
     gp = build_gemm(config, spec)
     golden = GoldenNpu(config).run(gp.program)
     rtl = Npu(config, "pysim", backpressure=backpressure).run(gp.program)
