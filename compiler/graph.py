@@ -19,7 +19,8 @@ Ops (``Node.op``) and their ``attrs``
 * ``conv2d``, ``depthwise_conv2d``: ``ConvAttrs``; inputs (x, weights, bias or ``None``).
 * ``fully_connected``: ``FullyConnectedAttrs``; inputs (x, weights, bias or ``None``); x is flattened per
   sample to K values.
-* ``add``: ``AddAttrs``; inputs (a, b), numpy broadcasting against the batched shapes.
+* ``add``: ``AddAttrs``; inputs (a, b), b an activation or an int8 constant (full shape), numpy
+  broadcasting against the batched shapes.
 * ``average_pool2d``, ``max_pool2d``: ``PoolAttrs``; input x; the window excludes padding.
 * ``reshape``: no attrs (the output tensor's shape says it all); the flat order is unchanged.
 * ``softmax``: ``SoftmaxAttrs``; over the last axis.
@@ -75,12 +76,22 @@ class Window:
 @dataclass(frozen=True)
 class Requant:
     """int32 accumulator -> int8: per output channel ``MultiplyByQuantizedMultiplier(acc, M0[c],
-    shift[c])`` (one entry: all channels), then ``+ out_zp`` and clamp to [qmin, qmax] (fused ReLU/ReLU6)."""
+    shift[c])`` (one entry: all channels), then ``+ out_zp`` and clamp to [qmin, qmax] (fused ReLU/ReLU6).
+
+    ``rounding``: ``"double"`` is gemmlowp's (a rounding doubling high multiply, then a rounding shift;
+    the NPU's ``numerics.requantize``), ``"single"`` one rounding of the exact product,
+    ``(acc * M0 + 2^(30 - shift)) >> (31 - shift)``. Which one a source format uses is the importer's
+    finding (LiteRT's reference FULLY_CONNECTED rounds once, its CONV_2D twice)."""
     multiplier: tuple
     shift: tuple
     out_zp: int
     qmin: int
     qmax: int
+    rounding: str = "double"
+
+    def __post_init__(self):
+        if self.rounding not in ("double", "single"):
+            raise ValueError(f"rounding must be 'double' or 'single', got {self.rounding!r}")
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,9 @@ file; the graph runs any batch); weights symmetric int8, per-tensor or per-chann
 Reading happens in two steps: ``_read_flatbuffer`` copies what the importer needs out of the buffer
 into plain Python values (any failure there means the file is truncated or corrupt:
 ``TFLiteFormatError``), then ``_Builder`` checks the model and derives the integer op parameters with
-``tflite_params``. Errors are one line, all ``ValueError`` subclasses:
+``tflite_params``. LiteRT's reference FULLY_CONNECTED requantizes with a single rounding, unlike its
+convolutions (measured against LiteRT 2.3: ``tests/test_tflite.py``), so its ``Requant`` says
+``rounding="single"``. Errors are one line, all ``ValueError`` subclasses:
 
 * ``TFLiteFormatError``: not a TFLite flatbuffer, truncated or corrupt;
 * ``NotQuantizedError``: float tensors (the model, or its input/output, is not int8-quantized);
@@ -91,12 +93,28 @@ class _RawOp:
     options: dict | None        # the _OPTIONS fields; None when the table is absent
 
 
+def _checked(table):
+    """``table`` (a generated flatbuffer table object), after checking that its vtable and inline
+    fields lie inside the buffer, as the flatbuffers verifier does; ``IndexError`` otherwise."""
+    buf, pos = table._tab.Bytes, table._tab.Pos
+    if pos < 0 or pos + 4 > len(buf):
+        raise IndexError(f"table at {pos} outside the {len(buf)}-byte file")
+    vtable = pos - int.from_bytes(buf[pos:pos + 4], "little", signed=True)
+    if vtable < 0 or vtable + 4 > len(buf):
+        raise IndexError(f"vtable at {vtable} outside the {len(buf)}-byte file")
+    vtable_size = int.from_bytes(buf[vtable:vtable + 2], "little")
+    table_size = int.from_bytes(buf[vtable + 2:vtable + 4], "little")
+    if vtable + vtable_size > len(buf) or pos + table_size > len(buf):
+        raise IndexError(f"table at {pos} ({table_size} bytes) reaches past the end of the file")
+    return table
+
+
 def _enum_names(enum_class) -> dict:
     return {v: k for k, v in vars(enum_class).items() if not k.startswith("_") and isinstance(v, int)}
 
 
 def _buffer_bytes(buf: bytes, model, index: int) -> bytes:
-    b = model.Buffers(index)
+    b = _checked(model.Buffers(index))
     if b.Offset() > 1:          # data stored after the flatbuffer (models over 2 GB)
         if b.Offset() + b.Size() > len(buf):
             raise IndexError(f"buffer {index} reaches past the end of the file")
@@ -119,6 +137,7 @@ def _read_tensor(buf, model, t, index, type_names) -> _RawTensor:
             raise ValueError(f"tensor {index}: {data.size} values for shape {shape}")
         data = data.reshape(shape)
     q = t.Quantization()
+    q = None if q is None else _checked(q)
     scale = tuple(float(s) for s in q.ScaleAsNumpy()) if q is not None and q.ScaleLength() else ()
     zps = tuple(int(z) for z in q.ZeroPointAsNumpy()) if q is not None and q.ZeroPointLength() else ()
     axis = q.QuantizedDimension() if q is not None else 0
@@ -134,13 +153,14 @@ def _read_options(tfl, op, code: str, option_names) -> dict | None:
         return None
     options = getattr(tfl, table_name)()
     options.Init(table.Bytes, table.Pos)
+    _checked(options)
     return {field: getattr(options, field)() for field in fields}
 
 
 def _read_flatbuffer(buf: bytes):
     """Everything the builder needs, as plain values: (tensors, ops, inputs, outputs, subgraph count)."""
     import tflite as tfl
-    model = tfl.Model.GetRootAs(buf, 0)
+    model = _checked(tfl.Model.GetRootAs(buf, 0))
     if model.Version() != 3:
         raise ValueError(f"schema version {model.Version()}, expected 3")
     if model.SubgraphsLength() < 1:
@@ -149,15 +169,15 @@ def _read_flatbuffer(buf: bytes):
     option_names = _enum_names(tfl.BuiltinOptions)
     codes = []
     for i in range(model.OperatorCodesLength()):
-        oc = model.OperatorCodes(i)
+        oc = _checked(model.OperatorCodes(i))
         value = max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode())
         name = op_names.get(value, f"BUILTIN{value}")
         codes.append(f"CUSTOM({oc.CustomCode().decode('utf-8', 'replace')})" if name == "CUSTOM" else name)
-    g = model.Subgraphs(0)
-    tensors = [_read_tensor(buf, model, g.Tensors(i), i, type_names) for i in range(g.TensorsLength())]
+    g = _checked(model.Subgraphs(0))
+    tensors = [_read_tensor(buf, model, _checked(g.Tensors(i)), i, type_names) for i in range(g.TensorsLength())]
     ops = []
     for i in range(g.OperatorsLength()):
-        op = g.Operators(i)
+        op = _checked(g.Operators(i))
         code = codes[op.OpcodeIndex()]
         ops.append(_RawOp(i, code, tuple(int(v) for v in op.InputsAsNumpy()) if op.InputsLength() else (),
                           tuple(int(v) for v in op.OutputsAsNumpy()) if op.OutputsLength() else (),
@@ -333,15 +353,22 @@ class _Builder:
         bias = self._bias(op.inputs[2] if len(op.inputs) > 2 else -1, n, where)
         s_in, z_in = self._q(ins[0])
         requant = tflite_params.conv_requant(s_in, wt.scale, out.scale[0], out.zero_point[0],
-                                             o["FusedActivationFunction"])
+                                             o["FusedActivationFunction"], rounding="single")
         return [ins[0], w, bias], FullyConnectedAttrs(int(z_in), requant)
 
     def _add(self, op, ins, where):
         if len(op.inputs) != 2:
             raise UnsupportedOpError(f"{where}: expected two inputs, got {len(op.inputs)}")
-        ins.append(self._activation(op.inputs[1], where))
+        second = self.raw[op.inputs[1]]
+        if second.data is None:
+            ins.append(self._activation(op.inputs[1], where))
+        else:
+            ins.append(self._const(op.inputs[1], "INT8", where, "constant operand"))
+            if len(second.scale) != 1 or len(second.zero_point) != 1:
+                raise UnsupportedOpError(f"{where}: constant operand {ins[1]!r} needs one scale and zero point")
         out = self.raw[op.outputs[0]]
-        shapes = [(1, *self.tensors[n].shape) for n in ins]
+        shapes = [(1, *self.tensors[ins[0]].shape), second.shape if second.data is not None else
+                  (1, *self.tensors[ins[1]].shape)]
         if tuple(np.broadcast_shapes(*shapes)) != out.shape:
             raise UnsupportedOpError(f"{where}: inputs {shapes} do not broadcast to the output {out.shape}")
         attrs = tflite_params.add_attrs(tuple(self._q(n) for n in ins), (out.scale[0], out.zero_point[0]),

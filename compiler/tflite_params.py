@@ -53,12 +53,14 @@ def activation_range(activation: int, scale: float, zero_point: int) -> tuple[in
     return lo, hi
 
 
-def conv_requant(in_scale: float, w_scales, out_scale: float, out_zp: int, activation: int) -> Requant:
+def conv_requant(in_scale: float, w_scales, out_scale: float, out_zp: int, activation: int,
+                 rounding: str = "double") -> Requant:
     """``PopulateConvolutionQuantizationParams`` / ``GetQuantizedConvolutionMultipler``: per channel
-    ``QuantizeMultiplier(double(s_in) * double(s_w[c]) / double(s_out))``, plus the activation clamp."""
+    ``QuantizeMultiplier(double(s_in) * double(s_w[c]) / double(s_out))``, plus the activation clamp;
+    ``rounding`` as ``Requant`` defines it."""
     pairs = [numerics.quantize_multiplier(_f64(in_scale) * _f64(s) / _f64(out_scale)) for s in w_scales]
     qmin, qmax = activation_range(activation, out_scale, out_zp)
-    return Requant(tuple(m for m, _ in pairs), tuple(s for _, s in pairs), int(out_zp), qmin, qmax)
+    return Requant(tuple(m for m, _ in pairs), tuple(s for _, s in pairs), int(out_zp), qmin, qmax, rounding)
 
 
 def _smaller_than_one(real: float, what: str) -> tuple[int, int]:
