@@ -300,3 +300,75 @@ def test_wrong_input_is_refused():
         run_graph(graph, np.zeros((1, 49, 10, 1), np.float32))
     with pytest.raises(ValueError, match="must be int8"):
         run_graph(graph, np.zeros((1, 49, 10), np.int8))
+
+
+def _single_layer(op, n=12, k=64):
+    mb = ModelBuilder()
+    if op == "FULLY_CONNECTED":
+        x = mb.tensor("x", (1, k), **_q(0.08, -128))
+        w = mb.tensor("w", (n, k), **_q(0.0083, 0), data=RNG.integers(-127, 128, (n, k)))
+        y = mb.tensor("y", (1, n), **_q(0.1446, 14))
+        options, fields = "FullyConnectedOptions", {}
+    else:
+        x = mb.tensor("x", (1, 1, 1, k), **_q(0.08, -128))
+        w = mb.tensor("w", (n, 1, 1, k), **_q(0.0083, 0), data=RNG.integers(-127, 128, (n, 1, 1, k)))
+        y = mb.tensor("y", (1, 1, 1, n), **_q(0.1446, 14))
+        options, fields = "Conv2DOptions", {"Padding": 1, "StrideW": 1, "StrideH": 1, "DilationWFactor": 1,
+                                            "DilationHFactor": 1}
+    b = mb.tensor("b", (n,), "int32", **_q(0.0006, 0), data=RNG.integers(-5000, 5000, n))
+    mb.op(op, [x, w, b], [y], options, **fields)
+    return mb.build([x], [y]), (k,) if op == "FULLY_CONNECTED" else (1, 1, k)
+
+
+@pytest.mark.parametrize("op,rounding", [("FULLY_CONNECTED", "single"), ("CONV_2D", "double")])
+def test_requant_rounding_is_the_one_litert_uses(op, rounding):
+    """LiteRT's reference FULLY_CONNECTED rounds once, its CONV_2D twice: the importer's choice matches
+    LiteRT on 1500 samples, and the other rounding does not."""
+    from dataclasses import replace
+    model, shape = _single_layer(op)
+    graph = import_tflite(model)
+    node = graph.nodes[0]
+    assert node.attrs.requant.rounding == rounding
+    x = RNG.integers(-128, 128, (1500, *shape), dtype=np.int8)
+    ref = _litert(model, x).astype(np.int64)
+    values = {graph.inputs[0]: x.astype(np.int64)}
+    assert np.array_equal(run_node(graph, node, values), ref)
+    other = replace(node, attrs=replace(node.attrs, requant=replace(
+        node.attrs.requant, rounding="double" if rounding == "single" else "single")))
+    assert np.count_nonzero(run_node(graph, other, values) != ref) > 0
+
+
+def test_partition_marks_convolutions_and_fc_for_the_npu():
+    from opennpu.compiler.partition import partition
+    graph = import_tflite(MODELS / "pretrainedResnet_quant.tflite")
+    segments = partition(graph)
+    assert [node for s in segments for node in s.nodes] == graph.nodes
+    assert all(a.device != b.device for a, b in zip(segments, segments[1:]))
+    for s in segments:
+        assert all((node.op in ("conv2d", "depthwise_conv2d", "fully_connected")) == (s.device == "npu")
+                   for node in s.nodes)
+    assert [s.device for s in segments][:2] == ["npu", "cpu"]
+
+
+def test_cli_run_tflite(tmp_path, capsys):
+    import json
+
+    from opennpu.cli import main
+    model = MODELS / "kws_ref_model.tflite"
+    x = _inputs((49, 10, 1), random=2)
+    np.save(tmp_path / "x.npy", x)
+    assert main(["run", str(model), "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "y.npy"),
+                 "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    y = np.load(tmp_path / "y.npy")
+    assert y.dtype == np.int8 and np.array_equal(y, _litert(model, x))
+    assert [layer["op"] for layer in report["layers"]] == [node.op for node in import_tflite(model).nodes]
+    assert {layer["device"] for layer in report["layers"]} == {"cpu"}
+    assert 2.6e6 < report["total"]["macs"] / len(x) < 2.8e6         # the README's 2.7 M MACs for DS-CNN
+    np.save(tmp_path / "bad.npy", x.astype(np.float32))
+    assert main(["run", str(model), "--input", str(tmp_path / "bad.npy")]) == 2
+    assert "must be int8" in capsys.readouterr().err
+    (tmp_path / "cut.tflite").write_bytes(model.read_bytes()[:1000])
+    assert main(["run", str(tmp_path / "cut.tflite"), "--input", str(tmp_path / "x.npy")]) == 2
+    err = capsys.readouterr().err
+    assert "truncated or corrupt" in err and err.count("\n") == 1
