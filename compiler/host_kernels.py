@@ -168,7 +168,8 @@ def run_node(graph: Graph, node: Node, values: dict) -> np.ndarray:
 
 def run_graph(graph: Graph, x) -> list:
     """Run ``graph`` on the host for the batched int8 input ``x`` (B, *input shape) of a one-input
-    graph; returns the list of output arrays (int8). A wrong shape or dtype raises ``ValueError`` before anything runs."""
+    graph; returns the list of output arrays (int8). A wrong shape or dtype raises ``ValueError``
+    before anything runs."""
     if len(graph.inputs) != 1:
         raise ValueError(f"run_graph takes graphs with one input, this one has {len(graph.inputs)}")
     spec = graph.tensors[graph.inputs[0]]
