@@ -324,6 +324,8 @@ class _Builder:
             raise UnsupportedOpError(f"{where}: weights {wt.shape} do not fit input channels {x.shape[2]} and "
                                      f"output channels {channels}")
         bias = self._bias(op.inputs[2] if len(op.inputs) > 2 else -1, channels, where)
+        if bias is None and not depthwise:
+            raise UnsupportedOpError(f"{where}: an int8 CONV_2D needs a bias tensor (LiteRT refuses one without)")
         window = _window(o["Padding"], wt.shape[1:3], (o["StrideH"], o["StrideW"]),
                          (o["DilationHFactor"], o["DilationWFactor"]), x.shape[:2], out.shape[1:3], where)
         s_in, z_in = self._q(ins[0])

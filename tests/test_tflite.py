@@ -294,6 +294,14 @@ def test_unknown_op_is_named_with_its_node():
         import_tflite(mb.build([x], [y]))
 
 
+def test_conv2d_without_bias_is_refused_as_litert_does():
+    model = _conv_model("CONV_2D", (5, 5, 3), (5, 5, 4), (3, 3), (1, 1), (1, 1), 0, 0, True, bias=False)
+    with pytest.raises(RuntimeError, match="has_bias"):
+        _interpreter(model)
+    with pytest.raises(UnsupportedOpError, match="CONV_2D node 0 .*needs a bias"):
+        import_tflite(model)
+
+
 def test_wrong_input_is_refused():
     graph = import_tflite(MODELS / "kws_ref_model.tflite")
     with pytest.raises(ValueError, match=r"must be int8 of shape \(N, 49, 10, 1\)"):
