@@ -1,5 +1,7 @@
-"""``opennpu run MODEL.onnx --input x.npy``: compile a quantized ONNX model, run it on a backend, print
-per-layer and total cycles, utilization, energy and DMA bytes (and what on-chip chaining saved)."""
+"""``opennpu run MODEL.onnx|MODEL.tflite --input x.npy``: compile a quantized ONNX model, run it on a
+backend, print per-layer and total cycles, utilization, energy and DMA bytes (and what on-chip chaining
+saved). An int8 TFLite model runs on the host kernels (``--backend golden``; the NPU mapping is not
+done yet), and the report lists every op with the device it ran on."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,8 +13,9 @@ __all__ = ["register", "run_report"]
 
 
 def register(sub):
-    run = sub.add_parser("run", help="run a quantized ONNX model (QDQ or QLinear ops) on the NPU")
-    run.add_argument("model", help="quantized ONNX model")
+    run = sub.add_parser("run", help="run a quantized ONNX model (QDQ or QLinear ops) on the NPU, or an int8 "
+                                     "TFLite model on the host kernels")
+    run.add_argument("model", help="quantized ONNX model, or int8 TFLite model (.tflite)")
     run.add_argument("--input", required=True, help=".npy input, batch first")
     run.add_argument("--output", help="write the model output to this .npy file")
     run.add_argument("--backend", default="golden", choices=("golden", "pysim", "verilator"))
@@ -76,6 +79,34 @@ def _text(r: dict) -> str:
     return "\n".join(lines)
 
 
+def _tflite_text(r: dict) -> str:
+    lines = [f"{r['model']}: batch {r['batch']} [{r['backend']}], {len(r['layers'])} ops",
+             f"  {'#':>3} {'op':<18}{'device':<8}{'NPU candidate':<15}{'output':<16}{'MACs':>12}  name"]
+    for layer in r["layers"]:
+        shape = "x".join(map(str, layer["output_shape"]))
+        lines.append(f"  {layer['index']:>3} {layer['op']:<18}{layer['device']:<8}"
+                     f"{'yes' if layer['npu_candidate'] else 'no':<15}{shape:<16}{layer['macs']:>12}  {layer['name']}")
+    lines.append(f"  total {r['total']['macs']} MACs; {r['note']}")
+    return "\n".join(lines)
+
+
+def _run_tflite(args, x) -> int:
+    try:
+        from opennpu.compiler.graph_report import graph_run_report
+        from opennpu.compiler.tflite_import import import_tflite
+        graph = import_tflite(args.model)
+    except ImportError as error:
+        return fail(args, f"{error}; install the models extra (pip install 'opennpu[models]')")
+    if args.output and len(graph.outputs) != 1:
+        return fail(args, f"the model has {len(graph.outputs)} outputs; --output writes one")
+    outputs, report = graph_run_report(graph, x, args.model, args.backend)
+    if args.output:
+        np.save(args.output, outputs[0])
+    report["outputs"] = args.output
+    emit(args, report, _tflite_text(report))
+    return 0
+
+
 def _cmd_run(args) -> int:
     from opennpu.sim.driver import BackendUnavailable
     if args.output:                       # checked first: a bad path must not lose a long run's result
@@ -87,6 +118,8 @@ def _cmd_run(args) -> int:
         x = np.load(args.input)
     except (OSError, ValueError) as error:
         return fail(args, f"cannot read input {args.input!r}: {error}")
+    if args.model.lower().endswith(".tflite"):
+        return _run_tflite(args, x)
     try:
         with busy(args, f"{args.model} on {args.backend}"):
             outputs, report = run_report(args.model, x, config_from_args(args), args.backend, not args.no_fuse)

@@ -1,0 +1,192 @@
+"""Graph IR: a DAG of quantized tensors and integer ops, independent of the source format.
+
+A ``Graph`` holds named ``QTensor``s and a topologically ordered list of ``Node``s. Every node reads
+tensors by name and writes one output tensor. The IR carries the *integer* semantics of each op: the
+importer of a format (TFLite today) derives the multipliers, shifts, offsets and clamps with that
+format's own rounding rules, so that a backend (the host kernels, later the NPU) only does integer work.
+
+Conventions
+-----------
+* Activations are int8 with a per-tensor (scale, zero point). Their ``shape`` is per sample: the batch
+  axis is left out, and any batch size runs. Image tensors are channels-last (H, W, C), as in TFLite.
+* Constants carry ``data`` (their full array). Weights are symmetric int8 (zero point 0) with
+  per-tensor or per-channel scales (``axis`` names the channel axis); biases are int32 on the grid ``s_in * s_w``.
+* Weight layouts: ``conv2d`` (O, kh, kw, I); ``depthwise_conv2d`` (1, kh, kw, I * M), output channel
+  ``c * M + m`` reads input channel ``c``; ``fully_connected`` (N, K).
+
+Ops (``Node.op``) and their ``attrs``
+-------------------------------------
+* ``conv2d``, ``depthwise_conv2d``: ``ConvAttrs``; inputs (x, weights, bias or ``None``).
+* ``fully_connected``: ``FullyConnectedAttrs``; inputs (x, weights, bias or ``None``); x is flattened per
+  sample to K values.
+* ``add``: ``AddAttrs``; inputs (a, b), b an activation or an int8 constant (full shape), numpy
+  broadcasting against the batched shapes.
+* ``average_pool2d``, ``max_pool2d``: ``PoolAttrs``; input x; the window excludes padding.
+* ``reshape``: no attrs (the output tensor's shape says it all); the flat order is unchanged.
+* ``softmax``: ``SoftmaxAttrs``; over the last axis.
+
+The ONNX chain (``qlayers.QuantModel``) fits this IR: a ``QLayer`` is a ``conv2d`` (its NCHW geometry
+transposed to channels-last) or ``fully_connected`` node with one multiplier for all channels; its
+input zero point is ``ConvAttrs.in_zp`` instead of being folded into the bias (folding is a lowering
+step of the NPU back end).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["QTensor", "Window", "Requant", "ConvAttrs", "FullyConnectedAttrs", "AddAttrs", "PoolAttrs",
+           "SoftmaxAttrs", "Node", "Graph", "OPS"]
+
+
+@dataclass(frozen=True)
+class QTensor:
+    """A tensor: per-sample ``shape`` for activations (full shape for constants), ``dtype`` ("int8",
+    "int32"), quantization ``scale`` / ``zero_point`` (tuples: one entry per tensor, or one per channel
+    along ``axis``) and, for constants, ``data``."""
+    name: str
+    shape: tuple
+    dtype: str
+    scale: tuple
+    zero_point: tuple
+    axis: int | None = None
+    data: np.ndarray | None = None
+
+    @property
+    def is_const(self) -> bool:
+        return self.data is not None
+
+
+@dataclass(frozen=True)
+class Window:
+    """A 2-D sliding window over (H, W): kernel (kh, kw), stride, dilation, pads (top, left, bottom,
+    right). A negative bottom/right pad means rows/columns the last window does not reach."""
+    kernel: tuple
+    stride: tuple
+    dilation: tuple
+    pads: tuple
+
+    def out_hw(self, h: int, w: int) -> tuple:
+        """Output positions (Ho, Wo) for an (h, w) input."""
+        (kh, kw), (sh, sw), (dh, dw), (pt, pl, pb, pr) = self.kernel, self.stride, self.dilation, self.pads
+        return ((h + pt + pb - dh * (kh - 1) - 1) // sh + 1, (w + pl + pr - dw * (kw - 1) - 1) // sw + 1)
+
+
+@dataclass(frozen=True)
+class Requant:
+    """int32 accumulator -> int8: per output channel ``MultiplyByQuantizedMultiplier(acc, M0[c],
+    shift[c])`` (one entry: all channels), then ``+ out_zp`` and clamp to [qmin, qmax] (fused ReLU/ReLU6).
+
+    ``rounding``: ``"double"`` is gemmlowp's (a rounding doubling high multiply, then a rounding shift;
+    the NPU's ``numerics.requantize``), ``"single"`` one rounding of the exact product,
+    ``(acc * M0 + 2^(30 - shift)) >> (31 - shift)``. Which one a source format uses is the importer's
+    finding (LiteRT's reference FULLY_CONNECTED rounds once, its CONV_2D twice)."""
+    multiplier: tuple
+    shift: tuple
+    out_zp: int
+    qmin: int
+    qmax: int
+    rounding: str = "double"
+
+    def __post_init__(self):
+        if self.rounding not in ("double", "single"):
+            raise ValueError(f"rounding must be 'double' or 'single', got {self.rounding!r}")
+
+
+@dataclass(frozen=True)
+class ConvAttrs:
+    """Convolution: window geometry, input zero point (padding reads it, so padded taps add zero),
+    requantization."""
+    window: Window
+    in_zp: int
+    requant: Requant
+
+
+@dataclass(frozen=True)
+class FullyConnectedAttrs:
+    """``y = requant((x - in_zp) @ W^T + bias)`` (weights symmetric)."""
+    in_zp: int
+    requant: Requant
+
+
+@dataclass(frozen=True)
+class AddAttrs:
+    """TFLite's int8 ADD: each input ``(q - zp) << left_shift`` scaled by its own (M0, shift <= 0), the
+    sum scaled by the output (M0, shift), plus the output zero point, clamped to [qmin, qmax]."""
+    in_zp: tuple
+    in_multiplier: tuple
+    in_shift: tuple
+    left_shift: int
+    out_multiplier: int
+    out_shift: int
+    out_zp: int
+    qmin: int
+    qmax: int
+
+
+@dataclass(frozen=True)
+class PoolAttrs:
+    """Pooling window (no dilation) and the clamp of the fused activation; input and output share
+    one grid."""
+    window: Window
+    qmin: int
+    qmax: int
+
+
+@dataclass(frozen=True)
+class SoftmaxAttrs:
+    """TFLite's int8 softmax (gemmlowp fixed point): differences to the row max at least ``diff_min``
+    are scaled by ``input_multiplier << input_left_shift`` into Q5.26; the output grid is 1/256, -128."""
+    input_multiplier: int
+    input_left_shift: int
+    diff_min: int
+
+
+#: op name -> attrs type (``None``: no attrs)
+OPS = {"conv2d": ConvAttrs, "depthwise_conv2d": ConvAttrs, "fully_connected": FullyConnectedAttrs,
+       "add": AddAttrs, "average_pool2d": PoolAttrs, "max_pool2d": PoolAttrs, "reshape": type(None),
+       "softmax": SoftmaxAttrs}
+
+
+@dataclass(frozen=True)
+class Node:
+    """One op: ``inputs`` are tensor names (``None`` for an absent optional input), ``output`` one name."""
+    op: str
+    name: str
+    inputs: tuple
+    output: str
+    attrs: object = None
+
+
+@dataclass
+class Graph:
+    """Tensors by name, nodes in topological order, graph input and output names. Construction checks
+    that the ops are known, every node reads only tensors that exist by then, and every tensor is
+    written at most once; ``ValueError`` otherwise."""
+    tensors: dict
+    nodes: list
+    inputs: tuple
+    outputs: tuple
+
+    def __post_init__(self):
+        ready = {name for name, t in self.tensors.items() if t.is_const} | set(self.inputs)
+        missing = [n for n in (*self.inputs, *self.outputs) if n not in self.tensors]
+        if missing:
+            raise ValueError(f"graph inputs/outputs {missing} are not tensors of the graph")
+        for node in self.nodes:
+            if node.op not in OPS:
+                raise ValueError(f"node {node.name!r}: unknown op {node.op!r}; known: {', '.join(OPS)}")
+            if not isinstance(node.attrs, OPS[node.op]):
+                raise ValueError(f"node {node.name!r}: {node.op} needs {OPS[node.op].__name__} attrs")
+            unready = [n for n in node.inputs if n is not None and n not in ready]
+            if unready:
+                raise ValueError(f"node {node.name!r} reads {unready} before they are produced")
+            if node.output in ready or node.output not in self.tensors:
+                raise ValueError(f"node {node.name!r}: output {node.output!r} is a graph input, a constant, "
+                                 f"written twice or not a tensor of the graph")
+            ready.add(node.output)
+        unproduced = [n for n in self.outputs if n not in ready]
+        if unproduced:
+            raise ValueError(f"graph outputs {unproduced} are never produced")
+

@@ -1,0 +1,183 @@
+"""Host kernels: numpy implementations of the graph IR's ops, bit-exact with TFLite's int8 reference
+kernels (``tensorflow/lite/kernels/internal/reference/integer_ops``), and ``run_graph``.
+
+Every kernel takes batched int8 activations as arrays (B, *per-sample shape), works in int64 with int32
+wrap-around where TFLite accumulates in int32, and returns int8 values as int64 arrays. Requantization
+is ``golden.numerics.requantize`` per output channel, the NPU's own arithmetic (gemmlowp's double
+rounding), so the host and the NPU agree wherever an op may run on either; LiteRT's reference
+FULLY_CONNECTED rounds once instead (measured), which ``Requant.rounding`` says and
+``requantize_single_rounding`` computes.
+
+One deliberate difference: ``numerics.requantize`` saturates ``acc << shift`` to int32 for multipliers
+above 1 (shift > 0), where TFLite's C++ overflows; int8 models have effective scales below 1 and never
+reach it.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from opennpu.golden import numerics
+
+from . import fixedpoint
+from .graph import AddAttrs, ConvAttrs, FullyConnectedAttrs, Graph, Node, PoolAttrs, Requant, SoftmaxAttrs, Window
+
+__all__ = ["conv2d", "depthwise_conv2d", "fully_connected", "add", "average_pool2d", "max_pool2d", "reshape",
+           "softmax", "requantize_single_rounding", "run_node", "run_graph", "KERNELS"]
+
+
+def requantize_single_rounding(acc, multiplier: int, shift: int):
+    """TFLite's single-rounding ``MultiplyByQuantizedMultiplier``: ``acc * M0 * 2^(shift - 31)``
+    rounded once, half toward +infinity (int64 product, arithmetic shift)."""
+    total_shift = 31 - shift
+    return (np.asarray(acc, np.int64) * multiplier + (1 << (total_shift - 1))) >> total_shift
+
+
+def _requant(acc, r: Requant):
+    """int32 accumulators (..., N) -> int8 with per-channel (or shared) multipliers."""
+    acc = numerics.wrap_int32(acc)
+    scale = numerics.requantize if r.rounding == "double" else requantize_single_rounding
+    if len(r.multiplier) == 1:
+        y = scale(acc, r.multiplier[0], r.shift[0])
+    else:
+        y = np.stack([scale(acc[..., c], m, s) for c, (m, s) in enumerate(zip(r.multiplier, r.shift))], axis=-1)
+    return np.clip(y + r.out_zp, r.qmin, r.qmax)
+
+
+def _windows(x, win: Window, pad_value: int):
+    """(B, H, W, C) -> (B, Ho, Wo, kh, kw, C): each output position's taps, padding filled with
+    ``pad_value``."""
+    b, h, w, c = x.shape
+    (kh, kw), (sh, sw), (dh, dw), (pt, pl, pb, pr) = win.kernel, win.stride, win.dilation, win.pads
+    ho, wo = win.out_hw(h, w)
+    xp = np.full((b, pt + h + max(pb, 0), pl + w + max(pr, 0), c), pad_value, np.int64)
+    xp[:, pt:pt + h, pl:pl + w] = x
+    taps = np.empty((b, ho, wo, kh, kw, c), np.int64)
+    for i in range(kh):
+        for j in range(kw):
+            taps[:, :, :, i, j] = xp[:, i * dh:i * dh + sh * (ho - 1) + 1:sh, j * dw:j * dw + sw * (wo - 1) + 1:sw]
+    return taps
+
+
+def _with_bias(acc, bias):
+    return acc if bias is None else numerics.wrap_int32(acc + np.asarray(bias, np.int64))
+
+
+def conv2d(x, w, bias, a: ConvAttrs):
+    """CONV_2D (``ConvPerChannel``): x (B, H, W, I), w (O, kh, kw, I) -> (B, Ho, Wo, O)."""
+    taps = _windows(np.asarray(x, np.int64) - a.in_zp, a.window, 0)
+    w = np.asarray(w, np.int64)
+    acc = numerics.wrap_int32(taps.reshape(*taps.shape[:3], -1) @ w.reshape(len(w), -1).T)
+    return _requant(_with_bias(acc, bias), a.requant)
+
+
+def depthwise_conv2d(x, w, bias, a: ConvAttrs):
+    """DEPTHWISE_CONV_2D (``DepthwiseConvPerChannel``): x (B, H, W, I), w (1, kh, kw, I * M) ->
+    (B, Ho, Wo, I * M), output channel ``c * M + m`` from input channel ``c``."""
+    x = np.asarray(x, np.int64)
+    channels = x.shape[-1]
+    taps = _windows(x - a.in_zp, a.window, 0)
+    w = np.asarray(w, np.int64)
+    kh, kw, out_channels = w.shape[1:]
+    w = w.reshape(kh, kw, channels, out_channels // channels)
+    acc = np.einsum("byxijc,ijcm->byxcm", taps, w).reshape(*taps.shape[:3], out_channels)
+    return _requant(_with_bias(numerics.wrap_int32(acc), bias), a.requant)
+
+
+def fully_connected(x, w, bias, a: FullyConnectedAttrs):
+    """FULLY_CONNECTED: x (B, ...) flattened to (B, K), w (N, K) -> (B, N)."""
+    x = np.asarray(x, np.int64)
+    w = np.asarray(w, np.int64)
+    acc = numerics.wrap_int32((x.reshape(len(x), -1) - a.in_zp) @ w.T)
+    return _requant(_with_bias(acc, bias), a.requant)
+
+
+def add(x1, x2, a: AddAttrs):
+    """ADD (int8): rescale both inputs to a common grid with 20 bits of headroom, add, rescale."""
+    scaled = [numerics.requantize((np.asarray(x, np.int64) - zp) << a.left_shift, m, s)
+              for x, zp, m, s in zip((x1, x2), a.in_zp, a.in_multiplier, a.in_shift)]
+    raw_sum = numerics.wrap_int32(scaled[0] + scaled[1])
+    y = numerics.requantize(raw_sum, a.out_multiplier, a.out_shift) + a.out_zp
+    return np.clip(y, a.qmin, a.qmax)
+
+
+def _pool_counts(shape, win: Window):
+    """Taps of each output position that fall inside the input: (Ho, Wo, 1)."""
+    inside = _windows(np.ones((1, *shape[1:3], 1), np.int64), win, 0)
+    return inside.sum(axis=(3, 4))[0]
+
+
+def average_pool2d(x, a: PoolAttrs):
+    """AVERAGE_POOL_2D (int8): the mean of the taps inside the input, rounded half away from zero by
+    integer division (TFLite's ``(acc +- count / 2) / count``), clamped."""
+    x = np.asarray(x, np.int64)
+    total = _windows(x, a.window, 0).sum(axis=(3, 4))
+    count = _pool_counts(x.shape, a.window)
+    half = count // 2
+    quotient = np.where(total > 0, (total + half) // count, -((-(total - half)) // count))  # C division
+    return np.clip(quotient, a.qmin, a.qmax)
+
+
+def max_pool2d(x, a: PoolAttrs):
+    """MAX_POOL_2D (int8): the largest tap inside the input, clamped."""
+    x = np.asarray(x, np.int64)
+    return np.clip(_windows(x, a.window, numerics.INT32_MIN).max(axis=(3, 4)), a.qmin, a.qmax)
+
+
+def reshape(x, shape):
+    """RESHAPE: same values, per-sample ``shape``."""
+    x = np.asarray(x, np.int64)
+    return x.reshape(len(x), *shape)
+
+
+def softmax(x, a: SoftmaxAttrs):
+    """SOFTMAX (int8 -> int8, output grid 1/256, -128) over the last axis: TFLite's reference
+    ``Softmax`` in gemmlowp fixed point (exp of Q5.26 differences, sum in Q12.19, reciprocal)."""
+    x = np.asarray(x, np.int64)
+    diff = x - x.max(axis=-1, keepdims=True)
+    inside = diff >= a.diff_min
+    scaled = numerics.srdhm(diff << a.input_left_shift, a.input_multiplier)
+    exp = fixedpoint.exp_on_negative_values(np.where(inside, scaled, 0))
+    sum_of_exps = np.where(inside, numerics.rdbpot(exp, 12), 0).sum(axis=-1, keepdims=True)
+    scale, bits_over_unit = fixedpoint.get_reciprocal(sum_of_exps, 12)
+    y = numerics.rdbpot(numerics.srdhm(scale, exp), bits_over_unit + 31 - 8) - 128
+    return np.where(inside, np.clip(y, -128, 127), -128)
+
+
+def _inputs(node: Node, values: dict, graph: Graph) -> list:
+    return [None if name is None else values[name] if name in values else graph.tensors[name].data
+            for name in node.inputs]
+
+
+#: op -> kernel(graph, node, input arrays)
+KERNELS = {
+    "conv2d": lambda g, n, ins: conv2d(*ins, n.attrs),
+    "depthwise_conv2d": lambda g, n, ins: depthwise_conv2d(*ins, n.attrs),
+    "fully_connected": lambda g, n, ins: fully_connected(*ins, n.attrs),
+    "add": lambda g, n, ins: add(*ins, n.attrs),
+    "average_pool2d": lambda g, n, ins: average_pool2d(*ins, n.attrs),
+    "max_pool2d": lambda g, n, ins: max_pool2d(*ins, n.attrs),
+    "reshape": lambda g, n, ins: reshape(ins[0], g.tensors[n.output].shape),
+    "softmax": lambda g, n, ins: softmax(*ins, n.attrs),
+}
+
+
+def run_node(graph: Graph, node: Node, values: dict) -> np.ndarray:
+    """Run one node on the host: ``values`` maps activation names to batched arrays."""
+    return KERNELS[node.op](graph, node, _inputs(node, values, graph))
+
+
+def run_graph(graph: Graph, x) -> list:
+    """Run ``graph`` on the host for the batched int8 input ``x`` (B, *input shape) of a one-input
+    graph; returns the list of output arrays (int8). A wrong shape or dtype raises ``ValueError``
+    before anything runs."""
+    if len(graph.inputs) != 1:
+        raise ValueError(f"run_graph takes graphs with one input, this one has {len(graph.inputs)}")
+    spec = graph.tensors[graph.inputs[0]]
+    x = np.asarray(x)
+    if x.dtype != np.int8 or x.shape[1:] != tuple(spec.shape) or x.ndim != len(spec.shape) + 1:
+        raise ValueError(f"input {spec.name!r} must be int8 of shape (N, {', '.join(map(str, spec.shape))}), "
+                         f"got {x.dtype} {x.shape}")
+    values = {spec.name: x.astype(np.int64)}
+    for node in graph.nodes:
+        values[node.output] = run_node(graph, node, values)
+    return [values[name].astype(np.int8) for name in graph.outputs]
