@@ -52,6 +52,7 @@ class GemmSpec:
     qmax: int = 127
     lut: np.ndarray | None = None
     precision: Precision = Precision.INT8
+    single_round: bool = False     # TFLite's single-rounding requantization (CONFIG single_round)
 
     def __post_init__(self):
         self.a = np.asarray(self.a, np.int64)
@@ -85,7 +86,7 @@ class GemmSpec:
         """Direct numpy result (no tiling): the golden numerics applied to the whole product."""
         acc = numerics.wrap_int32(self.a @ self.w)
         return numerics.activation_unit(acc, self.bias, self.multiplier, self.shift, self.out_zp,
-                                        self.qmin, self.qmax, self.lut)
+                                        self.qmin, self.qmax, self.lut, self.single_round)
 
 
 @dataclass
@@ -193,7 +194,7 @@ def _schedule(config: NpuConfig, spec: GemmSpec, order: str) -> GemmProgram:
 
     def preamble(_group):
         e.configure(multiplier=multiplier, shift=shift, out_zp=spec.out_zp, qmin=spec.qmin,
-                    qmax=spec.qmax, lut=spec.lut, precision=spec.precision)
+                    qmax=spec.qmax, lut=spec.lut, precision=spec.precision, single_round=spec.single_round)
 
     def acc_addr(ci, t):
         """n_outer: consecutive output tiles alternate halves; k_outer: one region per chunk parity."""
@@ -258,7 +259,7 @@ def _schedule_os(config: NpuConfig, spec: GemmSpec) -> GemmProgram:
     e = Emitter(config)
     multiplier, shift = config_requant(spec.multiplier, spec.shift)
     e.configure(multiplier=multiplier, shift=shift, out_zp=spec.out_zp, qmin=spec.qmin,
-                qmax=spec.qmax, lut=spec.lut, precision=p)
+                qmax=spec.qmax, lut=spec.lut, precision=p, single_round=spec.single_round)
     act_base = [0, config.act_depth // 2]
     e.load(Load(Buf.ACT, act_base[0], steps, act_words(0)))
     pending, tiles, chunks = None, 0, []
@@ -293,7 +294,7 @@ def _schedule_os(config: NpuConfig, spec: GemmSpec) -> GemmProgram:
 
 
 def random_gemm(m: int, k: int, n: int, precision: str | Precision = "int8", act: str = "none",
-                seed: int = 0, per_channel: bool = False) -> GemmSpec:
+                seed: int = 0, per_channel: bool = False, single_round: bool = False) -> GemmSpec:
     """Random operands with realistic scales: outputs spread over the int8 (int4) range.
     ``per_channel``: each output channel gets its own requantization scale (weight scales of a
     per-channel quantized layer: the output scale times 0.25 .. 4)."""
@@ -330,4 +331,4 @@ def random_gemm(m: int, k: int, n: int, precision: str | Precision = "int8", act
         pairs = [numerics.quantize_multiplier(multiplier / 2 ** 31 * 2.0 ** shift * f)
                  for f in 2.0 ** rng.uniform(-2, 2, size=n)]
         multiplier, shift = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
-    return GemmSpec(a, w, bias, multiplier, shift, out_zp, qmin, qmax, lut, precision)
+    return GemmSpec(a, w, bias, multiplier, shift, out_zp, qmin, qmax, lut, precision, single_round)

@@ -6,7 +6,7 @@ wrap-around where TFLite accumulates in int32, and returns int8 values as int64 
 is ``golden.numerics.requantize`` per output channel, the NPU's own arithmetic (gemmlowp's double
 rounding), so the host and the NPU agree wherever an op may run on either; LiteRT's reference
 FULLY_CONNECTED rounds once instead (measured), which ``Requant.rounding`` says and
-``requantize_single_rounding`` computes.
+``numerics.requantize(single_round=True)`` (the NPU's ``CONFIG single_round``) computes.
 
 One deliberate difference: ``numerics.requantize`` saturates ``acc << shift`` to int32 for multipliers
 above 1 (shift > 0), where TFLite's C++ overflows; int8 models have effective scales below 1 and never
@@ -22,24 +22,13 @@ from . import fixedpoint
 from .graph import AddAttrs, ConvAttrs, FullyConnectedAttrs, Graph, Node, PoolAttrs, Requant, SoftmaxAttrs, Window
 
 __all__ = ["conv2d", "depthwise_conv2d", "fully_connected", "add", "average_pool2d", "max_pool2d", "reshape",
-           "softmax", "requantize_single_rounding", "run_node", "run_graph", "KERNELS"]
-
-
-def requantize_single_rounding(acc, multiplier: int, shift: int):
-    """TFLite's single-rounding ``MultiplyByQuantizedMultiplier``: ``acc * M0 * 2^(shift - 31)``
-    rounded once, half toward +infinity (int64 product, arithmetic shift)."""
-    total_shift = 31 - shift
-    return (np.asarray(acc, np.int64) * multiplier + (1 << (total_shift - 1))) >> total_shift
+           "softmax", "run_node", "run_graph", "KERNELS"]
 
 
 def _requant(acc, r: Requant):
     """int32 accumulators (..., N) -> int8 with per-channel (or shared) multipliers."""
     acc = numerics.wrap_int32(acc)
-    scale = numerics.requantize if r.rounding == "double" else requantize_single_rounding
-    if len(r.multiplier) == 1:
-        y = scale(acc, r.multiplier[0], r.shift[0])
-    else:
-        y = np.stack([scale(acc[..., c], m, s) for c, (m, s) in enumerate(zip(r.multiplier, r.shift))], axis=-1)
+    y = numerics.requantize(acc, np.asarray(r.multiplier), np.asarray(r.shift), r.rounding == "single")
     return np.clip(y + r.out_zp, r.qmin, r.qmax)
 
 

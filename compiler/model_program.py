@@ -302,7 +302,7 @@ def _emit_stage(stage: _Stage, config: NpuConfig, profile: bool) -> Emitter:
         layer = layers[index]
         multiplier, shift = config_requant(layer.multiplier, layer.shift)
         e.configure(multiplier=multiplier, shift=shift, out_zp=layer.out_zp, qmin=layer.qmin,
-                    qmax=layer.qmax, lut=layer.lut)
+                    qmax=layer.qmax, lut=layer.lut, single_round=layer.single_round)
 
     emit_steps(e, steps, preamble, e.counters if profile else None)
     return e

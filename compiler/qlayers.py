@@ -92,6 +92,7 @@ class QLayer:
     in_q: tuple
     out_q: tuple
     conv: ConvGeom | None = None
+    single_round: bool = False     # TFLite's single-rounding requantization (CONFIG single_round)
 
     def __post_init__(self):
         self.w = np.asarray(self.w, np.int64)
@@ -145,7 +146,7 @@ class QLayer:
         """The layer with the golden numerics, no tiling: (B, *in_shape) -> (B, *out_shape)."""
         acc = numerics.wrap_int32(self.matrix(x) @ self.w)
         y = numerics.activation_unit(acc, self.bias, self.multiplier, self.shift, self.out_zp, self.qmin,
-                                     self.qmax, self.lut)
+                                     self.qmax, self.lut, self.single_round)
         return self.tensor(y, len(x))
 
 

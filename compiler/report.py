@@ -79,7 +79,7 @@ def gpu_figures(spec: GemmSpec, npu_outputs: np.ndarray, device: str | None = No
     from opennpu.golden.reference import gemm_reference, reference_device, time_gemm, time_int8_matmul
     dev = reference_device(device)
     args = (spec.a, spec.w, spec.bias, spec.multiplier, spec.shift, spec.out_zp, spec.qmin, spec.qmax, spec.lut)
-    exact = bool(np.array_equal(gemm_reference(*args, device=dev), npu_outputs))
+    exact = bool(np.array_equal(gemm_reference(*args, device=dev, single_round=spec.single_round), npu_outputs))
     seconds = time_gemm(*args, device=dev)
     figures = {"device": dev, "latency_us": seconds * 1e6, "bit_exact": exact, "energy_uj": None}
     if dev.startswith("cuda"):

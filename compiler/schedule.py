@@ -143,11 +143,12 @@ class Emitter:
                                            - len(payload)))
 
     def configure(self, *, multiplier: int, shift: int, out_zp: int, qmin: int, qmax: int, lut=None,
-                  precision: Precision = Precision.INT8):
+                  precision: Precision = Precision.INT8, single_round: bool = False):
         """``CONFIG`` with these requantization parameters (LUT activation when ``lut`` is given: 256 int8
         entries), then ``LOAD_LUT``."""
         self.cmd(Opcode.CONFIG, precision=precision, act=ActFn.LUT if lut is not None else ActFn.CLAMP,
-                 out_zp=out_zp, qmin=qmin, qmax=qmax, shift=shift, multiplier=multiplier)
+                 out_zp=out_zp, qmin=qmin, qmax=qmax, shift=shift, multiplier=multiplier,
+                 single_round=single_round)
         if lut is not None:
             self.cmd(Opcode.LOAD_LUT)
             self.register(np.asarray(lut, np.int8).tobytes())

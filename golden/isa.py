@@ -11,7 +11,8 @@ from the same table). Bits not covered by a field are reserved and must be zero.
 opcode   value  fields (bit offset:width)
 ======== ====== ==============================================================================
 CONFIG   1      precision 4:2, act 6:2 (0 clamp only, 1 LUT), out_zp 8:8 s, qmin 16:8 s,
-                qmax 24:8 s, shift 32:8 s (>0 left, <0 right), multiplier 40:31 (Q31 M0)
+                qmax 24:8 s, shift 32:8 s (>0 left, <0 right), multiplier 40:31 (Q31 M0),
+                single_round 71:1 (0: gemmlowp's double rounding, 1: TFLite's single rounding)
 LOAD     2      buf 4:2 (0 act, 1 wgt), addr 8:16, rows 24:16
 LOAD_LUT 3      (256 int8 entries follow on data-in)
 LOAD_BIAS 4     bank 4:1 (``cols`` int32 little-endian follow on data-in; two banks, so the next
@@ -155,7 +156,7 @@ WAIT_FIELD = Field("wait", 120, 6)
 FIELDS: dict[Opcode, tuple[Field, ...]] = {
     Opcode.CONFIG: (Field("precision", 4, 2), Field("act", 6, 2), Field("out_zp", 8, 8, True),
                     Field("qmin", 16, 8, True), Field("qmax", 24, 8, True),
-                    Field("shift", 32, 8, True), Field("multiplier", 40, 31)),
+                    Field("shift", 32, 8, True), Field("multiplier", 40, 31), Field("single_round", 71, 1)),
     Opcode.LOAD: (Field("buf", 4, 2), Field("addr", 8, 16), Field("rows", 24, 16)),
     Opcode.LOAD_LUT: (),
     Opcode.LOAD_BIAS: (Field("bank", 4, 1),),

@@ -86,7 +86,7 @@ class GoldenNpu:
         self.pe_macs = [0, 0]                 # useful MACs per row for each PE buffer
         self.cur = 0                          # PE buffer the next COMPUTE uses
         self.regs = dict(precision=Precision.INT8, act=ActFn.CLAMP, out_zp=0, qmin=-128, qmax=127,
-                         shift=0, multiplier=0)
+                         shift=0, multiplier=0, single_round=0)
         self.error = ErrorCode.OK
         self.rejected = 0
         self.counters = dict.fromkeys(COUNTER_NAMES, 0)
@@ -148,7 +148,8 @@ class GoldenNpu:
         d = self.timeline.barrier()
         f = cmd.fields
         self.regs.update(precision=Precision(f["precision"]), act=ActFn(f["act"]), out_zp=f["out_zp"],
-                         qmin=f["qmin"], qmax=f["qmax"], shift=f["shift"], multiplier=f["multiplier"])
+                         qmin=f["qmin"], qmax=f["qmax"], shift=f["shift"], multiplier=f["multiplier"],
+                         single_round=f["single_round"])
         return d
 
     def _fence(self, cmd):
@@ -259,7 +260,7 @@ class GoldenNpu:
         multiplier, shift = self.quant[cmd.bank] if cmd.perchan else (r["multiplier"], r["shift"])
         y = numerics.activation_unit(self.acc[cmd.accaddr:cmd.accaddr + cmd.rows], self.bias[cmd.bank],
                                      multiplier, shift, r["out_zp"], r["qmin"], r["qmax"],
-                                     self.lut if r["act"] == ActFn.LUT else None)
+                                     self.lut if r["act"] == ActFn.LUT else None, bool(r["single_round"]))
         out = y.astype(np.int8).view(np.uint8)
         self._count(acc_reads=cmd.rows, act_ops=cmd.rows * c.cols)
         if to_output:

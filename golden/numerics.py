@@ -84,9 +84,15 @@ def rdbpot(x, exponent):
     return ((x >> exponent) + (remainder > threshold)).astype(np.int64)
 
 
-def requantize(acc, multiplier, shift):
+def requantize(acc, multiplier, shift, single_round: bool = False):
     """MultiplyByQuantizedMultiplier(acc, M0, shift) on int32 accumulators. ``multiplier`` and ``shift``
-    are ints (per tensor) or arrays broadcast against ``acc``'s last axis (per output channel)."""
+    are ints (per tensor) or arrays broadcast against ``acc``'s last axis (per output channel).
+
+    ``single_round=False``: gemmlowp's double rounding, ``rdbpot(srdhm(sat32(acc << left), M0), right)``.
+    ``single_round=True``: TFLite's single rounding, the exact product rounded once half up,
+    ``(sat32(acc << left) * M0 + 2^(30 + right)) >> (31 + right)`` (equal to TFLite's
+    ``(acc * M0 + 2^(30 - shift)) >> (31 - shift)`` wherever that does not overflow int32).
+    """
     multiplier = np.asarray(multiplier, dtype=np.int64)
     shift = np.asarray(shift, dtype=np.int64)
     if multiplier.size and not (0 <= multiplier.min() and multiplier.max() <= INT32_MAX):
@@ -96,12 +102,15 @@ def requantize(acc, multiplier, shift):
     acc = np.asarray(acc, dtype=np.int64)
     left, right = np.maximum(shift, 0), np.maximum(-shift, 0)
     shifted = np.clip(acc << left, INT32_MIN, INT32_MAX)
+    if single_round:
+        return (shifted * multiplier + (np.int64(1) << (30 + right))) >> (31 + right)
     return rdbpot(srdhm(shifted, multiplier), right)
 
 
-def activation_unit(acc, bias, multiplier, shift, out_zp, qmin, qmax, lut=None):
+def activation_unit(acc, bias, multiplier, shift, out_zp, qmin, qmax, lut=None, single_round: bool = False):
     """The fused activation unit (bias, requant, zero point, clamp, optional LUT) -> int64 array."""
-    y = requantize(wrap_int32(np.asarray(acc, np.int64) + np.asarray(bias, np.int64)), multiplier, shift)
+    y = requantize(wrap_int32(np.asarray(acc, np.int64) + np.asarray(bias, np.int64)), multiplier, shift,
+                   single_round)
     y = np.clip(y + out_zp, qmin, qmax)
     if lut is not None:
         y = np.asarray(lut, dtype=np.int64)[y + 128]

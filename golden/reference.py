@@ -56,9 +56,10 @@ def _check_requant_params(multiplier, shift):
         raise ValueError(f"shift must be in {SHIFT_MIN}..{SHIFT_MAX}, got {shift}")
 
 
-def _requantize(x, multiplier, shift):
+def _requantize(x, multiplier, shift, single_round=False):
     """MultiplyByQuantizedMultiplier on an int64 tensor holding int32 values; ``multiplier`` and
-    ``shift`` are ints or per-channel arrays broadcast against the last axis."""
+    ``shift`` are ints or per-channel arrays broadcast against the last axis (``single_round``: the
+    product rounded once, as ``numerics.requantize``)."""
     torch = _torch()
     m = _to_tensor(multiplier, x.device)
     s = _to_tensor(shift, x.device)
@@ -66,6 +67,8 @@ def _requantize(x, multiplier, shift):
     one = torch.ones_like(s)
     # Saturating left shift (as a multiply: |x| * 2^30 < 2^62 fits int64).
     x = torch.clamp(x * (one << left), INT32_MIN, INT32_MAX)
+    if single_round:
+        return (x * m + (one << (30 + right))) >> (31 + right)
     # SaturatingRoundingDoublingHighMul: (x*M0 + nudge) / 2^31, C-style truncation toward zero.
     ab = x * m                                              # |ab| <= 2^62
     total = ab + torch.where(ab >= 0, 1 << 30, 1 - (1 << 30))
@@ -128,7 +131,7 @@ def _matmul_exact(a, w, bias, device):
 
 
 def gemm_reference(a, w, bias, multiplier, shift, out_zp: int, qmin: int, qmax: int, lut=None,
-                   device=None) -> np.ndarray:
+                   device=None, single_round: bool = False) -> np.ndarray:
     """``activation_unit(wrap32(a @ w), bias, ...)`` computed with torch on ``device`` -> int64 (M, N)."""
     torch = _torch()
     _check_requant_params(multiplier, shift)
@@ -142,7 +145,7 @@ def gemm_reference(a, w, bias, multiplier, shift, out_zp: int, qmin: int, qmax: 
             raise ValueError(f"LUT mode needs qmin/qmax within -128..127, got {qmin}..{qmax}")
     dev = reference_device(device)
     acc = _matmul_exact(a, w, bias, dev)
-    y = _requantize(acc, multiplier, shift)
+    y = _requantize(acc, multiplier, shift, single_round)
     y = torch.clamp(y + int(out_zp), int(qmin), int(qmax))
     if lut is not None:
         y = _to_tensor(lut, dev)[y + 128]

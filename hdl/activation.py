@@ -4,6 +4,7 @@ One lane per array column. Every lane computes, bit-exactly as ``golden.numerics
 
     x = wrap32(acc + bias[lane])
     y = clamp(rdbpot(srdhm(sat32(x << max(shift, 0)), multiplier), max(-shift, 0)) + out_zp, qmin, qmax)
+    (single_round: the product rounded once, (sat32(x << left) * multiplier + 2^(30+e)) >> (31+e))
     y = lut[y + 128]                    # only when use_lut
 
 Latency: ``ActivationUnit.latency_for()`` = 10 cycles (``golden.timing.ACT_LATENCY``), independent of
@@ -35,9 +36,11 @@ class ActivationUnit(wiring.Component):
        (DSP blocks), then ``hh``, ``hl + lh`` and ``ll + 2^30``, then their weighted sum. This is
        the gemmlowp ``SaturatingRoundingDoublingHighMul``: ``srdhm(x, M) == (x*M + 2^30) >> 31`` for
        every ``x``; its only saturating case (``x == M == INT32_MIN``) cannot occur because
-       ``multiplier`` is unsigned 31-bit.
+       ``multiplier`` is unsigned 31-bit. With ``single_round`` the nudge is ``2^(30+e)`` instead
+       (in ``ll`` for e <= 1, in ``hh`` above).
     4. high word and POT shift: ``h = p >> 31``, ``q = h >> e``, ``r = h[e-1] & (h >= 0 | h[0:e-1] != 0)``
-       with ``e = max(-shift, 0)`` (round half away from zero)
+       with ``e = max(-shift, 0)`` (round half away from zero; ``r = 0`` with ``single_round``, where
+       ``q`` is already the once-rounded result)
     5. zero point, then clamp (two stages): ``t = q + r + out_zp``; ``y = min(max(t, qmin), qmax)``
     6. LUT read: the word holding entry ``y + 128`` (block RAM, one copy per lane)
     7. select: ``o_data = use_lut ? lut[y + 128] : y``
@@ -71,6 +74,8 @@ class ActivationUnit(wiring.Component):
         rounding right shift after it).
     out_zp, qmin, qmax : In(signed(8))
         Output zero point and clamp bounds (``qmin > qmax`` yields ``qmax``, like ``np.clip``).
+    single_round : In(1)
+        TFLite's single rounding instead of gemmlowp's double rounding.
     use_lut : In(1)
         Map the clamped value through the LUT.
     lut_we : In(1)
@@ -84,7 +89,7 @@ class ActivationUnit(wiring.Component):
     o_data : Out(ArrayLayout(signed(8), lanes))
         Activated int8 outputs, one per lane.
 
-    ``bias``, ``multiplier``, ``shift``, ``out_zp``, ``qmin``, ``qmax``, ``use_lut`` and the LUT
+    ``bias``, ``multiplier``, ``shift``, ``single_round``, ``out_zp``, ``qmin``, ``qmax``, ``use_lut`` and the LUT
     contents are read by the stages as rows pass, so the controller holds them stable (and does not
     write the LUT) while rows are in flight.
 
@@ -116,6 +121,7 @@ class ActivationUnit(wiring.Component):
             "out_zp":     In(signed(8)),
             "qmin":       In(signed(8)),
             "qmax":       In(signed(8)),
+            "single_round": In(1),
             "use_lut":    In(1),
             "lut_we":     In(1),
             "lut_addr":   In(range(_LUT_DEPTH)),
@@ -155,12 +161,21 @@ class ActivationUnit(wiring.Component):
         below_half = stage_regs(32, "below_half")  # bits below e-1 (unused when e == 0, where half is 0)
         sat_hi = stage_regs(signed(32), "sat_hi")  # x << left saturates beyond these
         sat_lo = stage_regs(signed(32), "sat_lo")
+        # The product's nudge: 2^30 (double rounding), 2^(30+e) (single): low part + high part (>> 32).
+        nudge_lo = stage_regs(unsigned(32), "nudge_lo")
+        nudge_hi = stage_regs(unsigned(30), "nudge_hi")
+        rounds = Signal()                        # rdbpot rounds (double rounding)
+        m.d.sync += rounds.eq(~self.single_round)
         for i in range(self._lanes):
             shift = self.shift[i]
             left_now = Mux(shift > 0, shift, 0)[:5]
             right_now = Mux(shift < 0, -shift, 0)[:5]
-            half_now = ((Const(1, 33) << right_now) >> 1)[:32]
+            one_hot = Const(1, 33) << right_now
+            half_now = (one_hot >> 1)[:32]
             m.d.sync += [
+                nudge_lo[i].eq(Mux(self.single_round & (right_now != 0),
+                                   Mux(right_now == 1, 1 << 31, 0), 1 << 30)),
+                nudge_hi[i].eq(Mux(self.single_round, (one_hot >> 2)[:30], 0)),
                 left[i].eq(left_now), right[i].eq(right_now), half[i].eq(half_now),
                 below_half[i].eq(half_now - 1),
                 sat_hi[i].eq(Const(_INT32_MAX, signed(32)) >> left_now),
@@ -203,8 +218,8 @@ class ActivationUnit(wiring.Component):
         m.d.sync += u_valid.eq(q_valid)
         with m.If(q_valid):
             for i in range(self._lanes):
-                m.d.sync += [u_hh[i].eq(pp["hh"][i]), u_mid[i].eq(pp["hl"][i] + pp["lh"][i]),
-                             u_lo[i].eq(pp["ll"][i][:32] + (1 << 30))]
+                m.d.sync += [u_hh[i].eq(pp["hh"][i] + nudge_hi[i]), u_mid[i].eq(pp["hl"][i] + pp["lh"][i]),
+                             u_lo[i].eq(pp["ll"][i][:32] + nudge_lo[i])]
         p_valid = Signal()
         p_x = stage_regs(signed(64), "p_x")
         m.d.sync += p_valid.eq(u_valid)
@@ -218,10 +233,12 @@ class ActivationUnit(wiring.Component):
         m.d.sync += r_valid.eq(p_valid)
         with m.If(p_valid):
             for i in range(self._lanes):
-                high = p_x[i][31:63].as_signed()
+                # 33 bits: a single-rounding nudge of up to 2^61 can carry p >> 31 past int32 (the
+                # result, shifted right by e >= 1 then, fits again).
+                high = p_x[i][31:64].as_signed()
                 m.d.sync += [
                     r_q[i].eq(high >> right[i]),
-                    r_round[i].eq((high & half[i]).any() & (~high[31] | (high & below_half[i]).any())),
+                    r_round[i].eq(rounds & (high & half[i]).any() & (~high[-1] | (high & below_half[i]).any())),
                 ]
 
         # 5: round and zero point, then clamp (np.clip order: max with qmin, then min with qmax).

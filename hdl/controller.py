@@ -147,14 +147,16 @@ class Controller(wiring.Component):
         # -- CONFIG registers of the activation unit --------------------------------------------------
         head_word = self.head.word
         v = {op: data.View(command_layout(op), head_word) for op in Opcode}
-        use_lut = Signal()
+        use_lut, single_round = Signal(), Signal()
         out_zp, qmin, qmax = Signal(signed(8)), Signal(signed(8), init=-128), Signal(signed(8), init=127)
         shift, multiplier = Signal(signed(8)), Signal(31)
         with m.If(start.config):
             f = v[Opcode.CONFIG]
-            m.d.sync += [use_lut.eq(f.act == ActFn.LUT), out_zp.eq(f.out_zp), qmin.eq(f.qmin),
+            m.d.sync += [use_lut.eq(f.act == ActFn.LUT), single_round.eq(f.single_round), out_zp.eq(f.out_zp),
+                         qmin.eq(f.qmin),
                          qmax.eq(f.qmax), shift.eq(f.shift), multiplier.eq(f.multiplier)]
-        m.d.comb += [act_fn.use_lut.eq(use_lut), act_fn.out_zp.eq(out_zp), act_fn.qmin.eq(qmin),
+        m.d.comb += [act_fn.use_lut.eq(use_lut), act_fn.single_round.eq(single_round), act_fn.out_zp.eq(out_zp),
+                     act_fn.qmin.eq(qmin),
                      act_fn.qmax.eq(qmax)]
         for i in range(c.cols):        # per lane: CONFIG's, or the bank's per-channel (ACTIVATE perchan)
             m.d.comb += [

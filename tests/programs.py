@@ -70,7 +70,8 @@ def _good_command(config: NpuConfig, rng: random.Random, precision: Precision, m
         return Command(Opcode.CONFIG, precision=Precision.from_label(rng.choice(config.precisions)),
                        act=rng.choice(list(ActFn)), out_zp=rng.randint(-128, 127), qmin=qmin,
                        qmax=rng.randint(qmin, 127), shift=rng.randint(numerics.SHIFT_MIN, numerics.SHIFT_MAX),
-                       multiplier=rng.choice([0, 1 << 30, (1 << 31) - 1, rng.getrandbits(31)]))
+                       multiplier=rng.choice([0, 1 << 30, (1 << 31) - 1, rng.getrandbits(31)]),
+                       single_round=rng.randint(0, 1))
     if kind == "load":
         buf = rng.choice([Buf.ACT, Buf.WGT])
         addr, rows = _span(rng, _depth(config, buf), max_rows)

@@ -26,6 +26,7 @@ class Segment:
     qmin: int = -128
     qmax: int = 127
     use_lut: bool = False
+    single_round: bool = False
     lut_writes: list = field(default_factory=list)  # (lut_addr, lut_wdata) cycles before the rows
 
 
@@ -64,6 +65,7 @@ def simulate(dut, segments):
             ctx.set(dut.qmin, seg.qmin)
             ctx.set(dut.qmax, seg.qmax)
             ctx.set(dut.use_lut, seg.use_lut)
+            ctx.set(dut.single_round, seg.single_round)
             for addr, values in seg.lut_writes:
                 ctx.set(dut.lut_we, 1)
                 ctx.set(dut.lut_addr, addr)
@@ -76,7 +78,7 @@ def simulate(dut, segments):
                 if row is not None:
                     ctx.set(dut.i_acc, row)
                     want = activation_unit(row, seg.bias, seg.multiplier, seg.shift, seg.out_zp, seg.qmin,
-                                           seg.qmax, model_lut if seg.use_lut else None)
+                                           seg.qmax, model_lut if seg.use_lut else None, seg.single_round)
                     expected.append((cycle + latency, [int(v) for v in want]))
                 await tick()
             ctx.set(dut.i_valid, 0)
@@ -151,7 +153,8 @@ def segments(draw):
     row = st.lists(acc, min_size=LANES, max_size=LANES)
     return Segment(rows=draw(st.lists(st.one_of(row, row, row, st.none()), min_size=1, max_size=64)),
                    bias=draw(bias), multiplier=multiplier, shift=shift, out_zp=draw(INT8),
-                   qmin=qmin, qmax=qmax, use_lut=use_lut, lut_writes=lut_writes)
+                   qmin=qmin, qmax=qmax, use_lut=use_lut, single_round=draw(st.booleans()),
+                   lut_writes=lut_writes)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -181,6 +184,22 @@ def test_rounding_ties():
     # The golden model breaks positive ties up and negative ties (of srdhm) toward zero, rdbpot away from zero.
     assert srdhm(-(1 << 30), 1) == 0 and srdhm(1 << 30, 1) == 1
     assert rdbpot(-3, 1) == -2 and rdbpot(3, 1) == 2
+
+
+def test_single_rounding_ties():
+    """TFLite's single rounding: the exact product rounded once, half up (not away from zero), at
+    every shift including the e = 0, 1 and >= 2 placements of the nudge."""
+    halves = [2 * h + d for h in range(-300, 301) for d in (0, 1)]
+    segs = [Segment(rows_of(halves), [0] * LANES, 1 << 30, shift, single_round=True)
+            for shift in (0, -1, -2, -3, -17, -31, 3)]
+    check(ActivationUnit(LANES, 1), segs)
+    # -2 * 2^30 / 2^31 / 2 = -0.5: single rounding goes up to 0, double rounding away from zero to -1.
+    assert list(activation_unit([-2, 2], 0, 1 << 30, -1, 0, -128, 127, single_round=True)) == [0, 1]
+    assert list(activation_unit([-2, 2], 0, 1 << 30, -1, 0, -128, 127)) == [-1, 1]
+    # The largest product with the largest nudge (e = 31): p >> 31 exceeds int32 before the last shift.
+    big = [INT32_MAX, INT32_MIN, INT32_MAX - 1, -1]
+    check(ActivationUnit(LANES, 1), [Segment([big], [0] * LANES, INT32_MAX, shift, single_round=True)
+                                     for shift in (-31, -30, -1, 0)])
 
 
 def test_edge_cases():
