@@ -177,7 +177,8 @@ class HostLink(wiring.Component):
         idle_timer = Signal(range(self._timeout + 1))
         byte = self.rx.payload
         got = Signal()
-        m.d.comb += [self.rx.ready.eq(rx_crc.i.ready), got.eq(self.rx.valid & rx_crc.i.ready),
+        checking = Signal()                               # in CHECK: no byte taken
+        m.d.comb += [self.rx.ready.eq(rx_crc.i.ready & ~checking), got.eq(self.rx.valid & self.rx.ready),
                      rx_crc.i.payload.eq(byte)]
 
         def add_to_crc():
@@ -257,6 +258,7 @@ class HostLink(wiring.Component):
                 with m.Elif(stale):
                     m.next = "HUNT"
             with m.State("CHECK"):                # the last CRC byte is being shifted in
+                m.d.comb += checking.eq(1)
                 with m.If(rx_crc.i.ready):
                     m.next = "HUNT"
                     with m.If(rx_crc.value != CRC_RESIDUE):
