@@ -1,7 +1,9 @@
-"""``HostLink``: the framed, checksummed byte protocol of ``golden/link.py`` in front of ``NpuTop``.
+"""``HostLink``: the framed, CRC-32-checked byte protocol of ``golden/link.py`` in front of ``NpuTop``.
 
 Bytes come from a UART receiver and go to a UART transmitter (``hdl/uart.py``); the link turns them
 into the NPU's command / data-in streams and turns data-out beats, status and counters into frames.
+The contract (frames, per-stream sequence numbers, what is acknowledged, dropped or refused) is the
+module docstring of ``golden/link.py``; this module is its hardware.
 """
 from amaranth import *
 from amaranth.hdl import ResetInserter
@@ -9,48 +11,81 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from opennpu.config import NpuConfig
-from opennpu.golden.link import INFO_FIELDS, PROTOCOL_VERSION, SYNC, FrameType, NakReason, crc8_update
+from opennpu.golden.link import (CRC_POLY, CRC_RESIDUE, INFO_FIELDS, PROTOCOL_VERSION, STATUS_BYTES, SYNC,
+                                 FrameType, NakReason)
 from opennpu.golden.program import COUNTER_NAMES
 
 from .common import read_port_signature
 from .top import CommandBeat, Status
 
-__all__ = ["HostLink", "crc8_next"]
+__all__ = ["HostLink", "Crc32"]
 
 _COMMAND_BYTES = 16
 
 
-def crc8_next(crc, byte):
-    """CRC-8 (poly 0x07, MSB first) of ``crc`` after one more ``byte``, as a combinational Value.
+class Crc32(wiring.Component):
+    """Bit-serial CRC-32/IEEE register (``zlib.crc32`` without its final inversion), 8 cycles a byte.
 
-    The update is linear in ``v = crc ^ byte``: each output bit is the XOR of a fixed set of ``v`` bits
-    (taken from ``golden.link.crc8_update``), so it costs one small XOR per bit.
+    One XOR per register bit instead of the ~9-input XOR trees of a bytewise update: the link's bytes
+    come at most one per 40 cycles (a UART bit is at least 4 cycles), so 8 cycles per byte cost nothing.
+
+    Members
+    -------
+    i : In(stream.Signature(8))
+        Bytes to add; ``ready`` is high while no byte is being shifted in (a byte is taken, then
+        ``ready`` is low for 8 cycles).
+    clear : In(1)
+        Start over (register = 0xFFFFFFFF) in the next cycle; only while ``i.ready``.
+    value : Out(32)
+        The register: ``~zlib.crc32(bytes so far)``, valid while ``i.ready``.
     """
-    v = Value.cast(crc ^ byte)[:8]
-    bits = []
-    for out in range(8):
-        taps = [i for i in range(8) if crc8_update(0, 1 << i) >> out & 1]
-        bits.append(Cat(v[i] for i in taps).xor())
-    return Cat(*bits)
+
+    def __init__(self):
+        super().__init__({"i": In(stream.Signature(8)), "clear": In(1), "value": Out(32, init=0xFFFFFFFF)})
+
+    def elaborate(self, platform):
+        m = Module()
+        shift = Signal(8)
+        left = Signal(range(9))                    # bits of ``shift`` not yet in the register
+        crc = self.value
+        m.d.comb += self.i.ready.eq(left == 0)
+        with m.If(left != 0):
+            feedback = crc[0] ^ shift[0]
+            m.d.sync += [crc.eq((crc >> 1) ^ Mux(feedback, CRC_POLY, 0)), shift.eq(shift >> 1),
+                         left.eq(left - 1)]
+        with m.Elif(self.clear):
+            m.d.sync += crc.eq(0xFFFFFFFF)
+        with m.Elif(self.i.valid):
+            m.d.sync += [shift.eq(self.i.payload), left.eq(8)]
+        return m
 
 
 class HostLink(wiring.Component):
-    """Frame receiver / transmitter with one command buffer and one data buffer (stop-and-wait).
+    """Frame receiver / transmitter: one frame buffer per stream (stop-and-wait), CRC-32 both ways.
 
-    Receive path: ``HUNT`` for ``SYNC``, then type, sequence number, length, payload, CRC. ``CMD`` and
-    ``DATA`` payloads go into their stream's buffer (a ``frame_max`` x 8 memory, block RAM) while
-    they arrive; only when the CRC matches does the buffer drain into ``cmd`` / ``din`` (2 cycles per
-    byte, one beat presented at a time), after which the frame is acknowledged. Nothing from a frame
-    with a bad CRC reaches the NPU. ``RESET`` pulses ``npu_reset``.
+    Receive path: ``HUNT`` for ``SYNC``, then type, sequence number, length, payload, 4 CRC bytes.
+    ``CMD`` and ``DATA`` payload bytes go into their stream's frame buffer while they arrive. The
+    buffer exists because the CRC comes last: nothing of a frame may reach the NPU before its last
+    byte shows it intact. It is one byte-wide ``frame_max``-deep memory per stream (block RAM; its
+    logic is two address counters), never a shift register of the whole frame. When the CRC and the
+    sequence number are good (``golden/link.py``: the stream's next number) the buffer drains into
+    ``cmd`` / ``din`` (2 cycles per byte, one beat presented at a time, valid and payload held until
+    taken); the frame is acknowledged when its last beat is taken. ``RESET`` pulses ``npu_reset``.
 
     Transmit path: one frame at a time, in priority order NAK, ACK (reset, command, data), STATUS
-    reply, INFO reply, then data-out beats (one ``DOUT`` frame per beat).
+    reply, INFO reply, then data-out beats (one ``DOUT`` frame per beat, taken from ``dout`` when its
+    frame starts: no data-out buffer beyond that beat).
+
+    Throughput: ``rx`` takes a byte when the receive CRC register is free (one byte per 9 cycles at
+    most); ``tx`` gets one byte per 9 cycles at most; both far above a UART's byte rate.
 
     Parameters
     ----------
     config : NpuConfig
     frame_max : int
-        Largest CMD / DATA payload in bytes: a power of two, at least 16 and at least ``bus_bytes``.
+        Largest CMD / DATA payload in bytes (the size of each frame buffer): a power of two, at
+        least 16 (one command) and at least ``config.bus_bytes`` (one beat), at most 32768. 512 (the
+        default) fits in one ECP5 block RAM with room to spare.
     timeout : int
         Idle cycles in the middle of a received frame after which it is dropped.
 
@@ -67,7 +102,7 @@ class HostLink(wiring.Component):
         Sticky receiver errors, reported in the STATUS flags.
     npu_reset : Out(1)
         One-cycle pulse, from a register (it reaches every flip-flop of the NPU): reset the NPU and the
-        drains, in the cycle after the RESET frame's last byte.
+        drains, in the cycle after the cycle that checked the RESET frame's CRC.
     """
 
     def __init__(self, config: NpuConfig, *, frame_max: int = 512, timeout: int = 1 << 20):
@@ -109,8 +144,8 @@ class HostLink(wiring.Component):
         m = Module()
         c = self._config
         fmax = self._frame_max
-        len_bits = (fmax - 1).bit_length() + 1          # 0..frame_max
-        reset_request = Signal()                         # a RESET frame ended this cycle
+        len_bits = fmax.bit_length()                     # 0..frame_max
+        reset_request = Signal()                         # a RESET frame was accepted this cycle
         m.d.sync += self.npu_reset.eq(reset_request)
 
         # -- per-stream state (0: commands, 1: data-in) -----------------------------------------
@@ -119,8 +154,7 @@ class HostLink(wiring.Component):
         wr = [b.write_port() for b in bufs]
         rd = [b.read_port() for b in bufs]
         busy = [Signal(name=f"busy{s}") for s in range(2)]          # buffer full / draining
-        last_seq = [Signal(8, name=f"last_seq{s}") for s in range(2)]
-        seen = [Signal(name=f"seen{s}") for s in range(2)]          # a frame accepted since reset
+        last_seq = [Signal(8, init=0xFF, name=f"last_seq{s}") for s in range(2)]
         length = [Signal(len_bits, name=f"len{s}") for s in range(2)]
         cmd_last = Signal()                                          # the buffered frame was CMD_LAST
         start = [Signal(name=f"start{s}") for s in range(2)]        # accepted: begin draining
@@ -129,19 +163,26 @@ class HostLink(wiring.Component):
         # -- pending transmissions --------------------------------------------------------------
         ack_pend = [Signal(name=f"ack_pend{s}") for s in range(2)]
         ack_reset, ack_reset_seq = Signal(), Signal(8)
-        nak_pend, nak_type, nak_seq, nak_reason = Signal(), Signal(8), Signal(8), Signal(8)
+        nak_pend, nak_type, nak_seq, nak_reason = Signal(), Signal(8), Signal(8), Signal(range(8))
         status_pend, info_pend = Signal(), Signal()
         crc_errors = Signal(8)
         dout_seq = Signal(8)
 
         # -- receiver ----------------------------------------------------------------------------
-        r_type, r_seq, r_len, r_idx, r_crc = Signal(8), Signal(8), Signal(16), Signal(16), Signal(8)
-        r_stream, r_drop = Signal(), Signal()        # target buffer; buffer was busy: drop payload
+        m.submodules.rx_crc = rx_crc = Crc32()
+        r_type, r_seq, r_len_lo = Signal(8), Signal(8), Signal(8)
+        r_len, r_idx = Signal(len_bits), Signal(len_bits)
+        r_tail = Signal(2)                                # CRC bytes received - 1
+        r_stream, r_drop = Signal(), Signal()            # target buffer; it was busy: drop the payload
         idle_timer = Signal(range(self._timeout + 1))
         byte = self.rx.payload
         got = Signal()
-        m.d.comb += [self.rx.ready.eq(1), got.eq(self.rx.valid)]
-        crc_next = crc8_next(r_crc, byte)
+        checking = Signal()                               # in CHECK: no byte taken
+        m.d.comb += [self.rx.ready.eq(rx_crc.i.ready & ~checking), got.eq(self.rx.valid & self.rx.ready),
+                     rx_crc.i.payload.eq(byte)]
+
+        def add_to_crc():
+            m.d.comb += rx_crc.i.valid.eq(1)
 
         def post_nak(reason):
             m.d.sync += [nak_pend.eq(1), nak_type.eq(r_type), nak_seq.eq(r_seq), nak_reason.eq(reason)]
@@ -156,20 +197,22 @@ class HostLink(wiring.Component):
         with m.FSM(name="rx_fsm"):
             with m.State("HUNT"):
                 with m.If(got & (byte == SYNC)):
-                    m.d.sync += r_crc.eq(0)
+                    m.d.comb += rx_crc.clear.eq(1)
                     m.next = "TYPE"
             for state, field, following in (("TYPE", r_type, "SEQ"), ("SEQ", r_seq, "LEN_LO"),
-                                            ("LEN_LO", r_len, "LEN_HI")):
+                                            ("LEN_LO", r_len_lo, "LEN_HI")):
                 with m.State(state):             # one header byte into its register
                     with m.If(got):
-                        m.d.sync += [field.eq(byte), r_crc.eq(crc_next)]
+                        add_to_crc()
+                        m.d.sync += field.eq(byte)
                         m.next = following
                     with m.Elif(stale):          # a frame stalled mid-way: drop it
                         m.next = "HUNT"
             with m.State("LEN_HI"):
                 with m.If(got):
-                    total = Cat(r_len[:8], byte)
-                    m.d.sync += [r_len.eq(total), r_crc.eq(crc_next), r_idx.eq(0)]
+                    add_to_crc()
+                    total = Cat(r_len_lo, byte)
+                    m.d.sync += [r_len.eq(total), r_idx.eq(0), r_tail.eq(0)]
                     is_cmd = (r_type == FrameType.CMD) | (r_type == FrameType.CMD_LAST)
                     is_data = r_type == FrameType.DATA
                     is_ctrl = ((r_type == FrameType.STATUS) | (r_type == FrameType.INFO)
@@ -178,9 +221,8 @@ class HostLink(wiring.Component):
                     cmd_ok = fits & (total[:4] == 0)
                     data_ok = fits & ((total & (c.bus_bytes - 1)) == 0)
                     with m.If(is_cmd | is_data):
-                        target = Mux(is_cmd, 0, 1)
-                        m.d.sync += [r_stream.eq(target), r_drop.eq(Mux(is_cmd, busy[0], busy[1]))]
-                        with m.If(Mux(is_cmd, cmd_ok, data_ok)):
+                        m.d.sync += [r_stream.eq(is_data), r_drop.eq(Mux(is_data, busy[1], busy[0]))]
+                        with m.If(Mux(is_data, data_ok, cmd_ok)):
                             m.next = "PAYLOAD"
                         with m.Else():
                             post_nak(NakReason.LENGTH)
@@ -194,22 +236,32 @@ class HostLink(wiring.Component):
                     with m.Else():
                         post_nak(NakReason.TYPE)
                         m.next = "HUNT"
-                with m.Elif(stale):          # a frame stalled mid-way: drop it
+                with m.Elif(stale):
                     m.next = "HUNT"
             with m.State("PAYLOAD"):
                 with m.If(got):
+                    add_to_crc()
                     for s in range(2):
                         m.d.comb += [wr[s].addr.eq(r_idx), wr[s].data.eq(byte),
                                      wr[s].en.eq(~r_drop & (r_stream == s))]
-                    m.d.sync += [r_idx.eq(r_idx + 1), r_crc.eq(crc_next)]
+                    m.d.sync += r_idx.eq(r_idx + 1)
                     with m.If(r_idx + 1 == r_len):
                         m.next = "CRC"
-                with m.Elif(stale):          # a frame stalled mid-way: drop it
+                with m.Elif(stale):
                     m.next = "HUNT"
             with m.State("CRC"):
                 with m.If(got):
+                    add_to_crc()
+                    m.d.sync += r_tail.eq(r_tail + 1)
+                    with m.If(r_tail == 3):
+                        m.next = "CHECK"
+                with m.Elif(stale):
                     m.next = "HUNT"
-                    with m.If(byte != r_crc):
+            with m.State("CHECK"):                # the last CRC byte is being shifted in
+                m.d.comb += checking.eq(1)
+                with m.If(rx_crc.i.ready):
+                    m.next = "HUNT"
+                    with m.If(rx_crc.value != CRC_RESIDUE):
                         post_nak(NakReason.CRC)
                         with m.If(crc_errors != 0xFF):
                             m.d.sync += crc_errors.eq(crc_errors + 1)
@@ -223,21 +275,19 @@ class HostLink(wiring.Component):
                     with m.Else():
                         for s in range(2):
                             with m.If(r_stream == s):
-                                duplicate = seen[s] & (r_seq == last_seq[s])
-                                with m.If(duplicate):
+                                with m.If(r_seq == last_seq[s]):
                                     # Already forwarded: acknowledge again once the buffer is free.
                                     with m.If(~busy[s]):
                                         m.d.sync += ack_pend[s].eq(1)
+                                with m.Elif(r_seq != (last_seq[s] + 1)[:8]):
+                                    post_nak(NakReason.SEQ)
                                 with m.Elif(r_drop):
                                     post_nak(NakReason.BUSY)
                                 with m.Else():
                                     m.d.comb += start[s].eq(1)
-                                    m.d.sync += [busy[s].eq(1), seen[s].eq(1), last_seq[s].eq(r_seq),
-                                                 length[s].eq(r_len)]
+                                    m.d.sync += [busy[s].eq(1), last_seq[s].eq(r_seq), length[s].eq(r_len)]
                                     if s == 0:
                                         m.d.sync += cmd_last.eq(r_type == FrameType.CMD_LAST)
-                with m.Elif(stale):
-                    m.next = "HUNT"
 
         # -- drains: buffer -> NPU stream (reset with the NPU) ---------------------------------------
         reset_drains = ResetInserter(self.npu_reset)
@@ -259,103 +309,109 @@ class HostLink(wiring.Component):
             self.npu_status.error, C(0, 5), self.npu_status.rejected,
             self.npu_status.idle, busy[0], busy[1], self.rx_overrun, self.rx_framing_error, C(0, 3),
             last_seq[0], last_seq[1], dout_seq, crc_errors, self.npu_counters.as_value())
+        assert len(status_bytes) == 8 * STATUS_BYTES
         info_bytes = Cat(*(C(v, 32) for v in (self.info_values()[f] for f in INFO_FIELDS)))
         beat = Signal(8 * c.bus_bytes)
 
-        kinds = ["NAK", "ACK_RESET", "ACK_CMD", "ACK_DATA", "STATUS", "INFO", "DOUT"]
+        # Frame kinds: type, payload length, payload byte ``i`` (a Value of ``t_idx``).
+        t_idx = Signal(range(max(STATUS_BYTES, len(info_bytes) // 8, c.bus_bytes)))
+        t_seq, t_b0 = Signal(8), Signal(8)         # sequence number; ACK / NAK payload byte 0
+        kinds = {
+            "NAK": (FrameType.NAK, 2, Mux(t_idx[0], nak_reason, t_b0)),
+            "ACK": (FrameType.ACK, 1, t_b0),
+            "STATUS": (FrameType.STATUS_REPLY, STATUS_BYTES, status_bytes.word_select(t_idx, 8)),
+            "INFO": (FrameType.INFO_REPLY, len(info_bytes) // 8, info_bytes.word_select(t_idx, 8)),
+            "DOUT": (FrameType.DOUT, c.bus_bytes, beat.word_select(t_idx, 8)),
+        }
         kind = Signal(range(len(kinds)))
         K = {name: i for i, name in enumerate(kinds)}
-        t_type, t_seq, t_len = Signal(8), Signal(8), Signal(16)
-        t_pos, t_crc = Signal(16), Signal(8)
-        payload_byte = Signal(8)
+        t_type, t_len, payload_byte = Signal(8), Signal(16), Signal(8)
         with m.Switch(kind):
-            with m.Case(K["NAK"]):
-                m.d.comb += payload_byte.eq(Mux(t_pos == 5, nak_type, nak_reason))
-            with m.Case(K["ACK_RESET"]):
-                m.d.comb += payload_byte.eq(FrameType.RESET)
-            with m.Case(K["ACK_CMD"]):
-                m.d.comb += payload_byte.eq(FrameType.CMD)
-            with m.Case(K["ACK_DATA"]):
-                m.d.comb += payload_byte.eq(FrameType.DATA)
-            with m.Case(K["STATUS"]):
-                m.d.comb += payload_byte.eq(status_bytes.word_select((t_pos - 5)[:7], 8))
-            with m.Case(K["INFO"]):
-                m.d.comb += payload_byte.eq(info_bytes.word_select((t_pos - 5)[:6], 8))
-            with m.Case(K["DOUT"]):
-                m.d.comb += payload_byte.eq(beat.word_select((t_pos - 5)[:max(1, (c.bus_bytes - 1).bit_length())], 8))
-        tx_byte, tx_byte_q = Signal(8), Signal(8)
-        with m.Switch(t_pos):
-            with m.Case(0):
-                m.d.comb += tx_byte.eq(SYNC)
-            with m.Case(1):
-                m.d.comb += tx_byte.eq(t_type)
-            with m.Case(2):
-                m.d.comb += tx_byte.eq(t_seq)
-            with m.Case(3):
-                m.d.comb += tx_byte.eq(t_len[:8])
-            with m.Case(4):
-                m.d.comb += tx_byte.eq(t_len[8:])
-            with m.Default():
-                m.d.comb += tx_byte.eq(Mux(t_pos == t_len + 5, t_crc, payload_byte))
+            for name, (ftype, nbytes, value) in kinds.items():
+                with m.Case(K[name]):
+                    m.d.comb += [t_type.eq(ftype), t_len.eq(nbytes), payload_byte.eq(value)]
+
+        m.submodules.tx_crc = tx_crc = Crc32()
+        t_head = Signal(range(5))                  # header byte index
+        t_tail = Signal(2)                         # CRC byte index
+        tx_full = Signal()                         # ``tx.payload`` holds a byte to send
+        can_load = ~tx_full & tx_crc.i.ready       # the CRC of the byte before is complete
+        m.d.comb += self.tx.valid.eq(tx_full)
+        with m.If(self.tx.valid & self.tx.ready):
+            m.d.sync += tx_full.eq(0)
+
+        def load(value, crc):
+            m.d.sync += [self.tx.payload.eq(value), tx_full.eq(1)]
+            m.d.comb += [tx_crc.i.valid.eq(crc), tx_crc.i.payload.eq(value)]
 
         with m.FSM(name="tx_fsm"):
             with m.State("IDLE"):
-                def begin(name, ftype, seq, nbytes):
-                    m.d.sync += [kind.eq(K[name]), t_type.eq(ftype), t_seq.eq(seq), t_len.eq(nbytes),
-                                 t_pos.eq(0), t_crc.eq(0)]
-                    m.next = "FETCH"
-                with m.If(nak_pend):
-                    begin("NAK", FrameType.NAK, nak_seq, 2)
-                    m.d.sync += nak_pend.eq(0)
-                with m.Elif(ack_reset):
-                    begin("ACK_RESET", FrameType.ACK, ack_reset_seq, 1)
-                    m.d.sync += ack_reset.eq(0)
-                with m.Elif(ack_pend[0]):
-                    begin("ACK_CMD", FrameType.ACK, last_seq[0], 1)
-                    m.d.sync += ack_pend[0].eq(0)
-                with m.Elif(ack_pend[1]):
-                    begin("ACK_DATA", FrameType.ACK, last_seq[1], 1)
-                    m.d.sync += ack_pend[1].eq(0)
-                with m.Elif(status_pend):
-                    begin("STATUS", FrameType.STATUS_REPLY, 0, len(status_bytes) // 8)
-                    m.d.sync += status_pend.eq(0)
-                with m.Elif(info_pend):
-                    begin("INFO", FrameType.INFO_REPLY, 0, len(info_bytes) // 8)
-                    m.d.sync += info_pend.eq(0)
-                with m.Elif(self.dout.valid):
-                    begin("DOUT", FrameType.DOUT, dout_seq, c.bus_bytes)
-                    m.d.comb += self.dout.ready.eq(1)
-                    m.d.sync += [beat.eq(self.dout.payload), dout_seq.eq(dout_seq + 1)]
-            with m.State("FETCH"):                  # the byte is registered first (timing)
-                m.d.sync += tx_byte_q.eq(tx_byte)
-                m.next = "SEND"
-            with m.State("SEND"):
-                m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(tx_byte_q)]
-                with m.If(self.tx.ready):
-                    m.d.sync += t_pos.eq(t_pos + 1)
-                    with m.If(t_pos != 0):
-                        m.d.sync += t_crc.eq(crc8_next(t_crc, tx_byte_q))
-                    with m.If(t_pos == t_len + 5):
+                def begin(name, seq, b0=0):
+                    m.d.sync += [kind.eq(K[name]), t_seq.eq(seq), t_b0.eq(b0), t_head.eq(0), t_idx.eq(0),
+                                 t_tail.eq(0)]
+                    m.next = "HEAD"
+                with m.If(can_load):
+                    with m.If(nak_pend):
+                        begin("NAK", nak_seq, nak_type)
+                        m.d.sync += nak_pend.eq(0)
+                    with m.Elif(ack_reset):
+                        begin("ACK", ack_reset_seq, FrameType.RESET)
+                        m.d.sync += ack_reset.eq(0)
+                    with m.Elif(ack_pend[0]):
+                        begin("ACK", last_seq[0], FrameType.CMD)
+                        m.d.sync += ack_pend[0].eq(0)
+                    with m.Elif(ack_pend[1]):
+                        begin("ACK", last_seq[1], FrameType.DATA)
+                        m.d.sync += ack_pend[1].eq(0)
+                    with m.Elif(status_pend):
+                        begin("STATUS", 0)
+                        m.d.sync += status_pend.eq(0)
+                    with m.Elif(info_pend):
+                        begin("INFO", 0)
+                        m.d.sync += info_pend.eq(0)
+                    with m.Elif(self.dout.valid):
+                        begin("DOUT", dout_seq)
+                        m.d.comb += self.dout.ready.eq(1)
+                        m.d.sync += [beat.eq(self.dout.payload), dout_seq.eq(dout_seq + 1)]
+                    with m.If(nak_pend | ack_reset | ack_pend[0] | ack_pend[1] | status_pend | info_pend
+                              | self.dout.valid):
+                        m.d.comb += tx_crc.clear.eq(1)
+            with m.State("HEAD"):                   # SYNC TYPE SEQ LEN_LO LEN_HI
+                with m.If(can_load):
+                    head = Array([C(SYNC, 8), t_type, t_seq, t_len[:8], t_len[8:]])[t_head]
+                    load(head, crc=t_head != 0)
+                    m.d.sync += t_head.eq(t_head + 1)
+                    with m.If(t_head == 4):
+                        m.next = "BODY"
+            with m.State("BODY"):
+                with m.If(can_load):
+                    load(payload_byte, crc=1)
+                    m.d.sync += t_idx.eq(t_idx + 1)
+                    with m.If(t_idx + 1 == t_len):
+                        m.next = "TAIL"
+            with m.State("TAIL"):                   # ~CRC, little-endian
+                with m.If(can_load):
+                    load((~tx_crc.value).word_select(t_tail, 8), crc=False)
+                    m.d.sync += t_tail.eq(t_tail + 1)
+                    with m.If(t_tail == 3):
                         m.next = "IDLE"
-                    with m.Else():
-                        m.next = "FETCH"
 
         # -- RESET: sequence numbers, buffers and drains start over (after this cycle's updates) -----
         with m.If(reset_request):
-            m.d.sync += [busy[0].eq(0), busy[1].eq(0), seen[0].eq(0), seen[1].eq(0),
+            m.d.sync += [busy[0].eq(0), busy[1].eq(0), last_seq[0].eq(0xFF), last_seq[1].eq(0xFF),
                          ack_pend[0].eq(0), ack_pend[1].eq(0), dout_seq.eq(0), crc_errors.eq(0)]
         return m
 
 
 class _Drain(wiring.Component):
-    """Reads ``length`` bytes from a frame buffer and presents them as ``beat_bytes``-byte beats
-    (little-endian), 2 cycles per byte; ``done`` pulses when the last beat is taken."""
+    """Reads ``length`` bytes (a whole number of beats) from a frame buffer and presents them as
+    ``beat_bytes``-byte beats (little-endian), 2 cycles per byte; ``done`` pulses when the last beat is
+    taken, ``o_final`` marks it."""
 
     def __init__(self, beat_bytes, depth):
         self._beat_bytes = beat_bytes
-        len_bits = (depth - 1).bit_length() + 1
         super().__init__({
-            "start": In(1), "length": In(len_bits),
+            "start": In(1), "length": In(depth.bit_length()),
             "rd": In(read_port_signature(depth, 8)),
             "o": Out(stream.Signature(8 * beat_bytes)), "o_final": Out(1), "done": Out(1),
         })
@@ -363,29 +419,26 @@ class _Drain(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         n = self._beat_bytes
-        idx = Signal.like(self.length)
-        filled = Signal(range(n + 1))
+        idx = Signal.like(self.length)           # bytes read so far
+        beat_full = C(1) if n == 1 else idx[:(n - 1).bit_length()] == n - 1    # this byte ends a beat
         m.d.comb += [self.rd.addr.eq(idx), self.rd.en.eq(0), self.o_final.eq(idx == self.length)]
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(self.start):
-                    m.d.comb += [self.rd.addr.eq(0), self.rd.en.eq(1)]
-                    m.d.sync += [idx.eq(0), filled.eq(0)]
-                    m.next = "CAPTURE"
+                    m.d.sync += idx.eq(0)
+                    m.next = "READ"
             with m.State("READ"):
                 m.d.comb += self.rd.en.eq(1)
                 m.next = "CAPTURE"
             with m.State("CAPTURE"):
-                m.d.sync += [self.o.payload.eq(Cat(self.o.payload[8:], self.rd.data)), idx.eq(idx + 1),
-                             filled.eq(filled + 1)]
-                with m.If(filled == n - 1):
+                m.d.sync += [self.o.payload.eq(Cat(self.o.payload[8:], self.rd.data)), idx.eq(idx + 1)]
+                with m.If(beat_full):
                     m.next = "PRESENT"
                 with m.Else():
                     m.next = "READ"
             with m.State("PRESENT"):
                 m.d.comb += self.o.valid.eq(1)
                 with m.If(self.o.ready):
-                    m.d.sync += filled.eq(0)
                     with m.If(idx == self.length):
                         m.d.comb += self.done.eq(1)
                         m.next = "IDLE"

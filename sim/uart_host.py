@@ -9,8 +9,10 @@ Protocol use (see ``golden/link.py``): ``RESET`` first (so every run starts from
 other backends), then the command and data-in frames, at most one unacknowledged frame per stream
 (the two streams advance independently, so a LOAD waiting for data never blocks the data behind
 it), collecting ``DOUT`` frames as they come; then ``STATUS`` until the NPU is idle, which also
-returns the counters. A NAK or a missing ACK resends the frame (the device drops duplicates by
-sequence number). A lost ``DOUT`` frame cannot be resent by the device; the whole run is repeated from
+returns the counters. Each stream numbers its frames 0, 1, 2, ... (mod 256) from the RESET on, and
+an ACK or NAK counts for a pending frame only if its stream (the ACK's payload, the NAK's type) and
+its sequence number both match. A NAK or a missing ACK resends the frame (the device drops a
+duplicate of the frame it accepted last on that stream). A lost ``DOUT`` frame cannot be resent by the device; the whole run is repeated from
 reset instead (``retries``). A run has an overall time limit (``run_timeout``, on the link's clock):
 past it, ``UartTimeout`` (a ``TimeoutError``) says which frames were still waiting.
 """
@@ -20,8 +22,8 @@ import time
 
 from opennpu.config import NpuConfig
 from opennpu.golden.isa import ErrorCode
-from opennpu.golden.link import (STATUS_BYTES, FrameParser, FrameType, NakReason, StatusFlag, decode_info,
-                                 decode_status, encode_frame)
+from opennpu.golden.link import (STATUS_BYTES, STREAM_TYPES, FrameParser, FrameType, NakReason, StatusFlag,
+                                 decode_info, decode_status, encode_frame, stream_of)
 from opennpu.golden.model import reported_counters
 from opennpu.golden.program import Program, ProgramError, Result
 
@@ -91,7 +93,7 @@ class UartHost:
         self._deadline = float("inf")
         self._parser = FrameParser(max_payload=max(4096, STATUS_BYTES))
         self._frames: list[tuple[int, int, bytes]] = []
-        self._seq = 0
+        self._seq = [0, 0]                # next sequence number of each stream (commands, data-in)
         self._info = None
         self.last_status = None
         self.resent = 0                   # frames sent again after a NAK or a timeout
@@ -102,9 +104,10 @@ class UartHost:
         return clock() if clock is not None else time.monotonic()
 
     # -- frames -----------------------------------------------------------------------------------
-    def _next_seq(self) -> int:
-        self._seq = (self._seq + 1) & 0xFF
-        return self._seq
+    def _next_seq(self, stream: int) -> int:
+        seq = self._seq[stream]
+        self._seq[stream] = (seq + 1) & 0xFF
+        return seq
 
     def _send(self, ftype, seq=0, payload=b""):
         self.link.write(encode_frame(ftype, seq, payload))
@@ -131,7 +134,7 @@ class UartHost:
         for _ in range(self.retries):
             self._send(ftype, seq)
             frame = self._take(reply, self.timeout)
-            if frame is not None and (reply != FrameType.ACK or frame[1] == seq):
+            if frame is not None and (reply != FrameType.ACK or (frame[1], frame[2]) == (seq, bytes([ftype]))):
                 return frame
         raise LinkError(f"no {FrameType(reply).name} reply to {FrameType(ftype).name} "
                         f"after {self.retries} attempts")
@@ -145,10 +148,9 @@ class UartHost:
 
     def reset(self):
         """Reset the NPU and the link's sequence numbers; drops frames still queued."""
-        seq = 0
-        self._request(FrameType.RESET, FrameType.ACK, seq)
+        self._request(FrameType.RESET, FrameType.ACK)
         self._frames = [f for f in self._frames if f[0] not in (FrameType.DOUT, FrameType.ACK, FrameType.NAK)]
-        self._seq = seq
+        self._seq = [0, 0]
 
     def check_config(self):
         """Compare the board's INFO reply with ``config``; raises ValueError on a mismatch."""
@@ -190,7 +192,7 @@ class UartHost:
                 if pending[s] is None and position[s] < len(queues[s]):
                     ftype, payload = queues[s][position[s]]
                     position[s] += 1
-                    pending[s] = [self._next_seq(), ftype, payload, 1, now]
+                    pending[s] = [self._next_seq(s), ftype, payload, 1, now]
                     self._send(ftype, pending[s][0], payload)
             if pending == [None, None]:
                 break
@@ -201,9 +203,9 @@ class UartHost:
                     outputs.append(self._dout_payload(seq, len(outputs), payload))
                     continue
                 for s, p in enumerate(pending):
-                    if p is None or seq != p[0] or not payload:
+                    if p is None or seq != p[0] or not payload or stream_of(payload[0]) != s:
                         continue
-                    if ftype == FrameType.ACK:
+                    if ftype == FrameType.ACK and payload == bytes([STREAM_TYPES[s][0]]):
                         pending[s] = None
                     elif ftype == FrameType.NAK:
                         if payload[-1] == NakReason.BUSY:     # the first copy is still draining
