@@ -32,6 +32,7 @@ test-slow: $(FPGA)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_perf.py
 	$(PY) benchmarks/bench_precision.py
+	$(PY) benchmarks/bench_mlperf.py
 
 # Issue 14's ECP5 builds (4x4 @ 125 MHz, 8x8 @ 100 MHz, up to 3 seeds, 15 min each) and the fixed overhead.
 bench-fpga: $(FPGA)

