@@ -59,7 +59,7 @@ def _mlperf_tiny(verilator: bool):
     from opennpu.compiler.mlperf import ETHOS_U55, MODELS, bench_model, inputs, litert_reference, text
     from opennpu.compiler.tflite_import import import_tflite
     print("\n== MLPerf Tiny int8 TFLite models, convolutions and fully connected layers on the NPU")
-    results = [bench_model(MODELS / name, NpuConfig(), batch=4) for name in ETHOS_U55]
+    results = [bench_model(MODELS / name, NpuConfig(rows=16, cols=16), batch=4) for name in ETHOS_U55]
     for r in results:
         print(text(r))
     if not all(r["bit_exact"] for r in results):
