@@ -1,5 +1,6 @@
 """Quantize a PyTorch model for the NPU: ONNX export + onnxruntime ``quantize_static`` (QDQ, int8,
-per-tensor, symmetric weights), the form ``onnx_import`` reads.
+symmetric weights, per tensor or, with ``quantize_onnx(per_channel=True)``, per output channel), the form
+``onnx_import`` reads.
 
 torch, onnx and onnxruntime are imported when called. The export uses the TorchScript-based exporter
 (``dynamo=False``), which needs no extra packages, with a dynamic batch axis.
