@@ -20,8 +20,12 @@ layer), its dequantized view (plus pending unary functions), or a float GEMM acc
 
 Contracts
 ---------
-* Per-tensor quantization only: per-channel weight scales are refused (quantize with
-  ``per_channel=False``); non-zero weight zero points are folded when ``w - zp`` fits int8.
+* Activations per tensor; weights per tensor or per output channel (``quantize_static``'s default for
+  Conv, ``per_channel=True`` for MatMul/Gemm): the quantization axis must be the output-channel axis
+  (Conv weights (O, I, kh, kw): 0; MatMul weights (K, N): 1; Gemm: 0 with ``transB``, else 1), and the
+  layer then requantizes with one multiplier and shift per output channel, its bias brought to each
+  channel's accumulator scale ``s_a * s_w[c]``. Weight zero points must be equal across channels; one
+  that is non-zero is folded when ``w - zp`` fits int8.
 * int8 and uint8 activations (uint8 is shifted onto the int8 grid); int8/uint8 weights; 2-D Conv with
   groups (block-diagonal weights), any stride/padding/dilation.
 * The graph must be a single chain with one input and one quantized (or dequantized) output.
@@ -73,11 +77,13 @@ class _Const:
 
 @dataclass
 class _DeqConst:
-    """``DequantizeLinear`` of an initializer: integer values, scale and zero point arrays."""
+    """``DequantizeLinear`` of an initializer: integer values, scale and zero point arrays, and the axis
+    (non-negative) along which per-axis scales and zero points run."""
     q: np.ndarray
     scale: np.ndarray
     zp: np.ndarray
     dtype: str
+    axis: int = 1
 
 
 @dataclass
@@ -105,12 +111,13 @@ class _Deq:
 
 @dataclass
 class _Acc:
-    """Float GEMM result ``acc_scale * (A @ W + bias)`` clamped to [lo, hi], before quantization."""
+    """Float GEMM result ``acc_scale * (A @ W + bias)`` clamped to [lo, hi], before quantization;
+    ``acc_scale`` is a float, or N values (one per output channel) for per-channel weight scales."""
     name: str
     op: str
     w: np.ndarray
     bias: np.ndarray | None
-    acc_scale: float
+    acc_scale: float | np.ndarray
     src: _Quant
     in_shape: tuple
     out_shape: tuple
@@ -208,23 +215,32 @@ class _Importer:
             raise self._error(node, f"{what} scale must be positive, got {s}")
         return s, int(zp.reshape(())) - _QUANT_TYPES[dtype], dtype
 
-    def _weights(self, node, q, scale, zp) -> tuple[np.ndarray, float]:
-        """Quantized weights -> (int8 values with the zero point folded, per-tensor scale)."""
+    def _weights(self, node, q, scale, zp, out_axis, axis=None) -> tuple[np.ndarray, float | np.ndarray]:
+        """Quantized weights -> (int8 values with the zero point folded, scale: a float, or one per output
+        channel). ``out_axis`` is the weights' output-channel axis; ``axis`` the axis per-axis scales run
+        along (DequantizeLinear's attribute; None for QLinear ops, whose per-channel scales are per output
+        channel by definition)."""
         q = np.asarray(q)
         if q.dtype.name not in _QUANT_TYPES:
             raise self._error(node, f"weights of type {q.dtype} are not supported (int8, uint8)")
         scale = np.asarray(scale, np.float64).ravel()
         zp = np.zeros(1, np.int64) if zp is None else np.asarray(zp, np.int64).ravel()
-        if scale.size > 1 and np.ptp(scale) > 0:
-            raise self._error(node, f"per-channel weight scales ({scale.size} channels) are not supported; "
-                                    f"quantize with per_channel=False")
-        if zp.size > 1 and np.ptp(zp) > 0:
-            raise self._error(node, "per-channel weight zero points are not supported")
+        if scale.size != 1 or zp.size != 1:
+            if axis is not None and axis != out_axis:
+                raise self._error(node, f"per-axis weight scales along axis {axis} of weights {q.shape} are not "
+                                        f"supported: the NPU requantizes per output channel (axis {out_axis})")
+            n = q.shape[out_axis] if q.ndim > out_axis else None
+            if scale.size not in (1, n) or zp.size not in (1, n):
+                raise self._error(node, f"weights {q.shape} need one scale and zero point or one per output "
+                                        f"channel ({n}), got {scale.size} scales and {zp.size} zero points")
+        if np.ptp(zp) > 0:
+            raise self._error(node, f"weight zero points differ between output channels ({zp.min()}..{zp.max()}); "
+                                    f"the NPU folds one zero point for the whole tensor")
         w = q.astype(np.int64) - int(zp[0])
         if w.min() < -128 or w.max() > 127:
             raise self._error(node, f"weight zero point {int(zp[0])} cannot be folded: w - zp spans "
                                     f"{w.min()}..{w.max()}, beyond int8")
-        return w, float(scale[0])
+        return w, float(scale[0]) if np.ptp(scale) == 0 else scale
 
     def _quant_input(self, node, v, scale=None, zp=None) -> _Quant:
         """The activation operand of a GEMM: a pure dequantized tensor (QDQ) or a quantized one (QLinear)."""
@@ -250,33 +266,35 @@ class _Importer:
                                     "layer's output (branches and skip connections are not supported)")
         return q
 
-    def _weight_operand(self, node, v):
+    def _weight_operand(self, node, v, out_axis):
         if isinstance(v, _DeqConst):
-            return self._weights(node, v.q, v.scale, v.zp)
+            return self._weights(node, v.q, v.scale, v.zp, out_axis, v.axis)
         raise self._error(node, "weights must be a DequantizeLinear of an int8 initializer (float weights "
                                 "are not quantized)")
 
     def _bias(self, node, v, acc_scale, n, beta=1.0) -> np.ndarray:
-        """Bias operand (int32 DequantizeLinear, int32 constant in acc units, or float) -> int64 in
-        units of the accumulator."""
+        """Bias operand (DequantizeLinear of integers with one scale or one per channel, integer constant
+        in accumulator units, or float) -> int64 in units of each channel's accumulator (``acc_scale``: a
+        float or N values); an integer bias on another grid is rescaled and rounded to the nearest unit."""
         if isinstance(v, _DeqConst):
-            if np.asarray(v.scale).size != 1 or np.asarray(v.zp).size > 1:
-                raise self._error(node, "bias must have a per-tensor scale and zero point")
-            real_scale = float(np.asarray(v.scale).reshape(())) * beta
-            b = v.q.astype(np.int64).ravel() - int(np.asarray(v.zp).ravel()[0])
-            if not np.isclose(real_scale, acc_scale, rtol=1e-6):
-                b = np.rint(b * (real_scale / acc_scale)).astype(np.int64)
+            b, zp = v.q.astype(np.int64).ravel(), np.asarray(v.zp, np.int64).ravel()
+            unit = np.asarray(v.scale, np.float64).ravel() * beta
+            if unit.size not in (1, b.size) or zp.size not in (1, b.size):
+                raise self._error(node, f"bias has {b.size} values, {unit.size} scales and {zp.size} zero points")
+            b = b - zp
         elif isinstance(v, _Const):
-            b = np.asarray(v.value)
-            b = b.astype(np.int64).ravel() if np.issubdtype(b.dtype, np.integer) and beta == 1.0 else \
-                np.rint(b.astype(np.float64).ravel() * beta / acc_scale).astype(np.int64)
+            b = np.asarray(v.value).ravel()
+            unit = None if np.issubdtype(b.dtype, np.integer) and beta == 1.0 else beta
+            b = b.astype(np.int64 if unit is None else np.float64)
         else:
             raise self._error(node, "bias must be a constant")
         if b.size == 1:
             b = np.full(n, b[0])
         if b.shape != (n,):
             raise self._error(node, f"bias must have {n} values, got {b.size}")
-        return b
+        if isinstance(v, _DeqConst):
+            return np.where(np.isclose(unit, acc_scale, rtol=1e-6), b, np.rint(b * (unit / acc_scale))).astype(np.int64)
+        return b if unit is None else np.rint(b * unit / acc_scale).astype(np.int64)
 
     # -- layer construction ---------------------------------------------------------------------------
     def _finish(self, node, acc: _Acc, scale, zp) -> _Quant:
@@ -287,7 +305,14 @@ class _Importer:
         bias = bias - acc.src.zp * w.sum(axis=0)
         if bias.min() < numerics.INT32_MIN or bias.max() > numerics.INT32_MAX:
             raise self._error(node, "bias with the folded activation zero point overflows int32")
-        multiplier, shift = numerics.quantize_multiplier(acc.acc_scale / s_y)
+        try:
+            if np.ndim(acc.acc_scale):          # per-channel weight scales: one requantization per channel
+                pairs = [numerics.quantize_multiplier(s / s_y) for s in acc.acc_scale]
+                multiplier, shift = np.array([m for m, _ in pairs]), np.array([e for _, e in pairs])
+            else:
+                multiplier, shift = numerics.quantize_multiplier(acc.acc_scale / s_y)
+        except ValueError as error:
+            raise self._error(node, str(error)) from None
 
         def bound(x, default):
             if not np.isfinite(x):
@@ -434,8 +459,13 @@ class _Importer:
         scale, zp = self._const(node, 1), self._const(node, 2, optional=True)
         if isinstance(v, _Const):
             q = np.asarray(v.value)
+            attrs = self._attrs(node)
+            if attrs.get("block_size", 0):
+                raise self._error(node, "blocked quantization (block_size) is not supported")
+            axis = int(attrs.get("axis", 1))
             zp = np.zeros(1, q.dtype) if zp is None else np.asarray(zp)
-            return _DeqConst(q, np.asarray(scale, np.float64), np.asarray(zp, np.int64), q.dtype.name)
+            return _DeqConst(q, np.asarray(scale, np.float64), np.asarray(zp, np.int64), q.dtype.name,
+                             axis + q.ndim if axis < 0 else axis)
         if isinstance(v, _Quant):
             s, z, _ = self._scalar_q(node, scale, zp, "input")
             if v.src == -1 and np.isnan(v.scale):
@@ -503,7 +533,7 @@ class _Importer:
 
     def _op_MatMul(self, node):
         a = self._quant_input(node, self._get(node, 0))
-        w, s_w = self._weight_operand(node, self._get(node, 1))
+        w, s_w = self._weight_operand(node, self._get(node, 1), 1)
         return self._gemm(node, a, w, s_w, None)
 
     def _op_Gemm(self, node):
@@ -511,13 +541,14 @@ class _Importer:
         if attrs.get("transA", 0):
             raise self._error(node, "transA=1 is not supported")
         a = self._quant_input(node, self._get(node, 0))
-        w, s_w = self._weight_operand(node, self._get(node, 1))
-        return self._gemm(node, a, w, s_w, self._get(node, 2, optional=True), bool(attrs.get("transB", 0)),
+        transposed = bool(attrs.get("transB", 0))
+        w, s_w = self._weight_operand(node, self._get(node, 1), 0 if transposed else 1)
+        return self._gemm(node, a, w, s_w, self._get(node, 2, optional=True), transposed,
                           float(attrs.get("alpha", 1.0)), float(attrs.get("beta", 1.0)))
 
     def _op_Conv(self, node):
         x = self._quant_input(node, self._get(node, 0))
-        w, s_w = self._weight_operand(node, self._get(node, 1))
+        w, s_w = self._weight_operand(node, self._get(node, 1), 0)
         return self._conv(node, x, w, s_w, self._get(node, 2, optional=True), self._attrs(node))
 
     def _op_Add(self, node):
@@ -568,7 +599,7 @@ class _Importer:
     def _op_QLinearMatMul(self, node):
         c = self._qlinear_args(node, ["a", "a_scale", "a_zp", "b", "b_scale", "b_zp", "y_scale", "y_zp"])
         a = self._quant_input(node, self._get(node, 0), c["a_scale"], c["a_zp"])
-        w, s_w = self._weights(node, c["b"], c["b_scale"], c["b_zp"])
+        w, s_w = self._weights(node, c["b"], c["b_scale"], c["b_zp"], 1)
         return self._finish(node, self._gemm(node, a, w, s_w, None), c["y_scale"], c["y_zp"])
 
     def _op_QGemm(self, node):
@@ -577,15 +608,16 @@ class _Importer:
             raise self._error(node, "transA=1 is not supported")
         c = self._qlinear_args(node, ["a", "a_scale", "a_zp", "b", "b_scale", "b_zp", "", "y_scale", "y_zp"])
         a = self._quant_input(node, self._get(node, 0), c["a_scale"], c["a_zp"])
-        w, s_w = self._weights(node, c["b"], c["b_scale"], c["b_zp"])
+        transposed = bool(attrs.get("transB", 0))
+        w, s_w = self._weights(node, c["b"], c["b_scale"], c["b_zp"], 0 if transposed else 1)
         bias = self._get(node, 6, optional=True)
-        acc = self._gemm(node, a, w, s_w, bias, bool(attrs.get("transB", 0)), float(attrs.get("alpha", 1.0)))
+        acc = self._gemm(node, a, w, s_w, bias, transposed, float(attrs.get("alpha", 1.0)))
         return acc if c.get("y_scale") is None else self._finish(node, acc, c["y_scale"], c["y_zp"])
 
     def _op_QLinearConv(self, node):
         c = self._qlinear_args(node, ["x", "x_scale", "x_zp", "w", "w_scale", "w_zp", "y_scale", "y_zp", "b"])
         x = self._quant_input(node, self._get(node, 0), c["x_scale"], c["x_zp"])
-        w, s_w = self._weights(node, c["w"], c["w_scale"], c["w_zp"])
+        w, s_w = self._weights(node, c["w"], c["w_scale"], c["w_zp"], 0)
         bias = None if c["b"] is None else _Const(np.asarray(c["b"], np.int32))
         acc = self._conv(node, x, w, s_w, bias, self._attrs(node))
         return self._finish(node, acc, c["y_scale"], c["y_zp"])

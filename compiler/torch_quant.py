@@ -1,5 +1,6 @@
 """Quantize a PyTorch model for the NPU: ONNX export + onnxruntime ``quantize_static`` (QDQ, int8,
-per-tensor, symmetric weights), the form ``onnx_import`` reads.
+symmetric weights, per tensor or, with ``quantize_onnx(per_channel=True)``, per output channel), the form
+``onnx_import`` reads.
 
 torch, onnx and onnxruntime are imported when called. The export uses the TorchScript-based exporter
 (``dynamo=False``), which needs no extra packages, with a dynamic batch axis.
@@ -18,10 +19,11 @@ __all__ = ["quantize_onnx", "quantize_torch"]
 
 
 def quantize_onnx(float_model: bytes, calibration: np.ndarray, *, qoperator: bool = False,
-                  input_name: str | None = None) -> bytes:
+                  per_channel: bool = False, input_name: str | None = None) -> bytes:
     """Float ONNX model bytes -> int8 quantized model bytes, calibrated on ``calibration`` (a batch of
     inputs, fed one sample at a time, MinMax). ``qoperator=True`` writes QLinear ops instead of QDQ.
-    Activations and weights are int8, weights symmetric, per-tensor scales (what the NPU runs)."""
+    Activations and weights are int8, weights symmetric; weight scales per tensor, or per output channel
+    with ``per_channel=True`` (Conv, MatMul and Gemm weights)."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader
     model = onnx.load_from_string(float_model)
@@ -40,19 +42,19 @@ def quantize_onnx(float_model: bytes, calibration: np.ndarray, *, qoperator: boo
     level = root.level
     root.setLevel(logging.ERROR)
     try:
-        return _quantize(float_model, Reader(), qoperator)
+        return _quantize(float_model, Reader(), qoperator, per_channel)
     finally:
         root.setLevel(level)
 
 
-def _quantize(float_model: bytes, reader, qoperator: bool) -> bytes:
+def _quantize(float_model: bytes, reader, qoperator: bool, per_channel: bool) -> bytes:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = os.path.join(tmp, "float.onnx"), os.path.join(tmp, "int8.onnx")
         with open(src, "wb") as f:
             f.write(float_model)
         quantize_static(src, dst, reader, quant_format=QuantFormat.QOperator if qoperator else QuantFormat.QDQ,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=False,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
                         extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
         with open(dst, "rb") as f:
             return f.read()

@@ -15,6 +15,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 import opennpu  # noqa: E402
 from opennpu.compiler.model_program import compile_model, run_model  # noqa: E402
 from opennpu.compiler.onnx_import import import_onnx, onnxruntime_session  # noqa: E402
+from opennpu.compiler.qlayers import QLayer  # noqa: E402
 from opennpu.compiler.torch_quant import quantize_onnx  # noqa: E402
 from opennpu.config import NpuConfig  # noqa: E402
 from opennpu.golden.model import GoldenNpu  # noqa: E402
@@ -75,14 +76,16 @@ def _cnn(second_conv=False) -> bytes:
     return _model(nodes, inits, (2, 8, 8), (10,))
 
 
-def _check(blob: bytes, x: np.ndarray, config=NpuConfig(), **options):
-    """Golden run vs onnxruntime (<= 1 LSB) and vs the integer reference (bit-exact)."""
+def _check(blob: bytes, x: np.ndarray, config=NpuConfig(), lsb=1, **options):
+    """Golden run vs onnxruntime (<= ``lsb`` LSB, >= 95 % within 1 LSB) and vs the integer reference
+    (bit-exact)."""
     qm = import_onnx(blob)
     compiled = compile_model(qm, config, batch=len(x), **options)
     run = run_model(compiled, x)
     expected = onnxruntime_session(blob).run(None, {"x": x})[0]
     assert run.outputs.shape == expected.shape and run.outputs.dtype == expected.dtype
-    assert np.abs(qm.output_lsb(run.outputs) - qm.output_lsb(expected)).max() <= 1
+    diff = np.abs(qm.output_lsb(run.outputs) - qm.output_lsb(expected))
+    assert diff.max() <= lsb and (diff <= 1).mean() >= 0.95
     assert np.array_equal(run.values, qm.reference(x))
     return qm, compiled, run
 
@@ -97,6 +100,7 @@ def models():
                           ("gemm_relu6", _gemm_relu6(), x33), ("cnn", _cnn(), img), ("cnn2", _cnn(True), img)):
         for qop in (False, True):
             out[name, qop] = (quantize_onnx(blob, x[:16], qoperator=qop), x)
+            out[name, qop, "per_channel"] = (quantize_onnx(blob, x[:16], qoperator=qop, per_channel=True), x)
     return out
 
 
@@ -111,12 +115,48 @@ def test_quantized_graphs_match_onnxruntime(models, name, qop):
         assert any(layer.lut is not None for layer in qm.layers)
 
 
+@pytest.mark.parametrize("qop", [False, True], ids=["qdq", "qlinear"])
+@pytest.mark.parametrize("name", ["mlp", "sigmoid_mlp", "tanh_mlp", "gemm_relu6", "cnn", "cnn2"])
+def test_per_channel_graphs_match_onnxruntime(models, name, qop):
+    """``quantize_static(per_channel=True)``: weight scales per output channel (Conv axis 0, MatMul axis 1,
+    Gemm transB axis 0; QLinearConv/QLinearMatMul/QGemm per output channel) -> per-channel multipliers
+    and shifts, the per-channel int32 bias in each channel's accumulator units. Every layer is within
+    1 LSB of onnxruntime (ORT rounds float math, the NPU integers); the CNNs end in a sigmoid table whose
+    steps reach 3 output LSBs per input LSB, so a 1-LSB logit difference can show as up to 3 LSB there
+    (measured: 1 LSB max on the three MLPs and cnn2, 0 on gemm_relu6; cnn: 1 LSB before its sigmoid,
+    3 after, 98 % of outputs within 1 LSB)."""
+    blob, x = models[name, qop, "per_channel"]
+    graph = onnx.load_from_string(blob).graph
+    scales = {t.name: t.dims for t in graph.initializer if t.name.endswith("_scale")}
+    assert any(dims and dims[0] > 1 for dims in scales.values())        # the quantizer wrote per-channel scales
+    last = import_onnx(blob).layers[-1]
+    qm, compiled, run = _check(blob, x, lsb=1 if last.lut is None else int(np.abs(np.diff(last.lut)).max()))
+    if last.lut is not None:        # before the table: onnxruntime's quantized logits, within 1 LSB
+        model = onnx.load_from_string(blob)
+        table = next(n for n in reversed(model.graph.node) if n.op_type in ("Sigmoid", "QLinearSigmoid"))
+        logits = next((n.input[0] for n in model.graph.node if n.output[0] == table.input[0]
+                       and n.op_type == "DequantizeLinear"), table.input[0])
+        model.graph.output.append(helper.make_tensor_value_info(logits, TensorProto.INT8, None))
+        expected = onnxruntime_session(model.SerializeToString()).run([logits], {"x": x})[0]
+        t = qm.quantize_input(x)
+        for layer in qm.layers[:-1]:
+            t = layer.reference(t.reshape(len(t), *layer.in_shape))
+        ours = QLayer(**{**last.__dict__, "lut": None}).reference(t.reshape(len(t), *last.in_shape))
+        assert np.abs(ours - expected.reshape(ours.shape)).max() <= 1
+    gemms = [layer for layer in qm.layers if layer.op != "Add"]
+    assert all(np.ndim(layer.multiplier) == 1 and np.ptp(layer.multiplier) > 0 for layer in gemms)
+    per_tensor = import_onnx(models[name, qop][0])
+    assert all(np.ndim(layer.multiplier) == 0 for layer in per_tensor.layers)
+
+
 @pytest.mark.parametrize("array", [(4, 8), (8, 4), (3, 5)])
 def test_other_arrays_and_small_srams(models, array):
     blob, x = models["cnn", False]
     config = NpuConfig(rows=array[0], cols=array[1], act_depth=512, wgt_depth=512, acc_depth=64)
     _check(blob, x, config)
     blob, x = models["mlp", True]
+    _check(blob, x, config)
+    blob, x = models["cnn2", False, "per_channel"]        # per-channel parameters on every N tile
     _check(blob, x, config)
 
 
@@ -230,22 +270,59 @@ def test_unsupported_op_names_op_and_node():
         import_onnx(q)
 
 
-def test_float_weights_and_per_channel_scales_are_refused(tmp_path):
+def test_float_weights_are_refused_and_per_channel_scales_compile(tmp_path):
     from onnxruntime.quantization import CalibrationDataReader, QuantType, quantize_static
     blob = _model([helper.make_node("MatMul", ["x", "w"], ["y"], name="fc")], {"w": _w(8, 4)}, (8,), (4,))
     with pytest.raises(ValueError, match="MatMul node 'fc'.*must be quantized"):
         import_onnx(blob)
+    x = RNG.random((6, 8), dtype=np.float32)
 
     class Reader(CalibrationDataReader):
-        it = iter([{"x": RNG.random((1, 8), dtype=np.float32)} for _ in range(4)])
+        it = iter([{"x": row[None]} for row in x])
 
         def get_next(self):
             return next(self.it, None)
     (tmp_path / "f.onnx").write_bytes(blob)
     quantize_static(str(tmp_path / "f.onnx"), str(tmp_path / "q.onnx"), Reader(), per_channel=True,
                     weight_type=QuantType.QInt8, activation_type=QuantType.QInt8)
-    with pytest.raises(ValueError, match="MatMul node 'fc'.*per-channel"):
-        import_onnx(tmp_path / "q.onnx")
+    qm, _, _ = _check((tmp_path / "q.onnx").read_bytes(), x)
+    assert qm.layers[0].multiplier.shape == (4,)
+
+
+def _per_channel_qdq(w_shape, axis, zp, op="MatMul", **attrs):
+    """x -> Q -> DQ -> op(DQ(int8 weights, 4 per-channel scales along ``axis``)) -> Q -> DQ."""
+    n = w_shape[axis]
+    inits = {"s": np.float32(0.05), "z": np.int8(0), "w": RNG.integers(-100, 100, w_shape).astype(np.int8),
+             "sw": np.linspace(0.01, 0.04, n).astype(np.float32), "zw": np.asarray(zp, np.int8)}
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["w", "sw", "zw"], ["wd"], axis=axis),
+             helper.make_node(op, ["xd", "wd"], ["m"], name="layer", **attrs),
+             helper.make_node("QuantizeLinear", ["m", "s", "z"], ["yq"]),
+             helper.make_node("DequantizeLinear", ["yq", "s", "z"], ["y"])]
+    return nodes, inits
+
+
+def test_per_channel_axis_and_zero_points_are_checked():
+    nodes, inits = _per_channel_qdq((6, 4), 1, [0] * 4)
+    _check(_model(nodes, inits, (6,), (4,)), RNG.random((5, 6), dtype=np.float32))
+    nodes, inits = _per_channel_qdq((4, 6), 0, [0] * 4, "Gemm", transB=1)
+    _check(_model(nodes, inits, (6,), (4,)), RNG.random((5, 6), dtype=np.float32))
+    nodes, inits = _per_channel_qdq((4, 4), 0, [0] * 4)        # MatMul scales per input row
+    with pytest.raises(ValueError, match="MatMul node 'layer'.*axis 0 .*per output channel \\(axis 1\\)"):
+        import_onnx(_model(nodes, inits, (4,), (4,)))
+    nodes, inits = _per_channel_qdq((4, 4), 1, [0] * 4, "Gemm", transB=1)
+    with pytest.raises(ValueError, match="Gemm node 'layer'.*axis 1 .*\\(axis 0\\)"):
+        import_onnx(_model(nodes, inits, (4,), (4,)))
+    nodes, inits = _per_channel_qdq((4, 2, 3, 3), 1, [0] * 2, "Conv")
+    with pytest.raises(ValueError, match="Conv node 'layer'.*axis 1 .*\\(axis 0\\)"):
+        import_onnx(_model(nodes, inits, (2, 5, 5), (4, 3, 3)))
+    nodes, inits = _per_channel_qdq((6, 4), 1, [0, 0, 3, 0])
+    with pytest.raises(ValueError, match="MatMul node 'layer'.*zero points differ"):
+        import_onnx(_model(nodes, inits, (6,), (4,)))
+    nodes, inits = _per_channel_qdq((6, 4), 1, [0] * 3)
+    with pytest.raises(ValueError, match="MatMul node 'layer'.*3 scales and 3 zero points"):
+        import_onnx(_model(nodes, inits | {"sw": inits["sw"][:3]}, (6,), (4,)))
 
 
 def test_branching_graph_is_refused():
