@@ -57,7 +57,8 @@ Device -> host
 ``NAK``     payload: [type, reason]; ``SEQ`` and type = those of the rejected frame as received.
 ``DOUT``    payload: one data-out beat (bus_bytes bytes); ``SEQ`` counts DOUT frames (0 after
             ``RESET``, wraps at 256), so the host notices a lost frame.
-``STATUS``  ``STATUS_LAYOUT`` followed by the 64-bit counters (``COUNTER_NAMES`` order).
+``STATUS``  ``STATUS_LAYOUT`` followed by the 64-bit counters (``COUNTER_NAMES`` order), the final
+            values when the IDLE flag is set (while the NPU is busy they may lag or be garbled).
 ``INFO``    ``INFO_FIELDS``, 32-bit little-endian each.
 ==========  ===========================================================================================
 """

@@ -56,7 +56,7 @@ class UartNpu(wiring.Component):
         wiring.connect(m, npu.dout, link.dout)
         m.d.comb += [
             urx.rx.eq(self.rx), self.tx.eq(utx.tx),
-            link.npu_status.eq(npu.status), link.npu_counters.eq(npu.counters),
+            link.npu_status.eq(npu.status), npu.counter_sel.eq(link.counter_sel), link.counter_beat.eq(npu.counter_beat),
             link.rx_overrun.eq(urx.overrun), link.rx_framing_error.eq(urx.framing_error),
             self.idle.eq(npu.status.idle), self.error.eq(npu.status.error != 0),
         ]

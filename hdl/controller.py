@@ -15,6 +15,7 @@ from amaranth.lib.wiring import In, Out
 
 from opennpu.config import NpuConfig
 from opennpu.golden.isa import COMMAND_BITS, ActFn, Buf, Opcode, Precision
+from opennpu.golden.program import COUNTER_NAMES
 from opennpu.golden.timing import ACT_LATENCY, array_latency
 
 from .activation import ActivationUnit
@@ -59,6 +60,8 @@ class Controller(wiring.Component):
         Whether the core advances in the next cycle: loaded into the enable copies of the units.
     counters : In(ArrayLayout(unsigned(counter_bits), n))
         The values a COUNTERS snapshot samples (``Counters.snapshot``, hdl/counters.py).
+    counter_sel : In(range(beats(8 * n))); counter_beat : Out(8 * bus_bytes)
+        A beat of the ST unit's counter snapshot word (``hdl/store_unit.py``), combinational.
     events : Out(Events)
     busy : Out(1)
         Some unit is executing.
@@ -86,6 +89,7 @@ class Controller(wiring.Component):
             "din": In(8 * c.bus_bytes), "want_in": Out(1), "want_in_next": Out(1),
             "push": Out(1), "push_data": Out(8 * c.bus_bytes),
             "run_next": In(1), "counters": In(counters_layout(c)),
+            "counter_sel": In(range(c.beats(8 * len(COUNTER_NAMES)))), "counter_beat": Out(8 * c.bus_bytes),
             "events": Out(Events), "busy": Out(1),
             "error": Out(3), "rejected": Out(16),
         })
@@ -130,7 +134,7 @@ class Controller(wiring.Component):
             act_fn.bias.eq(ld.bias[wb.bias_bank]), act_fn.lut_we.eq(ld.lut_we), act_fn.lut_addr.eq(ld.lut_addr),
             act_fn.lut_wdata.eq(ld.lut_wdata),
             ld.din.eq(self.din), self.want_in.eq(ld.want), self.want_in_next.eq(ld.want_next),
-            st.counters.eq(self.counters),
+            st.counters.eq(self.counters), st.counter_sel.eq(self.counter_sel), self.counter_beat.eq(st.counter_beat),
             self.push.eq(wb.push | st.push),
             self.push_data.eq(Mux(wb.push, wb.push_data, st.push_data)),
         ]

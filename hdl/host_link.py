@@ -7,12 +7,12 @@ module docstring of ``golden/link.py``; this module is its hardware.
 """
 from amaranth import *
 from amaranth.hdl import ResetInserter
-from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib import memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from opennpu.config import NpuConfig
-from opennpu.golden.link import (CRC_POLY, CRC_RESIDUE, INFO_FIELDS, PROTOCOL_VERSION, STATUS_BYTES, SYNC,
-                                 FrameType, NakReason)
+from opennpu.golden.link import (CRC_POLY, CRC_RESIDUE, INFO_FIELDS, PROTOCOL_VERSION, STATUS_BYTES,
+                                 STATUS_HEADER_BYTES, SYNC, FrameType, NakReason)
 from opennpu.golden.program import COUNTER_NAMES
 
 from .common import read_port_signature
@@ -74,7 +74,10 @@ class HostLink(wiring.Component):
 
     Transmit path: one frame at a time, in priority order NAK, ACK (reset, command, data), STATUS
     reply, INFO reply, then data-out beats (one ``DOUT`` frame per beat, taken from ``dout`` when its
-    frame starts: no data-out buffer beyond that beat).
+    frame starts: no data-out buffer beyond that beat). The STATUS reply's counter bytes come from
+    the NPU's COUNTERS snapshot word, one beat at a time (``counter_sel`` / ``counter_beat``): no
+    readout of its own; they are the final counters when the reply's IDLE flag is set (the flags
+    byte goes out several byte times before the first counter byte).
 
     Throughput: ``rx`` takes a byte when the receive CRC register is free (one byte per 9 cycles at
     most); ``tx`` gets one byte per 9 cycles at most; both far above a UART's byte rate.
@@ -97,7 +100,9 @@ class HostLink(wiring.Component):
         Bytes to transmit.
     cmd, din : Out(stream.Signature(...)); dout : In(stream.Signature(...))
         The NPU's streams (``NpuTop`` seen from outside).
-    npu_status : In(Status); npu_counters : In(ArrayLayout(unsigned(64), n))
+    npu_status : In(Status)
+    counter_sel : Out(range(beats(8 * n))); counter_beat : In(8 * bus_bytes)
+        ``NpuTop``'s counter snapshot readout (``counter_beat`` combinational from ``counter_sel``).
     rx_overrun, rx_framing_error : In(1)
         Sticky receiver errors, reported in the STATUS flags.
     npu_reset : Out(1)
@@ -123,7 +128,7 @@ class HostLink(wiring.Component):
             "din": Out(stream.Signature(bus)),
             "dout": In(stream.Signature(bus)),
             "npu_status": In(Status),
-            "npu_counters": In(data.ArrayLayout(unsigned(64), len(COUNTER_NAMES))),
+            "counter_sel": Out(range(config.beats(8 * len(COUNTER_NAMES)))), "counter_beat": In(bus),
             "rx_overrun": In(1),
             "rx_framing_error": In(1),
             "npu_reset": Out(1),
@@ -305,21 +310,27 @@ class HostLink(wiring.Component):
                 m.d.sync += [busy[s].eq(0), ack_pend[s].eq(1)]
 
         # -- transmitter ---------------------------------------------------------------------------
-        status_bytes = Cat(
+        status_header = Cat(
             self.npu_status.error, C(0, 5), self.npu_status.rejected,
             self.npu_status.idle, busy[0], busy[1], self.rx_overrun, self.rx_framing_error, C(0, 3),
-            last_seq[0], last_seq[1], dout_seq, crc_errors, self.npu_counters.as_value())
-        assert len(status_bytes) == 8 * STATUS_BYTES
+            last_seq[0], last_seq[1], dout_seq, crc_errors)
+        assert len(status_header) == 8 * STATUS_HEADER_BYTES
         info_bytes = Cat(*(C(v, 32) for v in (self.info_values()[f] for f in INFO_FIELDS)))
         beat = Signal(8 * c.bus_bytes)
 
         # Frame kinds: type, payload length, payload byte ``i`` (a Value of ``t_idx``).
         t_idx = Signal(range(max(STATUS_BYTES, len(info_bytes) // 8, c.bus_bytes)))
         t_seq, t_b0 = Signal(8), Signal(8)         # sequence number; ACK / NAK payload byte 0
+        # STATUS: the header, then counter byte ``t_idx - STATUS_HEADER_BYTES`` from its snapshot beat.
+        counter_byte = (t_idx - STATUS_HEADER_BYTES)[:len(t_idx)]
+        in_beat = (c.bus_bytes - 1).bit_length()        # bus_bytes is a power of two
+        m.d.comb += self.counter_sel.eq(counter_byte[in_beat:])
+        status_byte = Mux(t_idx < STATUS_HEADER_BYTES, status_header.word_select(t_idx[:(STATUS_HEADER_BYTES - 1).bit_length()], 8),
+                          self.counter_beat.word_select(counter_byte[:in_beat], 8) if in_beat else self.counter_beat)
         kinds = {
             "NAK": (FrameType.NAK, 2, Mux(t_idx[0], nak_reason, t_b0)),
             "ACK": (FrameType.ACK, 1, t_b0),
-            "STATUS": (FrameType.STATUS_REPLY, STATUS_BYTES, status_bytes.word_select(t_idx, 8)),
+            "STATUS": (FrameType.STATUS_REPLY, STATUS_BYTES, status_byte),
             "INFO": (FrameType.INFO_REPLY, len(info_bytes) // 8, info_bytes.word_select(t_idx, 8)),
             "DOUT": (FrameType.DOUT, c.bus_bytes, beat.word_select(t_idx, 8)),
         }

@@ -28,10 +28,19 @@ class StoreUnit(wiring.Component):
     (``Counters.snapshot``), sampled in cycle d+1: every cycle and event before cycle d. Only the
     ``counter_bits`` of each counter are registered; the word carries each in 8 bytes, zero-extended.
 
+    The snapshot register loads ``counters`` in every running cycle in which the unit does not stream
+    (``busy`` low, or the cycle d+1 that samples a command), so while the NPU is idle it holds the
+    final counters (from two cycles after it becomes idle: ``Counters.snapshot`` is final one cycle
+    after ``values``). ``counter_beat`` is beat ``counter_sel`` of that word (the beat
+    being pushed while ``busy``): the host link's STATUS reply reads the counters through it, with the
+    same beat mux the COUNTERS command uses (combinational, no latency).
+
     Members
     -------
     start, mode, addr, rows : In
     counters : In(ArrayLayout(unsigned(counter_bits), len(COUNTER_NAMES)))
+    counter_sel : In(range(beats(8 * len(COUNTER_NAMES))))
+    counter_beat : Out(8 * bus_bytes)
     busy : Out(1)
     act_rd, wgt_rd, acc_rd : SRAM read ports.
     push, push_data : Out
@@ -43,6 +52,7 @@ class StoreUnit(wiring.Component):
         super().__init__({
             "start": In(1), "mode": In(2), "addr": In(16), "rows": In(16),
             "counters": In(counters_layout(c)),
+            "counter_sel": In(range(c.beats(8 * len(COUNTER_NAMES)))), "counter_beat": Out(8 * c.bus_bytes),
             "busy": Out(1),
             "act_rd": In(read_port_signature(c.act_depth, 8 * c.act_word_bytes)),
             "wgt_rd": In(read_port_signature(c.wgt_depth, 8 * c.wgt_word_bytes)),
@@ -57,7 +67,7 @@ class StoreUnit(wiring.Component):
         bus = 8 * c.bus_bytes
         # Read ports enable only on a read (their data must hold between the beats of a word).
         m.d.comb += [self.act_rd.en.eq(0), self.wgt_rd.en.eq(0), self.acc_rd.en.eq(0)]
-        sources = {   # mode: (word bits, read port or None, read event)
+        sources = {   # mode: (word bits, read port, read event)
             StoreMode.ACT: (self.act_rd.data, self.act_rd, self.ev_act_read),
             StoreMode.WGT: (self.wgt_rd.data, self.wgt_rd, self.ev_wgt_read),
             StoreMode.ACC: (self.acc_rd.data, self.acc_rd, self.ev_acc_read),
@@ -65,31 +75,35 @@ class StoreUnit(wiring.Component):
         snapshot = Signal.like(self.counters)
         mode, first = Signal(2), Signal()
         addr, words_left = Signal(16), Signal(17)
-        most_beats = max(c.beats(len(v[0]) // 8) for v in sources.values()) + c.beats(8 * len(COUNTER_NAMES))
+        counter_beats = c.beats(8 * len(COUNTER_NAMES))
+        most_beats = max(c.beats(len(v[0]) // 8) for v in sources.values()) + counter_beats
         beat = Signal(range(most_beats + 1))
 
         with m.If(self.start):
             m.d.sync += [self.busy.eq(1), mode.eq(self.mode), first.eq(1), addr.eq(self.addr), beat.eq(0),
                          words_left.eq(Mux(self.mode == StoreMode.COUNTERS, 1, self.rows))]
 
+        with m.If(~self.busy | first):
+            m.d.sync += snapshot.eq(self.counters)
+        counters_word = Cat(Cat(snapshot[i], Const(0, 64 - c.counter_bits)) for i in range(len(COUNTER_NAMES)))
+        counters_word = Cat(counters_word, Const(0, counter_beats * bus - len(counters_word)))
+        m.d.comb += self.counter_beat.eq(counters_word.word_select(Mux(self.busy, beat, self.counter_sel), bus))
+        outputs = {mode_value: (Cat(word, Const(0, c.beats(len(word) // 8) * bus - len(word))).word_select(beat, bus),
+                                c.beats(len(word) // 8))
+                   for mode_value, (word, _, _) in sources.items()}
+        outputs[StoreMode.COUNTERS] = (self.counter_beat, counter_beats)
+
         read = Signal()
         with m.If(self.busy):
             with m.If(first):
                 m.d.comb += read.eq(1)
                 m.d.sync += first.eq(0)
-                with m.If(mode == StoreMode.COUNTERS):
-                    m.d.sync += snapshot.eq(self.counters)
             with m.Else():
                 m.d.comb += self.push.eq(1)
                 with m.Switch(mode):
-                    counters_word = Cat(Cat(snapshot[i], Const(0, 64 - c.counter_bits))
-                                        for i in range(len(COUNTER_NAMES)))
-                    for mode_value, (word, _, _) in [*sources.items(),
-                                                     (StoreMode.COUNTERS, (counters_word, None, None))]:
-                        beats = c.beats(len(word) // 8)
-                        padded = Cat(word, Const(0, beats * bus - len(word)))
+                    for mode_value, (data_beat, beats) in outputs.items():
                         with m.Case(mode_value):
-                            m.d.comb += self.push_data.eq(padded.word_select(beat, bus))
+                            m.d.comb += self.push_data.eq(data_beat)
                             with m.If(beat == beats - 1):
                                 m.d.sync += beat.eq(0)
                                 with m.If(words_left == 1):

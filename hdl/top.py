@@ -60,6 +60,10 @@ class NpuTop(wiring.Component):
     status : Out(Status)
     counters : Out(ArrayLayout(unsigned(64), len(COUNTER_NAMES)))
         Live counters (``golden.program.COUNTER_NAMES`` order), ``counter_bits`` wide, zero-extended.
+    counter_sel : In(range(beats(8 * len(COUNTER_NAMES)))); counter_beat : Out(8 * bus_bytes)
+        Beat ``counter_sel`` of the ST unit's counter snapshot word (the COUNTERS data-out layout,
+        ``hdl/store_unit.py``), combinational: while ``status.idle``, the final counters from two cycles
+        after ``idle`` rises; while the ST unit streams, the beat it pushes.
     """
 
     def __init__(self, config: NpuConfig):
@@ -73,6 +77,7 @@ class NpuTop(wiring.Component):
             "dout": Out(stream.Signature(bus)),
             "status": Out(Status),
             "counters": Out(data.ArrayLayout(unsigned(64), len(COUNTER_NAMES))),
+            "counter_sel": In(range(config.beats(8 * len(COUNTER_NAMES)))), "counter_beat": Out(bus),
         })
 
     @property
@@ -112,6 +117,7 @@ class NpuTop(wiring.Component):
             core.head.eq(head), core.cmd_word.eq(self.cmd.payload.word),
             core.next_word.eq(pre.word), core.next_errors.eq(pre_errors),
             core.din.eq(din_fifo.r_data), core.counters.eq(perf.snapshot),
+            core.counter_sel.eq(self.counter_sel), self.counter_beat.eq(core.counter_beat),
             self.cmd.ready.eq(~pre_valid | take),
             din_fifo.w_en.eq(self.din.valid), din_fifo.w_data.eq(self.din.payload),
             self.din.ready.eq(din_fifo.w_rdy), din_fifo.r_en.eq(pop_in),
