@@ -174,6 +174,11 @@ FIELDS: dict[Opcode, tuple[Field, ...]] = {
 FIELDS = {op: fields + (WAIT_FIELD,) for op, fields in FIELDS.items()}
 
 
+#: Per opcode: its field names, and (name, lo, hi) in FIELDS order (what ``Command`` checks).
+_SPECS = {op: (frozenset(f.name for f in fields), tuple((f.name, f.lo, f.hi) for f in fields))
+          for op, fields in FIELDS.items()}
+
+
 class DecodeError(ValueError):
     """A 128-bit word that is not a well-formed command (illegal opcode or reserved bits set)."""
 
@@ -193,25 +198,24 @@ class Command:
             op = Opcode(op)
         except ValueError:
             raise ValueError(f"unknown opcode {op!r}") from None
-        spec = FIELDS[op]
-        names = [f.name for f in spec]
-        unknown = set(fields) - set(names)
-        if unknown:
-            raise ValueError(f"{op.name} has no field(s) {sorted(unknown)}; fields are {names}")
+        names, ranges = _SPECS[op]
+        if not names.issuperset(fields):
+            raise ValueError(f"{op.name} has no field(s) {sorted(set(fields) - names)}; fields are "
+                             f"{[name for name, _, _ in ranges]}")
         args = []
-        for f in spec:
-            value = fields.get(f.name, 0)
-            if isinstance(value, enum.Enum):
-                value = int(value.value)
-            if isinstance(value, bool):
-                value = int(value)
-            if not isinstance(value, int) or not f.lo <= value <= f.hi:
-                raise ValueError(f"{op.name}.{f.name} = {value!r} out of range {f.lo}..{f.hi}")
-            args.append((f.name, value))
-        object.__setattr__(self, "op", op)
-        object.__setattr__(self, "args", tuple(args))
-        for name, value in args:                 # fields read as attributes (``cmd.rows``)
-            object.__setattr__(self, name, value)
+        for name, lo, hi in ranges:
+            value = fields.get(name, 0)
+            if type(value) is not int:           # (the common case, a plain int, needs no conversion)
+                if isinstance(value, enum.Enum):
+                    value = int(value.value)
+                if isinstance(value, bool):
+                    value = int(value)
+            if not isinstance(value, int) or not lo <= value <= hi:
+                raise ValueError(f"{op.name}.{name} = {value!r} out of range {lo}..{hi}")
+            args.append((name, value))
+        d = self.__dict__                        # (frozen: written once, here)
+        d["op"], d["args"] = op, tuple(args)
+        d.update(args)                           # fields read as attributes (``cmd.rows``)
 
     def __getattr__(self, name):                 # (only called for names that are not fields)
         raise AttributeError(f"{object.__getattribute__(self, 'op').name} has no field {name!r}")

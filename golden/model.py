@@ -14,9 +14,9 @@ import numpy as np
 from opennpu.config import NpuConfig
 
 from . import numerics
-from .checks import k_tile, quant_params, stream_weight_words, validate, weight_words
+from .checks import check, k_tile, quant_params, rules, stream_weight_words, validate, weight_words
 from .deps import DependencyTracker, HazardError, accesses
-from .isa import ActFn, Buf, ErrorCode, Precision
+from .isa import ActFn, Buf, Command, ErrorCode, Precision
 from .program import COUNTER_NAMES, Program, ProgramError, Result
 from .timing import CycleModel
 
@@ -111,21 +111,28 @@ class GoldenNpu:
     def run(self, program: Program) -> Result:
         self._din = memoryview(bytes(program.data_in))
         self._dout = bytearray()
-        for index, word in enumerate(program.words()):
-            self._step(index, word)
+        for index, (command, word) in enumerate(zip(program.commands, program.words())):
+            self._step(index, command if isinstance(command, Command) else word)
         if len(self._din):
             raise ProgramError(f"{len(self._din)} data-in bytes left over after the last command")
         self.counters["cycles"] = self.timeline.total_cycles() & self.config.counter_mask
         return Result(bytes(self._dout), reported_counters(self.config, self.counters), self.error,
                       self.rejected)
 
-    def _step(self, index: int, word: int):
-        code, cmd = validate(word, self.config, self.regs["precision"])
+    def _step(self, index: int, command):
+        """One command: a ``Command`` (well-formed by construction, so only its rule is checked) or a
+        raw word (decoded and checked, as the hardware does)."""
+        precision = self.regs["precision"]
+        if isinstance(command, Command):
+            cmd = command
+            code = check(cmd, self.config, precision) if cmd.op in rules(self.config) else ErrorCode.BAD_OPCODE
+        else:
+            code, cmd = validate(command, self.config, precision)
         if code != ErrorCode.OK:
             if self.error == ErrorCode.OK:
                 self.error = code
             self.rejected = min(self.rejected + 1, REJECTED_MAX)       # 16-bit saturating in hardware
-            self.trace.append((word, self.timeline.reject()))
+            self.trace.append((command, self.timeline.reject()))
             return
         self.deps.dispatch(index, cmd, accesses(cmd, self.config, self.regs["precision"], self.cur))
         d = getattr(self, "_" + cmd.op.name.lower())(cmd)

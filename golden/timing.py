@@ -99,6 +99,10 @@ def conflict(x: Access, y: Access) -> bool:
 WAIT_OF_UNIT = {Unit.LD: Wait.LD, Unit.PL: Wait.PL, Unit.EX: Wait.EX, Unit.ACT: Wait.ACT, Unit.ST: Wait.ST}
 
 
+_WAIT_BITS = tuple((u, int(token)) for u, token in WAIT_OF_UNIT.items())     # (plain ints: fast)
+_EX_OLDER = int(Wait.EX_OLDER)
+
+
 class CycleModel:
     """Event-driven replica of the dispatcher and units. Feed commands in program order."""
 
@@ -133,11 +137,12 @@ class CycleModel:
 
     def _dispatch_cycle(self, unit: Unit, waits: int) -> int:
         d = max(self.head, self.free[unit])
-        for u, token in WAIT_OF_UNIT.items():
-            if waits & token:
-                d = max(d, self.release[u])
-        if waits & Wait.EX_OLDER:
-            d = max(d, self.ex_older_release)
+        if waits:
+            for u, token in _WAIT_BITS:
+                if waits & token:
+                    d = max(d, self.release[u])
+            if waits & _EX_OLDER:
+                d = max(d, self.ex_older_release)
         return d
 
     def _record(self, unit, d, free, release):
