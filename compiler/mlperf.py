@@ -32,9 +32,12 @@ ETHOS_U55 = {"pretrainedResnet_quant.tflite": ("ResNet-8", 141_933),
              "kws_ref_model.tflite": ("DS-CNN", 58_340)}
 
 
-def litert_reference(model: Path, x: np.ndarray) -> np.ndarray:
+def litert_reference(model, x: np.ndarray) -> np.ndarray:
+    """LiteRT's reference kernels (``BUILTIN_REF``) on each sample of ``x``; ``model``: a path or the
+    flatbuffer's bytes (the MLPerf Tiny files fix batch 1)."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
-    it = Interpreter(model_path=str(model), experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+    source = {"model_content": model} if isinstance(model, bytes) else {"model_path": str(model)}
+    it = Interpreter(**source, experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
     it.allocate_tensors()
     inp, out = it.get_input_details()[0], it.get_output_details()[0]
     ys = []

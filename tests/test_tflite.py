@@ -11,6 +11,7 @@ litert = pytest.importorskip("ai_edge_litert.interpreter")
 pytest.importorskip("tflite")
 
 from opennpu.compiler.host_kernels import run_graph, run_node  # noqa: E402
+from opennpu.compiler.mlperf import litert_reference  # noqa: E402
 from opennpu.compiler.tflite_import import (NotQuantizedError, TFLiteFormatError, UnsupportedOpError,  # noqa: E402
                                             import_tflite)
 
@@ -30,16 +31,7 @@ def _interpreter(model, preserve=False):
     return it
 
 
-def _litert(model, x) -> np.ndarray:
-    """LiteRT reference kernels on each sample of the batch ``x`` (the files fix batch 1)."""
-    it = _interpreter(model)
-    inp, out = it.get_input_details()[0], it.get_output_details()[0]
-    outputs = []
-    for sample in x:
-        it.set_tensor(inp["index"], sample[None])
-        it.invoke()
-        outputs.append(it.get_tensor(out["index"])[0].copy())
-    return np.stack(outputs)
+_litert = litert_reference          # LiteRT's reference kernels on each sample of a batch
 
 
 def _structured(shape) -> np.ndarray:

@@ -26,6 +26,15 @@ from opennpu.sim.uart_host import UartHost
 from opennpu.sim.uart_sim import run_uart_pysim
 
 
+
+async def send_bytes(ctx, port, data):
+    """Drive ``data`` into a byte stream ``port`` (valid/ready), one byte per accepted beat."""
+    for byte in data:
+        ctx.set(port.payload, byte)
+        ctx.set(port.valid, 1)
+        await ctx.tick().until(port.ready)
+    ctx.set(port.valid, 0)
+
 def test_frames_round_trip_and_bad_crc_is_dropped():
     good = encode_frame(FrameType.DATA, 7, bytes(range(10)))
     bad = bytearray(encode_frame(FrameType.CMD, 8, bytes(16)))
@@ -47,11 +56,7 @@ def test_uart_loopback(divisor):
     got = []
 
     async def producer(ctx):
-        for byte in sent:
-            ctx.set(tx.i.payload, byte)
-            ctx.set(tx.i.valid, 1)
-            await ctx.tick().until(tx.i.ready)
-        ctx.set(tx.i.valid, 0)
+        await send_bytes(ctx, tx.i, sent)
 
     async def consumer(ctx):
         ctx.set(rx.o.ready, 1)
@@ -175,11 +180,7 @@ def _run_link(frames, *, cmd_ready_after=0, cycles=None):
     total = cycles or 30 * len(stream_in) + 2000
 
     async def feeder(ctx):
-        for byte in stream_in:
-            ctx.set(dut.rx.payload, byte)
-            ctx.set(dut.rx.valid, 1)
-            await ctx.tick().until(dut.rx.ready)
-        ctx.set(dut.rx.valid, 0)
+        await send_bytes(ctx, dut.rx, stream_in)
 
     async def npu(ctx):
         ctx.set(dut.tx.ready, 1)
