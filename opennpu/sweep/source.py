@@ -1,0 +1,44 @@
+"""The code a sweep runs: its version (a hash of the sources, part of every point's key) and a copy of the
+installed package laid out for a Ray ``runtime_env`` (``py_modules``), so cluster workers need no
+install."""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import shutil
+import tempfile
+from pathlib import Path
+
+__all__ = ["code_version", "stage_package", "PACKAGES"]
+
+#: The packages a point runs (configuration, golden model, compilers, drivers, the sweep itself); the
+#: RTL (``hdl``) and the FPGA flows are left out: they do not change a golden result.
+PACKAGES = ("opennpu", "opennpu.sweep", "opennpu.golden", "opennpu.compiler", "opennpu.sim")
+_MAPPED = ("opennpu.hdl", "opennpu.golden", "opennpu.compiler", "opennpu.sim", "opennpu.synth")
+
+
+def _folder(package: str) -> Path:
+    return Path(importlib.import_module(package).__path__[0])
+
+
+def code_version() -> str:
+    """Hash of the version string and every ``.py`` file of ``PACKAGES`` (16 hex digits)."""
+    import opennpu
+    digest = hashlib.sha256(opennpu.__version__.encode())
+    for package in PACKAGES:
+        for path in sorted(_folder(package).glob("*.py")):
+            digest.update(f"{package}/{path.name}\n".encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def stage_package() -> Path:
+    """A temporary folder ``.../opennpu`` holding the installed package with its subpackages in place
+    (the source tree maps them from sibling folders), ready for ``runtime_env={"py_modules": [...]}``.
+    The caller removes ``path.parent`` when done."""
+    root = Path(tempfile.mkdtemp(prefix="opennpu-ray-")) / "opennpu"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.so", "obj_dir", "build")
+    shutil.copytree(_folder("opennpu"), root, ignore=ignore)
+    for package in _MAPPED:
+        shutil.copytree(_folder(package), root / package.split(".")[1], ignore=ignore)
+    return root
