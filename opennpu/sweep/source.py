@@ -11,9 +11,11 @@ from pathlib import Path
 
 __all__ = ["code_version", "stage_package", "PACKAGES"]
 
-#: The packages a point runs (configuration, golden model, compilers, drivers, the sweep itself); the
-#: RTL (``hdl``) and the FPGA flows are left out: they do not change a golden result.
-PACKAGES = ("opennpu", "opennpu.sweep", "opennpu.golden", "opennpu.compiler", "opennpu.sim")
+#: The code a point runs: the configuration, the golden model, the compilers, the drivers and the sweep
+#: itself (package -> file pattern). The CLI, the RTL (``hdl``) and the FPGA flows are left out: they
+#: do not change a golden result.
+PACKAGES = {"opennpu": "config.py", "opennpu.sweep": "*.py", "opennpu.golden": "*.py", "opennpu.compiler": "*.py",
+            "opennpu.sim": "*.py"}
 _MAPPED = ("opennpu.hdl", "opennpu.golden", "opennpu.compiler", "opennpu.sim", "opennpu.synth")
 
 
@@ -22,11 +24,11 @@ def _folder(package: str) -> Path:
 
 
 def code_version() -> str:
-    """Hash of the version string and every ``.py`` file of ``PACKAGES`` (16 hex digits)."""
+    """Hash of the version string and the files of ``PACKAGES`` (16 hex digits)."""
     import opennpu
     digest = hashlib.sha256(opennpu.__version__.encode())
-    for package in PACKAGES:
-        for path in sorted(_folder(package).glob("*.py")):
+    for package, pattern in PACKAGES.items():
+        for path in sorted(_folder(package).glob(pattern)):
             digest.update(f"{package}/{path.name}\n".encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
