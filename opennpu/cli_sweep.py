@@ -14,7 +14,7 @@ __all__ = ["register"]
 def register(sub):
     p = sub.add_parser("sweep", help="sweep configurations x workloads on Ray; Pareto fronts of cycles vs energy")
     p.add_argument("spec", nargs="?", help="sweep spec (TOML): workloads, axes, optional filter")
-    p.add_argument("--address", default=None, help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray "
+    p.add_argument("--address", default=None, help="Ray cluster to join, e.g. 10.0.0.5:6379 (default: $RAY_ADDRESS, else a local Ray "
                    "started for the sweep)")
     p.add_argument("--workers", type=int, default=None, help="local Ray: CPUs to use (default: all)")
     p.add_argument("--out", default=None, help="results folder (default: sweep_<spec name>); a rerun resumes")

@@ -3,15 +3,12 @@ the results store (resume after a cut), the Pareto report, and one small sweep o
 cut and resumed. Slow: a kill of the whole command and a run on a ``ray start --head`` cluster."""
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from opennpu.cli import main
@@ -20,7 +17,7 @@ from opennpu.config import NpuConfig
 from opennpu.golden.model import GoldenNpu
 from opennpu.sweep.expr import Filter
 from opennpu.sweep.point import FIGURES, evaluate
-from opennpu.sweep.report import build_report, pareto_front
+from opennpu.sweep.report import pareto_front
 from opennpu.sweep.spec import Point, SpecError, Workload, parse_spec
 from opennpu.sweep.store import COLUMNS, ResultStore
 
@@ -295,27 +292,12 @@ def test_kill_loses_only_the_points_in_flight(tmp_path, capsys):
     assert len(after) == len({r["key"] for r in after}) == 12 and after[:len(before)] == before
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_sweep_on_a_ray_start_head_cluster(tmp_path, capsys):
     pytest.importorskip("ray")
+    from opennpu.sweep.cluster import head_node
     from opennpu.sweep.runner import ray_session
-    port = _free_port()
-    log = (tmp_path / "head.log").open("w")
-    head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", f"--port={port}",
-                             "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats", "--block"],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    address = f"127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while "Ray runtime started" not in (tmp_path / "head.log").read_text():
-            assert head.poll() is None and time.monotonic() < deadline, (tmp_path / "head.log").read_text()
-            time.sleep(0.5)
+    with head_node(num_cpus=2) as address:
         path = _spec_file(tmp_path)
         code, text, _ = _cli(capsys, "sweep", str(path), "--out", str(tmp_path / "out"), "--address", address,
                              "--json")
@@ -325,11 +307,3 @@ def test_sweep_on_a_ray_start_head_cluster(tmp_path, capsys):
         with ray_session(address) as ray:               # the workers run the shipped copy, not this tree
             where = ray.get(ray.remote(lambda: __import__("opennpu").__file__).remote())
         assert "runtime_resources" in where and not where.startswith(str(Path(__file__).parent.parent))
-    finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait()
-        log.close()

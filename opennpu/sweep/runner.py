@@ -2,8 +2,11 @@
 
 Embedded by default: ``ray.init(address="local", num_cpus=workers)`` starts a private Ray on this
 machine and stops it afterwards. With an ``address`` (``--address`` or ``RAY_ADDRESS``) it joins an
-existing cluster and ships the package in the job's ``runtime_env`` (``py_modules``, see
-``source.stage_package``), so the workers need no install; model files travel as task arguments.
+existing cluster and ships the package as the job's ``runtime_env`` ``working_dir`` (see
+``source.stage_package``; unlike ``py_modules`` it also keeps the driver's current folder off the workers'
+path, so a driver started in a source tree cannot shadow the shipped copy), so the workers need no
+install; model files travel as task arguments. A cluster with Ray's token authentication needs
+``RAY_AUTH_MODE=token`` (and the token) in the driver's environment, as for any Ray job.
 
 Points whose key is already in the results are skipped; every finished point is appended to the
 results at once, a failing task is recorded as failed (the sweep goes on), and an interrupt or a kill
@@ -45,7 +48,7 @@ def ray_session(address: str | None = None, workers: int | None = None):
         if address:
             staged = stage_package()
             try:
-                ray.init(address=address, runtime_env={"py_modules": [str(staged)]}, **quiet)
+                ray.init(address=address, runtime_env={"working_dir": str(staged.parent)}, **quiet)
             except Exception as error:                         # noqa: BLE001 - Ray raises many kinds here
                 raise ConnectionError(f"cannot join the Ray cluster at {address!r}: {error}") from None
         else:

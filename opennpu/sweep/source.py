@@ -1,5 +1,5 @@
 """The code a sweep runs: its version (a hash of the sources, part of every point's key) and a copy of the
-installed package laid out for a Ray ``runtime_env`` (``py_modules``), so cluster workers need no
+installed package laid out for a Ray ``runtime_env`` (``working_dir``), so cluster workers need no
 install."""
 from __future__ import annotations
 
@@ -36,8 +36,8 @@ def code_version() -> str:
 
 def stage_package() -> Path:
     """A temporary folder ``.../opennpu`` holding the installed package with its subpackages in place
-    (the source tree maps them from sibling folders), ready for ``runtime_env={"py_modules": [...]}``.
-    The caller removes ``path.parent`` when done."""
+    (the source tree maps them from sibling folders): ``runtime_env={"working_dir": str(path.parent)}``
+    puts it first on the workers' path. The caller removes ``path.parent`` when done."""
     root = Path(tempfile.mkdtemp(prefix="opennpu-ray-")) / "opennpu"
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.so", "obj_dir", "build")
     shutil.copytree(_folder("opennpu"), root, ignore=ignore)
