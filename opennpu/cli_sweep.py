@@ -1,6 +1,7 @@
 """``opennpu sweep SPEC.toml``: design-space sweep on Ray (see ``opennpu.sweep``); ``opennpu sweep
 --report DIR`` rebuilds the Pareto plots, tables and summary from recorded results. Exit code 1 when
-a recorded point failed (the sweep still ran every other point), 2 for bad input."""
+a recorded point or spot-check failed or a spot-check differs (the sweep still ran every other point),
+2 for bad input."""
 from __future__ import annotations
 
 import importlib.util
@@ -30,6 +31,10 @@ def _text(run: dict | None, report: dict) -> str:
         lines.append(f"sweep {run['name']}: {run['points']} points ({run['ran']} ran, {run['skipped']} already "
                      f"recorded): {run['ok']} ok, {run['failed']} failed, {run['unsupported']} unsupported "
                      f"[{run['address']}] in {run['run_s']:.1f} s{rate}")
+        c = run["checks"]
+        if c["ran"]:
+            lines.append(f"  verilator spot-checks: {c['equal']} equal, {c['differ']} differ, {c['failed']} failed "
+                         f"in {run['verify_s']:.1f} s")
     for name, w in report["workloads"].items():
         lines.append(f"  {name:<28} {w['points']:>5} points, front of {len(w['front'])}"
                      + (f" -> {w['plot']}" if w["plot"] else ""))
@@ -61,4 +66,4 @@ def _cmd_sweep(args) -> int:
     run = run_sweep(spec, out, address=address, workers=args.workers, progress=None if not args.json else False)
     report = build_report(out)
     emit(args, {**run, "report": report}, _text(run, report))
-    return 1 if report["failed"] else 0
+    return 1 if report["failed"] or report["checks"].get("differ") or report["checks"].get("failed") else 0

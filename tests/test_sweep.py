@@ -89,6 +89,7 @@ def test_spec_product_and_filter(tmp_path):
     (("[sweep]", "[sweeep]"), "spec.toml:1: sweeep: unknown table"),
     (('gemm = [16, 40, 24]', 'gemm = [16, 40]'), "workload[0].gemm: must be [M, K, N]"),
     (('array = ["4x4", "8x8"]', 'array = ["4x4", "8x8"'), "spec.toml: not valid TOML"),
+    (("[axes]", "[verify]\nfraction = 2\n\n[axes]"), "spec.toml:6: verify.fraction: must be a number in (0, 1]"),
 ])
 def test_spec_errors_name_line_and_key(tmp_path, edit, where):
     text = SPEC.format(models=MODELS).replace(*edit)
@@ -184,6 +185,16 @@ def test_store_cuts_a_partial_row_and_refuses_other_columns(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(ValueError, match="is a file"):
         ResultStore(tmp_path / "file").check()
+
+
+def test_verify_selection_caps_the_configurations():
+    from opennpu.sweep.verify import select
+    configs = [NpuConfig(rows=r, cols=4) for r in (2, 4, 8)]
+    pairs = [(f"{i:02d}", Point(Workload("g", "gemm", (4, 4, 4)), configs[i % 3], "int8")) for i in range(30)]
+    chosen = select(pairs, 0.5, 2)
+    assert len(chosen) == 15 and len({p.config for _, p in chosen}) == 2
+    assert select(pairs, 0.05, 2) == [pairs[0], pairs[1]]
+    assert len(select(pairs[:3], 1.0, 1)) == 1                 # the cap leaves fewer than asked
 
 
 def test_pareto_front():
@@ -307,3 +318,25 @@ def test_sweep_on_a_ray_start_head_cluster(tmp_path, capsys):
         with ray_session(address) as ray:               # the workers run the shipped copy, not this tree
             where = ray.get(ray.remote(lambda: __import__("opennpu").__file__).remote())
         assert "runtime_resources" in where and not where.startswith(str(Path(__file__).parent.parent))
+
+
+@pytest.mark.slow
+def test_verilator_spot_checks_equal_the_golden_counters(tmp_path, capsys):
+    pytest.importorskip("ray")
+    from opennpu.sim.verilator import find_tools
+    try:
+        find_tools()
+    except Exception as error:                                 # noqa: BLE001 - no Verilator here
+        pytest.skip(f"no Verilator: {error}")
+    spec = tmp_path / "verify.toml"
+    spec.write_text('[axes]\narray = ["2x2", "4x4"]\ndataflow = ["ws", "os"]\n\n'
+                    '[[workload]]\ngemm = [7, 9, 5]\n\n[[workload]]\ngemm = [12, 8, 6]\nact = "relu"\n\n'
+                    '[verify]\nfraction = 0.5\nmax_configs = 2\n')
+    code, text, _ = _cli(capsys, "sweep", str(spec), "--out", str(tmp_path / "out"), "--json")
+    run = json.loads(text)
+    assert code == 0 and run["ok"] == 8
+    assert run["checks"] == {"ran": 4, "equal": 4, "differ": 0, "failed": 0}
+    assert run["report"]["checks"]["configs"] <= 2 and run["report"]["checks"]["points"] == 4
+    assert "## Verilator spot-checks" in (tmp_path / "out" / "summary.md").read_text()
+    code, text, _ = _cli(capsys, "sweep", str(spec), "--out", str(tmp_path / "out"), "--json")
+    assert json.loads(text)["checks"]["ran"] == 0                          # done checks are not redone

@@ -23,20 +23,30 @@ Figures of an ``"ok"`` point:
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from .spec import Point
 
-__all__ = ["evaluate", "ENERGY_PARTS", "FIGURES", "STATUSES"]
+__all__ = ["evaluate", "measure", "figures", "Measured", "Unsupported", "ENERGY_PARTS", "FIGURES"]
 
-STATUSES = ("ok", "failed", "unsupported")
 ENERGY_PARTS = ("mac", "act_sram", "wgt_sram", "acc_sram", "dma", "act_unit")
 FIGURES = ("cycles", "busy_cycles", "stall_cycles", "macs", "utilization", "bound", "bound_cycles",
            "bound_fraction", "energy_fj", *(f"energy_{p}_fj" for p in ENERGY_PARTS), "dma_in_bytes",
            "dma_out_bytes", "sram_bytes", "mac_units", "fits", "programs")
 
 
-class _Unsupported(Exception):
-    pass
+class Unsupported(Exception):
+    """The compilers cannot build this point (the message says why)."""
+
+
+@dataclass
+class Measured:
+    """One point run on one backend: summed counters, the layers' ``(m, k, n)``, the number of programs
+    and the outputs (for comparing backends)."""
+    counters: dict
+    layers: list
+    programs: int
+    outputs: object
 
 
 def evaluate(point: Point, model_bytes: bytes | None = None) -> dict:
@@ -44,10 +54,9 @@ def evaluate(point: Point, model_bytes: bytes | None = None) -> dict:
     ``model_bytes``: the model file's content for model workloads (it travels with the task)."""
     start = time.perf_counter()
     try:
-        counters, layers, programs = (_gemm(point) if point.workload.kind == "gemm"
-                                      else _model(point, model_bytes))
-        record = {"status": "ok", "error": "", **figures(point, counters, layers), "programs": programs}
-    except _Unsupported as reason:
+        run = measure(point, model_bytes)
+        record = {"status": "ok", "error": "", **figures(point, run.counters, run.layers), "programs": run.programs}
+    except Unsupported as reason:
         record = {"status": "unsupported", "error": str(reason)}
     except Exception as error:                                         # noqa: BLE001 - recorded, never raised
         record = {"status": "failed", "error": f"{type(error).__name__}: {error}"}
@@ -55,7 +64,13 @@ def evaluate(point: Point, model_bytes: bytes | None = None) -> dict:
     return record
 
 
-def _gemm(point: Point):
+def measure(point: Point, model_bytes: bytes | None = None, backend: str = "golden") -> Measured:
+    """Build ``point``'s program(s) and run them on ``backend``; ``Unsupported`` if they cannot be
+    built, ``RuntimeError`` if the NPU rejects a command or a GEMM's outputs are wrong."""
+    return _gemm(point, backend) if point.workload.kind == "gemm" else _model(point, model_bytes, backend)
+
+
+def _gemm(point: Point, backend: str) -> Measured:
     import numpy as np
 
     from opennpu.compiler.gemm import build_gemm, random_gemm
@@ -65,19 +80,20 @@ def _gemm(point: Point):
     try:
         gp = build_gemm(point.config, spec)
     except ValueError as error:
-        raise _Unsupported(f"the GEMM compiler cannot build it: {error}") from None
-    result = Npu(point.config, "golden").run(gp.program)
+        raise Unsupported(f"the GEMM compiler cannot build it: {error}") from None
+    result = Npu(point.config, backend).run(gp.program)
     _check_error(result)
-    if not np.array_equal(gp.decode_output(result.outputs), spec.expected()):
+    outputs = gp.decode_output(result.outputs)
+    if not np.array_equal(outputs, spec.expected()):
         raise RuntimeError("the outputs differ from the direct numpy product")
-    return result.counters, [(m, k, n)], 1
+    return Measured(result.counters, [(m, k, n)], 1, outputs)
 
 
-def _model(point: Point, model_bytes):
+def _model(point: Point, model_bytes, backend: str) -> Measured:
     if point.workload.kind != "onnx":
-        raise _Unsupported(f"{point.workload.kind} models need an importer opennpu does not have yet")
+        raise Unsupported(f"{point.workload.kind} models need an importer opennpu does not have yet")
     if point.precision != "int8":
-        raise _Unsupported(f"the model compiler emits int8 programs only, not {point.precision}")
+        raise Unsupported(f"the model compiler emits int8 programs only, not {point.precision}")
     from opennpu.compiler.model_program import compile_model, run_model
     from opennpu.compiler.model_report import random_input
     from opennpu.compiler.onnx_import import import_onnx
@@ -85,11 +101,12 @@ def _model(point: Point, model_bytes):
         qmodel = import_onnx(model_bytes)
         compiled = compile_model(qmodel, point.config, batch=None if qmodel.input.batch else point.workload.batch)
     except ValueError as error:
-        raise _Unsupported(f"the model compiler cannot build it: {error}") from None
-    run = run_model(compiled, random_input(qmodel, compiled.batch, point.workload.seed), "golden")
+        raise Unsupported(f"the model compiler cannot build it: {error}") from None
+    run = run_model(compiled, random_input(qmodel, compiled.batch, point.workload.seed), backend)
     for result in run.results:
         _check_error(result)
-    return run.counters, [(info.m, info.k, info.n) for info in compiled.layers], compiled.stages
+    return Measured(run.counters, [(info.m, info.k, info.n) for info in compiled.layers], compiled.stages,
+                    run.values)
 
 
 def _check_error(result):

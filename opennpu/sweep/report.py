@@ -1,7 +1,7 @@
 """Sweep outputs from the recorded results (``opennpu sweep --report DIR`` rebuilds them): per workload
 the Pareto front of latency (cycles) vs energy over its ``ok`` points, as a plot (area proxies as colour,
-SRAM bytes, and size, MAC units) and a CSV table, and ``summary.md`` with the fronts and every failed or
-unsupported point's reason. Only rows of the code version of the latest run count."""
+SRAM bytes, and size, MAC units) and a CSV table, and ``summary.md`` with the fronts, every failed or
+unsupported point's reason and the Verilator spot-checks. Only rows of the code version of the latest run count."""
 from __future__ import annotations
 
 import csv
@@ -48,13 +48,41 @@ def build_report(folder) -> dict:
             entry["table"] = str(_write_front(store.folder / f"pareto_{name}.csv", front))
             entry["plot"] = str(_plot(store.folder / f"pareto_{name}.png", name, ok, front))
         workloads[name] = entry
+    by_key = {r["key"]: r for r in rows}
+    checks = [{**by_key[c["key"]], **c} for c in store.checks.rows() if c["key"] in by_key]
     summary = store.folder / "summary.md"
-    summary.write_text(_markdown(meta, rows, len(every) - len(rows), workloads))
+    summary.write_text(_markdown(meta, rows, len(every) - len(rows), workloads) + _checks_markdown(checks))
     counts = Counter(r["status"] for r in rows)
     return {"summary": str(summary), "rows": len(rows), "older_rows": len(every) - len(rows),
             "ok": counts["ok"], "failed": counts["failed"], "unsupported": counts["unsupported"],
+            "checks": {**Counter(c["status"] for c in checks), "points": len(checks),
+                       "configs": len({_config_of(c) for c in checks})},
             "workloads": {name: {**{k: v for k, v in w.items() if k != "front"},
                                  "front": [r["key"] for r in w["front"]]} for name, w in workloads.items()}}
+
+
+_CONFIG = ("array", "dataflow", "precision", "act_depth", "wgt_depth", "acc_depth", "bus_bytes", "energy")
+
+
+def _config_of(row: dict) -> tuple:
+    return tuple(row[name] for name in _CONFIG)
+
+
+def _checks_markdown(checks: list) -> str:
+    if not checks:
+        return ""
+    counts = Counter(c["status"] for c in checks)
+    lines = ["## Verilator spot-checks", "",
+             f"{len(checks)} points on {len({_config_of(c) for c in checks})} configuration(s) rerun on the RTL: "
+             f"{counts['equal']} with every counter and the outputs equal to the golden model's, "
+             f"{counts['differ']} differ, {counts['failed']} failed.", "",
+             "| workload | array | dataflow | precision | act/wgt/acc words | status | differs / error | s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for c in checks:
+        lines.append(f"| {c['workload']} | {c['array']} | {c['dataflow']} | {c['precision']} | {c['act_depth']}/"
+                     f"{c['wgt_depth']}/{c['acc_depth']} | {c['status']} | "
+                     f"{(c['differ'] or c['error'] or '').replace('|', '/')} | {c['wall_s']:.1f} |")
+    return "\n".join(lines) + "\n"
 
 
 def _write_front(path: Path, front: list) -> Path:

@@ -8,7 +8,8 @@ path, so a driver started in a source tree cannot shadow the shipped copy), so t
 install; model files travel as task arguments. A cluster with Ray's token authentication needs
 ``RAY_AUTH_MODE=token`` (and the token) in the driver's environment, as for any Ray job.
 
-Points whose key is already in the results are skipped; every finished point is appended to the
+Then the Verilator spot-checks of ``[verify]`` run the same way (``verify.py``). Points whose key is
+already in the results are skipped; every finished point is appended to the
 results at once, a failing task is recorded as failed (the sweep goes on), and an interrupt or a kill
 loses only the points in flight.
 """
@@ -20,7 +21,7 @@ import shutil
 import sys
 import time
 from collections import Counter
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from .point import evaluate
 from .source import code_version, stage_package
 from .spec import SweepSpec
 from .store import ResultStore
+from .verify import BACKEND, select, spot_check
 
 __all__ = ["run_sweep", "ray_session", "default_workers"]
 
@@ -61,19 +63,19 @@ def ray_session(address: str | None = None, workers: int | None = None):
             shutil.rmtree(staged.parent, ignore_errors=True)
 
 
-def _progress(enabled: bool, total: int):
+def _progress(enabled: bool):
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-    columns = (TextColumn("sweep"), BarColumn(), TextColumn(
-        "{task.fields[ok]} ok, {task.fields[failed]} failed, {task.fields[unsupported]} unsupported, "
-        "{task.fields[remaining]} remaining"), TimeElapsedColumn())
-    return Progress(*columns, console=Console(stderr=True), disable=not enabled, transient=False)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[counts]}"), TimeElapsedColumn(), console=Console(stderr=True),
+                    disable=not enabled)
 
 
 def run_sweep(spec: SweepSpec, out, *, address: str | None = None, workers: int | None = None,
               progress: bool | None = None) -> dict:
-    """Run every point of ``spec`` not yet in ``out``'s results; returns the counts and timings.
-    ``progress``: a bar on stderr (default: when stderr is a terminal)."""
+    """Run every point of ``spec`` not yet in ``out``'s results, then the Verilator spot-checks the spec
+    asks for (``[verify]``) not yet done; returns the counts and timings. ``progress``: a bar on stderr
+    (default: when stderr is a terminal)."""
     if workers is not None and (not isinstance(workers, int) or workers < 1):
         raise ValueError(f"workers must be a positive int, got {workers!r}")
     store = ResultStore(out)
@@ -89,17 +91,33 @@ def run_sweep(spec: SweepSpec, out, *, address: str | None = None, workers: int 
             "points": len(points), "filtered_out": spec.filtered_out, "address": address or "local",
             "workers": None if address else workers or default_workers()}
     store.write_sidecar({**meta, "state": "running", "started": datetime.now(timezone.utc).isoformat()})
-    counts, start_s, run_s = Counter(), 0.0, 0.0
+    show = sys.stderr.isatty() if progress is None else progress
+    counts, checks, timing = Counter(), Counter(), {"ray_start_s": 0.0, "run_s": 0.0, "verify_s": 0.0}
     state = "interrupted"
     try:
-        if todo:
-            start = time.perf_counter()
-            with ray_session(address, workers) as ray:
-                start_s = time.perf_counter() - start
-                run_start = time.perf_counter()
-                _run(ray, todo, store, version, counts,
-                     sys.stderr.isatty() if progress is None else progress)
-                run_s = time.perf_counter() - run_start
+        with ExitStack() as stack:
+            ray = None
+
+            def connect():
+                start = time.perf_counter()
+                session = stack.enter_context(ray_session(address, workers))
+                timing["ray_start_s"] = time.perf_counter() - start
+                return session
+
+            if todo:
+                ray = connect()
+                start = time.perf_counter()
+                _run(ray, evaluate, todo, lambda key, point, record: store.append(
+                    {"key": key, "code_version": version, **point.params(), **record}), counts, "points", show)
+                timing["run_s"] = time.perf_counter() - start
+            pending = _pending_checks(spec, store, points)
+            if pending:
+                ray = ray or connect()
+                start = time.perf_counter()
+                store.checks.open()
+                _run(ray, spot_check, pending, lambda key, point, record: store.checks.append(
+                    {"key": key, "code_version": version, **record}), checks, f"{BACKEND} checks", show)
+                timing["verify_s"] = time.perf_counter() - start
         state = "finished"
     except KeyboardInterrupt:
         raise KeyboardInterrupt(f"{sum(counts.values())} new point(s) recorded in {store.folder}; "
@@ -109,20 +127,34 @@ def run_sweep(spec: SweepSpec, out, *, address: str | None = None, workers: int 
     ran = sum(counts.values())
     return {**{k: v for k, v in meta.items() if k != "spec_text"}, "out": str(store.folder),
             "skipped": len(points) - len(todo), "ran": ran, "ok": counts["ok"], "failed": counts["failed"],
-            "unsupported": counts["unsupported"], "ray_start_s": start_s, "run_s": run_s,
-            "points_per_s": ran / run_s if run_s else None}
+            "unsupported": counts["unsupported"], **timing,
+            "points_per_s": ran / timing["run_s"] if timing["run_s"] else None,
+            "checks": {"ran": sum(checks.values()), "equal": checks["equal"], "differ": checks["differ"],
+                       "failed": checks["failed"]}}
 
 
-def _run(ray, todo, store: ResultStore, version: str, counts: Counter, show: bool):
-    task = ray.remote(num_cpus=1, max_retries=0)(evaluate)
+def _pending_checks(spec: SweepSpec, store: ResultStore, points: dict) -> list:
+    """The spot-checks ``spec.verify`` selects among the recorded ok points, less those already done."""
+    if spec.verify is None:
+        return []
+    ok = {row["key"] for row in store.rows() if row["status"] == "ok"}
+    done = {row["key"] for row in store.checks.rows()}
+    chosen = select([(key, point) for key, point in points.items() if key in ok], *spec.verify)
+    return [(key, point) for key, point in chosen if key not in done]
+
+
+def _run(ray, function, items: list, record_row, counts: Counter, label: str, show: bool):
+    """Run ``function(point, model_bytes)`` as one Ray task per ``(key, point)``; ``record_row(key, point,
+    record)`` as each finishes (a task Ray could not run is recorded as failed)."""
+    task = ray.remote(num_cpus=1, max_retries=0)(function)
     models = {}
-    for _, point in todo:
+    for _, point in items:
         path = point.workload.path
         if path is not None and path not in models:
             models[path] = ray.put(Path(path).read_bytes())
-    pending = {task.remote(point, models.get(point.workload.path)): (key, point) for key, point in todo}
-    with _progress(show, len(todo)) as bar:
-        job = bar.add_task("sweep", total=len(todo), ok=0, failed=0, unsupported=0, remaining=len(todo))
+    pending = {task.remote(point, models.get(point.workload.path)): (key, point) for key, point in items}
+    with _progress(show) as bar:
+        job = bar.add_task(label, total=len(items), counts="")
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:
@@ -131,7 +163,7 @@ def _run(ray, todo, store: ResultStore, version: str, counts: Counter, show: boo
                     record = ray.get(ref)
                 except ray.exceptions.RayError as error:     # the worker died, the task could not run, ...
                     record = {"status": "failed", "error": f"{type(error).__name__}: {error}".splitlines()[0]}
-                store.append({"key": key, "code_version": version, **point.params(), **record})
+                record_row(key, point, record)
                 counts[record["status"]] += 1
-                bar.update(job, advance=1, ok=counts["ok"], failed=counts["failed"],
-                           unsupported=counts["unsupported"], remaining=len(pending))
+                bar.update(job, advance=1, counts=", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+                           + f", {len(pending)} remaining")

@@ -29,6 +29,10 @@ onnx = "mlp.onnx"                    # quantized ONNX model, path relative to th
 batch = 1
 [[workload]]
 tflite = "kws.tflite"                # recorded as unsupported until the TFLite importer exists
+
+[verify]                             # optional Verilator spot-checks (verify.py)
+fraction = 0.05                      # of the ok points
+max_configs = 2                      # distinct configurations (one Verilator build each)
 ```
 """
 from __future__ import annotations
@@ -53,7 +57,8 @@ AXES = ("array", "dataflow", "precision", "act_depth", "wgt_depth", "acc_depth",
 #: array's ``rows`` and ``cols``, and the workload's ``workload`` name and ``kind``.
 POINT_NAMES = ("workload", "kind", "array", "rows", "cols", "dataflow", "precision", "act_depth", "wgt_depth",
                "acc_depth", "bus_bytes", "energy")
-_TABLES = ("sweep", "axes", "energy", "workload")
+_TABLES = ("sweep", "axes", "energy", "workload", "verify")
+_VERIFY_KEYS = ("fraction", "max_configs")
 _SWEEP_KEYS = ("name", "filter")
 _WORKLOAD_KINDS = ("gemm", "onnx", "tflite")
 _WORKLOAD_KEYS = (*_WORKLOAD_KINDS, "name", "act", "seed", "batch")
@@ -111,6 +116,7 @@ class SweepSpec:
     workloads: list
     points: list
     filtered_out: int                # points of the product the filter removed
+    verify: tuple | None = None      # (fraction, max_configs) of the Verilator spot-checks
 
 
 def _locate(text: str, table: str, key: str | None, index: int = 0) -> int | None:
@@ -208,7 +214,24 @@ def parse_spec(text: str, path: Path) -> SweepSpec:
             points += [Point(workload, config, setting["precision"]) for workload in kept]
     if not points:
         raise err("no point is left (the filter removes every point)", "sweep", "filter")
-    return SweepSpec(path, name, text, workloads, points, dropped)
+    return SweepSpec(path, name, text, workloads, points, dropped, _verify(data, err))
+
+
+def _verify(data: dict, err) -> tuple | None:
+    if "verify" not in data:
+        return None
+    table = _table(data, "verify", err)
+    for key in table:
+        if key not in _VERIFY_KEYS:
+            raise err(f"unknown key; expected one of {_VERIFY_KEYS}", "verify", key)
+    fraction = table.get("fraction", 0.05)
+    if not isinstance(fraction, (int, float)) or isinstance(fraction, bool) or not 0 < fraction <= 1:
+        raise err(f"must be a number in (0, 1], got {fraction!r}", "verify", "fraction")
+    cap = table.get("max_configs", 2)
+    if not isinstance(cap, int) or isinstance(cap, bool) or cap < 1:
+        raise err(f"must be an int >= 1 (each configuration needs its own Verilator build), got {cap!r}",
+                  "verify", "max_configs")
+    return float(fraction), cap
 
 
 def _table(data: dict, name: str, err) -> dict:

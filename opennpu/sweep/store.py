@@ -1,6 +1,7 @@
 """Results of a sweep on disk: ``results.csv`` (one row per finished point, appended and flushed to disk
-as each point finishes, keyed by ``Point.key``: a hash of the point and the code version) and the JSON
-sidecar ``sweep.json`` (the spec, the code version, what every column means).
+as each point finishes, keyed by ``Point.key``: a hash of the point and the code version), ``verify.csv``
+(the Verilator spot-checks, the same way) and the JSON sidecar ``sweep.json`` (the spec, the code
+version, what every column means).
 
 A kill can cut at most the row being written: ``open`` drops a last line without its newline, so a
 rerun redoes exactly the points that have no complete row.
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from .point import ENERGY_PARTS
 
-__all__ = ["ResultStore", "COLUMNS", "COLUMN_DOC"]
+__all__ = ["ResultStore", "CsvLog", "COLUMNS", "COLUMN_DOC", "VERIFY_COLUMNS", "VERIFY_DOC"]
 
 COLUMN_DOC = {
     "key": "hash of the point (workload, configuration, precision) and the code version",
@@ -41,6 +42,14 @@ COLUMN_DOC = {
     "programs": "programs run (host round trips)", "wall_s": "seconds the point took on its worker",
 }
 COLUMNS = tuple(COLUMN_DOC)
+VERIFY_DOC = {
+    "key": "the point (its row in results.csv)", "code_version": "hash of the opennpu sources",
+    "backend": "the RTL simulator", "status": "equal | differ | failed",
+    "differ": "counters (and 'outputs') whose RTL value differs from the golden model's",
+    "error": "why the check failed", "wall_s": "seconds the check took (a first run on a configuration "
+    "includes its Verilator build)",
+}
+VERIFY_COLUMNS = tuple(VERIFY_DOC)
 
 _INTS = {"rows", "cols", "act_depth", "wgt_depth", "acc_depth", "bus_bytes", "cycles", "busy_cycles",
          "stall_cycles", "macs", "bound_cycles", "energy_fj", *(f"energy_{p}_fj" for p in ENERGY_PARTS),
@@ -64,13 +73,67 @@ def _typed(row: dict) -> dict:
     return out
 
 
+class CsvLog:
+    """A CSV file of fixed ``columns`` that grows one flushed row at a time."""
+
+    def __init__(self, path: Path, columns: tuple):
+        self.path, self.columns = Path(path), columns
+
+    def check(self):
+        if self.path.exists():
+            with self.path.open(newline="") as f:
+                header = next(csv.reader(f), None)
+            if header is not None and tuple(header) != self.columns:
+                raise ValueError(f"{self.path} has other columns (an older sweep format); use a new --out folder")
+
+    def open(self):
+        """Write the header of a new file, or cut a partly written last row of an earlier run."""
+        if self.path.exists() and self.path.stat().st_size:
+            data = self.path.read_bytes()
+            if not data.endswith(b"\n"):
+                with self.path.open("r+b") as f:
+                    f.truncate(data.rfind(b"\n") + 1)
+        if not self.path.exists() or not self.path.stat().st_size:
+            self._write_line(self.columns)
+
+    def _write_line(self, values):
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="\n").writerow(values)
+        with self.path.open("a", newline="") as f:
+            f.write(buffer.getvalue())
+            f.flush()
+            os.fsync(f.fileno())
+
+    def append(self, record: dict):
+        """Write one row (``record`` may leave columns out: empty cells)."""
+        unknown = set(record) - set(self.columns)
+        if unknown:
+            raise ValueError(f"record has unknown columns {sorted(unknown)}")
+        self._write_line(["" if record.get(name) is None else record[name] for name in self.columns])
+
+    def rows(self) -> list[dict]:
+        """Every complete row, typed (ints, floats, bools; None for empty cells)."""
+        if not self.path.exists():
+            return []
+        text = self.path.read_text()
+        if not text.endswith("\n"):
+            text = text[:text.rfind("\n") + 1]
+        return [_typed(row) for row in csv.DictReader(io.StringIO(text))]
+
+
 class ResultStore:
-    """The results folder of one sweep."""
+    """The results folder of one sweep: ``results.csv``, ``verify.csv`` (Verilator spot-checks, see
+    ``verify.py``) and ``sweep.json``."""
 
     def __init__(self, folder):
         self.folder = Path(folder)
-        self.csv = self.folder / "results.csv"
+        self.results = CsvLog(self.folder / "results.csv", COLUMNS)
+        self.checks = CsvLog(self.folder / "verify.csv", VERIFY_COLUMNS)
         self.sidecar = self.folder / "sweep.json"
+
+    @property
+    def csv(self) -> Path:
+        return self.results.path
 
     def check(self):
         """Refuse, before any work, a folder that cannot hold the results: ``ValueError``."""
@@ -79,46 +142,18 @@ class ResultStore:
         existing = self.folder if self.folder.exists() else next(p for p in self.folder.parents if p.exists())
         if not existing.is_dir() or not os.access(existing, os.W_OK):
             raise ValueError(f"--out {str(self.folder)!r}: {str(existing)!r} is not a writable folder")
-        if self.csv.exists():
-            with self.csv.open(newline="") as f:
-                header = next(csv.reader(f), None)
-            if header is not None and tuple(header) != COLUMNS:
-                raise ValueError(f"{self.csv} has other columns (an older sweep format); use a new --out folder")
+        self.results.check()
+        self.checks.check()
 
     def open(self):
-        """Create the folder and the CSV header, or cut a partly written last row of an earlier run."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        if self.csv.exists() and self.csv.stat().st_size:
-            data = self.csv.read_bytes()
-            if not data.endswith(b"\n"):
-                with self.csv.open("r+b") as f:
-                    f.truncate(data.rfind(b"\n") + 1)
-        if not self.csv.exists() or not self.csv.stat().st_size:
-            self._write_line(COLUMNS)
-
-    def _write_line(self, values):
-        buffer = io.StringIO()
-        csv.writer(buffer, lineterminator="\n").writerow(values)
-        with self.csv.open("a", newline="") as f:
-            f.write(buffer.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
+        self.results.open()
 
     def append(self, record: dict):
-        """Write one finished point (``record`` has every column but may leave figures out)."""
-        unknown = set(record) - set(COLUMNS)
-        if unknown:
-            raise ValueError(f"record has unknown columns {sorted(unknown)}")
-        self._write_line(["" if record.get(name) is None else record[name] for name in COLUMNS])
+        self.results.append(record)
 
     def rows(self) -> list[dict]:
-        """Every complete row, typed (ints, floats, bools; None for empty cells)."""
-        if not self.csv.exists():
-            return []
-        text = self.csv.read_text()
-        if not text.endswith("\n"):
-            text = text[:text.rfind("\n") + 1]
-        return [_typed(row) for row in csv.DictReader(io.StringIO(text))]
+        return self.results.rows()
 
     def keys(self) -> set:
         return {row["key"] for row in self.rows()}
@@ -126,7 +161,8 @@ class ResultStore:
     def write_sidecar(self, meta: dict):
         """Write ``sweep.json`` atomically (a kill leaves the old one or the new one)."""
         tmp = self.sidecar.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({**meta, "columns": COLUMN_DOC}, indent=1, default=str))
+        tmp.write_text(json.dumps({**meta, "columns": COLUMN_DOC, "verify_columns": VERIFY_DOC}, indent=1,
+                                  default=str))
         os.replace(tmp, self.sidecar)
 
     def read_sidecar(self) -> dict:
