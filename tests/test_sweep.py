@@ -96,6 +96,21 @@ def test_spec_errors_name_line_and_key(tmp_path, edit, where):
     assert where in _error(tmp_path, text)
 
 
+def test_energy_tables_and_bus_axis(tmp_path):
+    text = ('[axes]\nenergy = ["horowitz-isscc2014-45nm", "cheap-dram"]\nbus_bytes = ["auto", 16]\n\n'
+            '[energy.cheap-dram]\ndma_byte_fj = 1000\n\n[[workload]]\ngemm = [20, 24, 12]\n')
+    spec = parse_spec(text, tmp_path / "e.toml")
+    assert len(spec.points) == 4
+    records = {(p.config.energy.name, p.config.bus_bytes): evaluate(p) for p in spec.points}
+    default, cheap = records["horowitz-isscc2014-45nm", 8], records["cheap-dram", 8]
+    assert default["cycles"] == cheap["cycles"] and default["energy_mac_fj"] == cheap["energy_mac_fj"]
+    assert cheap["energy_dma_fj"] == 1000 * (cheap["dma_in_bytes"] + cheap["dma_out_bytes"])
+    assert cheap["energy_fj"] < default["energy_fj"]
+    assert records["horowitz-isscc2014-45nm", 16]["status"] == "ok"
+    with pytest.raises(SpecError, match=r"e.toml:6: energy.cheap-dram.dma_fj: unknown energy field"):
+        parse_spec(text.replace("dma_byte_fj", "dma_fj"), tmp_path / "e.toml")
+
+
 def test_filter_grammar():
     rule = Filter("rows * cols <= 64 and precision in ['int8', 'a8w4'] and not bus_bytes == 'auto'",
                   ("rows", "cols", "precision", "bus_bytes"))
