@@ -355,3 +355,12 @@ def test_verilator_spot_checks_equal_the_golden_counters(tmp_path, capsys):
     assert "## Verilator spot-checks" in (tmp_path / "out" / "summary.md").read_text()
     code, text, _ = _cli(capsys, "sweep", str(spec), "--out", str(tmp_path / "out"), "--json")
     assert json.loads(text)["checks"]["ran"] == 0                          # done checks are not redone
+
+
+def test_cli_refuses_an_address_where_no_cluster_listens(tmp_path, capsys):
+    pytest.importorskip("ray")
+    path = _spec_file(tmp_path)
+    start = time.monotonic()
+    code, out, err = _cli(capsys, "sweep", str(path), "--out", str(tmp_path / "out"), "--address", "127.0.0.1:1")
+    assert code == 2 and out == "" and err.count("\n") == 1 and "no Ray cluster at '127.0.0.1:1'" in err
+    assert time.monotonic() - start < 10 and not (tmp_path / "out").exists()

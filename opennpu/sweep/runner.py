@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
+import socket
 import sys
 import time
 from collections import Counter
@@ -38,6 +40,18 @@ def default_workers() -> int:
     return os.cpu_count() or 1
 
 
+def check_address(address: str, timeout_s: float = 5.0):
+    """Refuse quickly (``ConnectionError``) a ``HOST:PORT`` (or ``ray://HOST:PORT``) where nothing
+    listens: ``ray.init`` itself retries for minutes. Other forms (``auto``) are left to Ray."""
+    match = re.fullmatch(r"(?:ray://)?\[?([^\[\]]+?)\]?:(\d+)", address.strip())
+    if not match:
+        return
+    try:
+        socket.create_connection((match.group(1), int(match.group(2))), timeout=timeout_s).close()
+    except OSError as error:
+        raise ConnectionError(f"no Ray cluster at {address!r}: {error}") from None
+
+
 @contextmanager
 def ray_session(address: str | None = None, workers: int | None = None):
     """A connected ``ray`` module: a local instance with ``workers`` CPUs, or the cluster at
@@ -52,7 +66,9 @@ def ray_session(address: str | None = None, workers: int | None = None):
             try:
                 ray.init(address=address, runtime_env={"working_dir": str(staged.parent)}, **quiet)
             except Exception as error:                         # noqa: BLE001 - Ray raises many kinds here
-                raise ConnectionError(f"cannot join the Ray cluster at {address!r}: {error}") from None
+                first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+                raise ConnectionError(f"cannot join the Ray cluster at {address!r}: {first} (a cluster with "
+                                      f"token authentication also needs RAY_AUTH_MODE=token and its token)") from None
         else:
             ray.init(address="local", num_cpus=workers or default_workers(), include_dashboard=False,
                      object_store_memory=128 << 20, **quiet)
@@ -80,6 +96,8 @@ def run_sweep(spec: SweepSpec, out, *, address: str | None = None, workers: int 
         raise ValueError(f"workers must be a positive int, got {workers!r}")
     store = ResultStore(out)
     store.check()
+    if address:
+        check_address(address)
     version = code_version()
     points = {}
     for point in spec.points:                         # two spellings of one configuration run once
