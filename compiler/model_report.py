@@ -11,7 +11,17 @@ from .model_program import compile_model, run_model
 from .onnx_import import import_onnx
 from .report import Layer
 
-__all__ = ["model_layers"]
+__all__ = ["model_layers", "random_input"]
+
+
+def random_input(qmodel, batch: int, seed: int = 0) -> np.ndarray:
+    """A batch of random int8 values on ``qmodel``'s input grid, in its input format (float32 models get
+    the dequantized values). Cycles, bytes and energy do not depend on the values."""
+    shape = (qmodel.input.batch or batch, *qmodel.input.shape)
+    q = np.random.default_rng(seed).integers(-128, 128, size=shape)
+    if qmodel.input.dtype == "float32":
+        return ((q - qmodel.input.zero_point) * qmodel.input.scale).astype(np.float32)
+    return (q + (128 if qmodel.input.dtype == "uint8" else 0)).astype(qmodel.input.dtype)
 
 
 def model_layers(model, config: NpuConfig, inputs=None, batch: int = 8, seed: int = 0):
@@ -22,11 +32,7 @@ def model_layers(model, config: NpuConfig, inputs=None, batch: int = 8, seed: in
     """
     qmodel = import_onnx(model)
     if inputs is None:
-        shape = (qmodel.input.batch or batch, *qmodel.input.shape)
-        q = np.random.default_rng(seed).integers(-128, 128, size=shape)
-        inputs = ((q - qmodel.input.zero_point) * qmodel.input.scale).astype(np.float32) \
-            if qmodel.input.dtype == "float32" else (q + (128 if qmodel.input.dtype == "uint8" else 0)).astype(
-                qmodel.input.dtype)
+        inputs = random_input(qmodel, batch, seed)
     t = qmodel.quantize_input(inputs)
     layers = []
     for layer in qmodel.layers:

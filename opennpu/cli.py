@@ -14,6 +14,7 @@ SUBCOMMANDS = [
     "opennpu.cli_report",    # report
     "opennpu.cli_run",       # run
     "opennpu.cli_synth",     # synth
+    "opennpu.cli_sweep",     # sweep
 ]
 
 
