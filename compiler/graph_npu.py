@@ -19,7 +19,8 @@ Lowerings, all exact against the host kernels (``host_kernels``, TFLite's refere
   depthwise mapping that uses the array well (row-stationary, or a dedicated lane) is not built yet.
 
 ``run_on_npu`` returns the outputs and one record per node (device, cycles, utilization, energy, DMA
-bytes); host nodes report the bytes their inputs and outputs occupy.
+bytes, all counters, the GEMMs it ran as [M, K, N]); host nodes report the bytes their inputs and
+outputs occupy.
 """
 from __future__ import annotations
 
@@ -150,6 +151,8 @@ def run_on_npu(graph: Graph, x, config: NpuConfig, backend="golden", npu_ops=NPU
             y, counters, layers = _npu_node(graph, node, values[node.inputs[0]], config, backend)
             cycles = counters["cycles"]
             record.update(device="npu", cycles=cycles, utilization=macs / (cycles * peak) if cycles else 0.0,
+                          counters=counters,
+                          gemms=[[batch * layer.positions, layer.k, layer.n] for layer in layers],
                           array_macs=counters["macs"], energy_fj=counters["energy_fj"],
                           dma_in_bytes=counters["dma_in_bytes"], dma_out_bytes=counters["dma_out_bytes"],
                           programs=len(layers), per_channel=bool(np.ndim(layers[0].multiplier)),

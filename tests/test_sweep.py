@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from opennpu.cli import main
@@ -49,7 +50,8 @@ tflite = "kws.tflite"
 
 
 def _spec_file(tmp_path, text=None) -> Path:
-    (tmp_path / "kws.tflite").write_bytes(b"TFL3 placeholder")
+    kws = Path(__file__).resolve().parent.parent / "models" / "mlperf_tiny" / "kws_ref_model.tflite"
+    (tmp_path / "kws.tflite").write_bytes(kws.read_bytes())
     path = tmp_path / "spec.toml"
     path.write_text(text if text is not None else SPEC.format(models=MODELS))
     return path
@@ -170,8 +172,25 @@ def test_model_points_unsupported_and_failed():
     assert os_point["status"] == "unsupported" and "weight-stationary" in os_point["error"]
     int4 = evaluate(Point(mlp, NpuConfig(rows=4, cols=4, precisions=("int8", "a8w4")), "a8w4"), blob)
     assert int4["status"] == "unsupported" and "int8 programs only" in int4["error"]
-    tflite = evaluate(Point(Workload("kws", "tflite", path="kws.tflite"), NpuConfig(), "int8"), b"")
-    assert tflite["status"] == "unsupported" and "tflite" in tflite["error"]
+    corrupt = evaluate(Point(Workload("kws", "tflite", path="kws.tflite"), NpuConfig(), "int8"), b"TFL3")
+    assert corrupt["status"] == "failed" and "TFLiteFormatError" in corrupt["error"]
+
+
+def test_tflite_point_sums_the_npu_layers():
+    pytest.importorskip("tflite")
+    from pathlib import Path
+
+    from opennpu.compiler.graph_npu import run_on_npu
+    from opennpu.compiler.tflite_import import import_tflite
+    blob = (Path(__file__).resolve().parent.parent / "models" / "mlperf_tiny" / "kws_ref_model.tflite").read_bytes()
+    config = NpuConfig(rows=16, cols=16)
+    record = evaluate(Point(Workload("kws", "tflite", path="kws.tflite", batch=1), config, "int8"), blob)
+    assert record["status"] == "ok", record["error"]
+    graph = import_tflite(blob)
+    x = np.random.default_rng(0).integers(-128, 128, (1, *graph.tensors[graph.inputs[0]].shape), dtype=np.int8)
+    _, records = run_on_npu(graph, x, config)
+    assert record["cycles"] == sum(r["cycles"] for r in records if r["device"] == "npu")
+    assert record["energy_fj"] == sum(r["energy_fj"] for r in records if r["device"] == "npu")
     broken = evaluate(Point(Workload("bad", "gemm", (0, 4, 4)), NpuConfig(), "int8"))
     assert broken["status"] == "failed" and "ValueError" in broken["error"] and "cycles" not in broken
 
@@ -236,8 +255,8 @@ def test_local_ray_sweep_records_resumes_and_reports(tmp_path, capsys):
     out = tmp_path / "out"
     first = run_sweep(spec, out, workers=2, progress=False)
     assert (first["ran"], first["skipped"]) == (16, 0)
-    # gemm x 4 configs ok, mlp ok on ws (2), unsupported on os (2), tflite unsupported (3), bad failed
-    assert (first["ok"], first["unsupported"], first["failed"]) == (10, 5, 1)
+    # gemm x 4 configs ok, mlp and DS-CNN ok on ws (2 + 2), unsupported on os (2 + 1), bad failed
+    assert (first["ok"], first["unsupported"], first["failed"]) == (12, 3, 1)
     store = ResultStore(out)
     rows = {r["key"]: r for r in store.rows()}
     assert len(rows) == 16
@@ -254,7 +273,7 @@ def test_local_ray_sweep_records_resumes_and_reports(tmp_path, capsys):
         assert (out / f"pareto_{name}.png").stat().st_size > 1000 and f"## {name}" in summary
         front = report["workloads"][name]["front"]
         assert front and all(k in rows for k in front)
-    assert report["workloads"]["kws"]["front"] == [] and "tflite models need an importer" in summary
+    assert report["workloads"]["kws"]["front"] and "weight-stationary" in summary
     (out / "summary.md").unlink()
     code, text, _ = _cli(capsys, "sweep", "--report", str(out), "--json")
     assert code == 0 and json.loads(text)["workloads"]["mlp"]["front"] == report["workloads"]["mlp"]["front"]

@@ -28,7 +28,7 @@ act = "relu"                         # optional, default "none"
 onnx = "mlp.onnx"                    # quantized ONNX model, path relative to the spec
 batch = 1
 [[workload]]
-tflite = "kws.tflite"                # recorded as unsupported until the TFLite importer exists
+tflite = "kws.tflite"                # int8 TFLite (convolutions and FC on the NPU, the rest on the host)
 
 [verify]                             # optional Verilator spot-checks (verify.py)
 fraction = 0.05                      # of the ok points
