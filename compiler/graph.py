@@ -3,7 +3,7 @@
 A ``Graph`` holds named ``QTensor``s and a topologically ordered list of ``Node``s. Every node reads
 tensors by name and writes one output tensor. The IR carries the *integer* semantics of each op: the
 importer of a format (TFLite today) derives the multipliers, shifts, offsets and clamps with that
-format's own rounding rules, so that a backend (the host kernels, later the NPU) only does integer work.
+format's own rounding rules, so that a backend (the host kernels, the NPU: ``graph_npu``) only does integer work.
 
 Conventions
 -----------
