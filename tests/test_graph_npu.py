@@ -81,9 +81,8 @@ def test_ds_cnn_first_layers_on_verilator():
     _verilator_against_golden(sub, _inputs(_input_shape(graph), random=1)[:1])
 
 
-@pytest.mark.slow
 def test_ds_cnn_inference_on_verilator():
-    """A whole DS-CNN inference with its NPU layers on Verilator, equal to LiteRT (about 2 minutes)."""
+    """A whole DS-CNN inference with its NPU layers on Verilator, equal to LiteRT (about 20 s)."""
     graph = import_tflite(KWS)
     x = _inputs(_input_shape(graph), random=1)[:1]
     assert np.array_equal(_verilator_against_golden(graph, x)[0], _litert(KWS, x))
