@@ -32,7 +32,8 @@ from opennpu.golden.isa import Buf, Opcode, Precision
 from opennpu.golden.model import k_tile, stream_weight_words, weight_words
 from opennpu.golden.program import Program
 
-from .schedule import Activate, Emitter, Load, Step, config_requant, emit_steps, per_channel, tile_quant
+from .schedule import (Activate, Emitter, Load, Step, config_requant, emit_steps, per_channel, requant_params,
+                       tile_quant)
 
 __all__ = ["GemmSpec", "GemmProgram", "build_gemm", "random_gemm", "ACTIVATIONS", "ORDERS"]
 
@@ -66,10 +67,7 @@ class GemmSpec:
                              f"A {self.a.shape} and W {self.w.shape}")
         if self.bias.shape != (self.w.shape[1],):
             raise ValueError(f"bias must have shape ({self.w.shape[1]},), got {self.bias.shape}")
-        if np.ndim(self.multiplier) or np.ndim(self.shift):
-            self.multiplier = np.broadcast_to(np.asarray(self.multiplier, np.int64), self.bias.shape).copy()
-            self.shift = np.broadcast_to(np.asarray(self.shift, np.int64), self.bias.shape).copy()
-        numerics.requantize(0, self.multiplier, self.shift)          # (range check: ValueError)
+        self.multiplier, self.shift = requant_params(self.multiplier, self.shift, len(self.bias))
         a_bits = 4 if self.precision == Precision.A4W4 else 8
         w_bits = 8 if self.precision == Precision.INT8 else 4
         for name, m, bits in (("A", self.a, a_bits), ("W", self.w, w_bits)):

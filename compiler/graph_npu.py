@@ -27,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from opennpu.config import NpuConfig
+from opennpu.golden import numerics
 
 from .graph import Graph, Node
 from .host_kernels import check_graph_input, run_node
@@ -81,8 +82,7 @@ def lower_node(graph: Graph, node: Node, channels: slice = slice(None)) -> QLaye
             raise ValueError(f"node {node.name!r}: output {out_t.shape[:2]} but the window gives {geom.out_hw}")
         matrix, in_shape = w.transpose(3, 1, 2, 0).reshape(-1, w.shape[0]), (c, h, wd)
     # The NPU multiplies plain int8 activations: fold the input zero point into the bias (int32 ring).
-    folded = bias - a.in_zp * matrix.sum(axis=0)
-    folded = ((folded + 2 ** 31) % 2 ** 32) - 2 ** 31
+    folded = numerics.wrap_int32(bias - a.in_zp * matrix.sum(axis=0))
     if len(r.multiplier) > 1:
         multiplier, shift = np.asarray(multiplier, np.int64), np.asarray(shift, np.int64)
     else:

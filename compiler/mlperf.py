@@ -21,6 +21,7 @@ import numpy as np
 from opennpu.config import NpuConfig
 
 from .graph_npu import run_on_npu
+from .graph_report import graph_run_report
 from .tflite_import import import_tflite
 
 __all__ = ["MODELS", "ETHOS_U55", "litert_reference", "inputs", "bench_model", "text", "main"]
@@ -65,23 +66,22 @@ def bench_model(model: Path, config: NpuConfig, batch: int) -> dict:
     outputs, _ = run_on_npu(graph, x, config)
     seconds = time.perf_counter() - t0
     diff = np.abs(outputs[0].astype(int) - litert_reference(model, x).astype(int))
-    _, records = run_on_npu(graph, x[:1], config)                # one batch-1 inference
-    peak, bus = config.rows * config.cols, config.bus_bytes
+    _, single = graph_run_report(graph, x[:1], model.name, "golden", config)     # one batch-1 inference
+    peak, bus, total = config.rows * config.cols, config.bus_bytes, single["total"]
     layers = []
-    for r in records:
+    for r in single["layers"]:
         if r["device"] == "npu":
             bound = max(r["macs"] / peak, r["dma_in_bytes"] / bus, r["dma_out_bytes"] / bus)
             kind = "compute" if bound == r["macs"] / peak else "bandwidth"
             r = dict(r, bound=bound, bound_kind=kind, cycles_over_bound=r["cycles"] / bound)
         layers.append(r)
-    cycles = sum(r["cycles"] for r in layers if r["device"] == "npu")
+    cycles = total["cycles"]
     name, ethos = ETHOS_U55[model.name]
     return {"model": name, "file": model.name, "array": f"{config.rows}x{config.cols}",
             "inputs_checked": len(x), "max_lsb_diff": int(diff.max()), "bit_exact": bool(diff.max() == 0),
             "golden_seconds": seconds, "cycles_per_inference": cycles, "ethos_u55_cycles": ethos,
             "ratio_vs_ethos": cycles / ethos,
-            "energy_fj": sum(r["energy_fj"] for r in layers if r["device"] == "npu"),
-            "host_bytes": sum(r["host_bytes"] for r in layers if r["device"] == "cpu"), "layers": layers}
+            "energy_fj": total["energy_fj"], "host_bytes": total["host_bytes"], "layers": layers}
 
 
 def text(result: dict) -> str:

@@ -26,6 +26,8 @@ import numpy as np
 
 from opennpu.golden import numerics
 
+from .schedule import requant_params
+
 __all__ = ["ConvGeom", "QLayer", "TensorSpec", "QuantModel", "quantize_like_onnx"]
 
 
@@ -106,10 +108,7 @@ class QLayer:
             self.in_shape[0] * self.conv.kernel[0] * self.conv.kernel[1]
         if k != expected_k:
             raise ValueError(f"layer {self.name}: weights have K={k}, input {self.in_shape} needs {expected_k}")
-        if np.ndim(self.multiplier) or np.ndim(self.shift):
-            self.multiplier = np.broadcast_to(np.asarray(self.multiplier, np.int64), (n,)).copy()
-            self.shift = np.broadcast_to(np.asarray(self.shift, np.int64), (n,)).copy()
-        numerics.requantize(0, self.multiplier, self.shift)          # (range check: ValueError)
+        self.multiplier, self.shift = requant_params(self.multiplier, self.shift, n)
 
     @property
     def k(self) -> int:

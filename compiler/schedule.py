@@ -27,18 +27,29 @@ from typing import Callable
 import numpy as np
 
 from opennpu.config import NpuConfig
+from opennpu.golden import numerics
 from opennpu.golden.deps import order_program
 from opennpu.golden.isa import ActFn, Buf, Command, Opcode, Precision
 from opennpu.golden.program import Program
 from opennpu.golden.timing import array_latency
 
 __all__ = ["Deferred", "Load", "Activate", "Step", "Emitter", "emit_steps", "prologue_pieces", "epilogue_pieces",
-           "row_pieces"]
+           "row_pieces", "per_channel", "requant_params", "config_requant", "tile_quant"]
 
 
 def per_channel(multiplier) -> bool:
     """A layer's requantization is per output channel (an array of multipliers), not per tensor."""
     return np.ndim(multiplier) == 1
+
+
+def requant_params(multiplier, shift, n: int) -> tuple:
+    """A layer's ``(multiplier, shift)`` as the compilers keep them: ints per tensor, or, if either is an
+    array, both as N-element int64 arrays; ``ValueError`` if a value is out of the activation unit's range."""
+    if np.ndim(multiplier) or np.ndim(shift):
+        multiplier = np.broadcast_to(np.asarray(multiplier, np.int64), (n,)).copy()
+        shift = np.broadcast_to(np.asarray(shift, np.int64), (n,)).copy()
+    numerics.requantize(0, multiplier, shift)
+    return multiplier, shift
 
 
 def config_requant(multiplier, shift) -> tuple[int, int]:

@@ -1,6 +1,5 @@
 """The MLPerf Tiny models with their convolutions and fully connected layers on the NPU
 (``compiler/graph_npu.py``), bit-exact with LiteRT's reference kernels, on golden and on Verilator."""
-from pathlib import Path
 
 import numpy as np
 import pytest
