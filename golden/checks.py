@@ -139,13 +139,20 @@ def check(cmd: Command, config: NpuConfig, precision: Precision) -> ErrorCode:
     return ErrorCode.OK
 
 
-def validate(word: int, config: NpuConfig, precision: Precision) -> tuple[ErrorCode, Command | None]:
-    """Check one raw command word against the configuration; ``(ErrorCode.OK, cmd)`` if it may run."""
-    if (word & 0xF) not in rules(config):
-        return ErrorCode.BAD_OPCODE, None
-    try:
-        cmd = decode(word)
-    except DecodeError:
-        return ErrorCode.BAD_FIELD, None
+def validate(command: Command | int, config: NpuConfig, precision: Precision) -> tuple[ErrorCode, Command | None]:
+    """Check one command against the configuration; ``(ErrorCode.OK, cmd)`` if it may run. A raw word
+    is decoded first, as the hardware does; a ``Command`` is well-formed by construction, so only its
+    opcode and rule are checked."""
+    if isinstance(command, Command):
+        cmd = command
+        if cmd.op not in rules(config):
+            return ErrorCode.BAD_OPCODE, None
+    else:
+        if (command & 0xF) not in rules(config):
+            return ErrorCode.BAD_OPCODE, None
+        try:
+            cmd = decode(command)
+        except DecodeError:
+            return ErrorCode.BAD_FIELD, None
     code = check(cmd, config, precision)
     return code, cmd if code == ErrorCode.OK else None

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 from opennpu.config import NpuConfig
 
-from .checks import check, rules, stream_weight_words, validate, weight_words
-from .isa import Command, ErrorCode, Opcode, Precision, Wait, encode
+from .checks import stream_weight_words, validate, weight_words
+from .isa import Command, Opcode, Precision, Wait, encode
 from .program import Program
 from .timing import WAIT_OF_UNIT, Access, Space, Unit, conflict
 
@@ -149,20 +149,15 @@ class DependencyTracker:
 
 
 def _walk(program: Program, config: NpuConfig):
-    """(index, raw word or None, accepted command or None, its accesses) for each command, tracking the
-    precision and PE buffer state that validation and accesses depend on."""
+    """(index, accepted command or None, its accesses) for each command, tracking the precision and PE
+    buffer state that validation and accesses depend on."""
     precision, cur = Precision.INT8, 0
     for index, command in enumerate(program.commands):
-        if isinstance(command, Command):          # (well-formed by construction: no decode needed)
-            word, cmd = None, command
-            code = check(cmd, config, precision) if cmd.op in rules(config) else ErrorCode.BAD_OPCODE
-        else:
-            word = command
-            code, cmd = validate(word, config, precision)
-        if code != ErrorCode.OK:
-            yield index, word, None, ()
+        _, cmd = validate(command, config, precision)
+        if cmd is None:
+            yield index, None, ()
             continue
-        yield index, word, cmd, accesses(cmd, config, precision, cur)
+        yield index, cmd, accesses(cmd, config, precision, cur)
         if cmd.op == Opcode.CONFIG:
             precision = Precision(cmd.precision)
         elif cmd.op == Opcode.PRELOAD:
@@ -173,7 +168,7 @@ def order_program(program: Program, config: NpuConfig) -> Program:
     """The program with the fewest ``wait`` tokens that order it added to each accepted command (tokens
     already set are kept). Raw-int commands stay raw ints; rejected ones are unchanged."""
     tracker, commands = DependencyTracker(), []
-    for index, word, cmd, accs in _walk(program, config):
+    for index, cmd, accs in _walk(program, config):
         original = program.commands[index]
         if cmd is None:
             commands.append(original)
@@ -189,6 +184,6 @@ def order_program(program: Program, config: NpuConfig) -> Program:
 def check_program(program: Program, config: NpuConfig):
     """Raise ``HazardError`` (naming both commands) if the program's tokens leave a hazard unordered."""
     tracker = DependencyTracker()
-    for index, _, cmd, accs in _walk(program, config):
+    for index, cmd, accs in _walk(program, config):
         if cmd is not None:
             tracker.dispatch(index, cmd, accs)

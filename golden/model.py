@@ -14,7 +14,7 @@ import numpy as np
 from opennpu.config import NpuConfig
 
 from . import numerics
-from .checks import check, k_tile, quant_params, rules, stream_weight_words, validate, weight_words
+from .checks import k_tile, quant_params, stream_weight_words, validate, weight_words
 from .deps import DependencyTracker, HazardError, accesses
 from .isa import ActFn, Buf, Command, ErrorCode, Precision
 from .program import COUNTER_NAMES, Program, ProgramError, Result
@@ -120,14 +120,8 @@ class GoldenNpu:
                       self.rejected)
 
     def _step(self, index: int, command):
-        """One command: a ``Command`` (well-formed by construction, so only its rule is checked) or a
-        raw word (decoded and checked, as the hardware does)."""
-        precision = self.regs["precision"]
-        if isinstance(command, Command):
-            cmd = command
-            code = check(cmd, self.config, precision) if cmd.op in rules(self.config) else ErrorCode.BAD_OPCODE
-        else:
-            code, cmd = validate(command, self.config, precision)
+        """One command: a ``Command`` or a raw word (``checks.validate``)."""
+        code, cmd = validate(command, self.config, self.regs["precision"])
         if code != ErrorCode.OK:
             if self.error == ErrorCode.OK:
                 self.error = code
