@@ -21,7 +21,7 @@ from .program import COUNTER_NAMES, Program, ProgramError, Result
 from .timing import CycleModel
 
 __all__ = ["GoldenNpu", "validate", "k_tile", "weight_words", "stream_weight_words", "event_costs",
-           "derive_energy", "reported_counters", "ProgramError", "HazardError"]
+           "energy_by_event", "derive_energy", "reported_counters", "ProgramError", "HazardError"]
 
 COUNTER_BEATS_BYTES = 8 * len(COUNTER_NAMES)
 REJECTED_MAX = 0xFFFF
@@ -44,17 +44,23 @@ def event_costs(config: NpuConfig, precision: Precision = Precision.INT8) -> dic
             "macs": e.mac_int4_fj if precision == Precision.A4W4 else e.mac_int8_fj}
 
 
-def derive_energy(config: NpuConfig, counters: dict) -> int:
-    """``energy_fj`` from the event counters, equal to what the hardware accumulator holds.
+def energy_by_event(config: NpuConfig, counters: dict) -> dict[str, int]:
+    """The energy (fJ) of each counted event kind (the keys of ``event_costs``), unwrapped.
 
     Every event but a MAC costs the same in every precision (``event_costs``); ``int4_macs`` of the
-    ``macs`` cost ``mac_int4_fj``, the rest ``mac_int8_fj``. The counters wrap at ``counter_bits``, so the
-    sum is taken modulo ``2 ** counter_bits`` too: the result is exact whenever the accumulator is.
+    ``macs`` cost ``mac_int4_fj``, the rest ``mac_int8_fj``.
     """
     int8, a4w4 = event_costs(config), event_costs(config, Precision.A4W4)
-    total = sum(counters[name] * cost for name, cost in int8.items() if name != "macs")
-    total += (counters["macs"] - counters["int4_macs"]) * int8["macs"] + counters["int4_macs"] * a4w4["macs"]
-    return total & config.counter_mask
+    parts = {name: counters[name] * cost for name, cost in int8.items() if name != "macs"}
+    parts["macs"] = (counters["macs"] - counters["int4_macs"]) * int8["macs"] + counters["int4_macs"] * a4w4["macs"]
+    return parts
+
+
+def derive_energy(config: NpuConfig, counters: dict) -> int:
+    """``energy_fj`` from the event counters, equal to what the hardware accumulator holds. The counters
+    wrap at ``counter_bits``, so the sum is taken modulo ``2 ** counter_bits`` too: the result is exact
+    whenever the accumulator is."""
+    return sum(energy_by_event(config, counters).values()) & config.counter_mask
 
 
 def reported_counters(config: NpuConfig, counters: dict) -> dict:

@@ -136,8 +136,7 @@ def _check_error(result):
 
 def figures(point: Point, counters: dict, layers: list) -> dict:
     """The figures of an ``"ok"`` point from its counters and its layers' ``(m, k, n)``."""
-    from opennpu.golden.isa import Precision
-    from opennpu.golden.model import event_costs
+    from opennpu.golden.model import energy_by_event
     c = point.config
     macs_per_pe = 2 if point.precision == "a4w4" else 1
     peak = c.rows * c.cols * macs_per_pe
@@ -145,14 +144,10 @@ def figures(point: Point, counters: dict, layers: list) -> dict:
     terms = {"compute": -(-counters["macs"] // peak), "dma_in": -(-counters["dma_in_bytes"] // c.bus_bytes),
              "dma_out": -(-counters["dma_out_bytes"] // c.bus_bytes)}
     bound = max(terms, key=terms.get)
-    int8, a4w4 = event_costs(c), event_costs(c, Precision.A4W4)
-    int4_macs = counters["int4_macs"]
-    parts = {"mac": (counters["macs"] - int4_macs) * int8["macs"] + int4_macs * a4w4["macs"],
-             "act_sram": (counters["act_reads"] + counters["act_writes"]) * int8["act_reads"],
-             "wgt_sram": (counters["wgt_reads"] + counters["wgt_writes"]) * int8["wgt_reads"],
-             "acc_sram": (counters["acc_reads"] + counters["acc_writes"]) * int8["acc_reads"],
-             "dma": (counters["dma_in_bytes"] + counters["dma_out_bytes"]) * int8["dma_in_bytes"],
-             "act_unit": counters["act_ops"] * int8["act_ops"]}
+    e = energy_by_event(c, counters)
+    parts = {"mac": e["macs"], "act_sram": e["act_reads"] + e["act_writes"],
+             "wgt_sram": e["wgt_reads"] + e["wgt_writes"], "acc_sram": e["acc_reads"] + e["acc_writes"],
+             "dma": e["dma_in_bytes"] + e["dma_out_bytes"], "act_unit": e["act_ops"]}
     if sum(parts.values()) & c.counter_mask != counters["energy_fj"]:
         raise RuntimeError(f"the energy breakdown sums to {sum(parts.values())} fJ, the energy_fj counter "
                            f"reads {counters['energy_fj']}")
