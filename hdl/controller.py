@@ -20,7 +20,7 @@ from opennpu.golden.timing import ACT_LATENCY, array_latency
 
 from .activation import ActivationUnit
 from .array import SystolicArray
-from .counters import Events, counters_layout
+from .counters import Events, counter_readout_signature
 from .decoder import command_layout
 from .dispatcher import Dispatcher, HeadState
 from .engine import compute_engine
@@ -58,10 +58,10 @@ class Controller(wiring.Component):
         A data-out beat this cycle.
     run_next : In(1)
         Whether the core advances in the next cycle: loaded into the enable copies of the units.
-    counters : In(ArrayLayout(unsigned(counter_bits), n))
-        The values a COUNTERS snapshot samples (``Counters.snapshot``, hdl/counters.py).
-    counter_sel : In(range(beats(8 * n))); counter_beat : Out(8 * bus_bytes)
-        A beat of the ST unit's counter snapshot word (``hdl/store_unit.py``), combinational.
+    counters : Out(counter_readout_signature(config))
+        The ST unit's readout of the counters (``hdl/counters.py``, ``hdl/store_unit.py``).
+    counter_sel : In(range(beats(8 * n)))
+        The beat of the counters that ``counters.sel`` asks for while the ST unit does not stream.
     events : Out(Events)
     busy : Out(1)
         Some unit is executing.
@@ -88,8 +88,8 @@ class Controller(wiring.Component):
             "next_head": Out(HeadState), "consume": Out(1),
             "din": In(8 * c.bus_bytes), "want_in": Out(1), "want_in_next": Out(1),
             "push": Out(1), "push_data": Out(8 * c.bus_bytes),
-            "run_next": In(1), "counters": In(counters_layout(c)),
-            "counter_sel": In(range(c.beats(8 * len(COUNTER_NAMES)))), "counter_beat": Out(8 * c.bus_bytes),
+            "run_next": In(1), "counters": Out(counter_readout_signature(c)),
+            "counter_sel": In(range(c.beats(8 * len(COUNTER_NAMES)))),
             "events": Out(Events), "busy": Out(1),
             "error": Out(3), "rejected": Out(16),
         })
@@ -123,6 +123,7 @@ class Controller(wiring.Component):
         wiring.connect(m, engine.acc_rmw_rd, acc.rd0)
         wiring.connect(m, wb.acc_rd, acc.rd1)
         wiring.connect(m, st.acc_rd, acc.rd2)
+        wiring.connect(m, st.counters, wiring.flipped(self.counters))
 
         busy = disp.busy
         m.d.comb += [
@@ -134,7 +135,7 @@ class Controller(wiring.Component):
             act_fn.bias.eq(ld.bias[wb.bias_bank]), act_fn.lut_we.eq(ld.lut_we), act_fn.lut_addr.eq(ld.lut_addr),
             act_fn.lut_wdata.eq(ld.lut_wdata),
             ld.din.eq(self.din), self.want_in.eq(ld.want), self.want_in_next.eq(ld.want_next),
-            st.counters.eq(self.counters), st.counter_sel.eq(self.counter_sel), self.counter_beat.eq(st.counter_beat),
+            st.counter_sel.eq(self.counter_sel),
             self.push.eq(wb.push | st.push),
             self.push_data.eq(Mux(wb.push, wb.push_data, st.push_data)),
         ]

@@ -1,19 +1,25 @@
-"""Hardware performance counters, including the ``energy_fj`` accumulator."""
+"""Hardware performance counters, including the ``energy_fj`` accumulator, kept in a small memory."""
 from amaranth import *
-from amaranth.lib import data, wiring
+from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
 from opennpu.config import NpuConfig
 from opennpu.golden.isa import Precision
-from opennpu.golden.model import event_costs
+from opennpu.golden.model import COUNTER_BEATS_BYTES, event_costs
 from opennpu.golden.program import COUNTER_NAMES
 
-__all__ = ["Events", "Counters", "counters_layout"]
+__all__ = ["Events", "Counters", "counter_readout_signature"]
 
 
-def counters_layout(config: NpuConfig) -> data.ArrayLayout:
-    """Every counter, ``config.counter_bits`` wide, in ``COUNTER_NAMES`` order."""
-    return data.ArrayLayout(unsigned(config.counter_bits), len(COUNTER_NAMES))
+def counter_readout_signature(config: NpuConfig) -> wiring.Signature:
+    """The reader's side of the counter readout (the ST unit, ``hdl/store_unit.py``).
+
+    ``sel``: a beat of the COUNTERS word (``COUNTER_NAMES`` order, 8 bytes per counter, zero-extended);
+    ``beat``: that beat, combinational from ``sel``. ``sample``: in this running cycle a COUNTERS command
+    samples the counters; ``held``: the sampled values are being read out (``beat`` shows them instead
+    of the live ones)."""
+    return wiring.Signature({"sel": Out(range(config.beats(COUNTER_BEATS_BYTES))), "sample": Out(1),
+                             "held": Out(1), "beat": In(8 * config.bus_bytes)})
 
 
 class Events(data.Struct):
@@ -56,51 +62,82 @@ def _balanced_sum(terms: list):
 class Counters(wiring.Component):
     """``config.counter_bits``-wide counters in ``COUNTER_NAMES`` order; they wrap like the golden model's.
 
-    ``cycles`` += ``active`` and ``stall_cycles`` += ``stall`` every cycle; their values include every
-    cycle before the current one. The events of each running (``run``) cycle go through a pipeline:
-    registered first (with the MACs' energy, a multiply), then added to each event counter while their
-    cost (from the configuration's energy table, the same ``event_costs`` the golden model uses) is
-    registered, then that cost is added to the energy total. The event counters and ``energy_fj``
-    (total + registered cost) read in cycle t therefore include the events of every cycle before t - 1:
-    two cycles of latency, and no path runs from the units' event logic into a counter adder, from a
-    multiply into the cost sum or from the cost sum into the total. ``int4_macs`` counts the MACs of
-    rows done in a4w4 (constant 0 without a4w4 in ``config.precisions``). Without
-    ``config.energy_counter`` there is no multiply, cost sum or total: ``energy_fj`` reads 0 and the
-    drivers derive it from the event counters (``golden.model.derive_energy``).
-    ``settled``: no event is in the pipeline (every value is final).
+    ``cycles`` += ``active`` and ``stall_cycles`` += ``stall`` every cycle, in registers; their values
+    include every cycle before the current one. The events of each running (``run``) cycle go through a
+    pipeline: registered first (with the MACs' energy, a multiply), then added to each event counter while
+    their cost (from the configuration's energy table, the same ``event_costs`` the golden model uses) is
+    registered (``pending``), then that cost is added to ``energy_fj``. The value of an event counter in
+    cycle t therefore includes the events of every cycle before t - 1.
 
-    ``snapshot``: what a COUNTERS command dispatched in the previous running cycle d samples in the
-    next running cycle (``hdl/store_unit.py``): the event counters as they are (every event before d,
-    since nothing happens in d itself) and ``cycles`` / ``stall_cycles`` as they were in d (registered
-    in every running cycle). So no snapshot register is loaded by the dispatch decision itself.
+    Storage: an event counter is a narrow *delta* register, to which its events are added, plus a
+    ``counter_bits`` word in a memory (LUT RAM on an FPGA): its value is word + delta (+ ``pending`` for
+    ``energy_fj``). One adder, visiting one counter a cycle in turn, moves its delta into its word (the
+    *flush*). So the wide adders and the readout mux of fifteen registers become one adder and memory read
+    ports. A delta is sized for the most its counter can gain between two flushes of it.
+
+    Readout (``readout``, from the ST unit): in the running cycle that ``sample``s, each counter's delta is
+    copied (``held_delta``); ``cycles`` and ``stall_cycles`` are read from marks, copies that follow their
+    registers one cycle late and stop from that cycle to the end of the readout (so they keep the value of
+    the cycle before, as a COUNTERS command needs); while ``held``, no flush writes the
+    memory and ``beat`` shows word + copied delta, i.e. the values sampled. Otherwise ``beat`` shows the
+    words alone and the marks, which are the counters once ``settled``: no event in the pipeline, every
+    delta flushed (at most 15 cycles after the last event), and the core inactive since the cycle before
+    (so the marks have caught up). So ``beat`` is exact while ``held``, and while ``settled``
+    (what the drivers and the host link's STATUS reply read when the NPU is idle).
+    ``int4_macs`` counts the MACs of rows done in a4w4 (always 0 without a4w4 in ``config.precisions``).
+    Without ``config.energy_counter``, ``energy_fj`` reads 0 and the drivers derive it from the event
+    counters (``golden.model.derive_energy``).
 
     Members
     -------
     run, active, stall : In(1)
         ``run``: the core's clock enable this cycle (a register, ``hdl/top.py``).
     events : In(Events)
-    values, snapshot : Out(ArrayLayout(unsigned(counter_bits), len(COUNTER_NAMES)))
+    readout : In(counter_readout_signature(config))
     settled : Out(1)
     """
 
-    #: Counters whose values include the cycle before the current one (the rest lag one more cycle).
+    #: Counters held in registers, whose values include the cycle before the current one.
     LIVE = ("cycles", "stall_cycles")
 
     def __init__(self, config: NpuConfig):
         self._config = config
-        layout = counters_layout(config)
         super().__init__({"run": In(1), "active": In(1), "stall": In(1), "events": In(Events),
-                          "values": Out(layout), "snapshot": Out(layout), "settled": Out(1)})
+                          "readout": In(counter_readout_signature(config)), "settled": Out(1)})
+
+    def _max_gain(self) -> dict:
+        """The most each event counter can gain in one cycle."""
+        c = self._config
+        cost, cost_int4 = event_costs(c), event_costs(c, Precision.A4W4)
+        macs = c.rows * c.cols * (2 if "a4w4" in c.precisions else 1)
+        fields = {name: (1 << width) - 1 for name, width in
+                  (("act_reads", 2), ("act_writes", 2), ("wgt_reads", 2), ("wgt_writes", 1), ("acc_reads", 2),
+                   ("acc_writes", 1), ("dma_in_bytes", 1), ("dma_out_bytes", 1), ("act_ops", 1))}
+        factors = {"dma_in_bytes": c.bus_bytes, "dma_out_bytes": c.bus_bytes, "act_ops": c.cols}
+        gain = {name: count * factors.get(name, 1) for name, count in fields.items()}
+        energy = (max(macs * cost["macs"], macs * cost_int4["macs"])
+                  + sum(g * cost[name] for name, g in gain.items())) if c.energy_counter else 0
+        return {"busy_cycles": 1, "macs": macs, "int4_macs": macs if "a4w4" in c.precisions else 0,
+                **gain, "energy_fj": energy}
 
     def elaborate(self, platform):
         m = Module()
         c = self._config
         bits = c.counter_bits
-        value = {name: self.values[i] for i, name in enumerate(COUNTER_NAMES)}
-        with m.If(self.active):
-            m.d.sync += value["cycles"].eq(value["cycles"] + 1)
-        with m.If(self.stall):
-            m.d.sync += value["stall_cycles"].eq(value["stall_cycles"] + 1)
+        n = len(COUNTER_NAMES)
+        index = {name: i for i, name in enumerate(COUNTER_NAMES)}
+        ro = self.readout
+        sample = ro.sample & self.run
+
+        # cycles / stall_cycles: registers; ``mark`` holds the value of the last running cycle, frozen
+        # from the sampling cycle to the end of the readout.
+        live, mark = {}, {}
+        for name, inc in (("cycles", self.active), ("stall_cycles", self.stall)):
+            live[name], mark[name] = Signal(bits, name=name), Signal(bits, name=f"{name}_mark")
+            with m.If(inc):
+                m.d.sync += live[name].eq(live[name] + 1)
+            with m.If(self.run & ~sample & ~ro.held):
+                m.d.sync += mark[name].eq(live[name])
 
         # Stage 1: the events of a running cycle.
         # (``macs`` and ``int4_macs`` describe a row: kept only with one, so that no row means all zero.)
@@ -110,32 +147,75 @@ class Counters(wiring.Component):
                      counted.macs.eq(Mux(self.events.row, self.events.macs, 0)),
                      counted.int4_macs.eq(self.events.row & int4)]
         m.d.sync += ev.eq(Mux(self.run, counted, 0))
-        m.d.comb += self.settled.eq(ev.as_value() == 0)
-        # Stage 2: the event counters add them.
-        increments = {"busy_cycles": ev.row, "macs": ev.macs, "int4_macs": Mux(ev.int4_macs, ev.macs, 0),
-                      **{name: field * factor for name, (field, factor) in _costed_events(ev, c).items()}}
-        for name, inc in increments.items():
-            m.d.sync += value[name].eq(value[name] + inc)
+        # Stage 2: what each event counter gains (``add``); ``extra``: gained but not yet in its delta.
+        add = {"busy_cycles": ev.row, "macs": ev.macs, "int4_macs": Mux(ev.int4_macs, ev.macs, 0),
+               **{name: field * factor for name, (field, factor) in _costed_events(ev, c).items()}}
+        extra = {}
+        pending = Signal(bits)
         if c.energy_counter:
             # The MACs' energy (a multiply, in a DSP block) is computed in stage 1, beside the register;
-            # stage 2 registers the cost of the events in ``pending``; stage 3 adds it to the total.
+            # stage 2 registers the cost of the events in ``pending``; stage 3 adds it to the delta.
             cost, cost_int4 = event_costs(c), event_costs(c, Precision.A4W4)
             mac_energy = Signal(bits)
             m.d.sync += mac_energy.eq(Mux(self.run, counted.macs * Mux(counted.int4_macs, cost_int4["macs"],
                                                                        cost["macs"]), 0))
             # Each event's cost from a table on its (1- or 2-bit) count, no multiplier; a balanced sum.
-            energy = _balanced_sum([_scaled(field, factor * cost[name])
-                                    for name, (field, factor) in _costed_events(ev, c).items()] + [mac_energy])
-            total, pending = Signal(bits), Signal(bits)
-            m.d.sync += [pending.eq(energy), total.eq(total + pending)]
-            m.d.comb += value["energy_fj"].eq(total + pending)
+            m.d.sync += pending.eq(_balanced_sum([_scaled(field, factor * cost[name])
+                                                  for name, (field, factor) in _costed_events(ev, c).items()]
+                                                 + [mac_energy]))
+            add["energy_fj"] = extra["energy_fj"] = pending
 
-        for i, name in enumerate(COUNTER_NAMES):
-            if name in self.LIVE:
-                mark = Signal(bits, name=f"{name}_mark")
-                with m.If(self.run):
-                    m.d.sync += mark.eq(value[name])
-                m.d.comb += self.snapshot[i].eq(mark)
-            else:
-                m.d.comb += self.snapshot[i].eq(value[name])
+        # Deltas, sized for the most a counter gains between two of its flushes: the flush visits the
+        # counters in turn, one per cycle that is not held (``n`` such cycles a round); a held readout
+        # lasts at most ``beats`` running cycles and two held readouts are at least one flush cycle
+        # apart; a frozen core still gains in the two pipeline cycles after its last running cycle.
+        beats = c.beats(COUNTER_BEATS_BYTES)
+        window = (n + 1) * (beats + 2) + n
+        deltas = {name: Signal(min(bits, max(1, (gain * window).bit_length())), name=f"{name}_delta")
+                  for name, gain in self._max_gain().items() if gain}
+        held_delta = {name: Signal.like(d, name=f"{name}_held") for name, d in deltas.items()}
+
+        m.submodules.words = words = memory.Memory(shape=unsigned(bits), depth=1 << (n - 1).bit_length(), init=[])
+        flush_rd = words.read_port(domain="comb")
+        wr = words.write_port()
+        p = Signal(range(n))                 # the counter the flush visits
+        flushing = ~ro.held                  # (``p`` moves on only with a flush, so no counter starves)
+        with m.If(flushing):
+            m.d.sync += p.eq(Mux(p == n - 1, 0, p + 1))
+        m.d.comb += [flush_rd.addr.eq(p), wr.addr.eq(p),
+                     wr.data.eq(flush_rd.data + Array(deltas.get(name, C(0)) for name in COUNTER_NAMES)[p]),
+                     wr.en.eq(flushing & Array(C(name in deltas) for name in COUNTER_NAMES)[p])]
+        for name, d in deltas.items():
+            flushed = flushing & (p == index[name])
+            m.d.sync += d.eq(Mux(flushed, 0, d) + add[name])
+            with m.If(sample):
+                m.d.sync += held_delta[name].eq(Mux(flushed, 0, d) + extra.get(name, 0))
+        # (A cycle after the last active one, ``mark`` has caught up with ``cycles`` and ``stall_cycles``:
+        # the core is not frozen in a cycle after an inactive one, hdl/top.py.)
+        was_active = Signal()
+        m.d.sync += was_active.eq(self.active)
+        m.d.comb += self.settled.eq(~was_active & (ev.as_value() == 0) & (pending == 0)
+                                    & ~Cat(*deltas.values()).any())
+
+        # The readout: counters ``sel * bus_bytes // 8`` onwards, as many as a beat holds.
+        bus = 8 * c.bus_bytes
+        per_beat = max(1, c.bus_bytes // 8)
+        first = (ro.sel * c.bus_bytes)[3:]
+        slots = []
+        for q in range(per_beat):
+            j = Signal(range(n + per_beat + 1), name=f"sel{q}")
+            m.d.comb += j.eq(first + q)
+            rd = words.read_port(domain="comb")
+            m.d.comb += rd.addr.eq(j)
+            held = Array(held_delta.get(name, C(0)) for name in COUNTER_NAMES)[j]
+            value = Signal(bits, name=f"value{q}")
+            m.d.comb += value.eq(rd.data + Mux(ro.held, held, 0))
+            for name in self.LIVE:
+                with m.If(j == index[name]):
+                    m.d.comb += value.eq(mark[name])
+            slots.append(Cat(Mux(j < n, value, 0), C(0, 64 - bits)))
+        word = Cat(*slots)
+        if c.bus_bytes < 8:
+            word = word.word_select(ro.sel[:(8 // c.bus_bytes).bit_length() - 1], bus)
+        m.d.comb += ro.beat.eq(word)
         return m

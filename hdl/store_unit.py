@@ -7,7 +7,7 @@ from opennpu.config import NpuConfig
 from opennpu.golden.program import COUNTER_NAMES
 
 from .common import read_port_signature
-from .counters import counters_layout
+from .counters import counter_readout_signature
 
 __all__ = ["StoreMode", "StoreUnit"]
 
@@ -20,27 +20,21 @@ class StoreMode:
 
 
 class StoreUnit(wiring.Component):
-    """Streams SRAM words (or the counter snapshot) out, one data-out beat per cycle.
+    """Streams SRAM words (or the counters) out, one data-out beat per cycle.
 
     Timing: ``start`` in cycle d; word 0 read in d+1; beats pushed d+2 .. d+1+n*b (b beats per word;
     the next word is read during the previous word's last beat); ``busy`` high d+1 .. d+1+n*b.
-    COUNTERS behaves as one word of ``beats(8 * len(COUNTER_NAMES))`` beats taken from ``counters``
-    (``Counters.snapshot``), sampled in cycle d+1: every cycle and event before cycle d. Only the
-    ``counter_bits`` of each counter are registered; the word carries each in 8 bytes, zero-extended.
-
-    The snapshot register loads ``counters`` in every running cycle in which the unit does not stream
-    (``busy`` low, or the cycle d+1 that samples a command), so while the NPU is idle it holds the
-    final counters (from two cycles after it becomes idle: ``Counters.snapshot`` is final one cycle
-    after ``values``). ``counter_beat`` is beat ``counter_sel`` of that word (the beat
-    being pushed while ``busy``): the host link's STATUS reply reads the counters through it, with the
-    same beat mux the COUNTERS command uses (combinational, no latency).
+    COUNTERS behaves as one word of ``beats(8 * len(COUNTER_NAMES))`` beats read from the counters
+    (``counters``, ``hdl/counters.py``): ``sample`` in cycle d+1, which fixes every cycle and event
+    before cycle d, ``held`` while the beats are pushed, and ``sel`` the beat being pushed. While the
+    unit does not stream, ``sel`` is ``counter_sel`` (the host link's STATUS reply reads the counters so
+    while the NPU is idle).
 
     Members
     -------
     start, mode, addr, rows : In
-    counters : In(ArrayLayout(unsigned(counter_bits), len(COUNTER_NAMES)))
     counter_sel : In(range(beats(8 * len(COUNTER_NAMES))))
-    counter_beat : Out(8 * bus_bytes)
+    counters : Out(counter_readout_signature(config))
     busy : Out(1)
     act_rd, wgt_rd, acc_rd : SRAM read ports.
     push, push_data : Out
@@ -51,8 +45,7 @@ class StoreUnit(wiring.Component):
         self._config = c = config
         super().__init__({
             "start": In(1), "mode": In(2), "addr": In(16), "rows": In(16),
-            "counters": In(counters_layout(c)),
-            "counter_sel": In(range(c.beats(8 * len(COUNTER_NAMES)))), "counter_beat": Out(8 * c.bus_bytes),
+            "counter_sel": In(range(c.beats(8 * len(COUNTER_NAMES)))), "counters": Out(counter_readout_signature(c)),
             "busy": Out(1),
             "act_rd": In(read_port_signature(c.act_depth, 8 * c.act_word_bytes)),
             "wgt_rd": In(read_port_signature(c.wgt_depth, 8 * c.wgt_word_bytes)),
@@ -72,7 +65,6 @@ class StoreUnit(wiring.Component):
             StoreMode.WGT: (self.wgt_rd.data, self.wgt_rd, self.ev_wgt_read),
             StoreMode.ACC: (self.acc_rd.data, self.acc_rd, self.ev_acc_read),
         }
-        snapshot = Signal.like(self.counters)
         mode, first = Signal(2), Signal()
         addr, words_left = Signal(16), Signal(17)
         counter_beats = c.beats(8 * len(COUNTER_NAMES))
@@ -83,15 +75,14 @@ class StoreUnit(wiring.Component):
             m.d.sync += [self.busy.eq(1), mode.eq(self.mode), first.eq(1), addr.eq(self.addr), beat.eq(0),
                          words_left.eq(Mux(self.mode == StoreMode.COUNTERS, 1, self.rows))]
 
-        with m.If(~self.busy | first):
-            m.d.sync += snapshot.eq(self.counters)
-        counters_word = Cat(Cat(snapshot[i], Const(0, 64 - c.counter_bits)) for i in range(len(COUNTER_NAMES)))
-        counters_word = Cat(counters_word, Const(0, counter_beats * bus - len(counters_word)))
-        m.d.comb += self.counter_beat.eq(counters_word.word_select(Mux(self.busy, beat, self.counter_sel), bus))
+        reading_counters = self.busy & (mode == StoreMode.COUNTERS)
+        m.d.comb += [self.counters.sel.eq(Mux(self.busy, beat, self.counter_sel)),
+                     self.counters.sample.eq(reading_counters & first),
+                     self.counters.held.eq(reading_counters & ~first)]
         outputs = {mode_value: (Cat(word, Const(0, c.beats(len(word) // 8) * bus - len(word))).word_select(beat, bus),
                                 c.beats(len(word) // 8))
                    for mode_value, (word, _, _) in sources.items()}
-        outputs[StoreMode.COUNTERS] = (self.counter_beat, counter_beats)
+        outputs[StoreMode.COUNTERS] = (self.counters.beat, counter_beats)
 
         read = Signal()
         with m.If(self.busy):

@@ -58,12 +58,11 @@ class NpuTop(wiring.Component):
     dout : Out(stream.Signature(8 * bus_bytes))
         STORE / ACTIVATE-to-host / COUNTERS output. Once valid, payload and valid hold until taken.
     status : Out(Status)
-    counters : Out(ArrayLayout(unsigned(64), len(COUNTER_NAMES)))
-        Live counters (``golden.program.COUNTER_NAMES`` order), ``counter_bits`` wide, zero-extended.
     counter_sel : In(range(beats(8 * len(COUNTER_NAMES)))); counter_beat : Out(8 * bus_bytes)
-        Beat ``counter_sel`` of the ST unit's counter snapshot word (the COUNTERS data-out layout,
-        ``hdl/store_unit.py``), combinational: while ``status.idle``, the final counters from two cycles
-        after ``idle`` rises; while the ST unit streams, the beat it pushes.
+        Beat ``counter_sel`` of the counters in the COUNTERS data-out layout (``golden.program.COUNTER_NAMES``
+        order, 8 bytes each, zero-extended from ``counter_bits``), combinational; exact while
+        ``status.idle`` (the drivers and the host link's STATUS reply read the final counters so). While
+        the ST unit streams, the beat it pushes.
     """
 
     def __init__(self, config: NpuConfig):
@@ -76,7 +75,6 @@ class NpuTop(wiring.Component):
             "din": In(stream.Signature(bus)),
             "dout": Out(stream.Signature(bus)),
             "status": Out(Status),
-            "counters": Out(data.ArrayLayout(unsigned(64), len(COUNTER_NAMES))),
             "counter_sel": In(range(config.beats(8 * len(COUNTER_NAMES)))), "counter_beat": Out(bus),
         })
 
@@ -95,6 +93,7 @@ class NpuTop(wiring.Component):
         run = enables.copy("run")
         m.submodules.core = core
         m.submodules.perf = perf
+        wiring.connect(m, core.counters, perf.readout)
         m.submodules.din_fifo = din_fifo = fifo.SyncFIFO(width=bus, depth=2)
         m.submodules.dout_fifo = dout_fifo = fifo.SyncFIFO(width=bus, depth=3)
 
@@ -116,8 +115,8 @@ class NpuTop(wiring.Component):
             take.eq(pre_valid & (~head.valid | consumed)),
             core.head.eq(head), core.cmd_word.eq(self.cmd.payload.word),
             core.next_word.eq(pre.word), core.next_errors.eq(pre_errors),
-            core.din.eq(din_fifo.r_data), core.counters.eq(perf.snapshot),
-            core.counter_sel.eq(self.counter_sel), self.counter_beat.eq(core.counter_beat),
+            core.din.eq(din_fifo.r_data),
+            core.counter_sel.eq(self.counter_sel), self.counter_beat.eq(perf.readout.beat),
             self.cmd.ready.eq(~pre_valid | take),
             din_fifo.w_en.eq(self.din.valid), din_fifo.w_data.eq(self.din.payload),
             self.din.ready.eq(din_fifo.w_rdy), din_fifo.r_en.eq(pop_in),
@@ -155,7 +154,6 @@ class NpuTop(wiring.Component):
             perf.run.eq(enables.copy("run_perf")), perf.active.eq(active),
             perf.stall.eq(active & Mux(core_active, ~run, ~pushed_before)),
             perf.events.eq(core.events),
-            *[self.counters[i].eq(perf.values[i]) for i in range(len(COUNTER_NAMES))],
             self.status.error.eq(core.error), self.status.rejected.eq(core.rejected),
             self.status.idle.eq(~active & ~pre_valid & perf.settled),
         ]

@@ -11,8 +11,8 @@ from amaranth.sim import Simulator
 
 from opennpu.config import NpuConfig
 from opennpu.golden.isa import ErrorCode
-from opennpu.golden.model import reported_counters
-from opennpu.golden.program import COUNTER_NAMES, Program, Result
+from opennpu.golden.model import COUNTER_BEATS_BYTES, reported_counters
+from opennpu.golden.program import Program, Result, decode_counters
 from opennpu.hdl.controller import check_rtl_config
 from opennpu.hdl.top import NpuTop
 
@@ -77,7 +77,11 @@ def run_pysim(config: NpuConfig, program: Program, *, backpressure: int | None =
                    rng_for("cmd"), tick)
         while not ctx.get(dut.status.idle):
             await tick()
-        done["counters"] = {name: ctx.get(dut.counters[i]) for i, name in enumerate(COUNTER_NAMES)}
+        readout = b""
+        for beat in range(config.beats(COUNTER_BEATS_BYTES)):        # the counters' readout port
+            ctx.set(dut.counter_sel, beat)
+            readout += ctx.get(dut.counter_beat).to_bytes(config.bus_bytes, "little")
+        done["counters"] = decode_counters(readout)
         done["error"] = ctx.get(dut.status.error)
         done["rejected"] = ctx.get(dut.status.rejected)
 

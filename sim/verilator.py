@@ -49,8 +49,8 @@ from pathlib import Path
 
 from opennpu.config import NpuConfig
 from opennpu.golden.isa import ErrorCode
-from opennpu.golden.model import reported_counters
-from opennpu.golden.program import COUNTER_NAMES, Program, Result, decode_counters
+from opennpu.golden.model import COUNTER_BEATS_BYTES, reported_counters
+from opennpu.golden.program import Program, Result, decode_counters
 
 from .driver import BackendUnavailable, program_words
 
@@ -140,15 +140,17 @@ def _locked(path: Path):
 
 def _layout_defines(config: NpuConfig) -> dict:
     """Harness constants (``-D``) and wrapper port widths (``-G``), from the RTL's own port layouts."""
+    from amaranth.hdl import Shape
     from amaranth.lib import data
 
     from opennpu.hdl.top import CommandBeat, Status
     status, beat = data.Layout.cast(Status), data.Layout.cast(CommandBeat)
+    counter_beats = config.beats(COUNTER_BEATS_BYTES)
     return {"-D": {"OPENNPU_BUS_BYTES": config.bus_bytes, "OPENNPU_CMD_LAST_BIT": beat["last"].offset,
                    "OPENNPU_IDLE_BIT": status["idle"].offset, "OPENNPU_STATUS_BYTES": -(-status.size // 8),
-                   "OPENNPU_COUNTERS_BYTES": 8 * len(COUNTER_NAMES)},
+                   "OPENNPU_COUNTER_BEATS": counter_beats},
             "-G": {"CMD_BITS": beat.size, "BUS_BITS": 8 * config.bus_bytes, "STATUS_BITS": status.size,
-                   "COUNTER_BITS": 64 * len(COUNTER_NAMES)}}
+                   "SEL_BITS": Shape.cast(range(counter_beats)).width}}
 
 
 def _export_verilog(config: NpuConfig, directory: Path):
@@ -277,7 +279,8 @@ def _decode(config: NpuConfig, blob: bytes, count: int) -> list[Result]:
 
     from opennpu.hdl.top import Status
     d = _layout_defines(config)["-D"]
-    status_bytes, counter_bytes, bus = d["OPENNPU_STATUS_BYTES"], d["OPENNPU_COUNTERS_BYTES"], config.bus_bytes
+    bus = config.bus_bytes
+    status_bytes, counter_bytes = d["OPENNPU_STATUS_BYTES"], d["OPENNPU_COUNTER_BEATS"] * bus
     status_layout = data.Layout.cast(Status)
     magic, n = struct.unpack_from("<II", blob, 0)
     if magic != _MAGIC_OUT or n != count:

@@ -6,7 +6,7 @@
 //           u32 backpressure (0/1), u64 seed, n_commands x 16-byte command words, n_beats x BUS beats.
 //   stdout: u32 magic "ONPO", u32 count, then per program
 //           u32 outcome (0 idle, 1 total cycle limit, 2 no stream transfer for max_quiet cycles),
-//           u64 cycles, STATUS_BYTES raw status port, COUNTERS_BYTES raw counters port,
+//           u64 cycles, STATUS_BYTES raw status port, COUNTER_BEATS x BUS counter readout beats,
 //           u32 n_out, n_out x BUS data-out beats.
 // Each program runs on a fresh model (SRAMs zero, registers at their reset values), like a fresh
 // pysim Simulator. Stream behaviour mirrors sim/pysim.py: a sender may idle 1..3 cycles before each
@@ -18,7 +18,7 @@
 // reads cycle t's handshakes, then presents cycle t+1's inputs and clocks once.
 //
 // Compile-time constants (-D, from the Python layouts): OPENNPU_BUS_BYTES, OPENNPU_CMD_LAST_BIT,
-// OPENNPU_IDLE_BIT, OPENNPU_STATUS_BYTES, OPENNPU_COUNTERS_BYTES. Tracing: VM_TRACE_VCD / VM_TRACE_FST
+// OPENNPU_IDLE_BIT, OPENNPU_STATUS_BYTES, OPENNPU_COUNTER_BEATS. Tracing: VM_TRACE_VCD / VM_TRACE_FST
 // builds write the waveform of a single program to the path in argv[1].
 #include <cstdint>
 #include <cstdio>
@@ -241,15 +241,19 @@ void run(const Program& p, std::vector<uint8_t>& out, const char* trace_path) {
 #if VM_TRACE_FST || VM_TRACE_VCD
     if (tracer) tracer->close();
 #endif
-    top->final();
 
     write_le<uint32_t>(out, outcome);
     write_le<uint64_t>(out, cycle);
-    uint8_t status[OPENNPU_STATUS_BYTES], counters[OPENNPU_COUNTERS_BYTES];
+    uint8_t status[OPENNPU_STATUS_BYTES];
     get_bytes(top->status, status, sizeof status);
-    get_bytes(top->counters, counters, sizeof counters);
     out.insert(out.end(), status, status + sizeof status);
-    out.insert(out.end(), counters, counters + sizeof counters);
+    for (uint32_t sel = 0; sel < OPENNPU_COUNTER_BEATS; ++sel) {   // the counters' readout port
+        top->counter_sel = sel;
+        top->eval();
+        get_bytes(top->counter_beat, beat, kBus);
+        out.insert(out.end(), beat, beat + kBus);
+    }
+    top->final();
     write_le<uint32_t>(out, static_cast<uint32_t>(outputs.size() / kBus));
     out.insert(out.end(), outputs.begin(), outputs.end());
 }

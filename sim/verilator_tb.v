@@ -6,12 +6,13 @@
 // yields the NPU's outputs for cycle t+1. The NPU sees exactly the input sequence of a testbench that
 // drives its ports directly, but Verilator evaluates the design's logic once per cycle instead of
 // three times (top-level inputs feed combinational paths to ready, so a direct drive re-runs that
-// logic on every eval() call). `rst` starts high, so the first edge resets the NPU.
+// logic on every eval() call). `rst` starts high, so the first edge resets the NPU. `counter_sel` is
+// not registered: the harness reads the counters through it once the run is over.
 module opennpu_tb #(
     parameter CMD_BITS = 129,
     parameter BUS_BITS = 128,
     parameter STATUS_BITS = 20,
-    parameter COUNTER_BITS = 960
+    parameter SEL_BITS = 3
 ) (
     input clk,
     input rst_next,
@@ -20,12 +21,13 @@ module opennpu_tb #(
     input din_valid_next,
     input [BUS_BITS-1:0] din_payload_next,
     input dout_ready_next,
+    input [SEL_BITS-1:0] counter_sel,
     output cmd_ready,
     output din_ready,
     output dout_valid,
     output [BUS_BITS-1:0] dout_payload,
     output [STATUS_BITS-1:0] status,
-    output [COUNTER_BITS-1:0] counters
+    output [BUS_BITS-1:0] counter_beat
 );
     reg rst = 1'b1;
     reg cmd_valid = 1'b0;
@@ -56,6 +58,7 @@ module opennpu_tb #(
         .dout__ready(dout_ready),
         .dout__payload(dout_payload),
         .status(status),
-        .counters(counters)
+        .counter_sel(counter_sel),
+        .counter_beat(counter_beat)
     );
 endmodule

@@ -26,5 +26,5 @@ def gtkw_traces(top) -> dict:
         "SRAM ports": [ex.act_rd.addr, ex.act_rd.en, ex.acc_wr.addr, ex.acc_wr.en, ex.acc_rmw_rd.en,
                        *weight_port, ld.act_wr.en, ld.wgt_wr.en, wb.acc_rd.en, wb.act_wr.en, st.act_rd.en],
         "activation unit": [core.act_fn.i_valid, core.act_fn.o_valid, core.act_fn.o_data],
-        "counters": [top.counters],
+        "counters": [top.counter_sel, top.counter_beat],
     }
