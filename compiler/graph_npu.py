@@ -12,7 +12,14 @@ Lowerings, all exact against the host kernels (``host_kernels``, TFLite's refere
 
 * ``conv2d``: weights (O, kh, kw, I) -> K x N with K in (channel, kernel row, kernel column) order.
 * ``fully_connected``: weights (N, K) -> K x N; the input is flattened channels-last, as TFLite does.
-* ``depthwise_conv2d``: cut into groups of ``cols`` input channels (one N tile of outputs each), each a
+* ``average_pool2d`` whose windows all lie inside the input (one divisor for every position): a
+  one-channel convolution with unit weights (K = the window's taps, N = 1) over every (sample, channel)
+  pair as its own sample, whose requantization divides by the window size exactly as TFLite does
+  (``pool_divisor``: one multiplier, checked against every sum the window can reach). One column of the
+  array works; the weights are the window's taps, not a block-diagonal matrix. Pools whose windows
+  overlap the padding divide by a count that varies per position: host.
+* ``depthwise_conv2d``: cut into groups of ``cols`` input channels (one N tile of outputs each; fewer
+  when a group's im2col row would not fit half the activation SRAM), each a
   dense convolution with block-diagonal weights (output channel ``c*M + m`` reads only input channel
   ``c``), one NPU program per group. Exact, but a K tile of a group feeds only its own channels'
   columns, so utilization is at most ``1 / cols`` (6 % on 16x16), which the per-layer report shows. A
@@ -24,20 +31,103 @@ outputs occupy.
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from opennpu.config import NpuConfig
 from opennpu.golden import numerics
 
-from .graph import Graph, Node
-from .host_kernels import check_graph_input, run_node
+from .graph import Graph, Node, Requant
+from .host_kernels import check_graph_input, pool_counts, run_node
 from .model_program import compile_model, run_model
 from .qlayers import ConvGeom, QLayer, QuantModel, TensorSpec
 
-__all__ = ["NPU_OPS", "lower_node", "run_on_npu"]
+__all__ = ["NPU_OPS", "npu_runs", "pool_divisor", "lower_node", "run_on_npu"]
 
-#: graph IR ops the NPU runs
-NPU_OPS = frozenset({"conv2d", "depthwise_conv2d", "fully_connected"})
+#: graph IR ops the NPU runs (``npu_runs`` says which nodes of them)
+NPU_OPS = frozenset({"conv2d", "depthwise_conv2d", "fully_connected", "average_pool2d"})
+
+
+@lru_cache(maxsize=None)
+def pool_divisor(count: int) -> tuple[int, int]:
+    """``(M0, shift)`` with which the NPU's requantization (``numerics.requantize``, double rounding)
+    turns every sum of ``count`` int8 values into TFLite's AVERAGE_POOL_2D result, the sum divided by
+    ``count`` and rounded half away from zero. Checked on every sum in [-128 * count, 127 * count];
+    candidates are the multipliers next to ``2^(31 - shift) / count`` for shift 0, -1, .., -31."""
+    sums = np.arange(-128 * count, 127 * count + 1, dtype=np.int64)
+    half = count // 2
+    want = np.where(sums > 0, (sums + half) // count, -((half - sums) // count))
+    for shift in range(0, -32, -1):
+        centre = (1 << (31 - shift)) // count
+        for m0 in range(max(0, centre - 2), min(centre + 3, numerics.INT32_MAX + 1)):
+            if np.array_equal(numerics.requantize(sums, m0, shift), want):
+                return m0, shift
+    raise ValueError(f"no requantization multiplier divides sums of {count} int8 values exactly")
+
+
+def _group_size(node: Node, config: NpuConfig) -> int:
+    """Input channels per program of a depthwise node: ``cols`` (one N tile), halved until one im2col
+    row of the group (channels x taps) fits half the activation SRAM; 0 if none does (an average pool
+    runs one channel at a time: 1 if its taps fit, else 0)."""
+    kh, kw = node.attrs.window.kernel
+    group = config.cols if node.op == "depthwise_conv2d" else 1
+    while group and -(-group * kh * kw // config.rows) > config.act_depth // 2:
+        group //= 2
+    return group
+
+
+def _uniform_pool(x_shape: tuple, window) -> bool:
+    """Every window of the pool lies inside the input: one divisor for every output position."""
+    return bool(np.all(pool_counts((1, *x_shape), window) == window.kernel[0] * window.kernel[1]))
+
+
+def npu_runs(graph: Graph, node: Node, config: NpuConfig, npu_ops=NPU_OPS) -> bool:
+    """Whether ``node`` runs on the NPU: its op is in ``npu_ops``; an average pool's windows all lie
+    inside the input; a depthwise or pooling node's im2col row (of one group) fits the activation SRAM."""
+    if node.op not in npu_ops:
+        return False
+    if node.op == "average_pool2d" and not _uniform_pool(graph.tensors[node.inputs[0]].shape, node.attrs.window):
+        return False
+    return node.op == "conv2d" or node.op == "fully_connected" or _group_size(node, config) > 0
+
+
+def _operands(graph: Graph, node: Node) -> tuple:
+    """(weights, bias, M0 per channel, shift per channel, input zero point, requant) of a convolution or
+    fully connected node."""
+    x_t, out_t = graph.tensors[node.inputs[0]], graph.tensors[node.output]
+    n = out_t.shape[-1]
+    a = node.attrs
+    r = a.requant
+    bias = np.zeros(n, np.int64) if node.inputs[2] is None else np.asarray(graph.tensors[node.inputs[2]].data,
+                                                                            np.int64)
+    return (np.asarray(graph.tensors[node.inputs[1]].data, np.int64), bias, np.broadcast_to(r.multiplier, (n,)),
+            np.broadcast_to(r.shift, (n,)), a.in_zp, r)
+
+
+def _geometry(node: Node, in_chw: tuple, out_shape: tuple) -> ConvGeom:
+    win = node.attrs.window
+    pads = tuple(max(p, 0) for p in win.pads)   # (negative: rows the last window does not reach)
+    geom = ConvGeom(in_chw, win.kernel, win.stride, pads, win.dilation, 1)
+    if geom.out_hw != tuple(out_shape[:2]):
+        raise ValueError(f"node {node.name!r}: output {out_shape[:2]} but the window gives {geom.out_hw}")
+    return geom
+
+
+def _lower_pool(graph: Graph, node: Node) -> QLayer:
+    """An average pool, one channel of one sample: unit weights over the window, no zero points (TFLite
+    pools the raw int8 values), ``pool_divisor`` as the requantization, the fused clamp."""
+    x_t, out_t = graph.tensors[node.inputs[0]], graph.tensors[node.output]
+    a = node.attrs
+    h, wd, _ = x_t.shape
+    if not _uniform_pool(x_t.shape, a.window):
+        raise ValueError(f"node {node.name!r}: its pooling windows overlap the padding (a count per "
+                         f"position), which the NPU cannot divide by; run it on the host")
+    taps = a.window.kernel[0] * a.window.kernel[1]
+    m0, shift = pool_divisor(taps)
+    return QLayer(node.name, node.op, np.ones((taps, 1), np.int64), np.zeros(1, np.int64), m0, shift, 0, a.qmin,
+                  a.qmax, None, (1, h, wd), (x_t.scale[0], 0), (out_t.scale[0], out_t.zero_point[0]),
+                  _geometry(node, (1, h, wd), out_t.shape))
 
 
 def _dense_depthwise(w: np.ndarray, channels: int) -> np.ndarray:
@@ -51,18 +141,17 @@ def _dense_depthwise(w: np.ndarray, channels: int) -> np.ndarray:
 
 def lower_node(graph: Graph, node: Node, channels: slice = slice(None)) -> QLayer:
     """One NPU node -> a ``QLayer`` (conv layers take and give (C, H, W); FC layers flat vectors).
-    ``channels``: a depthwise node's input channels (and their output channels) to lower."""
+    ``channels``: a depthwise node's input channels (and their output channels) to lower. An average
+    pool lowers to a one-channel layer that ``_npu_node`` runs on every (sample, channel) pair."""
     if node.op not in NPU_OPS:
         raise ValueError(f"node {node.name!r}: {node.op} has no NPU lowering (NPU ops: {sorted(NPU_OPS)})")
-    x_t, w_t = graph.tensors[node.inputs[0]], graph.tensors[node.inputs[1]]
-    out_t = graph.tensors[node.output]
-    a, r = node.attrs, node.attrs.requant
-    w = np.asarray(w_t.data, np.int64)
+    if node.op == "average_pool2d":
+        return _lower_pool(graph, node)
+    x_t, out_t = graph.tensors[node.inputs[0]], graph.tensors[node.output]
+    a = node.attrs
+    w, bias, multiplier, shift, in_zp, r = _operands(graph, node)
     n = out_t.shape[-1]
-    bias = np.zeros(n, np.int64) if node.inputs[2] is None else np.asarray(graph.tensors[node.inputs[2]].data,
-                                                                            np.int64)
-    multiplier, shift = np.broadcast_to(r.multiplier, (n,)), np.broadcast_to(r.shift, (n,))
-    if node.op == "depthwise_conv2d":          # output channels c*M .. c*M+M-1 of the chosen inputs
+    if node.op == "depthwise_conv2d":                    # output channels c*M .. c*M+M-1 of the chosen inputs
         per = n // x_t.shape[-1]
         c0, c1, _ = channels.indices(x_t.shape[-1])
         outs = slice(c0 * per, c1 * per)
@@ -75,20 +164,16 @@ def lower_node(graph: Graph, node: Node, channels: slice = slice(None)) -> QLaye
         if node.op == "depthwise_conv2d":
             c = len(range(*channels.indices(c)))
             w = _dense_depthwise(w, c)
-        win = a.window
-        pads = tuple(max(p, 0) for p in win.pads)   # (negative: rows the last window does not reach)
-        geom = ConvGeom((c, h, wd), win.kernel, win.stride, pads, win.dilation, 1)
-        if geom.out_hw != tuple(out_t.shape[:2]):
-            raise ValueError(f"node {node.name!r}: output {out_t.shape[:2]} but the window gives {geom.out_hw}")
+        geom = _geometry(node, (c, h, wd), out_t.shape)
         matrix, in_shape = w.transpose(3, 1, 2, 0).reshape(-1, w.shape[0]), (c, h, wd)
     # The NPU multiplies plain int8 activations: fold the input zero point into the bias (int32 ring).
-    folded = numerics.wrap_int32(bias - a.in_zp * matrix.sum(axis=0))
+    folded = numerics.wrap_int32(bias - in_zp * matrix.sum(axis=0))
     if len(r.multiplier) > 1:
         multiplier, shift = np.asarray(multiplier, np.int64), np.asarray(shift, np.int64)
     else:
         multiplier, shift = int(r.multiplier[0]), int(r.shift[0])
     return QLayer(node.name, node.op, matrix, folded, multiplier, shift, r.out_zp, r.qmin, r.qmax, None,
-                  in_shape, (x_t.scale[0], a.in_zp), (out_t.scale[0], out_t.zero_point[0]), geom,
+                  in_shape, (x_t.scale[0], in_zp), (out_t.scale[0], out_t.zero_point[0]), geom,
                   single_round=r.rounding == "single")
 
 
@@ -104,28 +189,40 @@ def _run_layer(layer: QLayer, node: Node, x: np.ndarray, config: NpuConfig, back
 
 
 def _npu_node(graph: Graph, node: Node, x: np.ndarray, config: NpuConfig, backend) -> tuple:
-    """Run one node on the NPU (a depthwise node as one program per group of ``cols`` channels);
-    returns (output, summed counters, the lowered layers)."""
+    """Run one node on the NPU (a depthwise node as one program per group of channels, an average pool
+    with every channel of every sample as a sample); returns (output, summed counters, the lowered
+    layers, the GEMMs run as [M, K, N])."""
     x = np.asarray(x, np.int64)
+    if node.op == "average_pool2d":
+        layer = lower_node(graph, node)
+        (b, h, w, c), out = x.shape, graph.tensors[node.output].shape
+        y, counters = _run_layer(layer, node, x.transpose(0, 3, 1, 2).reshape(b * c, h, w, 1), config, backend)
+        y = y.reshape(b, c, *out[:2]).transpose(0, 2, 3, 1)
+        return y, counters, [layer], [[b * c * layer.positions, layer.k, layer.n]]
     if node.op != "depthwise_conv2d":
         layer = lower_node(graph, node)
         y, counters = _run_layer(layer, node, x, config, backend)
-        return y.reshape(len(x), *graph.tensors[node.output].shape), counters, [layer]
-    channels = x.shape[-1]
+        return (y.reshape(len(x), *graph.tensors[node.output].shape), counters, [layer],
+                [[len(x) * layer.positions, layer.k, layer.n]])
+    channels, size = x.shape[-1], _group_size(node, config)
     parts, totals, layers = [], None, []
-    for c0 in range(0, channels, config.cols):
-        group = slice(c0, min(c0 + config.cols, channels))
+    for c0 in range(0, channels, size):
+        group = slice(c0, min(c0 + size, channels))
         layer = lower_node(graph, node, group)
         y, counters = _run_layer(layer, node, x[..., group], config, backend)
         parts.append(y)
         layers.append(layer)
         totals = counters if totals is None else {k: totals[k] + v for k, v in counters.items()}
-    return np.concatenate(parts, axis=-1), totals, layers
+    return (np.concatenate(parts, axis=-1), totals, layers,
+            [[len(x) * layer.positions, layer.k, layer.n] for layer in layers])
 
 
-def _macs(graph: Graph, node: Node) -> int:
-    """Useful multiply-accumulates of one sample (depthwise: its own taps only)."""
+def _macs(graph: Graph, node: Node, config: NpuConfig) -> int:
+    """Useful multiply-accumulates of one sample (depthwise: its own taps only; an average pool on the
+    NPU: one per tap, the additions the array does)."""
     out = graph.tensors[node.output].shape
+    if node.op == "average_pool2d":
+        return int(np.prod(out)) * int(np.prod(node.attrs.window.kernel)) if npu_runs(graph, node, config) else 0
     w = graph.tensors[node.inputs[1]].data.shape if node.op in NPU_OPS else None
     if node.op == "conv2d":
         return int(np.prod(out)) * w[1] * w[2] * w[3]
@@ -144,15 +241,15 @@ def run_on_npu(graph: Graph, x, config: NpuConfig, backend="golden", npu_ops=NPU
     batch = len(values[graph.inputs[0]])
     peak = config.rows * config.cols
     for node in graph.nodes:
-        macs = _macs(graph, node) * batch
+        macs = _macs(graph, node, config) * batch
         record = {"index": len(records), "name": node.name, "op": node.op,
                   "output_shape": list(graph.tensors[node.output].shape), "macs": macs}
-        if node.op in npu_ops:
-            y, counters, layers = _npu_node(graph, node, values[node.inputs[0]], config, backend)
+        if npu_runs(graph, node, config, npu_ops):
+            y, counters, layers, gemms = _npu_node(graph, node, values[node.inputs[0]], config, backend)
             cycles = counters["cycles"]
             record.update(device="npu", cycles=cycles, utilization=macs / (cycles * peak) if cycles else 0.0,
                           counters=counters,
-                          gemms=[[batch * layer.positions, layer.k, layer.n] for layer in layers],
+                          gemms=gemms,
                           array_macs=counters["macs"], energy_fj=counters["energy_fj"],
                           dma_in_bytes=counters["dma_in_bytes"], dma_out_bytes=counters["dma_out_bytes"],
                           programs=len(layers), per_channel=bool(np.ndim(layers[0].multiplier)),

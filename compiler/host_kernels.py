@@ -21,8 +21,8 @@ from opennpu.golden import numerics
 from . import fixedpoint
 from .graph import AddAttrs, ConvAttrs, FullyConnectedAttrs, Graph, Node, PoolAttrs, Requant, SoftmaxAttrs, Window
 
-__all__ = ["conv2d", "depthwise_conv2d", "fully_connected", "add", "average_pool2d", "max_pool2d", "reshape",
-           "softmax", "run_node", "check_graph_input", "run_graph", "KERNELS"]
+__all__ = ["conv2d", "depthwise_conv2d", "fully_connected", "add", "average_pool2d", "pool_counts", "max_pool2d",
+           "reshape", "softmax", "run_node", "check_graph_input", "run_graph", "KERNELS"]
 
 
 def _requant(acc, r: Requant):
@@ -89,7 +89,7 @@ def add(x1, x2, a: AddAttrs):
     return np.clip(y, a.qmin, a.qmax)
 
 
-def _pool_counts(shape, win: Window):
+def pool_counts(shape, win: Window):
     """Taps of each output position that fall inside the input: (Ho, Wo, 1)."""
     inside = _windows(np.ones((1, *shape[1:3], 1), np.int64), win, 0)
     return inside.sum(axis=(3, 4))[0]
@@ -100,7 +100,7 @@ def average_pool2d(x, a: PoolAttrs):
     integer division (TFLite's ``(acc +- count / 2) / count``), clamped."""
     x = np.asarray(x, np.int64)
     total = _windows(x, a.window, 0).sum(axis=(3, 4))
-    count = _pool_counts(x.shape, a.window)
+    count = pool_counts(x.shape, a.window)
     half = count // 2
     quotient = np.where(total > 0, (total + half) // count, -((-(total - half)) // count))  # C division
     return np.clip(quotient, a.qmin, a.qmax)

@@ -352,7 +352,7 @@ def test_cli_run_tflite(tmp_path, capsys):
     assert y.dtype == np.int8 and np.array_equal(y, _litert(model, x))
     assert [layer["op"] for layer in report["layers"]] == [node.op for node in import_tflite(model).nodes]
     assert {layer["op"] for layer in report["layers"] if layer["device"] == "npu"} == {
-        "conv2d", "depthwise_conv2d", "fully_connected"}
+        "conv2d", "depthwise_conv2d", "fully_connected", "average_pool2d"}
     assert report["total"]["npu_mac_fraction"] > 0.99 and report["total"]["cycles"] > 0
     assert 2.6e6 < report["total"]["macs"] / len(x) < 2.8e6         # the README's 2.7 M MACs for DS-CNN
     np.save(tmp_path / "bad.npy", x.astype(np.float32))
