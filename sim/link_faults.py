@@ -16,6 +16,8 @@ direction, it injects one fault:
 Host -> device frames are the driver's ``write`` calls (one frame each); device -> host frames are cut
 from the device's clean byte stream by their length field before any damage.
 
+``select(direction, frame) -> kind or None``, if given, chooses the faults instead (targeted tests).
+
 ``run_campaign`` runs programs through it and classifies every run: ``correct`` (outputs, error code,
 rejected count and counters equal the golden model's; ``cycles`` and ``stall_cycles`` exceed the
 golden ones by the same stall count, as on every stalled stream), ``error`` (the driver raised a
@@ -50,8 +52,8 @@ class FaultyLink:
     """``link`` with faults injected on whole frames, each direction at its own rate (per frame)."""
 
     def __init__(self, link, rng: random.Random, *, rate_to_device: float = 0.0, rate_from_device: float = 0.0,
-                 kinds=FAULT_KINDS):
-        self.link, self.rng = link, rng
+                 kinds=FAULT_KINDS, select=None):
+        self.link, self.rng, self.select = link, rng, select
         self.rates = {"to_device": rate_to_device, "from_device": rate_from_device}
         self.kinds = tuple(kinds)
         self.injected: Counter = Counter()          # (direction, kind) -> count
@@ -67,9 +69,12 @@ class FaultyLink:
         rng = self.rng
         released = [held[0] for held in self._held[direction]]   # frames held behind this one
         self._held[direction].clear()
-        if rng.random() >= self.rates[direction]:
+        if self.select is not None:            # a chosen fault (regression tests): kind or None
+            kind = self.select(direction, frame)
+        else:
+            kind = rng.choice(self.kinds) if rng.random() < self.rates[direction] else None
+        if kind is None:
             return [frame] + released
-        kind = rng.choice(self.kinds)
         self.injected[direction, kind] += 1
         out = bytearray(frame)
         if kind == "flip":
@@ -157,7 +162,7 @@ class RunOutcome:
 
 
 def run_one(exe, config: NpuConfig, program: Program, golden: Result, rng: random.Random, *,
-            rate_to_device: float, rate_from_device: float, kinds=FAULT_KINDS, byte_cycles: int = 40,
+            rate_to_device: float, rate_from_device: float, kinds=FAULT_KINDS, byte_cycles: int = 12,
             clk_hz: float = 12e6, run_timeout: float = 2.0, max_cycles: int | None = None,
             wall_limit: float = 120.0, **host_options) -> RunOutcome:
     """One run of ``program`` through a fresh model and a ``FaultyLink``; classified against ``golden``."""
@@ -236,7 +241,7 @@ def frame_counts(config: NpuConfig, program: Program, frame_max: int) -> tuple[i
     return -(-len(program.commands) // per), -(-len(program.data_in) // step)
 
 
-def run_campaign(config: NpuConfig, programs, *, seed: int = 0, frame_max: int = 16, byte_cycles: int = 40,
+def run_campaign(config: NpuConfig, programs, *, seed: int = 0, frame_max: int = 16, byte_cycles: int = 12,
                  rates=((0.03, 0.005),), progress=None, **options) -> CampaignFigures:
     """Every program once per ``(rate_to_device, rate_from_device)`` pair; returns the figures."""
     exe = build_link_harness(config, frame_max=frame_max, timeout=64 * byte_cycles)

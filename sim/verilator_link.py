@@ -53,7 +53,7 @@ def link_kind(frame_max: int, timeout: int) -> vl.HarnessKind:
                           defines=lambda config: {"-D": {"OPENNPU_LINK_HARNESS": 1}, "-G": {}}, digest_files=(Path(__file__),))
 
 
-def build_link_harness(config: NpuConfig, *, frame_max: int = 64, timeout: int = 2560) -> Path:
+def build_link_harness(config: NpuConfig, *, frame_max: int = 16, timeout: int = 768) -> Path:
     """Path of the byte-level link harness for ``config`` (built and cached on first use)."""
     return vl.build_harness(config, kind=link_kind(frame_max, timeout))
 
@@ -66,7 +66,7 @@ class VerilatorLink:
     raises ``LinkHang`` (the driver failed to stop by itself).
     """
 
-    def __init__(self, exe: Path, *, byte_cycles: int = 40, clk_hz: float = 12e6, max_cycles: int | None = None):
+    def __init__(self, exe: Path, *, byte_cycles: int = 12, clk_hz: float = 12e6, max_cycles: int | None = None):
         self.byte_cycles, self.clk_hz, self.max_cycles = byte_cycles, clk_hz, max_cycles
         self._proc = subprocess.Popen([str(exe), str(byte_cycles)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self._out = bytearray()
@@ -144,7 +144,7 @@ def host_timeouts(byte_cycles: int, clk_hz: float) -> dict:
     return {"timeout": 400 * byte_cycles / clk_hz}
 
 
-def run_link_verilator(config: NpuConfig, program: Program, *, frame_max: int = 64, byte_cycles: int = 40,
+def run_link_verilator(config: NpuConfig, program: Program, *, frame_max: int = 16, byte_cycles: int = 12,
                        clk_hz: float = 12e6, link_wrapper=None, host_out=None, **host_options) -> Result:
     """Run ``program`` through ``UartHost`` on the verilated ``LinkNpu``; ``link_wrapper(link)`` may
     put a fault injector between them. ``host_out`` receives the ``UartHost`` under ``"host"``."""
