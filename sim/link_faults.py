@@ -28,6 +28,7 @@ anything else).
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -231,7 +232,8 @@ class CampaignFigures:
         for direction in DIRECTIONS:
             per = ", ".join(f"{k} {self.injected[direction, k]}" for k in FAULT_KINDS)
             lines.append(f"  {direction}: {per}")
-        lines += [f"  {d}" for d in self.details[:20]]
+        causes = Counter(re.sub(r"\d+", "N", d) for d in self.details)
+        lines += [f"  {n} x {cause}" for cause, n in causes.most_common()]
         return "\n".join(lines)
 
 
