@@ -20,6 +20,9 @@ entry missing ``opennpu_top.v`` or ``names.json`` is exported again; temporary f
 build directories that a killed builder left behind are removed by the next builder (under the lock,
 so no live build owns them).
 
+Other designs use the same machinery through a ``HarnessKind`` (their export, wrapper, harness and
+extra key files): ``sim/verilator_link.py`` builds the NPU behind the host link at byte level.
+
 Run
 ---
 Python writes all commands, data-in beats and back-pressure seeds of one or many programs to the
