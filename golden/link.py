@@ -20,8 +20,8 @@ Host -> device
 ``CMD``      ``LEN`` = 16·n, n commands (128-bit little-endian words, ``isa.encode``).
 ``CMD_LAST`` like ``CMD``; its final command is the last one of the program (``CommandBeat.last``).
 ``DATA``     ``LEN`` = bus_bytes·n: n data-in beats, little-endian.
-``STATUS``   ``LEN`` = 0: asks for a ``STATUS`` reply.
-``INFO``     ``LEN`` = 0: asks for an ``INFO`` reply.
+``STATUS``   ``LEN`` = 0: asks for a ``STATUS`` reply (``SEQ``: any number, echoed by the reply).
+``INFO``     ``LEN`` = 0: asks for an ``INFO`` reply (``SEQ`` echoed likewise).
 ``RESET``    ``LEN`` = 0: resets the NPU (counters, SRAM contents stay) and the link's sequence
              numbers and buffers; answered with ``ACK`` (``SEQ`` echoed).
 ===========  ======================================================================================
@@ -58,8 +58,10 @@ Device -> host
 ``DOUT``    payload: one data-out beat (bus_bytes bytes); ``SEQ`` counts DOUT frames (0 after
             ``RESET``, wraps at 256), so the host notices a lost frame.
 ``STATUS``  ``STATUS_LAYOUT`` followed by the 64-bit counters (``COUNTER_NAMES`` order), the final
-            values when the IDLE flag is set (while the NPU is busy they may lag or be garbled).
-``INFO``    ``INFO_FIELDS``, 32-bit little-endian each.
+            values when the IDLE flag is set (while the NPU is busy they may lag or be garbled);
+            ``SEQ`` = the request's, so the host can tell the reply to its latest request from a
+            late reply to an earlier one.
+``INFO``    ``INFO_FIELDS``, 32-bit little-endian each; ``SEQ`` = the request's.
 ==========  ===========================================================================================
 """
 from __future__ import annotations

@@ -5,7 +5,7 @@
 held until the PLL locks, the UART pins and two status LEDs.
 """
 from amaranth import *
-from amaranth.lib import io, wiring
+from amaranth.lib import io, stream, wiring
 from amaranth.lib.cdc import ResetSynchronizer
 from amaranth.lib.wiring import In, Out
 from amaranth.hdl import ResetInserter
@@ -16,11 +16,56 @@ from .host_link import HostLink
 from .top import NpuTop
 from .uart import UartRx, UartTx
 
-__all__ = ["UartNpu", "BoardTop", "ecp5_pll", "ice40_pll"]
+__all__ = ["LinkNpu", "UartNpu", "BoardTop", "ecp5_pll", "ice40_pll"]
+
+
+class LinkNpu(wiring.Component):
+    """``NpuTop`` behind ``HostLink``, at byte level: the link's byte streams are the ports.
+
+    ``UartNpu`` puts a UART in front of it; the Verilator fault campaign (``sim/verilator_link.py``)
+    drives its byte streams directly, bypassing only the UART's bit timing.
+
+    Members
+    -------
+    rx : In(stream.Signature(8)); tx : Out(stream.Signature(8))
+        Received bytes, bytes to transmit.
+    rx_overrun, rx_framing_error : In(1)
+        The receiver's sticky flags (reported in the STATUS reply).
+    idle, error : Out(1)
+        The NPU is idle; its sticky error code is not OK.
+    """
+
+    def __init__(self, config: NpuConfig, *, frame_max: int = 512, timeout: int = 2560):
+        self._config = config
+        self.npu = NpuTop(config)
+        self.link = HostLink(config, frame_max=frame_max, timeout=timeout)
+        super().__init__({"rx": In(stream.Signature(8)), "tx": Out(stream.Signature(8)),
+                          "rx_overrun": In(1), "rx_framing_error": In(1), "idle": Out(1), "error": Out(1)})
+
+    @property
+    def config(self) -> NpuConfig:
+        return self._config
+
+    def elaborate(self, platform):
+        m = Module()
+        npu, link = self.npu, self.link
+        m.submodules.npu = ResetInserter(link.npu_reset)(npu)
+        m.submodules.link = link
+        wiring.connect(m, wiring.flipped(self.rx), link.rx)
+        wiring.connect(m, link.tx, wiring.flipped(self.tx))
+        wiring.connect(m, link.cmd, npu.cmd)
+        wiring.connect(m, link.din, npu.din)
+        wiring.connect(m, npu.dout, link.dout)
+        m.d.comb += [
+            link.npu_status.eq(npu.status), npu.counter_sel.eq(link.counter_sel), link.counter_beat.eq(npu.counter_beat),
+            link.rx_overrun.eq(self.rx_overrun), link.rx_framing_error.eq(self.rx_framing_error),
+            self.idle.eq(npu.status.idle), self.error.eq(npu.status.error != 0),
+        ]
+        return m
 
 
 class UartNpu(wiring.Component):
-    """``NpuTop`` behind ``HostLink`` behind an 8N1 UART (``divisor`` clock cycles per bit).
+    """``LinkNpu`` (``NpuTop`` behind ``HostLink``) behind an 8N1 UART (``divisor`` clock cycles per bit).
 
     Members
     -------
@@ -32,9 +77,9 @@ class UartNpu(wiring.Component):
 
     def __init__(self, config: NpuConfig, *, divisor: int, frame_max: int = 512, timeout: int | None = None):
         self._config = config
-        self.npu = NpuTop(config)
-        self.link = HostLink(config, frame_max=frame_max,
-                             timeout=timeout if timeout is not None else 64 * 10 * divisor)
+        self.core = LinkNpu(config, frame_max=frame_max,
+                            timeout=timeout if timeout is not None else 64 * 10 * divisor)
+        self.npu, self.link = self.core.npu, self.core.link
         self.uart_rx, self.uart_tx = UartRx(divisor), UartTx(divisor)
         super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1), "idle": Out(1), "error": Out(1)})
 
@@ -44,21 +89,16 @@ class UartNpu(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        npu, link, urx, utx = self.npu, self.link, self.uart_rx, self.uart_tx
-        m.submodules.npu = ResetInserter(link.npu_reset)(npu)
-        m.submodules.link = link
+        core, urx, utx = self.core, self.uart_rx, self.uart_tx
+        m.submodules.core = core
         m.submodules.uart_rx = urx
         m.submodules.uart_tx = utx
-        wiring.connect(m, urx.o, link.rx)
-        wiring.connect(m, link.tx, utx.i)
-        wiring.connect(m, link.cmd, npu.cmd)
-        wiring.connect(m, link.din, npu.din)
-        wiring.connect(m, npu.dout, link.dout)
+        wiring.connect(m, urx.o, core.rx)
+        wiring.connect(m, core.tx, utx.i)
         m.d.comb += [
             urx.rx.eq(self.rx), self.tx.eq(utx.tx),
-            link.npu_status.eq(npu.status), npu.counter_sel.eq(link.counter_sel), link.counter_beat.eq(npu.counter_beat),
-            link.rx_overrun.eq(urx.overrun), link.rx_framing_error.eq(urx.framing_error),
-            self.idle.eq(npu.status.idle), self.error.eq(npu.status.error != 0),
+            core.rx_overrun.eq(urx.overrun), core.rx_framing_error.eq(urx.framing_error),
+            self.idle.eq(core.idle), self.error.eq(core.error),
         ]
         return m
 

@@ -170,6 +170,7 @@ class HostLink(wiring.Component):
         ack_reset, ack_reset_seq = Signal(), Signal(8)
         nak_pend, nak_type, nak_seq, nak_reason = Signal(), Signal(8), Signal(8), Signal(range(8))
         status_pend, info_pend = Signal(), Signal()
+        status_seq, info_seq = Signal(8), Signal(8)     # the requests' SEQ, echoed in the replies
         crc_errors = Signal(8)
         dout_seq = Signal(8)
 
@@ -271,9 +272,9 @@ class HostLink(wiring.Component):
                         with m.If(crc_errors != 0xFF):
                             m.d.sync += crc_errors.eq(crc_errors + 1)
                     with m.Elif(r_type == FrameType.STATUS):
-                        m.d.sync += status_pend.eq(1)
+                        m.d.sync += [status_pend.eq(1), status_seq.eq(r_seq)]
                     with m.Elif(r_type == FrameType.INFO):
-                        m.d.sync += info_pend.eq(1)
+                        m.d.sync += [info_pend.eq(1), info_seq.eq(r_seq)]
                     with m.Elif(r_type == FrameType.RESET):
                         m.d.comb += reset_request.eq(1)
                         m.d.sync += [ack_reset.eq(1), ack_reset_seq.eq(r_seq)]
@@ -375,10 +376,10 @@ class HostLink(wiring.Component):
                         begin("ACK", last_seq[1], FrameType.DATA)
                         m.d.sync += ack_pend[1].eq(0)
                     with m.Elif(status_pend):
-                        begin("STATUS", 0)
+                        begin("STATUS", status_seq)
                         m.d.sync += status_pend.eq(0)
                     with m.Elif(info_pend):
-                        begin("INFO", 0)
+                        begin("INFO", info_seq)
                         m.d.sync += info_pend.eq(0)
                     with m.Elif(self.dout.valid):
                         begin("DOUT", dout_seq)

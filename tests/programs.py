@@ -26,7 +26,7 @@ from opennpu.golden.deps import order_program
 from opennpu.golden.model import k_tile, stream_weight_words, validate, weight_words
 from opennpu.golden.program import Program
 
-__all__ = ["ILLEGAL_OPCODES", "BAD_KINDS", "sram_dump", "quant_data", "good_command", "bad_command", "rejected_command", "random_program",
+__all__ = ["ILLEGAL_OPCODES", "BAD_KINDS", "sram_dump", "quant_data", "good_command", "bad_command", "rejected_command", "random_program", "long_program",
            "with_bad_commands", "gemm_with_bad_commands", "programs"]
 
 #: Opcode values no configuration implements.
@@ -246,6 +246,22 @@ def random_program(config: NpuConfig, rng: random.Random, *, max_commands: int =
         else:
             s.add(good_command(config, rng, s.precision, max_rows=max_rows))
     for command in sram_dump(config) if dump else []:
+        s.add(command)
+    return s.program()
+
+
+def long_program(config: NpuConfig, rng: random.Random, *, commands: int, data_bytes: int,
+                 bad_rate: float = 0.1, max_rows: int = 8) -> Program:
+    """Like ``random_program`` (without COUNTERS, whose snapshot holds ``cycles``), but at least
+    ``commands`` commands and ``data_bytes`` data-in bytes before the SRAM read-back: enough for a
+    given number of host-link frames per stream."""
+    s = _Stream(config, rng, counters=False)
+    while len(s.commands) < commands or len(s.data) < data_bytes:
+        if rng.random() < bad_rate:
+            s.add(bad_command(config, rng))
+        else:
+            s.add(good_command(config, rng, s.precision, max_rows=max_rows))
+    for command in sram_dump(config):
         s.add(command)
     return s.program()
 

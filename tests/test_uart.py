@@ -284,14 +284,14 @@ class _HeldDevice:
             if ftype == FrameType.INFO:
                 c = self.config
                 values = [2, c.rows, c.cols, c.bus_bytes, c.act_depth, c.wgt_depth, c.acc_depth, self.frame_max]
-                self._reply(FrameType.INFO_REPLY, 0, struct.pack("<8I", *values))
+                self._reply(FrameType.INFO_REPLY, seq, struct.pack("<8I", *values))
             elif ftype == FrameType.RESET:
                 self.reset()
                 self._reply(FrameType.ACK, seq, bytes([FrameType.RESET]))
             elif ftype == FrameType.STATUS:
                 flags = (StatusFlag.CMD_BUSY if self.held is not None else StatusFlag.IDLE)
                 header = STATUS_HEADER.pack(0, 0, flags, *self.last, 0, 0)
-                self._reply(FrameType.STATUS_REPLY, 0, header + bytes(STATUS_BYTES - len(header)))
+                self._reply(FrameType.STATUS_REPLY, seq, header + bytes(STATUS_BYTES - len(header)))
             else:
                 s = 0 if ftype in (FrameType.CMD, FrameType.CMD_LAST) else 1
                 if seq == self.last[s]:                      # a resend: ACK again once free
