@@ -95,6 +95,8 @@ class Counters(wiring.Component):
     events : In(Events)
     readout : In(counter_readout_signature(config))
     settled : Out(1)
+    ready : Out(1)
+        Low for the first 15 cycles after reset, while the words are cleared: no command may start.
     """
 
     #: Counters held in registers, whose values include the cycle before the current one.
@@ -103,7 +105,8 @@ class Counters(wiring.Component):
     def __init__(self, config: NpuConfig):
         self._config = config
         super().__init__({"run": In(1), "active": In(1), "stall": In(1), "events": In(Events),
-                          "readout": In(counter_readout_signature(config)), "settled": Out(1)})
+                          "readout": In(counter_readout_signature(config)), "settled": Out(1),
+                          "ready": Out(1)})
 
     def _max_gain(self) -> dict:
         """The most each event counter can gain in one cycle."""
@@ -179,11 +182,18 @@ class Counters(wiring.Component):
         flush_rd = words.read_port(domain="comb")
         wr = words.write_port()
         p = Signal(range(n))                 # the counter the flush visits
+        # After reset the flush first writes zero into every word (memories have no reset): ``clearing``
+        # for the first ``n`` cycles, during which ``ready`` is low and the NPU takes no command.
+        clearing = Signal(init=1)
+        with m.If(clearing & (p == n - 1)):
+            m.d.sync += clearing.eq(0)
+        m.d.comb += self.ready.eq(~clearing)
         flushing = ~ro.held                  # (``p`` moves on only with a flush, so no counter starves)
         with m.If(flushing):
             m.d.sync += p.eq(Mux(p == n - 1, 0, p + 1))
         m.d.comb += [flush_rd.addr.eq(p), wr.addr.eq(p),
-                     wr.data.eq(flush_rd.data + Array(deltas.get(name, C(0)) for name in COUNTER_NAMES)[p]),
+                     wr.data.eq(Mux(clearing, 0, flush_rd.data)
+                                + Array(deltas.get(name, C(0)) for name in COUNTER_NAMES)[p]),
                      wr.en.eq(flushing & Array(C(name in deltas) for name in COUNTER_NAMES)[p])]
         for name, d in deltas.items():
             flushed = flushing & (p == index[name])
@@ -194,7 +204,7 @@ class Counters(wiring.Component):
         # the core is not frozen in a cycle after an inactive one, hdl/top.py.)
         was_active = Signal()
         m.d.sync += was_active.eq(self.active)
-        m.d.comb += self.settled.eq(~was_active & (ev.as_value() == 0) & (pending == 0)
+        m.d.comb += self.settled.eq(~clearing & ~was_active & (ev.as_value() == 0) & (pending == 0)
                                     & ~Cat(*deltas.values()).any())
 
         # The readout: counters ``sel * bus_bytes // 8`` onwards, as many as a beat holds.

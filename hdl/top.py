@@ -117,7 +117,7 @@ class NpuTop(wiring.Component):
             core.next_word.eq(pre.word), core.next_errors.eq(pre_errors),
             core.din.eq(din_fifo.r_data),
             core.counter_sel.eq(self.counter_sel), self.counter_beat.eq(perf.readout.beat),
-            self.cmd.ready.eq(~pre_valid | take),
+            self.cmd.ready.eq((~pre_valid | take) & perf.ready),   # (counters cleared after reset)
             din_fifo.w_en.eq(self.din.valid), din_fifo.w_data.eq(self.din.payload),
             self.din.ready.eq(din_fifo.w_rdy), din_fifo.r_en.eq(pop_in),
             dout_fifo.w_en.eq(push_out), dout_fifo.w_data.eq(core.push_data),
