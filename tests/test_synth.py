@@ -28,7 +28,7 @@ def test_board_design_elaborates_to_a_build_plan(board, array, synth_cmd, datafl
     il = files["opennpu.il"]
     assert ("EHXPLLL" if BOARDS[board].family == "ecp5" else "SB_PLL40_PAD") in il
     # The SRAMs are plain 1-write 1-read memories (block RAM), never multi-port ones.
-    assert "module \\opennpu.npu.npu.core.act_sram" in il and "\\bank1_copy1" in il and "\\copy2" in il
+    assert "module \\opennpu.npu.core.npu.core.act_sram" in il and "\\bank1_copy1" in il and "\\copy2" in il
 
 
 def test_board_defaults_and_errors():
