@@ -186,6 +186,10 @@ class QuantModel:
                              f"got {x.shape}")
         if self.input.dtype == "float32" and not np.issubdtype(x.dtype, np.floating):
             raise ValueError(f"input {self.input.name!r} must be floating point, got {x.dtype}")
+        if self.input.dtype == "float32" and not np.all(np.isfinite(x)):
+            bad = np.argwhere(~np.isfinite(x))
+            raise ValueError(f"input {self.input.name!r} holds {len(bad)} NaN or infinite value(s), the first at "
+                             f"index {tuple(int(i) for i in bad[0])}: they have no int8 value")
         if self.input.dtype != "float32" and x.dtype != np.dtype(self.input.dtype):
             raise ValueError(f"input {self.input.name!r} must be {self.input.dtype}, got {x.dtype}")
         return x

@@ -260,6 +260,11 @@ def test_wrong_input_shape_is_refused_before_running(models):
     for bad in (x[:5], x[:, :10], x.astype(np.int8)):
         with pytest.raises(ValueError, match="input 'x'"):
             run_model(compiled, bad, Backend())
+    for value in (np.nan, np.inf, -np.inf):             # no int8 value: refused, not quantized to garbage
+        bad = x.copy()
+        bad[2, 3] = value
+        with pytest.raises(ValueError, match=r"input 'x' holds 1 NaN or infinite value\(s\), the first at index \(2, 3\)"):
+            run_model(compiled, bad, Backend())
 
 
 def test_unsupported_op_names_op_and_node():
