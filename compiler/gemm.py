@@ -83,7 +83,7 @@ class GemmSpec:
 
     def expected(self) -> np.ndarray:
         """Direct numpy result (no tiling): the golden numerics applied to the whole product."""
-        acc = numerics.wrap_int32(self.a @ self.w)
+        acc = numerics.wrap_int32(numerics.int_matmul(self.a, self.w))
         return numerics.activation_unit(acc, self.bias, self.multiplier, self.shift, self.out_zp,
                                         self.qmin, self.qmax, self.lut, self.single_round)
 

@@ -142,6 +142,8 @@ class Emitter:
 
     def _pad_words(self, words: np.ndarray) -> bytes:
         width = self.config.beats(words.shape[1]) * self.config.bus_bytes
+        if width == words.shape[1]:
+            return words.tobytes()
         padded = np.zeros((words.shape[0], width), np.uint8)
         padded[:, :words.shape[1]] = words
         return padded.tobytes()
@@ -197,10 +199,9 @@ class Emitter:
 
     def program(self, source=None) -> Program:
         """The ordered commands and their data-in stream; ``Deferred`` payloads come from ``source``."""
-        data = bytearray()
-        for chunk in self.chunks:
-            data += self._pad_words(chunk.words(source)) if isinstance(chunk, Deferred) else chunk
-        return Program(list(self.ordered()), bytes(data))
+        data = b"".join(self._pad_words(chunk.words(source)) if isinstance(chunk, Deferred) else chunk
+                        for chunk in self.chunks)
+        return Program(list(self.ordered()), data)
 
 
 def row_pieces(rows: int, count: int) -> list:

@@ -236,6 +236,19 @@ class Command:
         """A copy with some fields replaced (e.g. ``cmd.with_fields(wait=Wait.LD)``)."""
         return Command(self.op, **{**self.fields, **fields})
 
+    def with_wait(self, wait: int) -> "Command":
+        """``with_fields(wait=wait)`` without re-checking the other fields (they were checked when this
+        command was built); ``wait`` must fit its 6 bits. (The compiler's hot path: ``order_program``.)"""
+        wait = int(wait)
+        if not WAIT_FIELD.lo <= wait <= WAIT_FIELD.hi:
+            raise ValueError(f"{self.op.name}.wait = {wait!r} out of range {WAIT_FIELD.lo}..{WAIT_FIELD.hi}")
+        new = object.__new__(Command)
+        d = new.__dict__
+        d.update(self.__dict__)
+        d["wait"] = wait
+        d["args"] = self.args[:-1] + (("wait", wait),)           # (wait is the last field of every opcode)
+        return new
+
 
 def encode(cmd: Command) -> int:
     word = int(cmd.op)
