@@ -194,17 +194,21 @@ class Command:
     args: tuple  # ((name, value), ...) in FIELDS order
 
     def __init__(self, op, **fields):
-        try:
-            op = Opcode(op)
-        except ValueError:
-            raise ValueError(f"unknown opcode {op!r}") from None
-        names, ranges = _SPECS[op]
-        if not names.issuperset(fields):
+        spec = _SPECS.get(op) if type(op) is Opcode else None      # (the common case: no enum call)
+        if spec is None:
+            try:
+                op = Opcode(op)
+            except ValueError:
+                raise ValueError(f"unknown opcode {op!r}") from None
+            spec = _SPECS[op]
+        names, ranges = spec
+        if not fields.keys() <= names:
             raise ValueError(f"{op.name} has no field(s) {sorted(set(fields) - names)}; fields are "
                              f"{[name for name, _, _ in ranges]}")
         args = []
+        get = fields.get
         for name, lo, hi in ranges:
-            value = fields.get(name, 0)
+            value = get(name, 0)
             if type(value) is not int:           # (the common case, a plain int, needs no conversion)
                 if isinstance(value, enum.Enum):
                     value = int(value.value)

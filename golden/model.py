@@ -84,7 +84,7 @@ class GoldenNpu:
         c = self.config
         self.act = np.zeros((c.act_depth, c.act_word_bytes), np.uint8)
         self.wgt = np.zeros((c.wgt_depth, c.wgt_word_bytes), np.uint8)
-        self.acc = np.zeros((c.acc_depth, c.cols), np.int64)
+        self.acc = np.zeros((c.acc_depth, c.cols), np.int32)     # (int32 adds wrap as the hardware's do)
         self.bias = [np.zeros(c.cols, np.int64) for _ in range(2)]   # two banks
         self.quant = [(np.zeros(c.cols, np.int64), np.zeros(c.cols, np.int64)) for _ in range(2)]  # (M0, shift)
         self.lut = np.zeros(256, np.int64)
@@ -249,9 +249,12 @@ class GoldenNpu:
             a = raw.view(np.int8).astype(np.float32)
         # One tile's products: |a*w| <= 2^14 summed over at most 2 * 64 K rows (< 2^21), so float32 holds
         # every partial sum exactly and the BLAS product equals the integer one (no int32 wrap needed).
-        result = (a @ self._pe_float[self.cur][:a.shape[1]]).astype(np.int64)
+        result = (a @ self._pe_float[self.cur][:a.shape[1]]).astype(np.int32)
         rows = slice(cmd.accaddr, cmd.accaddr + cmd.rows)
-        self.acc[rows] = numerics.wrap_int32(self.acc[rows] + result) if cmd.accumulate else result
+        if cmd.accumulate:
+            self.acc[rows] += result                 # (int32: wraps)
+        else:
+            self.acc[rows] = result
         self._count(act_reads=cmd.rows, busy_cycles=cmd.rows, macs=cmd.rows * self.pe_macs[self.cur],
                     acc_writes=cmd.rows, acc_reads=cmd.rows if cmd.accumulate else 0)
         return d
