@@ -252,7 +252,7 @@ def _schedule(config: NpuConfig, spec: GemmSpec, order: str) -> GemmProgram:
     chunks = [(m0, min(chunk, m - m0)) for m0 in range(0, m, chunk)]
     w_tiles = _weight_tiles(spec, config, kt, nt, n_k, n_n)
     a_tiles = _act_tiles(spec, config, kt, n_k)
-    steps = []
+    steps, chunk_tiles = [], {}
     for ci, (m0, rows) in enumerate(chunks):
         nest = ([(t, kk) for t in range(n_n) for kk in range(n_k)] if order != "k_outer"
                 else [(t, kk) for kk in range(n_k) for t in range(n_n)])
@@ -263,10 +263,13 @@ def _schedule(config: NpuConfig, spec: GemmSpec, order: str) -> GemmProgram:
             krows, width = min(kt, k - kk * kt), min(nt, n - t * nt)
             loads = []
             if not resident or ci == 0:
-                words = w_tiles[kk][t][:weight_words(spec.precision, krows)]
+                words = w_tiles[kk][t]                  # (the same array each time: padded once)
                 loads.append(Load(Buf.WGT, wgt_addr, len(words), words))
             if t == 0 or stream:            # activation tiles are loaded once per chunk (n_stream: per step)
-                loads.append(Load(Buf.ACT, act_addr, rows, a_tiles[kk][m0:m0 + rows]))
+                if t == 0:
+                    block = a_tiles[kk][m0:m0 + rows]
+                    chunk_tiles[kk] = block
+                loads.append(Load(Buf.ACT, act_addr, rows, chunk_tiles[kk]))
             activate = None
             if kk == n_k - 1:               # alternate banks: load one while the other is read
                 bias = np.zeros(config.cols, np.int64)
@@ -285,8 +288,8 @@ def _weight_tiles(spec: GemmSpec, config: NpuConfig, kt: int, nt: int, n_k: int,
     k, n = spec.w.shape
     padded = np.zeros((n_k * kt, n_n * nt), np.int64)
     padded[:k, :n] = spec.w
-    return [[_wgt_words(spec, config, padded[kk * kt:(kk + 1) * kt, t * nt:(t + 1) * nt]) for t in range(n_n)]
-            for kk in range(n_k)]
+    return [[_wgt_words(spec, config, padded[kk * kt:(kk + 1) * kt, t * nt:(t + 1) * nt])
+             [:weight_words(spec.precision, min(kt, k - kk * kt))] for t in range(n_n)] for kk in range(n_k)]
 
 
 def _act_tiles(spec: GemmSpec, config: NpuConfig, kt: int, n_k: int) -> list:
