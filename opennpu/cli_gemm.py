@@ -50,8 +50,10 @@ def _gemm_args(parser):
 
 def gemm_memory_bytes(m: int, k: int, n: int) -> int:
     """Rough host memory of one CLI GEMM run (operands, expected and decoded outputs, the program and
-    its data-in, the golden model's trace): measured about 250 bytes per row plus 70-90 per element."""
-    return 256 * m + 96 * (m * k + m * n + k * n)
+    its data-in, the golden model's trace): measured about 250 bytes per row plus 70-90 per element,
+    plus, for long K, the data-in of activation tiles streamed once per N tile (about one byte per 16
+    MACs on 16 columns; 2048^3 on 16x16: 1.5 GB peak)."""
+    return 256 * m + 96 * (m * k + m * n + k * n) + m * k * n // 16
 
 
 def run_gemm(config, m, k, n, *, precision="int8", act="none", seed=0, backend="golden",
