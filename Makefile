@@ -31,6 +31,7 @@ test-slow: $(FPGA)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_perf.py
+	$(PY) benchmarks/bench_golden.py
 	$(PY) benchmarks/bench_precision.py
 	$(PY) benchmarks/bench_mlperf.py
 

@@ -31,6 +31,7 @@ from opennpu.golden import numerics
 from opennpu.golden.isa import Buf, Opcode, Precision
 from opennpu.golden.model import k_tile, stream_weight_words, weight_words
 from opennpu.golden.program import Program
+from opennpu.golden.timing import array_latency
 
 from .schedule import (Activate, Emitter, Load, Step, config_requant, emit_steps, per_channel, requant_params,
                        tile_quant)
@@ -82,7 +83,7 @@ class GemmSpec:
 
     def expected(self) -> np.ndarray:
         """Direct numpy result (no tiling): the golden numerics applied to the whole product."""
-        acc = numerics.wrap_int32(self.a @ self.w)
+        acc = numerics.wrap_int32(numerics.int_matmul(self.a, self.w))
         return numerics.activation_unit(acc, self.bias, self.multiplier, self.shift, self.out_zp,
                                         self.qmin, self.qmax, self.lut, self.single_round)
 
@@ -135,16 +136,57 @@ def _wgt_words(spec: GemmSpec, config: NpuConfig, tile: np.ndarray) -> np.ndarra
     return packed.reshape(-1, config.cols)                 # rows 2i, 2i+1 side by side
 
 
-ORDERS = ("n_outer", "k_outer")
+ORDERS = ("n_outer", "k_outer", "n_stream")
+
+#: ``build_gemm`` simulates the candidate orders (and keeps the fastest) only while they total at most this
+#: many steps; larger GEMMs take the order ``_estimate`` ranks first (its error, measured on the shapes of
+#: ``benchmarks/bench_golden.py``, is far below the gap between the orders there).
+SIMULATE_STEPS = 4096
+#: ... and only the orders whose estimate is within this factor of the best one.
+SIMULATE_WITHIN = 1.15
+
+
+def _chunk(config: NpuConfig, spec: GemmSpec, order: str) -> int:
+    """Rows of one M chunk in ``order`` (< 1: the order cannot hold one row)."""
+    m, k, n = spec.shape
+    n_k, n_n = -(-k // k_tile(config, spec.precision)), -(-n // config.cols)
+    if order == "n_stream":        # two accumulator tiles; activation tiles stream through >= 2 slots
+        return min(m, config.acc_depth // 2, config.act_depth // 2)
+    live_tiles = 2 if order == "n_outer" else 2 * n_n       # accumulator tiles resident at once
+    return min(m, config.acc_depth // live_tiles, (config.act_depth // 2) // n_k)
+
+
+def _estimate(config: NpuConfig, spec: GemmSpec, order: str) -> float:
+    """Approximate cycles of ``order``: per step, the longer of the array (``rows + 1`` cycles, at least one
+    drain: ``array_latency + 2``) and the load unit (the step's weight tile unless weights are resident,
+    its activation tile in ``n_stream``, otherwise the chunk's activations spread over its steps)."""
+    m, k, n = spec.shape
+    kt = k_tile(config, spec.precision)
+    n_k, n_n = -(-k // kt), -(-n // config.cols)
+    chunk = _chunk(config, spec, order)
+    tile_words = weight_words(spec.precision, kt)
+    resident = n_k * n_n * tile_words <= config.wgt_depth
+    act_beats, wgt_beats = config.beats(config.act_word_bytes), config.beats(config.wgt_word_bytes)
+    drain = array_latency(config.rows, config.cols) + 2
+    total = 0.0
+    for m0 in range(0, m, chunk):
+        rows = min(chunk, m - m0)
+        weights = 0 if resident and m0 else (tile_words * wgt_beats + 1)
+        acts = rows * act_beats + 1 if order == "n_stream" else (rows * act_beats + 1) / n_n
+        total += n_n * n_k * max(rows + 1, drain, weights + acts)
+    return total
 
 
 def build_gemm(config: NpuConfig, spec: GemmSpec, order: str | None = None) -> GemmProgram:
     """Tile ``spec`` for ``config``; raises ``ValueError`` if it cannot be scheduled.
 
     ``order`` picks the loop nest inside an M chunk: ``"n_outer"`` (N tile, then K tiles; two
-    accumulator tiles live) or ``"k_outer"`` (K tile, then N tiles; every N tile of the chunk live,
-    each activation tile loaded once and reused across N). ``None`` builds every order that fits and
-    keeps the one the cycle model says is fastest.
+    accumulator tiles live; every activation tile of the chunk loaded once), ``"k_outer"`` (K tile, then
+    N tiles; every N tile of the chunk live) or ``"n_stream"`` (as ``n_outer``, but each step loads its
+    activation tile again, so M chunks stay as tall as the accumulators allow however long K is: for
+    large K this trades data-in bytes for far fewer, longer COMPUTEs). ``None`` ranks the orders that fit
+    with ``_estimate``; small GEMMs (``SIMULATE_STEPS``) run the close candidates on the cycle model and
+    keep the fastest, larger ones take the best estimate.
     """
     if spec.precision.label not in config.precisions:
         raise ValueError(f"precision {spec.precision.label!r} is not supported by this NPU "
@@ -159,32 +201,39 @@ def build_gemm(config: NpuConfig, spec: GemmSpec, order: str | None = None) -> G
         if order not in ORDERS:
             raise ValueError(f"unknown loop order {order!r}; expected one of {ORDERS}")
         return _schedule(config, spec, order)
-    candidates = []
-    for name in ORDERS:
-        try:
-            candidates.append(_schedule(config, spec, name))
-        except ValueError:
-            if name == ORDERS[0]:
-                raise
-    if len(candidates) == 1:
-        return candidates[0]
+    m, k, n = spec.shape
+    n_k, n_n = -(-k // k_tile(config, spec.precision)), -(-n // config.cols)
+    names = [name for name in ORDERS if _chunk(config, spec, name) >= 1]
+    if _chunk(config, spec, "n_stream") <= _chunk(config, spec, "n_outer"):
+        names = [name for name in names if name != "n_stream"]    # (same chunks, only more loads)
+    if not names or names[0] != "n_outer":
+        return _schedule(config, spec, "n_outer")                 # (raises: not even one row fits)
+    estimates = {name: _estimate(config, spec, name) for name in names}
+    best = min(estimates.values())
+    close = [name for name in names if estimates[name] <= SIMULATE_WITHIN * best]
+    steps = sum(-(-m // _chunk(config, spec, name)) * n_k * n_n for name in close)
+    if len(close) == 1 or steps > SIMULATE_STEPS:
+        return _schedule(config, spec, min(close, key=estimates.get))
     from opennpu.golden.model import GoldenNpu
-    return min(candidates, key=lambda gp: GoldenNpu(config).run(gp.program).counters["cycles"])
+    return min((_schedule(config, spec, name) for name in close),
+               key=lambda gp: GoldenNpu(config).run(gp.program).counters["cycles"])
 
 
 def _schedule(config: NpuConfig, spec: GemmSpec, order: str) -> GemmProgram:
     m, k, n = spec.shape
     kt, nt = k_tile(config, spec.precision), config.cols
     n_k, n_n = -(-k // kt), -(-n // nt)
-    live_tiles = 2 if order == "n_outer" else 2 * n_n       # accumulator tiles resident at once
-    chunk = min(m, config.acc_depth // live_tiles, (config.act_depth // 2) // n_k)
+    chunk = _chunk(config, spec, order)
     if chunk < 1:
+        live_tiles = 2 if order != "k_outer" else 2 * n_n
         raise ValueError(f"K={k} needs {n_k} activation words per row and N={n} {live_tiles} "
                          f"accumulator tiles; the activation SRAM ({config.act_depth} words) or the "
                          f"accumulator SRAM ({config.acc_depth} words) cannot hold one row")
     tile_words = weight_words(spec.precision, kt)
     resident = n_k * n_n * tile_words <= config.wgt_depth
     slots = config.wgt_depth // tile_words
+    stream = order == "n_stream"
+    act_slots = config.act_depth // chunk             # n_stream: activation tiles cycle through them
 
     e = Emitter(config)
 
@@ -196,27 +245,31 @@ def _schedule(config: NpuConfig, spec: GemmSpec, order: str) -> GemmProgram:
 
     def acc_addr(ci, t):
         """n_outer: consecutive output tiles alternate halves; k_outer: one region per chunk parity."""
-        if order == "n_outer":
+        if order != "k_outer":
             return ((ci * n_n + t) % 2) * chunk
         return ((ci % 2) * n_n + t) * chunk
 
     chunks = [(m0, min(chunk, m - m0)) for m0 in range(0, m, chunk)]
-    steps = []
+    w_tiles = _weight_tiles(spec, config, kt, nt, n_k, n_n)
+    a_tiles = _act_tiles(spec, config, kt, n_k)
+    steps, chunk_tiles = [], {}
     for ci, (m0, rows) in enumerate(chunks):
-        nest = ([(t, kk) for t in range(n_n) for kk in range(n_k)] if order == "n_outer"
+        nest = ([(t, kk) for t in range(n_n) for kk in range(n_k)] if order != "k_outer"
                 else [(t, kk) for kk in range(n_k) for t in range(n_n)])
         for t, kk in nest:
             wgt_addr = ((t * n_k + kk) if resident else len(steps) % slots) * tile_words
-            act_addr = (ci % 2) * (config.act_depth // 2) + kk * chunk
+            act_addr = ((len(steps) % act_slots) * chunk if stream
+                        else (ci % 2) * (config.act_depth // 2) + kk * chunk)
             krows, width = min(kt, k - kk * kt), min(nt, n - t * nt)
             loads = []
             if not resident or ci == 0:
-                tile = _pad(spec.w[kk * kt:kk * kt + krows, t * nt:(t + 1) * nt], kt, nt)
-                words = _wgt_words(spec, config, tile)[:weight_words(spec.precision, krows)]
+                words = w_tiles[kk][t]                  # (the same array each time: padded once)
                 loads.append(Load(Buf.WGT, wgt_addr, len(words), words))
-            if t == 0:                      # activation tiles are loaded once per chunk
-                block = _pad(spec.a[m0:m0 + rows, kk * kt:(kk + 1) * kt], rows, kt)
-                loads.append(Load(Buf.ACT, act_addr, rows, _act_words(spec, config, block)))
+            if t == 0 or stream:            # activation tiles are loaded once per chunk (n_stream: per step)
+                if t == 0:
+                    block = a_tiles[kk][m0:m0 + rows]
+                    chunk_tiles[kk] = block
+                loads.append(Load(Buf.ACT, act_addr, rows, chunk_tiles[kk]))
             activate = None
             if kk == n_k - 1:               # alternate banks: load one while the other is read
                 bias = np.zeros(config.cols, np.int64)
@@ -228,6 +281,23 @@ def _schedule(config: NpuConfig, spec: GemmSpec, order: str) -> GemmProgram:
                               activate))
     emit_steps(e, steps, preamble, split_first=True, split_last=True)
     return GemmProgram(e.program(), spec, config, chunks, n_n)
+
+
+def _weight_tiles(spec: GemmSpec, config: NpuConfig, kt: int, nt: int, n_k: int, n_n: int) -> list:
+    """``[kk][t]``: the weight SRAM words of K tile ``kk``, N tile ``t`` (zero-padded), packed once."""
+    k, n = spec.w.shape
+    padded = np.zeros((n_k * kt, n_n * nt), np.int64)
+    padded[:k, :n] = spec.w
+    return [[_wgt_words(spec, config, padded[kk * kt:(kk + 1) * kt, t * nt:(t + 1) * nt])
+             [:weight_words(spec.precision, min(kt, k - kk * kt))] for t in range(n_n)] for kk in range(n_k)]
+
+
+def _act_tiles(spec: GemmSpec, config: NpuConfig, kt: int, n_k: int) -> list:
+    """``[kk]``: the activation SRAM words of every row of A for K tile ``kk`` (zero-padded), packed once."""
+    m, k = spec.a.shape
+    padded = np.zeros((m, n_k * kt), np.int64)
+    padded[:, :k] = spec.a
+    return [_act_words(spec, config, padded[:, kk * kt:(kk + 1) * kt]) for kk in range(n_k)]
 
 
 def _schedule_os(config: NpuConfig, spec: GemmSpec) -> GemmProgram:

@@ -136,18 +136,31 @@ class Emitter:
     #: data-out events in push order: ("activate", tag) per ``dest=1`` activate, ("counters", tag)
     outputs: list = field(default_factory=list)
     _ordered: tuple = field(default=(-1, []), init=False, repr=False)   # (commands seen, ordered commands)
+    #: Commands are immutable: equal ones are built once (a tiled program repeats a few hundred distinct
+    #: commands thousands of times); payload arrays passed again are padded once (id -> (array, bytes)).
+    _interned: dict = field(default_factory=dict, init=False, repr=False)
+    _padded: dict = field(default_factory=dict, init=False, repr=False)
 
     def cmd(self, op: Opcode, **fields):
-        self.commands.append(Command(op, **fields))
+        key = (op, *fields.items(), *map(type, fields.values()))   # (types too: Command refuses some)
+        command = self._interned.get(key)
+        if command is None:
+            command = self._interned[key] = Command(op, **fields)
+        self.commands.append(command)
 
     def _pad_words(self, words: np.ndarray) -> bytes:
         width = self.config.beats(words.shape[1]) * self.config.bus_bytes
+        if width == words.shape[1]:
+            return words.tobytes()
         padded = np.zeros((words.shape[0], width), np.uint8)
         padded[:, :words.shape[1]] = words
         return padded.tobytes()
 
     def words(self, words: np.ndarray):
-        self.chunks.append(self._pad_words(np.asarray(words, np.uint8)))
+        hit = self._padded.get(id(words))
+        if hit is None or hit[0] is not words:
+            hit = self._padded[id(words)] = (words, self._pad_words(np.asarray(words, np.uint8)))
+        self.chunks.append(hit[1])
 
     def register(self, payload: bytes):
         self.chunks.append(payload + bytes(self.config.beats(len(payload)) * self.config.bus_bytes
@@ -197,10 +210,9 @@ class Emitter:
 
     def program(self, source=None) -> Program:
         """The ordered commands and their data-in stream; ``Deferred`` payloads come from ``source``."""
-        data = bytearray()
-        for chunk in self.chunks:
-            data += self._pad_words(chunk.words(source)) if isinstance(chunk, Deferred) else chunk
-        return Program(list(self.ordered()), bytes(data))
+        data = b"".join(self._pad_words(chunk.words(source)) if isinstance(chunk, Deferred) else chunk
+                        for chunk in self.chunks)
+        return Program(list(self.ordered()), data)
 
 
 def row_pieces(rows: int, count: int) -> list:

@@ -139,10 +139,18 @@ def check(cmd: Command, config: NpuConfig, precision: Precision) -> ErrorCode:
     return ErrorCode.OK
 
 
-def validate(command: Command | int, config: NpuConfig, precision: Precision) -> tuple[ErrorCode, Command | None]:
+def validate(command: Command | int, config: NpuConfig, precision: Precision,
+             cache: dict | None = None) -> tuple[ErrorCode, Command | None]:
     """Check one command against the configuration; ``(ErrorCode.OK, cmd)`` if it may run. A raw word
     is decoded first, as the hardware does; a ``Command`` is well-formed by construction, so only its
-    opcode and rule are checked."""
+    opcode and rule are checked. ``cache``: a dict the caller keeps for one configuration, remembering
+    each distinct (command, precision) (the check is a pure function of them)."""
+    if cache is not None:
+        key = (command, precision)
+        hit = cache.get(key)
+        if hit is None:
+            hit = cache[key] = validate(command, config, precision)
+        return hit
     if isinstance(command, Command):
         cmd = command
         if cmd.op not in rules(config):

@@ -19,8 +19,6 @@ program (exactly the waits the RTL's old address compare made, so the timeline d
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from opennpu.config import NpuConfig
 
 from .checks import stream_weight_words, validate, weight_words
@@ -28,7 +26,7 @@ from .isa import Command, Opcode, Precision, Wait, encode
 from .program import Program
 from .timing import WAIT_OF_UNIT, Access, Space, Unit, conflict
 
-__all__ = ["UNIT_OF", "BARRIERS", "HazardError", "accesses", "DependencyTracker", "order_program",
+__all__ = ["UNIT_OF", "BARRIERS", "HazardError", "accesses", "checked", "DependencyTracker", "order_program",
            "check_program"]
 
 #: The unit that executes each opcode (CONFIG and FENCE occupy none).
@@ -85,79 +83,108 @@ def accesses(cmd: Command, config: NpuConfig, precision: Precision, cur: int) ->
     return ()
 
 
-_TOKENS = tuple((u, int(token)) for u, token in WAIT_OF_UNIT.items())
+_TOKENS = tuple((int(u), int(token)) for u, token in WAIT_OF_UNIT.items())
 _EX_OLDER = int(Wait.EX_OLDER)
+_EX = int(Unit.EX)
+_BARRIER_OPS = frozenset(BARRIERS)
+_UNIT = {op: int(unit) for op, unit in UNIT_OF.items()}
 
 
-@dataclass(frozen=True)
-class _Running:
-    index: int
-    cmd: Command
-    accesses: tuple
+def _spans(accs) -> tuple:
+    """Accesses as ``(space, lo, hi, write, access)`` tuples: what the conflict test compares (fast)."""
+    return tuple((int(a.space), a.lo, a.lo + a.count, a.write, a) for a in accs)
+
+
+def _hit(spans, entry_spans) -> Access | None:
+    """The first of ``spans`` that conflicts (``golden.timing.conflict``) with one of ``entry_spans``."""
+    for space, lo, hi, write, access in spans:
+        for space2, lo2, hi2, write2, _ in entry_spans:
+            if space == space2 and (write or write2) and lo < hi2 and lo2 < hi:
+                return access
+    return None
+
+
+def checked(command, config: NpuConfig, precision: Precision, cur: int, cache: dict) -> tuple:
+    """``(error code, accepted command or None, its accesses as spans)`` of one program entry, through
+    ``cache`` (a dict the caller keeps for one configuration; the result is a pure function of the entry,
+    the precision and the PE buffer ``cur``)."""
+    key = (command, precision, cur)
+    hit = cache.get(key)
+    if hit is None:
+        code, cmd = validate(command, config, precision)
+        hit = cache[key] = (code, cmd, _spans(accesses(cmd, config, precision, cur)) if cmd is not None else ())
+    return hit
 
 
 class DependencyTracker:
     """The commands that may still run, per unit, as a program is fed in order (``dispatch``)."""
 
     def __init__(self):
-        self.running = {u: [] for u in Unit}      # oldest first; EX: up to two
-
-    def _hit(self, entry: _Running, accs) -> Access | None:
-        for a in accs:
-            for b in entry.accesses:
-                if conflict(a, b):
-                    return a
-        return None
+        self.running = [[] for _ in Unit]      # per unit, (index, cmd, spans), oldest first; EX: up to two
 
     def needed(self, unit: Unit, accs) -> int:
         """The fewest tokens (``Wait`` bits) that order a command of ``unit`` with these accesses."""
+        return self.needed_spans(int(unit), _spans(accs))
+
+    def needed_spans(self, unit: int, spans) -> int:
         waits = 0
         for u, token in _TOKENS:
             entries = self.running[u]
             if u == unit or not entries:
                 continue
-            if self._hit(entries[-1], accs):
+            if _hit(spans, entries[-1][2]):
                 waits |= token
-            elif len(entries) > 1 and self._hit(entries[0], accs):      # (EX: the older COMPUTE)
+            elif len(entries) > 1 and _hit(spans, entries[0][2]):      # (EX: the older COMPUTE)
                 waits |= _EX_OLDER
         return waits
 
     def dispatch(self, index: int, cmd: Command, accs):
         """Account for an accepted command; ``HazardError`` if it is not ordered."""
+        self.dispatch_spans(index, cmd, _spans(accs))
+
+    def dispatch_spans(self, index: int, cmd: Command, spans):
         running = self.running
-        if cmd.op in BARRIERS:
-            for entries in running.values():
+        op = cmd.op
+        if op in _BARRIER_OPS:
+            for entries in running:
                 entries.clear()
         else:
             wait = cmd.wait
-            for u, token in _TOKENS:
-                if wait & token:
-                    running[u].clear()
-            if wait & _EX_OLDER:
-                del running[Unit.EX][:-1]
-            unit = UNIT_OF[cmd.op]
-            for u, entries in running.items():
-                for e in entries if u != unit else ():
-                    hit = self._hit(e, accs)
+            if wait:
+                for u, token in _TOKENS:
+                    if wait & token:
+                        running[u].clear()
+                if wait & _EX_OLDER:
+                    del running[_EX][:-1]
+            unit = _UNIT[op]
+            for u, entries in enumerate(running):
+                if u == unit or not entries:
+                    continue
+                for e in entries:
+                    hit = _hit(spans, e[2])
                     if hit is not None:
-                        token = WAIT_OF_UNIT[u] if e is entries[-1] else _EX_OLDER
-                        raise HazardError((index, cmd), (e.index, e.cmd), hit, token)
-        unit = UNIT_OF.get(cmd.op)
+                        token = WAIT_OF_UNIT[Unit(u)] if e is entries[-1] else _EX_OLDER
+                        raise HazardError((index, cmd), (e[0], e[1]), hit, token)
+        unit = _UNIT.get(op)
         if unit is not None:
-            keep = running[unit][-1:] if unit == Unit.EX else []
-            running[unit] = keep + [_Running(index, cmd, tuple(accs))]
+            entries = running[unit]
+            if unit == _EX:
+                del entries[:-1]
+                entries.append((index, cmd, spans))
+            else:
+                running[unit] = [(index, cmd, spans)]
 
 
 def _walk(program: Program, config: NpuConfig):
-    """(index, accepted command or None, its accesses) for each command, tracking the precision and PE
-    buffer state that validation and accesses depend on."""
-    precision, cur = Precision.INT8, 0
+    """(index, accepted command or None, its access spans) for each command, tracking the precision and
+    PE buffer state that validation and accesses depend on."""
+    precision, cur, cache = Precision.INT8, 0, {}
     for index, command in enumerate(program.commands):
-        _, cmd = validate(command, config, precision)
+        _, cmd, spans = checked(command, config, precision, cur, cache)
         if cmd is None:
             yield index, None, ()
             continue
-        yield index, cmd, accesses(cmd, config, precision, cur)
+        yield index, cmd, spans
         if cmd.op == Opcode.CONFIG:
             precision = Precision(cmd.precision)
         elif cmd.op == Opcode.PRELOAD:
@@ -168,15 +195,17 @@ def order_program(program: Program, config: NpuConfig) -> Program:
     """The program with the fewest ``wait`` tokens that order it added to each accepted command (tokens
     already set are kept). Raw-int commands stay raw ints; rejected ones are unchanged."""
     tracker, commands = DependencyTracker(), []
-    for index, cmd, accs in _walk(program, config):
+    for index, cmd, spans in _walk(program, config):
         original = program.commands[index]
         if cmd is None:
             commands.append(original)
             continue
-        needed = 0 if cmd.op in BARRIERS else tracker.needed(UNIT_OF[cmd.op], accs)
+        needed = 0 if cmd.op in _BARRIER_OPS else tracker.needed_spans(_UNIT[cmd.op], spans)
         if needed & ~cmd.wait:
-            cmd = cmd.with_fields(wait=cmd.wait | needed)
-        tracker.dispatch(index, cmd, accs)
+            cmd = cmd.with_wait(cmd.wait | needed)
+        elif isinstance(original, Command):
+            cmd = original                   # (the entry itself, not an equal one from the cache)
+        tracker.dispatch_spans(index, cmd, spans)
         commands.append(cmd if isinstance(original, Command) else encode(cmd))
     return Program(commands, program.data_in)
 
@@ -184,6 +213,6 @@ def order_program(program: Program, config: NpuConfig) -> Program:
 def check_program(program: Program, config: NpuConfig):
     """Raise ``HazardError`` (naming both commands) if the program's tokens leave a hazard unordered."""
     tracker = DependencyTracker()
-    for index, cmd, accs in _walk(program, config):
+    for index, cmd, spans in _walk(program, config):
         if cmd is not None:
-            tracker.dispatch(index, cmd, accs)
+            tracker.dispatch_spans(index, cmd, spans)

@@ -194,17 +194,21 @@ class Command:
     args: tuple  # ((name, value), ...) in FIELDS order
 
     def __init__(self, op, **fields):
-        try:
-            op = Opcode(op)
-        except ValueError:
-            raise ValueError(f"unknown opcode {op!r}") from None
-        names, ranges = _SPECS[op]
-        if not names.issuperset(fields):
+        spec = _SPECS.get(op) if type(op) is Opcode else None      # (the common case: no enum call)
+        if spec is None:
+            try:
+                op = Opcode(op)
+            except ValueError:
+                raise ValueError(f"unknown opcode {op!r}") from None
+            spec = _SPECS[op]
+        names, ranges = spec
+        if not fields.keys() <= names:
             raise ValueError(f"{op.name} has no field(s) {sorted(set(fields) - names)}; fields are "
                              f"{[name for name, _, _ in ranges]}")
         args = []
+        get = fields.get
         for name, lo, hi in ranges:
-            value = fields.get(name, 0)
+            value = get(name, 0)
             if type(value) is not int:           # (the common case, a plain int, needs no conversion)
                 if isinstance(value, enum.Enum):
                     value = int(value.value)
@@ -235,6 +239,19 @@ class Command:
     def with_fields(self, **fields) -> "Command":
         """A copy with some fields replaced (e.g. ``cmd.with_fields(wait=Wait.LD)``)."""
         return Command(self.op, **{**self.fields, **fields})
+
+    def with_wait(self, wait: int) -> "Command":
+        """``with_fields(wait=wait)`` without re-checking the other fields (they were checked when this
+        command was built); ``wait`` must fit its 6 bits. (The compiler's hot path: ``order_program``.)"""
+        wait = int(wait)
+        if not WAIT_FIELD.lo <= wait <= WAIT_FIELD.hi:
+            raise ValueError(f"{self.op.name}.wait = {wait!r} out of range {WAIT_FIELD.lo}..{WAIT_FIELD.hi}")
+        new = object.__new__(Command)
+        d = new.__dict__
+        d.update(self.__dict__)
+        d["wait"] = wait
+        d["args"] = self.args[:-1] + (("wait", wait),)           # (wait is the last field of every opcode)
+        return new
 
 
 def encode(cmd: Command) -> int:

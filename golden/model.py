@@ -15,8 +15,8 @@ from opennpu.config import NpuConfig
 
 from . import numerics
 from .checks import k_tile, quant_params, stream_weight_words, validate, weight_words
-from .deps import DependencyTracker, HazardError, accesses
-from .isa import ActFn, Buf, Command, ErrorCode, Precision
+from .deps import DependencyTracker, HazardError, checked
+from .isa import ActFn, Buf, ErrorCode, Opcode, Precision
 from .program import COUNTER_NAMES, Program, ProgramError, Result
 from .timing import CycleModel
 
@@ -84,11 +84,12 @@ class GoldenNpu:
         c = self.config
         self.act = np.zeros((c.act_depth, c.act_word_bytes), np.uint8)
         self.wgt = np.zeros((c.wgt_depth, c.wgt_word_bytes), np.uint8)
-        self.acc = np.zeros((c.acc_depth, c.cols), np.int64)
+        self.acc = np.zeros((c.acc_depth, c.cols), np.int32)     # (int32 adds wrap as the hardware's do)
         self.bias = [np.zeros(c.cols, np.int64) for _ in range(2)]   # two banks
         self.quant = [(np.zeros(c.cols, np.int64), np.zeros(c.cols, np.int64)) for _ in range(2)]  # (M0, shift)
         self.lut = np.zeros(256, np.int64)
         self.pe_weights = [np.zeros((2 * c.rows, c.cols), np.int64) for _ in range(2)]
+        self._pe_float = [w.astype(np.float32) for w in self.pe_weights]    # (the same, for the matmul)
         self.pe_macs = [0, 0]                 # useful MACs per row for each PE buffer
         self.cur = 0                          # PE buffer the next COMPUTE uses
         self.regs = dict(precision=Precision.INT8, act=ActFn.CLAMP, out_zp=0, qmin=-128, qmax=127,
@@ -99,26 +100,32 @@ class GoldenNpu:
         self.timeline = CycleModel(c.rows, c.cols, c.dataflow)
         self.deps = DependencyTracker()
         self._costs = {p: event_costs(c, p) for p in Precision}
+        self._valid: dict = {}                # (command, precision, cur) -> checked(...): the checks' cache
+        self._handlers = {op: getattr(self, "_" + op.name.lower()) for op in Opcode}
         self.trace: list[tuple[object, int]] = []   # (command or raw word, dispatch cycle)
 
     def _count(self, **events):
         """Add events to the counters and their energy to ``energy_fj`` (if the hardware has it); a4w4
         MACs to ``int4_macs`` too. Every counter wraps at ``counter_bits``, as in hardware."""
-        precision, mask = self.regs["precision"], self.config.counter_mask
+        precision, mask, counters = self.regs["precision"], self.config.counter_mask, self.counters
         if precision == Precision.A4W4 and "macs" in events:
             events["int4_macs"] = events["macs"]
         cost = self._costs[precision]
+        energy = 0
         for name, n in events.items():
-            self.counters[name] = (self.counters[name] + n) & mask
-            if self.config.energy_counter:
-                self.counters["energy_fj"] = (self.counters["energy_fj"] + n * cost.get(name, 0)) & mask
+            counters[name] = (counters[name] + n) & mask
+            energy += n * cost.get(name, 0)
+        if self.config.energy_counter:            # (modulo 2^bits: the same as adding event by event)
+            counters["energy_fj"] = (counters["energy_fj"] + energy) & mask
 
     # -- execution --------------------------------------------------------------------------------
     def run(self, program: Program) -> Result:
-        self._din = memoryview(bytes(program.data_in))
+        data_in = program.data_in
+        self._din = memoryview(data_in if isinstance(data_in, bytes) else bytes(data_in))
         self._dout = bytearray()
-        for index, (command, word) in enumerate(zip(program.commands, program.words())):
-            self._step(index, command if isinstance(command, Command) else word)
+        commands = program.checked_commands()      # (ValueError naming a bad entry before anything runs)
+        for index, command in enumerate(commands):
+            self._step(index, command)
         if len(self._din):
             raise ProgramError(f"{len(self._din)} data-in bytes left over after the last command")
         self.counters["cycles"] = self.timeline.total_cycles() & self.config.counter_mask
@@ -127,22 +134,22 @@ class GoldenNpu:
 
     def _step(self, index: int, command):
         """One command: a ``Command`` or a raw word (``checks.validate``)."""
-        code, cmd = validate(command, self.config, self.regs["precision"])
+        code, cmd, spans = checked(command, self.config, self.regs["precision"], self.cur, self._valid)
         if code != ErrorCode.OK:
             if self.error == ErrorCode.OK:
                 self.error = code
             self.rejected = min(self.rejected + 1, REJECTED_MAX)       # 16-bit saturating in hardware
             self.trace.append((command, self.timeline.reject()))
             return
-        self.deps.dispatch(index, cmd, accesses(cmd, self.config, self.regs["precision"], self.cur))
-        d = getattr(self, "_" + cmd.op.name.lower())(cmd)
+        self.deps.dispatch_spans(index, cmd, spans)
+        d = self._handlers[cmd.op](cmd)
         self.trace.append((cmd, d))
 
-    def _take(self, nbytes: int) -> bytes:
+    def _take(self, nbytes: int) -> memoryview:
         if len(self._din) < nbytes:
             raise ProgramError(f"data-in stream ran out: a command needs {nbytes} bytes, "
                                f"{len(self._din)} left")
-        chunk, self._din = bytes(self._din[:nbytes]), self._din[nbytes:]
+        chunk, self._din = self._din[:nbytes], self._din[nbytes:]
         return chunk
 
     def _push(self, data: bytes):
@@ -150,6 +157,16 @@ class GoldenNpu:
         beats = self.config.beats(len(data))
         self._dout += data + bytes(beats * self.config.bus_bytes - len(data))
         self._count(dma_out_bytes=beats * self.config.bus_bytes)
+
+    def _push_rows(self, rows: np.ndarray):
+        """Data-out: each row of ``rows`` (uint8) as ``_push`` sends it, all at once."""
+        width = self.config.beats(rows.shape[1]) * self.config.bus_bytes
+        if width != rows.shape[1]:
+            padded = np.zeros((rows.shape[0], width), np.uint8)
+            padded[:, :rows.shape[1]] = rows
+            rows = padded
+        self._dout += rows.tobytes()
+        self._count(dma_out_bytes=width * rows.shape[0])
 
     def _config(self, cmd):
         d = self.timeline.barrier()
@@ -177,7 +194,7 @@ class GoldenNpu:
     def _load_register(self, waits: int, nbytes: int) -> tuple[int, bytes]:
         beats = self.config.beats(nbytes)
         d = self.timeline.load(waits, beats)
-        data = self._take(beats * self.config.bus_bytes)[:nbytes]
+        data = bytes(self._take(beats * self.config.bus_bytes)[:nbytes])
         self._count(dma_in_bytes=beats * self.config.bus_bytes)
         return d, data
 
@@ -207,6 +224,7 @@ class GoldenNpu:
         tile = np.zeros_like(self.pe_weights[target])
         tile[:cmd.krows, :cmd.ncols] = rows[:cmd.krows, :cmd.ncols]
         self.pe_weights[target] = tile
+        self._pe_float[target] = tile.astype(np.float32)
         self.pe_macs[target] = cmd.krows * cmd.ncols
         self.cur = target
         self._count(wgt_reads=words)
@@ -220,21 +238,23 @@ class GoldenNpu:
             return raw.view(np.int8).astype(np.int64)
         return numerics.unpack_int4(raw).reshape(2 * words, self.config.cols)
 
-    def _activations(self, addr: int, rows: int) -> np.ndarray:
-        raw = self.act[addr:addr + rows]
-        if self.regs["precision"] == Precision.A4W4:
-            return numerics.unpack_int4(raw)
-        return raw.view(np.int8).astype(np.int64)
-
     def _compute(self, cmd):
         if self.config.dataflow == "os":
             return self._compute_os(cmd)
         d = self.timeline.compute(cmd.wait, cmd.rows)
-        a = self._activations(cmd.aaddr, cmd.rows)
-        w = self.pe_weights[self.cur][:a.shape[1]]
-        result = numerics.wrap_int32(a @ w)
+        raw = self.act[cmd.aaddr:cmd.aaddr + cmd.rows]
+        if self.regs["precision"] == Precision.A4W4:
+            a = numerics.unpack_int4(raw).astype(np.float32)
+        else:
+            a = raw.view(np.int8).astype(np.float32)
+        # One tile's products: |a*w| <= 2^14 summed over at most 2 * 64 K rows (< 2^21), so float32 holds
+        # every partial sum exactly and the BLAS product equals the integer one (no int32 wrap needed).
+        result = (a @ self._pe_float[self.cur][:a.shape[1]]).astype(np.int32)
         rows = slice(cmd.accaddr, cmd.accaddr + cmd.rows)
-        self.acc[rows] = numerics.wrap_int32(self.acc[rows] + result) if cmd.accumulate else result
+        if cmd.accumulate:
+            self.acc[rows] += result                 # (int32: wraps)
+        else:
+            self.acc[rows] = result
         self._count(act_reads=cmd.rows, busy_cycles=cmd.rows, macs=cmd.rows * self.pe_macs[self.cur],
                     acc_writes=cmd.rows, acc_reads=cmd.rows if cmd.accumulate else 0)
         return d
@@ -271,8 +291,7 @@ class GoldenNpu:
         out = y.astype(np.int8).view(np.uint8)
         self._count(acc_reads=cmd.rows, act_ops=cmd.rows * c.cols)
         if to_output:
-            for row in out:
-                self._push(row.tobytes())
+            self._push_rows(out)
         else:
             lanes = min(c.rows, c.cols)
             words = np.zeros((cmd.rows, c.act_word_bytes), np.uint8)
@@ -291,8 +310,7 @@ class GoldenNpu:
         beats = c.beats(len(words[0]))
         d = self.timeline.store(cmd.wait, beats * cmd.rows)
         self._count(**{f"{buf.name.lower()}_reads": cmd.rows})
-        for w in words:
-            self._push(w)
+        self._push_rows(np.frombuffer(b"".join(words), np.uint8).reshape(len(words), -1))
         return d
 
     def _counters(self, cmd):

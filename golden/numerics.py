@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-__all__ = ["INT32_MIN", "INT32_MAX", "wrap_int32", "quantize_multiplier", "srdhm", "rdbpot", "requantize",
+__all__ = ["INT32_MIN", "INT32_MAX", "wrap_int32", "int_matmul", "quantize_multiplier", "srdhm", "rdbpot", "requantize",
            "activation_unit", "quantize", "dequantize", "int_range", "pack_int4", "unpack_int4",
            "LUT_FUNCTIONS", "build_lut", "relu_bounds"]
 
@@ -35,6 +35,17 @@ def wrap_int32(x):
     """Two's-complement wrap to int32 (what a 32-bit adder does)."""
     x = np.asarray(x, dtype=np.int64)
     return (((x - INT32_MIN) & 0xFFFFFFFF) + INT32_MIN).astype(np.int64)
+
+
+def int_matmul(a, b) -> np.ndarray:
+    """``a @ b`` of integer matrices as int64, exactly: through float64 BLAS (fast) when every partial
+    sum is below 2^53 in magnitude (``K * max|a| * max|b|``), else numpy's int64 product."""
+    a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
+    if a.size and b.size:
+        bound = a.shape[-1] * int(np.abs(a).max()) * int(np.abs(b).max())
+        if bound < 1 << 53:
+            return (a.astype(np.float64) @ b.astype(np.float64)).astype(np.int64)
+    return a @ b
 
 
 def quantize_multiplier(scale: float) -> tuple[int, int]:

@@ -36,16 +36,21 @@ class Program:
         """The 128-bit command words; raises ValueError naming the first entry that is neither a
         ``Command`` nor an integer in ``0 .. 2**128 - 1`` (bools and floats are refused, not
         converted), so every backend refuses the same programs before anything runs."""
-        words = []
+        return [c if type(c) is int else encode(c) for c in self.checked_commands()]
+
+    def checked_commands(self) -> list:
+        """The entries, ``Command`` objects as they are and raw words as plain ints, after the check
+        ``words`` makes (without encoding the commands: the golden model's path)."""
+        out = []
         for index, c in enumerate(self.commands):
             if isinstance(c, Command):
-                words.append(encode(c))
+                out.append(c)
             elif isinstance(c, numbers.Integral) and not isinstance(c, bool) and 0 <= c < 1 << COMMAND_BITS:
-                words.append(int(c))
+                out.append(int(c))
             else:
                 raise ValueError(f"command {index} is {c!r}: expected a Command or an unsigned "
                                  f"{COMMAND_BITS}-bit int")
-        return words
+        return out
 
     def __len__(self):
         return len(self.commands)

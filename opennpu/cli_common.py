@@ -65,12 +65,15 @@ def check_input_file(path: str, what: str):
 def busy(args, text: str):
     """While long work runs: a spinner with the elapsed time on stderr, only where stderr is a
     terminal, never under ``--json`` (and none without rich, an optional dependency)."""
+    if args.json or not sys.stderr.isatty():        # (before importing rich: it costs start-up time)
+        yield
+        return
     try:
         from rich.console import Console
         from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
     except ImportError:
         Progress = None
-    if Progress is None or args.json or not sys.stderr.isatty():
+    if Progress is None:
         yield
         return
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),

@@ -29,7 +29,7 @@ def _show(title: str, report: dict):
 
 def main():
     _show("golden model, int8 GEMM + GELU (LUT)",
-          run_gemm(NpuConfig(rows=8, cols=8), 100, 70, 33, act="gelu", seed=1))
+          run_gemm(NpuConfig(rows=8, cols=8), 100, 70, 33, act="gelu", seed=1, torch_reference=True))
     _show("golden model, a4w4 GEMM (two 4-bit MACs per PE per cycle)",
           run_gemm(NpuConfig(rows=8, cols=8, precisions=("int8", "a4w4")), 100, 70, 33, precision="a4w4"))
     _show("RTL on Amaranth's simulator, 4x4 array, ReLU, random stream back-pressure",

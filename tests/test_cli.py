@@ -197,3 +197,21 @@ def test_progress_on_a_terminal_never_under_json(capsys, monkeypatch, json_flag)
         assert err == "" and json.loads(out)["verified"]
     else:
         assert "GEMM 4x3x2 on golden" in err
+
+
+def test_gemm_checks_numpy_by_default_and_torch_on_request(capsys):
+    """Without ``--torch`` the result is checked against the numpy numerics and torch is never imported
+    (its import alone takes seconds); ``--torch`` adds the PyTorch reference check."""
+    import subprocess
+    import sys
+    code = ("import sys, json, io, contextlib\nfrom opennpu.cli import main\nout = io.StringIO()\n"
+            "with contextlib.redirect_stdout(out):\n"
+            "    assert main(['gemm', '--m', '8', '--k', '8', '--n', '8', '--json']) == 0\n"
+            "report = json.loads(out.getvalue())\n"
+            "assert report['checks']['numerics'] and 'torch_reference' not in report['checks'], report\n"
+            "assert 'torch' not in sys.modules\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    pytest.importorskip("torch")
+    code, out, _ = run(capsys, "gemm", "--m", "8", "--k", "8", "--n", "8", "--torch", "--json")
+    report = json.loads(out)
+    assert code == 0 and report["checks"]["torch_reference"] is True and report["compile_s"] >= 0
