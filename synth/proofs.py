@@ -23,7 +23,8 @@ from opennpu.golden.model import event_costs
 from opennpu.golden.program import COUNTER_NAMES
 from opennpu.hdl.counters import Counters, Events, _costed_events
 
-__all__ = ["SMALL_CONFIG", "CountersMonotonic"]
+__all__ = ["SMALL_CONFIG", "LINK_CONFIG", "LINK_FRAME_MAX", "PROOFS", "CountersMonotonic", "NpuStreamRules",
+           "RejectedWritesNothing", "WritesInRange", "LinkStreamRules", "LinkDelivery"]
 
 #: The configuration of the NPU proofs: 2x2 int8, SRAMs of 4 / 4 / 2 words, 16-bit counters.
 SMALL_CONFIG = NpuConfig(rows=2, cols=2, act_depth=4, wgt_depth=4, acc_depth=2, counter_bits=16,
@@ -410,7 +411,10 @@ class WritesInRange(wiring.Component):
         _no_reset(m)
         _drive_free_inputs(m, self, dut, _NPU_SINKS, _NPU_SOURCES, _NPU_PLAIN)
         core = dut.core
-        start = core.dispatcher.start
+        # A start pulse counts in a cycle the core runs (the units are frozen otherwise and the pulse
+        # repeats): the counters' copy of the clock enable, a port of ``Counters``.
+        start = Signal.like(core.dispatcher.start)
+        m.d.comb += start.eq(Mux(dut.perf.run, core.dispatcher.start, 0))
         word = core.head.word
         opcode = word[:4]
         view = {op: data.View(command_layout(op), word) for op in (Opcode.LOAD, Opcode.ACTIVATE, Opcode.COMPUTE)}
@@ -448,3 +452,19 @@ class WritesInRange(wiring.Component):
         m.d.comb += Assert(~wr.en | inside(wr.addr, *ex[0]) | inside(wr.addr, *ex[1]),
                            "EX wrote the accumulator SRAM outside its COMPUTE")
         return m
+
+
+#: Every proof job: name -> (harness factory, mode, default-suite depth, slow-suite depth). ``prove`` is
+#: k-induction (the depth is k: the property holds in every reachable state); ``bmc`` checks every
+#: trace from reset up to the depth in cycles. The slow depths cover at least one whole command (NPU:
+#: a LOAD / COMPUTE / ACTIVATE from its command beat to its last SRAM write; host link: a 16-byte CMD
+#: or DATA frame received byte by byte, checked and its beat delivered, about 260 cycles).
+PROOFS = {
+    "counters_monotonic": (lambda: CountersMonotonic(SMALL_CONFIG.with_(energy_counter=True, counter_bits=32)),
+                           "prove", 2, 4),
+    "npu_stream_rules": (lambda: NpuStreamRules(SMALL_CONFIG), "bmc", 12, 40),
+    "rejected_writes_nothing": (lambda: RejectedWritesNothing(SMALL_CONFIG), "bmc", 10, 30),
+    "writes_in_range": (lambda: WritesInRange(SMALL_CONFIG), "bmc", 12, 30),
+    "link_stream_rules": (lambda: LinkStreamRules(), "bmc", 30, 270),
+    "link_delivery": (lambda: LinkDelivery(), "bmc", 30, 270),
+}
