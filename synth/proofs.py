@@ -462,9 +462,9 @@ class WritesInRange(wiring.Component):
 PROOFS = {
     "counters_monotonic": (lambda: CountersMonotonic(SMALL_CONFIG.with_(energy_counter=True, counter_bits=32)),
                            "prove", 2, 4),
-    "npu_stream_rules": (lambda: NpuStreamRules(SMALL_CONFIG), "bmc", 12, 40),
-    "rejected_writes_nothing": (lambda: RejectedWritesNothing(SMALL_CONFIG), "bmc", 10, 30),
-    "writes_in_range": (lambda: WritesInRange(SMALL_CONFIG), "bmc", 12, 30),
-    "link_stream_rules": (lambda: LinkStreamRules(), "bmc", 30, 270),
-    "link_delivery": (lambda: LinkDelivery(), "bmc", 30, 270),
+    "npu_stream_rules": (lambda: NpuStreamRules(SMALL_CONFIG), "bmc", 10, 40),
+    "rejected_writes_nothing": (lambda: RejectedWritesNothing(SMALL_CONFIG), "bmc", 8, 30),
+    "writes_in_range": (lambda: WritesInRange(SMALL_CONFIG), "bmc", 10, 30),
+    "link_stream_rules": (lambda: LinkStreamRules(), "bmc", 20, 270),
+    "link_delivery": (lambda: LinkDelivery(), "bmc", 20, 270),
 }
