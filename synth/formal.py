@@ -75,12 +75,13 @@ def tool_env(workdir: Path) -> tuple[list, dict]:
     # yosys-smtbmc would read as a solver reply: compile it here first (cached afterwards).
     subprocess.run([exes["boolector"], "--version"], capture_output=True, timeout=600)
     env = dict(os.environ, YOSYS=exes["yosys"], SMTBMC=exes["smtbmc"], WITNESS=exes["witness"],
-               PATH=f"{shim_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+               PATH=os.pathsep.join([str(shim_dir), str(Path(sys.executable).parent),
+                                         os.environ.get("PATH", "")]))
     return [exes["sby"]], env
 
 
 def run_proof(harness, name: str, *, mode: str = "bmc", depth: int = 20, workdir=None,
-              timeout: int = 1800, memory_map: bool = True) -> ProofResult:
+              timeout: int = 1800, memory_map: bool = True, solver: str = "boolector") -> ProofResult:
     """Prove the ``Assert`` statements of ``harness`` (a ``wiring.Component``) with SymbiYosys.
 
     mode : ``"bmc"`` (no assertion fails within ``depth`` cycles from reset) or ``"prove"``
@@ -96,10 +97,12 @@ def run_proof(harness, name: str, *, mode: str = "bmc", depth: int = 20, workdir
     workdir.mkdir(parents=True)
     sby, env = tool_env(workdir)
     (workdir / "top.il").write_text(rtlil.convert(harness, name="top"))
-    script = ["read_rtlil top.il", "prep -top top"] + (["memory_map", "opt -fast"] if memory_map else [])
+    # ``flatten``: logic that reaches no assertion (the harness has no outputs) is removed.
+    script = (["read_rtlil top.il", "prep -top top", "flatten"] + (["memory_map"] if memory_map else [])
+              + ["opt -fast", "opt_clean"])
     (workdir / "proof.sby").write_text("\n".join([
         "[options]", f"mode {mode}", f"depth {depth}", "multiclock off", "",
-        "[engines]", "smtbmc boolector", "",
+        "[engines]", f"smtbmc {solver}", "",
         "[script]", *script, "",
         "[files]", str(workdir / "top.il"), ""]))
     start = time.monotonic()
