@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -106,12 +107,15 @@ def run_proof(harness, name: str, *, mode: str = "bmc", depth: int = 20, workdir
         "[script]", *script, "",
         "[files]", str(workdir / "top.il"), ""]))
     start = time.monotonic()
+    # Its own process group, so that a timeout stops sby's solver processes too.
+    proc = subprocess.Popen(sby + ["-f", "-d", "job", "proof.sby"], cwd=workdir, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        proc = subprocess.run(sby + ["-f", "-d", "job", "proof.sby"], cwd=workdir, env=env, capture_output=True,
-                              text=True, timeout=timeout)
-        log = proc.stdout + proc.stderr
-    except subprocess.TimeoutExpired as e:
-        log = f"timeout after {timeout} s\n{e.stdout or ''}"
+        log, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGTERM)
+        log, _ = proc.communicate()
+        log = f"{log}\ntimeout after {timeout} s"
     seconds = time.monotonic() - start
     job = workdir / "job"
     status_file = job / "status"

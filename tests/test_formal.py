@@ -10,9 +10,9 @@ from opennpu.synth.formal import run_proof
 from opennpu.synth.proofs import PROOFS
 
 
-def _prove(name, depth, tmp_path):
+def _prove(name, depth, tmp_path, timeout=1800):
     factory, mode, _short, _long = PROOFS[name]
-    result = run_proof(factory(), name, mode=mode, depth=depth, workdir=tmp_path / name)
+    result = run_proof(factory(), name, mode=mode, depth=depth, workdir=tmp_path / name, timeout=timeout)
     assert result.passed, result.message()
 
 
@@ -24,7 +24,7 @@ def test_proof_short(name, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(PROOFS))
 def test_proof_deep(name, tmp_path):
-    _prove(name, PROOFS[name][3], tmp_path)
+    _prove(name, PROOFS[name][3], tmp_path, timeout=4 * 3600)     # the host link's: about an hour
 
 
 def test_failing_proof_names_its_trace(tmp_path):
