@@ -44,7 +44,8 @@ class CountersMonotonic(wiring.Component):
     largest one-cycle increment ``inc_max`` (computed here from the ``Events`` field widths and the
     energy table) of ``2^counter_bits``. So a counter that starts at 0 (reset) cannot decrease before
     it has counted to ``2^counter_bits - inc_max``: never within ``(2^counter_bits - inc_max) / inc_max``
-    cycles (the golden model wraps the same way past that).
+    cycles (the golden model wraps the same way past that). k-induction, k = 2 (4 in the slow suite),
+    on ``SMALL_CONFIG`` with the energy accumulator and 32-bit counters.
     """
 
     def __init__(self, config: NpuConfig):
@@ -138,8 +139,9 @@ class NpuStreamRules(wiring.Component):
 
     The command and data-in streams and ``dout.ready`` are left completely free (no assumption on the
     host: any command words, any data, any back-pressure); the whole NPU (``SMALL_CONFIG``) runs behind
-    them. Proved by k-induction (the rule only depends on the data-out FIFO, whose every state is
-    reachable) -- see ``PROOFS`` for the depth.
+    them. BMC from reset: 10 cycles in the default suite, 40 in the slow one (several commands, each
+    STORE / ACTIVATE-to-host / COUNTERS push included). k-induction does not close: the data-out FIFO's
+    pointers have unreachable values that the induction step may start from.
     """
 
     def __init__(self, config: NpuConfig):
@@ -184,7 +186,10 @@ class LinkStreamRules(wiring.Component):
     """``HostLink``'s output streams keep the valid/ready rule: ``tx`` (bytes to the UART), ``cmd`` and
     ``din`` (beats to the NPU) hold ``valid`` and ``payload`` until taken. Every input is free (any
     received bytes, any back-pressure, any NPU status); ``cmd`` / ``din`` are exempt in the cycle of
-    ``npu_reset`` (the NPU and the drains are reset then). ``LINK_CONFIG``, ``frame_max`` 16."""
+    ``npu_reset`` (the NPU and the drains are reset then). ``LINK_CONFIG``, ``frame_max`` 16.
+    BMC from reset: 20 cycles in the default suite (``tx`` only: no reply goes out that early), 270 in
+    the slow one (a 25-byte frame received at 9 cycles a byte, checked and its beat presented; replies
+    on ``tx``). k-induction does not close (unreachable drain / buffer-state combinations)."""
 
     def __init__(self, config=LINK_CONFIG, frame_max=LINK_FRAME_MAX):
         self.dut = _host_link(config, frame_max)
@@ -216,7 +221,10 @@ class LinkDelivery(wiring.Component):
     per frame (``LINK_CONFIG``, ``frame_max`` 16) taking that beat clears ``pending``, so no frame is
     delivered twice, none out of order (the next is accepted only after it) and none whose CRC failed.
 
-    Not covered: the mid-frame ``timeout`` (the default, 2^20 cycles, is beyond any proof depth here).
+    Not covered: the mid-frame ``timeout`` (the default, 2^20 cycles, is beyond any proof depth here);
+    liveness (that a good frame is delivered at all). BMC from reset: 20 cycles in the default suite
+    (no frame can complete that early: a smoke test of the harness), 270 in the slow one (a whole
+    25-byte CMD / DATA frame received, checked and delivered).
     """
 
     def __init__(self, config=LINK_CONFIG, frame_max=LINK_FRAME_MAX):
@@ -352,7 +360,8 @@ class RejectedWritesNothing(wiring.Component):
       (the only writer of the PEs' weight registers) never becomes busy; the rejections do happen
       (``status.rejected`` counts them).
 
-    BMC from reset (depth in ``PROOFS``).
+    BMC from reset: 8 cycles in the default suite, 30 in the slow one (a rejected command is consumed
+    within 3 cycles of its beat, so several of them).
     """
 
     def __init__(self, config: NpuConfig):
@@ -396,7 +405,8 @@ class WritesInRange(wiring.Component):
     - EX (``COMPUTE``): an accumulator write inside ``accaddr .. accaddr + rows - 1`` of one of the
       last two COMPUTEs started (the EX unit drains one while it issues the next).
 
-    BMC from reset (depth in ``PROOFS``).
+    BMC from reset: 10 cycles in the default suite (a LOAD from its beat to its write; a one-row COMPUTE
+    up to its accumulator write), 30 in the slow one (several whole commands).
     """
 
     def __init__(self, config: NpuConfig):
