@@ -187,7 +187,8 @@ class LinkStreamRules(wiring.Component):
     ``din`` (beats to the NPU) hold ``valid`` and ``payload`` until taken. Every input is free (any
     received bytes, any back-pressure, any NPU status); ``cmd`` / ``din`` are exempt in the cycle of
     ``npu_reset`` (the NPU and the drains are reset then). ``LINK_CONFIG``, ``frame_max`` 16.
-    BMC from reset: 20 cycles in the default suite (``tx`` only: no reply goes out that early), 270 in
+    BMC from reset: 45 cycles in the default suite (``tx`` only: the first bytes of a NAK for a bad
+    header, the earliest reply), 270 in
     the slow one (a 25-byte frame received at 9 cycles a byte, checked and its beat presented; replies
     on ``tx``). k-induction does not close (unreachable drain / buffer-state combinations)."""
 
@@ -405,8 +406,8 @@ class WritesInRange(wiring.Component):
     - EX (``COMPUTE``): an accumulator write inside ``accaddr .. accaddr + rows - 1`` of one of the
       last two COMPUTEs started (the EX unit drains one while it issues the next).
 
-    BMC from reset: 10 cycles in the default suite (a LOAD from its beat to its write; a one-row COMPUTE
-    up to its accumulator write), 30 in the slow one (several whole commands).
+    BMC from reset: 12 cycles in the default suite (a LOAD from its beat to its write; a one-row COMPUTE
+    up to its accumulator write, step 10), 30 in the slow one (several whole commands).
     """
 
     def __init__(self, config: NpuConfig):
@@ -474,7 +475,7 @@ PROOFS = {
                            "prove", 2, 4),
     "npu_stream_rules": (lambda: NpuStreamRules(SMALL_CONFIG), "bmc", 10, 40),
     "rejected_writes_nothing": (lambda: RejectedWritesNothing(SMALL_CONFIG), "bmc", 8, 30),
-    "writes_in_range": (lambda: WritesInRange(SMALL_CONFIG), "bmc", 10, 30),
-    "link_stream_rules": (lambda: LinkStreamRules(), "bmc", 20, 270),
+    "writes_in_range": (lambda: WritesInRange(SMALL_CONFIG), "bmc", 12, 30),
+    "link_stream_rules": (lambda: LinkStreamRules(), "bmc", 45, 270),
     "link_delivery": (lambda: LinkDelivery(), "bmc", 20, 270),
 }
