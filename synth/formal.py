@@ -3,7 +3,7 @@
 
 ``run_proof(harness, name, mode=..., depth=...)`` converts an Amaranth harness (a ``wiring.Component``
 whose ``elaborate`` adds ``Assert`` / ``Assume`` statements around the unit under proof, see
-``synth/formal_harness.py``) to RTLIL, writes one ``.sby`` job, runs it and returns a ``ProofResult``.
+``synth/proofs.py``) to RTLIL, writes one ``.sby`` job, runs it and returns a ``ProofResult``.
 A failing proof names the counterexample trace (``engine_0/trace*.vcd``) in its message.
 
 Everything runs from the Python environment: the YoWASP tools are WebAssembly builds, found through
@@ -89,6 +89,7 @@ def run_proof(harness, name: str, *, mode: str = "bmc", depth: int = 20, workdir
         (k-induction with ``k = depth``: the assertions hold in every reachable state).
     workdir : where the job goes (default ``build/formal/<name>``); it is recreated.
     memory_map : turn the (small) memories into flip-flops before the proof.
+    solver : the smtbmc solver (``boolector``, from the ``formal`` extra; any other must be on ``PATH``).
     """
     if mode not in ("bmc", "prove"):
         raise ValueError(f"mode must be 'bmc' or 'prove', got {mode!r}")
@@ -123,3 +124,28 @@ def run_proof(harness, name: str, *, mode: str = "bmc", depth: int = 20, workdir
     traces = sorted(job.glob("engine_*/trace*.vcd"))
     return ProofResult(name=name, passed=status == "PASS", status=status, mode=mode, depth=depth,
                        seconds=seconds, workdir=workdir, traces=traces, log=log)
+
+
+def main(argv=None):
+    """``python -m opennpu.synth.formal [--deep] [NAME ...]``: run proofs of ``synth/proofs.PROOFS``."""
+    import argparse
+    from .proofs import PROOFS
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("names", nargs="*", metavar="NAME", help="default: all of " + ", ".join(PROOFS))
+    parser.add_argument("--deep", action="store_true", help="the slow suite's depths")
+    args = parser.parse_args(argv)
+    for name in args.names:
+        if name not in PROOFS:
+            parser.error(f"unknown proof {name!r} (one of {', '.join(PROOFS)})")
+    failed = 0
+    for name in args.names or PROOFS:
+        factory, mode, short, deep = PROOFS[name]
+        result = run_proof(factory(), name, mode=mode, depth=deep if args.deep else short, timeout=4 * 3600)
+        print(f"{name}: {result.status} ({mode}, depth {result.depth}, {result.seconds:.0f} s)"
+              + ("" if result.passed else f"; traces: {', '.join(map(str, result.traces)) or 'none'}"))
+        failed += not result.passed
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
