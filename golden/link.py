@@ -162,6 +162,10 @@ class FrameParser:
         self._max = max_payload
         self.crc_errors = 0
 
+    def _plausible(self, frame_type: int, length: int) -> bool:
+        """Whether a header with this type and payload length may start a frame."""
+        return length <= self._max
+
     def feed(self, data: bytes) -> list[tuple[int, int, bytes]]:
         self._buf += data
         frames = []
@@ -174,7 +178,7 @@ class FrameParser:
             if len(self._buf) < HEADER_BYTES:
                 return frames
             length = self._buf[3] | self._buf[4] << 8
-            if length > self._max:
+            if not self._plausible(self._buf[1], length):
                 del self._buf[:1]
                 continue
             end = HEADER_BYTES + length + CRC_BYTES

@@ -8,7 +8,7 @@ from opennpu.golden.isa import Precision
 from opennpu.golden.model import COUNTER_BEATS_BYTES, event_costs
 from opennpu.golden.program import COUNTER_NAMES
 
-__all__ = ["Events", "Counters", "counter_readout_signature"]
+__all__ = ["Events", "Counters", "counter_readout_signature", "costed_events"]
 
 
 def counter_readout_signature(config: NpuConfig) -> wiring.Signature:
@@ -38,7 +38,7 @@ class Events(data.Struct):
     act_row: 1        # a row of ``cols`` elements left the activation unit
 
 
-def _costed_events(ev, config: NpuConfig) -> dict:
+def costed_events(ev, config: NpuConfig) -> dict:
     """The event counters that cost energy apart from MACs: ``{name: (event field, factor)}``, the counter
     adding ``field * factor`` per cycle (``golden.model.event_costs`` names)."""
     return {"act_reads": (ev.act_reads, 1), "act_writes": (ev.act_writes, 1), "wgt_reads": (ev.wgt_reads, 1),
@@ -152,7 +152,7 @@ class Counters(wiring.Component):
         m.d.sync += ev.eq(Mux(self.run, counted, 0))
         # Stage 2: what each event counter gains (``add``); ``extra``: gained but not yet in its delta.
         add = {"busy_cycles": ev.row, "macs": ev.macs, "int4_macs": Mux(ev.int4_macs, ev.macs, 0),
-               **{name: field * factor for name, (field, factor) in _costed_events(ev, c).items()}}
+               **{name: field * factor for name, (field, factor) in costed_events(ev, c).items()}}
         extra = {}
         pending = Signal(bits)
         if c.energy_counter:
@@ -164,7 +164,7 @@ class Counters(wiring.Component):
                                                                        cost["macs"]), 0))
             # Each event's cost from a table on its (1- or 2-bit) count, no multiplier; a balanced sum.
             m.d.sync += pending.eq(_balanced_sum([_scaled(field, factor * cost[name])
-                                                  for name, (field, factor) in _costed_events(ev, c).items()]
+                                                  for name, (field, factor) in costed_events(ev, c).items()]
                                                  + [mac_energy]))
             add["energy_fj"] = extra["energy_fj"] = pending
 

@@ -34,9 +34,8 @@ import numpy as np
 
 from opennpu.config import NpuConfig
 from opennpu.golden.isa import ErrorCode
-from opennpu.golden.link import (CRC_BYTES, HEADER_BYTES, INFO_BYTES, STATUS_BYTES, STREAM_TYPES, SYNC, FrameParser,
-                                 FrameType, NakReason, StatusFlag, crc32, decode_info, decode_status, encode_frame,
-                                 stream_of)
+from opennpu.golden.link import (INFO_BYTES, STATUS_BYTES, STREAM_TYPES, FrameParser, FrameType, NakReason,
+                                 StatusFlag, decode_info, decode_status, encode_frame, stream_of)
 from opennpu.golden.model import GoldenNpu, reported_counters
 from opennpu.golden.program import Program, ProgramError, Result
 
@@ -65,31 +64,8 @@ class DeviceFrameParser(FrameParser):
         self._lengths = {FrameType.ACK: 1, FrameType.NAK: 2, FrameType.DOUT: bus_bytes,
                          FrameType.STATUS_REPLY: STATUS_BYTES, FrameType.INFO_REPLY: INFO_BYTES}
 
-    def feed(self, data: bytes) -> list[tuple[int, int, bytes]]:
-        self._buf += data
-        frames = []
-        while True:
-            start = self._buf.find(SYNC)
-            if start < 0:
-                self._buf.clear()
-                return frames
-            del self._buf[:start]
-            if len(self._buf) < HEADER_BYTES:
-                return frames
-            length = self._buf[3] | self._buf[4] << 8
-            if self._lengths.get(self._buf[1]) != length:
-                del self._buf[:1]
-                continue
-            end = HEADER_BYTES + length + CRC_BYTES
-            if len(self._buf) < end:
-                return frames
-            body = bytes(self._buf[1:end - CRC_BYTES])
-            if crc32(body) != int.from_bytes(self._buf[end - CRC_BYTES:end], "little"):
-                self.crc_errors += 1
-                del self._buf[:1]
-                continue
-            frames.append((body[0], body[1], body[4:]))
-            del self._buf[:end]
+    def _plausible(self, frame_type: int, length: int) -> bool:
+        return self._lengths.get(frame_type) == length
 
 
 def restartable(config: NpuConfig, program: Program) -> bool:

@@ -21,7 +21,7 @@ from opennpu.config import NpuConfig
 from opennpu.golden.isa import Precision
 from opennpu.golden.model import event_costs
 from opennpu.golden.program import COUNTER_NAMES
-from opennpu.hdl.counters import Counters, Events, _costed_events
+from opennpu.hdl.counters import Counters, Events, costed_events
 
 __all__ = ["SMALL_CONFIG", "LINK_CONFIG", "LINK_FRAME_MAX", "PROOFS", "CountersMonotonic", "NpuStreamRules",
            "RejectedWritesNothing", "WritesInRange", "LinkStreamRules", "LinkDelivery"]
@@ -36,30 +36,43 @@ def _no_reset(m):
 
 
 class CountersMonotonic(wiring.Component):
-    """``hdl/counters.py``: no counter ever decreases, unless it wraps at ``counter_bits``.
+    """``hdl/counters.py``: an exact readout of a counter is never below an earlier exact readout of it,
+    unless it wraps at ``counter_bits``.
 
-    Proved for every reachable state (k-induction), for every sequence of ``run`` / ``active`` /
-    ``stall`` and ``Events`` inputs (unconstrained: any field value, not only those the core makes):
-    from one cycle to the next each counter value ``v`` either grows or stays, or it was within its
-    largest one-cycle increment ``inc_max`` (computed here from the ``Events`` field widths and the
-    energy table) of ``2^counter_bits``. So a counter that starts at 0 (reset) cannot decrease before
-    it has counted to ``2^counter_bits - inc_max``: never within ``(2^counter_bits - inc_max) / inc_max``
-    cycles (the golden model wraps the same way past that). k-induction, k = 2 (4 in the slow suite),
-    on ``SMALL_CONFIG`` with the energy accumulator and 32-bit counters.
+    The counters keep each event counter as a memory word plus a delta (flushed in turn), so a readout
+    is exact while ``readout.held`` (a COUNTERS snapshot) or ``settled``; the harness drives ``sel`` (one
+    whole counter per beat: ``bus_bytes`` 8), ``sample`` and ``held`` freely, with the rules the ST unit
+    keeps (``sample`` only outside a held readout and once ``ready``, a held readout only right after
+    a ``sample`` or another held cycle), and every ``run`` / ``active`` / ``stall`` and ``Events`` input unconstrained.
+    At each exact readout of the counter read at the previous exact readout, the value either grows or
+    stays, or the earlier one was within the counter's largest gain between the two readouts of
+    ``2^counter_bits`` (the harness bounds that gap: at most ``GAP`` cycles apart). BMC from reset, to the
+    depth in ``PROOFS``.
     """
+
+    #: exact readouts further apart than this many cycles are not compared (the gain bound grows with it)
+    GAP = 24
 
     def __init__(self, config: NpuConfig):
         self._config = config
         self.dut = Counters(config)
-        super().__init__({"run": In(1), "active": In(1), "stall": In(1), "events": In(Events)})
+        super().__init__({"run": In(1), "active": In(1), "stall": In(1), "events": In(Events),
+                          "sel": In(range(config.beats(8 * len(COUNTER_NAMES)))), "sample": In(1),
+                          "held": In(1)})
+
+    def macs_max(self) -> int:
+        """The most MACs a row can report: a row of the array, two per PE in a4w4 (the counters size
+        their deltas for it)."""
+        c = self._config
+        return c.rows * c.cols * (2 if "a4w4" in c.precisions else 1)
 
     def increment_bounds(self) -> dict:
         """The largest increment of each counter in one cycle."""
         c = self._config
         ev = Signal(Events)
-        widths = {name: (1 << len(field)) - 1 for name, (field, _f) in _costed_events(ev, c).items()}
-        factors = {name: f for name, (_field, f) in _costed_events(ev, c).items()}
-        macs_max = (1 << len(ev.macs)) - 1
+        widths = {name: (1 << len(field)) - 1 for name, (field, _f) in costed_events(ev, c).items()}
+        factors = {name: f for name, (_field, f) in costed_events(ev, c).items()}
+        macs_max = self.macs_max()
         bounds = {"cycles": 1, "stall_cycles": 1, "busy_cycles": 1, "macs": macs_max, "int4_macs": macs_max}
         bounds.update({name: widths[name] * factors[name] for name in widths})
         cost = {p: event_costs(c, p) for p in (Precision.INT8, Precision.A4W4)}
@@ -71,19 +84,32 @@ class CountersMonotonic(wiring.Component):
         m = Module()
         m.submodules.dut = dut = self.dut
         _no_reset(m)
+        assert self._config.bus_bytes == 8, "one counter per readout beat"
+        # As the ST unit does: a held readout follows a sample in a running cycle and lasts while the
+        # ``held`` input stays high; no sample during it, nor before ``ready`` (no command runs then).
+        held = Signal()
+        start = self.sample & ~held & dut.ready
+        m.d.sync += held.eq(Mux(held, self.held, start & self.run))
+        ro = dut.readout
         m.d.comb += [dut.run.eq(self.run), dut.active.eq(self.active), dut.stall.eq(self.stall),
-                     dut.events.eq(self.events)]
+                     dut.events.eq(self.events), ro.sel.eq(self.sel), ro.sample.eq(start), ro.held.eq(held),
+                     Assume(self.events.macs <= self.macs_max())]
+        exact = ro.held | dut.settled
+        prev, prev_sel, seen = Signal(64), Signal.like(self.sel), Signal()
+        age = Signal(range(self.GAP + 1))
+        with m.If(exact & (self.sel < len(COUNTER_NAMES))):
+            m.d.sync += [prev.eq(ro.beat), prev_sel.eq(self.sel), seen.eq(1), age.eq(0)]
+        with m.Elif(age < self.GAP):
+            m.d.sync += age.eq(age + 1)
+        with m.Else():
+            m.d.sync += seen.eq(0)
         top = (1 << self._config.counter_bits) - 1
         bounds = self.increment_bounds()
-        started = Signal()
-        m.d.sync += started.eq(1)
         for i, name in enumerate(COUNTER_NAMES):
-            value = dut.values[i]
-            prev = Signal.like(value, name=f"prev_{name}")
-            m.d.sync += prev.eq(value)
-            limit = top - bounds[name]
-            ok = (value >= prev) | (prev > limit) if limit >= 0 else C(1)
-            m.d.comb += Assert(~started | ok, f"counter {name} decreased")
+            limit = top - bounds[name] * (self.GAP + 2)
+            ok = (ro.beat >= prev) | (prev > limit) if limit >= 0 else C(1)
+            with m.If(seen & exact & (self.sel == i) & (prev_sel == i)):
+                m.d.comb += Assert(ok, f"counter {name} decreased")
         return m
 
 
@@ -481,8 +507,8 @@ class WritesInRange(wiring.Component):
 #: a LOAD / COMPUTE / ACTIVATE from its command beat to its last SRAM write; host link: a 16-byte CMD
 #: or DATA frame received byte by byte, checked and its beat delivered, about 260 cycles).
 PROOFS = {
-    "counters_monotonic": (lambda: CountersMonotonic(SMALL_CONFIG.with_(energy_counter=True, counter_bits=32)),
-                           "prove", 2, 4),
+    "counters_monotonic": (lambda: CountersMonotonic(SMALL_CONFIG.with_(energy_counter=True, counter_bits=32,
+                                                                         bus_bytes=8)), "bmc", 20, 40),
     "npu_stream_rules": (lambda: NpuStreamRules(SMALL_CONFIG), "bmc", 10, 40),
     "rejected_writes_nothing": (lambda: RejectedWritesNothing(SMALL_CONFIG), "bmc", 8, 30),
     "writes_in_range": (lambda: WritesInRange(SMALL_CONFIG), "bmc", 12, 19),
