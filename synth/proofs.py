@@ -367,12 +367,24 @@ class LinkDelivery(wiring.Component):
         return m
 
 
-def _npu_top(config):
-    from opennpu.hdl.top import NpuTop
-    return NpuTop(config)
-
-
 _NPU_SINKS, _NPU_SOURCES, _NPU_PLAIN = ["cmd", "din"], ["dout"], ["counter_sel"]
+
+
+class _NpuHarness(wiring.Component):
+    """A harness around ``NpuTop`` (``self.dut``) with every input free: ``_npu_module`` starts its
+    ``elaborate`` (the NPU as a submodule, out of reset, inputs driven from the harness's members)."""
+
+    def __init__(self, config: NpuConfig):
+        from opennpu.hdl.top import NpuTop
+        self.dut = NpuTop(config)
+        super().__init__(_free_inputs(self.dut, _NPU_SINKS, _NPU_SOURCES, _NPU_PLAIN))
+
+    def _npu_module(self) -> Module:
+        m = Module()
+        m.submodules.dut = self.dut
+        _no_reset(m)
+        _drive_free_inputs(m, self, self.dut, _NPU_SINKS, _NPU_SOURCES, _NPU_PLAIN)
+        return m
 
 
 def _sram_writes(top):
@@ -382,7 +394,7 @@ def _sram_writes(top):
             ("wgt_sram by LD", core.ld.wgt_wr), ("acc_sram by EX", core.engine.acc_wr)]
 
 
-class RejectedWritesNothing(wiring.Component):
+class RejectedWritesNothing(_NpuHarness):
     """A rejected command writes no SRAM, bias, requantization, LUT or weight register.
 
     Two assertions on ``NpuTop`` (``SMALL_CONFIG``) with free data-in and back-pressure:
@@ -399,15 +411,8 @@ class RejectedWritesNothing(wiring.Component):
     within 3 cycles of its beat, so several of them).
     """
 
-    def __init__(self, config: NpuConfig):
-        self.dut = _npu_top(config)
-        super().__init__(_free_inputs(self.dut, _NPU_SINKS, _NPU_SOURCES, _NPU_PLAIN))
-
     def elaborate(self, platform):
-        m = Module()
-        m.submodules.dut = dut = self.dut
-        _no_reset(m)
-        _drive_free_inputs(m, self, dut, _NPU_SINKS, _NPU_SOURCES, _NPU_PLAIN)
+        m, dut = self._npu_module(), self.dut
         core = dut.core
         disp = core.dispatcher
         rejecting = disp.consume & (disp.head.error != 0)
@@ -427,7 +432,7 @@ class RejectedWritesNothing(wiring.Component):
         return m
 
 
-class WritesInRange(wiring.Component):
+class WritesInRange(_NpuHarness):
     """No SRAM write falls outside the address range of the command that caused it.
 
     ``NpuTop`` (``SMALL_CONFIG``) with every input free (any command words, any data, any
@@ -446,17 +451,10 @@ class WritesInRange(wiring.Component):
     Boolector).
     """
 
-    def __init__(self, config: NpuConfig):
-        self.dut = _npu_top(config)
-        super().__init__(_free_inputs(self.dut, _NPU_SINKS, _NPU_SOURCES, _NPU_PLAIN))
-
     def elaborate(self, platform):
         from opennpu.golden.isa import Buf, Opcode
         from opennpu.hdl.decoder import command_layout
-        m = Module()
-        m.submodules.dut = dut = self.dut
-        _no_reset(m)
-        _drive_free_inputs(m, self, dut, _NPU_SINKS, _NPU_SOURCES, _NPU_PLAIN)
+        m, dut = self._npu_module(), self.dut
         core = dut.core
         # A start pulse counts in a cycle the core runs (the units are frozen otherwise and the pulse
         # repeats): the counters' copy of the clock enable, a port of ``Counters``.
