@@ -506,7 +506,7 @@ class WritesInRange(_NpuHarness):
 #: or DATA frame received byte by byte, checked and its beat delivered, about 260 cycles).
 PROOFS = {
     "counters_monotonic": (lambda: CountersMonotonic(SMALL_CONFIG.with_(energy_counter=True, counter_bits=32,
-                                                                         bus_bytes=8)), "bmc", 20, 40),
+                                                                         bus_bytes=8)), "bmc", 20, 24),
     "npu_stream_rules": (lambda: NpuStreamRules(SMALL_CONFIG), "bmc", 10, 40),
     "rejected_writes_nothing": (lambda: RejectedWritesNothing(SMALL_CONFIG), "bmc", 8, 30),
     "writes_in_range": (lambda: WritesInRange(SMALL_CONFIG), "bmc", 12, 19),
