@@ -108,20 +108,19 @@ class Counters(wiring.Component):
                           "readout": In(counter_readout_signature(config)), "settled": Out(1),
                           "ready": Out(1)})
 
-    def _max_gain(self) -> dict:
-        """The most each event counter can gain in one cycle."""
+    def max_gain(self) -> dict:
+        """The most each counter can gain in one cycle: a row of the array's MACs (two per PE in a4w4),
+        every other event field at its largest count (``Events`` widths) times its factor, and their
+        energy."""
         c = self._config
         cost, cost_int4 = event_costs(c), event_costs(c, Precision.A4W4)
         macs = c.rows * c.cols * (2 if "a4w4" in c.precisions else 1)
-        fields = {name: (1 << width) - 1 for name, width in
-                  (("act_reads", 2), ("act_writes", 2), ("wgt_reads", 2), ("wgt_writes", 1), ("acc_reads", 2),
-                   ("acc_writes", 1), ("dma_in_bytes", 1), ("dma_out_bytes", 1), ("act_ops", 1))}
-        factors = {"dma_in_bytes": c.bus_bytes, "dma_out_bytes": c.bus_bytes, "act_ops": c.cols}
-        gain = {name: count * factors.get(name, 1) for name, count in fields.items()}
+        gain = {name: ((1 << len(field)) - 1) * factor
+                for name, (field, factor) in costed_events(Signal(Events), c).items()}
         energy = (max(macs * cost["macs"], macs * cost_int4["macs"])
                   + sum(g * cost[name] for name, g in gain.items())) if c.energy_counter else 0
-        return {"busy_cycles": 1, "macs": macs, "int4_macs": macs if "a4w4" in c.precisions else 0,
-                **gain, "energy_fj": energy}
+        return {"cycles": 1, "stall_cycles": 1, "busy_cycles": 1, "macs": macs,
+                "int4_macs": macs if "a4w4" in c.precisions else 0, **gain, "energy_fj": energy}
 
     def elaborate(self, platform):
         m = Module()
@@ -175,7 +174,7 @@ class Counters(wiring.Component):
         beats = c.beats(COUNTER_BEATS_BYTES)
         window = (n + 1) * (beats + 2) + n
         deltas = {name: Signal(min(bits, max(1, (gain * window).bit_length())), name=f"{name}_delta")
-                  for name, gain in self._max_gain().items() if gain}
+                  for name, gain in self.max_gain().items() if gain and name not in self.LIVE}
         held_delta = {name: Signal.like(d, name=f"{name}_held") for name, d in deltas.items()}
 
         m.submodules.words = words = memory.Memory(shape=unsigned(bits), depth=1 << (n - 1).bit_length(), init=[])

@@ -18,10 +18,8 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from opennpu.config import NpuConfig
-from opennpu.golden.isa import Precision
-from opennpu.golden.model import event_costs
 from opennpu.golden.program import COUNTER_NAMES
-from opennpu.hdl.counters import Counters, Events, costed_events
+from opennpu.hdl.counters import Counters, Events
 
 __all__ = ["SMALL_CONFIG", "LINK_CONFIG", "LINK_FRAME_MAX", "PROOFS", "CountersMonotonic", "NpuStreamRules",
            "RejectedWritesNothing", "WritesInRange", "LinkStreamRules", "LinkDelivery"]
@@ -60,26 +58,6 @@ class CountersMonotonic(wiring.Component):
                           "sel": In(range(config.beats(8 * len(COUNTER_NAMES)))), "sample": In(1),
                           "held": In(1)})
 
-    def macs_max(self) -> int:
-        """The most MACs a row can report: a row of the array, two per PE in a4w4 (the counters size
-        their deltas for it)."""
-        c = self._config
-        return c.rows * c.cols * (2 if "a4w4" in c.precisions else 1)
-
-    def increment_bounds(self) -> dict:
-        """The largest increment of each counter in one cycle."""
-        c = self._config
-        ev = Signal(Events)
-        widths = {name: (1 << len(field)) - 1 for name, (field, _f) in costed_events(ev, c).items()}
-        factors = {name: f for name, (_field, f) in costed_events(ev, c).items()}
-        macs_max = self.macs_max()
-        bounds = {"cycles": 1, "stall_cycles": 1, "busy_cycles": 1, "macs": macs_max, "int4_macs": macs_max}
-        bounds.update({name: widths[name] * factors[name] for name in widths})
-        cost = {p: event_costs(c, p) for p in (Precision.INT8, Precision.A4W4)}
-        bounds["energy_fj"] = (sum(widths[n] * factors[n] * cost[Precision.INT8][n] for n in widths)
-                               + macs_max * max(cost[p]["macs"] for p in cost)) if c.energy_counter else 0
-        return bounds
-
     def elaborate(self, platform):
         m = Module()
         m.submodules.dut = dut = self.dut
@@ -93,7 +71,7 @@ class CountersMonotonic(wiring.Component):
         ro = dut.readout
         m.d.comb += [dut.run.eq(self.run), dut.active.eq(self.active), dut.stall.eq(self.stall),
                      dut.events.eq(self.events), ro.sel.eq(self.sel), ro.sample.eq(start), ro.held.eq(held),
-                     Assume(self.events.macs <= self.macs_max())]
+                     Assume(self.events.macs <= dut.max_gain()["macs"])]
         exact = ro.held | dut.settled
         prev, prev_sel, seen = Signal(64), Signal.like(self.sel), Signal()
         age = Signal(range(self.GAP + 1))
@@ -104,7 +82,7 @@ class CountersMonotonic(wiring.Component):
         with m.Else():
             m.d.sync += seen.eq(0)
         top = (1 << self._config.counter_bits) - 1
-        bounds = self.increment_bounds()
+        bounds = dut.max_gain()
         for i, name in enumerate(COUNTER_NAMES):
             limit = top - bounds[name] * (self.GAP + 2)
             ok = (ro.beat >= prev) | (prev > limit) if limit >= 0 else C(1)
