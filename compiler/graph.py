@@ -24,6 +24,9 @@ Ops (``Node.op``) and their ``attrs``
 * ``average_pool2d``, ``max_pool2d``: ``PoolAttrs``; input x; the window excludes padding.
 * ``reshape``: no attrs (the output tensor's shape says it all); the flat order is unchanged.
 * ``softmax``: ``SoftmaxAttrs``; over the last axis.
+* ``lut``: ``LutAttrs``; elementwise int8 -> int8 table (a unary function, or a change of grid, that a
+  source format computes in float between a dequantize and a quantize).
+* ``transpose``: ``TransposeAttrs``; a permutation of the per-sample axes.
 
 The ONNX chain (``qlayers.QuantModel``) fits this IR: a ``QLayer`` is a ``conv2d`` (its NCHW geometry
 transposed to channels-last) or ``fully_connected`` node with one multiplier for all channels; its
@@ -37,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["QTensor", "Window", "Requant", "ConvAttrs", "FullyConnectedAttrs", "AddAttrs", "PoolAttrs",
-           "SoftmaxAttrs", "Node", "Graph", "OPS"]
+           "SoftmaxAttrs", "LutAttrs", "TransposeAttrs", "Node", "Graph", "OPS"]
 
 
 @dataclass(frozen=True)
@@ -143,10 +146,26 @@ class SoftmaxAttrs:
     diff_min: int
 
 
+@dataclass(frozen=True)
+class LutAttrs:
+    """``y = table[x + 128]``: 256 int8 values."""
+    table: tuple
+
+    def __post_init__(self):
+        if len(self.table) != 256 or min(self.table) < -128 or max(self.table) > 127:
+            raise ValueError("a lut table has 256 int8 entries")
+
+
+@dataclass(frozen=True)
+class TransposeAttrs:
+    """``perm``: the per-sample axes in their new order (numpy ``transpose`` without the batch axis)."""
+    perm: tuple
+
+
 #: op name -> attrs type (``None``: no attrs)
 OPS = {"conv2d": ConvAttrs, "depthwise_conv2d": ConvAttrs, "fully_connected": FullyConnectedAttrs,
        "add": AddAttrs, "average_pool2d": PoolAttrs, "max_pool2d": PoolAttrs, "reshape": type(None),
-       "softmax": SoftmaxAttrs}
+       "softmax": SoftmaxAttrs, "lut": LutAttrs, "transpose": TransposeAttrs}
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,11 @@ import numpy as np
 from opennpu.golden import numerics
 
 from . import fixedpoint
-from .graph import AddAttrs, ConvAttrs, FullyConnectedAttrs, Graph, Node, PoolAttrs, Requant, SoftmaxAttrs, Window
+from .graph import (AddAttrs, ConvAttrs, FullyConnectedAttrs, Graph, LutAttrs, Node, PoolAttrs, Requant, SoftmaxAttrs,
+                    TransposeAttrs, Window)
 
 __all__ = ["conv2d", "depthwise_conv2d", "fully_connected", "add", "average_pool2d", "pool_counts", "max_pool2d",
-           "reshape", "softmax", "run_node", "check_graph_input", "run_graph", "KERNELS"]
+           "reshape", "softmax", "lut", "transpose", "run_node", "check_graph_input", "run_graph", "KERNELS"]
 
 
 def _requant(acc, r: Requant):
@@ -132,6 +133,16 @@ def softmax(x, a: SoftmaxAttrs):
     return np.where(inside, np.clip(y, -128, 127), -128)
 
 
+def lut(x, a: LutAttrs):
+    """Table lookup, elementwise."""
+    return np.asarray(a.table, np.int64)[np.asarray(x, np.int64) + 128]
+
+
+def transpose(x, a: TransposeAttrs):
+    """Permute the per-sample axes (the batch axis stays first)."""
+    return np.asarray(x, np.int64).transpose(0, *(p + 1 for p in a.perm))
+
+
 def _inputs(node: Node, values: dict, graph: Graph) -> list:
     return [None if name is None else values[name] if name in values else graph.tensors[name].data
             for name in node.inputs]
@@ -147,6 +158,8 @@ KERNELS = {
     "max_pool2d": lambda g, n, ins: max_pool2d(*ins, n.attrs),
     "reshape": lambda g, n, ins: reshape(ins[0], g.tensors[n.output].shape),
     "softmax": lambda g, n, ins: softmax(*ins, n.attrs),
+    "lut": lambda g, n, ins: lut(*ins, n.attrs),
+    "transpose": lambda g, n, ins: transpose(*ins, n.attrs),
 }
 
 

@@ -1,48 +1,63 @@
-"""Import a quantized ONNX model into a ``QuantModel`` (a chain of integer GEMM layers).
+"""Import a quantized ONNX model into the graph IR (``compiler.graph``): ``import_onnx_graph``; and into a
+``QuantModel`` chain, which the model compiler fuses on chip, when the graph is one: ``import_onnx``.
 
 Accepted forms
 --------------
-* **QDQ**: ``QuantizeLinear`` / ``DequantizeLinear`` around ``MatMul``, ``Gemm`` and ``Conv`` (what
-  onnxruntime's ``quantize_static(quant_format=QDQ)`` writes), with an optional bias ``Add`` and
-  ``Relu``/``Clip`` between the GEMM and its ``QuantizeLinear``.
-* **QLinear ops**: ``QLinearMatMul``, ``QLinearConv``, ``QGemm`` and ``QLinearSigmoid`` /
-  ``QLinearLeakyRelu`` (com.microsoft).
-* Unary functions on a dequantized tensor followed by ``QuantizeLinear`` (``Relu``, ``Clip``,
-  ``Sigmoid``, ``Tanh``, ``LeakyRelu``, ``HardSigmoid``, ``HardSwish``, ``Gelu``, ``Elu``, ``Softplus``,
-  ``Identity``) become a 256-entry LUT on the producing layer (or a narrower clamp when the table is
-  one); ``Flatten``/``Reshape`` that keep the batch axis first are free (the flat order is unchanged);
-  ``Identity``/``Dropout`` pass through.
+* **QDQ** (what onnxruntime's ``quantize_static(quant_format=QDQ)`` writes): ``QuantizeLinear`` /
+  ``DequantizeLinear`` around
+  * ``Conv`` (1-D and 2-D, grouped and depthwise, any stride/padding/dilation), ``MatMul`` (2-D
+    activations, and 3-D ones: batch x sequence x features, a 1x1 convolution over the sequence),
+    ``Gemm``, each with an optional bias ``Add`` and ``Relu``/``Clip`` before its ``QuantizeLinear``;
+  * ``Add`` of two tensors (residual; TFLite's integer ADD) or of a tensor and a constant (a 1x1
+    identity layer whose bias is the constant, on the NPU);
+  * ``MaxPool``, ``AveragePool``, ``GlobalAveragePool`` (1-D and 2-D), ``Softmax`` (last axis, int8
+    output grid 1/256, -128);
+  * ``Flatten``, ``Reshape``, ``Transpose`` (the batch axis stays first);
+  * unary functions (``Relu``, ``Clip``, ``Sigmoid``, ``Tanh``, ``LeakyRelu``, ``HardSigmoid``,
+    ``HardSwish``, ``Gelu``, ``Elu``, ``Softplus``, ``Erf``, ``Mul``/``Div`` by a scalar constant) followed by ``QuantizeLinear``: a 256-entry table (``lut``), exact against the float
+    functions on the 256 input values; a change of grid between ``DequantizeLinear`` and
+    ``QuantizeLinear`` is a table too;
+  * ``Identity``/``Dropout`` pass through.
+* **QLinear ops**: ``QLinearMatMul``, ``QLinearConv``, ``QGemm``, ``QLinearAdd``, ``QLinearAveragePool``,
+  ``QLinearGlobalAveragePool`` and ``QLinearSigmoid`` / ``QLinearLeakyRelu`` (com.microsoft).
 
-How the import works: the graph is interpreted symbolically in topological order. Each tensor is a
-constant, the float graph input, a quantized tensor (int8 grid, produced by the input quantization or a
-layer), its dequantized view (plus pending unary functions), or a float GEMM accumulator waiting for its
-``QuantizeLinear``. Quantizing an accumulator emits a layer; everything else only moves metadata.
+How the import works: the graph is interpreted symbolically in topological order. Each ONNX tensor is a
+constant, the float graph input, a quantized tensor (an int8 tensor of the IR), its dequantized view
+(plus pending unary functions), or a float result waiting for its ``QuantizeLinear`` (a GEMM
+accumulator, a sum, a pool). Quantizing a float result emits the IR node; the rest only moves metadata.
+
+Layout: the IR is channels-last. An ONNX tensor read by a convolution or pool is stored channels-last
+((C, H, W) as (H, W, C), (C, L) as (1, L, C)); any other op that needs ONNX order gets a ``transpose``
+node first. The chain view (``import_onnx``) absorbs those layout transposes, since its convolutions
+take (C, H, W) themselves.
 
 Contracts
 ---------
 * Activations per tensor; weights per tensor or per output channel (``quantize_static``'s default for
   Conv, ``per_channel=True`` for MatMul/Gemm): the quantization axis must be the output-channel axis
-  (Conv weights (O, I, kh, kw): 0; MatMul weights (K, N): 1; Gemm: 0 with ``transB``, else 1), and the
-  layer then requantizes with one multiplier and shift per output channel, its bias brought to each
+  (Conv weights (O, I, ...): 0; MatMul weights (K, N): 1; Gemm: 0 with ``transB``, else 1); the layer
+  then requantizes with one multiplier and shift per output channel, its bias brought to each
   channel's accumulator scale ``s_a * s_w[c]``. Weight zero points must be equal across channels; one
   that is non-zero is folded when ``w - zp`` fits int8.
-* int8 and uint8 activations (uint8 is shifted onto the int8 grid); int8/uint8 weights; 2-D Conv with
-  groups (block-diagonal weights), any stride/padding/dilation.
-* The graph must be a single chain with one input and one quantized (or dequantized) output.
-* Anything else raises one ``ValueError`` naming the op and the node.
+* int8 and uint8 activations (uint8 is shifted onto the int8 grid, zero point - 128); a quantized graph
+  input takes its grid from the first op that reads it.
+* One graph input and one output; anything else raises one ``ValueError`` naming the op and the node.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from opennpu.golden import numerics
 
-from .qlayers import ConvGeom, QLayer, QuantModel, TensorSpec
+from . import tflite_params
+from .graph import (ConvAttrs, FullyConnectedAttrs, Graph, LutAttrs, Node, PoolAttrs, QTensor, Requant,
+                    TransposeAttrs, Window)
+from .qlayers import QuantModel, TensorSpec
 
-__all__ = ["import_onnx", "onnxruntime_session", "UNARY_FUNCTIONS"]
+__all__ = ["import_onnx", "import_onnx_graph", "OnnxGraph", "NotAChain", "onnxruntime_session", "UNARY_FUNCTIONS"]
 
 
 def _erf(x):
@@ -60,13 +75,18 @@ UNARY_FUNCTIONS = {
     "HardSwish": lambda x, a: x * np.clip(x / 6.0 + 0.5, 0.0, 1.0),
     "Elu": lambda x, a: np.where(x >= 0, x, a.get("alpha", 1.0) * (np.exp(x) - 1.0)),
     "Softplus": lambda x, a: np.logaddexp(0.0, x),
+    "Erf": lambda x, a: _erf(x),
     "Gelu": lambda x, a: (0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x ** 3))))
     if a.get("approximate", "none") == "tanh" else 0.5 * x * (1.0 + _erf(x / np.sqrt(2.0))),
 }
 _PASS_THROUGH = ("Identity", "Dropout")
-#: Identity weight of the layer that adds a constant to a quantized tensor (see ``_offset_layer``).
+#: Identity weight of the layer that adds a constant to a quantized tensor (see ``_offset``).
 OFFSET_GAIN = 64
 _QUANT_TYPES = {"int8": 0, "uint8": 128}       # dtype -> shift onto the int8 grid
+
+
+class NotAChain(ValueError):
+    """The graph is valid but not a chain of NPU layers (``import_onnx``); run it as a graph."""
 
 
 # -- symbolic values --------------------------------------------------------------------------------
@@ -92,38 +112,116 @@ class _FloatInput:
 
 
 @dataclass
-class _Quant:
-    """An int8-grid tensor: ``src`` -1 for the model input, else the index of the producing layer."""
-    src: int
+class _Q:
+    """An int8-grid tensor of the IR: its IR ``name``, ONNX per-sample ``shape``, grid, ONNX element type,
+    and whether the IR stores it channels-last (``cl``; else in ONNX order, any reshape of it)."""
+    name: str
     shape: tuple
     scale: float
-    zp: int
+    zp: int | None
     dtype: str
+    cl: bool = False
 
 
 @dataclass
 class _Deq:
-    """``DequantizeLinear`` of a ``_Quant``, with unary functions applied since (name, f)."""
-    q: _Quant
-    shape: tuple
+    """``DequantizeLinear`` of a ``_Q``, with unary functions applied since (name, f)."""
+    q: _Q
     fns: tuple = ()
+
+    @property
+    def shape(self):
+        return self.q.shape
 
 
 @dataclass
 class _Acc:
-    """Float GEMM result ``acc_scale * (A @ W + bias)`` clamped to [lo, hi], before quantization;
-    ``acc_scale`` is a float, or N values (one per output channel) for per-channel weight scales."""
+    """Float GEMM result ``acc_scale * (x @ w + bias)`` clamped to [lo, hi], before quantization: the IR
+    ``op`` and its input ``x`` as the op reads it, weights in the IR layout, ``acc_scale`` a float or one
+    per output channel, the ONNX output ``shape``, the IR output shape and layout."""
     name: str
     op: str
+    source: str
+    x: _Q
     w: np.ndarray
     bias: np.ndarray | None
     acc_scale: float | np.ndarray
-    src: _Quant
-    in_shape: tuple
-    out_shape: tuple
-    conv: ConvGeom | None
+    window: Window | None
+    shape: tuple
+    ir_shape: tuple
+    cl: bool
     lo: float = -np.inf
     hi: float = np.inf
+
+
+@dataclass
+class _Float:
+    """The float result of an add, pool or softmax of quantized tensors, before its ``QuantizeLinear``."""
+    kind: str
+    name: str
+    source: str
+    inputs: tuple
+    shape: tuple
+    window: Window | None = None
+    count_pads: bool = False
+    lo: float = -np.inf
+    hi: float = np.inf
+
+
+@dataclass
+class OnnxGraph:
+    """An imported model: the IR ``graph``, the ONNX ``input`` / ``output`` specs (shape, type, grid) and,
+    per IR node name, the ONNX op it came from."""
+    graph: Graph
+    input: TensorSpec
+    output: TensorSpec
+    sources: dict = field(default_factory=dict)
+
+    def quantize_input(self, x) -> np.ndarray:
+        """The model input (checked) -> the int8 graph input, batch first."""
+        q = self.input.quantize(x)
+        return q.reshape(len(q), *self.graph.tensors[self.graph.inputs[0]].shape).astype(np.int8)
+
+    def reference(self, x) -> np.ndarray:
+        """The int8-grid output of the host kernels (the integer reference every backend must equal)."""
+        from .host_kernels import run_graph
+        return run_graph(self.graph, self.quantize_input(x))[0].astype(np.int64)
+
+    def run(self, x, config=None, backend="golden") -> tuple:
+        """Run on the NPU (``graph_npu.run_on_npu``); returns (the output as the model defines it, the
+        per-node records)."""
+        from opennpu.config import NpuConfig
+
+        from .graph_npu import run_on_npu
+        outputs, records = run_on_npu(self.graph, self.quantize_input(x), config or NpuConfig(), backend)
+        return self.output.value(outputs[0]), records
+
+
+def _unique(existing, base: str) -> str:
+    name, i = base, 1
+    while name in existing:
+        name, i = f"{base}:{i}", i + 1
+    return name
+
+
+def _pads(attrs: dict, spatial: tuple, kernel: tuple, strides: tuple, dil: tuple) -> list:
+    """ONNX ``pads`` / ``auto_pad`` -> [begin..., end...] per spatial axis."""
+    auto_pad = attrs.get("auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    n = len(spatial)
+    if auto_pad == "NOTSET":
+        return list(attrs.get("pads", (0,) * 2 * n))
+    if auto_pad == "VALID":
+        return [0] * 2 * n
+    if auto_pad not in ("SAME_UPPER", "SAME_LOWER"):
+        raise ValueError(f"auto_pad={auto_pad!r} is not supported")
+    pads = [0] * 2 * n
+    for axis, size in enumerate(spatial):
+        out = -(-size // strides[axis])
+        total = max(0, (out - 1) * strides[axis] + dil[axis] * (kernel[axis] - 1) + 1 - size)
+        small, big = total // 2, total - total // 2
+        pads[axis], pads[axis + n] = (small, big) if auto_pad == "SAME_UPPER" else (big, small)
+    return pads
 
 
 class _Importer:
@@ -133,48 +231,65 @@ class _Importer:
         self.onnx, self.numpy_helper = onnx, numpy_helper
         graph = model.graph
         self.values: dict = {t.name: _Const(numpy_helper.to_array(t)) for t in graph.initializer}
-        self.layers: list[QLayer] = []
+        self.tensors: dict = {}
+        self.nodes: list = []
+        self.sources: dict = {}
+        self.converted: dict = {}
         inputs = [i for i in graph.input if i.name not in self.values]
         if len(inputs) != 1 or len(graph.output) != 1:
             raise ValueError(f"the model must have one input and one output, got {len(inputs)} inputs "
                              f"and {len(graph.output)} outputs")
         self.graph = graph
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
         self._input(inputs[0])
 
     # -- graph input / output -----------------------------------------------------------------------
     def _input(self, value_info):
         t = value_info.type.tensor_type
         dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
-        if len(dims) < 2 or any(d is None or d < 1 for d in dims[1:]):
+        if len(dims) < 2:
             raise ValueError(f"input {value_info.name!r}: need shape (batch, fixed dims...), got {dims}")
+        for i, (d, proto) in enumerate(zip(dims[1:], t.shape.dim[1:]), 1):
+            if d is None or d < 1:
+                raise ValueError(f"input {value_info.name!r}: dimension {i} ({proto.dim_param or '?'!r}) is dynamic; "
+                                 f"only the batch axis may be: export with a fixed size for it (e.g. torch.onnx.export "
+                                 f"without it in dynamic_axes) or fix it with onnx.tools.update_model_dims")
         dtype = self.onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name
         if dtype not in ("float32", *_QUANT_TYPES):
             raise ValueError(f"input {value_info.name!r}: element type {dtype} is not supported "
                              f"(float32, int8, uint8)")
         self.in_name, self.in_batch, self.in_dtype = value_info.name, dims[0] or None, dtype
-        self.in_shape, self.in_q = tuple(dims[1:]), None
+        self.in_shape, self.in_q, self.in_tensor = tuple(dims[1:]), None, None
         if dtype == "float32":
             self.values[value_info.name] = _FloatInput(self.in_shape)
         else:       # a quantized input: its grid comes from the first op that reads it with a scale
-            self.values[value_info.name] = _Quant(-1, self.in_shape, np.nan, -_QUANT_TYPES[dtype], dtype)
+            self.values[value_info.name] = _Q(value_info.name, self.in_shape, np.nan, None, dtype)
 
-    def model(self) -> QuantModel:
+    def _graph_input(self, q: _Q, scale: float, zp: int):
+        """The IR input tensor, once its grid is known."""
+        q.scale, q.zp = scale, zp
+        self.in_q, self.in_tensor = (scale, zp), q.name
+        self.tensors[q.name] = QTensor(q.name, q.shape, "int8", (scale,), (zp,))
+
+    def result(self) -> OnnxGraph:
         out = self.graph.output[0].name
         v = self.values.get(out)
         if isinstance(v, _Deq) and not v.fns:
             q, dtype = v.q, "float32"
-        elif isinstance(v, _Quant):
+        elif isinstance(v, _Q):
             q, dtype = v, v.dtype
         else:
-            raise ValueError(f"output {out!r} must be the (dequantized) result of a quantized layer, "
-                             f"got {type(v).__name__.strip('_')}")
-        if not self.layers or q.src != len(self.layers) - 1:
-            raise ValueError(f"output {out!r} is not the result of the last layer of a chain")
+            raise ValueError(f"output {out!r} must be a quantized (or dequantized) tensor, "
+                             f"got {type(v).__name__.strip('_') if v is not None else 'nothing'}")
         if self.in_q is None:
             raise ValueError(f"input {self.in_name!r} is never quantized")
+        q = self._shaped(self._plain(q), q.shape)
+        if not self.nodes:
+            raise ValueError("the model has no op between its input and output")
         spec_in = TensorSpec(self.in_name, self.in_shape, self.in_batch, self.in_dtype, *self.in_q)
-        spec_out = TensorSpec(out, v.shape, self.in_batch, dtype, *self.layers[-1].out_q)
-        return QuantModel(self.layers, spec_in, spec_out)
+        spec_out = TensorSpec(out, q.shape, self.in_batch, dtype, q.scale, q.zp)
+        graph = Graph(self.tensors, self.nodes, (self.in_tensor,), (q.name,))
+        return OnnxGraph(graph, spec_in, spec_out, self.sources)
 
     # -- helpers --------------------------------------------------------------------------------------
     def _get(self, node, i, optional=False):
@@ -200,6 +315,9 @@ class _Importer:
 
     def _attrs(self, node) -> dict:
         return {a.name: self.onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+    def _name(self, node) -> str:
+        return node.name or node.output[0]
 
     def _scalar_q(self, node, scale, zp, what) -> tuple[float, int, str]:
         """(scale, zero point) arrays of an activation -> per-tensor (scale, int8-grid zp, dtype)."""
@@ -242,29 +360,27 @@ class _Importer:
                                     f"{w.min()}..{w.max()}, beyond int8")
         return w, float(scale[0]) if np.ptp(scale) == 0 else scale
 
-    def _quant_input(self, node, v, scale=None, zp=None) -> _Quant:
-        """The activation operand of a GEMM: a pure dequantized tensor (QDQ) or a quantized one (QLinear)."""
+    def _quant_input(self, node, v, scale=None, zp=None) -> _Q:
+        """The activation operand of an op: a pure dequantized tensor (QDQ) or a quantized one (QLinear,
+        whose grid ``scale`` / ``zp`` must be the producer's)."""
         if isinstance(v, _Deq):
             if v.fns:
                 raise self._error(node, f"input goes through {'/'.join(n for n, _ in v.fns)} without a "
                                         f"QuantizeLinear; the NPU needs a quantized operand")
-            q = v.q
-        elif isinstance(v, _Quant):
-            q = v
+            return v.q
+        if isinstance(v, _Q):
             s, z, _ = self._scalar_q(node, scale, zp, "input")
-            if q.src == -1 and np.isnan(q.scale):       # quantized graph input: its grid is given here
-                q.scale = s
-                self.in_q = (s, z)
-            if not np.isclose(q.scale, s, rtol=1e-6) or q.zp != z:
-                raise self._error(node, "input scale/zero point differ from the producer's")
-        else:
-            raise self._error(node, f"activation operand must be quantized (DequantizeLinear or a QLinear "
-                                    f"op), got {type(v).__name__.strip('_')}")
-        expected = len(self.layers) - 1
-        if q.src != expected:
-            raise self._error(node, "the graph is not a chain: this layer does not read the previous "
-                                    "layer's output (branches and skip connections are not supported)")
-        return q
+            self._check_grid(node, v, s, z)
+            return v
+        raise self._error(node, f"activation operand must be quantized (DequantizeLinear or a QLinear "
+                                f"op), got {type(v).__name__.strip('_')}")
+
+    def _check_grid(self, node, q: _Q, s: float, z: int):
+        if q.zp is None:                    # quantized graph input: its grid is given here
+            self._graph_input(q, s, z)
+        if not np.isclose(q.scale, s, rtol=1e-6) or q.zp != z:
+            raise self._error(node, f"scale/zero point {s}/{z} differ from those of the tensor "
+                                    f"({q.scale}/{q.zp})")
 
     def _weight_operand(self, node, v, out_axis):
         if isinstance(v, _DeqConst):
@@ -293,140 +409,203 @@ class _Importer:
         if b.shape != (n,):
             raise self._error(node, f"bias must have {n} values, got {b.size}")
         if isinstance(v, _DeqConst):
-            return np.where(np.isclose(unit, acc_scale, rtol=1e-6), b, np.rint(b * (unit / acc_scale))).astype(np.int64)
-        return b if unit is None else np.rint(b * unit / acc_scale).astype(np.int64)
+            b = np.where(np.isclose(unit, acc_scale, rtol=1e-6), b, np.rint(b * (unit / acc_scale)))
+        elif unit is not None:
+            b = np.rint(b * unit / acc_scale)
+        b = b.astype(np.int64)
+        if b.min() < numerics.INT32_MIN or b.max() > numerics.INT32_MAX:
+            raise self._error(node, "bias overflows int32 on the accumulator grid")
+        return b
 
-    # -- layer construction ---------------------------------------------------------------------------
-    def _finish(self, node, acc: _Acc, scale, zp) -> _Quant:
-        """QuantizeLinear of a GEMM accumulator: emit the layer."""
-        s_y, zp_y, dtype = self._scalar_q(node, scale, zp, "output")
-        w = acc.w
-        bias = np.zeros(w.shape[1], np.int64) if acc.bias is None else acc.bias
-        bias = bias - acc.src.zp * w.sum(axis=0)
-        if bias.min() < numerics.INT32_MIN or bias.max() > numerics.INT32_MAX:
-            raise self._error(node, "bias with the folded activation zero point overflows int32")
+    # -- IR emission ----------------------------------------------------------------------------------
+    def _tensor(self, base: str, shape, scale=(1.0,), zp=(0,), dtype="int8", data=None, axis=None) -> str:
+        name = _unique(self.tensors, base)
+        self.tensors[name] = QTensor(name, tuple(int(d) for d in shape), dtype, tuple(scale), tuple(zp), axis,
+                                     None if data is None else np.asarray(data, dtype))
+        return name
+
+    def _emit(self, op: str, name: str, source: str, inputs: tuple, out_base: str, shape, scale: float, zp: int,
+              attrs=None) -> str:
+        """Append an IR node writing a new int8 activation; returns its tensor name."""
+        out = self._tensor(out_base, shape, (scale,), (zp,))
+        node = Node(op, _unique(self.sources, name), tuple(inputs), out, attrs)
+        self.nodes.append(node)
+        self.sources[node.name] = source
+        return out
+
+    def _ir_shape(self, q: _Q) -> tuple:
+        return self.tensors[q.name].shape
+
+    def _layout(self, q: _Q, key: str, build) -> _Q:
+        if (q.name, key) not in self.converted:
+            self.converted[q.name, key] = build()
+        return self.converted[q.name, key]
+
+    def _shaped(self, q: _Q, shape: tuple) -> _Q:
+        """A tensor in ONNX order (``cl`` false) whose IR shape is ``shape``: a reshape node if needed."""
+        if self._ir_shape(q) == tuple(shape):
+            return q
+        return self._layout(q, f"reshape{shape}", lambda: replace(q, name=self._emit(
+            "reshape", f"{q.name}:reshape", "Reshape", (q.name,), f"{q.name}:reshape", shape, q.scale, q.zp)))
+
+    def _plain(self, q: _Q) -> _Q:
+        """``q`` in ONNX order: a transpose from channels-last if it is stored so."""
+        if not q.cl:
+            return q
+
+        def build():
+            h, w, c = self._ir_shape(q)
+            name = self._emit("transpose", f"{q.name}:nchw", "Transpose", (q.name,), f"{q.name}:nchw", (c, h, w),
+                              q.scale, q.zp, TransposeAttrs((2, 0, 1)))
+            return replace(q, name=name, cl=False)
+        return self._layout(q, "nchw", build)
+
+    def _channels_last(self, node, q: _Q) -> _Q:
+        """``q`` (ONNX (C, H, W) or (C, L)) stored channels-last, (H, W, C) or (1, L, C)."""
+        if q.cl:
+            return q
+        if len(q.shape) not in (2, 3):
+            raise self._error(node, f"needs a (C, H, W) or (C, L) tensor per sample, got {q.shape}")
+        c, *spatial = q.shape
+        chw = (c, *([1] * (3 - len(q.shape))), *spatial)
+
+        def build():
+            src = self._shaped(q, chw)
+            name = self._emit("transpose", f"{q.name}:nhwc", "Transpose", (src.name,), f"{q.name}:nhwc",
+                              (*chw[1:], c), q.scale, q.zp, TransposeAttrs((1, 2, 0)))
+            return replace(q, name=name, cl=True)
+        return self._layout(q, "nhwc", build)
+
+    def _requant(self, node, acc_scale, s_y: float, zp_y: int, lo: float, hi: float) -> Requant:
         try:
-            if np.ndim(acc.acc_scale):          # per-channel weight scales: one requantization per channel
-                pairs = [numerics.quantize_multiplier(s / s_y) for s in acc.acc_scale]
-                multiplier, shift = np.array([m for m, _ in pairs]), np.array([e for _, e in pairs])
+            if np.ndim(acc_scale):          # per-channel weight scales: one requantization per channel
+                pairs = [numerics.quantize_multiplier(s / s_y) for s in acc_scale]
             else:
-                multiplier, shift = numerics.quantize_multiplier(acc.acc_scale / s_y)
+                pairs = [numerics.quantize_multiplier(acc_scale / s_y)]
         except ValueError as error:
             raise self._error(node, str(error)) from None
+        qmin, qmax = self._bounds(node, lo, hi, s_y, zp_y)
+        return Requant(tuple(m for m, _ in pairs), tuple(e for _, e in pairs), zp_y, qmin, qmax)
 
+    def _bounds(self, node, lo: float, hi: float, s_y: float, zp_y: int) -> tuple[int, int]:
         def bound(x, default):
             if not np.isfinite(x):
                 return default
             return int(np.clip(np.rint(np.float32(x) / np.float32(s_y)) + zp_y, -128, 127))
-        qmin, qmax = bound(acc.lo, -128), bound(acc.hi, 127)
+        qmin, qmax = bound(lo, -128), bound(hi, 127)
         if qmin > qmax:
-            raise self._error(node, f"clamp bounds {acc.lo}..{acc.hi} are empty")
-        self.layers.append(QLayer(acc.name, acc.op, w, bias, multiplier, shift, zp_y, qmin, qmax, None,
-                                  acc.in_shape, (acc.src.scale, acc.src.zp), (s_y, zp_y), acc.conv))
-        return _Quant(len(self.layers) - 1, acc.out_shape, s_y, zp_y, dtype)
+            raise self._error(node, f"clamp bounds {lo}..{hi} are empty")
+        return qmin, qmax
 
-    def _gemm(self, node, a, w, w_scale, bias, transposed=False, alpha=1.0, beta=1.0, op=None) -> _Acc:
-        if len(a.shape) != 1:
-            raise self._error(node, f"activation must be 2-D (batch, features), got per-sample shape "
-                                    f"{a.shape}; add a Flatten")
-        if w.ndim != 2:
-            raise self._error(node, f"weights must be 2-D, got shape {w.shape}")
-        w = w.T if transposed else w
-        if w.shape[0] != a.shape[0]:
-            raise self._error(node, f"K mismatch: activation has {a.shape[0]} features, weights {w.shape}")
-        acc_scale = a.scale * w_scale * alpha
-        b = None if bias is None else self._bias(node, bias, acc_scale, w.shape[1], beta)
-        return _Acc(node.name or node.output[0], op or node.op_type, w, b, acc_scale, a, a.shape,
-                    (w.shape[1],), None)
+    # -- quantization of float results ----------------------------------------------------------------
+    def _finish(self, node, acc: _Acc, scale, zp) -> _Q:
+        """QuantizeLinear of a GEMM accumulator: emit the conv / fully connected node."""
+        return self._emit_gemm(node, acc, *self._scalar_q(node, scale, zp, "output"))
 
-    def _conv(self, node, x, w, w_scale, bias, attrs, op=None) -> _Acc:
-        if len(x.shape) != 3 or w.ndim != 4:
-            raise self._error(node, f"only 2-D convolutions on NCHW tensors are supported, got input "
-                                    f"{x.shape} and weights {w.shape}")
-        c, h, wd = x.shape
-        groups = int(attrs.get("group", 1))
-        n_out, cg, kh, kw = w.shape
-        if c != cg * groups or n_out % groups:
-            raise self._error(node, f"{c} input channels do not match weights {w.shape} with group={groups}")
-        kernel = tuple(attrs.get("kernel_shape", (kh, kw)))
-        strides = tuple(attrs.get("strides", (1, 1)))
-        dil = tuple(attrs.get("dilations", (1, 1)))
-        auto_pad = attrs.get("auto_pad", b"NOTSET")
-        auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
-        if kernel != (kh, kw) or len(strides) != 2 or len(dil) != 2:
-            raise self._error(node, "kernel_shape/strides/dilations must describe a 2-D kernel")
-        if auto_pad in ("NOTSET", "VALID"):
-            p = tuple(attrs.get("pads", (0, 0, 0, 0))) if auto_pad == "NOTSET" else (0, 0, 0, 0)
-            pads = (p[0], p[1], p[2], p[3])
-        elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-            pads = [0, 0, 0, 0]
-            for axis, size in enumerate((h, wd)):
-                out = -(-size // strides[axis])
-                total = max(0, (out - 1) * strides[axis] + dil[axis] * (kernel[axis] - 1) + 1 - size)
-                small, big = total // 2, total - total // 2
-                pads[axis], pads[axis + 2] = (small, big) if auto_pad == "SAME_UPPER" else (big, small)
-            pads = tuple(pads)
-        else:
-            raise self._error(node, f"auto_pad={auto_pad!r} is not supported")
-        geom = ConvGeom((c, h, wd), kernel, strides, pads, dil, groups)
-        if min(geom.out_hw) < 1:
-            raise self._error(node, f"the kernel does not fit the {h}x{wd} input")
-        # Weight matrix K x N, K ordered (channel, kernel row, kernel column); groups block-diagonal.
-        full = np.zeros((c, kh * kw, n_out), np.int64)
-        per = n_out // groups
-        for g in range(groups):
-            block = w[g * per:(g + 1) * per].reshape(per, cg, kh * kw)      # out, in, kk
-            full[g * cg:(g + 1) * cg, :, g * per:(g + 1) * per] = block.transpose(1, 2, 0)
-        acc_scale = x.scale * w_scale
-        b = None if bias is None else self._bias(node, bias, acc_scale, n_out)
-        return _Acc(node.name or node.output[0], op or node.op_type, full.reshape(c * kh * kw, n_out), b,
-                    acc_scale, x, x.shape, (n_out, *geom.out_hw), geom)
+    def _emit_gemm(self, node, acc: _Acc, s_y: float, zp_y: int, dtype: str) -> _Q:
+        n = acc.w.shape[0] if acc.op != "depthwise_conv2d" else acc.w.shape[-1]
+        w_scale = np.broadcast_to(np.asarray(acc.acc_scale, np.float64) / acc.x.scale, (n,))
+        per_channel = bool(np.ndim(acc.acc_scale))
+        w = self._tensor(f"{acc.name}:weights", acc.w.shape, tuple(w_scale) if per_channel else (w_scale[0],),
+                         (0,) * (n if per_channel else 1), "int8", acc.w, (3 if acc.op == "depthwise_conv2d" else 0)
+                         if per_channel else None)
+        b = None if acc.bias is None else self._tensor(f"{acc.name}:bias", (n,), tuple(w_scale * acc.x.scale),
+                                                       (0,), "int32", acc.bias)
+        requant = self._requant(node, acc.acc_scale, s_y, zp_y, acc.lo, acc.hi)
+        attrs = FullyConnectedAttrs(acc.x.zp, requant) if acc.op == "fully_connected" else \
+            ConvAttrs(acc.window, acc.x.zp, requant)
+        out = self._emit(acc.op, acc.name, acc.source, (acc.x.name, w, b), node.output[0], acc.ir_shape, s_y, zp_y,
+                         attrs)
+        return _Q(out, acc.shape, s_y, zp_y, dtype, acc.cl)
 
-    def _lut(self, node, src: _Quant, fns, scale, zp) -> _Quant:
-        """QuantizeLinear of f(DequantizeLinear(q)): fold a table into the layer that produced q."""
-        s_y, zp_y, dtype = self._scalar_q(node, scale, zp, "output")
-        if not fns and np.isclose(s_y, src.scale, rtol=1e-6) and zp_y == src.zp:
-            return replace(src, dtype=dtype)
-        if src.src < 0 or src.src != len(self.layers) - 1:
-            raise self._error(node, f"{'/'.join(n for n, _ in fns) or 'requantization'} must follow a "
-                                    f"GEMM/Conv layer of the chain")
-        layer = self.layers[src.src]
+    def _table(self, node, q: _Q, fns, s_y: float, zp_y: int, dtype: str, lo=-np.inf, hi=np.inf) -> _Q:
+        """QuantizeLinear of f(DequantizeLinear(q)) (``fns``, then a clamp): a ``lut`` node, or ``q``
+        itself when nothing changes."""
+        if not fns and np.isclose(s_y, q.scale, rtol=1e-6) and zp_y == q.zp and lo == -np.inf and hi == np.inf:
+            return replace(q, dtype=dtype)
 
         def f(x):
             for _, fn in fns:
                 x = fn(x)
-            return x
-        table = numerics.build_lut(f, src.scale, src.zp, s_y, zp_y)
-        if layer.lut is not None:
-            layer.lut = table[layer.lut + 128]
-        else:
-            span = np.arange(layer.qmin, layer.qmax + 1)
-            mapped = table[span + 128]
-            lo, hi = int(mapped.min()), int(mapped.max())
-            if np.array_equal(mapped, np.clip(span, lo, hi)):     # identity with a clamp: no table needed
-                layer.qmin, layer.qmax = max(layer.qmin, lo), min(layer.qmax, hi)
-            else:
-                layer.lut = table
-        layer.out_q = (s_y, zp_y)
-        return _Quant(src.src, src.shape, s_y, zp_y, dtype)
+            return np.clip(x, lo, hi)
+        table = numerics.build_lut(f, q.scale, q.zp, s_y, zp_y)
+        names = "/".join(n for n, _ in fns) or "requantize"
+        out = self._emit("lut", f"{self._name(node)}:{names}", names, (q.name,), node.output[0], self._ir_shape(q),
+                         s_y, zp_y, LutAttrs(tuple(int(v) for v in table)))
+        return replace(q, name=out, scale=s_y, zp=zp_y, dtype=dtype)
+
+    def _finish_float(self, node, v: _Float, scale, zp) -> _Q:
+        """QuantizeLinear of an add, pool or softmax result: emit its node(s)."""
+        return self._emit_float(node, v, *self._scalar_q(node, scale, zp, "output"))
+
+    def _emit_float(self, node, v: _Float, s_y: float, zp_y: int, dtype: str) -> _Q:
+        x = v.inputs[0]
+        if v.kind == "add":
+            a, b = v.inputs
+            qmin, qmax = self._bounds(node, v.lo, v.hi, s_y, zp_y)
+            try:
+                attrs = tflite_params.add_attrs(((a.scale, a.zp), (b.scale, b.zp)), (s_y, zp_y), 0)
+            except ValueError as error:
+                raise self._error(node, str(error)) from None
+            attrs = replace(attrs, qmin=qmin, qmax=qmax)
+            shape = np.broadcast_shapes(self._ir_shape(a), self._ir_shape(b))
+            out = self._emit("add", v.name, v.source, (a.name, b.name), node.output[0], shape, s_y, zp_y, attrs)
+            return _Q(out, v.shape, s_y, zp_y, dtype, a.cl)
+        if v.kind == "softmax":         # TFLite's integer softmax onto its grid, then a table onto ours
+            grid = tflite_params.SOFTMAX_OUTPUT
+            same = abs(s_y - grid[0]) <= 1e-6 * grid[0] and zp_y == grid[1]
+            try:
+                attrs = tflite_params.softmax_attrs(1.0, x.scale)
+            except ValueError as error:
+                raise self._error(node, str(error)) from None
+            out = self._emit("softmax", v.name, v.source, (x.name,), node.output[0] if same else f"{v.name}:softmax",
+                             self._ir_shape(x), *grid, attrs)
+            probs = _Q(out, v.shape, *grid, dtype)
+            return probs if same else self._table(node, probs, (), s_y, zp_y, dtype)
+        h, w, c = self._ir_shape(x)
+        ho, wo = v.window.out_hw(h, w)
+        same = np.isclose(s_y, x.scale, rtol=1e-6) and zp_y == x.zp
+        taps = v.window.kernel[0] * v.window.kernel[1]
+        uniform = v.count_pads or not any(v.window.pads)
+        if v.kind == "avg_pool" and uniform and not (same and not any(v.window.pads)):
+            # the mean as a depthwise convolution with unit weights: one rounding, the padding adds zero
+            ones = np.ones((1, *v.window.kernel, c), np.int64)
+            acc = _Acc(v.name, "depthwise_conv2d", v.source, x, ones, None, x.scale / taps, v.window, v.shape,
+                       (ho, wo, c), True, v.lo, v.hi)
+            return self._emit_gemm(node, acc, s_y, zp_y, dtype)
+        op = "max_pool2d" if v.kind == "max_pool" else "average_pool2d"
+        qmin, qmax = self._bounds(node, v.lo, v.hi, x.scale, x.zp) if same else (-128, 127)
+        pooled = _Q(self._emit(op, v.name, v.source, (x.name,), node.output[0] if same else f"{v.name}:pooled",
+                               (ho, wo, c), x.scale, x.zp, PoolAttrs(v.window, qmin, qmax)), v.shape, x.scale, x.zp,
+                    dtype, True)
+        return pooled if same else self._table(node, pooled, (), s_y, zp_y, dtype, v.lo, v.hi)
 
     # -- ops ------------------------------------------------------------------------------------------
-    def run(self):
+    def _handler(self, node):
+        if node.domain not in ("", "ai.onnx", "com.microsoft"):
+            return None
+        if node.op_type in UNARY_FUNCTIONS:
+            return self._unary
+        if node.op_type in _PASS_THROUGH:
+            return self._pass
+        return getattr(self, "_op_" + node.op_type, None)
+
+    def run(self) -> OnnxGraph:
+        missing: dict = {}
         for node in self.graph.node:
-            if node.domain not in ("", "ai.onnx", "com.microsoft"):
-                raise self._error(node, f"domain {node.domain!r} is not supported")
-            handler = getattr(self, "_op_" + node.op_type, None)
-            if handler is None and node.op_type in UNARY_FUNCTIONS:
-                handler = self._unary
-            if handler is None and node.op_type in _PASS_THROUGH:
-                handler = self._pass
+            if self._handler(node) is None:
+                key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+                missing[key] = missing.get(key, 0) + 1
+        for node in self.graph.node:
+            handler = self._handler(node)
             if handler is None:
-                raise self._error(node, "unsupported op")
+                needs = ", ".join(f"{op} ({n} node{'s' * (n > 1)})" for op, n in sorted(missing.items()))
+                raise self._error(node, f"unsupported op; the model needs these unsupported ops: {needs}")
             outputs = handler(node)
             for name, value in zip(node.output, outputs if isinstance(outputs, tuple) else (outputs,)):
                 if name:
                     self.values[name] = value
-        return self.model()
+        return self.result()
 
     def _pass(self, node):
         return self._get(node, 0)
@@ -444,14 +623,15 @@ class _Importer:
             if self.in_q is not None:
                 raise self._error(node, "the model input is quantized twice")
             s, z, dtype = self._scalar_q(node, scale, zp, "input")
-            self.in_q = (s, z)
-            if int(np.prod(v.shape)) != int(np.prod(self.in_shape)):
-                raise self._error(node, "shape mismatch")
-            return _Quant(-1, v.shape, s, z, dtype)
+            q = _Q(node.output[0], v.shape, s, z, dtype)
+            self._graph_input(q, s, z)
+            return q
         if isinstance(v, _Acc):
             return self._finish(node, v, scale, zp)
+        if isinstance(v, _Float):
+            return self._finish_float(node, v, scale, zp)
         if isinstance(v, _Deq):
-            return replace(self._lut(node, v.q, v.fns, scale, zp), shape=v.shape)
+            return self._table(node, v.q, v.fns, *self._scalar_q(node, scale, zp, "output"))
         raise self._error(node, f"cannot quantize a {type(v).__name__.strip('_')} tensor")
 
     def _op_DequantizeLinear(self, node):
@@ -466,22 +646,25 @@ class _Importer:
             zp = np.zeros(1, q.dtype) if zp is None else np.asarray(zp)
             return _DeqConst(q, np.asarray(scale, np.float64), np.asarray(zp, np.int64), q.dtype.name,
                              axis + q.ndim if axis < 0 else axis)
-        if isinstance(v, _Quant):
+        if isinstance(v, _Q):
             s, z, _ = self._scalar_q(node, scale, zp, "input")
-            if v.src == -1 and np.isnan(v.scale):
-                v.scale = s
-                self.in_q = (s, z)
-            if not np.isclose(v.scale, s, rtol=1e-6) or v.zp != z:
-                raise self._error(node, "scale/zero point differ from the QuantizeLinear that made the tensor")
-            return _Deq(v, v.shape)
+            self._check_grid(node, v, s, z)
+            return _Deq(v)
         raise self._error(node, f"cannot dequantize a {type(v).__name__.strip('_')} tensor")
 
     def _reshaped(self, node, v, shape):
+        shape = tuple(int(d) for d in shape)
         if int(np.prod(shape)) != int(np.prod(v.shape)):
             raise self._error(node, f"cannot reshape per-sample {v.shape} to {shape}")
-        if isinstance(v, (_FloatInput, _Quant, _Deq)):
-            return replace(v, shape=tuple(int(d) for d in shape))
-        raise self._error(node, f"cannot reshape a {type(v).__name__.strip('_')} tensor")
+        if isinstance(v, _FloatInput):
+            return _FloatInput(shape)
+        q = v.q if isinstance(v, _Deq) else v
+        if not isinstance(q, _Q) or q.zp is None:
+            raise self._error(node, f"cannot reshape a {type(v).__name__.strip('_')} tensor")
+        plain = self._plain(q)
+        out = replace(plain, name=self._emit("reshape", self._name(node), node.op_type, (plain.name,),
+                                             node.output[0], shape, q.scale, q.zp), shape=shape)
+        return replace(v, q=out) if isinstance(v, _Deq) else out
 
     def _op_Flatten(self, node):
         if self._attrs(node).get("axis", 1) != 1:
@@ -498,17 +681,32 @@ class _Importer:
         rest = target[1:]
         if target[0] == -1 and -1 in rest:
             raise self._error(node, f"reshape to {target}: the batch axis cannot be inferred")
+        shape = getattr(v, "shape", ())
+        rest = [shape[i] if d == 0 and i < len(shape) else d for i, d in enumerate(rest)]
         if -1 in rest:
             known = int(np.prod([d for d in rest if d != -1]))
             rest = [size // known if d == -1 else d for d in rest]
-        if 0 in rest:
-            raise self._error(node, f"reshape to {target}: 0 beyond the batch axis is not supported")
         return self._reshaped(node, v, tuple(rest))
+
+    def _op_Transpose(self, node):
+        v = self._get(node, 0)
+        q = v.q if isinstance(v, _Deq) else v
+        if not isinstance(q, _Q) or isinstance(v, _Deq) and v.fns:
+            raise self._error(node, "needs a quantized (or dequantized) tensor")
+        perm = [int(p) for p in self._attrs(node).get("perm", range(len(q.shape) + 1)[::-1])]
+        if perm[0] != 0:
+            raise self._error(node, f"perm {perm} moves the batch axis")
+        plain = self._shaped(self._plain(q), q.shape)
+        per_sample = tuple(p - 1 for p in perm[1:])
+        shape = tuple(q.shape[p] for p in per_sample)
+        out = replace(plain, name=self._emit("transpose", self._name(node), "Transpose", (plain.name,), node.output[0],
+                                             shape, q.scale, q.zp, TransposeAttrs(per_sample)), shape=shape)
+        return replace(v, q=out) if isinstance(v, _Deq) else out
 
     def _unary(self, node):
         v = self._get(node, 0)
         attrs = self._attrs(node)
-        if isinstance(v, _Acc) and node.op_type == "Relu":
+        if isinstance(v, (_Acc, _Float)) and node.op_type == "Relu":
             v.lo = max(v.lo, 0.0)
             return v
         fn = UNARY_FUNCTIONS[node.op_type]
@@ -524,12 +722,100 @@ class _Importer:
         hi = self._const(node, 2, optional=True)
         lo = float(attrs.get("min", -np.inf)) if lo is None else float(np.asarray(lo).reshape(()))
         hi = float(attrs.get("max", np.inf)) if hi is None else float(np.asarray(hi).reshape(()))
-        if isinstance(v, _Acc):
+        if isinstance(v, (_Acc, _Float)):
             v.lo, v.hi = max(v.lo, lo), min(v.hi, hi)
             return v
         if isinstance(v, _Deq):
             return replace(v, fns=v.fns + (("Clip", lambda x: np.clip(x, lo, hi)),))
         raise self._error(node, f"applies to a {type(v).__name__.strip('_')} tensor")
+
+    def _scaled(self, node, divide: bool):
+        """Mul/Div of a dequantized tensor by a scalar constant: a unary function (a table)."""
+        x, c = self._get(node, 0), self._get(node, 1)
+        if isinstance(x, (_Const, _DeqConst)) and not divide:
+            x, c = c, x
+        if isinstance(c, _DeqConst) and c.q.size == c.scale.size == c.zp.size == 1:
+            c = _Const((c.q.astype(np.float64) - c.zp.reshape(c.q.shape)) * c.scale.reshape(c.q.shape))
+        if not isinstance(x, _Deq) or not isinstance(c, _Const) or np.asarray(c.value).size != 1:
+            raise self._error(node, "only a dequantized tensor times (or over) a scalar constant is supported")
+        k = float(np.asarray(c.value).reshape(()))
+        fn = (lambda v: v / k) if divide else (lambda v: v * k)
+        return replace(x, fns=x.fns + ((node.op_type, fn),))
+
+    def _op_Mul(self, node):
+        return self._scaled(node, False)
+
+    def _op_Div(self, node):
+        return self._scaled(node, True)
+
+    def _gemm(self, node, a: _Q, w, w_scale, bias, transposed=False, alpha=1.0, beta=1.0, source=None) -> _Acc:
+        """MatMul/Gemm of an activation (K,) -> a fully connected node, or (S, K) -> a 1x1 convolution
+        over the sequence (IR (1, S, K))."""
+        if w.ndim != 2:
+            raise self._error(node, f"weights must be 2-D, got shape {w.shape}")
+        w = w.T if transposed else w
+        if a.shape[-1] != w.shape[0] or len(a.shape) not in (1, 2):
+            raise self._error(node, f"activation {a.shape} per sample does not match weights {w.shape} (the "
+                                    f"activation must be (K,) or (sequence, K))")
+        acc_scale = a.scale * w_scale * alpha
+        b = None if bias is None else self._bias(node, bias, acc_scale, w.shape[1], beta)
+        name, source = self._name(node), source or node.op_type
+        x = self._plain(a)
+        if len(a.shape) == 1:
+            return _Acc(name, "fully_connected", source, x, w.T, b, acc_scale, None, (w.shape[1],), (w.shape[1],),
+                        False)
+        s = a.shape[0]
+        window = Window((1, 1), (1, 1), (1, 1), (0, 0, 0, 0))
+        return _Acc(name, "conv2d", source, self._shaped(x, (1, *a.shape)), w.T.reshape(w.shape[1], 1, 1, -1), b,
+                    acc_scale, window, (s, w.shape[1]), (1, s, w.shape[1]), False)
+
+    def _window(self, node, attrs, spatial: tuple, kernel: tuple) -> Window:
+        n = len(spatial)
+        strides = tuple(attrs.get("strides", (1,) * n))
+        dil = tuple(attrs.get("dilations", (1,) * n))
+        if len(kernel) != n or len(strides) != n or len(dil) != n:
+            raise self._error(node, f"kernel_shape/strides/dilations must describe a {n}-D window")
+        try:
+            pads = _pads(attrs, spatial, kernel, strides, dil)
+        except ValueError as error:
+            raise self._error(node, str(error)) from None
+        if n == 1:
+            return Window((1, kernel[0]), (1, strides[0]), (1, dil[0]), (0, pads[0], 0, pads[1]))
+        return Window(kernel, strides, dil, (pads[0], pads[1], pads[2], pads[3]))
+
+    def _conv(self, node, x: _Q, w, w_scale, bias, attrs, source=None) -> _Acc:
+        if len(x.shape) not in (2, 3) or w.ndim != len(x.shape) + 1:
+            raise self._error(node, f"only 1-D and 2-D convolutions are supported, got input {x.shape} and "
+                                    f"weights {w.shape}")
+        c, *spatial = x.shape
+        groups = int(attrs.get("group", 1))
+        n_out, cg, *kernel = w.shape
+        if c != cg * groups or n_out % groups:
+            raise self._error(node, f"{c} input channels do not match weights {w.shape} with group={groups}")
+        if tuple(attrs.get("kernel_shape", kernel)) != tuple(kernel):
+            raise self._error(node, f"kernel_shape {attrs['kernel_shape']} differs from the weights {w.shape}")
+        window = self._window(node, attrs, tuple(spatial), tuple(kernel))
+        xc = self._channels_last(node, x)
+        h, wd, _ = self._ir_shape(xc)
+        ho, wo = window.out_hw(h, wd)
+        if min(ho, wo) < 1:
+            raise self._error(node, f"the kernel does not fit the {spatial} input")
+        kh, kw = window.kernel
+        w = w.reshape(n_out, cg, kh, kw)
+        if groups == 1:
+            op, weights = "conv2d", w.transpose(0, 2, 3, 1)
+        elif groups == c and cg == 1:      # depthwise: output channel o reads input channel o // (n_out / c)
+            op, weights = "depthwise_conv2d", w[:, 0].transpose(1, 2, 0)[None]
+        else:                               # grouped: a dense convolution with block-diagonal weights
+            op, weights = "conv2d", np.zeros((n_out, kh, kw, c), np.int64)
+            per = n_out // groups
+            for g in range(groups):
+                weights[g * per:(g + 1) * per, :, :, g * cg:(g + 1) * cg] = w[g * per:(g + 1) * per].transpose(0, 2, 3, 1)
+        acc_scale = x.scale * w_scale
+        b = None if bias is None else self._bias(node, bias, acc_scale, n_out)
+        shape = (n_out, ho, wo) if len(x.shape) == 3 else (n_out, wo)
+        return _Acc(self._name(node), op, source or node.op_type, xc, weights, b, acc_scale, window, shape,
+                    (ho, wo, n_out), True)
 
     def _op_MatMul(self, node):
         a = self._quant_input(node, self._get(node, 0))
@@ -541,6 +827,9 @@ class _Importer:
         if attrs.get("transA", 0):
             raise self._error(node, "transA=1 is not supported")
         a = self._quant_input(node, self._get(node, 0))
+        if len(a.shape) != 1:
+            raise self._error(node, f"Gemm needs a 2-D (batch, features) activation, got per-sample {a.shape}; "
+                                    f"add a Flatten")
         transposed = bool(attrs.get("transB", 0))
         w, s_w = self._weight_operand(node, self._get(node, 1), 0 if transposed else 1)
         return self._gemm(node, a, w, s_w, self._get(node, 2, optional=True), transposed,
@@ -553,45 +842,122 @@ class _Importer:
 
     def _op_Add(self, node):
         x, y = self._get(node, 0), self._get(node, 1)
-        if isinstance(y, _Deq) and isinstance(x, (_Const, _DeqConst)):
+        if isinstance(x, (_Const, _DeqConst)):
             x, y = y, x
+        if isinstance(x, _Acc) and isinstance(y, (_Const, _DeqConst)):
+            return self._add_bias(node, x, y)
         if isinstance(x, _Deq) and isinstance(y, (_Const, _DeqConst)):
-            x = self._offset_layer(node, x)
-        acc, bias = (x, y) if isinstance(x, _Acc) else (y, x)
-        if not isinstance(acc, _Acc) or isinstance(bias, (_Acc, _Deq, _Quant, _FloatInput)):
-            raise self._error(node, "only a constant bias added to a MatMul/Conv result is supported "
-                                    "(adding two tensors needs a residual/branch, which is not supported)")
-        return self._add_bias(node, acc, bias)
+            return self._add_bias(node, self._offset(node, self._quant_input(node, x), y), y)
+        if isinstance(x, _Deq) and isinstance(y, _Deq):
+            return self._sum(node, self._quant_input(node, x), self._quant_input(node, y))
+        raise self._error(node, f"cannot add {type(x).__name__.strip('_')} and {type(y).__name__.strip('_')}: "
+                                f"each operand must be a dequantized tensor or a constant")
+
+    def _sum(self, node, a: _Q, b: _Q, source="Add") -> _Float:
+        """Two quantized tensors added (TFLite's integer ADD), in one layout: channels-last if either is."""
+        if a.shape != b.shape:
+            if a.cl or b.cl:
+                raise self._error(node, f"adding {a.shape} and {b.shape}: broadcasting is supported in ONNX "
+                                        f"order only, not on convolution outputs")
+            shape = tuple(np.broadcast_shapes(a.shape, b.shape))
+            a, b = self._shaped(a, a.shape), self._shaped(b, b.shape)
+        elif (a.cl or b.cl) and len(a.shape) in (2, 3):
+            a, b, shape = self._channels_last(node, a), self._channels_last(node, b), a.shape
+        else:
+            a, b, shape = self._plain(a), self._plain(b), a.shape
+            b = self._shaped(b, self._ir_shape(a))
+        return _Float("add", self._name(node), source, (a, b), shape)
+
+    @staticmethod
+    def _channel_axis(shape: tuple, v_shape: tuple):
+        """The per-sample axis of ``v_shape`` along which a constant of ONNX shape ``shape`` (broadcast
+        right-aligned against (batch, *v_shape)) runs: None for a scalar, False unless it has one value per
+        entry of a single axis."""
+        shape = tuple(shape)
+        lead = len(shape) - len(v_shape)
+        if lead > 1 or lead > 0 and any(d != 1 for d in shape[:lead]):
+            return False
+        tail = shape[max(lead, 0):]
+        offset = len(v_shape) - len(tail)
+        big = [i for i, d in enumerate(tail) if d != 1]
+        if not big:
+            return None
+        if len(big) == 1 and tail[big[0]] == v_shape[big[0] + offset]:
+            return big[0] + offset
+        return False
 
     def _add_bias(self, node, acc: _Acc, bias) -> _Acc:
         """Fold a constant (per output channel or scalar) into the accumulator's bias."""
         if acc.bias is not None or acc.lo != -np.inf or acc.hi != np.inf:
             raise self._error(node, "a second bias, or a bias after the activation, is not supported")
-        n = acc.w.shape[1]
+        n = acc.shape[0] if acc.cl else acc.shape[-1]
         shape = np.shape(bias.value if isinstance(bias, _Const) else bias.q)
-        per_column = shape[-1:] in ((n,), (1,)) and all(d == 1 for d in shape[:-1]) if acc.conv is None else \
-            len(shape) >= 3 and shape[-3] in (n, 1) and all(d == 1 for i, d in enumerate(shape) if i != len(shape) - 3)
-        if not per_column and int(np.prod(shape)) != 1:
-            raise self._error(node, f"bias of shape {shape} does not broadcast per output channel")
+        axis = self._channel_axis(shape, acc.shape)
+        if axis is False or axis is not None and axis != (0 if acc.cl else len(acc.shape) - 1):
+            raise self._error(node, f"a constant of shape {shape} does not broadcast per output channel of "
+                                    f"{acc.shape}")
         bias = _Const(np.asarray(bias.value).reshape(-1)) if isinstance(bias, _Const) else \
             replace(bias, q=bias.q.reshape(-1))
         acc.bias = self._bias(node, bias, acc.acc_scale, n)
         return acc
 
-    def _offset_layer(self, node, deq: _Deq) -> _Acc:
+    def _offset(self, node, q: _Q, constant) -> _Acc:
         """A constant added to an already quantized tensor (what onnxruntime's quantizer makes of
-        MatMul + Add: MatMul -> Q -> DQ -> Add): an identity layer (1x1 conv for NCHW tensors) with
-        weights ``OFFSET_GAIN`` * I, so the constant lands in the bias at 1/OFFSET_GAIN of an input LSB
-        and the result is requantized once, like onnxruntime's QLinearAdd."""
-        q = self._quant_input(node, deq)
-        c = q.shape[0]
-        w = OFFSET_GAIN * np.eye(c, dtype=np.int64)
-        conv = None
-        if len(q.shape) == 3:
-            conv = ConvGeom(q.shape, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1)
-        elif len(q.shape) != 1:
-            raise self._error(node, f"cannot add a constant to a per-sample {q.shape} tensor")
-        return _Acc(node.name or node.output[0], "Add", w, None, q.scale / OFFSET_GAIN, q, q.shape, q.shape, conv)
+        MatMul + Add: MatMul -> Q -> DQ -> Add): an identity layer with weights ``OFFSET_GAIN`` * I (a
+        1x1 convolution over channels-last or (sequence, features) tensors), so the constant lands in the
+        bias at 1/OFFSET_GAIN of an input LSB and the result is requantized once, like onnxruntime's
+        QLinearAdd. The constant runs along the channels (axis 0 of an image tensor, the last axis
+        otherwise) or is a scalar."""
+        shape = np.shape(constant.value if isinstance(constant, _Const) else constant.q)
+        axis = self._channel_axis(shape, q.shape)
+        if axis is False:
+            raise self._error(node, f"only a per-channel or scalar constant can be added to {q.shape} "
+                                    f"(got {tuple(shape)})")
+        image = q.cl or len(q.shape) == 3 or axis == 0 and len(q.shape) == 2
+        c = q.shape[0] if image else q.shape[-1]
+        eye = OFFSET_GAIN * np.eye(c, dtype=np.int64)
+        if image:
+            return self._conv(node, q, eye.reshape(c, c, *[1] * (len(q.shape) - 1)), 1.0 / OFFSET_GAIN, None, {},
+                              "Add")
+        return self._gemm(node, q, eye, 1.0 / OFFSET_GAIN, None, source="Add")
+
+    def _pool(self, node, kind: str, v, global_pool=False, source=None, x=None) -> _Float:
+        x = x if x is not None else self._quant_input(node, v)
+        if len(x.shape) not in (2, 3):
+            raise self._error(node, f"pools (C, H, W) or (C, L) tensors, got {x.shape} per sample")
+        attrs = self._attrs(node)
+        spatial = tuple(x.shape[1:])
+        if attrs.get("ceil_mode", 0) or attrs.get("storage_order", 0) or any(d != 1 for d in attrs.get("dilations", ())):
+            raise self._error(node, "ceil_mode, storage_order and dilations are not supported")
+        kernel = spatial if global_pool else tuple(attrs.get("kernel_shape", ()))
+        window = self._window(node, {} if global_pool else attrs, spatial, kernel)
+        xc = self._channels_last(node, x)
+        ho, wo = window.out_hw(*self._ir_shape(xc)[:2])
+        shape = (x.shape[0], ho, wo) if len(x.shape) == 3 else (x.shape[0], wo)
+        return _Float(kind, self._name(node), source or node.op_type, (xc,), shape, window,
+                      bool(attrs.get("count_include_pad", 0)))
+
+    def _op_MaxPool(self, node):
+        if len(node.output) > 1 and node.output[1]:
+            raise self._error(node, "the Indices output is not supported")
+        v = self._get(node, 0)
+        if isinstance(v, _Q):           # the QOperator form: the max of the int8 values, on their grid
+            return self._emit_float(node, self._pool(node, "max_pool", None, x=v), v.scale, v.zp, v.dtype)
+        return self._pool(node, "max_pool", v)
+
+    def _op_AveragePool(self, node):
+        return self._pool(node, "avg_pool", self._get(node, 0))
+
+    def _op_GlobalAveragePool(self, node):
+        return self._pool(node, "avg_pool", self._get(node, 0), global_pool=True)
+
+    def _op_Softmax(self, node):
+        q = self._quant_input(node, self._get(node, 0))
+        axis = int(self._attrs(node).get("axis", -1 if self.opset >= 13 else 1))
+        if axis not in (-1, len(q.shape)) or self.opset < 13 and len(q.shape) > 1:
+            raise self._error(node, f"softmax over axis {axis} of (batch, {q.shape}) (opset {self.opset}): only "
+                                    f"over the last axis")
+        return _Float("softmax", self._name(node), "Softmax", (self._plain(q),), q.shape)
 
     def _qlinear_args(self, node, names):
         return {name: self._const(node, i, optional=True) for i, name in enumerate(names) if i > 0 and name}
@@ -624,28 +990,35 @@ class _Importer:
 
     def _op_QLinearAdd(self, node):
         a, b = self._get(node, 0), self._get(node, 3)
-        scales = [self._const(node, i, optional=True) for i in (1, 2, 4, 5, 6, 7)]
-        (sa, za, sb, zb, sy, zy), (x, c) = scales, (a, b)
+        (sa, za, sb, zb, sy, zy) = [self._const(node, i, optional=True) for i in (1, 2, 4, 5, 6, 7)]
         if isinstance(a, _Const):
-            (sb, zb, sa, za), (x, c) = (sa, za, sb, zb), (b, a)
-        if not isinstance(x, _Quant) or not isinstance(c, _Const):
-            raise self._error(node, "only a constant added to a quantized tensor is supported (adding two "
-                                    "tensors needs a residual/branch, which is not supported)")
-        q = self._quant_input(node, x, sa, za)
-        acc = self._offset_layer(node, _Deq(q, q.shape))
-        bias = _DeqConst(np.asarray(c.value), np.asarray(sb, np.float64),
-                         np.zeros(1, np.int64) if zb is None else np.asarray(zb, np.int64), "")
-        return self._finish(node, self._add_bias(node, acc, bias), sy, zy)
+            (sa, za, sb, zb), (a, b) = (sb, zb, sa, za), (b, a)
+        qa = self._quant_input(node, a, sa, za)
+        if isinstance(b, _Const):
+            constant = _DeqConst(np.asarray(b.value), np.asarray(sb, np.float64),
+                                 np.zeros(1, np.int64) if zb is None else np.asarray(zb, np.int64), "")
+            acc = self._add_bias(node, self._offset(node, qa, constant), constant)
+            return self._finish(node, acc, sy, zy)
+        return self._finish_float(node, self._sum(node, qa, self._quant_input(node, b, sb, zb), "QLinearAdd"), sy, zy)
+
+    def _qlinear_pool(self, node, global_pool: bool):
+        c = self._qlinear_args(node, ["x", "x_scale", "x_zp", "y_scale", "y_zp"])
+        x = self._quant_input(node, self._get(node, 0), c["x_scale"], c["x_zp"])
+        if global_pool and self._attrs(node).get("channels_last", 0):
+            raise self._error(node, "channels_last=1 is not supported")
+        pool = self._pool(node, "avg_pool", None, global_pool, node.op_type, x)
+        return self._finish_float(node, pool, c["y_scale"], c["y_zp"])
+
+    def _op_QLinearAveragePool(self, node):
+        return self._qlinear_pool(node, False)
+
+    def _op_QLinearGlobalAveragePool(self, node):
+        return self._qlinear_pool(node, True)
 
     def _qlinear_unary(self, node, name, fn):
         c = self._qlinear_args(node, ["x", "x_scale", "x_zp", "y_scale", "y_zp"])
-        v = self._get(node, 0)
-        if not isinstance(v, _Quant):
-            raise self._error(node, "input must be a quantized tensor")
-        s, z, _ = self._scalar_q(node, c["x_scale"], c["x_zp"], "input")
-        if not np.isclose(v.scale, s, rtol=1e-6) or v.zp != z:
-            raise self._error(node, "input scale/zero point differ from the producer's")
-        return self._lut(node, v, ((name, fn),), c["y_scale"], c["y_zp"])
+        q = self._quant_input(node, self._get(node, 0), c["x_scale"], c["x_zp"])
+        return self._table(node, q, ((name, fn),), *self._scalar_q(node, c["y_scale"], c["y_zp"], "output"))
 
     def _op_QLinearSigmoid(self, node):
         return self._qlinear_unary(node, "Sigmoid", lambda x: UNARY_FUNCTIONS["Sigmoid"](x, {}))
@@ -653,6 +1026,63 @@ class _Importer:
     def _op_QLinearLeakyRelu(self, node):
         attrs = self._attrs(node)
         return self._qlinear_unary(node, "LeakyRelu", lambda x: UNARY_FUNCTIONS["LeakyRelu"](x, attrs))
+
+
+# -- the chain view ----------------------------------------------------------------------------------
+def _chain(og: OnnxGraph) -> QuantModel:
+    """The graph as a ``QuantModel`` chain: each conv / fully connected node a layer reading the previous
+    layer's output (only through the importer's layout transposes, reshapes of flat tensors, and tables,
+    which fold into the layer before); ``NotAChain`` naming the first node that breaks the chain."""
+    from .graph_npu import lower_node
+    graph = og.graph
+    readers: dict = {}
+    for node in graph.nodes:
+        for name in node.inputs:
+            readers[name] = readers.get(name, 0) + 1
+    layers, src, rep = [], {graph.inputs[0]: -1}, {graph.inputs[0]: "flat"}   # rep: chain order of a tensor
+
+    def refuse(node, why):
+        return NotAChain(f"{og.sources.get(node.name, node.op)} node {node.name!r}: {why}; the model runs as a "
+                         f"graph")
+    for node in graph.nodes:
+        x = node.inputs[0]
+        if src.get(x) != len(layers) - 1 or readers.get(x, 0) != 1:
+            raise refuse(node, "its input is read by several ops or is not the previous layer's output")
+        if node.op == "transpose" and (rep[x], node.attrs.perm) in (("flat", (1, 2, 0)), ("chw", (2, 0, 1))):
+            rep[node.output] = "chw" if rep[x] == "flat" else "flat"
+        elif node.op == "reshape" and rep[x] == "flat":
+            rep[node.output] = "flat"
+        elif node.op == "lut" and layers:
+            _fold_table(layers[-1], np.asarray(node.attrs.table, np.int64))
+            layers[-1].out_q = (graph.tensors[node.output].scale[0], graph.tensors[node.output].zero_point[0])
+            rep[node.output] = rep[x]
+        elif node.op in ("conv2d", "depthwise_conv2d", "fully_connected") and \
+                rep[x] == ("flat" if node.op == "fully_connected" else "chw"):
+            layers.append(replace(lower_node(graph, node), op=og.sources[node.name]))
+            rep[node.output] = rep[x]
+            src[node.output] = len(layers) - 1
+            continue
+        else:
+            raise refuse(node, f"{node.op} is not a layer of a chain")
+        src[node.output] = src[x]
+    out = graph.outputs[0]
+    if not layers or src.get(out) != len(layers) - 1 or rep[out] != "flat":
+        raise NotAChain("the output is not the result of the last layer of a chain; the model runs as a graph")
+    return QuantModel(layers, og.input, og.output)
+
+
+def _fold_table(layer, table: np.ndarray):
+    """A table after a layer: composed with the layer's table, or a narrower clamp when it is one."""
+    if layer.lut is not None:
+        layer.lut = table[layer.lut + 128]
+        return
+    span = np.arange(layer.qmin, layer.qmax + 1)
+    mapped = table[span + 128]
+    lo, hi = int(mapped.min()), int(mapped.max())
+    if np.array_equal(mapped, np.clip(span, lo, hi)):     # identity with a clamp: no table needed
+        layer.qmin, layer.qmax = max(layer.qmin, lo), min(layer.qmax, hi)
+    else:
+        layer.lut = table
 
 
 def onnxruntime_session(model: bytes):
@@ -667,8 +1097,8 @@ def onnxruntime_session(model: bytes):
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
-def import_onnx(model) -> QuantModel:
-    """A quantized ONNX model (path, bytes or ``onnx.ModelProto``) -> ``QuantModel``.
+def import_onnx_graph(model) -> OnnxGraph:
+    """A quantized ONNX model (path, bytes or ``onnx.ModelProto``) -> ``OnnxGraph``.
 
     Raises ``ValueError`` naming the op and node for anything the NPU cannot run (see the module
     docstring for what is accepted).
@@ -685,3 +1115,9 @@ def import_onnx(model) -> QuantModel:
     if not isinstance(model, onnx.ModelProto):
         raise ValueError(f"expected an ONNX model (path, bytes or ModelProto), got {type(model).__name__}")
     return _Importer(model).run()
+
+
+def import_onnx(model) -> QuantModel:
+    """A quantized ONNX model that is a chain of layers -> ``QuantModel`` (``NotAChain`` for any other
+    valid graph: run it with ``import_onnx_graph``)."""
+    return _chain(import_onnx_graph(model))

@@ -161,6 +161,46 @@ class TensorSpec:
     scale: float
     zero_point: int
 
+    def check(self, x) -> np.ndarray:
+        """An input as an array, refused with ``ValueError`` unless its shape and kind match."""
+        x = np.asarray(x)
+        batch = (self.batch,) if self.batch is not None else (x.shape[0] if x.ndim else -1,)
+        if x.shape != (*batch, *self.shape):
+            want = ("N" if self.batch is None else self.batch, *self.shape)
+            raise ValueError(f"input {self.name!r} must have shape ({', '.join(map(str, want))}), got {x.shape}")
+        if self.dtype == "float32" and not np.issubdtype(x.dtype, np.floating):
+            raise ValueError(f"input {self.name!r} must be floating point, got {x.dtype}")
+        if self.dtype == "float32" and not np.all(np.isfinite(x)):
+            bad = np.argwhere(~np.isfinite(x))
+            raise ValueError(f"input {self.name!r} holds {len(bad)} NaN or infinite value(s), the first at "
+                             f"index {tuple(int(i) for i in bad[0])}: they have no int8 value")
+        if self.dtype != "float32" and x.dtype != np.dtype(self.dtype):
+            raise ValueError(f"input {self.name!r} must be {self.dtype}, got {x.dtype}")
+        return x
+
+    def quantize(self, x) -> np.ndarray:
+        """A checked input -> its int8-grid values (int64, same shape)."""
+        x = self.check(x)
+        if self.dtype == "float32":
+            return quantize_like_onnx(x, self.scale, self.zero_point)
+        return x.astype(np.int64) - (128 if self.dtype == "uint8" else 0)
+
+    def value(self, q: np.ndarray) -> np.ndarray:
+        """int8-grid values of an output -> the output as the source model defines it: float32
+        ``(q - zp) * scale`` after ``DequantizeLinear``, else the int8/uint8 values."""
+        q = np.asarray(q, np.int64).reshape(len(q), *self.shape)
+        if self.dtype == "float32":
+            return (q - self.zero_point).astype(np.float32) * np.float32(self.scale)
+        return (q + (128 if self.dtype == "uint8" else 0)).astype(self.dtype)
+
+    def lsb(self, y) -> np.ndarray:
+        """An output (as ``value`` or onnxruntime returns it) -> int8 grid values, so that two outputs
+        can be compared in LSBs."""
+        y = np.asarray(y)
+        if self.dtype == "float32":
+            return quantize_like_onnx(y, self.scale, self.zero_point)
+        return y.astype(np.int64) - (128 if self.dtype == "uint8" else 0)
+
 
 @dataclass
 class QuantModel:
@@ -178,46 +218,20 @@ class QuantModel:
 
     def check_input(self, x) -> np.ndarray:
         """The input as an array, refused with ``ValueError`` unless its shape and kind match."""
-        x = np.asarray(x)
-        batch = (self.input.batch,) if self.input.batch is not None else (x.shape[0] if x.ndim else -1,)
-        if x.shape != (*batch, *self.input.shape):
-            want = ("N" if self.input.batch is None else self.input.batch, *self.input.shape)
-            raise ValueError(f"input {self.input.name!r} must have shape ({', '.join(map(str, want))}), "
-                             f"got {x.shape}")
-        if self.input.dtype == "float32" and not np.issubdtype(x.dtype, np.floating):
-            raise ValueError(f"input {self.input.name!r} must be floating point, got {x.dtype}")
-        if self.input.dtype == "float32" and not np.all(np.isfinite(x)):
-            bad = np.argwhere(~np.isfinite(x))
-            raise ValueError(f"input {self.input.name!r} holds {len(bad)} NaN or infinite value(s), the first at "
-                             f"index {tuple(int(i) for i in bad[0])}: they have no int8 value")
-        if self.input.dtype != "float32" and x.dtype != np.dtype(self.input.dtype):
-            raise ValueError(f"input {self.input.name!r} must be {self.input.dtype}, got {x.dtype}")
-        return x
+        return self.input.check(x)
 
     def quantize_input(self, x) -> np.ndarray:
         """Checked input -> int8 tensor (B, *layers[0].in_shape) on the input grid."""
-        x = self.check_input(x)
-        if self.input.dtype == "float32":
-            q = quantize_like_onnx(x, self.input.scale, self.input.zero_point)
-        else:
-            q = x.astype(np.int64) - (128 if self.input.dtype == "uint8" else 0)
-        return q.reshape(len(x), *self.layers[0].in_shape)
+        q = self.input.quantize(x)
+        return q.reshape(len(q), *self.layers[0].in_shape)
 
     def output_value(self, q: np.ndarray) -> np.ndarray:
-        """Last layer's int8 tensor -> the model output as the source model defines it: float32
-        ``(q - zp) * scale`` after ``DequantizeLinear``, else the int8/uint8 values."""
-        q = np.asarray(q, np.int64).reshape(len(q), *self.output.shape)
-        if self.output.dtype == "float32":
-            return (q - self.output.zero_point).astype(np.float32) * np.float32(self.output.scale)
-        return (q + (128 if self.output.dtype == "uint8" else 0)).astype(self.output.dtype)
+        """Last layer's int8 tensor -> the model output (``TensorSpec.value``)."""
+        return self.output.value(q)
 
     def output_lsb(self, y) -> np.ndarray:
-        """A model output (as ``output_value`` or onnxruntime returns it) -> int8 grid values, so that two
-        outputs can be compared in LSBs."""
-        y = np.asarray(y)
-        if self.output.dtype == "float32":
-            return quantize_like_onnx(y, self.output.scale, self.output.zero_point)
-        return y.astype(np.int64) - (128 if self.output.dtype == "uint8" else 0)
+        """A model output -> int8 grid values (``TensorSpec.lsb``)."""
+        return self.output.lsb(y)
 
     def reference(self, x) -> np.ndarray:
         """Run the chain with the golden numerics (no tiling); returns the last layer's int8 tensor."""

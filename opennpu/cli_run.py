@@ -1,7 +1,8 @@
-"""``opennpu run MODEL.onnx|MODEL.tflite --input x.npy``: compile a quantized ONNX model, run it on a
-backend, print per-layer and total cycles, utilization, energy and DMA bytes (and what on-chip chaining
-saved). An int8 TFLite model runs its convolutions and fully connected layers on the NPU and the other
-ops on the host kernels (``compiler/graph_npu.py``); the report lists every op with the device it ran on."""
+"""``opennpu run MODEL.onnx|MODEL.tflite --input x.npy``: compile a quantized ONNX model that is a chain
+of layers, run it on a backend, print per-layer and total cycles, utilization, energy and DMA bytes (and
+what on-chip chaining saved). Any other ONNX graph (residual adds, pools, ...) and every int8 TFLite
+model run their convolutions, fully connected layers and pools on the NPU and the other ops on the host
+kernels (``compiler/graph_npu.py``); the report lists every op with the device it ran on."""
 from __future__ import annotations
 
 import numpy as np
@@ -79,7 +80,7 @@ def _text(r: dict) -> str:
     return "\n".join(lines)
 
 
-def _tflite_text(r: dict) -> str:
+def _graph_text(r: dict) -> str:
     t = r["total"]
     lines = [f"{r['model']}: batch {r['batch']} on {r['array']} [{r['backend']}], {t['ops']} ops "
              f"({t['npu_ops']} on the NPU, {t['cpu_ops']} on the host)",
@@ -100,12 +101,18 @@ def _tflite_text(r: dict) -> str:
     return "\n".join(lines)
 
 
-def _run_tflite(args, x) -> int:
+def _run_graph(args, x) -> int:
+    """A TFLite model, or an ONNX model that is not a chain: every op where it runs (NPU or host)."""
     from opennpu.sim.driver import BackendUnavailable
     try:
         from opennpu.compiler.graph_report import graph_run_report
-        from opennpu.compiler.tflite_import import import_tflite
-        graph = import_tflite(args.model)
+        if args.model.lower().endswith(".tflite"):
+            from opennpu.compiler.tflite_import import import_tflite
+            graph, onnx_model = import_tflite(args.model), None
+        else:
+            from opennpu.compiler.onnx_import import import_onnx_graph
+            onnx_model = import_onnx_graph(args.model)
+            graph, x = onnx_model.graph, onnx_model.quantize_input(x)
     except ImportError as error:
         return fail(args, f"{error}; install the models extra (pip install 'opennpu[models]')")
     if args.output and len(graph.outputs) != 1:
@@ -116,9 +123,9 @@ def _run_tflite(args, x) -> int:
     except BackendUnavailable as error:
         return fail(args, f"backend {args.backend!r} unavailable: {error}")
     if args.output:
-        np.save(args.output, outputs[0])
+        np.save(args.output, outputs[0] if onnx_model is None else onnx_model.output.value(outputs[0]))
     report["outputs"] = args.output
-    emit(args, report, _tflite_text(report))
+    emit(args, report, _graph_text(report))
     return 0
 
 
@@ -134,10 +141,13 @@ def _cmd_run(args) -> int:
     except (OSError, ValueError, EOFError) as error:
         return fail(args, f"cannot read input {args.input!r}: {error}")
     if args.model.lower().endswith(".tflite"):
-        return _run_tflite(args, x)
+        return _run_graph(args, x)
+    from opennpu.compiler.onnx_import import NotAChain
     try:
         with busy(args, f"{args.model} on {args.backend}"):
             outputs, report = run_report(args.model, x, config_from_args(args), args.backend, not args.no_fuse)
+    except NotAChain:
+        return _run_graph(args, x)
     except ImportError as error:
         return fail(args, f"{error}; install onnx (pip install onnx)")
     except BackendUnavailable as error:

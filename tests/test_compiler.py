@@ -269,9 +269,9 @@ def test_wrong_input_shape_is_refused_before_running(models):
 
 def test_unsupported_op_names_op_and_node():
     blob = _model([helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"),
-                   helper.make_node("Softmax", ["h"], ["y"], name="probs")], {"w": _w(8, 4)}, (8,), (4,))
+                   helper.make_node("Sin", ["h"], ["y"], name="wave")], {"w": _w(8, 4)}, (8,), (4,))
     q = quantize_onnx(blob, RNG.random((8, 8), dtype=np.float32))
-    with pytest.raises(ValueError, match="Softmax node 'probs'"):
+    with pytest.raises(ValueError, match="Sin node 'wave': unsupported op"):
         import_onnx(q)
 
 
@@ -330,13 +330,27 @@ def test_per_channel_axis_and_zero_points_are_checked():
         import_onnx(_model(nodes, inits | {"sw": inits["sw"][:3]}, (6,), (4,)))
 
 
-def test_branching_graph_is_refused():
-    blob = _model([helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"),
-                   helper.make_node("MatMul", ["h", "w2"], ["h2"], name="fc2"),
-                   helper.make_node("Add", ["h", "h2"], ["y"], name="residual")],
-                  {"w": _w(8, 8), "w2": _w(8, 8)}, (8,), (8,))
-    with pytest.raises(ValueError, match="residual|chain"):
-        import_onnx(quantize_onnx(blob, RNG.random((8, 8), dtype=np.float32)))
+def test_cli_runs_a_branching_graph(tmp_path, capsys):
+    """A residual graph is not a chain: ``import_onnx`` says so, ``opennpu run`` runs it as a graph (every op
+    reported with where it ran) and writes the same output as the graph importer's own run."""
+    from opennpu.cli import main
+    from opennpu.compiler.onnx_import import NotAChain, import_onnx_graph
+    x = RNG.random((8, 8), dtype=np.float32)
+    blob = quantize_onnx(_model([helper.make_node("MatMul", ["x", "w"], ["h"], name="fc"),
+                                 helper.make_node("MatMul", ["h", "w2"], ["h2"], name="fc2"),
+                                 helper.make_node("Add", ["h", "h2"], ["y"], name="residual")],
+                                {"w": _w(8, 8), "w2": _w(8, 8)}, (8,), (8,)), x)
+    with pytest.raises(NotAChain, match="fc2.*runs as a graph"):
+        import_onnx(blob)
+    (tmp_path / "m.onnx").write_bytes(blob)
+    np.save(tmp_path / "x.npy", x)
+    assert main(["run", str(tmp_path / "m.onnx"), "--input", str(tmp_path / "x.npy"), "--output",
+                 str(tmp_path / "y.npy"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [(layer["op"], layer["device"]) for layer in report["layers"]] == \
+        [("fully_connected", "npu"), ("fully_connected", "npu"), ("add", "cpu")]
+    y, _ = import_onnx_graph(blob).run(x)
+    assert np.array_equal(np.load(tmp_path / "y.npy"), y)
 
 
 def test_cli_run(models, tmp_path, capsys):

@@ -1,0 +1,171 @@
+"""Standard small architectures as users export them: PyTorch modules (eval mode, BatchNorm folded by the
+exporter) quantized by onnxruntime's ``quantize_static`` (QDQ, int8, per tensor or per channel), and
+their comparison with onnxruntime, for the tests and ``benchmarks/bench_onnx.py``.
+
+Each class is one family the ONNX issue names: LeNet (conv + max pool), a small ResNet (basic blocks,
+residual adds, global average pool), MobileNetV2 inverted residuals (expand, depthwise, project, add),
+a depthwise-separable chain, a Conv1d audio net (grouped conv, 1-D pools), an MLP and an MLP on a
+sequence (MatMul on batch x sequence x features, a residual add).
+"""
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+
+__all__ = ["ARCHITECTURES", "build", "compare"]
+
+
+def _modules():
+    import torch
+    from torch import nn
+
+    class LeNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.f = nn.Sequential(nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 3), nn.ReLU(),
+                                   nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16 * 2 * 2, 32), nn.ReLU(), nn.Linear(32, 10))
+
+        def forward(self, x):
+            return self.f(x)
+
+    class Block(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.BatchNorm2d(cout), nn.ReLU(),
+                                      nn.Conv2d(cout, cout, 3, 1, 1), nn.BatchNorm2d(cout))
+            self.skip = nn.Sequential() if stride == 1 and cin == cout else \
+                nn.Sequential(nn.Conv2d(cin, cout, 1, stride), nn.BatchNorm2d(cout))
+
+        def forward(self, x):
+            return torch.relu(self.body(x) + self.skip(x))
+
+    class ResNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.f = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1), nn.ReLU(), Block(8, 8, 1), Block(8, 16, 2),
+                                   nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+
+        def forward(self, x):
+            return self.f(x)
+
+    class InvertedResidual(nn.Module):
+        def __init__(self, c, expand):
+            super().__init__()
+            e = c * expand
+            self.f = nn.Sequential(nn.Conv2d(c, e, 1), nn.BatchNorm2d(e), nn.ReLU6(),
+                                   nn.Conv2d(e, e, 3, 1, 1, groups=e), nn.BatchNorm2d(e), nn.ReLU6(),
+                                   nn.Conv2d(e, c, 1), nn.BatchNorm2d(c))
+
+        def forward(self, x):
+            return x + self.f(x)
+
+    class MobileNetV2(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.f = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU6(), InvertedResidual(8, 4), InvertedResidual(8, 2),
+                                   nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+
+        def forward(self, x):
+            return self.f(x)
+
+    class DepthwiseSeparable(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.f = nn.Sequential(nn.Conv2d(1, 16, 3, 2, 1), nn.ReLU(),
+                                   nn.Conv2d(16, 16, 3, 1, 1, groups=16), nn.ReLU(), nn.Conv2d(16, 24, 1), nn.ReLU(),
+                                   nn.Conv2d(24, 24, 3, 1, 1, groups=24), nn.ReLU(), nn.Conv2d(24, 24, 1), nn.ReLU(),
+                                   nn.AvgPool2d(4), nn.Flatten(), nn.Linear(24 * 2 * 2, 12))
+
+        def forward(self, x):
+            return self.f(x)
+
+    class Audio1d(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.f = nn.Sequential(nn.Conv1d(8, 16, 5, 2, 2), nn.ReLU(), nn.Conv1d(16, 16, 3, 1, 1, groups=4), nn.ReLU(),
+                                   nn.MaxPool1d(2), nn.Conv1d(16, 24, 3), nn.ReLU(), nn.AdaptiveAvgPool1d(1),
+                                   nn.Flatten(), nn.Linear(24, 6))
+
+        def forward(self, x):
+            return self.f(x)
+
+    class MLP(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.f = nn.Sequential(nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 48), nn.ReLU(), nn.Linear(48, 10))
+
+        def forward(self, x):
+            return self.f(x)
+
+    class SequenceMLP(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.up, self.down = nn.Linear(24, 48), nn.Linear(48, 24)
+
+        def forward(self, x):
+            return x + self.down(torch.relu(self.up(x)))
+
+    return {"lenet": (LeNet, (1, 16, 16)), "resnet": (ResNet, (3, 12, 12)), "mobilenetv2": (MobileNetV2, (3, 12, 12)),
+            "depthwise_separable": (DepthwiseSeparable, (1, 16, 16)), "conv1d_audio": (Audio1d, (8, 32)),
+            "mlp": (MLP, (64,)), "sequence_mlp": (SequenceMLP, (16, 24))}
+
+
+#: the architecture names ``build`` takes
+ARCHITECTURES = ("lenet", "resnet", "mobilenetv2", "depthwise_separable", "conv1d_audio", "mlp", "sequence_mlp")
+
+
+def build(name: str, per_channel: bool, samples: int = 32, seed: int = 0, qoperator: bool = False
+          ) -> tuple[bytes, np.ndarray]:
+    """(quantized ONNX bytes, float inputs) of architecture ``name``: random weights (BatchNorm
+    statistics too) from ``seed``, calibrated and evaluated on ``samples`` standard-normal inputs; QDQ,
+    or QLinear operators with ``qoperator``."""
+    import torch
+
+    from .torch_quant import quantize_onnx
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {name!r}; known: {', '.join(ARCHITECTURES)}")
+    torch.manual_seed(seed)
+    cls, shape = _modules()[name]
+    model = cls().eval()
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.2, 0.2)
+    x = np.random.default_rng(seed).standard_normal((samples, *shape)).astype(np.float32)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")        # the TorchScript exporter announces its deprecation
+        torch.onnx.export(model, (torch.as_tensor(x[:1]),), buf, dynamo=False, input_names=["x"],
+                          output_names=["y"], dynamic_axes={"x": {0: "N"}, "y": {0: "N"}})
+    return quantize_onnx(buf.getvalue(), x, per_channel=per_channel, qoperator=qoperator, input_name="x"), x
+
+
+def compare(blob: bytes, x: np.ndarray, config=None, backend: str = "golden") -> dict:
+    """Run a quantized model on the NPU and on onnxruntime (graph optimizations off): the LSB
+    differences of the output, whether the NPU equals the host kernels (the integer reference) bit for
+    bit, and the run's figures (cycles, utilization, energy, share of MACs on the NPU)."""
+    from opennpu.config import NpuConfig
+
+    from .onnx_import import import_onnx_graph, onnxruntime_session
+    config = config or NpuConfig()
+    og = import_onnx_graph(blob)
+    y, records = og.run(x, config, backend)
+    ours = og.output.lsb(y)
+    theirs = og.output.lsb(onnxruntime_session(blob).run(None, {og.input.name: x})[0])
+    diff = np.abs(ours - theirs)
+    npu = [r for r in records if r["device"] == "npu"]
+    macs, npu_macs = sum(r["macs"] for r in records), sum(r["macs"] for r in npu)
+    cycles = sum(r["cycles"] for r in npu)
+    return {"ops": len(records), "npu_ops": len(npu), "max_lsb": int(diff.max()),
+            "within_1_lsb": float((diff <= 1).mean()),
+            "argmax_agree": float((ours.argmax(-1) == theirs.argmax(-1)).mean()) if ours.ndim == 2 else None,
+            "exact_vs_reference": bool(np.array_equal(ours, og.reference(x))),
+            "cycles_per_inference": cycles / len(x), "macs_per_inference": macs / len(x),
+            "npu_mac_fraction": npu_macs / macs if macs else 0.0,
+            "utilization": npu_macs / (cycles * config.rows * config.cols) if cycles else 0.0,
+            "energy_nj_per_inference": sum(r["energy_fj"] for r in npu) / 1e6 / len(x),
+            "host_bytes": sum(r["host_bytes"] for r in records if r["device"] == "cpu")}
