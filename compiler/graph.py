@@ -24,6 +24,11 @@ Ops (``Node.op``) and their ``attrs``
 * ``average_pool2d``, ``max_pool2d``: ``PoolAttrs``; input x; the window excludes padding.
 * ``reshape``: no attrs (the output tensor's shape says it all); the flat order is unchanged.
 * ``softmax``: ``SoftmaxAttrs``; over the last axis.
+* ``pad``: ``PadAttrs``; input x; values copied unchanged, the border filled with one int8 value.
+* ``mean``: ``MeanAttrs``; input x; over per-sample axes, integer arithmetic only.
+* ``concatenation``: ``ConcatAttrs``; inputs (x1, x2, ...), activations on one shared grid.
+* ``mul``: ``MulAttrs``; inputs (a, b), b an activation or an int8 constant, numpy broadcasting as for ``add``.
+* ``logistic``, ``tanh``: ``LutAttrs``; input x; a 256-entry table from input to output values.
 
 The ONNX chain (``qlayers.QuantModel``) fits this IR: a ``QLayer`` is a ``conv2d`` (its NCHW geometry
 transposed to channels-last) or ``fully_connected`` node with one multiplier for all channels; its
@@ -37,7 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["QTensor", "Window", "Requant", "ConvAttrs", "FullyConnectedAttrs", "AddAttrs", "PoolAttrs",
-           "SoftmaxAttrs", "Node", "Graph", "OPS"]
+           "SoftmaxAttrs", "Node", "Graph", "OPS", "PadAttrs", "MeanAttrs", "ConcatAttrs", "MulAttrs", "LutAttrs"]
 
 
 @dataclass(frozen=True)
@@ -143,10 +148,61 @@ class SoftmaxAttrs:
     diff_min: int
 
 
+@dataclass(frozen=True)
+class PadAttrs:
+    """Padding: one (before, after) pair of non-negative counts per per-sample axis; the padded
+    positions hold ``value``, the others the input's values unchanged (no requantization)."""
+    pads: tuple
+    value: int
+
+
+@dataclass(frozen=True)
+class MeanAttrs:
+    """TFLite's int8 MEAN (``QuantizedMeanOrSum``): over the per-sample ``axes`` (sorted; the batch is
+    never reduced) the sum of ``q - in_zp`` over the n reduced values, ``MultiplyByQuantizedMultiplier``
+    with (multiplier, shift), which hold s_in / s_out with 1/n folded in, plus ``out_zp``, clamped to
+    int8. ``keep_dims``: reduced axes stay as size 1."""
+    axes: tuple
+    keep_dims: bool
+    in_zp: int
+    multiplier: int
+    shift: int
+    out_zp: int
+
+
+@dataclass(frozen=True)
+class ConcatAttrs:
+    """Concatenation along the per-sample ``axis`` (0 is the first axis after the batch)."""
+    axis: int
+
+
+@dataclass(frozen=True)
+class MulAttrs:
+    """TFLite's int8 MUL: ``(a - zp_a) * (b - zp_b)`` scaled by (multiplier, shift) (s_a * s_b / s_out),
+    plus the output zero point, clamped to [qmin, qmax]."""
+    in_zp: tuple
+    multiplier: int
+    shift: int
+    out_zp: int
+    qmin: int
+    qmax: int
+
+
+@dataclass(frozen=True)
+class LutAttrs:
+    """An elementwise int8 function as a table: output ``table[q + 128]`` for input value q."""
+    table: tuple
+
+    def __post_init__(self):
+        if len(self.table) != 256:
+            raise ValueError(f"a LUT has 256 entries, got {len(self.table)}")
+
+
 #: op name -> attrs type (``None``: no attrs)
 OPS = {"conv2d": ConvAttrs, "depthwise_conv2d": ConvAttrs, "fully_connected": FullyConnectedAttrs,
        "add": AddAttrs, "average_pool2d": PoolAttrs, "max_pool2d": PoolAttrs, "reshape": type(None),
-       "softmax": SoftmaxAttrs}
+       "softmax": SoftmaxAttrs, "pad": PadAttrs, "mean": MeanAttrs, "concatenation": ConcatAttrs, "mul": MulAttrs,
+       "logistic": LutAttrs, "tanh": LutAttrs}
 
 
 @dataclass(frozen=True)
