@@ -25,8 +25,13 @@ Ops (``Node.op``) and their ``attrs``
 * ``reshape``: no attrs (the output tensor's shape says it all); the flat order is unchanged.
 * ``softmax``: ``SoftmaxAttrs``; over the last axis.
 * ``lut``: ``LutAttrs``; elementwise int8 -> int8 table (a unary function, or a change of grid, that a
-  source format computes in float between a dequantize and a quantize).
+  source format computes in float between a dequantize and a quantize: ONNX).
 * ``transpose``: ``TransposeAttrs``; a permutation of the per-sample axes.
+* ``pad``: ``PadAttrs``; input x; values copied unchanged, the border filled with one int8 value.
+* ``mean``: ``MeanAttrs``; input x; over per-sample axes, integer arithmetic only.
+* ``concatenation``: ``ConcatAttrs``; inputs (x1, x2, ...), activations on one shared grid.
+* ``mul``: ``MulAttrs``; inputs (a, b), b an activation or an int8 constant, numpy broadcasting as for ``add``.
+* ``logistic``, ``tanh``: ``LutAttrs``; input x; a 256-entry table from input to output values.
 
 The ONNX chain (``qlayers.QuantModel``) fits this IR: a ``QLayer`` is a ``conv2d`` (its NCHW geometry
 transposed to channels-last) or ``fully_connected`` node with one multiplier for all channels; its
@@ -40,7 +45,8 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["QTensor", "Window", "Requant", "ConvAttrs", "FullyConnectedAttrs", "AddAttrs", "PoolAttrs",
-           "SoftmaxAttrs", "LutAttrs", "TransposeAttrs", "Node", "Graph", "OPS"]
+           "SoftmaxAttrs", "Node", "Graph", "OPS", "PadAttrs", "MeanAttrs", "ConcatAttrs", "MulAttrs", "LutAttrs",
+           "TransposeAttrs"]
 
 
 @dataclass(frozen=True)
@@ -147,13 +153,53 @@ class SoftmaxAttrs:
 
 
 @dataclass(frozen=True)
+class PadAttrs:
+    """Padding: one (before, after) pair of non-negative counts per per-sample axis; the padded
+    positions hold ``value``, the others the input's values unchanged (no requantization)."""
+    pads: tuple
+    value: int
+
+
+@dataclass(frozen=True)
+class MeanAttrs:
+    """TFLite's int8 MEAN (``QuantizedMeanOrSum``): over the per-sample ``axes`` (sorted; the batch is
+    never reduced) the sum of ``q - in_zp`` over the n reduced values, ``MultiplyByQuantizedMultiplier``
+    with (multiplier, shift), which hold s_in / s_out with 1/n folded in, plus ``out_zp``, clamped to
+    int8. ``keep_dims``: reduced axes stay as size 1."""
+    axes: tuple
+    keep_dims: bool
+    in_zp: int
+    multiplier: int
+    shift: int
+    out_zp: int
+
+
+@dataclass(frozen=True)
+class ConcatAttrs:
+    """Concatenation along the per-sample ``axis`` (0 is the first axis after the batch)."""
+    axis: int
+
+
+@dataclass(frozen=True)
+class MulAttrs:
+    """TFLite's int8 MUL: ``(a - zp_a) * (b - zp_b)`` scaled by (multiplier, shift) (s_a * s_b / s_out),
+    plus the output zero point, clamped to [qmin, qmax]."""
+    in_zp: tuple
+    multiplier: int
+    shift: int
+    out_zp: int
+    qmin: int
+    qmax: int
+
+
+@dataclass(frozen=True)
 class LutAttrs:
-    """``y = table[x + 128]``: 256 int8 values."""
+    """An elementwise int8 function as a table: output ``table[q + 128]`` for input value q."""
     table: tuple
 
     def __post_init__(self):
         if len(self.table) != 256 or min(self.table) < -128 or max(self.table) > 127:
-            raise ValueError("a lut table has 256 int8 entries")
+            raise ValueError(f"a LUT has 256 int8 entries, got {len(self.table)} in {min(self.table)}..{max(self.table)}")
 
 
 @dataclass(frozen=True)
@@ -165,7 +211,8 @@ class TransposeAttrs:
 #: op name -> attrs type (``None``: no attrs)
 OPS = {"conv2d": ConvAttrs, "depthwise_conv2d": ConvAttrs, "fully_connected": FullyConnectedAttrs,
        "add": AddAttrs, "average_pool2d": PoolAttrs, "max_pool2d": PoolAttrs, "reshape": type(None),
-       "softmax": SoftmaxAttrs, "lut": LutAttrs, "transpose": TransposeAttrs}
+       "softmax": SoftmaxAttrs, "pad": PadAttrs, "mean": MeanAttrs, "concatenation": ConcatAttrs, "mul": MulAttrs,
+       "logistic": LutAttrs, "tanh": LutAttrs, "lut": LutAttrs, "transpose": TransposeAttrs}
 
 
 @dataclass(frozen=True)

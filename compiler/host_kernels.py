@@ -19,11 +19,12 @@ import numpy as np
 from opennpu.golden import numerics
 
 from . import fixedpoint
-from .graph import (AddAttrs, ConvAttrs, FullyConnectedAttrs, Graph, LutAttrs, Node, PoolAttrs, Requant, SoftmaxAttrs,
-                    TransposeAttrs, Window)
+from .graph import (AddAttrs, ConcatAttrs, ConvAttrs, FullyConnectedAttrs, Graph, LutAttrs, MeanAttrs, MulAttrs, Node,
+                    PadAttrs, PoolAttrs, Requant, SoftmaxAttrs, TransposeAttrs, Window)
 
 __all__ = ["conv2d", "depthwise_conv2d", "fully_connected", "add", "average_pool2d", "pool_counts", "max_pool2d",
-           "reshape", "softmax", "lut", "transpose", "run_node", "check_graph_input", "run_graph", "KERNELS"]
+           "reshape", "softmax", "pad", "mean", "concatenation", "mul", "lookup", "transpose", "run_node",
+           "check_graph_input", "run_graph", "KERNELS"]
 
 
 def _requant(acc, r: Requant):
@@ -133,8 +134,35 @@ def softmax(x, a: SoftmaxAttrs):
     return np.where(inside, np.clip(y, -128, 127), -128)
 
 
-def lut(x, a: LutAttrs):
-    """Table lookup, elementwise."""
+def pad(x, a: PadAttrs):
+    """PAD / PADV2 (int8): the input values unchanged, ``a.value`` around them."""
+    return np.pad(np.asarray(x, np.int64), ((0, 0), *a.pads), constant_values=a.value)
+
+
+def mean(x, a: MeanAttrs):
+    """MEAN (int8): the sum of ``x - in_zp`` over the reduced axes in int32, requantized (gemmlowp's
+    double rounding, the multiplier already holding 1/n), plus the output zero point, clamped."""
+    x = np.asarray(x, np.int64)
+    axes = tuple(i + 1 for i in a.axes)
+    total = numerics.wrap_int32(x.sum(axis=axes, keepdims=a.keep_dims) -
+                                a.in_zp * int(np.prod([x.shape[i] for i in axes])))
+    return np.clip(numerics.requantize(total, a.multiplier, a.shift) + a.out_zp, -128, 127)
+
+
+def concatenation(xs, a: ConcatAttrs):
+    """CONCATENATION (int8, one grid for all inputs and the output): the values side by side."""
+    return np.concatenate([np.asarray(x, np.int64) for x in xs], axis=a.axis + 1)
+
+
+def mul(x1, x2, a: MulAttrs):
+    """MUL (int8): the product of the zero-point-free inputs (numpy broadcasting), requantized (double
+    rounding), plus the output zero point, clamped."""
+    product = (np.asarray(x1, np.int64) - a.in_zp[0]) * (np.asarray(x2, np.int64) - a.in_zp[1])
+    return np.clip(numerics.requantize(product, a.multiplier, a.shift) + a.out_zp, a.qmin, a.qmax)
+
+
+def lookup(x, a: LutAttrs):
+    """LOGISTIC, TANH (int8), ``lut``: the table entry of each value."""
     return np.asarray(a.table, np.int64)[np.asarray(x, np.int64) + 128]
 
 
@@ -158,7 +186,13 @@ KERNELS = {
     "max_pool2d": lambda g, n, ins: max_pool2d(*ins, n.attrs),
     "reshape": lambda g, n, ins: reshape(ins[0], g.tensors[n.output].shape),
     "softmax": lambda g, n, ins: softmax(*ins, n.attrs),
-    "lut": lambda g, n, ins: lut(*ins, n.attrs),
+    "pad": lambda g, n, ins: pad(*ins, n.attrs),
+    "mean": lambda g, n, ins: mean(*ins, n.attrs),
+    "concatenation": lambda g, n, ins: concatenation(ins, n.attrs),
+    "mul": lambda g, n, ins: mul(*ins, n.attrs),
+    "logistic": lambda g, n, ins: lookup(*ins, n.attrs),
+    "tanh": lambda g, n, ins: lookup(*ins, n.attrs),
+    "lut": lambda g, n, ins: lookup(*ins, n.attrs),
     "transpose": lambda g, n, ins: transpose(*ins, n.attrs),
 }
 

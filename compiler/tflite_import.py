@@ -2,8 +2,12 @@
 
 Supported builtins: CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, ADD, AVERAGE_POOL_2D, MAX_POOL_2D,
 RESHAPE, SOFTMAX, with fused NONE / RELU / RELU6 / RELU_N1_TO_1, SAME or VALID padding, any strides and
-dilations. Activations must be int8 with a per-tensor grid and the batch as first axis (size 1 in the
-file; the graph runs any batch); weights symmetric int8, per-tensor or per-channel; biases int32.
+dilations; PAD / PADV2 (constant paddings, not of the batch axis), MEAN (constant axes, not the batch),
+CONCATENATION (along a non-batch axis, all inputs on the output's grid, no fused activation: what
+LiteRT's int8 kernel accepts), MUL (fused clamp), LOGISTIC and TANH (LiteRT's reference int8 kernels
+are 256-entry tables built in float32, ``tflite_params.lut_attrs``). Activations must be int8 with a
+per-tensor grid and the batch as first axis (size 1 in the file; the graph runs any batch); weights
+symmetric int8, per-tensor or per-channel; biases int32.
 
 Reading happens in two steps: ``_read_flatbuffer`` copies what the importer needs out of the buffer
 into plain Python values (any failure there means the file is truncated or corrupt:
@@ -24,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import tflite_params
-from .graph import ConvAttrs, FullyConnectedAttrs, Graph, Node, PoolAttrs, QTensor, Window
+from .graph import ConcatAttrs, ConvAttrs, FullyConnectedAttrs, Graph, Node, PadAttrs, PoolAttrs, QTensor, Window
 
 __all__ = ["import_tflite", "TFLiteFormatError", "NotQuantizedError", "UnsupportedOpError", "SUPPORTED_OPS"]
 
@@ -50,7 +54,8 @@ HOW_TO_QUANTIZE = ("convert it to a full-integer int8 model with the TFLite conv
 #: TFLite builtin -> graph IR op
 SUPPORTED_OPS = {"CONV_2D": "conv2d", "DEPTHWISE_CONV_2D": "depthwise_conv2d", "FULLY_CONNECTED": "fully_connected",
                  "ADD": "add", "AVERAGE_POOL_2D": "average_pool2d", "MAX_POOL_2D": "max_pool2d",
-                 "RESHAPE": "reshape", "SOFTMAX": "softmax"}
+                 "RESHAPE": "reshape", "SOFTMAX": "softmax", "PAD": "pad", "PADV2": "pad", "MEAN": "mean",
+                 "CONCATENATION": "concatenation", "MUL": "mul", "LOGISTIC": "logistic", "TANH": "tanh"}
 #: builtin -> (options table, the fields the importer reads)
 _OPTIONS = {
     "CONV_2D": ("Conv2DOptions", ("Padding", "StrideW", "StrideH", "FusedActivationFunction", "DilationWFactor",
@@ -65,6 +70,9 @@ _OPTIONS = {
                                       "FusedActivationFunction")),
     "RESHAPE": ("ReshapeOptions", ()),
     "SOFTMAX": ("SoftmaxOptions", ("Beta",)),
+    "MEAN": ("ReducerOptions", ("KeepDims",)),
+    "CONCATENATION": ("ConcatenationOptions", ("Axis", "FusedActivationFunction")),
+    "MUL": ("MulOptions", ("FusedActivationFunction",)),
 }
 _PADDING = {0: "SAME", 1: "VALID"}
 _DTYPES = {"FLOAT32": np.float32, "FLOAT16": np.float16, "INT32": np.int32, "UINT8": np.uint8, "INT64": np.int64,
@@ -296,7 +304,7 @@ class _Builder:
         if op.code not in SUPPORTED_OPS:
             raise UnsupportedOpError(f"{where}: op {op.code} is not supported (no host kernel, no NPU mapping); "
                                      f"supported: {', '.join(SUPPORTED_OPS)}")
-        if op.options is None and _OPTIONS[op.code][1]:
+        if op.options is None and _OPTIONS.get(op.code, ("", ()))[1]:
             raise TFLiteFormatError(f"{where}: the {_OPTIONS[op.code][0]} table is missing")
         if len(op.outputs) != 1:
             raise UnsupportedOpError(f"{where}: expected one output, got {len(op.outputs)}")
@@ -358,7 +366,9 @@ class _Builder:
                                              o["FusedActivationFunction"], rounding="single")
         return [ins[0], w, bias], FullyConnectedAttrs(int(z_in), requant)
 
-    def _add(self, op, ins, where):
+    def _second_operand(self, op, ins, where):
+        """ADD / MUL: append the second input (an activation or an int8 per-tensor constant), after checking
+        that the two broadcast to the output as numpy broadcasts the batched arrays."""
         if len(op.inputs) != 2:
             raise UnsupportedOpError(f"{where}: expected two inputs, got {len(op.inputs)}")
         second = self.raw[op.inputs[1]]
@@ -371,11 +381,24 @@ class _Builder:
         out = self.raw[op.outputs[0]]
         shapes = [(1, *self.tensors[ins[0]].shape), second.shape if second.data is not None else
                   (1, *self.tensors[ins[1]].shape)]
+        if len(shapes[1]) > len(shapes[0]) or (second.data is None and len(shapes[1]) != len(shapes[0])):
+            raise UnsupportedOpError(f"{where}: inputs of shapes {shapes} have different ranks; only a constant "
+                                     f"second operand may have fewer axes")
         if tuple(np.broadcast_shapes(*shapes)) != out.shape:
             raise UnsupportedOpError(f"{where}: inputs {shapes} do not broadcast to the output {out.shape}")
+
+    def _add(self, op, ins, where):
+        self._second_operand(op, ins, where)
+        out = self.raw[op.outputs[0]]
         attrs = tflite_params.add_attrs(tuple(self._q(n) for n in ins), (out.scale[0], out.zero_point[0]),
                                         op.options["FusedActivationFunction"])
         return ins, attrs
+
+    def _mul(self, op, ins, where):
+        self._second_operand(op, ins, where)
+        out = self.raw[op.outputs[0]]
+        return ins, tflite_params.mul_attrs(tuple(self._q(n) for n in ins), (out.scale[0], out.zero_point[0]),
+                                            op.options["FusedActivationFunction"])
 
     def _pool(self, op, ins, where):
         o, x, out = op.options, self.tensors[ins[0]], self.raw[op.outputs[0]]
@@ -402,6 +425,83 @@ class _Builder:
             raise UnsupportedOpError(f"{where}: int8 softmax output must have scale 1/256 and zero point -128, "
                                      f"got {out.scale} / {out.zero_point}")
         return ins, tflite_params.softmax_attrs(op.options["Beta"], self._q(ins[0])[0])
+
+    def _const_ints(self, i: int, where: str, what: str) -> np.ndarray:
+        """The values of a constant int32 / int64 operand that configures an op (paddings, axes)."""
+        t = self.raw[i] if 0 <= i < len(self.raw) else None
+        if t is None or t.data is None or t.dtype not in ("INT32", "INT64"):
+            raise UnsupportedOpError(f"{where}: {what} must be a constant int32 tensor; computed {what} are not "
+                                     f"supported")
+        return t.data.astype(np.int64)
+
+    def _pad(self, op, ins, where):
+        if len(op.inputs) not in (2, 3):
+            raise UnsupportedOpError(f"{where}: expected 2 or 3 inputs, got {len(op.inputs)}")
+        shape, out = self.raw[op.inputs[0]].shape, self.raw[op.outputs[0]]
+        pads = self._const_ints(op.inputs[1], where, "paddings")
+        if pads.shape != (len(shape), 2) or pads.min() < 0 or pads[0].any():
+            raise UnsupportedOpError(f"{where}: paddings {pads.tolist()} must be ({len(shape)}, 2), non-negative, "
+                                     f"with none on the batch axis")
+        if tuple(int(d + b + a) for d, (b, a) in zip(shape, pads)) != out.shape:
+            raise UnsupportedOpError(f"{where}: output shape {out.shape} does not fit input {shape} padded by "
+                                     f"{pads.tolist()}")
+        value = out.zero_point[0]
+        if len(op.inputs) == 3 and op.inputs[2] >= 0:
+            c = self.raw[op.inputs[2]]
+            if c.data is None or c.dtype != "INT8" or c.data.size != 1 or (c.scale, c.zero_point) != (
+                    out.scale, out.zero_point):
+                raise UnsupportedOpError(f"{where}: the pad value must be one int8 constant on the output's grid "
+                                         f"(LiteRT requires it)")
+            value = int(c.data.ravel()[0])
+        return ins, PadAttrs(tuple((int(b), int(a)) for b, a in pads[1:]), int(value))
+
+    def _mean(self, op, ins, where):
+        if len(op.inputs) != 2:
+            raise UnsupportedOpError(f"{where}: expected two inputs, got {len(op.inputs)}")
+        shape, out = self.raw[op.inputs[0]].shape, self.raw[op.outputs[0]]
+        given = self._const_ints(op.inputs[1], where, "axes").ravel().tolist()
+        axes = sorted({a + len(shape) if a < 0 else a for a in given})
+        if not axes or axes[0] < 1 or axes[-1] >= len(shape):
+            raise UnsupportedOpError(f"{where}: axes {given} must name at least one axis of the rank-{len(shape)} "
+                                     f"input other than the batch axis 0")
+        keep = bool(op.options["KeepDims"])
+        expected = tuple(1 if i in axes else d for i, d in enumerate(shape) if keep or i not in axes)
+        if expected != out.shape:
+            raise UnsupportedOpError(f"{where}: output shape {out.shape}, expected {expected}")
+        count = int(np.prod([shape[a] for a in axes]))
+        return ins, tflite_params.mean_attrs(tuple(a - 1 for a in axes), keep, count, self._q(ins[0]),
+                                             (out.scale[0], out.zero_point[0]))
+
+    def _concatenation(self, op, ins, where):
+        o, out = op.options, self.raw[op.outputs[0]]
+        if o["FusedActivationFunction"] != 0:
+            raise UnsupportedOpError(f"{where}: fused activation {o['FusedActivationFunction']}; LiteRT's "
+                                     f"concatenation accepts none")
+        ins += [self._activation(i, where) for i in op.inputs[1:]]
+        axis = o["Axis"] + len(out.shape) if o["Axis"] < 0 else o["Axis"]
+        if not 1 <= axis < len(out.shape):
+            raise UnsupportedOpError(f"{where}: axis {o['Axis']} is the batch axis or outside the rank-"
+                                     f"{len(out.shape)} output")
+        shapes = [(1, *self.tensors[n].shape) for n in ins]
+        rest = {s[:axis] + s[axis + 1:] for s in shapes} | {out.shape[:axis] + out.shape[axis + 1:]}
+        if len(rest) != 1 or any(len(s) != len(out.shape) for s in shapes) or \
+                sum(s[axis] for s in shapes) != out.shape[axis]:
+            raise UnsupportedOpError(f"{where}: inputs {shapes} do not concatenate along axis {axis} to {out.shape}")
+        if any(self.tensors[n].scale != out.scale or self.tensors[n].zero_point != out.zero_point for n in ins):
+            raise UnsupportedOpError(f"{where}: int8 concatenation needs every input on the output's grid "
+                                     f"{out.scale} / {out.zero_point} (LiteRT does not rescale)")
+        return ins, ConcatAttrs(axis - 1)
+
+    def _lut(self, op, ins, where):
+        out = self.raw[op.outputs[0]]
+        if out.shape != self.raw[op.inputs[0]].shape:
+            raise UnsupportedOpError(f"{where}: output shape {out.shape} differs from the input's")
+        if op.code == "LOGISTIC" and out.scale[0] != tflite_params.LOGISTIC_OUTPUT_SCALE:
+            raise UnsupportedOpError(f"{where}: int8 logistic output must have scale 1/256, got {out.scale[0]}")
+        return ins, tflite_params.lut_attrs(SUPPORTED_OPS[op.code], self._q(ins[0]), (out.scale[0], out.zero_point[0]))
+
+    _logistic = _lut
+    _tanh = _lut
 
 
 def _load(model) -> tuple[bytes, str]:

@@ -13,10 +13,10 @@ import numpy as np
 
 from opennpu.golden import numerics
 
-from .graph import AddAttrs, Requant, SoftmaxAttrs
+from .graph import AddAttrs, LutAttrs, MeanAttrs, MulAttrs, Requant, SoftmaxAttrs
 
-__all__ = ["ACTIVATIONS", "activation_range", "conv_requant", "add_attrs", "softmax_attrs",
-           "ADD_LEFT_SHIFT", "SOFTMAX_OUTPUT"]
+__all__ = ["ACTIVATIONS", "activation_range", "conv_requant", "add_attrs", "softmax_attrs", "mean_attrs", "mul_attrs",
+           "lut_attrs", "ADD_LEFT_SHIFT", "SOFTMAX_OUTPUT", "LOGISTIC_OUTPUT_SCALE", "LUT_FUNCTIONS"]
 
 #: TFLite ActivationFunctionType values the kernels fuse as a clamp.
 ACTIVATIONS = {0: "NONE", 1: "RELU", 2: "RELU_N1_TO_1", 3: "RELU6"}
@@ -24,6 +24,8 @@ ACTIVATIONS = {0: "NONE", 1: "RELU", 2: "RELU_N1_TO_1", 3: "RELU6"}
 ADD_LEFT_SHIFT = 20
 #: The int8 softmax output grid TFLite requires: (scale, zero point).
 SOFTMAX_OUTPUT = (1.0 / 256, -128)
+#: The int8 logistic output scale LiteRT's reference kernel requires (any zero point).
+LOGISTIC_OUTPUT_SCALE = 1.0 / 256
 _SOFTMAX_DIFF_INTEGER_BITS = 5
 
 
@@ -92,3 +94,51 @@ def softmax_attrs(beta: float, in_scale: float) -> SoftmaxAttrs:
     radius = math.floor(((1 << _SOFTMAX_DIFF_INTEGER_BITS) - 1) * (1 << (31 - _SOFTMAX_DIFF_INTEGER_BITS))
                         / (1 << left_shift))
     return SoftmaxAttrs(multiplier, left_shift, -radius)
+
+
+def mean_attrs(axes: tuple, keep_dims: bool, count: int, in_q: tuple, out_q: tuple) -> MeanAttrs:
+    """MEAN over ``count`` values per output: ``PrepareMeanOrSum``'s ``QuantizeMultiplier(double(s_in) /
+    double(s_out))``, then ``QuantizedMeanOrSum``'s folding of 1/count: a left shift of
+    min(floor(log2 count), 32, 31 + shift) bits, the multiplier ``(M0 << bits) // count``, shift - bits."""
+    (in_scale, in_zp), (out_scale, out_zp) = in_q, out_q
+    multiplier, shift = numerics.quantize_multiplier(_f64(in_scale) / _f64(out_scale))
+    bits = min(count.bit_length() - 1, 32, 31 + shift)
+    return MeanAttrs(tuple(axes), bool(keep_dims), int(in_zp), (multiplier << bits) // count, shift - bits,
+                     int(out_zp))
+
+
+def mul_attrs(in_q: tuple, out_q: tuple, activation: int) -> MulAttrs:
+    """MUL's ``Prepare`` for int8: ``QuantizeMultiplier(s1 * s2 / s_out)``, the product and quotient in
+    float32 as the C++ computes them, and the activation clamp."""
+    (s1, z1), (s2, z2) = in_q
+    out_scale, out_zp = out_q
+    multiplier, shift = numerics.quantize_multiplier(float(np.float32(s1) * np.float32(s2) / np.float32(out_scale)))
+    qmin, qmax = activation_range(activation, out_scale, out_zp)
+    return MulAttrs((int(z1), int(z2)), multiplier, shift, int(out_zp), qmin, qmax)
+
+
+def _logistic(x):
+    return np.float32(1) / (np.float32(1) + np.exp(-x.astype(np.float64)).astype(np.float32))
+
+
+def _tanh(x):
+    return np.tanh(x.astype(np.float64)).astype(np.float32)
+
+
+#: the float functions of LOGISTIC and TANH, float32 in and out
+LUT_FUNCTIONS = {"logistic": _logistic, "tanh": _tanh}
+
+
+def lut_attrs(function: str, in_q: tuple, out_q: tuple) -> LutAttrs:
+    """``LUTPopulate<int8_t>`` (the int8 LOGISTIC / TANH of LiteRT's reference kernels): for each q in
+    -128..127, ``s_in * (q - zp_in)`` in float32, the function in float32, times the float32 ``1 / s_out``,
+    rounded half away from zero, plus ``zp_out``, clamped to int8. The C++ calls libm's ``expf`` /
+    ``tanhf``; here exp and tanh are computed in double and rounded to float32 (the correctly rounded
+    float32 result)."""
+    (in_scale, in_zp), (out_scale, out_zp) = in_q, out_q
+    q = np.arange(-128, 128)
+    with np.errstate(over="ignore"):        # expf overflows to inf for large inputs, and so does this
+        y = LUT_FUNCTIONS[function](np.float32(in_scale) * (q - in_zp).astype(np.float32))
+    rescaled = (y * (np.float32(1) / np.float32(out_scale))).astype(np.float64)      # exact
+    rounded = np.sign(rescaled) * np.floor(np.abs(rescaled) + 0.5)
+    return LutAttrs(tuple(int(v) for v in np.clip(rounded.astype(np.int64) + out_zp, -128, 127)))

@@ -279,10 +279,10 @@ def test_unknown_op_is_named_with_its_node():
     mb = ModelBuilder()
     x = mb.tensor("x", (1, 4), **_q(0.1, 0))
     h = mb.tensor("h", (1, 4), **_q(0.1, 0))
-    y = mb.tensor("tanh_out", (1, 4), **_q(1 / 128, 0))
+    y = mb.tensor("hard_swish_out", (1, 4), **_q(0.1, 0))
     mb.op("RESHAPE", [x], [h], "ReshapeOptions")
-    mb.op("TANH", [h], [y])
-    with pytest.raises(UnsupportedOpError, match=r"TANH node 1 \(output 'tanh_out'\).*not supported"):
+    mb.op("HARD_SWISH", [h], [y])
+    with pytest.raises(UnsupportedOpError, match=r"HARD_SWISH node 1 \(output 'hard_swish_out'\).*not supported"):
         import_tflite(mb.build([x], [y]))
 
 
