@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_golden.py
 	$(PY) benchmarks/bench_precision.py
 	$(PY) benchmarks/bench_mlperf.py
+	$(PY) benchmarks/bench_onnx.py
 
 # Issue 14's ECP5 builds (4x4 @ 125 MHz, 8x8 @ 100 MHz, up to 3 seeds, 15 min each) and the fixed overhead.
 bench-fpga: $(FPGA)

@@ -10,8 +10,9 @@ Accepted forms
     ``Gemm``, each with an optional bias ``Add`` and ``Relu``/``Clip`` before its ``QuantizeLinear``;
   * ``Add`` of two tensors (residual; TFLite's integer ADD) or of a tensor and a constant (a 1x1
     identity layer whose bias is the constant, on the NPU);
-  * ``MaxPool``, ``AveragePool``, ``GlobalAveragePool`` (1-D and 2-D), ``Softmax`` (last axis, int8
-    output grid 1/256, -128);
+  * ``MaxPool``, ``AveragePool``, ``GlobalAveragePool`` (1-D and 2-D), ``Softmax`` (last axis; TFLite's
+    integer softmax, then a table onto the output grid if it is not 1/256, -128), ``Concat`` (each input
+    moved onto the output grid by a table where it differs);
   * ``Flatten``, ``Reshape``, ``Transpose`` (the batch axis stays first);
   * unary functions (``Relu``, ``Clip``, ``Sigmoid``, ``Tanh``, ``LeakyRelu``, ``HardSigmoid``,
     ``HardSwish``, ``Gelu``, ``Elu``, ``Softplus``, ``Erf``, ``Mul``/``Div`` by a scalar constant) followed by ``QuantizeLinear``: a 256-entry table (``lut``), exact against the float
@@ -19,7 +20,7 @@ Accepted forms
     ``QuantizeLinear`` is a table too;
   * ``Identity``/``Dropout`` pass through.
 * **QLinear ops**: ``QLinearMatMul``, ``QLinearConv``, ``QGemm``, ``QLinearAdd``, ``QLinearAveragePool``,
-  ``QLinearGlobalAveragePool`` and ``QLinearSigmoid`` / ``QLinearLeakyRelu`` (com.microsoft).
+  ``QLinearGlobalAveragePool``, ``QLinearConcat`` and ``QLinearSigmoid`` / ``QLinearLeakyRelu`` (com.microsoft).
 
 How the import works: the graph is interpreted symbolically in topological order. Each ONNX tensor is a
 constant, the float graph input, a quantized tensor (an int8 tensor of the IR), its dequantized view
@@ -53,7 +54,7 @@ import numpy as np
 from opennpu.golden import numerics
 
 from . import tflite_params
-from .graph import (ConvAttrs, FullyConnectedAttrs, Graph, LutAttrs, Node, PoolAttrs, QTensor, Requant,
+from .graph import (ConcatAttrs, ConvAttrs, FullyConnectedAttrs, Graph, LutAttrs, Node, PoolAttrs, QTensor, Requant,
                     TransposeAttrs, Window)
 from .qlayers import QuantModel, TensorSpec
 
@@ -156,7 +157,8 @@ class _Acc:
 
 @dataclass
 class _Float:
-    """The float result of an add, pool or softmax of quantized tensors, before its ``QuantizeLinear``."""
+    """The float result of an add, pool, softmax or concatenation of quantized tensors, before its
+    ``QuantizeLinear`` (``axis``: the per-sample axis of a concatenation)."""
     kind: str
     name: str
     source: str
@@ -164,6 +166,7 @@ class _Float:
     shape: tuple
     window: Window | None = None
     count_pads: bool = False
+    axis: int = 0
     lo: float = -np.inf
     hi: float = np.inf
 
@@ -518,9 +521,9 @@ class _Importer:
                          attrs)
         return _Q(out, acc.shape, s_y, zp_y, dtype, acc.cl)
 
-    def _table(self, node, q: _Q, fns, s_y: float, zp_y: int, dtype: str, lo=-np.inf, hi=np.inf) -> _Q:
-        """QuantizeLinear of f(DequantizeLinear(q)) (``fns``, then a clamp): a ``lut`` node, or ``q``
-        itself when nothing changes."""
+    def _table(self, node, q: _Q, fns, s_y: float, zp_y: int, dtype: str, lo=-np.inf, hi=np.inf, out=None) -> _Q:
+        """QuantizeLinear of f(DequantizeLinear(q)) (``fns``, then a clamp): a ``lut`` node (writing a tensor
+        named ``out``, default the node's output), or ``q`` itself when nothing changes."""
         if not fns and np.isclose(s_y, q.scale, rtol=1e-6) and zp_y == q.zp and lo == -np.inf and hi == np.inf:
             return replace(q, dtype=dtype)
 
@@ -530,8 +533,8 @@ class _Importer:
             return np.clip(x, lo, hi)
         table = numerics.build_lut(f, q.scale, q.zp, s_y, zp_y)
         names = "/".join(n for n, _ in fns) or "requantize"
-        out = self._emit("lut", f"{self._name(node)}:{names}", names, (q.name,), node.output[0], self._ir_shape(q),
-                         s_y, zp_y, LutAttrs(tuple(int(v) for v in table)))
+        out = self._emit("lut", f"{self._name(node)}:{names}", names, (q.name,), out or node.output[0],
+                         self._ir_shape(q), s_y, zp_y, LutAttrs(tuple(int(v) for v in table)))
         return replace(q, name=out, scale=s_y, zp=zp_y, dtype=dtype)
 
     def _finish_float(self, node, v: _Float, scale, zp) -> _Q:
@@ -540,6 +543,17 @@ class _Importer:
 
     def _emit_float(self, node, v: _Float, s_y: float, zp_y: int, dtype: str) -> _Q:
         x = v.inputs[0]
+        if v.kind == "concat":          # each input onto the output grid (a table where it differs), side by side
+            parts = [self._table(node, q, (), s_y, zp_y, dtype, v.lo, v.hi, f"{v.name}:in{i}")
+                     for i, q in enumerate(v.inputs)]
+            cl = any(q.cl for q in parts) and len(v.shape) in (2, 3)
+            parts = [self._channels_last(node, q) if cl else self._shaped(self._plain(q), q.shape) for q in parts]
+            axis = ((2, 0, 1) if len(v.shape) == 3 else (2, 1))[v.axis] if cl else v.axis
+            shape = list(self._ir_shape(parts[0]))
+            shape[axis] = sum(self._ir_shape(q)[axis] for q in parts)
+            out = self._emit("concatenation", v.name, v.source, tuple(q.name for q in parts), node.output[0], shape,
+                             s_y, zp_y, ConcatAttrs(axis))
+            return _Q(out, v.shape, s_y, zp_y, dtype, cl)
         if v.kind == "add":
             a, b = v.inputs
             qmin, qmax = self._bounds(node, v.lo, v.hi, s_y, zp_y)
@@ -958,6 +972,30 @@ class _Importer:
             raise self._error(node, f"softmax over axis {axis} of (batch, {q.shape}) (opset {self.opset}): only "
                                     f"over the last axis")
         return _Float("softmax", self._name(node), "Softmax", (self._plain(q),), q.shape)
+
+    def _concat(self, node, parts: list, source: str) -> _Float:
+        rank = len(parts[0].shape)
+        axis = int(self._attrs(node).get("axis", 1))
+        axis = axis - 1 if axis >= 0 else axis + rank
+        if not 0 <= axis < rank:
+            raise self._error(node, f"concatenation along the batch axis (or axis {axis + 1} of rank {rank + 1}) "
+                                    f"is not supported")
+        others = {q.shape[:axis] + q.shape[axis + 1:] for q in parts}
+        if len(others) != 1 or any(len(q.shape) != rank for q in parts):
+            raise self._error(node, f"inputs {[q.shape for q in parts]} differ beyond axis {axis + 1}")
+        shape = list(parts[0].shape)
+        shape[axis] = sum(q.shape[axis] for q in parts)
+        return _Float("concat", self._name(node), source, tuple(parts), tuple(shape), axis=axis)
+
+    def _op_Concat(self, node):
+        return self._concat(node, [self._quant_input(node, self._get(node, i)) for i in range(len(node.input))],
+                            "Concat")
+
+    def _op_QLinearConcat(self, node):
+        s_y, zp_y, dtype = self._scalar_q(node, self._const(node, 0), self._const(node, 1), "output")
+        parts = [self._quant_input(node, self._get(node, i), self._const(node, i + 1), self._const(node, i + 2))
+                 for i in range(2, len(node.input), 3)]
+        return self._emit_float(node, self._concat(node, parts, "QLinearConcat"), s_y, zp_y, dtype)
 
     def _qlinear_args(self, node, names):
         return {name: self._const(node, i, optional=True) for i, name in enumerate(names) if i > 0 and name}

@@ -168,3 +168,22 @@ def test_dynamic_dimension_is_named():
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, "H", 8])])
     with pytest.raises(ValueError, match=r"input 'x': dimension 2 \('H'\) is dynamic"):
         import_onnx_graph(helper.make_model(graph))
+
+
+@pytest.mark.parametrize("qoperator", [False, True], ids=["qdq", "qlinear"])
+def test_concat_of_two_branches_within_one_lsb(qoperator):
+    """An inception-style block: two convolutions of one input, concatenated along the channels, a
+    third convolution (QLinearConcat in the QOperator form); each branch has its own grid."""
+    w1 = (RNG.standard_normal((4, 3, 1, 1)) / 2).astype(np.float32)
+    w2 = (RNG.standard_normal((5, 3, 3, 3)) * 2).astype(np.float32)
+    w3 = (RNG.standard_normal((6, 9, 1, 1)) / 3).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], name="branch1", kernel_shape=[1, 1]),
+             helper.make_node("Conv", ["x", "w2"], ["b"], name="branch2", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Concat", ["a", "b"], ["ab"], name="cat", axis=1),
+             helper.make_node("Conv", ["ab", "w3"], ["y"], name="mix", kernel_shape=[1, 1])]
+    x = RNG.standard_normal((16, 3, 6, 6)).astype(np.float32)
+    blob = quantize_onnx(_float_model(nodes, {"w1": w1, "w2": w2, "w3": w3}, (3, 6, 6), (6, 6, 6)), x,
+                         qoperator=qoperator)
+    assert ("QLinearConcat" in {n.op_type for n in onnx.load_from_string(blob).graph.node}) == qoperator
+    og = _within_one(blob, x)
+    assert "concatenation" in {n.op for n in og.graph.nodes}
