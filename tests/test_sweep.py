@@ -195,6 +195,22 @@ def test_tflite_point_sums_the_npu_layers():
     assert broken["status"] == "failed" and "ValueError" in broken["error"] and "cycles" not in broken
 
 
+def test_onnx_graph_point_runs_node_by_node():
+    """An ONNX model that is not a chain (a residual net) is a point like a TFLite model, not unsupported."""
+    pytest.importorskip("torch")
+    from opennpu.compiler.onnx_archs import build
+    from opennpu.compiler.onnx_import import import_onnx_graph
+    blob, _ = build("resnet", False, samples=4)
+    config = NpuConfig(rows=8, cols=8)
+    record = evaluate(Point(Workload("resnet", "onnx", path="resnet.onnx", batch=2), config, "int8"), blob)
+    assert record["status"] == "ok", record["error"]
+    graph = import_onnx_graph(blob).graph
+    x = np.random.default_rng(0).integers(-128, 128, (2, *graph.tensors[graph.inputs[0]].shape), dtype=np.int8)
+    from opennpu.compiler.graph_npu import run_on_npu
+    _, records = run_on_npu(graph, x, config)
+    assert record["cycles"] == sum(r["cycles"] for r in records if r["device"] == "npu")
+
+
 # -- store and report ---------------------------------------------------------------------------------
 def test_store_cuts_a_partial_row_and_refuses_other_columns(tmp_path):
     store = ResultStore(tmp_path / "out")

@@ -95,12 +95,17 @@ def _model(point: Point, model_bytes, backend: str) -> Measured:
     if point.config.dataflow != "ws":
         raise Unsupported(f"the model compiler targets the weight-stationary dataflow, not {point.config.dataflow}")
     if point.workload.kind == "tflite":
-        return _tflite(point, model_bytes, backend)
+        return _graph(point, model_bytes, backend)
     from opennpu.compiler.model_program import compile_model, run_model
     from opennpu.compiler.model_report import random_input
-    from opennpu.compiler.onnx_import import import_onnx
+    from opennpu.compiler.onnx_import import NotAChain, import_onnx
     try:
         qmodel = import_onnx(model_bytes)
+    except NotAChain:                   # a residual net, pools, ...: node by node
+        return _graph(point, model_bytes, backend)
+    except ValueError as error:
+        raise Unsupported(f"the model compiler cannot build it: {error}") from None
+    try:
         compiled = compile_model(qmodel, point.config, batch=None if qmodel.input.batch else point.workload.batch)
     except ValueError as error:
         raise Unsupported(f"the model compiler cannot build it: {error}") from None
@@ -111,14 +116,19 @@ def _model(point: Point, model_bytes, backend: str) -> Measured:
                     run.values)
 
 
-def _tflite(point: Point, model_bytes, backend: str) -> Measured:
-    """A TFLite model: its NPU ops on ``backend`` (``compiler.graph_npu``), counters summed over them;
-    host ops (ADD, pooling, softmax) cost no NPU cycles."""
+def _graph(point: Point, model_bytes, backend: str) -> Measured:
+    """A TFLite model, or an ONNX graph that is not a chain: its NPU ops on ``backend``
+    (``compiler.graph_npu``), counters summed over them; host ops (ADD, pooling, softmax) cost no NPU
+    cycles."""
     import numpy as np
 
     from opennpu.compiler.graph_npu import run_on_npu
-    from opennpu.compiler.tflite_import import import_tflite
-    graph = import_tflite(model_bytes)          # (a corrupt file: ValueError, the point fails)
+    if point.workload.kind == "tflite":
+        from opennpu.compiler.tflite_import import import_tflite
+        graph = import_tflite(model_bytes)          # (a corrupt file: ValueError, the point fails)
+    else:
+        from opennpu.compiler.onnx_import import import_onnx_graph
+        graph = import_onnx_graph(model_bytes).graph
     shape = graph.tensors[graph.inputs[0]].shape
     x = np.random.default_rng(point.workload.seed).integers(-128, 128, (point.workload.batch, *shape),
                                                               dtype=np.int8)
