@@ -27,6 +27,12 @@ Ops (``Node.op``) and their ``attrs``
 * ``lut``: ``LutAttrs``; elementwise int8 -> int8 table (a unary function, or a change of grid, that a
   source format computes in float between a dequantize and a quantize: ONNX).
 * ``transpose``: ``TransposeAttrs``; a permutation of the per-sample axes.
+* ``matmul``: ``MatMulAttrs``; inputs (a, b), two activations (..., M, K) and (..., K, N) with the same
+  leading axes: ``requant((a - zp_a) @ (b - zp_b))`` (attention's Q·Kᵀ and attention·V).
+* ``float_softmax``: ``FloatSoftmaxAttrs``; softmax over the last axis in float32 as ONNX defines it
+  (dequantize, exp of the differences to the row max, normalize, quantize half to even). Host only.
+* ``layer_norm``: ``LayerNormAttrs``; over the last axis, in float32 as ONNX defines it (no integer form
+  exists): dequantize, normalize, scale and shift, quantize (round half to even). Host only.
 * ``pad``: ``PadAttrs``; input x; values copied unchanged, the border filled with one int8 value.
 * ``mean``: ``MeanAttrs``; input x; over per-sample axes, integer arithmetic only.
 * ``concatenation``: ``ConcatAttrs``; inputs (x1, x2, ...), activations on one shared grid.
@@ -46,7 +52,8 @@ import numpy as np
 
 __all__ = ["QTensor", "Window", "Requant", "ConvAttrs", "FullyConnectedAttrs", "AddAttrs", "PoolAttrs",
            "SoftmaxAttrs", "Node", "Graph", "OPS", "PadAttrs", "MeanAttrs", "ConcatAttrs", "MulAttrs", "LutAttrs",
-           "TransposeAttrs"]
+           "TransposeAttrs", "MatMulAttrs", "LayerNormAttrs",
+           "FloatSoftmaxAttrs"]
 
 
 @dataclass(frozen=True)
@@ -208,11 +215,37 @@ class TransposeAttrs:
     perm: tuple
 
 
+@dataclass(frozen=True)
+class MatMulAttrs:
+    """Product of two activations: their zero points (a, b) and the requantization of the int32 sums."""
+    in_zp: tuple
+    requant: Requant
+
+
+@dataclass(frozen=True)
+class LayerNormAttrs:
+    """Input grid (scale, zero point), per-feature ``gamma`` and ``beta`` (floats), ``epsilon``, output grid."""
+    in_q: tuple
+    gamma: tuple
+    beta: tuple
+    epsilon: float
+    out_q: tuple
+
+
+@dataclass(frozen=True)
+class FloatSoftmaxAttrs:
+    """Input and output grids (scale, zero point)."""
+    in_q: tuple
+    out_q: tuple
+
+
 #: op name -> attrs type (``None``: no attrs)
 OPS = {"conv2d": ConvAttrs, "depthwise_conv2d": ConvAttrs, "fully_connected": FullyConnectedAttrs,
        "add": AddAttrs, "average_pool2d": PoolAttrs, "max_pool2d": PoolAttrs, "reshape": type(None),
        "softmax": SoftmaxAttrs, "pad": PadAttrs, "mean": MeanAttrs, "concatenation": ConcatAttrs, "mul": MulAttrs,
-       "logistic": LutAttrs, "tanh": LutAttrs, "lut": LutAttrs, "transpose": TransposeAttrs}
+       "logistic": LutAttrs, "tanh": LutAttrs, "lut": LutAttrs, "transpose": TransposeAttrs,
+       "matmul": MatMulAttrs, "layer_norm": LayerNormAttrs,
+       "float_softmax": FloatSoftmaxAttrs}
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ from .qlayers import ConvGeom, QLayer, QuantModel, TensorSpec
 __all__ = ["NPU_OPS", "npu_runs", "pool_divisor", "lower_node", "run_on_npu"]
 
 #: graph IR ops the NPU runs (``npu_runs`` says which nodes of them)
-NPU_OPS = frozenset({"conv2d", "depthwise_conv2d", "fully_connected", "average_pool2d"})
+NPU_OPS = frozenset({"conv2d", "depthwise_conv2d", "fully_connected", "average_pool2d", "matmul"})
 
 
 @lru_cache(maxsize=None)
@@ -89,7 +89,7 @@ def npu_runs(graph: Graph, node: Node, config: NpuConfig, npu_ops=NPU_OPS) -> bo
         return False
     if node.op == "average_pool2d" and not _uniform_pool(graph.tensors[node.inputs[0]].shape, node.attrs.window):
         return False
-    return node.op == "conv2d" or node.op == "fully_connected" or _group_size(node, config) > 0
+    return node.op in ("conv2d", "fully_connected", "matmul") or _group_size(node, config) > 0
 
 
 def _operands(graph: Graph, node: Node) -> tuple:
@@ -147,6 +147,9 @@ def lower_node(graph: Graph, node: Node, channels: slice = slice(None)) -> QLaye
         raise ValueError(f"node {node.name!r}: {node.op} has no NPU lowering (NPU ops: {sorted(NPU_OPS)})")
     if node.op == "average_pool2d":
         return _lower_pool(graph, node)
+    if node.op == "matmul":
+        raise ValueError(f"node {node.name!r}: a matmul of two activations lowers one slice of its second "
+                         f"operand at a time (``_product_layer``), not as one layer")
     x_t, out_t = graph.tensors[node.inputs[0]], graph.tensors[node.output]
     a = node.attrs
     w, bias, multiplier, shift, in_zp, r = _operands(graph, node)
@@ -177,6 +180,27 @@ def lower_node(graph: Graph, node: Node, channels: slice = slice(None)) -> QLaye
                   single_round=r.rounding == "single")
 
 
+def _product_layer(graph: Graph, node: Node, b: np.ndarray) -> QLayer:
+    """One (K, N) slice ``b`` of a ``matmul``'s second operand as the weights of a fully connected layer
+    whose samples are the rows of the first operand. ``b - zp_b`` spans up to -255..255: where it leaves
+    int8 it is split into two int8 halves stacked along K (``w1 + w2``), and the rows are fed twice
+    (``_product_rows``), so the products stay exact."""
+    (za, zb), r = node.attrs.in_zp, node.attrs.requant
+    w = np.asarray(b, np.int64) - zb
+    w1 = np.clip(w, -128, 127)
+    matrix = w1 if np.array_equal(w1, w) else np.concatenate([w1, w - w1])
+    a_t, out_t = graph.tensors[node.inputs[0]], graph.tensors[node.output]
+    return QLayer(node.name, node.op, matrix, numerics.wrap_int32(-za * matrix.sum(axis=0)), int(r.multiplier[0]),
+                  int(r.shift[0]), r.out_zp, r.qmin, r.qmax, None, (len(matrix),), (a_t.scale[0], za),
+                  (out_t.scale[0], out_t.zero_point[0]))
+
+
+def _product_rows(layer: QLayer, a: np.ndarray) -> np.ndarray:
+    """The rows (M, K) of a ``matmul``'s first operand as ``_product_layer``'s samples (fed twice when its
+    weights are split)."""
+    return a if layer.k == a.shape[-1] else np.concatenate([a, a], axis=-1)
+
+
 def _run_layer(layer: QLayer, node: Node, x: np.ndarray, config: NpuConfig, backend) -> tuple:
     """One lowered layer on the NPU: channels-last int8 ``x`` in, channels-last result and counters out."""
     batch = len(x)
@@ -188,11 +212,34 @@ def _run_layer(layer: QLayer, node: Node, x: np.ndarray, config: NpuConfig, back
     return (y if layer.conv is None else y.transpose(0, 2, 3, 1)), run.counters
 
 
-def _npu_node(graph: Graph, node: Node, x: np.ndarray, config: NpuConfig, backend) -> tuple:
+def _sum_counters(totals, counters):
+    return counters if totals is None else {k: totals[k] + v for k, v in counters.items()}
+
+
+def _npu_product(graph: Graph, node: Node, a: np.ndarray, b: np.ndarray, config: NpuConfig, backend) -> tuple:
+    """A ``matmul`` of two activations: one program per sample and leading index, the second operand's
+    slice loaded as weights (it went to the host as the producing node's output: a round trip, which the
+    DMA bytes show)."""
+    lead = a.shape[:-2]
+    a2, b2 = a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:])
+    parts, totals, layers = [], None, []
+    for rows, weights in zip(a2, b2):
+        layer = _product_layer(graph, node, weights)
+        y, counters = _run_layer(layer, node, _product_rows(layer, rows), config, backend)
+        parts.append(y)
+        layers.append(layer)
+        totals = _sum_counters(totals, counters)
+    y = np.stack(parts).reshape(*lead, a.shape[-2], b.shape[-1])
+    return y, totals, layers, [[a.shape[-2], layer.k, layer.n] for layer in layers]
+
+
+def _npu_node(graph: Graph, node: Node, values: dict, config: NpuConfig, backend) -> tuple:
     """Run one node on the NPU (a depthwise node as one program per group of channels, an average pool
-    with every channel of every sample as a sample); returns (output, summed counters, the lowered
-    layers, the GEMMs run as [M, K, N])."""
-    x = np.asarray(x, np.int64)
+    with every channel of every sample as a sample, a product of activations as one program per slice);
+    returns (output, summed counters, the lowered layers, the GEMMs run as [M, K, N])."""
+    x = np.asarray(values[node.inputs[0]], np.int64)
+    if node.op == "matmul":
+        return _npu_product(graph, node, x, np.asarray(values[node.inputs[1]], np.int64), config, backend)
     if node.op == "average_pool2d":
         layer = lower_node(graph, node)
         (b, h, w, c), out = x.shape, graph.tensors[node.output].shape
@@ -212,7 +259,7 @@ def _npu_node(graph: Graph, node: Node, x: np.ndarray, config: NpuConfig, backen
         y, counters = _run_layer(layer, node, x[..., group], config, backend)
         parts.append(y)
         layers.append(layer)
-        totals = counters if totals is None else {k: totals[k] + v for k, v in counters.items()}
+        totals = _sum_counters(totals, counters)
     return (np.concatenate(parts, axis=-1), totals, layers,
             [[len(x) * layer.positions, layer.k, layer.n] for layer in layers])
 
@@ -221,6 +268,8 @@ def _macs(graph: Graph, node: Node, config: NpuConfig) -> int:
     """Useful multiply-accumulates of one sample (depthwise: its own taps only; an average pool on the
     NPU: one per tap, the additions the array does)."""
     out = graph.tensors[node.output].shape
+    if node.op == "matmul":
+        return int(np.prod(out)) * graph.tensors[node.inputs[0]].shape[-1]
     if node.op == "average_pool2d":
         return int(np.prod(out)) * int(np.prod(node.attrs.window.kernel)) if npu_runs(graph, node, config) else 0
     w = graph.tensors[node.inputs[1]].data.shape if node.op in NPU_OPS else None
@@ -245,7 +294,7 @@ def run_on_npu(graph: Graph, x, config: NpuConfig, backend="golden", npu_ops=NPU
         record = {"index": len(records), "name": node.name, "op": node.op,
                   "output_shape": list(graph.tensors[node.output].shape), "macs": macs}
         if npu_runs(graph, node, config, npu_ops):
-            y, counters, layers, gemms = _npu_node(graph, node, values[node.inputs[0]], config, backend)
+            y, counters, layers, gemms = _npu_node(graph, node, values, config, backend)
             cycles = counters["cycles"]
             record.update(device="npu", cycles=cycles, utilization=macs / (cycles * peak) if cycles else 0.0,
                           counters=counters,

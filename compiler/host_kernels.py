@@ -19,11 +19,11 @@ import numpy as np
 from opennpu.golden import numerics
 
 from . import fixedpoint
-from .graph import (AddAttrs, ConcatAttrs, ConvAttrs, FullyConnectedAttrs, Graph, LutAttrs, MeanAttrs, MulAttrs, Node,
-                    PadAttrs, PoolAttrs, Requant, SoftmaxAttrs, TransposeAttrs, Window)
+from .graph import (AddAttrs, ConcatAttrs, ConvAttrs, FloatSoftmaxAttrs, FullyConnectedAttrs, Graph, LayerNormAttrs, LutAttrs, MatMulAttrs,
+                    MeanAttrs, MulAttrs, Node, PadAttrs, PoolAttrs, Requant, SoftmaxAttrs, TransposeAttrs, Window)
 
 __all__ = ["conv2d", "depthwise_conv2d", "fully_connected", "add", "average_pool2d", "pool_counts", "max_pool2d",
-           "reshape", "softmax", "pad", "mean", "concatenation", "mul", "lookup", "transpose", "run_node",
+           "reshape", "softmax", "pad", "mean", "concatenation", "mul", "lookup", "transpose", "matmul", "layer_norm", "float_softmax", "run_node",
            "check_graph_input", "run_graph", "KERNELS"]
 
 
@@ -171,6 +171,38 @@ def transpose(x, a: TransposeAttrs):
     return np.asarray(x, np.int64).transpose(0, *(p + 1 for p in a.perm))
 
 
+def matmul(a, b, attrs: MatMulAttrs):
+    """Two activations multiplied, zero points removed, int32 sums requantized (per tensor)."""
+    za, zb = attrs.in_zp
+    acc = numerics.wrap_int32((np.asarray(a, np.int64) - za) @ (np.asarray(b, np.int64) - zb))
+    return _requant(acc, attrs.requant)
+
+
+def _dequantized(x, grid) -> np.ndarray:
+    return (np.asarray(x, np.int64) - grid[1]).astype(np.float32) * np.float32(grid[0])
+
+
+def _quantized(y, grid) -> np.ndarray:
+    return np.clip(np.rint(y / np.float32(grid[0])).astype(np.int64) + grid[1], -128, 127)
+
+
+def float_softmax(x, a: FloatSoftmaxAttrs):
+    """Softmax over the last axis in float32 (ONNX's definition between its dequantize and quantize)."""
+    x = _dequantized(x, a.in_q)
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return _quantized(e / e.sum(axis=-1, keepdims=True, dtype=np.float32), a.out_q)
+
+
+def layer_norm(x, a: LayerNormAttrs):
+    """LayerNormalization over the last axis in float32 (ONNX's definition), requantized half to even."""
+    f32 = np.float32
+    x = _dequantized(x, a.in_q)
+    mean = x.mean(axis=-1, keepdims=True, dtype=f32)
+    var = ((x - mean) ** 2).mean(axis=-1, keepdims=True, dtype=f32)
+    y = (x - mean) / np.sqrt(var + f32(a.epsilon)) * np.asarray(a.gamma, f32) + np.asarray(a.beta, f32)
+    return _quantized(y, a.out_q)
+
+
 def _inputs(node: Node, values: dict, graph: Graph) -> list:
     return [None if name is None else values[name] if name in values else graph.tensors[name].data
             for name in node.inputs]
@@ -194,6 +226,9 @@ KERNELS = {
     "tanh": lambda g, n, ins: lookup(*ins, n.attrs),
     "lut": lambda g, n, ins: lookup(*ins, n.attrs),
     "transpose": lambda g, n, ins: transpose(*ins, n.attrs),
+    "matmul": lambda g, n, ins: matmul(*ins, n.attrs),
+    "layer_norm": lambda g, n, ins: layer_norm(*ins, n.attrs),
+    "float_softmax": lambda g, n, ins: float_softmax(*ins, n.attrs),
 }
 
 

@@ -4,8 +4,9 @@ their comparison with onnxruntime, for the tests and ``benchmarks/bench_onnx.py`
 
 Each class is one family the ONNX issue names: LeNet (conv + max pool), a small ResNet (basic blocks,
 residual adds, global average pool), MobileNetV2 inverted residuals (expand, depthwise, project, add),
-a depthwise-separable chain, a Conv1d audio net (grouped conv, 1-D pools), an MLP and an MLP on a
-sequence (MatMul on batch x sequence x features, a residual add).
+a depthwise-separable chain, a Conv1d audio net (grouped conv, 1-D pools), an MLP, an MLP on a
+sequence (MatMul on batch x sequence x features, a residual add) and a transformer encoder block
+(self-attention, LayerNorm, MLP). Exported with opset 17 (LayerNormalization as one op).
 """
 from __future__ import annotations
 
@@ -107,13 +108,30 @@ def _modules():
         def forward(self, x):
             return x + self.down(torch.relu(self.up(x)))
 
+    class TransformerBlock(nn.Module):
+        """A post-norm encoder block: single-head self-attention (Q, K, V, output projections; Q·Kᵀ / sqrt(d),
+        softmax, attention·V), residual, LayerNorm, a ReLU MLP, residual, LayerNorm."""
+
+        def __init__(self, d=32):
+            super().__init__()
+            self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+            self.up, self.down = nn.Linear(d, 2 * d), nn.Linear(2 * d, d)
+            self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
+            self.d = d
+
+        def forward(self, x):
+            attention = torch.softmax(self.q(x) @ self.k(x).transpose(-2, -1) / self.d ** 0.5, dim=-1)
+            h = self.norm1(x + self.o(attention @ self.v(x)))
+            return self.norm2(h + self.down(torch.relu(self.up(h))))
+
     return {"lenet": (LeNet, (1, 16, 16)), "resnet": (ResNet, (3, 12, 12)), "mobilenetv2": (MobileNetV2, (3, 12, 12)),
             "depthwise_separable": (DepthwiseSeparable, (1, 16, 16)), "conv1d_audio": (Audio1d, (8, 32)),
-            "mlp": (MLP, (64,)), "sequence_mlp": (SequenceMLP, (16, 24))}
+            "mlp": (MLP, (64,)), "sequence_mlp": (SequenceMLP, (16, 24)), "transformer": (TransformerBlock, (16, 32))}
 
 
 #: the architecture names ``build`` takes
-ARCHITECTURES = ("lenet", "resnet", "mobilenetv2", "depthwise_separable", "conv1d_audio", "mlp", "sequence_mlp")
+ARCHITECTURES = ("lenet", "resnet", "mobilenetv2", "depthwise_separable", "conv1d_audio", "mlp", "sequence_mlp",
+                 "transformer")
 
 
 def build(name: str, per_channel: bool, samples: int = 32, seed: int = 0, qoperator: bool = False
@@ -140,7 +158,7 @@ def build(name: str, per_channel: bool, samples: int = 32, seed: int = 0, qopera
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")        # the TorchScript exporter announces its deprecation
         torch.onnx.export(model, (torch.as_tensor(x[:1]),), buf, dynamo=False, input_names=["x"],
-                          output_names=["y"], dynamic_axes={"x": {0: "N"}, "y": {0: "N"}})
+                          output_names=["y"], dynamic_axes={"x": {0: "N"}, "y": {0: "N"}}, opset_version=17)
     return quantize_onnx(buf.getvalue(), x, per_channel=per_channel, qoperator=qoperator, input_name="x"), x
 
 

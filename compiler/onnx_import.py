@@ -10,8 +10,8 @@ Accepted forms
     ``Gemm``, each with an optional bias ``Add`` and ``Relu``/``Clip`` before its ``QuantizeLinear``;
   * ``Add`` of two tensors (residual; TFLite's integer ADD) or of a tensor and a constant (a 1x1
     identity layer whose bias is the constant, on the NPU);
-  * ``MaxPool``, ``AveragePool``, ``GlobalAveragePool`` (1-D and 2-D), ``Softmax`` (last axis; TFLite's
-    integer softmax, then a table onto the output grid if it is not 1/256, -128), ``Concat`` (each input
+  * ``MaxPool``, ``AveragePool``, ``GlobalAveragePool`` (1-D and 2-D), ``Softmax`` (last axis; in float32
+    on the host, as onnxruntime computes it: ``float_softmax``), ``Concat`` (each input
     moved onto the output grid by a table where it differs);
   * ``Flatten``, ``Reshape``, ``Transpose`` (the batch axis stays first);
   * unary functions (``Relu``, ``Clip``, ``Sigmoid``, ``Tanh``, ``LeakyRelu``, ``HardSigmoid``,
@@ -20,7 +20,7 @@ Accepted forms
     ``QuantizeLinear`` is a table too;
   * ``Identity``/``Dropout`` pass through.
 * **QLinear ops**: ``QLinearMatMul``, ``QLinearConv``, ``QGemm``, ``QLinearAdd``, ``QLinearAveragePool``,
-  ``QLinearGlobalAveragePool``, ``QLinearConcat`` and ``QLinearSigmoid`` / ``QLinearLeakyRelu`` (com.microsoft).
+  ``QLinearGlobalAveragePool``, ``QLinearConcat``, ``QLinearSoftmax`` and ``QLinearSigmoid`` / ``QLinearLeakyRelu`` (com.microsoft).
 
 How the import works: the graph is interpreted symbolically in topological order. Each ONNX tensor is a
 constant, the float graph input, a quantized tensor (an int8 tensor of the IR), its dequantized view
@@ -54,8 +54,8 @@ import numpy as np
 from opennpu.golden import numerics
 
 from . import tflite_params
-from .graph import (ConcatAttrs, ConvAttrs, FullyConnectedAttrs, Graph, LutAttrs, Node, PoolAttrs, QTensor, Requant,
-                    TransposeAttrs, Window)
+from .graph import (ConcatAttrs, ConvAttrs, FloatSoftmaxAttrs, FullyConnectedAttrs, Graph, LayerNormAttrs, LutAttrs, MatMulAttrs, Node, PoolAttrs, QTensor,
+                    Requant, TransposeAttrs, Window)
 from .qlayers import QuantModel, TensorSpec
 
 __all__ = ["import_onnx", "import_onnx_graph", "OnnxGraph", "NotAChain", "onnxruntime_session", "UNARY_FUNCTIONS"]
@@ -167,6 +167,7 @@ class _Float:
     window: Window | None = None
     count_pads: bool = False
     axis: int = 0
+    params: tuple = ()
     lo: float = -np.inf
     hi: float = np.inf
 
@@ -565,17 +566,21 @@ class _Importer:
             shape = np.broadcast_shapes(self._ir_shape(a), self._ir_shape(b))
             out = self._emit("add", v.name, v.source, (a.name, b.name), node.output[0], shape, s_y, zp_y, attrs)
             return _Q(out, v.shape, s_y, zp_y, dtype, a.cl)
-        if v.kind == "softmax":         # TFLite's integer softmax onto its grid, then a table onto ours
-            grid = tflite_params.SOFTMAX_OUTPUT
-            same = abs(s_y - grid[0]) <= 1e-6 * grid[0] and zp_y == grid[1]
-            try:
-                attrs = tflite_params.softmax_attrs(1.0, x.scale)
-            except ValueError as error:
-                raise self._error(node, str(error)) from None
-            out = self._emit("softmax", v.name, v.source, (x.name,), node.output[0] if same else f"{v.name}:softmax",
-                             self._ir_shape(x), *grid, attrs)
-            probs = _Q(out, v.shape, *grid, dtype)
-            return probs if same else self._table(node, probs, (), s_y, zp_y, dtype)
+        if v.kind == "layer_norm":
+            gamma, beta, eps = v.params
+            attrs = LayerNormAttrs((x.scale, x.zp), gamma, beta, eps, (s_y, zp_y))
+            out = self._emit("layer_norm", v.name, v.source, (x.name,), node.output[0], self._ir_shape(x), s_y,
+                             zp_y, attrs)
+            return _Q(out, v.shape, s_y, zp_y, dtype)
+        if v.kind == "matmul":
+            a, b = v.inputs
+            attrs = MatMulAttrs((a.zp, b.zp), self._requant(node, a.scale * b.scale, s_y, zp_y, v.lo, v.hi))
+            out = self._emit("matmul", v.name, v.source, (a.name, b.name), node.output[0], v.shape, s_y, zp_y, attrs)
+            return _Q(out, v.shape, s_y, zp_y, dtype)
+        if v.kind == "softmax":         # float32, as onnxruntime computes it between DQ and Q
+            out = self._emit("float_softmax", v.name, v.source, (x.name,), node.output[0], self._ir_shape(x), s_y,
+                             zp_y, FloatSoftmaxAttrs((x.scale, x.zp), (s_y, zp_y)))
+            return _Q(out, v.shape, s_y, zp_y, dtype)
         h, w, c = self._ir_shape(x)
         ho, wo = v.window.out_hw(h, w)
         same = np.isclose(s_y, x.scale, rtol=1e-6) and zp_y == x.zp
@@ -640,6 +645,8 @@ class _Importer:
             q = _Q(node.output[0], v.shape, s, z, dtype)
             self._graph_input(q, s, z)
             return q
+        if isinstance(v, (_Const, _DeqConst)):
+            return self._quantize_const(node, v, scale, zp)
         if isinstance(v, _Acc):
             return self._finish(node, v, scale, zp)
         if isinstance(v, _Float):
@@ -647,6 +654,31 @@ class _Importer:
         if isinstance(v, _Deq):
             return self._table(node, v.q, v.fns, *self._scalar_q(node, scale, zp, "output"))
         raise self._error(node, f"cannot quantize a {type(v).__name__.strip('_')} tensor")
+
+    def _quantize_const(self, node, v, scale, zp) -> _Const:
+        """QuantizeLinear of a constant (or of a dequantized one), as ONNX defines it: x / scale rounded half
+        to even, plus the zero point, saturated to the zero point's type; per-axis along ``axis``."""
+        x = np.asarray(v.value, np.float32) if isinstance(v, _Const) else \
+            ((v.q.astype(np.float32) - self._along(v.zp, v.axis, v.q.ndim)) * self._along(v.scale, v.axis, v.q.ndim))
+        dtype = np.dtype("uint8") if zp is None else np.asarray(zp).dtype
+        if dtype.name not in _QUANT_TYPES:
+            raise self._error(node, f"quantizing a constant to {dtype} is not supported (int8, uint8)")
+        axis = int(self._attrs(node).get("axis", 1))
+        axis = axis + x.ndim if axis < 0 else axis
+        s = self._along(np.asarray(scale, np.float32), axis, x.ndim)
+        z = self._along(np.zeros(1) if zp is None else np.asarray(zp, np.int64), axis, x.ndim)
+        info = np.iinfo(dtype)
+        return _Const(np.clip(np.rint(x / s) + z, info.min, info.max).astype(dtype))
+
+    @staticmethod
+    def _along(values, axis: int, ndim: int):
+        """Per-axis parameters shaped to broadcast along ``axis`` of an ``ndim`` array (a scalar stays one)."""
+        values = np.asarray(values)
+        if values.size == 1:
+            return values.reshape(())
+        shape = [1] * ndim
+        shape[axis] = values.size
+        return values.reshape(shape)
 
     def _op_DequantizeLinear(self, node):
         v = self._get(node, 0)
@@ -833,8 +865,48 @@ class _Importer:
 
     def _op_MatMul(self, node):
         a = self._quant_input(node, self._get(node, 0))
-        w, s_w = self._weight_operand(node, self._get(node, 1), 1)
+        b = self._get(node, 1)
+        if isinstance(b, _Deq):         # activation x activation (attention)
+            return self._product(node, a, self._quant_input(node, b))
+        w, s_w = self._weight_operand(node, b, 1)
         return self._gemm(node, a, w, s_w, None)
+
+    def _product(self, node, a: _Q, b: _Q, source="MatMul") -> _Float:
+        if len(a.shape) < 2 or len(a.shape) != len(b.shape) or a.shape[:-2] != b.shape[:-2] or \
+                a.shape[-1] != b.shape[-2]:
+            raise self._error(node, f"activations {a.shape} and {b.shape} per sample do not multiply (same rank, "
+                                    f"(..., M, K) x (..., K, N))")
+        a, b = self._shaped(self._plain(a), a.shape), self._shaped(self._plain(b), b.shape)
+        return _Float("matmul", self._name(node), source, (a, b), (*a.shape[:-1], b.shape[-1]))
+
+    def _float_const(self, node, i, n: int, what: str) -> tuple:
+        v = self._get(node, i, optional=True)
+        if v is None:
+            return (0.0,) * n
+        if isinstance(v, _DeqConst):
+            value = (v.q.astype(np.float64) - v.zp) * v.scale
+        elif isinstance(v, _Const):
+            value = np.asarray(v.value, np.float64)
+        else:
+            raise self._error(node, f"{what} must be a constant")
+        value = np.broadcast_to(value.astype(np.float32).ravel(), (n,)) if value.size in (1, n) else None
+        if value is None:
+            raise self._error(node, f"{what} needs 1 or {n} values")
+        return tuple(float(f) for f in value)
+
+    def _op_LayerNormalization(self, node):
+        """LayerNormalization over the last axis: a float host op between its dequantize and quantize."""
+        if len(node.output) > 1 and any(node.output[1:]):
+            raise self._error(node, "the Mean / InvStdDev outputs are not supported")
+        q = self._quant_input(node, self._get(node, 0))
+        attrs = self._attrs(node)
+        if int(attrs.get("axis", -1)) not in (-1, len(q.shape)):
+            raise self._error(node, f"normalization from axis {attrs['axis']}: only over the last axis")
+        n = q.shape[-1]
+        params = (self._float_const(node, 1, n, "scale"), self._float_const(node, 2, n, "bias"),
+                  float(attrs.get("epsilon", 1e-5)))
+        return _Float("layer_norm", self._name(node), "LayerNormalization", (self._plain(q),), q.shape,
+                      params=params)
 
     def _op_Gemm(self, node):
         attrs = self._attrs(node)
@@ -966,12 +1038,14 @@ class _Importer:
         return self._pool(node, "avg_pool", self._get(node, 0), global_pool=True)
 
     def _op_Softmax(self, node):
-        q = self._quant_input(node, self._get(node, 0))
+        return self._softmax(node, self._quant_input(node, self._get(node, 0)), "Softmax")
+
+    def _softmax(self, node, q: _Q, source: str) -> _Float:
         axis = int(self._attrs(node).get("axis", -1 if self.opset >= 13 else 1))
         if axis not in (-1, len(q.shape)) or self.opset < 13 and len(q.shape) > 1:
             raise self._error(node, f"softmax over axis {axis} of (batch, {q.shape}) (opset {self.opset}): only "
                                     f"over the last axis")
-        return _Float("softmax", self._name(node), "Softmax", (self._plain(q),), q.shape)
+        return _Float("softmax", self._name(node), source, (self._plain(q),), q.shape)
 
     def _concat(self, node, parts: list, source: str) -> _Float:
         rank = len(parts[0].shape)
@@ -1001,8 +1075,13 @@ class _Importer:
         return {name: self._const(node, i, optional=True) for i, name in enumerate(names) if i > 0 and name}
 
     def _op_QLinearMatMul(self, node):
-        c = self._qlinear_args(node, ["a", "a_scale", "a_zp", "b", "b_scale", "b_zp", "y_scale", "y_zp"])
+        b = self._get(node, 3)
+        c = self._qlinear_args(node, ["a", "a_scale", "a_zp", "" if isinstance(b, _Q) else "b", "b_scale", "b_zp",
+                                      "y_scale", "y_zp"])
         a = self._quant_input(node, self._get(node, 0), c["a_scale"], c["a_zp"])
+        if isinstance(b, _Q):
+            b = self._quant_input(node, b, c["b_scale"], c["b_zp"])
+            return self._finish_float(node, self._product(node, a, b, "QLinearMatMul"), c["y_scale"], c["y_zp"])
         w, s_w = self._weights(node, c["b"], c["b_scale"], c["b_zp"], 1)
         return self._finish(node, self._gemm(node, a, w, s_w, None), c["y_scale"], c["y_zp"])
 
@@ -1057,6 +1136,11 @@ class _Importer:
         c = self._qlinear_args(node, ["x", "x_scale", "x_zp", "y_scale", "y_zp"])
         q = self._quant_input(node, self._get(node, 0), c["x_scale"], c["x_zp"])
         return self._table(node, q, ((name, fn),), *self._scalar_q(node, c["y_scale"], c["y_zp"], "output"))
+
+    def _op_QLinearSoftmax(self, node):
+        c = self._qlinear_args(node, ["x", "x_scale", "x_zp", "y_scale", "y_zp"])
+        q = self._quant_input(node, self._get(node, 0), c["x_scale"], c["x_zp"])
+        return self._finish_float(node, self._softmax(node, q, "QLinearSoftmax"), c["y_scale"], c["y_zp"])
 
     def _op_QLinearSigmoid(self, node):
         return self._qlinear_unary(node, "Sigmoid", lambda x: UNARY_FUNCTIONS["Sigmoid"](x, {}))

@@ -21,7 +21,8 @@ CONFIG_8X8 = NpuConfig(rows=8, cols=8)
 
 
 def _accept(r: dict):
-    """The issue's bar for a whole network, plus exactness against the integer reference."""
+    """The issue's bar for a whole network (>= 99 % within 1 LSB, none beyond 3), plus exactness
+    against the integer reference."""
     assert r["exact_vs_reference"], "the NPU run differs from the host kernels"
     assert r["max_lsb"] <= 3 and r["within_1_lsb"] >= 0.99, r
     assert r["argmax_agree"] is None or r["argmax_agree"] >= 0.99, r
@@ -129,7 +130,7 @@ def test_sequence_matmul_transpose_softmax_and_scalar_mul_within_one_lsb():
              helper.make_node("Softmax", ["t"], ["y"], name="probs", axis=-1)]
     blob, x = _single(nodes, {"w": w, "k": np.float32(0.5)}, (5, 8), (6, 5))
     og = _within_one(blob, x)
-    assert {"transpose", "softmax", "conv2d"} <= {n.op for n in og.graph.nodes}
+    assert {"transpose", "float_softmax", "conv2d"} <= {n.op for n in og.graph.nodes}
 
 
 def test_quantized_input_with_a_nonzero_zero_point():
