@@ -15,6 +15,7 @@ from opennpu.compiler.onnx_archs import ARCHITECTURES, build, compare  # noqa: E
 from opennpu.compiler.onnx_import import NotAChain, import_onnx, import_onnx_graph, onnxruntime_session  # noqa: E402
 from opennpu.compiler.torch_quant import quantize_onnx  # noqa: E402
 from opennpu.config import NpuConfig  # noqa: E402
+from test_compiler import _model as _float_model  # noqa: E402
 
 RNG = np.random.default_rng(7)
 CONFIG_8X8 = NpuConfig(rows=8, cols=8)
@@ -57,16 +58,6 @@ def test_residual_graph_is_not_a_chain_but_runs():
         import_onnx(blob)
     chain_blob, _ = build("mlp", False, samples=4)
     assert len(import_onnx(chain_blob).layers) == 3          # a chain still compiles as one fused program
-
-
-def _float_model(nodes, inits, in_shape, out_shape, opset=13) -> bytes:
-    graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *in_shape])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", *out_shape])],
-        [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 8
-    return model.SerializeToString()
 
 
 def _single(nodes, inits, in_shape, out_shape):
