@@ -2,7 +2,7 @@
 
 A ``Graph`` holds named ``QTensor``s and a topologically ordered list of ``Node``s. Every node reads
 tensors by name and writes one output tensor. The IR carries the *integer* semantics of each op: the
-importer of a format (TFLite today) derives the multipliers, shifts, offsets and clamps with that
+importer of a format (``tflite_import``, ``onnx_import``) derives the multipliers, shifts, offsets and clamps with that
 format's own rounding rules, so that a backend (the host kernels, the NPU: ``graph_npu``) only does integer work.
 
 Conventions
@@ -39,10 +39,9 @@ Ops (``Node.op``) and their ``attrs``
 * ``mul``: ``MulAttrs``; inputs (a, b), b an activation or an int8 constant, numpy broadcasting as for ``add``.
 * ``logistic``, ``tanh``: ``LutAttrs``; input x; a 256-entry table from input to output values.
 
-The ONNX chain (``qlayers.QuantModel``) fits this IR: a ``QLayer`` is a ``conv2d`` (its NCHW geometry
-transposed to channels-last) or ``fully_connected`` node with one multiplier for all channels; its
-input zero point is ``ConvAttrs.in_zp`` instead of being folded into the bias (folding is a lowering
-step of the NPU back end).
+A chain of ``conv2d`` / ``fully_connected`` nodes is also a ``qlayers.QuantModel`` (``onnx_import.import_onnx``
+builds that view, which the model compiler fuses on chip): each node lowers to a ``QLayer``
+(``graph_npu.lower_node``), the input zero point folded into the bias there.
 """
 from __future__ import annotations
 
