@@ -7,7 +7,9 @@ format's own rounding rules, so that a backend (the host kernels, the NPU: ``gra
 
 Conventions
 -----------
-* Activations are int8 with a per-tensor (scale, zero point). Their ``shape`` is per sample: the batch
+* Activations are int8 with a per-tensor (scale, zero point) (one exception: the input of a graph
+  without nodes, an ONNX model that is one QuantizeLinear/DequantizeLinear, may be per axis), or int32
+  accumulators (below). Their ``shape`` is per sample: the batch
   axis is left out, and any batch size runs. Image tensors are channels-last (H, W, C), as in TFLite.
 * Constants carry ``data`` (their full array). Weights are symmetric int8 (zero point 0) with
   per-tensor or per-channel scales (``axis`` names the channel axis); biases are int32 on the grid ``s_in * s_w``.
@@ -19,6 +21,9 @@ Ops (``Node.op``) and their ``attrs``
 * ``conv2d``, ``depthwise_conv2d``: ``ConvAttrs``; inputs (x, weights, bias or ``None``).
 * ``fully_connected``: ``FullyConnectedAttrs``; inputs (x, weights, bias or ``None``); x is flattened per
   sample to K values.
+* A convolution or fully connected node whose ``requant`` is ``None`` writes its int32 accumulators
+  (``x - in_zp`` times the weights, plus the bias) to an int32 tensor (ONNX's ``MatMulInteger`` /
+  ``ConvInteger``); only layout ops (``reshape``, ``transpose``) may read such a tensor.
 * ``add``: ``AddAttrs``; inputs (a, b), b an activation or an int8 constant (full shape), numpy
   broadcasting against the batched shapes.
 * ``average_pool2d``, ``max_pool2d``: ``PoolAttrs``; input x; the window excludes padding.
@@ -112,17 +117,18 @@ class Requant:
 @dataclass(frozen=True)
 class ConvAttrs:
     """Convolution: window geometry, input zero point (padding reads it, so padded taps add zero),
-    requantization."""
+    requantization (``None``: the output is the int32 accumulator)."""
     window: Window
     in_zp: int
-    requant: Requant
+    requant: Requant | None
 
 
 @dataclass(frozen=True)
 class FullyConnectedAttrs:
-    """``y = requant((x - in_zp) @ W^T + bias)`` (weights symmetric)."""
+    """``y = requant((x - in_zp) @ W^T + bias)`` (weights symmetric; ``requant`` ``None``: y is the int32
+    accumulator)."""
     in_zp: int
-    requant: Requant
+    requant: Requant | None
 
 
 @dataclass(frozen=True)

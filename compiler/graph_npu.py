@@ -84,8 +84,10 @@ def _uniform_pool(x_shape: tuple, window) -> bool:
 
 def npu_runs(graph: Graph, node: Node, config: NpuConfig, npu_ops=NPU_OPS) -> bool:
     """Whether ``node`` runs on the NPU: its op is in ``npu_ops``; an average pool's windows all lie
-    inside the input; a depthwise or pooling node's im2col row (of one group) fits the activation SRAM."""
-    if node.op not in npu_ops:
+    inside the input; a depthwise or pooling node's im2col row (of one group) fits the activation SRAM.
+    A node without requantization (int32 accumulator output) runs on the host: the ISA can ``STORE`` the
+    accumulator SRAM, but the model compiler builds only requantized int8 programs."""
+    if node.op not in npu_ops or node.op != "average_pool2d" and node.attrs.requant is None:
         return False
     if node.op == "average_pool2d" and not _uniform_pool(graph.tensors[node.inputs[0]].shape, node.attrs.window):
         return False
@@ -150,6 +152,9 @@ def lower_node(graph: Graph, node: Node, channels: slice = slice(None)) -> QLaye
     if node.op == "matmul":
         raise ValueError(f"node {node.name!r}: a matmul of two activations lowers one slice of its second "
                          f"operand at a time (``_product_layer``), not as one layer")
+    if node.attrs.requant is None:
+        raise ValueError(f"node {node.name!r}: {node.op} writes int32 accumulators, which the model compiler "
+                         f"does not store; run it on the host")
     x_t, out_t = graph.tensors[node.inputs[0]], graph.tensors[node.output]
     a = node.attrs
     w, bias, multiplier, shift, in_zp, r = _operands(graph, node)
@@ -309,4 +314,4 @@ def run_on_npu(graph: Graph, x, config: NpuConfig, backend="golden", npu_ops=NPU
             record.update(device="cpu", host_bytes=moved)
         values[node.output] = y
         records.append(record)
-    return [values[name].astype(np.int8) for name in graph.outputs], records
+    return [values[name].astype(graph.tensors[name].dtype) for name in graph.outputs], records

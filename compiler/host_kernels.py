@@ -27,9 +27,12 @@ __all__ = ["conv2d", "depthwise_conv2d", "fully_connected", "add", "average_pool
            "check_graph_input", "run_graph", "KERNELS"]
 
 
-def _requant(acc, r: Requant):
-    """int32 accumulators (..., N) -> int8 with per-channel (or shared) multipliers."""
+def _requant(acc, r: Requant | None):
+    """int32 accumulators (..., N) -> int8 with per-channel (or shared) multipliers; ``r`` ``None``: the
+    int32 accumulators themselves."""
     acc = numerics.wrap_int32(acc)
+    if r is None:
+        return acc
     y = numerics.requantize(acc, np.asarray(r.multiplier), np.asarray(r.shift), r.rounding == "single")
     return np.clip(y + r.out_zp, r.qmin, r.qmax)
 
@@ -252,9 +255,9 @@ def check_graph_input(graph: Graph, x) -> np.ndarray:
 
 def run_graph(graph: Graph, x) -> list:
     """Run ``graph`` on the host for the batched int8 input ``x`` (B, *input shape) of a one-input
-    graph; returns the list of output arrays (int8). A wrong shape or dtype raises ``ValueError``
-    before anything runs."""
+    graph; returns the list of output arrays (int8, or int32 for raw accumulators). A wrong shape or dtype
+    raises ``ValueError`` before anything runs."""
     values = {graph.inputs[0]: check_graph_input(graph, x)}
     for node in graph.nodes:
         values[node.output] = run_node(graph, node, values)
-    return [values[name].astype(np.int8) for name in graph.outputs]
+    return [values[name].astype(graph.tensors[name].dtype) for name in graph.outputs]

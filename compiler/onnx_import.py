@@ -20,7 +20,15 @@ Accepted forms
     ``QuantizeLinear`` is a table too;
   * ``Identity``/``Dropout`` pass through.
 * **QLinear ops**: ``QLinearMatMul``, ``QLinearConv``, ``QGemm``, ``QLinearAdd``, ``QLinearAveragePool``,
-  ``QLinearGlobalAveragePool``, ``QLinearConcat``, ``QLinearSoftmax`` and ``QLinearSigmoid`` / ``QLinearLeakyRelu`` (com.microsoft).
+  ``QLinearGlobalAveragePool``, ``QLinearConcat``, ``QLinearSoftmax`` and ``QLinearSigmoid`` /
+  ``QLinearLeakyRelu`` (com.microsoft).
+* **Integer ops**: ``MatMulInteger`` and ``ConvInteger`` of a quantized tensor and constant weights, as
+  the graph's output: an int32 tensor, the accumulator without requantization (``requant`` ``None`` in
+  the IR), computed by the host kernels (the model compiler stores only requantized int8 outputs).
+* A model that is one ``QuantizeLinear`` (of the float input) or ``DequantizeLinear`` (of the quantized
+  input): an IR graph with no nodes; the input's and output's ``TensorSpec`` quantize and dequantize on
+  the host, per tensor or per axis (``TensorSpec.axis``; only such a model may have a per-axis grid on
+  an activation, since the NPU's activations are per tensor).
 
 How the import works: the graph is interpreted symbolically in topological order. Each ONNX tensor is a
 constant, the float graph input, a quantized tensor (an int8 tensor of the IR), its dequantized view
@@ -38,8 +46,11 @@ Contracts
   Conv, ``per_channel=True`` for MatMul/Gemm): the quantization axis must be the output-channel axis
   (Conv weights (O, I, ...): 0; MatMul weights (K, N): 1; Gemm: 0 with ``transB``, else 1); the layer
   then requantizes with one multiplier and shift per output channel, its bias brought to each
-  channel's accumulator scale ``s_a * s_w[c]``. Weight zero points must be equal across channels; one
-  that is non-zero is folded when ``w - zp`` fits int8.
+  channel's accumulator scale ``s_a * s_w[c]``. Weight zero points (per tensor or per output channel)
+  are folded into the weights; where ``w - zp`` leaves int8 (uint8 weights: -255..255), the weights are
+  split into the fewest int8 parts that sum to them and the layer reads its input that many times,
+  concatenated along the channels (``_int8_parts``): the accumulator is the same integer sum, so the
+  NPU stays exact (depthwise convolutions cannot be split this way and are refused).
 * int8 and uint8 activations (uint8 is shifted onto the int8 grid, zero point - 128); a quantized graph
   input takes its grid from the first op that reads it.
 * One graph input and one output; anything else raises one ``ValueError`` naming the op and the node.
@@ -54,8 +65,8 @@ import numpy as np
 from opennpu.golden import numerics
 
 from . import tflite_params
-from .graph import (ConcatAttrs, ConvAttrs, FloatSoftmaxAttrs, FullyConnectedAttrs, Graph, LayerNormAttrs, LutAttrs, MatMulAttrs, Node, PoolAttrs, QTensor,
-                    Requant, TransposeAttrs, Window)
+from .graph import (ConcatAttrs, ConvAttrs, FloatSoftmaxAttrs, FullyConnectedAttrs, Graph, LayerNormAttrs, LutAttrs,
+                    MatMulAttrs, Node, PoolAttrs, QTensor, Requant, TransposeAttrs, Window)
 from .qlayers import QuantModel, TensorSpec
 
 __all__ = ["import_onnx", "import_onnx_graph", "OnnxGraph", "NotAChain", "onnxruntime_session", "UNARY_FUNCTIONS"]
@@ -122,6 +133,15 @@ class _Q:
     zp: int | None
     dtype: str
     cl: bool = False
+
+
+@dataclass
+class _PerAxisQ:
+    """The graph input on a per-axis grid (a model that is one QuantizeLinear or DequantizeLinear): no op
+    may read it, only the graph output be it."""
+    name: str
+    shape: tuple
+    dtype: str
 
 
 @dataclass
@@ -208,6 +228,16 @@ def _unique(existing, base: str) -> str:
     return name
 
 
+def _int8_parts(w: np.ndarray) -> list:
+    """Integer weights -> the fewest p int8 arrays that sum to them: part i is floor((w + i) / p)
+    (Hermite's identity: the parts sum to w and differ by at most one), p = 1 when w fits int8; -255..255
+    takes 2 parts, 3 only where 255 occurs."""
+    p = 1
+    while -(-int(w.max()) // p) > 127 or int(w.min()) // p < -128:
+        p += 1
+    return [(w + i) // p for i in range(p)]
+
+
 def _pads(attrs: dict, spatial: tuple, kernel: tuple, strides: tuple, dil: tuple) -> list:
     """ONNX ``pads`` / ``auto_pad`` -> [begin..., end...] per spatial axis."""
     auto_pad = attrs.get("auto_pad", b"NOTSET")
@@ -251,7 +281,7 @@ class _Importer:
     def _input(self, value_info):
         t = value_info.type.tensor_type
         dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
-        if len(dims) < 2:
+        if len(dims) < 1:
             raise ValueError(f"input {value_info.name!r}: need shape (batch, fixed dims...), got {dims}")
         for i, (d, proto) in enumerate(zip(dims[1:], t.shape.dim[1:]), 1):
             if d is None or d < 1:
@@ -276,22 +306,25 @@ class _Importer:
         self.tensors[q.name] = QTensor(q.name, q.shape, "int8", (scale,), (zp,))
 
     def result(self) -> OnnxGraph:
+        """The ``OnnxGraph``; a model without ops (one QuantizeLinear or DequantizeLinear) is a graph with
+        no nodes whose output is its input."""
         out = self.graph.output[0].name
         v = self.values.get(out)
         if isinstance(v, _Deq) and not v.fns:
             q, dtype = v.q, "float32"
-        elif isinstance(v, _Q):
+        elif isinstance(v, (_Q, _PerAxisQ)):
             q, dtype = v, v.dtype
         else:
             raise ValueError(f"output {out!r} must be a quantized (or dequantized) tensor, "
                              f"got {type(v).__name__.strip('_') if v is not None else 'nothing'}")
         if self.in_q is None:
             raise ValueError(f"input {self.in_name!r} is never quantized")
-        q = self._shaped(self._plain(q), q.shape)
-        if not self.nodes:
-            raise ValueError("the model has no op between its input and output")
         spec_in = TensorSpec(self.in_name, self.in_shape, self.in_batch, self.in_dtype, *self.in_q)
-        spec_out = TensorSpec(out, q.shape, self.in_batch, dtype, q.scale, q.zp)
+        if isinstance(q, _PerAxisQ):
+            spec_out = replace(spec_in, name=out, dtype=dtype)
+        else:
+            q = self._shaped(self._plain(q), q.shape)
+            spec_out = TensorSpec(out, q.shape, self.in_batch, dtype, q.scale, q.zp)
         graph = Graph(self.tensors, self.nodes, (self.in_tensor,), (q.name,))
         return OnnxGraph(graph, spec_in, spec_out, self.sources)
 
@@ -338,8 +371,9 @@ class _Importer:
         return s, int(zp.reshape(())) - _QUANT_TYPES[dtype], dtype
 
     def _weights(self, node, q, scale, zp, out_axis, axis=None) -> tuple[np.ndarray, float | np.ndarray]:
-        """Quantized weights -> (int8 values with the zero point folded, scale: a float, or one per output
-        channel). ``out_axis`` is the weights' output-channel axis; ``axis`` the axis per-axis scales run
+        """Quantized weights -> (values with the zero point, per tensor or per output channel, folded:
+        -255..255, which ``_emit_gemm`` splits into int8 parts where needed; scale: a float, or one per
+        output channel). ``out_axis`` is the weights' output-channel axis; ``axis`` the axis per-axis scales run
         along (DequantizeLinear's attribute; None for QLinear ops, whose per-channel scales are per output
         channel by definition)."""
         q = np.asarray(q)
@@ -355,13 +389,8 @@ class _Importer:
             if scale.size not in (1, n) or zp.size not in (1, n):
                 raise self._error(node, f"weights {q.shape} need one scale and zero point or one per output "
                                         f"channel ({n}), got {scale.size} scales and {zp.size} zero points")
-        if np.ptp(zp) > 0:
-            raise self._error(node, f"weight zero points differ between output channels ({zp.min()}..{zp.max()}); "
-                                    f"the NPU folds one zero point for the whole tensor")
-        w = q.astype(np.int64) - int(zp[0])
-        if w.min() < -128 or w.max() > 127:
-            raise self._error(node, f"weight zero point {int(zp[0])} cannot be folded: w - zp spans "
-                                    f"{w.min()}..{w.max()}, beyond int8")
+        per_channel = zp.reshape([-1 if i == out_axis else 1 for i in range(q.ndim)]) if zp.size > 1 else zp[0]
+        w = q.astype(np.int64) - per_channel
         return w, float(scale[0]) if np.ptp(scale) == 0 else scale
 
     def _quant_input(self, node, v, scale=None, zp=None) -> _Q:
@@ -380,6 +409,9 @@ class _Importer:
                                 f"op), got {type(v).__name__.strip('_')}")
 
     def _check_grid(self, node, q: _Q, s: float, z: int):
+        if q.dtype == "int32":
+            raise self._error(node, f"reads the int32 accumulator {q.name!r} (MatMulInteger/ConvInteger); only "
+                                    f"the graph output may be one")
         if q.zp is None:                    # quantized graph input: its grid is given here
             self._graph_input(q, s, z)
         if not np.isclose(q.scale, s, rtol=1e-6) or q.zp != z:
@@ -429,9 +461,12 @@ class _Importer:
         return name
 
     def _emit(self, op: str, name: str, source: str, inputs: tuple, out_base: str, shape, scale: float, zp: int,
-              attrs=None) -> str:
-        """Append an IR node writing a new int8 activation; returns its tensor name."""
-        out = self._tensor(out_base, shape, (scale,), (zp,))
+              attrs=None, dtype="int8") -> str:
+        """Append an IR node writing a new activation (int8; layout ops keep their input's type, which
+        may be int32); returns its tensor name."""
+        if op in ("reshape", "transpose"):
+            dtype = self.tensors[inputs[0]].dtype
+        out = self._tensor(out_base, shape, (scale,), (zp,), dtype)
         node = Node(op, _unique(self.sources, name), tuple(inputs), out, attrs)
         self.nodes.append(node)
         self.sources[node.name] = source
@@ -506,7 +541,26 @@ class _Importer:
         """QuantizeLinear of a GEMM accumulator: emit the conv / fully connected node."""
         return self._emit_gemm(node, acc, *self._scalar_q(node, scale, zp, "output"))
 
+    def _split_input(self, node, acc: _Acc) -> _Acc:
+        """A layer whose weights leave int8 (folded uint8 zero points) -> int8 weight parts side by side
+        along K and the input concatenated with itself as often (a ``concatenation`` node), same sum."""
+        parts = _int8_parts(acc.w)
+        if len(parts) == 1:
+            return acc
+        if acc.op == "depthwise_conv2d":
+            raise self._error(node, f"depthwise weights span {acc.w.min()}..{acc.w.max()} after folding the zero "
+                                    f"point, beyond int8, and a depthwise layer cannot read its input twice")
+        x = acc.x if acc.op == "conv2d" else self._shaped(acc.x, (int(np.prod(self._ir_shape(acc.x))),))
+        shape = list(self._ir_shape(x))
+        shape[-1] *= len(parts)
+        name = self._emit("concatenation", f"{acc.name}:repeat", acc.source, (x.name,) * len(parts),
+                          f"{acc.name}:repeat", shape, x.scale, x.zp, ConcatAttrs(len(shape) - 1))
+        return replace(acc, x=replace(x, name=name), w=np.concatenate(parts, axis=-1))
+
     def _emit_gemm(self, node, acc: _Acc, s_y: float, zp_y: int, dtype: str) -> _Q:
+        """Emit the conv / fully connected node of an accumulator; ``dtype`` "int32": the raw accumulator
+        (no requantization; ``s_y`` / ``zp_y`` are then 1.0 / 0, the int32 tensor's nominal grid)."""
+        acc = self._split_input(node, acc)
         n = acc.w.shape[0] if acc.op != "depthwise_conv2d" else acc.w.shape[-1]
         w_scale = np.broadcast_to(np.asarray(acc.acc_scale, np.float64) / acc.x.scale, (n,))
         per_channel = bool(np.ndim(acc.acc_scale))
@@ -515,11 +569,12 @@ class _Importer:
                          if per_channel else None)
         b = None if acc.bias is None else self._tensor(f"{acc.name}:bias", (n,), tuple(w_scale * acc.x.scale),
                                                        (0,), "int32", acc.bias)
-        requant = self._requant(node, acc.acc_scale, s_y, zp_y, acc.lo, acc.hi)
+        raw = dtype == "int32"
+        requant = None if raw else self._requant(node, acc.acc_scale, s_y, zp_y, acc.lo, acc.hi)
         attrs = FullyConnectedAttrs(acc.x.zp, requant) if acc.op == "fully_connected" else \
             ConvAttrs(acc.window, acc.x.zp, requant)
         out = self._emit(acc.op, acc.name, acc.source, (acc.x.name, w, b), node.output[0], acc.ir_shape, s_y, zp_y,
-                         attrs)
+                         attrs, "int32" if raw else "int8")
         return _Q(out, acc.shape, s_y, zp_y, dtype, acc.cl)
 
     def _table(self, node, q: _Q, fns, s_y: float, zp_y: int, dtype: str, lo=-np.inf, hi=np.inf, out=None) -> _Q:
@@ -638,9 +693,15 @@ class _Importer:
     def _op_QuantizeLinear(self, node):
         v = self._get(node, 0)
         scale, zp = self._const(node, 1), self._const(node, 2, optional=True)
+        output_dtype = self._attrs(node).get("output_dtype", 0)
+        if zp is None and output_dtype:     # no zero point: the type comes from the attribute (else uint8)
+            zp = np.zeros(1, self.onnx.helper.tensor_dtype_to_np_dtype(output_dtype))
         if isinstance(v, _FloatInput):
             if self.in_q is not None:
                 raise self._error(node, "the model input is quantized twice")
+            if np.size(scale) > 1:
+                dtype = "uint8" if zp is None else np.asarray(zp).dtype.name
+                return self._per_axis_input(node, v.shape, scale, zp, dtype)
             s, z, dtype = self._scalar_q(node, scale, zp, "input")
             q = _Q(node.output[0], v.shape, s, z, dtype)
             self._graph_input(q, s, z)
@@ -692,11 +753,41 @@ class _Importer:
             zp = np.zeros(1, q.dtype) if zp is None else np.asarray(zp)
             return _DeqConst(q, np.asarray(scale, np.float64), np.asarray(zp, np.int64), q.dtype.name,
                              axis + q.ndim if axis < 0 else axis)
+        if isinstance(v, _Q) and v.zp is None and np.size(scale) > 1:
+            return _Deq(self._per_axis_input(node, v.shape, scale, zp, v.dtype))
         if isinstance(v, _Q):
             s, z, _ = self._scalar_q(node, scale, zp, "input")
             self._check_grid(node, v, s, z)
             return _Deq(v)
         raise self._error(node, f"cannot dequantize a {type(v).__name__.strip('_')} tensor")
+
+    def _per_axis_input(self, node, shape: tuple, scale, zp, dtype: str) -> _PerAxisQ:
+        """The graph input on the per-axis grid of this QuantizeLinear / DequantizeLinear (``axis``, one
+        scale and zero point per index): the grid of the graph input's and output's ``TensorSpec``; the NPU's
+        activations are per tensor, so no op may read the tensor (only a model that is this node alone)."""
+        attrs = self._attrs(node)
+        if attrs.get("block_size", 0):
+            raise self._error(node, "blocked quantization (block_size) is not supported")
+        axis = int(attrs.get("axis", 1))
+        axis += len(shape) + 1 if axis < 0 else 0
+        if not 1 <= axis <= len(shape):
+            raise self._error(node, f"per-axis grid along axis {axis} of (batch, {shape}): only along a "
+                                    f"per-sample axis, not the batch axis")
+        if dtype not in _QUANT_TYPES or zp is not None and np.asarray(zp).dtype.name != dtype:
+            raise self._error(node, f"type {dtype} (zero point {None if zp is None else np.asarray(zp).dtype}) is "
+                                    f"not supported (int8, uint8)")
+        n = shape[axis - 1]
+        scale = np.asarray(scale, np.float64).ravel()
+        zp = np.zeros(1, np.int64) if zp is None else np.asarray(zp, np.int64).ravel()
+        if scale.size != n or zp.size not in (1, n) or not np.all(np.isfinite(scale) & (scale > 0)):
+            raise self._error(node, f"needs {n} positive scales and 1 or {n} zero points along axis {axis}, got "
+                                    f"{scale.size} and {zp.size}")
+        scales = tuple(float(s) for s in scale)
+        zps = tuple(int(z) - _QUANT_TYPES[dtype] for z in np.broadcast_to(zp, (n,)))
+        name = self.in_name
+        self.in_q, self.in_tensor = (scales, zps, axis - 1), name
+        self.tensors[name] = QTensor(name, shape, "int8", scales, zps, axis - 1)
+        return _PerAxisQ(name, shape, dtype)
 
     def _reshaped(self, node, v, shape):
         shape = tuple(int(d) for d in shape)
@@ -1082,8 +1173,43 @@ class _Importer:
         if isinstance(b, _Q):
             b = self._quant_input(node, b, c["b_scale"], c["b_zp"])
             return self._finish_float(node, self._product(node, a, b, "QLinearMatMul"), c["y_scale"], c["y_zp"])
-        w, s_w = self._weights(node, c["b"], c["b_scale"], c["b_zp"], 1)
+        w, s_w = self._weights(node, self._shared_matrix(node, c["b"]), c["b_scale"], c["b_zp"], 1)
         return self._finish(node, self._gemm(node, a, w, s_w, None), c["y_scale"], c["y_zp"])
+
+    def _shared_matrix(self, node, b) -> np.ndarray:
+        """MatMul weights of rank > 2 (one (K, N) matrix per batch entry, ONNX broadcasting) -> the one
+        matrix, when every entry holds the same (the NPU's weights are shared by all samples)."""
+        b = np.asarray(b)
+        if b.ndim <= 2:
+            return b
+        matrices = b.reshape(-1, *b.shape[-2:])
+        if any(not np.array_equal(matrices[0], m) for m in matrices[1:]):
+            raise self._error(node, f"weights {b.shape} hold a different matrix per batch entry; the NPU shares "
+                                    f"one (K, N) matrix between all samples")
+        return matrices[0]
+
+    def _integer_input(self, node, zp) -> _Q:
+        """Input 0 of MatMulInteger / ConvInteger: a quantized tensor read as integers with zero point
+        ``zp`` (its scale does not matter: the output is the integer accumulator)."""
+        v = self._get(node, 0)
+        if not isinstance(v, _Q):
+            raise self._error(node, f"input 0 must be an int8/uint8 tensor (the graph input or a QLinear op's "
+                                    f"output), got {type(v).__name__.strip('_')}")
+        zp = np.zeros(1, v.dtype) if zp is None else zp
+        s, z, _ = self._scalar_q(node, 1.0 if v.zp is None else v.scale, zp, "input")
+        self._check_grid(node, v, s, z)
+        return v
+
+    def _op_MatMulInteger(self, node):
+        a = self._integer_input(node, self._const(node, 2, optional=True))
+        b = self._shared_matrix(node, self._const(node, 1))
+        w, _ = self._weights(node, b, 1.0, self._const(node, 3, optional=True), 1)
+        return self._emit_gemm(node, self._gemm(node, a, w, 1.0, None), 1.0, 0, "int32")
+
+    def _op_ConvInteger(self, node):
+        x = self._integer_input(node, self._const(node, 2, optional=True))
+        w, _ = self._weights(node, self._const(node, 1), 1.0, self._const(node, 3, optional=True), 0)
+        return self._emit_gemm(node, self._conv(node, x, w, 1.0, None, self._attrs(node)), 1.0, 0, "int32")
 
     def _op_QGemm(self, node):
         attrs = self._attrs(node)
@@ -1178,7 +1304,7 @@ def _chain(og: OnnxGraph) -> QuantModel:
             _fold_table(layers[-1], np.asarray(node.attrs.table, np.int64))
             layers[-1].out_q = (graph.tensors[node.output].scale[0], graph.tensors[node.output].zero_point[0])
             rep[node.output] = rep[x]
-        elif node.op in ("conv2d", "depthwise_conv2d", "fully_connected") and \
+        elif node.op in ("conv2d", "depthwise_conv2d", "fully_connected") and node.attrs.requant is not None and \
                 rep[x] == ("flat" if node.op == "fully_connected" else "chw"):
             layers.append(replace(lower_node(graph, node), op=og.sources[node.name]))
             rep[node.output] = rep[x]

@@ -33,8 +33,8 @@ __all__ = ["ConvGeom", "QLayer", "TensorSpec", "QuantModel", "quantize_like_onnx
 
 def quantize_like_onnx(x, scale: float, zero_point: int) -> np.ndarray:
     """ONNX ``QuantizeLinear`` to int8 as onnxruntime computes it: float32 ``x / scale``, round half to
-    even, add the zero point, saturate."""
-    q = np.rint(np.asarray(x, np.float32) / np.float32(scale)).astype(np.int64) + zero_point
+    even, add the zero point, saturate. ``scale`` / ``zero_point`` may be arrays broadcasting against x."""
+    q = np.rint(np.asarray(x, np.float32) / np.asarray(scale, np.float32)).astype(np.int64) + zero_point
     return np.clip(q, -128, 127)
 
 
@@ -152,14 +152,26 @@ class QLayer:
 @dataclass(frozen=True)
 class TensorSpec:
     """A model input or output: name, per-sample shape, batch size (None: any), element type as in the
-    source model (``"float32"``, ``"int8"`` or ``"uint8"``) and the int8 grid (scale, zero point) of
-    the quantized tensor behind it."""
+    source model (``"float32"``, ``"int8"``, ``"uint8"``, or ``"int32"`` for a raw accumulator output) and
+    the int8 grid (scale, zero point) of the quantized tensor behind it. ``axis``: a per-sample axis along
+    which ``scale`` and ``zero_point`` are tuples, one entry per index (a per-axis grid, which only a
+    model that is one ``QuantizeLinear`` / ``DequantizeLinear`` has: the host applies it); ``None``: per
+    tensor."""
     name: str
     shape: tuple
     batch: int | None
     dtype: str
-    scale: float
-    zero_point: int
+    scale: float | tuple
+    zero_point: int | tuple
+    axis: int | None = None
+
+    def grid(self) -> tuple:
+        """(scale, zero point), as arrays that broadcast against a batched tensor when per axis."""
+        if self.axis is None:
+            return self.scale, self.zero_point
+        shape = (-1, *[1] * (len(self.shape) - self.axis - 1))
+        return (np.asarray(self.scale, np.float32).reshape(shape),
+                np.asarray(self.zero_point, np.int64).reshape(shape))
 
     def check(self, x) -> np.ndarray:
         """An input as an array, refused with ``ValueError`` unless its shape and kind match."""
@@ -182,7 +194,7 @@ class TensorSpec:
         """A checked input -> its int8-grid values (int64, same shape)."""
         x = self.check(x)
         if self.dtype == "float32":
-            return quantize_like_onnx(x, self.scale, self.zero_point)
+            return quantize_like_onnx(x, *self.grid())
         return x.astype(np.int64) - (128 if self.dtype == "uint8" else 0)
 
     def value(self, q: np.ndarray) -> np.ndarray:
@@ -190,7 +202,8 @@ class TensorSpec:
         ``(q - zp) * scale`` after ``DequantizeLinear``, else the int8/uint8 values."""
         q = np.asarray(q, np.int64).reshape(len(q), *self.shape)
         if self.dtype == "float32":
-            return (q - self.zero_point).astype(np.float32) * np.float32(self.scale)
+            scale, zero_point = self.grid()
+            return (q - zero_point).astype(np.float32) * np.asarray(scale, np.float32)
         return (q + (128 if self.dtype == "uint8" else 0)).astype(self.dtype)
 
     def lsb(self, y) -> np.ndarray:
@@ -198,7 +211,7 @@ class TensorSpec:
         can be compared in LSBs."""
         y = np.asarray(y)
         if self.dtype == "float32":
-            return quantize_like_onnx(y, self.scale, self.zero_point)
+            return quantize_like_onnx(y, *self.grid())
         return y.astype(np.int64) - (128 if self.dtype == "uint8" else 0)
 
 
