@@ -5,8 +5,8 @@ their comparison with onnxruntime, for the tests and ``benchmarks/bench_onnx.py`
 Each class is one family the ONNX issue names: LeNet (conv + max pool), a small ResNet (basic blocks,
 residual adds, global average pool), MobileNetV2 inverted residuals (expand, depthwise, project, add),
 a depthwise-separable chain, a Conv1d audio net (grouped conv, 1-D pools), an MLP, an MLP on a
-sequence (MatMul on batch x sequence x features, a residual add) and a transformer encoder block
-(self-attention, LayerNorm, MLP). Exported with opset 17 (LayerNormalization as one op).
+sequence (MatMul on batch x sequence x features, a residual add) a transformer encoder block
+(multi-head self-attention, LayerNorm, GELU MLP) and an MLP-Mixer block. Exported with opset 17 (LayerNormalization as one op).
 """
 from __future__ import annotations
 
@@ -109,29 +109,51 @@ def _modules():
             return x + self.down(torch.relu(self.up(x)))
 
     class TransformerBlock(nn.Module):
-        """A post-norm encoder block: single-head self-attention (Q, K, V, output projections; Q·Kᵀ / sqrt(d),
-        softmax, attention·V), residual, LayerNorm, a ReLU MLP, residual, LayerNorm."""
+        """A post-norm encoder block: multi-head self-attention (Q, K, V, output projections; per head
+        Q·Kᵀ / sqrt(d_head), softmax, attention·V), residual, LayerNorm, a GELU MLP (Erf form),
+        residual, LayerNorm."""
 
-        def __init__(self, d=32):
+        def __init__(self, d=32, heads=4):
             super().__init__()
             self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
             self.up, self.down = nn.Linear(d, 2 * d), nn.Linear(2 * d, d)
             self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
-            self.d = d
+            self.gelu = nn.GELU()
+            self.d, self.heads = d, heads
 
         def forward(self, x):
-            attention = torch.softmax(self.q(x) @ self.k(x).transpose(-2, -1) / self.d ** 0.5, dim=-1)
-            h = self.norm1(x + self.o(attention @ self.v(x)))
-            return self.norm2(h + self.down(torch.relu(self.up(h))))
+            s, dh = x.shape[1], self.d // self.heads
+
+            def split(t):
+                return t.reshape(-1, s, self.heads, dh).transpose(1, 2)
+            attention = torch.softmax(split(self.q(x)) @ split(self.k(x)).transpose(-2, -1) / dh ** 0.5, dim=-1)
+            h = self.norm1(x + self.o((attention @ split(self.v(x))).transpose(1, 2).reshape(-1, s, self.d)))
+            return self.norm2(h + self.down(self.gelu(self.up(h))))
+
+    class MixerBlock(nn.Module):
+        """An MLP-Mixer block: LayerNorm, a token-mixing GELU MLP across the sequence (transposed),
+        residual; LayerNorm, a channel-mixing GELU MLP, residual."""
+
+        def __init__(self, tokens=16, channels=32):
+            super().__init__()
+            self.norm1, self.norm2 = nn.LayerNorm(channels), nn.LayerNorm(channels)
+            self.t1, self.t2 = nn.Linear(tokens, 2 * tokens), nn.Linear(2 * tokens, tokens)
+            self.c1, self.c2 = nn.Linear(channels, 2 * channels), nn.Linear(2 * channels, channels)
+            self.gelu = nn.GELU()
+
+        def forward(self, x):
+            x = x + self.t2(self.gelu(self.t1(self.norm1(x).transpose(1, 2)))).transpose(1, 2)
+            return x + self.c2(self.gelu(self.c1(self.norm2(x))))
 
     return {"lenet": (LeNet, (1, 16, 16)), "resnet": (ResNet, (3, 12, 12)), "mobilenetv2": (MobileNetV2, (3, 12, 12)),
             "depthwise_separable": (DepthwiseSeparable, (1, 16, 16)), "conv1d_audio": (Audio1d, (8, 32)),
-            "mlp": (MLP, (64,)), "sequence_mlp": (SequenceMLP, (16, 24)), "transformer": (TransformerBlock, (16, 32))}
+            "mlp": (MLP, (64,)), "sequence_mlp": (SequenceMLP, (16, 24)), "transformer": (TransformerBlock, (16, 32)),
+            "mlp_mixer": (MixerBlock, (16, 32))}
 
 
 #: the architecture names ``build`` takes
 ARCHITECTURES = ("lenet", "resnet", "mobilenetv2", "depthwise_separable", "conv1d_audio", "mlp", "sequence_mlp",
-                 "transformer")
+                 "transformer", "mlp_mixer")
 
 
 def build(name: str, per_channel: bool, samples: int = 32, seed: int = 0, qoperator: bool = False

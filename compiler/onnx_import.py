@@ -92,6 +92,9 @@ UNARY_FUNCTIONS = {
     if a.get("approximate", "none") == "tanh" else 0.5 * x * (1.0 + _erf(x / np.sqrt(2.0))),
 }
 _PASS_THROUGH = ("Identity", "Dropout")
+#: ops of shape arithmetic, evaluated when all their inputs are constants (``_fold``)
+_SHAPE_OPS = ("Gather", "Unsqueeze", "Squeeze", "Cast", "Slice", "Concat", "Range", "ConstantOfShape", "Equal",
+              "Where", "Expand", "Floor", "Ceil", "Sqrt", "Neg")
 #: Identity weight of the layer that adds a constant to a quantized tensor (see ``_offset``).
 OFFSET_GAIN = 64
 _QUANT_TYPES = {"int8": 0, "uint8": 128}       # dtype -> shift onto the int8 grid
@@ -621,6 +624,17 @@ class _Importer:
             shape = np.broadcast_shapes(self._ir_shape(a), self._ir_shape(b))
             out = self._emit("add", v.name, v.source, (a.name, b.name), node.output[0], shape, s_y, zp_y, attrs)
             return _Q(out, v.shape, s_y, zp_y, dtype, a.cl)
+        if v.kind == "mul":
+            a, b = v.inputs
+            qmin, qmax = self._bounds(node, v.lo, v.hi, s_y, zp_y)
+            try:
+                attrs = tflite_params.mul_attrs(((a.scale, a.zp), (b.scale, b.zp)), (s_y, zp_y), 0)
+            except ValueError as error:
+                raise self._error(node, str(error)) from None
+            out = self._emit("mul", v.name, v.source, (a.name, b.name), node.output[0],
+                             np.broadcast_shapes(self._ir_shape(a), self._ir_shape(b)), s_y, zp_y,
+                             replace(attrs, qmin=qmin, qmax=qmax))
+            return _Q(out, v.shape, s_y, zp_y, dtype, a.cl)
         if v.kind == "layer_norm":
             gamma, beta, eps = v.params
             attrs = LayerNormAttrs((x.scale, x.zp), gamma, beta, eps, (s_y, zp_y))
@@ -667,10 +681,13 @@ class _Importer:
     def run(self) -> OnnxGraph:
         missing: dict = {}
         for node in self.graph.node:
-            if self._handler(node) is None:
+            if self._handler(node) is None and node.op_type not in _SHAPE_OPS:
                 key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
                 missing[key] = missing.get(key, 0) + 1
         for node in self.graph.node:
+            if self._foldable(node):
+                self._fold(node)
+                continue
             handler = self._handler(node)
             if handler is None:
                 needs = ", ".join(f"{op} ({n} node{'s' * (n > 1)})" for op, n in sorted(missing.items()))
@@ -680,6 +697,38 @@ class _Importer:
                 if name:
                     self.values[name] = value
         return self.result()
+
+    def _foldable(self, node) -> bool:
+        """A node of shape arithmetic: every input a constant (not a Q/DQ pair, which the handlers read)."""
+        return node.domain in ("", "ai.onnx") and node.op_type not in ("Constant", "QuantizeLinear",
+                                                                        "DequantizeLinear") and \
+            bool(node.input) and all(isinstance(self.values.get(i), _Const) for i in node.input if i)
+
+    def _fold(self, node):
+        """Evaluate a node of constants with onnx's reference evaluator."""
+        from onnx.reference import ReferenceEvaluator
+        inputs = [i for i in node.input if i]
+        feeds = {i: self.values[i].value for i in inputs}
+        model = self.onnx.helper.make_model(self.onnx.helper.make_graph(
+            [node], "fold", [self.onnx.helper.make_tensor_value_info(i, 0, None) for i in inputs],
+            [self.onnx.helper.make_tensor_value_info(o, 0, None) for o in node.output if o]),
+            opset_imports=[self.onnx.helper.make_opsetid("", self.opset)])
+        try:
+            results = ReferenceEvaluator(model).run(None, feeds)
+        except Exception as error:
+            raise self._error(node, f"cannot evaluate it on constants ({type(error).__name__}: {error})") from None
+        for name, value in zip([o for o in node.output if o], results):
+            self.values[name] = _Const(np.asarray(value))
+
+    def _op_Shape(self, node):
+        """The shape of an activation, the batch axis as 0 (which Reshape reads as "keep this axis")."""
+        v = self._get(node, 0)
+        shape = getattr(v, "shape", None)
+        if shape is None or isinstance(v, _Const):
+            raise self._error(node, f"the shape of a {type(v).__name__.strip('_')} is not known")
+        attrs = self._attrs(node)
+        full = np.array([0, *shape], np.int64)
+        return _Const(full[attrs.get("start", 0):attrs.get("end", len(full))])
 
     def _pass(self, node):
         return self._get(node, 0)
@@ -866,24 +915,42 @@ class _Importer:
             return replace(v, fns=v.fns + (("Clip", lambda x: np.clip(x, lo, hi)),))
         raise self._error(node, f"applies to a {type(v).__name__.strip('_')} tensor")
 
-    def _scaled(self, node, divide: bool):
-        """Mul/Div of a dequantized tensor by a scalar constant: a unary function (a table)."""
+    @staticmethod
+    def _scalar(v) -> float | None:
+        """The value of a one-element constant (or dequantized constant), else None."""
+        if isinstance(v, _DeqConst) and v.q.size == v.scale.size == v.zp.size == 1:
+            return float((v.q.astype(np.float64).ravel()[0] - v.zp.ravel()[0]) * v.scale.ravel()[0])
+        if isinstance(v, _Const) and np.asarray(v.value).size == 1:
+            return float(np.asarray(v.value, np.float64).ravel()[0])
+        return None
+
+    #: elementwise ops with a scalar constant c as unary functions: (dequantized x, c) -> f(x)
+    _WITH_SCALAR = {"Mul": lambda x, c: x * c, "Div": lambda x, c: x / c, "Add": lambda x, c: x + c,
+                    "Sub": lambda x, c: x - c}
+
+    def _with_scalar(self, node):
+        """Mul/Div/Add/Sub of a dequantized tensor and a scalar constant: a unary function (a table)."""
         x, c = self._get(node, 0), self._get(node, 1)
-        if isinstance(x, (_Const, _DeqConst)) and not divide:
+        if self._scalar(x) is not None and node.op_type in ("Mul", "Add"):
             x, c = c, x
-        if isinstance(c, _DeqConst) and c.q.size == c.scale.size == c.zp.size == 1:
-            c = _Const((c.q.astype(np.float64) - c.zp.reshape(c.q.shape)) * c.scale.reshape(c.q.shape))
-        if not isinstance(x, _Deq) or not isinstance(c, _Const) or np.asarray(c.value).size != 1:
-            raise self._error(node, "only a dequantized tensor times (or over) a scalar constant is supported")
-        k = float(np.asarray(c.value).reshape(()))
-        fn = (lambda v: v / k) if divide else (lambda v: v * k)
-        return replace(x, fns=x.fns + ((node.op_type, fn),))
+        k = self._scalar(c)
+        if not isinstance(x, _Deq) or k is None:
+            raise self._error(node, "only a dequantized tensor and a scalar constant are supported here")
+        fn = self._WITH_SCALAR[node.op_type]
+        return replace(x, fns=x.fns + ((node.op_type, lambda v: fn(v, k)),))
 
     def _op_Mul(self, node):
-        return self._scaled(node, False)
+        x, y = self._get(node, 0), self._get(node, 1)
+        if isinstance(x, _Deq) and isinstance(y, _Deq):      # two tensors (GELU's x * Phi(x)): TFLite's MUL
+            a, b, shape = self._pair(node, self._quant_input(node, x), self._quant_input(node, y))
+            return _Float("mul", self._name(node), "Mul", (a, b), shape)
+        return self._with_scalar(node)
 
     def _op_Div(self, node):
-        return self._scaled(node, True)
+        return self._with_scalar(node)
+
+    def _op_Sub(self, node):
+        return self._with_scalar(node)
 
     def _gemm(self, node, a: _Q, w, w_scale, bias, transposed=False, alpha=1.0, beta=1.0, source=None) -> _Acc:
         """MatMul/Gemm of an activation (K,) -> a fully connected node, or (S, K) -> a 1x1 convolution
@@ -1023,6 +1090,8 @@ class _Importer:
             x, y = y, x
         if isinstance(x, _Acc) and isinstance(y, (_Const, _DeqConst)):
             return self._add_bias(node, x, y)
+        if isinstance(x, _Deq) and x.fns and self._scalar(y) is not None:
+            return self._with_scalar(node)
         if isinstance(x, _Deq) and isinstance(y, (_Const, _DeqConst)):
             return self._add_bias(node, self._offset(node, self._quant_input(node, x), y), y)
         if isinstance(x, _Deq) and isinstance(y, _Deq):
@@ -1031,7 +1100,13 @@ class _Importer:
                                 f"each operand must be a dequantized tensor or a constant")
 
     def _sum(self, node, a: _Q, b: _Q, source="Add") -> _Float:
-        """Two quantized tensors added (TFLite's integer ADD), in one layout: channels-last if either is."""
+        """Two quantized tensors added (TFLite's integer ADD)."""
+        a, b, shape = self._pair(node, a, b)
+        return _Float("add", self._name(node), source, (a, b), shape)
+
+    def _pair(self, node, a: _Q, b: _Q) -> tuple:
+        """Two operands of an elementwise op in one layout (channels-last if either is) and their ONNX
+        result shape."""
         if a.shape != b.shape:
             if a.cl or b.cl:
                 raise self._error(node, f"adding {a.shape} and {b.shape}: broadcasting is supported in ONNX "
@@ -1043,7 +1118,7 @@ class _Importer:
         else:
             a, b, shape = self._plain(a), self._plain(b), a.shape
             b = self._shaped(b, self._ir_shape(a))
-        return _Float("add", self._name(node), source, (a, b), shape)
+        return a, b, shape
 
     @staticmethod
     def _channel_axis(shape: tuple, v_shape: tuple):
