@@ -43,7 +43,7 @@ from .host_kernels import check_graph_input, pool_counts, run_node
 from .model_program import compile_model, run_model
 from .qlayers import ConvGeom, QLayer, QuantModel, TensorSpec
 
-__all__ = ["NPU_OPS", "npu_runs", "pool_divisor", "lower_node", "run_on_npu"]
+__all__ = ["NPU_OPS", "npu_runs", "pool_divisor", "lower_node", "lowered", "run_on_npu"]
 
 #: graph IR ops the NPU runs (``npu_runs`` says which nodes of them)
 NPU_OPS = frozenset({"conv2d", "depthwise_conv2d", "fully_connected", "average_pool2d", "matmul"})
@@ -217,56 +217,48 @@ def _run_layer(layer: QLayer, node: Node, x: np.ndarray, config: NpuConfig, back
     return (y if layer.conv is None else y.transpose(0, 2, 3, 1)), run.counters
 
 
-def _sum_counters(totals, counters):
-    return counters if totals is None else {k: totals[k] + v for k, v in counters.items()}
+def lowered(graph: Graph, node: Node, values: dict, config: NpuConfig) -> list:
+    """The layers an NPU node runs as, each with its batched channels-last int8 input (one program each):
+    a depthwise node one per group of channels, an average pool one over every (sample, channel) pair as
+    its own sample, a product of activations one per slice of its second operand (which goes to the NPU
+    as weights: a round trip through the host, which the DMA bytes show), any other node one."""
+    x = np.asarray(values[node.inputs[0]], np.int64)
+    if node.op == "matmul":
+        b = np.asarray(values[node.inputs[1]], np.int64)
+        layers = [_product_layer(graph, node, weights) for weights in b.reshape(-1, *b.shape[-2:])]
+        return [(layer, _product_rows(layer, rows)) for layer, rows in zip(layers, x.reshape(-1, *x.shape[-2:]))]
+    if node.op == "average_pool2d":
+        b, h, w, c = x.shape
+        return [(lower_node(graph, node), x.transpose(0, 3, 1, 2).reshape(b * c, h, w, 1))]
+    if node.op != "depthwise_conv2d":
+        return [(lower_node(graph, node), x)]
+    size = _group_size(node, config)
+    return [(lower_node(graph, node, slice(c0, c0 + size)), x[..., c0:c0 + size]) for c0 in range(0, x.shape[-1], size)]
 
 
-def _npu_product(graph: Graph, node: Node, a: np.ndarray, b: np.ndarray, config: NpuConfig, backend) -> tuple:
-    """A ``matmul`` of two activations: one program per sample and leading index, the second operand's
-    slice loaded as weights (it went to the host as the producing node's output: a round trip, which the
-    DMA bytes show)."""
-    lead = a.shape[:-2]
-    a2, b2 = a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:])
-    parts, totals, layers = [], None, []
-    for rows, weights in zip(a2, b2):
-        layer = _product_layer(graph, node, weights)
-        y, counters = _run_layer(layer, node, _product_rows(layer, rows), config, backend)
-        parts.append(y)
-        layers.append(layer)
-        totals = _sum_counters(totals, counters)
-    y = np.stack(parts).reshape(*lead, a.shape[-2], b.shape[-1])
-    return y, totals, layers, [[a.shape[-2], layer.k, layer.n] for layer in layers]
+def _assemble(graph: Graph, node: Node, x_shape: tuple, parts: list) -> np.ndarray:
+    """The node's batched output from the outputs of its ``lowered`` layers."""
+    out = graph.tensors[node.output].shape
+    if node.op == "matmul":
+        return np.stack(parts).reshape(*x_shape[:-1], parts[0].shape[-1])
+    if node.op == "average_pool2d":
+        return parts[0].reshape(x_shape[0], x_shape[-1], *out[:2]).transpose(0, 2, 3, 1)
+    if node.op == "depthwise_conv2d":
+        return np.concatenate(parts, axis=-1)
+    return parts[0].reshape(x_shape[0], *out)
 
 
 def _npu_node(graph: Graph, node: Node, values: dict, config: NpuConfig, backend) -> tuple:
-    """Run one node on the NPU (a depthwise node as one program per group of channels, an average pool
-    with every channel of every sample as a sample, a product of activations as one program per slice);
-    returns (output, summed counters, the lowered layers, the GEMMs run as [M, K, N])."""
-    x = np.asarray(values[node.inputs[0]], np.int64)
-    if node.op == "matmul":
-        return _npu_product(graph, node, x, np.asarray(values[node.inputs[1]], np.int64), config, backend)
-    if node.op == "average_pool2d":
-        layer = lower_node(graph, node)
-        (b, h, w, c), out = x.shape, graph.tensors[node.output].shape
-        y, counters = _run_layer(layer, node, x.transpose(0, 3, 1, 2).reshape(b * c, h, w, 1), config, backend)
-        y = y.reshape(b, c, *out[:2]).transpose(0, 2, 3, 1)
-        return y, counters, [layer], [[b * c * layer.positions, layer.k, layer.n]]
-    if node.op != "depthwise_conv2d":
-        layer = lower_node(graph, node)
+    """Run one node on the NPU, its ``lowered`` layers one program each; returns (output, summed counters,
+    the lowered layers, the GEMMs run as [M, K, N])."""
+    pairs = lowered(graph, node, values, config)
+    parts, totals = [], None
+    for layer, x in pairs:
         y, counters = _run_layer(layer, node, x, config, backend)
-        return (y.reshape(len(x), *graph.tensors[node.output].shape), counters, [layer],
-                [[len(x) * layer.positions, layer.k, layer.n]])
-    channels, size = x.shape[-1], _group_size(node, config)
-    parts, totals, layers = [], None, []
-    for c0 in range(0, channels, size):
-        group = slice(c0, min(c0 + size, channels))
-        layer = lower_node(graph, node, group)
-        y, counters = _run_layer(layer, node, x[..., group], config, backend)
         parts.append(y)
-        layers.append(layer)
-        totals = _sum_counters(totals, counters)
-    return (np.concatenate(parts, axis=-1), totals, layers,
-            [[len(x) * layer.positions, layer.k, layer.n] for layer in layers])
+        totals = counters if totals is None else {k: totals[k] + v for k, v in counters.items()}
+    y = _assemble(graph, node, np.shape(values[node.inputs[0]]), parts)
+    return y, totals, [layer for layer, _ in pairs], [[len(x) * layer.positions, layer.k, layer.n] for layer, x in pairs]
 
 
 def _macs(graph: Graph, node: Node, config: NpuConfig) -> int:

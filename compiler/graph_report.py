@@ -1,15 +1,21 @@
 """Run an imported graph for ``opennpu run`` and report every op: where it ran (``npu`` or ``cpu``),
 its cycles, utilization, energy and DMA bytes on the NPU, or the bytes it moved on the host; and the
 totals (cycles per inference = the sum over the NPU programs, MACs and the share that ran on the NPU).
+``graph_layers`` gives ``opennpu report`` the NPU layers of a graph with the activations they see.
 """
 from __future__ import annotations
 
 from opennpu.config import NpuConfig
 
-from .graph import Graph
-from .graph_npu import run_on_npu
+import numpy as np
 
-__all__ = ["graph_run_report"]
+from .gemm import GemmSpec
+from .graph import Graph
+from .graph_npu import lowered, npu_runs, run_on_npu
+from .host_kernels import run_node
+from .report import Layer
+
+__all__ = ["graph_run_report", "graph_layers"]
 
 
 def graph_run_report(graph: Graph, x, model: str, backend: str, config: NpuConfig | None = None) -> tuple:
@@ -32,3 +38,25 @@ def graph_run_report(graph: Graph, x, model: str, backend: str, config: NpuConfi
     report = {"model": model, "backend": backend, "array": f"{config.rows}x{config.cols}", "batch": len(x),
               "layers": layers, "total": total}
     return outputs, report
+
+
+def graph_layers(graph: Graph, config: NpuConfig, batch: int = 8, seed: int = 0) -> tuple:
+    """``(layers, host_ops)`` for ``opennpu report``: one ``Layer`` per program an NPU node runs as (named
+    ``node`` or ``node[i]``), with the activations it sees for a batch of random int8 inputs (cycles,
+    bytes and energy do not depend on the values); and, for each op on the host, its name, op and the
+    bytes it moves."""
+    x = np.random.default_rng(seed).integers(-128, 128, (batch, *graph.tensors[graph.inputs[0]].shape))
+    values, layers, host = {graph.inputs[0]: x}, [], []
+    for node in graph.nodes:
+        if npu_runs(graph, node, config):
+            pairs = lowered(graph, node, values, config)
+            for i, (layer, xin) in enumerate(pairs):
+                q = xin.reshape(len(xin), -1) if layer.conv is None else xin.transpose(0, 3, 1, 2)
+                spec = GemmSpec(layer.matrix(q), layer.w, layer.bias, layer.multiplier, layer.shift, layer.out_zp,
+                                layer.qmin, layer.qmax, layer.lut, single_round=layer.single_round)
+                layers.append(Layer(node.name if len(pairs) == 1 else f"{node.name}[{i}]", spec))
+        values[node.output] = run_node(graph, node, values)
+        if not npu_runs(graph, node, config):
+            moved = sum(int(np.asarray(values[i]).size) for i in node.inputs if i in values)
+            host.append({"name": node.name, "op": node.op, "bytes": moved + int(values[node.output].size)})
+    return layers, host

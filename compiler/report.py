@@ -116,8 +116,10 @@ def _nvml_energy(args, device: str, repeat: int = 50, min_seconds: float = 2.0) 
 
 def write_report(layers: list[Layer], config: NpuConfig, out_dir: str | Path, *, fpga_mhz: float | None = None,
                  asic_mhz: float = DEFAULT_ASIC_MHZ, gpu: bool = True, fused: dict | None = None,
-                 title: str = "model", progress: bool = True) -> dict:
+                 title: str = "model", progress: bool = True, host_ops: list | None = None) -> dict:
     """Measure every layer, write ``report.md`` + plots into ``out_dir``, return the numbers.
+
+    ``host_ops``: optional ``{"name", "op", "bytes"}`` of the ops of a graph that run on the host.
 
     ``progress``: show a progress bar on stderr while measuring (only where stderr is a terminal).
 
@@ -159,7 +161,7 @@ def write_report(layers: list[Layer], config: NpuConfig, out_dir: str | Path, *,
               "asic_mhz": asic_mhz, "energy_table": config.energy.name, "layers": rows, "total": total,
               "precisions": {name: {p: {k: v[k] for k in ("cycles", "weight_bytes", "energy_pj", "dma_bytes")}
                                     for p, v in by_p.items()} for name, by_p in precisions.items()},
-              "fused": fused}
+              "fused": fused, "host_ops": host_ops}
     _plots(plt, out, rows, precisions, config, fused)
     (out / "report.json").write_text(json.dumps(report, indent=1, default=str))
     (out / "report.md").write_text(_markdown(report))
@@ -253,6 +255,12 @@ def _markdown(report: dict) -> str:
             lines.append(f"| {k} | {c['cycles']} | {c['dma_in_bytes'] + c['dma_out_bytes']} | "
                          f"{c['energy_fj'] / 1e9:.3f} |")
         lines += ["", "![fusion](fusion.png)", ""]
+    if report["host_ops"]:
+        lines += ["## Ops on the host", "", "The graph's other ops run on the host kernels (numpy, bit-exact "
+                  "with the source format's reference); each moves these bytes (inputs + output):", "",
+                  "| op | kind | bytes |", "| --- | --- | ---: |"]
+        lines += [f"| {h['name']} | {h['op']} | {h['bytes']} |" for h in report["host_ops"]]
+        lines.append("")
     tuned = [r for r in report["layers"] if (r.get("gpu") or {}).get("int8_kernel_us") is not None]
     if tuned:
         lines += ["## The GPU's own INT8 GEMM", "",

@@ -8,7 +8,7 @@ __all__ = ["register"]
 
 def register(sub):
     p = sub.add_parser("report", help="per-layer NPU vs GPU/CPU report with plots")
-    p.add_argument("model", nargs="?", help="quantized ONNX model (QDQ or QLinear ops)")
+    p.add_argument("model", nargs="?", help="quantized ONNX model (QDQ or QLinear ops) or int8 TFLite model")
     p.add_argument("--gemm", action="append", default=[], metavar="MxKxN[:act]",
                    help="report random GEMM layers instead of a model (repeatable)")
     p.add_argument("--array", default="8x8")
@@ -41,6 +41,23 @@ def _gemm_layers(texts):
     return layers
 
 
+def _model_layers(model: str, config) -> tuple:
+    """(layers, fused vs unfused counters or None, host ops or None): a chain from the model compiler,
+    a graph (a TFLite model, an ONNX model that is not a chain) node by node."""
+    from opennpu.compiler.graph_report import graph_layers
+    if model.lower().endswith(".tflite"):
+        from opennpu.compiler.tflite_import import import_tflite
+        layers, host = graph_layers(import_tflite(model), config)
+        return layers, None, host
+    from opennpu.compiler.model_report import model_layers
+    from opennpu.compiler.onnx_import import NotAChain, import_onnx_graph
+    try:
+        return (*model_layers(model, config), None)
+    except NotAChain:
+        layers, host = graph_layers(import_onnx_graph(model).graph, config)
+        return layers, None, host
+
+
 def _cmd_report(args) -> int:
     from opennpu.compiler.report import write_report
     if bool(args.model) == bool(args.gemm):
@@ -49,15 +66,14 @@ def _cmd_report(args) -> int:
     if args.model:
         check_input_file(args.model, "model")
     config = config_from_args(args)
-    fused = None
+    fused, host = None, None
     if args.model:
-        from opennpu.compiler.model_report import model_layers
-        layers, fused = model_layers(args.model, config)
+        layers, fused, host = _model_layers(args.model, config)
         title = args.model
     else:
         layers, title = _gemm_layers(args.gemm), "GEMM layers"
     report = write_report(layers, config, args.output, fpga_mhz=args.fpga_mhz, asic_mhz=args.asic_mhz,
-                          gpu=args.gpu, fused=fused, title=title, progress=not args.json)
+                          gpu=args.gpu, fused=fused, title=title, progress=not args.json, host_ops=host)
     t = report["total"]
     emit(args, {**report, "output": args.output},
          f"wrote {args.output}/report.md: {len(report['layers'])} layers, {t['cycles']} cycles, "

@@ -179,3 +179,20 @@ def test_concat_of_two_branches_within_one_lsb(qoperator):
     assert ("QLinearConcat" in {n.op_type for n in onnx.load_from_string(blob).graph.node}) == qoperator
     og = _within_one(blob, x)
     assert "concatenation" in {n.op for n in og.graph.nodes}
+
+
+def test_cli_report_on_a_graph(tmp_path, capsys):
+    """``opennpu report`` on a model that is not a chain: one row per NPU program, the host ops listed."""
+    import json
+
+    from opennpu.cli import main
+    blob, _ = build("resnet", False, samples=4)
+    (tmp_path / "m.onnx").write_bytes(blob)
+    assert main(["report", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "rep"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    og = import_onnx_graph(blob)
+    npu_nodes = [n for n in og.graph.nodes if n.op in ("conv2d", "depthwise_conv2d", "fully_connected")]
+    assert {layer["name"].split("[")[0] for layer in report["layers"]} == {n.name for n in npu_nodes}
+    assert len(report["layers"]) == len(npu_nodes) + 1          # the global pool's 16 channels in 2 groups of 8
+    assert {h["op"] for h in report["host_ops"]} == {"add", "transpose", "reshape"}
+    assert "## Ops on the host" in (tmp_path / "rep" / "report.md").read_text()
