@@ -196,3 +196,14 @@ def test_cli_report_on_a_graph(tmp_path, capsys):
     assert len(report["layers"]) == len(npu_nodes) + 1          # the global pool's 16 channels in 2 groups of 8
     assert {h["op"] for h in report["host_ops"]} == {"add", "transpose", "reshape"}
     assert "## Ops on the host" in (tmp_path / "rep" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("name", ["resnet", "transformer"])
+def test_graphs_on_verilator(name):
+    """The ONNX lowerings (residual adds, pools as depthwise convolutions, products of activations with
+    split weights) on the Verilator RTL: outputs and every node's counters equal the golden model's."""
+    from test_graph_npu import _verilator_against_golden
+    blob, x = build(name, True, samples=2)
+    og = import_onnx_graph(blob)
+    y = _verilator_against_golden(og.graph, og.quantize_input(x))
+    assert np.array_equal(y[0], og.reference(x))
