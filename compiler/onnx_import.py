@@ -8,6 +8,7 @@ Accepted forms
   * ``Conv`` (1-D and 2-D, grouped and depthwise, any stride/padding/dilation), ``MatMul`` (2-D
     activations, and 3-D ones: batch x sequence x features, a 1x1 convolution over the sequence),
     ``Gemm``, each with an optional bias ``Add`` and ``Relu``/``Clip`` before its ``QuantizeLinear``;
+  * ``BatchNormalization`` that is not folded into a convolution (a 1x1 depthwise layer per channel);
   * ``Add`` of two tensors (residual; TFLite's integer ADD) or of a tensor and a constant (a 1x1
     identity layer whose bias is the constant, on the NPU);
   * ``MaxPool``, ``AveragePool``, ``GlobalAveragePool`` (1-D and 2-D), ``Softmax`` (last axis; in float32
@@ -1172,6 +1173,34 @@ class _Importer:
             return self._conv(node, q, eye.reshape(c, c, *[1] * (len(q.shape) - 1)), 1.0 / OFFSET_GAIN, None, {},
                               "Add")
         return self._gemm(node, q, eye, 1.0 / OFFSET_GAIN, None, source="Add")
+
+    def _op_BatchNormalization(self, node):
+        """Inference BatchNormalization not folded into a convolution (after a ReLU or an Add): the
+        per-channel affine ``a * x + b`` as a 1x1 depthwise convolution (a diagonal layer for features)
+        with weights +-``OFFSET_GAIN`` and one requantization per channel carrying ``|a|``; ``b`` is its
+        bias."""
+        if len(node.output) > 1 and any(node.output[1:]):
+            raise self._error(node, "training outputs (running mean / var) are not supported")
+        q = self._quant_input(node, self._get(node, 0))
+        c = q.shape[0]
+        gamma, beta, mean, var = (np.asarray(self._float_const(node, i, c, what), np.float64)
+                                  for i, what in ((1, "scale"), (2, "B"), (3, "mean"), (4, "var")))
+        a = gamma / np.sqrt(var + float(self._attrs(node).get("epsilon", 1e-5)))
+        if not np.all(np.isfinite(a)):
+            raise self._error(node, "a channel's scale gamma / sqrt(var + epsilon) is not finite")
+        # a channel with a == 0 outputs its shift alone: weight 0, the accumulator grid of a == 1
+        acc_scale = q.scale * np.where(a == 0, 1.0, np.abs(a)) / OFFSET_GAIN
+        bias = np.rint((beta - a * mean) / acc_scale)
+        if bias.min() < numerics.INT32_MIN or bias.max() > numerics.INT32_MAX:
+            raise self._error(node, "the shift beta - a * mean overflows int32 on the accumulator grid")
+        signs = (np.sign(a) * OFFSET_GAIN).astype(np.int64)
+        if len(q.shape) == 1:
+            return _Acc(self._name(node), "fully_connected", "BatchNormalization", self._plain(q), np.diag(signs),
+                        bias.astype(np.int64), acc_scale, None, q.shape, q.shape, False)
+        xc = self._channels_last(node, q)
+        window = Window((1, 1), (1, 1), (1, 1), (0, 0, 0, 0))
+        return _Acc(self._name(node), "depthwise_conv2d", "BatchNormalization", xc, signs.reshape(1, 1, 1, c),
+                    bias.astype(np.int64), acc_scale, window, q.shape, self._ir_shape(xc), True)
 
     def _pool(self, node, kind: str, v, global_pool=False, source=None, x=None) -> _Float:
         x = x if x is not None else self._quant_input(node, v)

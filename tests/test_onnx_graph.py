@@ -207,3 +207,30 @@ def test_graphs_on_verilator(name):
     og = import_onnx_graph(blob)
     y = _verilator_against_golden(og.graph, og.quantize_input(x))
     assert np.array_equal(y[0], og.reference(x))
+
+
+def test_batchnorm_not_folded_within_one_lsb():
+    """BatchNormalization the exporter cannot fold (after a ReLU; after a Linear), negative scales
+    included: a 1x1 depthwise convolution / diagonal layer with one requantization per channel."""
+    import io
+    import warnings
+
+    import torch
+    from torch import nn
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1), nn.ReLU(), nn.BatchNorm2d(8), nn.Conv2d(8, 8, 3, 1, 1),
+                          nn.Flatten(), nn.Linear(8 * 36, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 5)).eval()
+    for bn in (model[2], model[6]):
+        bn.running_mean.uniform_(-0.2, 0.2)
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.data.uniform_(-1.5, 1.5)
+        bn.bias.data.uniform_(-0.2, 0.2)
+    x = RNG.standard_normal((16, 3, 6, 6)).astype(np.float32)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.as_tensor(x[:1]),), buf, dynamo=False, input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "N"}, "y": {0: "N"}}, opset_version=17)
+    assert "BatchNormalization" in {n.op_type for n in onnx.load_from_string(buf.getvalue()).graph.node}
+    og = _within_one(quantize_onnx(buf.getvalue(), x, per_channel=True), x)
+    assert [og.sources[n.name] for n in og.graph.nodes].count("BatchNormalization") == 2
