@@ -441,25 +441,15 @@ class _Importer(TensorOps, QLinearOps):
             out = self._emit("concatenation", v.name, v.source, tuple(q.name for q in parts), node.output[0], shape,
                              s_y, zp_y, ConcatAttrs(axis))
             return _Q(out, v.shape, s_y, zp_y, dtype, cl)
-        if v.kind == "add":
+        if v.kind in ("add", "mul"):       # TFLite's integer ADD / MUL, clamped to the pending bounds
             a, b = v.inputs
-            qmin, qmax = self._bounds(node, v.lo, v.hi, s_y, zp_y)
+            prepare = tflite_params.add_attrs if v.kind == "add" else tflite_params.mul_attrs
             try:
-                attrs = tflite_params.add_attrs(((a.scale, a.zp), (b.scale, b.zp)), (s_y, zp_y), 0)
+                attrs = prepare(((a.scale, a.zp), (b.scale, b.zp)), (s_y, zp_y), 0)
             except ValueError as error:
                 raise self._error(node, str(error)) from None
-            attrs = replace(attrs, qmin=qmin, qmax=qmax)
-            shape = np.broadcast_shapes(self._ir_shape(a), self._ir_shape(b))
-            out = self._emit("add", v.name, v.source, (a.name, b.name), node.output[0], shape, s_y, zp_y, attrs)
-            return _Q(out, v.shape, s_y, zp_y, dtype, a.cl)
-        if v.kind == "mul":
-            a, b = v.inputs
             qmin, qmax = self._bounds(node, v.lo, v.hi, s_y, zp_y)
-            try:
-                attrs = tflite_params.mul_attrs(((a.scale, a.zp), (b.scale, b.zp)), (s_y, zp_y), 0)
-            except ValueError as error:
-                raise self._error(node, str(error)) from None
-            out = self._emit("mul", v.name, v.source, (a.name, b.name), node.output[0],
+            out = self._emit(v.kind, v.name, v.source, (a.name, b.name), node.output[0],
                              np.broadcast_shapes(self._ir_shape(a), self._ir_shape(b)), s_y, zp_y,
                              replace(attrs, qmin=qmin, qmax=qmax))
             return _Q(out, v.shape, s_y, zp_y, dtype, a.cl)
