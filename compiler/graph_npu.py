@@ -31,6 +31,7 @@ outputs occupy.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import lru_cache
 
 import numpy as np
@@ -248,10 +249,14 @@ def _assemble(graph: Graph, node: Node, x_shape: tuple, parts: list) -> np.ndarr
     return parts[0].reshape(x_shape[0], *out)
 
 
-def _npu_node(graph: Graph, node: Node, values: dict, config: NpuConfig, backend) -> tuple:
-    """Run one node on the NPU, its ``lowered`` layers one program each; returns (output, summed counters,
-    the lowered layers, the GEMMs run as [M, K, N])."""
+def _npu_node(graph: Graph, node: Node, values: dict, config: NpuConfig, backend, table=None) -> tuple:
+    """Run one node on the NPU, its ``lowered`` layers one program each, ``table`` (a ``lut`` node's, or
+    None) applied by their activation units after the clamp; returns (output, summed counters, the
+    lowered layers, the GEMMs run as [M, K, N])."""
     pairs = lowered(graph, node, values, config)
+    if table is not None:
+        table = np.asarray(table, np.int64)
+        pairs = [(replace(layer, lut=table if layer.lut is None else table[layer.lut + 128]), x) for layer, x in pairs]
     parts, totals = [], None
     for layer, x in pairs:
         y, counters = _run_layer(layer, node, x, config, backend)
@@ -279,19 +284,45 @@ def _macs(graph: Graph, node: Node, config: NpuConfig) -> int:
     return 0
 
 
+def _table_after(graph: Graph, node: Node) -> Node | None:
+    """The ``lut`` node that alone reads ``node``'s output (which is no graph output), else None: its
+    table can run in the activation unit of the node's programs (exact: the unit applies it after the
+    same clamp)."""
+    readers = [n for n in graph.nodes if node.output in n.inputs]
+    if len(readers) == 1 and readers[0].op == "lut" and node.output not in graph.outputs:
+        return readers[0]
+    return None
+
+
 def run_on_npu(graph: Graph, x, config: NpuConfig, backend="golden", npu_ops=NPU_OPS) -> tuple:
     """Run ``graph`` on the batched int8 input ``x``: nodes in ``npu_ops`` on the NPU (``backend``: a
-    driver name or an object with ``run(program)``), the rest on the host kernels. Returns
-    ``(outputs, records)``, one JSON-ready record per node."""
+    driver name or an object with ``run(program)``), a ``lut`` that alone reads an NPU node's output in
+    that node's activation units, the rest on the host kernels. Returns ``(outputs, records)``, one
+    JSON-ready record per node (a fused ``lut``'s: device ``npu``, ``fused_into`` the node, no cycles of
+    its own)."""
     values, records = {graph.inputs[0]: check_graph_input(graph, x)}, []
     batch = len(values[graph.inputs[0]])
     peak = config.rows * config.cols
+    fused = {}                                  # lut node name -> (the NPU node that ran it, its counters)
     for node in graph.nodes:
         macs = _macs(graph, node, config) * batch
         record = {"index": len(records), "name": node.name, "op": node.op,
                   "output_shape": list(graph.tensors[node.output].shape), "macs": macs}
+        if node.name in fused:
+            producer, counters = fused[node.name]
+            record.update(device="npu", fused_into=producer, cycles=0, utilization=0.0,
+                          counters={k: 0 for k in counters},
+                          gemms=[], array_macs=0, energy_fj=0, dma_in_bytes=0, dma_out_bytes=0, programs=0)
+            records.append(record)
+            continue
+        target = node.output
         if npu_runs(graph, node, config, npu_ops):
-            y, counters, layers, gemms = _npu_node(graph, node, values, config, backend)
+            table = _table_after(graph, node)
+            y, counters, layers, gemms = _npu_node(graph, node, values, config, backend,
+                                                   None if table is None else table.attrs.table)
+            if table is not None:               # y is the table's output; the node's own is read by nobody else
+                fused[table.name] = (node.name, counters)
+                target = table.output
             cycles = counters["cycles"]
             record.update(device="npu", cycles=cycles, utilization=macs / (cycles * peak) if cycles else 0.0,
                           counters=counters,
@@ -304,6 +335,6 @@ def run_on_npu(graph: Graph, x, config: NpuConfig, backend="golden", npu_ops=NPU
             y = run_node(graph, node, values)
             moved = sum(int(np.asarray(values[i]).size) for i in node.inputs if i in values) + int(y.size)
             record.update(device="cpu", host_bytes=moved)
-        values[node.output] = y
+        values[target] = y
         records.append(record)
     return [values[name].astype(graph.tensors[name].dtype) for name in graph.outputs], records

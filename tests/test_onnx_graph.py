@@ -122,6 +122,8 @@ def test_sequence_matmul_transpose_softmax_and_scalar_mul_within_one_lsb():
     blob, x = _single(nodes, {"w": w, "k": np.float32(0.5)}, (5, 8), (6, 5))
     og = _within_one(blob, x)
     assert {"transpose", "float_softmax", "conv2d"} <= {n.op for n in og.graph.nodes}
+    _, records = og.run(x, CONFIG_8X8)          # the scale's table runs in the projection's activation unit
+    assert [(r["device"], r.get("fused_into")) for r in records if r["op"] == "lut"] == [("npu", "proj")]
 
 
 def test_quantized_input_with_a_nonzero_zero_point():
