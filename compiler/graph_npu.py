@@ -46,6 +46,8 @@ from .qlayers import ConvGeom, QLayer, QuantModel, TensorSpec
 
 __all__ = ["NPU_OPS", "npu_runs", "pool_divisor", "lower_node", "lowered", "run_on_npu"]
 
+#: graph IR ops that are a 256-entry table (``LutAttrs``), which an NPU node's activation unit can apply
+TABLE_OPS = frozenset({"lut", "logistic", "tanh"})
 #: graph IR ops the NPU runs (``npu_runs`` says which nodes of them)
 NPU_OPS = frozenset({"conv2d", "depthwise_conv2d", "fully_connected", "average_pool2d", "matmul"})
 
@@ -285,25 +287,25 @@ def _macs(graph: Graph, node: Node, config: NpuConfig) -> int:
 
 
 def _table_after(graph: Graph, node: Node) -> Node | None:
-    """The ``lut`` node that alone reads ``node``'s output (which is no graph output), else None: its
-    table can run in the activation unit of the node's programs (exact: the unit applies it after the
-    same clamp)."""
+    """The table node (``lut``, TFLite's ``logistic`` / ``tanh``) that alone reads ``node``'s output (which
+    is no graph output), else None: its table can run in the activation unit of the node's programs
+    (exact: the unit applies it after the same clamp)."""
     readers = [n for n in graph.nodes if node.output in n.inputs]
-    if len(readers) == 1 and readers[0].op == "lut" and node.output not in graph.outputs:
+    if len(readers) == 1 and readers[0].op in TABLE_OPS and node.output not in graph.outputs:
         return readers[0]
     return None
 
 
 def run_on_npu(graph: Graph, x, config: NpuConfig, backend="golden", npu_ops=NPU_OPS) -> tuple:
     """Run ``graph`` on the batched int8 input ``x``: nodes in ``npu_ops`` on the NPU (``backend``: a
-    driver name or an object with ``run(program)``), a ``lut`` that alone reads an NPU node's output in
-    that node's activation units, the rest on the host kernels. Returns ``(outputs, records)``, one
-    JSON-ready record per node (a fused ``lut``'s: device ``npu``, ``fused_into`` the node, no cycles of
+    driver name or an object with ``run(program)``), a table (``TABLE_OPS``) that alone reads an NPU
+    node's output in that node's activation units, the rest on the host kernels. Returns ``(outputs, records)``, one
+    JSON-ready record per node (a fused table's: device ``npu``, ``fused_into`` the node, no cycles of
     its own)."""
     values, records = {graph.inputs[0]: check_graph_input(graph, x)}, []
     batch = len(values[graph.inputs[0]])
     peak = config.rows * config.cols
-    fused = {}                                  # lut node name -> (the NPU node that ran it, its counters)
+    fused = {}                                  # table node name -> (the NPU node that ran it, its counters)
     for node in graph.nodes:
         macs = _macs(graph, node, config) * batch
         record = {"index": len(records), "name": node.name, "op": node.op,

@@ -264,3 +264,23 @@ def test_new_ops_on_the_host_beside_convolutions_on_the_npu():
     assert [(r["op"], r["device"]) for r in records] == [
         ("conv2d", "npu"), ("mul", "cpu"), ("concatenation", "cpu"), ("pad", "cpu"), ("conv2d", "npu"),
         ("mean", "cpu"), ("logistic", "cpu")]
+
+
+def test_tanh_after_a_convolution_runs_in_its_activation_units():
+    """A TANH that alone reads a convolution's output runs as the table of the convolution's activation
+    units on the NPU: bit-exact with LiteRT, reported as fused into the convolution."""
+    mb = ModelBuilder()
+    x = mb.tensor("x", (1, 6, 6, 3), **_q(0.05, 3))
+    c = mb.tensor("c", (1, 6, 6, 4), **_q(0.04, -7))
+    w, b = _conv_operands(mb, 3, 4, 0.05, "conv")
+    mb.op("CONV_2D", [x, w, b], [c], "Conv2DOptions", Padding=0, StrideW=1, StrideH=1, FusedActivationFunction=0,
+          DilationWFactor=1, DilationHFactor=1)
+    y = mb.tensor("y", (1, 6, 6, 4), **_q(1 / 128, 0))
+    mb.op("TANH", [c], [y])
+    model = mb.build([x], [y])
+    graph = import_tflite(model)
+    xs = _inputs((6, 6, 3), random=4)
+    outputs, records = run_on_npu(graph, xs, NpuConfig(rows=4, cols=4))
+    assert np.array_equal(outputs[0], _litert(model, xs))
+    assert [(r["op"], r["device"], r.get("fused_into")) for r in records] == [
+        ("conv2d", "npu", None), ("tanh", "npu", graph.nodes[0].name)]
