@@ -4,8 +4,12 @@ Tiling (weight-stationary): K is cut into tiles of ``k_tile`` rows (the array's 
 a4w4), N into tiles of ``cols`` columns, M into chunks of ``Mc`` rows sized so that one chunk of A
 (all its K tiles) fits half the activation SRAM and two N tiles of accumulators fit the accumulator
 SRAM. Loop order: chunk -> N tile -> K tile (accumulating across K tiles). A chunks alternate between
-the two halves of the activation SRAM, accumulator tiles between the two halves of the accumulator
-SRAM; weights stay resident when they all fit, otherwise they cycle through a ring of slots.
+the two halves of the activation SRAM, output tiles cycle through three regions of the accumulator
+SRAM (two when only two fit); weights stay resident when they all fit, otherwise they cycle through a
+ring of slots. Where one tile's loads would outlast its COMPUTEs (the chunk's activations arrive with its
+first N tile), the first two N tiles of a chunk interleave their K steps (a *lead group*,
+``lead_group``): each activation tile then serves two COMPUTEs, and it loads in two halves during the two
+COMPUTEs before the one that needs it.
 
 The tiles become ``schedule.Step``s and ``schedule.emit_steps`` (the emitter the model compiler uses too)
 software-pipelines them for the in-order dispatcher: the loads of step s+1 follow the COMPUTE of step s
@@ -31,12 +35,12 @@ from opennpu.golden import numerics
 from opennpu.golden.isa import Buf, Opcode, Precision
 from opennpu.golden.model import k_tile, stream_weight_words, weight_words
 from opennpu.golden.program import Program
-from opennpu.golden.timing import array_latency
+from opennpu.golden.timing import ACT_LATENCY, array_latency
 
 from .schedule import (Activate, Emitter, Load, Step, config_requant, emit_steps, per_channel, requant_params,
-                       tile_quant)
+                       row_pieces, tile_quant)
 
-__all__ = ["GemmSpec", "GemmProgram", "build_gemm", "random_gemm", "ACTIVATIONS", "ORDERS"]
+__all__ = ["GemmSpec", "GemmProgram", "build_gemm", "random_gemm", "gemm_bound", "ACTIVATIONS", "ORDERS"]
 
 ACTIVATIONS = ("none", "relu", "relu6", "gelu", "silu", "sigmoid", "tanh")
 
@@ -134,6 +138,29 @@ def _wgt_words(spec: GemmSpec, config: NpuConfig, tile: np.ndarray) -> np.ndarra
         return tile.astype(np.int8).view(np.uint8)
     packed = numerics.pack_int4(tile)                      # k_tile x cols/2
     return packed.reshape(-1, config.cols)                 # rows 2i, 2i+1 side by side
+
+
+def gemm_bound(config: NpuConfig, m: int, k: int, n: int, precision: str | Precision = "int8") -> dict:
+    """Lower bound on the cycles of an ``m x k x n`` GEMM on a weight-stationary ``config`` (issue 19):
+
+        bound = max(compute, data_in, data_out) + latency
+        compute  = M*K*N / (rows * cols * MACs per PE per cycle)      (2 MACs per PE in a4w4, else 1)
+        data_in  = (A bytes + W bytes + 4*N bias bytes) / bus_bytes    (int4 operands: half a byte a value)
+        data_out = M*N / bus_bytes                                     (one byte per output value)
+        latency  = fill + drain + activation of one tile
+                 = (rows + 2)               PRELOAD of the first weight tile, before any row can enter
+                 + (array_latency + 2)      the last row's trip through the array and the drain slot
+                 + (ACT_LATENCY + 3)        the activation pipeline and the output register
+
+    Returns every term and ``bound``; ``limit`` names the largest of the three throughput terms."""
+    p = Precision.from_label(precision) if isinstance(precision, str) else Precision(precision)
+    a_bits, w_bits = (4 if p == Precision.A4W4 else 8), (8 if p == Precision.INT8 else 4)
+    terms = {"compute": m * k * n / (config.rows * config.cols * (k_tile(config, p) // config.rows)),
+             "data_in": (m * k * a_bits / 8 + k * n * w_bits / 8 + 4 * n) / config.bus_bytes,
+             "data_out": m * n / config.bus_bytes}
+    latency = (config.rows + 2) + (array_latency(config.rows, config.cols) + 2) + (ACT_LATENCY + 3)
+    limit = max(terms, key=terms.get)
+    return {**terms, "latency": latency, "limit": limit, "bound": terms[limit] + latency}
 
 
 ORDERS = ("n_outer", "k_outer", "n_stream")
@@ -243,19 +270,38 @@ def _schedule(config: NpuConfig, spec: GemmSpec, order: str) -> GemmProgram:
         e.configure(multiplier=multiplier, shift=shift, out_zp=spec.out_zp, qmin=spec.qmin,
                     qmax=spec.qmax, lut=spec.lut, precision=spec.precision, single_round=spec.single_round)
 
+    regions = config.acc_depth // chunk          # accumulator tiles that fit side by side
+    act_beats, wgt_beats = config.beats(config.act_word_bytes), config.beats(config.wgt_word_bytes)
+
     def acc_addr(ci, t):
-        """n_outer: consecutive output tiles alternate halves; k_outer: one region per chunk parity."""
+        """n_outer: consecutive output tiles cycle through ``min(3, regions)`` regions (three let a
+        group of two tiles finish while the next tile starts); k_outer: one region per chunk parity."""
         if order != "k_outer":
-            return ((ci * n_n + t) % 2) * chunk
+            return ((ci * n_n + t) % min(3, regions)) * chunk
         return ((ci % 2) * n_n + t) * chunk
+
+    def lead_group(rows, weights_load):
+        """How many leading N tiles of a chunk interleave their K steps (n_outer): the first tile alone
+        would need every activation tile of the chunk within its own ``n_k`` steps. While the loads of one
+        step (activation tile and weight tile) outlast its COMPUTE (``rows + 1`` cycles) but its weight
+        tile alone does not, two tiles share each activation tile. Needs a third accumulator region."""
+        weights = tile_words * wgt_beats + 1 if weights_load else 0
+        fits = order == "n_outer" and n_n > 1 and n_k > 1 and regions >= 3
+        return 2 if fits and weights < rows + 1 < rows * act_beats + 1 + weights else 1
 
     chunks = [(m0, min(chunk, m - m0)) for m0 in range(0, m, chunk)]
     w_tiles = _weight_tiles(spec, config, kt, nt, n_k, n_n)
     a_tiles = _act_tiles(spec, config, kt, n_k)
     steps, chunk_tiles = [], {}
     for ci, (m0, rows) in enumerate(chunks):
-        nest = ([(t, kk) for t in range(n_n) for kk in range(n_k)] if order != "k_outer"
-                else [(t, kk) for kk in range(n_k) for t in range(n_n)])
+        g = 1
+        if order == "k_outer":
+            nest = [(t, kk) for kk in range(n_k) for t in range(n_n)]
+        else:
+            g = lead_group(rows, not resident or ci == 0)
+            nest = ([(t, kk) for kk in range(n_k) for t in range(g)]
+                    + [(t, kk) for t in range(g, n_n) for kk in range(n_k)])
+        loaded = set()                      # K tiles of this chunk whose activations are loaded
         for t, kk in nest:
             wgt_addr = ((t * n_k + kk) if resident else len(steps) % slots) * tile_words
             act_addr = ((len(steps) % act_slots) * chunk if stream
@@ -265,11 +311,19 @@ def _schedule(config: NpuConfig, spec: GemmSpec, order: str) -> GemmProgram:
             if not resident or ci == 0:
                 words = w_tiles[kk][t]                  # (the same array each time: padded once)
                 loads.append(Load(Buf.WGT, wgt_addr, len(words), words))
-            if t == 0 or stream:            # activation tiles are loaded once per chunk (n_stream: per step)
-                if t == 0:
-                    block = a_tiles[kk][m0:m0 + rows]
-                    chunk_tiles[kk] = block
-                loads.append(Load(Buf.ACT, act_addr, rows, chunk_tiles[kk]))
+            if kk not in loaded or stream:   # activation tiles are loaded once per chunk (n_stream: per step)
+                if kk not in loaded:
+                    chunk_tiles[kk] = a_tiles[kk][m0:m0 + rows]
+                    loaded.add(kk)
+                load = Load(Buf.ACT, act_addr, rows, chunk_tiles[kk])
+                if g > 1 and 0 < kk and t == 0:
+                    # In a lead group, K tile kk's activations load while the last g steps compute: cut
+                    # in g row pieces, one with the loads of each of the last g - 1 steps and of this one
+                    # (a step's loads stream in during the COMPUTE before it).
+                    for owner, (lo, count) in zip([*steps[len(steps) - g + 1:], None], row_pieces(rows, g)):
+                        (loads if owner is None else owner.loads).append(load.piece(lo, count))
+                else:
+                    loads.append(load)
             activate = None
             if kk == n_k - 1:               # alternate banks: load one while the other is read
                 bias = np.zeros(config.cols, np.int64)

@@ -222,9 +222,14 @@ def row_pieces(rows: int, count: int) -> list:
 
 
 def prologue_pieces(config: NpuConfig, rows: int) -> int:
-    """How many pieces a first ``COMPUTE`` of ``rows`` rows is cut into: up to 4, each of at least one
-    drain time of the array (shorter pieces would cost more in drains than the overlap saves)."""
-    return max(1, min(4, rows // (array_latency(config.rows, config.cols) + 1)))
+    """How many pieces (1 to 4) a first ``COMPUTE`` of ``rows`` rows is cut into: the count ``p`` that
+    minimizes the estimated prologue ``p + rows / p + (p - 1) * max(0, D - rows / p)``: a cycle per piece
+    (its load and its COMPUTE each take one more than its rows), the last piece's rows (they compute after
+    every load), and, per piece after the first, the cycles it waits for the drain slot when a piece is
+    shorter than the drain time ``D = array_latency + 1``."""
+    drain = array_latency(config.rows, config.cols) + 1
+    return min(range(1, min(4, rows) + 1),
+               key=lambda p: p + rows / p + (p - 1) * max(0.0, drain - rows / p))
 
 
 def _emit_compute(e: Emitter, step: Step, lo: int, rows: int):
