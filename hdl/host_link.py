@@ -77,7 +77,10 @@ class HostLink(wiring.Component):
     frame starts: no data-out buffer beyond that beat). The STATUS reply's counter bytes come from
     the NPU's COUNTERS snapshot word, one beat at a time (``counter_sel`` / ``counter_beat``): no
     readout of its own; they are the final counters when the reply's IDLE flag is set (the flags
-    byte goes out several byte times before the first counter byte).
+    byte goes out several byte times before the first counter byte). Timing: the STATUS header reads
+    ``npu_status`` through a register (one cycle late), and every payload byte is loaded from a
+    register that holds the byte of the cycle before (bytes are at least two cycles apart), so no
+    path runs from the NPU's state to the transmitter and its CRC.
 
     Throughput: ``rx`` takes a byte when the receive CRC register is free (one byte per 9 cycles at
     most); ``tx`` gets one byte per 9 cycles at most; both far above a UART's byte rate.
@@ -311,9 +314,11 @@ class HostLink(wiring.Component):
                 m.d.sync += [busy[s].eq(0), ack_pend[s].eq(1)]
 
         # -- transmitter ---------------------------------------------------------------------------
+        npu_status = Signal(Status)
+        m.d.sync += npu_status.eq(self.npu_status)
         status_header = Cat(
-            self.npu_status.error, C(0, 5), self.npu_status.rejected,
-            self.npu_status.idle, busy[0], busy[1], self.rx_overrun, self.rx_framing_error, C(0, 3),
+            npu_status.error, C(0, 5), npu_status.rejected,
+            npu_status.idle, busy[0], busy[1], self.rx_overrun, self.rx_framing_error, C(0, 3),
             last_seq[0], last_seq[1], dout_seq, crc_errors)
         assert len(status_header) == 8 * STATUS_HEADER_BYTES
         info_bytes = Cat(*(C(v, 32) for v in (self.info_values()[f] for f in INFO_FIELDS)))
@@ -341,7 +346,8 @@ class HostLink(wiring.Component):
         with m.Switch(kind):
             for name, (ftype, nbytes, value) in kinds.items():
                 with m.Case(K[name]):
-                    m.d.comb += [t_type.eq(ftype), t_len.eq(nbytes), payload_byte.eq(value)]
+                    m.d.comb += [t_type.eq(ftype), t_len.eq(nbytes)]
+                    m.d.sync += payload_byte.eq(value)      # byte ``t_idx`` of the cycle before
 
         m.submodules.tx_crc = tx_crc = Crc32()
         t_head = Signal(range(5))                  # header byte index
