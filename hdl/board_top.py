@@ -230,5 +230,5 @@ class BoardTop(Elaboratable):
         leds = [platform.request("led", i, dir="-") for i in range(2)]
         for i, (led, value) in enumerate(zip(leds, (npu.idle, npu.error))):
             m.submodules[f"led_buf{i}"] = buf = io.Buffer("o", led)
-            m.d.comb += buf.o.eq(value)
+            m.d.sync += buf.o.eq(value)          # (registered: no path from the NPU's state to a pin)
         return m

@@ -132,7 +132,7 @@ class Controller(wiring.Component):
             self.busy.eq(busy.as_value().any()),
             act_fn.i_valid.eq(wb.i_valid), act_fn.i_acc.eq(wb.i_acc),
             wb.o_valid.eq(act_fn.o_valid), wb.o_data.eq(act_fn.o_data),
-            act_fn.bias.eq(ld.bias[wb.bias_bank]), act_fn.lut_we.eq(ld.lut_we), act_fn.lut_addr.eq(ld.lut_addr),
+            act_fn.lut_we.eq(ld.lut_we), act_fn.lut_addr.eq(ld.lut_addr),
             act_fn.lut_wdata.eq(ld.lut_wdata),
             ld.din.eq(self.din), self.want_in.eq(ld.want), self.want_in_next.eq(ld.want_next),
             st.counter_sel.eq(self.counter_sel),
@@ -163,10 +163,20 @@ class Controller(wiring.Component):
         m.d.comb += [act_fn.use_lut.eq(use_lut), act_fn.single_round.eq(single_round), act_fn.out_zp.eq(out_zp),
                      act_fn.qmin.eq(qmin),
                      act_fn.qmax.eq(qmax)]
-        for i in range(c.cols):        # per lane: CONFIG's, or the bank's per-channel (ACTIVATE perchan)
-            m.d.comb += [
-                act_fn.shift[i].eq(Mux(wb.per_channel, ld.shift[wb.bias_bank][i], shift)),
-                act_fn.multiplier[i].eq(Mux(wb.per_channel, ld.multiplier[wb.bias_bank][i], multiplier)),
+        # Per lane: the bias of the ACTIVATE's bank, and CONFIG's shift and multiplier or the bank's
+        # per-channel ones (ACTIVATE perchan), selected into registers (no path from the ACT unit's state
+        # through the bank muxes into the activation unit). They are one cycle late, which no row sees:
+        # the ACT unit's bank and perchan registers load in its start cycle d and its first row enters
+        # the activation unit in d+2; CONFIG, LOAD_BIAS and LOAD_QUANT registers change at least two
+        # cycles before a dependent ACTIVATE's first row.
+        act_bias = Signal.like(act_fn.bias)
+        act_shift, act_multiplier = Signal.like(act_fn.shift), Signal.like(act_fn.multiplier)
+        m.d.comb += [act_fn.bias.eq(act_bias), act_fn.shift.eq(act_shift), act_fn.multiplier.eq(act_multiplier)]
+        m.d.sync += act_bias.eq(ld.bias[wb.bias_bank])
+        for i in range(c.cols):
+            m.d.sync += [
+                act_shift[i].eq(Mux(wb.per_channel, ld.shift[wb.bias_bank][i], shift)),
+                act_multiplier[i].eq(Mux(wb.per_channel, ld.multiplier[wb.bias_bank][i], multiplier)),
             ]
 
         # -- unit commands: start pulses from the dispatcher, fields straight from the head word ------

@@ -52,6 +52,13 @@ def _scaled(field, constant: int):
     return Array(C(i * constant) for i in range(1 << len(field)))[field]
 
 
+def _times(value, constant: int):
+    """``value * constant`` as a balanced sum of ``value`` shifted by the set bits of ``constant`` (LUT
+    adders, no DSP multiplier)."""
+    shifts = [k for k in range(constant.bit_length()) if constant >> k & 1]
+    return _balanced_sum([value << k for k in shifts]) if shifts else C(0)
+
+
 def _balanced_sum(terms: list):
     """The sum of ``terms`` as a balanced tree of adders (depth log2 of their number, not their number)."""
     while len(terms) > 1:
@@ -64,14 +71,15 @@ class Counters(wiring.Component):
 
     ``cycles`` += ``active`` and ``stall_cycles`` += ``stall`` every cycle, in registers; their values
     include every cycle before the current one. The events of each running (``run``) cycle go through a
-    pipeline: registered first (with the MACs' energy, a multiply), then added to each event counter while
-    their cost (from the configuration's energy table, the same ``event_costs`` the golden model uses) is
-    registered (``pending``), then that cost is added to ``energy_fj``. The value of an event counter in
-    cycle t therefore includes the events of every cycle before t - 1.
+    pipeline: registered first, then added to each event counter while their cost (from the
+    configuration's energy table, the same ``event_costs`` the golden model uses) is registered
+    (``pending``, and the MACs' energy, a constant multiply as shifted adds from the registered MACs, in
+    ``mac_pending``), then that cost is added to ``energy_fj``. The value of an event counter in cycle t
+    therefore includes the events of every cycle before t - 1.
 
     Storage: an event counter is a narrow *delta* register, to which its events are added, plus a
-    ``counter_bits`` word in a memory (LUT RAM on an FPGA): its value is word + delta (+ ``pending`` for
-    ``energy_fj``). One adder, visiting one counter a cycle in turn, moves its delta into its word (the
+    ``counter_bits`` word in a memory (LUT RAM on an FPGA): its value is word + delta (+ ``pending`` and
+    ``mac_pending`` for ``energy_fj``). One adder, visiting one counter a cycle in turn, moves its delta into its word (the
     *flush*). So the wide adders and the readout mux of fifteen registers become one adder and memory read
     ports. A delta is sized for the most its counter can gain between two flushes of it.
 
@@ -153,19 +161,18 @@ class Counters(wiring.Component):
         add = {"busy_cycles": ev.row, "macs": ev.macs, "int4_macs": Mux(ev.int4_macs, ev.macs, 0),
                **{name: field * factor for name, (field, factor) in costed_events(ev, c).items()}}
         extra = {}
-        pending = Signal(bits)
+        pending, mac_pending = Signal(bits), Signal(bits)
         if c.energy_counter:
-            # The MACs' energy (a multiply, in a DSP block) is computed in stage 1, beside the register;
-            # stage 2 registers the cost of the events in ``pending``; stage 3 adds it to the delta.
+            # Stage 2 registers the cost of the events in ``pending`` and the MACs' energy in ``mac_pending``
+            # (from the registered MACs: no path from the units' state through a multiplier); stage 3 adds
+            # both to the delta.
             cost, cost_int4 = event_costs(c), event_costs(c, Precision.A4W4)
-            mac_energy = Signal(bits)
-            m.d.sync += mac_energy.eq(Mux(self.run, counted.macs * Mux(counted.int4_macs, cost_int4["macs"],
-                                                                       cost["macs"]), 0))
+            m.d.sync += mac_pending.eq(Mux(ev.int4_macs, _times(ev.macs, cost_int4["macs"]),
+                                           _times(ev.macs, cost["macs"])))
             # Each event's cost from a table on its (1- or 2-bit) count, no multiplier; a balanced sum.
             m.d.sync += pending.eq(_balanced_sum([_scaled(field, factor * cost[name])
-                                                  for name, (field, factor) in costed_events(ev, c).items()]
-                                                 + [mac_energy]))
-            add["energy_fj"] = extra["energy_fj"] = pending
+                                                  for name, (field, factor) in costed_events(ev, c).items()]))
+            add["energy_fj"] = extra["energy_fj"] = pending + mac_pending
 
         # Deltas, sized for the most a counter gains between two of its flushes: the flush visits the
         # counters in turn, one per cycle that is not held (``n`` such cycles a round); a held readout
@@ -203,7 +210,7 @@ class Counters(wiring.Component):
         # the core is not frozen in a cycle after an inactive one, hdl/top.py.)
         was_active = Signal()
         m.d.sync += was_active.eq(self.active)
-        m.d.comb += self.settled.eq(~clearing & ~was_active & (ev.as_value() == 0) & (pending == 0)
+        m.d.comb += self.settled.eq(~clearing & ~was_active & (ev.as_value() == 0) & (pending == 0) & (mac_pending == 0)
                                     & ~Cat(*deltas.values()).any())
 
         # The readout: counters ``sel * bus_bytes // 8`` onwards, as many as a beat holds.

@@ -72,8 +72,9 @@ class ExecuteUnit(wiring.Component):
             m.d.sync += [self.issue_busy.eq(1), aaddr.eq(self.aaddr), accaddr.eq(self.accaddr),
                          rows_left.eq(self.rows), accumulate.eq(self.accumulate), buf.eq(self.buf),
                          row_macs.eq(self.row_macs)]
+        m.d.comb += self.act_rd.addr.eq(aaddr)        # (from the register, read or not)
         with m.If(issuing):
-            m.d.comb += [self.act_rd.en.eq(1), self.act_rd.addr.eq(aaddr)]
+            m.d.comb += self.act_rd.en.eq(1)
             m.d.sync += [aaddr.eq(aaddr + 1), accaddr.eq(accaddr + 1), rows_left.eq(rows_left - 1)]
 
         # -- drain slot ---------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from opennpu.golden.link import (CRC_POLY, CRC_RESIDUE, INFO_FIELDS, PROTOCOL_VE
                                  STATUS_HEADER_BYTES, SYNC, FrameType, NakReason)
 from opennpu.golden.program import COUNTER_NAMES
 
-from .common import read_port_signature
+from .common import delay_line, read_port_signature
 from .top import CommandBeat, Status
 
 __all__ = ["HostLink", "Crc32"]
@@ -77,7 +77,12 @@ class HostLink(wiring.Component):
     frame starts: no data-out buffer beyond that beat). The STATUS reply's counter bytes come from
     the NPU's COUNTERS snapshot word, one beat at a time (``counter_sel`` / ``counter_beat``): no
     readout of its own; they are the final counters when the reply's IDLE flag is set (the flags
-    byte goes out several byte times before the first counter byte).
+    byte goes out several byte times before the first counter byte). Timing: the STATUS header reads
+    ``npu_status`` through a register (one cycle late), the counter bytes come through registered
+    ``counter_sel`` and ``counter_beat`` (ready three cycles after the byte index moves), and every
+    payload byte is loaded from a register that holds the byte of the cycle before; bytes are at least
+    9 cycles apart, so each is complete when it is sent, and no path runs from the NPU's state to the
+    transmitter and its CRC.
 
     Throughput: ``rx`` takes a byte when the receive CRC register is free (one byte per 9 cycles at
     most); ``tx`` gets one byte per 9 cycles at most; both far above a UART's byte rate.
@@ -311,9 +316,11 @@ class HostLink(wiring.Component):
                 m.d.sync += [busy[s].eq(0), ack_pend[s].eq(1)]
 
         # -- transmitter ---------------------------------------------------------------------------
+        npu_status = Signal(Status)
+        m.d.sync += npu_status.eq(self.npu_status)
         status_header = Cat(
-            self.npu_status.error, C(0, 5), self.npu_status.rejected,
-            self.npu_status.idle, busy[0], busy[1], self.rx_overrun, self.rx_framing_error, C(0, 3),
+            npu_status.error, C(0, 5), npu_status.rejected,
+            npu_status.idle, busy[0], busy[1], self.rx_overrun, self.rx_framing_error, C(0, 3),
             last_seq[0], last_seq[1], dout_seq, crc_errors)
         assert len(status_header) == 8 * STATUS_HEADER_BYTES
         info_bytes = Cat(*(C(v, 32) for v in (self.info_values()[f] for f in INFO_FIELDS)))
@@ -325,9 +332,12 @@ class HostLink(wiring.Component):
         # STATUS: the header, then counter byte ``t_idx - STATUS_HEADER_BYTES`` from its snapshot beat.
         counter_byte = (t_idx - STATUS_HEADER_BYTES)[:len(t_idx)]
         in_beat = (c.bus_bytes - 1).bit_length()        # bus_bytes is a power of two
-        m.d.comb += self.counter_sel.eq(counter_byte[in_beat:])
+        # (``counter_sel`` and ``counter_beat`` through registers: the byte is ready 3 cycles after ``t_idx``.)
+        counter_beat = Signal.like(self.counter_beat)
+        m.d.sync += [self.counter_sel.eq(counter_byte[in_beat:]), counter_beat.eq(self.counter_beat)]
         status_byte = Mux(t_idx < STATUS_HEADER_BYTES, status_header.word_select(t_idx[:(STATUS_HEADER_BYTES - 1).bit_length()], 8),
-                          self.counter_beat.word_select(counter_byte[:in_beat], 8) if in_beat else self.counter_beat)
+                          counter_beat.word_select(delay_line(m, counter_byte[:in_beat], 2, "counter_byte"), 8)
+                          if in_beat else counter_beat)
         kinds = {
             "NAK": (FrameType.NAK, 2, Mux(t_idx[0], nak_reason, t_b0)),
             "ACK": (FrameType.ACK, 1, t_b0),
@@ -341,7 +351,8 @@ class HostLink(wiring.Component):
         with m.Switch(kind):
             for name, (ftype, nbytes, value) in kinds.items():
                 with m.Case(K[name]):
-                    m.d.comb += [t_type.eq(ftype), t_len.eq(nbytes), payload_byte.eq(value)]
+                    m.d.comb += [t_type.eq(ftype), t_len.eq(nbytes)]
+                    m.d.sync += payload_byte.eq(value)      # byte ``t_idx`` of the cycle before
 
         m.submodules.tx_crc = tx_crc = Crc32()
         t_head = Signal(range(5))                  # header byte index

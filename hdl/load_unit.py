@@ -82,6 +82,10 @@ class LoadUnit(wiring.Component):
         regs_shift = Signal(8 * c.bus_bytes * quant_beats)
         bias_base = 8 * c.bus_bytes * (quant_beats - bias_beats)
 
+        # SRAM write addresses and data straight from the ``addr`` register and the beat; only the
+        # enables depend on the state.
+        m.d.comb += [self.act_wr.addr.eq(addr), self.act_wr.data.eq(self.din),
+                     self.wgt_wr.addr.eq(addr), self.wgt_wr.data.eq(self.din)]
         m.d.comb += [self.want.eq(self.busy), self.ev_beat.eq(self.busy),
                      self.want_next.eq(self.start | (self.busy & (left != 1)))]
         with m.If(self.start):
@@ -102,11 +106,9 @@ class LoadUnit(wiring.Component):
                 m.d.sync += self.busy.eq(0)
             with m.Switch(kind):
                 with m.Case(LoadKind.ACT):
-                    m.d.comb += [self.act_wr.en.eq(1), self.act_wr.addr.eq(addr),
-                                 self.act_wr.data.eq(self.din), self.ev_act_write.eq(1)]
+                    m.d.comb += [self.act_wr.en.eq(1), self.ev_act_write.eq(1)]
                 with m.Case(LoadKind.WGT):
-                    m.d.comb += [self.wgt_wr.en.eq(1), self.wgt_wr.addr.eq(addr),
-                                 self.wgt_wr.data.eq(self.din), self.ev_wgt_write.eq(1)]
+                    m.d.comb += [self.wgt_wr.en.eq(1), self.ev_wgt_write.eq(1)]
                 with m.Case(LoadKind.BIAS, LoadKind.QUANT):
                     shifted = Cat(regs_shift[8 * c.bus_bytes:], self.din)
                     m.d.sync += regs_shift.eq(shifted)

@@ -50,9 +50,10 @@ class PreloadUnit(wiring.Component):
         m = Module()
         c = self._config
         m.d.comb += self.wgt_rd.en.eq(0)           # memory read ports default to enabled
-        addr, krows, ncols, pe_rows = Signal(16), Signal(8), Signal(8), Signal(8)
+        addr, krows, ncols, pe_rows = Signal(16), Signal(8), Signal(8), Signal(8)   # addr: the next word to read
         buf = Signal()
         step = Signal(9)             # 0 = clear; PE row (step - 1) is written
+        m.d.comb += self.wgt_rd.addr.eq(addr)      # (from the register, read or not)
         a4w4 = self.precision == Precision.A4W4
         a8w4 = self.precision == Precision.A8W4
 
@@ -65,8 +66,8 @@ class PreloadUnit(wiring.Component):
             m.d.comb += [self.w_buf.eq(buf), self.w_clear_buf.eq(buf), self.w_clear.eq(step == 0)]
             read_now = Mux(a8w4, ~step[0] & (step < krows), step < pe_rows)
             with m.If(read_now):
-                m.d.comb += [self.wgt_rd.en.eq(1), self.ev_wgt_read.eq(1),
-                             self.wgt_rd.addr.eq(Mux(a8w4, addr + (step >> 1), addr + step))]
+                m.d.comb += [self.wgt_rd.en.eq(1), self.ev_wgt_read.eq(1)]
+                m.d.sync += addr.eq(addr + 1)
             with m.If(step != 0):
                 row = step - 1
                 word = data.View(data.ArrayLayout(unsigned(8), c.cols), self.wgt_rd.data)

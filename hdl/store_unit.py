@@ -58,7 +58,8 @@ class StoreUnit(wiring.Component):
         m = Module()
         c = self._config
         bus = 8 * c.bus_bytes
-        # Read ports enable only on a read (their data must hold between the beats of a word).
+        # Read ports enable only on a read (their data must hold between the beats of a word); their
+        # address is the ``addr`` register whether they read or not (no logic between it and the SRAMs).
         m.d.comb += [self.act_rd.en.eq(0), self.wgt_rd.en.eq(0), self.acc_rd.en.eq(0)]
         sources = {   # mode: (word bits, read port, read event)
             StoreMode.ACT: (self.act_rd.data, self.act_rd, self.ev_act_read),
@@ -67,6 +68,7 @@ class StoreUnit(wiring.Component):
         }
         mode, first = Signal(2), Signal()
         addr, words_left = Signal(16), Signal(17)
+        m.d.comb += [port.addr.eq(addr) for _, port, _ in sources.values()]
         counter_beats = c.beats(8 * len(COUNTER_NAMES))
         most_beats = max(c.beats(len(v[0]) // 8) for v in sources.values()) + counter_beats
         beat = Signal(range(most_beats + 1))
@@ -109,5 +111,5 @@ class StoreUnit(wiring.Component):
             with m.Switch(mode):
                 for mode_value, (_, port, event) in sources.items():
                     with m.Case(mode_value):
-                        m.d.comb += [port.en.eq(1), port.addr.eq(addr), event.eq(1)]
+                        m.d.comb += [port.en.eq(1), event.eq(1)]
         return m

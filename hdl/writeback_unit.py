@@ -53,6 +53,9 @@ class WritebackUnit(wiring.Component):
         c = self._config
         m.d.comb += self.acc_rd.en.eq(0)            # memory read ports default to enabled
         raddr, waddr, rows_left, outs_left = Signal(16), Signal(16), Signal(17), Signal(17)
+        # SRAM addresses and write data straight from registers; only the enables depend on the state.
+        m.d.comb += [self.acc_rd.addr.eq(raddr), self.act_wr.addr.eq(waddr),
+                     self.act_wr.data.eq(self.o_data.as_value()[:8 * min(c.rows, c.cols)])]
         dest = Signal()
 
         reading = Signal()
@@ -62,12 +65,11 @@ class WritebackUnit(wiring.Component):
                          rows_left.eq(self.rows), outs_left.eq(self.rows), dest.eq(self.dest),
                          self.bias_bank.eq(self.bank), self.per_channel.eq(self.perchan)]
         with m.If(reading):
-            m.d.comb += [self.acc_rd.en.eq(1), self.acc_rd.addr.eq(raddr), self.ev_acc_read.eq(1)]
+            m.d.comb += [self.acc_rd.en.eq(1), self.ev_acc_read.eq(1)]
             m.d.sync += [raddr.eq(raddr + 1), rows_left.eq(rows_left - 1)]
         m.d.sync += self.i_valid.eq(reading)
         m.d.comb += self.i_acc.as_value().eq(self.acc_rd.data)
 
-        lanes = min(c.rows, c.cols)
         with m.If(self.o_valid):
             m.d.comb += self.ev_act_op.eq(1)
             m.d.sync += outs_left.eq(outs_left - 1)
@@ -76,7 +78,6 @@ class WritebackUnit(wiring.Component):
             with m.If(dest):
                 m.d.comb += [self.push.eq(1), self.push_data.eq(self.o_data.as_value())]
             with m.Else():
-                m.d.comb += [self.act_wr.en.eq(1), self.act_wr.addr.eq(waddr),
-                             self.act_wr.data.eq(self.o_data.as_value()[:8 * lanes]), self.ev_act_write.eq(1)]
+                m.d.comb += [self.act_wr.en.eq(1), self.ev_act_write.eq(1)]
                 m.d.sync += waddr.eq(waddr + 1)
         return m

@@ -148,7 +148,13 @@ def _overrides(board: Board, seed: int | None) -> dict:
     if seed is not None:
         nextpnr += ["--seed", str(seed)]
     synth = ["-abc9"] if board.family == "ecp5" else ["-dsp", "-abc9"]
-    return {"nextpnr_opts": " ".join(nextpnr), "synth_opts": " ".join(synth)}
+    # Amaranth names the elements of an ``ArrayLayout`` signal ``X`` ``X[0]``, ``X[1]``, ...: aliases of
+    # slices of ``X``. When ABC9 reports bits of both ``X`` and ``X[k]`` by name, Yosys 0.70 rebuilds
+    # ``X`` from ``X[k]`` wires of the wrong width (``abc_ops_reintegrate``: "Assert `GetSize(conn.first)
+    # == GetSize(conn.second)' failed"), depending on which names the mapping happens to keep. Hiding
+    # those names (ports excepted) before synthesis lets ``opt_clean`` drop the aliases.
+    return {"nextpnr_opts": " ".join(nextpnr), "synth_opts": " ".join(synth),
+            "script_after_read": "rename -hide w:*[[]*"}
 
 
 @contextlib.contextmanager
