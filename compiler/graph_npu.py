@@ -39,10 +39,10 @@ import numpy as np
 from opennpu.config import NpuConfig
 from opennpu.golden import numerics
 
-from .graph import Graph, Node, Requant
+from .graph import Graph, Node
 from .host_kernels import check_graph_input, pool_counts, run_node
 from .model_program import compile_model, run_model
-from .qlayers import ConvGeom, QLayer, QuantModel, TensorSpec
+from .qlayers import ConvGeom, QLayer, QuantModel, TensorSpec, int8_parts
 
 __all__ = ["NPU_OPS", "npu_runs", "pool_divisor", "lower_node", "lowered", "run_on_npu"]
 
@@ -100,8 +100,7 @@ def npu_runs(graph: Graph, node: Node, config: NpuConfig, npu_ops=NPU_OPS) -> bo
 def _operands(graph: Graph, node: Node) -> tuple:
     """(weights, bias, M0 per channel, shift per channel, input zero point, requant) of a convolution or
     fully connected node."""
-    x_t, out_t = graph.tensors[node.inputs[0]], graph.tensors[node.output]
-    n = out_t.shape[-1]
+    n = graph.tensors[node.output].shape[-1]
     a = node.attrs
     r = a.requant
     bias = np.zeros(n, np.int64) if node.inputs[2] is None else np.asarray(graph.tensors[node.inputs[2]].data,
@@ -159,7 +158,6 @@ def lower_node(graph: Graph, node: Node, channels: slice = slice(None)) -> QLaye
         raise ValueError(f"node {node.name!r}: {node.op} writes int32 accumulators, which the model compiler "
                          f"does not store; run it on the host")
     x_t, out_t = graph.tensors[node.inputs[0]], graph.tensors[node.output]
-    a = node.attrs
     w, bias, multiplier, shift, in_zp, r = _operands(graph, node)
     n = out_t.shape[-1]
     if node.op == "depthwise_conv2d":                    # output channels c*M .. c*M+M-1 of the chosen inputs
@@ -191,12 +189,10 @@ def lower_node(graph: Graph, node: Node, channels: slice = slice(None)) -> QLaye
 def _product_layer(graph: Graph, node: Node, b: np.ndarray) -> QLayer:
     """One (K, N) slice ``b`` of a ``matmul``'s second operand as the weights of a fully connected layer
     whose samples are the rows of the first operand. ``b - zp_b`` spans up to -255..255: where it leaves
-    int8 it is split into two int8 halves stacked along K (``w1 + w2``), and the rows are fed twice
-    (``_product_rows``), so the products stay exact."""
+    int8 it is split into int8 parts stacked along K (``qlayers.int8_parts``: 2, or 3 where 255 occurs),
+    and the rows are fed as many times (``_product_rows``), so the products stay exact."""
     (za, zb), r = node.attrs.in_zp, node.attrs.requant
-    w = np.asarray(b, np.int64) - zb
-    w1 = np.clip(w, -128, 127)
-    matrix = w1 if np.array_equal(w1, w) else np.concatenate([w1, w - w1])
+    matrix = np.concatenate(int8_parts(np.asarray(b, np.int64) - zb))
     a_t, out_t = graph.tensors[node.inputs[0]], graph.tensors[node.output]
     return QLayer(node.name, node.op, matrix, numerics.wrap_int32(-za * matrix.sum(axis=0)), int(r.multiplier[0]),
                   int(r.shift[0]), r.out_zp, r.qmin, r.qmax, None, (len(matrix),), (a_t.scale[0], za),
@@ -204,9 +200,9 @@ def _product_layer(graph: Graph, node: Node, b: np.ndarray) -> QLayer:
 
 
 def _product_rows(layer: QLayer, a: np.ndarray) -> np.ndarray:
-    """The rows (M, K) of a ``matmul``'s first operand as ``_product_layer``'s samples (fed twice when its
-    weights are split)."""
-    return a if layer.k == a.shape[-1] else np.concatenate([a, a], axis=-1)
+    """The rows (M, K) of a ``matmul``'s first operand as ``_product_layer``'s samples (fed once per part
+    of its split weights)."""
+    return np.concatenate([a] * (layer.k // a.shape[-1]), axis=-1)
 
 
 def _run_layer(layer: QLayer, node: Node, x: np.ndarray, config: NpuConfig, backend) -> tuple:

@@ -55,7 +55,7 @@ Contracts
   channel's accumulator scale ``s_a * s_w[c]``. Weight zero points (per tensor or per output channel)
   are folded into the weights; where ``w - zp`` leaves int8 (uint8 weights: -255..255), the weights are
   split into the fewest int8 parts that sum to them and the layer reads its input that many times,
-  concatenated along the channels (``_int8_parts``): the accumulator is the same integer sum, so the
+  concatenated along the channels (``qlayers.int8_parts``): the accumulator is the same integer sum, so the
   NPU stays exact (depthwise convolutions cannot be split this way and are refused).
 * int8 and uint8 activations (uint8 is shifted onto the int8 grid, zero point - 128); a quantized graph
   input takes its grid from the first op that reads it.
@@ -76,9 +76,9 @@ from .graph import (ConcatAttrs, ConvAttrs, FloatSoftmaxAttrs, FullyConnectedAtt
 from .onnx_chain import NotAChain, chain_view
 from .onnx_qlinear import QLinearOps
 from .onnx_tensor_ops import UNARY_FUNCTIONS, TensorOps
-from .onnx_values import (_QUANT_TYPES, OnnxGraph, _Acc, _Const, _Deq, _DeqConst, _Float, _FloatInput, _int8_parts, _pads,
+from .onnx_values import (_QUANT_TYPES, OnnxGraph, _Acc, _Const, _Deq, _DeqConst, _Float, _FloatInput, _pads,
                           _PerAxisQ, _Q, _unique)
-from .qlayers import QuantModel, TensorSpec
+from .qlayers import QuantModel, TensorSpec, int8_parts
 
 __all__ = ["import_onnx", "import_onnx_graph", "OnnxGraph", "NotAChain", "onnxruntime_session", "UNARY_FUNCTIONS"]
 
@@ -375,7 +375,7 @@ class _Importer(TensorOps, QLinearOps):
     def _split_input(self, node, acc: _Acc) -> _Acc:
         """A layer whose weights leave int8 (folded uint8 zero points) -> int8 weight parts side by side
         along K and the input concatenated with itself as often (a ``concatenation`` node), same sum."""
-        parts = _int8_parts(acc.w)
+        parts = int8_parts(acc.w)
         if len(parts) == 1:
             return acc
         if acc.op == "depthwise_conv2d":

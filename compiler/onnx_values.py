@@ -141,16 +141,6 @@ def _unique(existing, base: str) -> str:
     return name
 
 
-def _int8_parts(w: np.ndarray) -> list:
-    """Integer weights -> the fewest p int8 arrays that sum to them: part i is floor((w + i) / p)
-    (Hermite's identity: the parts sum to w and differ by at most one), p = 1 when w fits int8; -255..255
-    takes 2 parts, 3 only where 255 occurs."""
-    p = 1
-    while -(-int(w.max()) // p) > 127 or int(w.min()) // p < -128:
-        p += 1
-    return [(w + i) // p for i in range(p)]
-
-
 def _pads(attrs: dict, spatial: tuple, kernel: tuple, strides: tuple, dil: tuple) -> list:
     """ONNX ``pads`` / ``auto_pad`` -> [begin..., end...] per spatial axis."""
     auto_pad = attrs.get("auto_pad", b"NOTSET")

@@ -28,7 +28,7 @@ from opennpu.golden import numerics
 
 from .schedule import requant_params
 
-__all__ = ["ConvGeom", "QLayer", "TensorSpec", "QuantModel", "quantize_like_onnx"]
+__all__ = ["ConvGeom", "QLayer", "TensorSpec", "QuantModel", "quantize_like_onnx", "int8_parts"]
 
 
 def quantize_like_onnx(x, scale: float, zero_point: int) -> np.ndarray:
@@ -36,6 +36,16 @@ def quantize_like_onnx(x, scale: float, zero_point: int) -> np.ndarray:
     even, add the zero point, saturate. ``scale`` / ``zero_point`` may be arrays broadcasting against x."""
     q = np.rint(np.asarray(x, np.float32) / np.asarray(scale, np.float32)).astype(np.int64) + zero_point
     return np.clip(q, -128, 127)
+
+
+def int8_parts(w: np.ndarray) -> list:
+    """Integer weights -> the fewest p int8 arrays that sum to them: part i is floor((w + i) / p)
+    (Hermite's identity: the parts sum to w and differ by at most one), p = 1 when w fits int8; -255..255
+    takes 2 parts, 3 only where 255 occurs."""
+    p = 1
+    while -(-int(w.max()) // p) > 127 or int(w.min()) // p < -128:
+        p += 1
+    return [(w + i) // p for i in range(p)]
 
 
 @dataclass(frozen=True)

@@ -119,3 +119,20 @@ def test_average_pool_over_padding_stays_on_the_host():
     assert np.array_equal(outputs[0], run_graph(graph, x)[0])
     with pytest.raises(ValueError, match="overlap the padding"):
         lower_node(graph, node)
+
+
+def test_product_of_activations_with_weights_beyond_two_int8_halves():
+    """A ``matmul`` whose second operand has zero point -128 and holds 127: ``b - zp`` = 255 needs three
+    int8 parts (two halves would leave 128); the NPU equals the host kernels (it raised before)."""
+    from opennpu.compiler.graph import Graph, MatMulAttrs, Node, QTensor, Requant
+    from opennpu.compiler.host_kernels import run_graph
+    from opennpu.golden import numerics
+    m0, shift = numerics.quantize_multiplier(0.001)
+    tensors = {"x": QTensor("x", (8, 8), "int8", (0.1,), (-128,)), "y": QTensor("y", (8, 8), "int8", (0.5,), (0,))}
+    graph = Graph(tensors, [Node("matmul", "mm", ("x", "x"), "y",
+                                 MatMulAttrs((-128, -128), Requant((m0,), (shift,), 0, -128, 127)))], ("x",), ("y",))
+    x = np.random.default_rng(5).integers(-128, 128, (2, 8, 8)).astype(np.int8)
+    x[0, 0] = 127
+    y, (record,) = run_on_npu(graph, x, NpuConfig(rows=4, cols=4))
+    assert np.array_equal(y[0], run_graph(graph, x)[0])
+    assert record["device"] == "npu" and record["gemms"][0] == [8, 24, 8]

@@ -10,8 +10,9 @@ import pytest
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from compiler.onnx_conformance import check_case, conformance_cases, unsupported  # noqa: E402
-from compiler.onnx_import import _int8_parts, import_onnx_graph  # noqa: E402
+from opennpu.compiler.onnx_conformance import check_case, conformance_cases, unsupported  # noqa: E402
+from opennpu.compiler.onnx_import import import_onnx_graph  # noqa: E402
+from opennpu.compiler.qlayers import int8_parts  # noqa: E402
 from opennpu.config import NpuConfig  # noqa: E402
 
 CASES = {case.name: case for case in conformance_cases()}
@@ -60,7 +61,7 @@ def test_quantize_only_model_is_a_graph_without_nodes():
 @pytest.mark.parametrize("low, high, parts", [(-128, 127, 1), (-255, 254, 2), (-256, 254, 2), (-255, 255, 3)])
 def test_int8_parts_sum_to_the_weights(low, high, parts):
     w = np.arange(low, high + 1)
-    split = _int8_parts(w)
+    split = int8_parts(w)
     assert len(split) == parts
     assert all(p.min() >= -128 and p.max() <= 127 for p in split)
     np.testing.assert_array_equal(sum(split), w)
