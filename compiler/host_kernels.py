@@ -19,6 +19,7 @@ import numpy as np
 from opennpu.golden import numerics
 
 from . import fixedpoint
+from .qlayers import dequantize_like_onnx, quantize_like_onnx
 from .graph import (AddAttrs, ConcatAttrs, ConvAttrs, FloatSoftmaxAttrs, FullyConnectedAttrs, Graph, LayerNormAttrs, LutAttrs, MatMulAttrs,
                     MeanAttrs, MulAttrs, Node, PadAttrs, PoolAttrs, Requant, SoftmaxAttrs, TransposeAttrs, Window)
 
@@ -181,29 +182,21 @@ def matmul(a, b, attrs: MatMulAttrs):
     return _requant(acc, attrs.requant)
 
 
-def _dequantized(x, grid) -> np.ndarray:
-    return (np.asarray(x, np.int64) - grid[1]).astype(np.float32) * np.float32(grid[0])
-
-
-def _quantized(y, grid) -> np.ndarray:
-    return np.clip(np.rint(y / np.float32(grid[0])).astype(np.int64) + grid[1], -128, 127)
-
-
 def float_softmax(x, a: FloatSoftmaxAttrs):
     """Softmax over the last axis in float32 (ONNX's definition between its dequantize and quantize)."""
-    x = _dequantized(x, a.in_q)
+    x = dequantize_like_onnx(x, *a.in_q)
     e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return _quantized(e / e.sum(axis=-1, keepdims=True, dtype=np.float32), a.out_q)
+    return quantize_like_onnx(e / e.sum(axis=-1, keepdims=True, dtype=np.float32), *a.out_q)
 
 
 def layer_norm(x, a: LayerNormAttrs):
     """LayerNormalization over the last axis in float32 (ONNX's definition), requantized half to even."""
     f32 = np.float32
-    x = _dequantized(x, a.in_q)
+    x = dequantize_like_onnx(x, *a.in_q)
     mean = x.mean(axis=-1, keepdims=True, dtype=f32)
     var = ((x - mean) ** 2).mean(axis=-1, keepdims=True, dtype=f32)
     y = (x - mean) / np.sqrt(var + f32(a.epsilon)) * np.asarray(a.gamma, f32) + np.asarray(a.beta, f32)
-    return _quantized(y, a.out_q)
+    return quantize_like_onnx(y, *a.out_q)
 
 
 def _inputs(node: Node, values: dict, graph: Graph) -> list:

@@ -28,7 +28,8 @@ from opennpu.golden import numerics
 
 from .schedule import requant_params
 
-__all__ = ["ConvGeom", "QLayer", "TensorSpec", "QuantModel", "quantize_like_onnx", "int8_parts"]
+__all__ = ["ConvGeom", "QLayer", "TensorSpec", "QuantModel", "quantize_like_onnx", "dequantize_like_onnx",
+           "int8_parts"]
 
 
 def quantize_like_onnx(x, scale: float, zero_point: int) -> np.ndarray:
@@ -36,6 +37,12 @@ def quantize_like_onnx(x, scale: float, zero_point: int) -> np.ndarray:
     even, add the zero point, saturate. ``scale`` / ``zero_point`` may be arrays broadcasting against x."""
     q = np.rint(np.asarray(x, np.float32) / np.asarray(scale, np.float32)).astype(np.int64) + zero_point
     return np.clip(q, -128, 127)
+
+
+def dequantize_like_onnx(q, scale: float, zero_point: int) -> np.ndarray:
+    """ONNX ``DequantizeLinear`` as onnxruntime computes it: ``(q - zero_point) * scale`` in float32.
+    ``scale`` / ``zero_point`` may be arrays broadcasting against q."""
+    return (np.asarray(q, np.int64) - zero_point).astype(np.float32) * np.asarray(scale, np.float32)
 
 
 def int8_parts(w: np.ndarray) -> list:
@@ -212,8 +219,7 @@ class TensorSpec:
         ``(q - zp) * scale`` after ``DequantizeLinear``, else the int8/uint8 values."""
         q = np.asarray(q, np.int64).reshape(len(q), *self.shape)
         if self.dtype == "float32":
-            scale, zero_point = self.grid()
-            return (q - zero_point).astype(np.float32) * np.asarray(scale, np.float32)
+            return dequantize_like_onnx(q, *self.grid())
         return (q + (128 if self.dtype == "uint8" else 0)).astype(self.dtype)
 
     def lsb(self, y) -> np.ndarray:
