@@ -44,7 +44,8 @@ from .host_kernels import check_graph_input, pool_counts, run_node
 from .model_program import compile_model, run_model
 from .qlayers import ConvGeom, QLayer, QuantModel, TensorSpec, int8_parts
 
-__all__ = ["NPU_OPS", "npu_runs", "pool_divisor", "lower_node", "lowered", "run_on_npu"]
+__all__ = ["NPU_OPS", "TABLE_OPS", "npu_runs", "pool_divisor", "lower_node", "lowered", "layer_input", "host_bytes",
+           "run_on_npu"]
 
 #: graph IR ops that are a 256-entry table (``LutAttrs``), which an NPU node's activation unit can apply
 TABLE_OPS = frozenset({"lut", "logistic", "tanh"})
@@ -205,13 +206,23 @@ def _product_rows(layer: QLayer, a: np.ndarray) -> np.ndarray:
     return np.concatenate([a] * (layer.k // a.shape[-1]), axis=-1)
 
 
+def layer_input(layer: QLayer, x: np.ndarray) -> np.ndarray:
+    """A lowered layer's batched channels-last input in the layout the layer takes: flat vectors, or
+    (C, H, W) for a convolution."""
+    return x.reshape(len(x), -1) if layer.conv is None else x.transpose(0, 3, 1, 2)
+
+
+def host_bytes(node: Node, values: dict, y: np.ndarray) -> int:
+    """The bytes a host node moves: its activation inputs and its output (one byte per int8 value)."""
+    return sum(int(np.asarray(values[i]).size) for i in node.inputs if i in values) + int(y.size)
+
+
 def _run_layer(layer: QLayer, node: Node, x: np.ndarray, config: NpuConfig, backend) -> tuple:
     """One lowered layer on the NPU: channels-last int8 ``x`` in, channels-last result and counters out."""
     batch = len(x)
     model = QuantModel([layer], TensorSpec(node.inputs[0], layer.in_shape, None, "int8", *layer.in_q),
                        TensorSpec(node.output, layer.out_shape, None, "int8", *layer.out_q))
-    q = x.reshape(batch, -1) if layer.conv is None else x.transpose(0, 3, 1, 2)
-    run = run_model(compile_model(model, config, batch=batch), q.astype(np.int8), backend)
+    run = run_model(compile_model(model, config, batch=batch), layer_input(layer, x).astype(np.int8), backend)
     y = np.asarray(run.values, np.int64).reshape(batch, *layer.out_shape)
     return (y if layer.conv is None else y.transpose(0, 2, 3, 1)), run.counters
 
@@ -331,8 +342,7 @@ def run_on_npu(graph: Graph, x, config: NpuConfig, backend="golden", npu_ops=NPU
                           single_round=layers[0].single_round)
         else:
             y = run_node(graph, node, values)
-            moved = sum(int(np.asarray(values[i]).size) for i in node.inputs if i in values) + int(y.size)
-            record.update(device="cpu", host_bytes=moved)
+            record.update(device="cpu", host_bytes=host_bytes(node, values, y))
         values[target] = y
         records.append(record)
     return [values[name].astype(graph.tensors[name].dtype) for name in graph.outputs], records

@@ -11,7 +11,7 @@ import numpy as np
 
 from .gemm import GemmSpec
 from .graph import Graph
-from .graph_npu import lowered, npu_runs, run_on_npu
+from .graph_npu import host_bytes, layer_input, lowered, npu_runs, run_on_npu
 from .host_kernels import run_node
 from .report import Layer
 
@@ -48,15 +48,15 @@ def graph_layers(graph: Graph, config: NpuConfig, batch: int = 8, seed: int = 0)
     x = np.random.default_rng(seed).integers(-128, 128, (batch, *graph.tensors[graph.inputs[0]].shape))
     values, layers, host = {graph.inputs[0]: x}, [], []
     for node in graph.nodes:
+        y = run_node(graph, node, values)
         if npu_runs(graph, node, config):
             pairs = lowered(graph, node, values, config)
             for i, (layer, xin) in enumerate(pairs):
-                q = xin.reshape(len(xin), -1) if layer.conv is None else xin.transpose(0, 3, 1, 2)
-                spec = GemmSpec(layer.matrix(q), layer.w, layer.bias, layer.multiplier, layer.shift, layer.out_zp,
-                                layer.qmin, layer.qmax, layer.lut, single_round=layer.single_round)
+                spec = GemmSpec(layer.matrix(layer_input(layer, xin)), layer.w, layer.bias, layer.multiplier,
+                                layer.shift, layer.out_zp, layer.qmin, layer.qmax, layer.lut,
+                                single_round=layer.single_round)
                 layers.append(Layer(node.name if len(pairs) == 1 else f"{node.name}[{i}]", spec))
-        values[node.output] = run_node(graph, node, values)
-        if not npu_runs(graph, node, config):
-            moved = sum(int(np.asarray(values[i]).size) for i in node.inputs if i in values)
-            host.append({"name": node.name, "op": node.op, "bytes": moved + int(values[node.output].size)})
+        else:
+            host.append({"name": node.name, "op": node.op, "bytes": host_bytes(node, values, y)})
+        values[node.output] = y
     return layers, host

@@ -188,24 +188,18 @@ def compare(blob: bytes, x: np.ndarray, config=None, backend: str = "golden") ->
     """Run a quantized model on the NPU and on onnxruntime (graph optimizations off): the LSB
     differences of the output, whether the NPU equals the host kernels (the integer reference) bit for
     bit, and the run's figures (cycles, utilization, energy, share of MACs on the NPU)."""
-    from opennpu.config import NpuConfig
-
+    from .graph_report import graph_run_report
     from .onnx_import import import_onnx_graph, onnxruntime_session
-    config = config or NpuConfig()
     og = import_onnx_graph(blob)
-    y, records = og.run(x, config, backend)
-    ours = og.output.lsb(y)
+    outputs, report = graph_run_report(og.graph, og.quantize_input(x), "model", backend, config)
+    t = report["total"]
+    ours = og.output.lsb(og.output.value(outputs[0]))
     theirs = og.output.lsb(onnxruntime_session(blob).run(None, {og.input.name: x})[0])
     diff = np.abs(ours - theirs)
-    npu = [r for r in records if r["device"] == "npu"]
-    macs, npu_macs = sum(r["macs"] for r in records), sum(r["macs"] for r in npu)
-    cycles = sum(r["cycles"] for r in npu)
-    return {"ops": len(records), "npu_ops": len(npu), "max_lsb": int(diff.max()),
+    return {"ops": t["ops"], "npu_ops": t["npu_ops"], "max_lsb": int(diff.max()),
             "within_1_lsb": float((diff <= 1).mean()),
             "argmax_agree": float((ours.argmax(-1) == theirs.argmax(-1)).mean()) if ours.ndim == 2 else None,
             "exact_vs_reference": bool(np.array_equal(ours, og.reference(x))),
-            "cycles_per_inference": cycles / len(x), "macs_per_inference": macs / len(x),
-            "npu_mac_fraction": npu_macs / macs if macs else 0.0,
-            "utilization": npu_macs / (cycles * config.rows * config.cols) if cycles else 0.0,
-            "energy_nj_per_inference": sum(r["energy_fj"] for r in npu) / 1e6 / len(x),
-            "host_bytes": sum(r["host_bytes"] for r in records if r["device"] == "cpu")}
+            "cycles_per_inference": t["cycles_per_inference"], "macs_per_inference": t["macs"] / len(x),
+            "npu_mac_fraction": t["npu_mac_fraction"], "utilization": t["utilization"],
+            "energy_nj_per_inference": t["energy_fj"] / 1e6 / len(x), "host_bytes": t["host_bytes"]}
