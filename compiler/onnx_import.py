@@ -76,7 +76,7 @@ from .graph import (ConcatAttrs, ConvAttrs, FloatSoftmaxAttrs, FullyConnectedAtt
 from .onnx_chain import NotAChain, chain_view
 from .onnx_qlinear import QLinearOps
 from .onnx_tensor_ops import UNARY_FUNCTIONS, TensorOps
-from .onnx_values import (_QUANT_TYPES, OnnxGraph, _Acc, _Const, _Deq, _DeqConst, _Float, _FloatInput, _pads,
+from .onnx_values import (_QUANT_TYPES, OnnxGraph, _Acc, _Const, _Deq, _DeqConst, _Float, _FloatInput, _pads, along,
                           _PerAxisQ, _Q, _unique)
 from .qlayers import QuantModel, TensorSpec, int8_parts
 
@@ -586,27 +586,16 @@ class _Importer(TensorOps, QLinearOps):
     def _quantize_const(self, node, v, scale, zp) -> _Const:
         """QuantizeLinear of a constant (or of a dequantized one), as ONNX defines it: x / scale rounded half
         to even, plus the zero point, saturated to the zero point's type; per-axis along ``axis``."""
-        x = np.asarray(v.value, np.float32) if isinstance(v, _Const) else \
-            ((v.q.astype(np.float32) - self._along(v.zp, v.axis, v.q.ndim)) * self._along(v.scale, v.axis, v.q.ndim))
+        x = np.asarray(v.value, np.float32) if isinstance(v, _Const) else v.real()
         dtype = np.dtype("uint8") if zp is None else np.asarray(zp).dtype
         if dtype.name not in _QUANT_TYPES:
             raise self._error(node, f"quantizing a constant to {dtype} is not supported (int8, uint8)")
         axis = int(self._attrs(node).get("axis", 1))
         axis = axis + x.ndim if axis < 0 else axis
-        s = self._along(np.asarray(scale, np.float32), axis, x.ndim)
-        z = self._along(np.zeros(1) if zp is None else np.asarray(zp, np.int64), axis, x.ndim)
+        s = along(np.asarray(scale, np.float32), axis, x.ndim)
+        z = along(np.zeros(1) if zp is None else np.asarray(zp, np.int64), axis, x.ndim)
         info = np.iinfo(dtype)
         return _Const(np.clip(np.rint(x / s) + z, info.min, info.max).astype(dtype))
-
-    @staticmethod
-    def _along(values, axis: int, ndim: int):
-        """Per-axis parameters shaped to broadcast along ``axis`` of an ``ndim`` array (a scalar stays one)."""
-        values = np.asarray(values)
-        if values.size == 1:
-            return values.reshape(())
-        shape = [1] * ndim
-        shape[axis] = values.size
-        return values.reshape(shape)
 
     def _op_DequantizeLinear(self, node):
         v = self._get(node, 0)

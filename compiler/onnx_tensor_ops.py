@@ -120,7 +120,7 @@ class TensorOps:
     def _scalar(v) -> float | None:
         """The value of a one-element constant (or dequantized constant), else None."""
         if isinstance(v, _DeqConst) and v.q.size == v.scale.size == v.zp.size == 1:
-            return float((v.q.astype(np.float64).ravel()[0] - v.zp.ravel()[0]) * v.scale.ravel()[0])
+            return float(v.real().ravel()[0])
         if isinstance(v, _Const) and np.asarray(v.value).size == 1:
             return float(np.asarray(v.value, np.float64).ravel()[0])
         return None
@@ -158,7 +158,7 @@ class TensorOps:
         if v is None:
             return (0.0,) * n
         if isinstance(v, _DeqConst):
-            value = (v.q.astype(np.float64) - v.zp) * v.scale
+            value = v.real()
         elif isinstance(v, _Const):
             value = np.asarray(v.value, np.float64)
         else:

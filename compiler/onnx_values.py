@@ -30,6 +30,21 @@ class _DeqConst:
     dtype: str
     axis: int = 1
 
+    def real(self) -> np.ndarray:
+        """The float32 values, ``(q - zp) * scale`` per axis, as onnxruntime dequantizes them."""
+        ndim = self.q.ndim
+        return (self.q.astype(np.float32) - along(self.zp, self.axis, ndim)) * along(self.scale, self.axis, ndim)
+
+
+def along(values, axis: int, ndim: int) -> np.ndarray:
+    """Per-axis parameters shaped to broadcast along ``axis`` of an ``ndim`` array (a scalar stays one)."""
+    values = np.asarray(values)
+    if values.size == 1:
+        return values.reshape(())
+    shape = [1] * ndim
+    shape[axis] = values.size
+    return values.reshape(shape)
+
 
 @dataclass
 class _FloatInput:
