@@ -59,6 +59,7 @@ class GemmSpec:
     lut: np.ndarray | None = None
     precision: Precision = Precision.INT8
     single_round: bool = False     # TFLite's single-rounding requantization (CONFIG single_round)
+    raw: bool = False              # int32 sums A @ W + bias out (STORE of the accumulators; bias added on the host)
 
     def __post_init__(self):
         self.a = np.asarray(self.a, np.int64)
@@ -88,6 +89,8 @@ class GemmSpec:
     def expected(self) -> np.ndarray:
         """Direct numpy result (no tiling): the golden numerics applied to the whole product."""
         acc = numerics.wrap_int32(numerics.int_matmul(self.a, self.w))
+        if self.raw:
+            return numerics.wrap_int32(acc + self.bias)
         return numerics.activation_unit(acc, self.bias, self.multiplier, self.shift, self.out_zp,
                                         self.qmin, self.qmax, self.lut, self.single_round)
 
@@ -104,19 +107,22 @@ class GemmProgram:
         """Data-out bytes of the program -> M x N int64 result."""
         c = self.config
         m, _, n = self.spec.shape
-        row_bytes = c.beats(c.cols) * c.bus_bytes
+        row_bytes = c.beats(4 * c.cols if self.spec.raw else c.cols) * c.bus_bytes
         expected = sum(rows for _, rows in self.chunks) * self.n_tiles * row_bytes
         if len(data_out) != expected:
             raise ValueError(f"data-out has {len(data_out)} bytes, the program emits {expected}")
         out = np.zeros((m, n), np.int64)
-        raw = np.frombuffer(data_out, np.int8).reshape(-1, row_bytes)[:, :c.cols].astype(np.int64)
+        if self.spec.raw:             # int32 accumulator rows; the bias is added here
+            raw = np.frombuffer(data_out, "<i4").reshape(-1, row_bytes // 4)[:, :c.cols].astype(np.int64)
+        else:
+            raw = np.frombuffer(data_out, np.int8).reshape(-1, row_bytes)[:, :c.cols].astype(np.int64)
         pos = 0
         for m0, rows in self.chunks:
             for t in range(self.n_tiles):
                 width = min(c.cols, n - t * c.cols)
                 out[m0:m0 + rows, t * c.cols:t * c.cols + width] = raw[pos:pos + rows, :width]
                 pos += rows
-        return out
+        return numerics.wrap_int32(out + self.spec.bias) if self.spec.raw else out
 
 
 def _pad(block: np.ndarray, rows: int, cols: int) -> np.ndarray:
@@ -220,6 +226,8 @@ def build_gemm(config: NpuConfig, spec: GemmSpec, order: str | None = None) -> G
                          f"(precisions={config.precisions})")
     if spec.lut is not None and len(spec.lut) != 256:
         raise ValueError(f"LUT must have 256 entries, got {len(spec.lut)}")
+    if config.dataflow == "os" and spec.raw:
+        raise ValueError("int32 outputs (raw) are scheduled for the weight-stationary dataflow only")
     if config.dataflow == "os":
         if order is not None:
             raise ValueError(f"loop order {order!r} applies to the weight-stationary dataflow only")
@@ -325,7 +333,9 @@ def _schedule(config: NpuConfig, spec: GemmSpec, order: str) -> GemmProgram:
                 else:
                     loads.append(load)
             activate = None
-            if kk == n_k - 1:               # alternate banks: load one while the other is read
+            if kk == n_k - 1 and spec.raw:  # int32 sums straight from the accumulators
+                activate = Activate(acc_addr(ci, t), 0, rows, 1, None, tag=(m0, rows, t * nt, width), raw=True)
+            elif kk == n_k - 1:             # alternate banks: load one while the other is read
                 bias = np.zeros(config.cols, np.int64)
                 bias[:width] = spec.bias[t * nt:t * nt + width]
                 activate = Activate(acc_addr(ci, t), 0, rows, 1, bias, bank=(ci * n_n + t) % 2,

@@ -8,8 +8,10 @@ format's own rounding rules, so that a backend (the host kernels, the NPU: ``gra
 Conventions
 -----------
 * Activations are int8 with a per-tensor (scale, zero point) (one exception: the input of a graph
-  without nodes, an ONNX model that is one QuantizeLinear/DequantizeLinear, may be per axis), or int32
-  accumulators (below). Their ``shape`` is per sample: the batch
+  without nodes, an ONNX model that is one QuantizeLinear/DequantizeLinear, may be per axis), int32
+  accumulators (below), or float32 (no grid: the tensors between ONNX's dynamic quantizations, whose
+  grids are computed from the values at run time; only the ``dynamic_matmul``, ``float_*`` and layout
+  ops read them). Their ``shape`` is per sample: the batch
   axis is left out, and any batch size runs. Image tensors are channels-last (H, W, C), as in TFLite.
 * Constants carry ``data`` (their full array). Weights are symmetric int8 (zero point 0) with
   per-tensor or per-channel scales (``axis`` names the channel axis); biases are int32 on the grid ``s_in * s_w``.
@@ -23,7 +25,8 @@ Ops (``Node.op``) and their ``attrs``
   sample to K values.
 * A convolution or fully connected node whose ``requant`` is ``None`` writes its int32 accumulators
   (``x - in_zp`` times the weights, plus the bias) to an int32 tensor (ONNX's ``MatMulInteger`` /
-  ``ConvInteger``); only layout ops (``reshape``, ``transpose``) may read such a tensor.
+  ``ConvInteger``; on the NPU a raw layer, ``qlayers.QLayer.raw``); only layout ops (``reshape``,
+  ``transpose``) may read such a tensor.
 * ``add``: ``AddAttrs``; inputs (a, b), b an activation or an int8 constant (full shape), numpy
   broadcasting against the batched shapes.
 * ``average_pool2d``, ``max_pool2d``: ``PoolAttrs``; input x; the window excludes padding.
@@ -43,6 +46,14 @@ Ops (``Node.op``) and their ``attrs``
 * ``concatenation``: ``ConcatAttrs``; inputs (x1, x2, ...), activations on one shared grid.
 * ``mul``: ``MulAttrs``; inputs (a, b), b an activation or an int8 constant, numpy broadcasting as for ``add``.
 * ``logistic``, ``tanh``: ``LutAttrs``; input x; a 256-entry table from input to output values.
+* ``dynamic_matmul``: no attrs; inputs (a, b), a a float32 activation (..., M, K), b a float32 activation
+  (..., K, N) with the same leading axes or an int8/uint8 constant (K, N) with its own scale and zero
+  point (per tensor, or per column: ``axis`` 1). ONNX's DynamicQuantizeLinear of each activation (uint8,
+  its grid from the whole batched tensor's min and max), MatMulInteger (int32 sums of the operands less
+  their zero points), Cast to float32, Mul by the float32 product of the two scales. With constant
+  weights the NPU computes the int32 sums (``graph_npu``), the host the grids and the float32 epilogue.
+* ``float_add``: no attrs; inputs (a, b), float32, b an activation or a float32 constant, numpy
+  broadcasting against the batched shapes. ``float_clip``: ``FloatClipAttrs``; a float32 clamp. Host only.
 
 A chain of ``conv2d`` / ``fully_connected`` nodes is also a ``qlayers.QuantModel`` (``onnx_import.import_onnx``
 builds that view, which the model compiler fuses on chip): each node lowers to a ``QLayer``
@@ -57,7 +68,7 @@ import numpy as np
 __all__ = ["QTensor", "Window", "Requant", "ConvAttrs", "FullyConnectedAttrs", "AddAttrs", "PoolAttrs",
            "SoftmaxAttrs", "Node", "Graph", "OPS", "PadAttrs", "MeanAttrs", "ConcatAttrs", "MulAttrs", "LutAttrs",
            "TransposeAttrs", "MatMulAttrs", "LayerNormAttrs",
-           "FloatSoftmaxAttrs"]
+           "FloatSoftmaxAttrs", "FloatClipAttrs"]
 
 
 @dataclass(frozen=True)
@@ -244,13 +255,21 @@ class FloatSoftmaxAttrs:
     out_q: tuple
 
 
+@dataclass(frozen=True)
+class FloatClipAttrs:
+    """Bounds of a float32 clamp (``Relu``: 0 and infinity)."""
+    lo: float
+    hi: float
+
+
 #: op name -> attrs type (``None``: no attrs)
 OPS = {"conv2d": ConvAttrs, "depthwise_conv2d": ConvAttrs, "fully_connected": FullyConnectedAttrs,
        "add": AddAttrs, "average_pool2d": PoolAttrs, "max_pool2d": PoolAttrs, "reshape": type(None),
        "softmax": SoftmaxAttrs, "pad": PadAttrs, "mean": MeanAttrs, "concatenation": ConcatAttrs, "mul": MulAttrs,
        "logistic": LutAttrs, "tanh": LutAttrs, "lut": LutAttrs, "transpose": TransposeAttrs,
        "matmul": MatMulAttrs, "layer_norm": LayerNormAttrs,
-       "float_softmax": FloatSoftmaxAttrs}
+       "float_softmax": FloatSoftmaxAttrs, "dynamic_matmul": type(None), "float_add": type(None),
+       "float_clip": FloatClipAttrs}
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,12 @@ Lowerings, all exact against the host kernels (``host_kernels``, TFLite's refere
   columns, so utilization is at most ``1 / cols`` (6 % on 16x16), which the per-layer report shows. A
   depthwise mapping that uses the array well (row-stationary, or a dedicated lane) is not built yet.
 
+* ``conv2d`` / ``fully_connected`` without requantization (ONNX's MatMulInteger, ConvInteger): a raw
+  layer (``QLayer.raw``), whose program ``STORE``s the int32 accumulators; the host adds the bias.
+* ``dynamic_matmul`` with constant weights: the host quantizes the input on its run-time grid
+  (``host_kernels.dynamic_quantize``), the NPU computes the int32 sums as a raw layer built for that
+  grid's zero point (``w - w_zp`` split into int8 parts where it leaves int8), the host casts and scales.
+
 ``run_on_npu`` returns the outputs and one record per node (device, cycles, utilization, energy, DMA
 bytes, all counters, the GEMMs it ran as [M, K, N]); host nodes report the bytes their inputs and
 outputs occupy.
@@ -40,17 +46,21 @@ from opennpu.config import NpuConfig
 from opennpu.golden import numerics
 
 from .graph import Graph, Node
-from .host_kernels import check_graph_input, pool_counts, run_node
+from .host_kernels import check_graph_input, dynamic_output, dynamic_quantize, dynamic_scale, pool_counts, run_node
 from .model_program import compile_model, run_model
 from .qlayers import ConvGeom, QLayer, QuantModel, TensorSpec, int8_parts
 
 __all__ = ["NPU_OPS", "TABLE_OPS", "npu_runs", "pool_divisor", "lower_node", "lowered", "layer_input", "host_bytes",
-           "run_on_npu"]
+           "random_graph_input", "run_on_npu"]
 
 #: graph IR ops that are a 256-entry table (``LutAttrs``), which an NPU node's activation unit can apply
 TABLE_OPS = frozenset({"lut", "logistic", "tanh"})
 #: graph IR ops the NPU runs (``npu_runs`` says which nodes of them)
-NPU_OPS = frozenset({"conv2d", "depthwise_conv2d", "fully_connected", "average_pool2d", "matmul"})
+NPU_OPS = frozenset({"conv2d", "depthwise_conv2d", "fully_connected", "average_pool2d", "matmul", "dynamic_matmul"})
+
+
+#: (multiplier, shift, out_zp, qmin, qmax) of a raw layer: its CONFIG needs valid values, which nothing reads
+_RAW_REQUANT = (1 << 30, 0, 0, -128, 127)
 
 
 @lru_cache(maxsize=None)
@@ -89,10 +99,12 @@ def _uniform_pool(x_shape: tuple, window) -> bool:
 def npu_runs(graph: Graph, node: Node, config: NpuConfig, npu_ops=NPU_OPS) -> bool:
     """Whether ``node`` runs on the NPU: its op is in ``npu_ops``; an average pool's windows all lie
     inside the input; a depthwise or pooling node's im2col row (of one group) fits the activation SRAM.
-    A node without requantization (int32 accumulator output) runs on the host: the ISA can ``STORE`` the
-    accumulator SRAM, but the model compiler builds only requantized int8 programs."""
-    if node.op not in npu_ops or node.op != "average_pool2d" and node.attrs.requant is None:
+    A node without requantization (int32 accumulator output: MatMulInteger, ConvInteger) runs too, as a
+    raw layer (its accumulators ``STORE``d); a ``dynamic_matmul`` with constant weights runs so too."""
+    if node.op not in npu_ops:
         return False
+    if node.op == "dynamic_matmul":
+        return graph.tensors[node.inputs[1]].is_const
     if node.op == "average_pool2d" and not _uniform_pool(graph.tensors[node.inputs[0]].shape, node.attrs.window):
         return False
     return node.op in ("conv2d", "fully_connected", "matmul") or _group_size(node, config) > 0
@@ -100,14 +112,15 @@ def npu_runs(graph: Graph, node: Node, config: NpuConfig, npu_ops=NPU_OPS) -> bo
 
 def _operands(graph: Graph, node: Node) -> tuple:
     """(weights, bias, M0 per channel, shift per channel, input zero point, requant) of a convolution or
-    fully connected node."""
+    fully connected node (no requantization: ``_RAW_REQUANT``'s multiplier and shift)."""
     n = graph.tensors[node.output].shape[-1]
     a = node.attrs
     r = a.requant
     bias = np.zeros(n, np.int64) if node.inputs[2] is None else np.asarray(graph.tensors[node.inputs[2]].data,
                                                                             np.int64)
-    return (np.asarray(graph.tensors[node.inputs[1]].data, np.int64), bias, np.broadcast_to(r.multiplier, (n,)),
-            np.broadcast_to(r.shift, (n,)), a.in_zp, r)
+    multiplier, shift = _RAW_REQUANT[:2] if r is None else (r.multiplier, r.shift)
+    return (np.asarray(graph.tensors[node.inputs[1]].data, np.int64), bias, np.broadcast_to(multiplier, (n,)),
+            np.broadcast_to(shift, (n,)), a.in_zp, r)
 
 
 def _geometry(node: Node, in_chw: tuple, out_shape: tuple) -> ConvGeom:
@@ -155,9 +168,9 @@ def lower_node(graph: Graph, node: Node, channels: slice = slice(None)) -> QLaye
     if node.op == "matmul":
         raise ValueError(f"node {node.name!r}: a matmul of two activations lowers one slice of its second "
                          f"operand at a time (``_product_layer``), not as one layer")
-    if node.attrs.requant is None:
-        raise ValueError(f"node {node.name!r}: {node.op} writes int32 accumulators, which the model compiler "
-                         f"does not store; run it on the host")
+    if node.op == "dynamic_matmul":
+        raise ValueError(f"node {node.name!r}: a dynamic_matmul lowers for its run-time input grid "
+                         f"(``_dynamic_layer``), not as one layer")
     x_t, out_t = graph.tensors[node.inputs[0]], graph.tensors[node.output]
     w, bias, multiplier, shift, in_zp, r = _operands(graph, node)
     n = out_t.shape[-1]
@@ -178,6 +191,9 @@ def lower_node(graph: Graph, node: Node, channels: slice = slice(None)) -> QLaye
         matrix, in_shape = w.transpose(3, 1, 2, 0).reshape(-1, w.shape[0]), (c, h, wd)
     # The NPU multiplies plain int8 activations: fold the input zero point into the bias (int32 ring).
     folded = numerics.wrap_int32(bias - in_zp * matrix.sum(axis=0))
+    if r is None:                               # int32 sums out (MatMulInteger / ConvInteger): a raw layer
+        return QLayer(node.name, node.op, matrix, folded, *_RAW_REQUANT, None, in_shape, (x_t.scale[0], in_zp),
+                      (1.0, 0), geom, raw=True)
     if len(r.multiplier) > 1:
         multiplier, shift = np.asarray(multiplier, np.int64), np.asarray(shift, np.int64)
     else:
@@ -185,6 +201,18 @@ def lower_node(graph: Graph, node: Node, channels: slice = slice(None)) -> QLaye
     return QLayer(node.name, node.op, matrix, folded, multiplier, shift, r.out_zp, r.qmin, r.qmax, None,
                   in_shape, (x_t.scale[0], in_zp), (out_t.scale[0], out_t.zero_point[0]), geom,
                   single_round=r.rounding == "single")
+
+
+def _dynamic_layer(graph: Graph, node: Node, zp: int) -> QLayer:
+    """A ``dynamic_matmul`` with constant weights for one run: the int32 sums ``(q - zp) @ (w - w_zp)`` of
+    its input quantized on the run's grid (``host_kernels.dynamic_quantize``: uint8 values, here shifted
+    onto int8 with the zero point ``zp``) as a raw fully connected layer, ``w - w_zp`` (up to -255..255)
+    split into int8 parts stacked along K and the input fed once per part (``_product_rows``)."""
+    w_t = graph.tensors[node.inputs[1]]
+    b = np.asarray(w_t.data, np.int64) - np.asarray(w_t.zero_point, np.int64)
+    matrix = np.concatenate(int8_parts(b))
+    return QLayer(node.name, "fully_connected", matrix, numerics.wrap_int32(-zp * matrix.sum(axis=0)), *_RAW_REQUANT,
+                  None, (len(matrix),), (1.0, zp), (1.0, 0), raw=True)
 
 
 def _product_layer(graph: Graph, node: Node, b: np.ndarray) -> QLayer:
@@ -213,8 +241,12 @@ def layer_input(layer: QLayer, x: np.ndarray) -> np.ndarray:
 
 
 def host_bytes(node: Node, values: dict, y: np.ndarray) -> int:
-    """The bytes a host node moves: its activation inputs and its output (one byte per int8 value)."""
-    return sum(int(np.asarray(values[i]).size) for i in node.inputs if i in values) + int(y.size)
+    """The bytes a host node moves: its activation inputs and its output (one byte per int8 value, four
+    per float32 value)."""
+    def size(a):
+        a = np.asarray(a)
+        return int(a.size) * (4 if a.dtype == np.float32 else 1)
+    return sum(size(values[i]) for i in node.inputs if i in values) + size(y)
 
 
 def _run_layer(layer: QLayer, node: Node, x: np.ndarray, config: NpuConfig, backend) -> tuple:
@@ -232,6 +264,11 @@ def lowered(graph: Graph, node: Node, values: dict, config: NpuConfig) -> list:
     a depthwise node one per group of channels, an average pool one over every (sample, channel) pair as
     its own sample, a product of activations one per slice of its second operand (which goes to the NPU
     as weights: a round trip through the host, which the DMA bytes show), any other node one."""
+    if node.op == "dynamic_matmul":
+        q, _, zp = dynamic_quantize(values[node.inputs[0]])
+        layer = _dynamic_layer(graph, node, zp - 128)
+        rows = (q - 128).reshape(-1, q.shape[-1])
+        return [(layer, _product_rows(layer, rows))]
     x = np.asarray(values[node.inputs[0]], np.int64)
     if node.op == "matmul":
         b = np.asarray(values[node.inputs[1]], np.int64)
@@ -251,6 +288,8 @@ def _assemble(graph: Graph, node: Node, x_shape: tuple, parts: list) -> np.ndarr
     out = graph.tensors[node.output].shape
     if node.op == "matmul":
         return np.stack(parts).reshape(*x_shape[:-1], parts[0].shape[-1])
+    if node.op == "dynamic_matmul":
+        return parts[0].reshape(*x_shape[:-1], parts[0].shape[-1])
     if node.op == "average_pool2d":
         return parts[0].reshape(x_shape[0], x_shape[-1], *out[:2]).transpose(0, 2, 3, 1)
     if node.op == "depthwise_conv2d":
@@ -272,6 +311,8 @@ def _npu_node(graph: Graph, node: Node, values: dict, config: NpuConfig, backend
         parts.append(y)
         totals = counters if totals is None else {k: totals[k] + v for k, v in counters.items()}
     y = _assemble(graph, node, np.shape(values[node.inputs[0]]), parts)
+    if node.op == "dynamic_matmul":          # the float32 epilogue on the host: Cast, Mul by the scales
+        y = dynamic_output(y, dynamic_scale(dynamic_quantize(values[node.inputs[0]])[1], graph.tensors[node.inputs[1]]))
     return y, totals, [layer for layer, _ in pairs], [[len(x) * layer.positions, layer.k, layer.n] for layer, x in pairs]
 
 
@@ -279,7 +320,7 @@ def _macs(graph: Graph, node: Node, config: NpuConfig) -> int:
     """Useful multiply-accumulates of one sample (depthwise: its own taps only; an average pool on the
     NPU: one per tap, the additions the array does)."""
     out = graph.tensors[node.output].shape
-    if node.op == "matmul":
+    if node.op in ("matmul", "dynamic_matmul"):
         return int(np.prod(out)) * graph.tensors[node.inputs[0]].shape[-1]
     if node.op == "average_pool2d":
         return int(np.prod(out)) * int(np.prod(node.attrs.window.kernel)) if npu_runs(graph, node, config) else 0
@@ -301,6 +342,15 @@ def _table_after(graph: Graph, node: Node) -> Node | None:
     if len(readers) == 1 and readers[0].op in TABLE_OPS and node.output not in graph.outputs:
         return readers[0]
     return None
+
+
+def random_graph_input(graph: Graph, batch: int, seed: int = 0) -> np.ndarray:
+    """A batch of random inputs for ``graph``: int8 values, or standard-normal float32 ones for a float32
+    input (a dynamically quantized graph)."""
+    spec, rng = graph.tensors[graph.inputs[0]], np.random.default_rng(seed)
+    if spec.dtype == "float32":
+        return rng.standard_normal((batch, *spec.shape)).astype(np.float32)
+    return rng.integers(-128, 128, (batch, *spec.shape), dtype=np.int8)
 
 
 def run_on_npu(graph: Graph, x, config: NpuConfig, backend="golden", npu_ops=NPU_OPS) -> tuple:

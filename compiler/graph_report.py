@@ -11,7 +11,7 @@ import numpy as np
 
 from .gemm import GemmSpec
 from .graph import Graph
-from .graph_npu import host_bytes, layer_input, lowered, npu_runs, run_on_npu
+from .graph_npu import host_bytes, layer_input, lowered, npu_runs, random_graph_input, run_on_npu
 from .host_kernels import run_node
 from .report import Layer
 
@@ -43,10 +43,10 @@ def graph_run_report(graph: Graph, x, model: str, backend: str, config: NpuConfi
 def graph_layers(graph: Graph, config: NpuConfig, batch: int = 8, seed: int = 0) -> tuple:
     """``(layers, host_ops)`` for ``opennpu report``: one ``Layer`` per program an NPU node runs as (named
     ``node`` or ``node[i]``), with the activations it sees for a batch of random int8 inputs (cycles,
-    bytes and energy do not depend on the values); and, for each op on the host, its name, op and the
+    bytes and energy do not depend on the values: ``graph_npu.random_graph_input``); and, for each op on the host, its name, op and the
     bytes it moves."""
-    x = np.random.default_rng(seed).integers(-128, 128, (batch, *graph.tensors[graph.inputs[0]].shape))
-    values, layers, host = {graph.inputs[0]: x}, [], []
+    x = random_graph_input(graph, batch, seed)
+    values, layers, host = {graph.inputs[0]: x if x.dtype == np.float32 else x.astype(np.int64)}, [], []
     for node in graph.nodes:
         y = run_node(graph, node, values)
         if npu_runs(graph, node, config):
@@ -54,7 +54,7 @@ def graph_layers(graph: Graph, config: NpuConfig, batch: int = 8, seed: int = 0)
             for i, (layer, xin) in enumerate(pairs):
                 spec = GemmSpec(layer.matrix(layer_input(layer, xin)), layer.w, layer.bias, layer.multiplier,
                                 layer.shift, layer.out_zp, layer.qmin, layer.qmax, layer.lut,
-                                single_round=layer.single_round)
+                                single_round=layer.single_round, raw=layer.raw)
                 layers.append(Layer(node.name if len(pairs) == 1 else f"{node.name}[{i}]", spec))
         else:
             host.append({"name": node.name, "op": node.op, "bytes": host_bytes(node, values, y)})

@@ -20,11 +20,13 @@ from opennpu.golden import numerics
 
 from . import fixedpoint
 from .qlayers import dequantize_like_onnx, quantize_like_onnx
-from .graph import (AddAttrs, ConcatAttrs, ConvAttrs, FloatSoftmaxAttrs, FullyConnectedAttrs, Graph, LayerNormAttrs, LutAttrs, MatMulAttrs,
-                    MeanAttrs, MulAttrs, Node, PadAttrs, PoolAttrs, Requant, SoftmaxAttrs, TransposeAttrs, Window)
+from .graph import (AddAttrs, ConcatAttrs, ConvAttrs, FloatClipAttrs, FloatSoftmaxAttrs, FullyConnectedAttrs, Graph, LayerNormAttrs, LutAttrs, MatMulAttrs,
+                    MeanAttrs, MulAttrs, Node, PadAttrs, PoolAttrs, QTensor, Requant, SoftmaxAttrs, TransposeAttrs,
+                    Window)
 
 __all__ = ["conv2d", "depthwise_conv2d", "fully_connected", "add", "average_pool2d", "pool_counts", "max_pool2d",
-           "reshape", "softmax", "pad", "mean", "concatenation", "mul", "lookup", "transpose", "matmul", "layer_norm", "float_softmax", "run_node",
+           "reshape", "softmax", "pad", "mean", "concatenation", "mul", "lookup", "transpose", "matmul", "layer_norm", "float_softmax",
+           "dynamic_quantize", "dynamic_matmul", "dynamic_scale", "dynamic_output", "float_add", "float_clip", "run_node",
            "check_graph_input", "run_graph", "KERNELS"]
 
 
@@ -199,6 +201,52 @@ def layer_norm(x, a: LayerNormAttrs):
     return quantize_like_onnx(y, *a.out_q)
 
 
+def dynamic_quantize(x) -> tuple:
+    """ONNX's DynamicQuantizeLinear of float32 ``x`` (the whole array): (uint8 values as int64, scale
+    (float32), zero point). The range is [min(x, 0), max(x, 0)] over 255 steps (scale 1/255 when it is
+    empty), the zero point ``-min / scale`` rounded half to even, the values ``x / scale`` rounded half to
+    even plus the zero point, saturated to 0..255."""
+    x = np.asarray(x, np.float32)
+    hi, lo = np.float32(max(0.0, x.max())), np.float32(min(0.0, x.min()))
+    scale = np.float32(1.0 if hi == lo else hi - lo) / np.float32(255)
+    zp = np.rint(np.clip(np.float32(0) - lo / scale, 0, 255))
+    return np.clip(np.rint(x / scale) + zp, 0, 255).astype(np.int64), scale, int(zp)
+
+
+def dynamic_matmul(a, b, weights: QTensor | None):
+    """quantize_dynamic's MatMul (``dynamic_matmul``): ``weights`` the constant second operand (its
+    integer data, scale and zero point; then ``b`` is its data), else ``b`` a float32 activation quantized
+    like ``a``. int32 sums as MatMulInteger, then ``dynamic_output``."""
+    qa, sa, za = dynamic_quantize(a)
+    if weights is None:
+        qb, sb, zb = dynamic_quantize(b)
+        scale = sa * sb
+    else:
+        qb, zb = np.asarray(b, np.int64), np.asarray(weights.zero_point, np.int64)
+        scale = dynamic_scale(sa, weights)
+    return dynamic_output(numerics.wrap_int32((qa - za) @ (qb - zb)), scale)
+
+
+def dynamic_scale(input_scale, weights: QTensor) -> np.ndarray:
+    """The float32 product of a dynamic input's scale and the weights' scale (one, or one per column)."""
+    return np.float32(input_scale) * np.asarray(weights.scale, np.float32)
+
+
+def dynamic_output(acc, scale) -> np.ndarray:
+    """int32 sums -> float32 as onnxruntime's Cast and Mul by the product of the scales compute them."""
+    return np.asarray(acc, np.int64).astype(np.int32).astype(np.float32) * scale
+
+
+def float_add(a, b):
+    """float32 sum, numpy broadcasting (ONNX ``Add``)."""
+    return np.asarray(a, np.float32) + np.asarray(b, np.float32)
+
+
+def float_clip(x, a: FloatClipAttrs):
+    """float32 clamp to [lo, hi] (ONNX ``Relu`` / ``Clip``)."""
+    return np.clip(np.asarray(x, np.float32), np.float32(a.lo), np.float32(a.hi))
+
+
 def _inputs(node: Node, values: dict, graph: Graph) -> list:
     return [None if name is None else values[name] if name in values else graph.tensors[name].data
             for name in node.inputs]
@@ -225,6 +273,10 @@ KERNELS = {
     "matmul": lambda g, n, ins: matmul(*ins, n.attrs),
     "layer_norm": lambda g, n, ins: layer_norm(*ins, n.attrs),
     "float_softmax": lambda g, n, ins: float_softmax(*ins, n.attrs),
+    "dynamic_matmul": lambda g, n, ins: dynamic_matmul(*ins, g.tensors[n.inputs[1]] if g.tensors[n.inputs[1]].is_const
+                                                      else None),
+    "float_add": lambda g, n, ins: float_add(*ins),
+    "float_clip": lambda g, n, ins: float_clip(*ins, n.attrs),
 }
 
 
@@ -234,21 +286,21 @@ def run_node(graph: Graph, node: Node, values: dict) -> np.ndarray:
 
 
 def check_graph_input(graph: Graph, x) -> np.ndarray:
-    """The batched input of a one-input graph as int64, or ``ValueError`` if the graph has several
-    inputs or ``x`` is not int8 of the input's shape (batch first)."""
+    """The batched input of a one-input graph as int64 (float32 for a float32 input), or ``ValueError``
+    if the graph has several inputs or ``x`` is not of the input's type and shape (batch first)."""
     if len(graph.inputs) != 1:
         raise ValueError(f"the graph must have one input, this one has {len(graph.inputs)}")
     spec = graph.tensors[graph.inputs[0]]
     x = np.asarray(x)
-    if x.dtype != np.int8 or x.shape[1:] != tuple(spec.shape) or x.ndim != len(spec.shape) + 1:
-        raise ValueError(f"input {spec.name!r} must be int8 of shape (N, {', '.join(map(str, spec.shape))}), "
+    if x.dtype != np.dtype(spec.dtype) or x.shape[1:] != tuple(spec.shape) or x.ndim != len(spec.shape) + 1:
+        raise ValueError(f"input {spec.name!r} must be {spec.dtype} of shape (N, {', '.join(map(str, spec.shape))}), "
                          f"got {x.dtype} {x.shape}")
-    return x.astype(np.int64)
+    return x if spec.dtype == "float32" else x.astype(np.int64)
 
 
 def run_graph(graph: Graph, x) -> list:
     """Run ``graph`` on the host for the batched int8 input ``x`` (B, *input shape) of a one-input
-    graph; returns the list of output arrays (int8, or int32 for raw accumulators). A wrong shape or dtype
+    graph; returns the list of output arrays (int8, int32 for raw accumulators, or float32). A wrong shape or dtype
     raises ``ValueError`` before anything runs."""
     values = {graph.inputs[0]: check_graph_input(graph, x)}
     for node in graph.nodes:

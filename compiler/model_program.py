@@ -13,6 +13,10 @@ im2col on the host), where the on-chip activations would leave micro-batches too
 array's pipeline (fewer rows than its drain time), or everywhere with ``fuse=False``. Nothing is
 truncated: a model that does not fit is split.
 
+A *raw* layer (``QLayer.raw``: ONNX's MatMulInteger / ConvInteger, whose output is the int32 sum) is the
+last of its model: its write-back is a ``STORE`` of the accumulator rows (int32, four bytes a value),
+and the host adds its bias while decoding (the activation unit, which adds it otherwise, is bypassed).
+
 Inside a stage the batch is cut into micro-batches sized to the activation SRAM; each layer runs over
 the micro-batch in accumulator chunks (``CHUNK_ROWS``), N tiles, then K tiles, emitted by
 ``schedule.emit_steps`` (software pipelined; ``CONFIG`` + ``LOAD_LUT`` where the layer changes, a barrier).
@@ -32,6 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from opennpu.config import NpuConfig
+from opennpu.golden import numerics
 from opennpu.golden.isa import Buf, ErrorCode
 from opennpu.golden.model import COUNTER_BEATS_BYTES, reported_counters
 from opennpu.golden.program import COUNTER_NAMES, Program, Result, decode_counters
@@ -272,7 +277,10 @@ def _emit_stage(stage: _Stage, config: NpuConfig, profile: bool) -> Emitter:
                             act_addr = base + prod.out_base + seg.tile * stage.mb * prod.rows_per_unit \
                                 + seg.pos * mu + m0
                         activate = None
-                        if si == len(plan.segs) - 1:
+                        if si == len(plan.segs) - 1 and plan.layer.raw:      # int32 sums to the host
+                            activate = Activate(acc_addr, 0, rows, 1, None, tag=(u0 * plan.rows_per_unit + m0,
+                                                                                  rows, n0, width), raw=True)
+                        elif si == len(plan.segs) - 1:
                             bias_key = (plan.index, ti)
                             layer = plan.layer
                             if bias_key in banks:                # that bank still holds it
@@ -373,9 +381,9 @@ class CompiledModel:
         """Stage data-out -> (last layer's output tensor, [(layer index, counter snapshot)])."""
         c, stage = self.config, self._stages[s]
         last = stage.plans[-1].layer
-        row_bytes = c.beats(c.cols) * c.bus_bytes
+        row_bytes = {"activate": c.beats(c.cols) * c.bus_bytes, "store": c.beats(4 * c.cols) * c.bus_bytes}
         snap_bytes = c.beats(COUNTER_BEATS_BYTES) * c.bus_bytes
-        expected = sum(tag[1] * row_bytes if kind == "activate" else snap_bytes
+        expected = sum(tag[1] * row_bytes[kind] if kind != "counters" else snap_bytes
                        for kind, tag in stage.emitter.outputs)
         if len(outputs) != expected:
             raise ValueError(f"stage {s} emitted {len(outputs)} data-out bytes, its program emits {expected}")
@@ -384,9 +392,15 @@ class CompiledModel:
         for kind, tag in stage.emitter.outputs:
             if kind == "activate":
                 row0, rows, n0, width = tag
-                raw = np.frombuffer(outputs[pos:pos + rows * row_bytes], np.int8).reshape(rows, row_bytes)
+                raw = np.frombuffer(outputs[pos:pos + rows * row_bytes[kind]], np.int8).reshape(rows, -1)
                 y[row0:row0 + rows, n0:n0 + width] = raw[:, :width]
-                pos += rows * row_bytes
+                pos += rows * row_bytes[kind]
+            elif kind == "store":       # int32 sums of a raw layer; its bias is added here, on the host
+                row0, rows, n0, width = tag
+                raw = np.frombuffer(outputs[pos:pos + rows * row_bytes[kind]], "<i4").reshape(rows, -1)
+                y[row0:row0 + rows, n0:n0 + width] = numerics.wrap_int32(raw[:, :width].astype(np.int64)
+                                                                         + last.bias[n0:n0 + width])
+                pos += rows * row_bytes[kind]
             else:
                 snapshots.append((tag, reported_counters(self.config, decode_counters(outputs[pos:pos + snap_bytes]))))
                 pos += snap_bytes

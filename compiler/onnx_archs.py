@@ -15,7 +15,7 @@ import warnings
 
 import numpy as np
 
-__all__ = ["ARCHITECTURES", "build", "compare"]
+__all__ = ["ARCHITECTURES", "build", "compare", "compare_dynamic"]
 
 
 def _modules():
@@ -156,11 +156,12 @@ ARCHITECTURES = ("lenet", "resnet", "mobilenetv2", "depthwise_separable", "conv1
                  "transformer", "mlp_mixer")
 
 
-def build(name: str, per_channel: bool, samples: int = 32, seed: int = 0, qoperator: bool = False
-          ) -> tuple[bytes, np.ndarray]:
+def build(name: str, per_channel: bool, samples: int = 32, seed: int = 0, qoperator: bool = False,
+          dynamic: str | None = None) -> tuple[bytes, np.ndarray]:
     """(quantized ONNX bytes, float inputs) of architecture ``name``: random weights (BatchNorm
     statistics too) from ``seed``, calibrated and evaluated on ``samples`` standard-normal inputs; QDQ,
-    or QLinear operators with ``qoperator``."""
+    or QLinear operators with ``qoperator``; or ``quantize_dynamic`` with weights of type ``dynamic``
+    ("int8" or "uint8"; no calibration)."""
     import torch
 
     from .torch_quant import quantize_onnx
@@ -181,7 +182,29 @@ def build(name: str, per_channel: bool, samples: int = 32, seed: int = 0, qopera
         warnings.simplefilter("ignore")        # the TorchScript exporter announces its deprecation
         torch.onnx.export(model, (torch.as_tensor(x[:1]),), buf, dynamo=False, input_names=["x"],
                           output_names=["y"], dynamic_axes={"x": {0: "N"}, "y": {0: "N"}}, opset_version=17)
+    if dynamic is not None:
+        return _quantize_dynamic(buf.getvalue(), per_channel, dynamic), x
     return quantize_onnx(buf.getvalue(), x, per_channel=per_channel, qoperator=qoperator, input_name="x"), x
+
+
+def _quantize_dynamic(blob: bytes, per_channel: bool, weight_type: str) -> bytes:
+    """onnxruntime's ``quantize_dynamic`` of a float model (it reads and writes files)."""
+    import os
+    import tempfile
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+    if weight_type not in types:
+        raise ValueError(f"dynamic weight type must be one of {', '.join(types)}, got {weight_type!r}")
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = os.path.join(tmp, "float.onnx"), os.path.join(tmp, "dynamic.onnx")
+        with open(src, "wb") as f:
+            f.write(blob)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quantize_dynamic(src, dst, per_channel=per_channel, weight_type=types[weight_type])
+        with open(dst, "rb") as f:
+            return f.read()
 
 
 def compare(blob: bytes, x: np.ndarray, config=None, backend: str = "golden") -> dict:
@@ -203,3 +226,24 @@ def compare(blob: bytes, x: np.ndarray, config=None, backend: str = "golden") ->
             "cycles_per_inference": t["cycles_per_inference"], "macs_per_inference": t["macs"] / len(x),
             "npu_mac_fraction": t["npu_mac_fraction"], "utilization": t["utilization"],
             "energy_nj_per_inference": t["energy_fj"] / 1e6 / len(x), "host_bytes": t["host_bytes"]}
+
+
+def compare_dynamic(blob: bytes, x: np.ndarray, config=None) -> dict:
+    """A dynamically quantized model (float32 in and out): the largest absolute difference of its output
+    from ONNX's reference evaluator (the operators' definition) and from onnxruntime (graph
+    optimizations off), whether the run equals the host kernels, and where its ops ran."""
+    from onnx.reference import ReferenceEvaluator
+
+    from .graph_report import graph_run_report
+    from .onnx_import import import_onnx_graph, onnxruntime_session
+    og = import_onnx_graph(blob)
+    outputs, report = graph_run_report(og.graph, og.quantize_input(x), "model", "golden", config)
+    ours = og.output.value(outputs[0])
+    feeds = {og.input.name: x}
+    spec = ReferenceEvaluator(blob).run(None, feeds)[0]
+    ort = onnxruntime_session(blob).run(None, feeds)[0]
+    return {"ops": report["total"]["ops"], "devices": sorted({r["device"] for r in report["layers"]}),
+            "max_abs_vs_onnx_reference": float(np.abs(ours - spec).max()),
+            "max_abs_vs_onnxruntime": float(np.abs(ours - ort).max()),
+            "exact_vs_reference": bool(np.array_equal(ours, og.reference(x))),
+            "npu_mac_fraction": report["total"]["npu_mac_fraction"], "host_bytes": report["total"]["host_bytes"]}

@@ -10,7 +10,9 @@ and on the NPU (``OnnxGraph.run``, golden backend) and compares both with the ex
 for integer outputs, within the case's tolerance for float ones.
 
 ``unsupported`` names what a case needs that the NPU does not have (element types beyond int8/uint8 and
-float32, blocked quantization, a grid computed at run time): those cases are skipped with that reason.
+float32, blocked quantization): those cases are skipped with that reason. DynamicQuantizeLinear's cases
+(three outputs: the values and their run-time grid) are checked against the host kernel that the
+importer's ``dynamic_matmul`` nodes use.
 """
 from __future__ import annotations
 
@@ -48,14 +50,9 @@ _MISSING_TYPES = {"FLOAT8E4M3FN": "float8 e4m3fn", "FLOAT8E4M3FNUZ": "float8 e4m
 
 def unsupported(case) -> str | None:
     """Why the NPU cannot run ``case`` (None if it can): an element type it lacks, blocked quantization,
-    or DynamicQuantizeLinear (also its ``_expanded`` cases, the op written out in float ReduceMin /
-    ReduceMax / Div / Round / Cast nodes), whose grid is computed from the data at run time. float16 scales
-    are no obstacle: the importer reads every scale as a float."""
+    float16 scales are no obstacle: the importer reads every scale as a float."""
     import onnx
     graph = case.model.graph
-    if case.name.startswith("test_dynamicquantizelinear"):
-        return ("DynamicQuantizeLinear computes its grid (scale, zero point) from each input's min/max at run "
-                "time and returns it as two more outputs; the NPU's grids are fixed at compile time")
     types = {onnx.TensorProto.DataType.Name(v.type.tensor_type.elem_type) for v in (*graph.input, *graph.output)}
     for node in graph.node:
         for attr in node.attribute:
@@ -94,12 +91,31 @@ def _compare(got, expected, rtol: float, atol: float, what: str):
         np.testing.assert_array_equal(got, expected, err_msg=what)
 
 
-def check_case(case, config=None) -> OnnxGraph:
+_DYNAMIC_CASES = "test_dynamicquantizelinear"
+
+
+def _check_dynamic_case(case) -> None:
+    """A DynamicQuantizeLinear case (and its ``_expanded`` twin, the op written out in ReduceMin / ReduceMax /
+    Div / Round / Cast nodes, with the same data): its three outputs (values, scale, zero point) against
+    ``host_kernels.dynamic_quantize``, the kernel every ``dynamic_matmul`` node quantizes its operands
+    with. (The importer takes models with one output, and a graph uses the op only inside that node.)"""
+    from .host_kernels import dynamic_quantize
+    for index, (inputs, outputs) in enumerate(case.data_sets):
+        q, scale, zp = dynamic_quantize(inputs[0])
+        got = (q.astype(np.uint8), np.asarray(scale, np.float32), np.asarray(zp, np.uint8))
+        for what, value, expected in zip(("y", "y_scale", "y_zero_point"), got, outputs):
+            _compare(value, expected, case.rtol, case.atol, f"{case.name} data set {index}, {what}")
+
+
+def check_case(case, config=None) -> OnnxGraph | None:
     """Run every data set of ``case`` on the host kernels and on the NPU (``config``: 4x4 by default,
     golden backend) and compare with the expected output; ``AssertionError`` naming the case and the
-    backend otherwise. Returns the imported graph of the last data set."""
+    backend otherwise. Returns the imported graph of the last data set (None for a DynamicQuantizeLinear
+    case, whose outputs are checked against the host kernel: ``_check_dynamic_case``)."""
     from opennpu.config import NpuConfig
     config = config or NpuConfig(rows=4, cols=4)
+    if case.name.startswith(_DYNAMIC_CASES):
+        return _check_dynamic_case(case)
     for index, (inputs, outputs) in enumerate(case.data_sets):
         if len(outputs) != 1:
             raise AssertionError(f"{case.name}: {len(outputs)} outputs; the importer takes one")

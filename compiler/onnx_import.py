@@ -25,7 +25,11 @@ Accepted forms
   ``QLinearLeakyRelu`` (com.microsoft).
 * **Integer ops**: ``MatMulInteger`` and ``ConvInteger`` of a quantized tensor and constant weights, as
   the graph's output: an int32 tensor, the accumulator without requantization (``requant`` ``None`` in
-  the IR), computed by the host kernels (the model compiler stores only requantized int8 outputs).
+  the IR; on the NPU a raw layer that ``STORE``s its accumulators).
+* **Dynamic quantization** (``quantize_dynamic``: ``DynamicQuantizeLinear`` -> ``MatMulInteger`` -> ``Cast`` ->
+  ``Mul`` by the scales, with ``Add``, ``Relu``, ``Clip``, ``Reshape``, ``Flatten``, ``Transpose`` in float32
+  between): float32 tensors and ``dynamic_matmul`` nodes, whose int32 sums run on the NPU
+  (``onnx_dynamic``).
 * A model that is one ``QuantizeLinear`` (of the float input) or ``DequantizeLinear`` (of the quantized
   input): an IR graph with no nodes; the input's and output's ``TensorSpec`` quantize and dequantize on
   the host, per tensor or per axis (``TensorSpec.axis``; only such a model may have a per-axis grid on
@@ -34,7 +38,7 @@ Accepted forms
 Modules: this one holds the importer's core (inputs and outputs, operands, IR emission, the
 quantization of float results, the Q / DQ, MatMul, Gemm and Conv handlers); ``onnx_tensor_ops`` the
 shape, elementwise, normalization, pool, softmax and concat handlers; ``onnx_qlinear`` the QOperator
-and integer ones; ``onnx_values`` the symbolic values; ``onnx_chain`` the chain view.
+and integer ones; ``onnx_dynamic`` the dynamic quantization ones; ``onnx_values`` the symbolic values; ``onnx_chain`` the chain view.
 
 How the import works: the graph is interpreted symbolically in topological order. Each ONNX tensor is a
 constant, the float graph input, a quantized tensor (an int8 tensor of the IR), its dequantized view
@@ -74,10 +78,11 @@ from . import tflite_params
 from .graph import (ConcatAttrs, ConvAttrs, FloatSoftmaxAttrs, FullyConnectedAttrs, Graph, LayerNormAttrs, LutAttrs,
                     MatMulAttrs, Node, PoolAttrs, QTensor, Requant, TransposeAttrs, Window)
 from .onnx_chain import NotAChain, chain_view
+from .onnx_dynamic import DYNAMIC_VALUES, DynamicOps
 from .onnx_qlinear import QLinearOps
 from .onnx_tensor_ops import UNARY_FUNCTIONS, TensorOps
-from .onnx_values import (_QUANT_TYPES, OnnxGraph, _Acc, _Const, _Deq, _DeqConst, _Float, _FloatInput, _pads, along,
-                          _PerAxisQ, _Q, _unique)
+from .onnx_values import (_QUANT_TYPES, OnnxGraph, _Acc, _Const, _Deq, _DeqConst, _Float, _FloatInput, _FloatT,
+                          _pads, along, _PerAxisQ, _Q, _unique)
 from .qlayers import QuantModel, TensorSpec, int8_parts
 
 __all__ = ["import_onnx", "import_onnx_graph", "OnnxGraph", "NotAChain", "onnxruntime_session", "UNARY_FUNCTIONS"]
@@ -89,7 +94,7 @@ _SHAPE_OPS = ("Gather", "Unsqueeze", "Squeeze", "Cast", "Slice", "Concat", "Rang
               "Where", "Expand", "Floor", "Ceil", "Sqrt", "Neg")
 
 
-class _Importer(TensorOps, QLinearOps):
+class _Importer(TensorOps, QLinearOps, DynamicOps):
     def __init__(self, model):
         import onnx
         from onnx import numpy_helper
@@ -124,7 +129,7 @@ class _Importer(TensorOps, QLinearOps):
             raise ValueError(f"input {value_info.name!r}: element type {dtype} is not supported "
                              f"(float32, int8, uint8)")
         self.in_name, self.in_batch, self.in_dtype = value_info.name, dims[0] or None, dtype
-        self.in_shape, self.in_q, self.in_tensor = tuple(dims[1:]), None, None
+        self.in_shape, self.in_q, self.in_tensor, self.float_input = tuple(dims[1:]), None, None, None
         if dtype == "float32":
             self.values[value_info.name] = _FloatInput(self.in_shape)
         else:       # a quantized input: its grid comes from the first op that reads it with a scale
@@ -141,6 +146,10 @@ class _Importer(TensorOps, QLinearOps):
         no nodes whose output is its input."""
         out = self.graph.output[0].name
         v = self.values.get(out)
+        if isinstance(v, _FloatT):            # a dynamically quantized graph: float32 in and out
+            spec_in = TensorSpec(self.in_name, self.in_shape, self.in_batch, self.in_dtype, None, None)
+            graph = Graph(self.tensors, self.nodes, (self.in_tensor,), (v.name,))
+            return OnnxGraph(graph, spec_in, replace(spec_in, name=out, shape=v.shape), self.sources)
         if isinstance(v, _Deq) and not v.fns:
             q, dtype = v.q, "float32"
         elif isinstance(v, (_Q, _PerAxisQ)):
@@ -490,6 +499,8 @@ class _Importer(TensorOps, QLinearOps):
     def _handler(self, node):
         if node.domain not in ("", "ai.onnx", "com.microsoft"):
             return None
+        if any(isinstance(self.values.get(i), DYNAMIC_VALUES) for i in node.input):
+            return self._dynamic_handler(node)
         if node.op_type in UNARY_FUNCTIONS:
             return self._unary
         if node.op_type in _PASS_THROUGH:

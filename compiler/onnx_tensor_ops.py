@@ -61,6 +61,11 @@ class TensorOps:
 
     def _op_Reshape(self, node):
         v = self._get(node, 0)
+        return self._reshaped(node, v, self._reshape_target(node, v))
+
+    def _reshape_target(self, node, v) -> tuple:
+        """The per-sample shape ``Reshape`` gives ``v`` (its shape input: batch axis first, 0 keeps an axis, -1
+        is inferred)."""
         target = [int(d) for d in self._const(node, 1)]
         size = int(np.prod(getattr(v, "shape", (0,))))
         if not target or target[0] not in (0, -1) and target[0] != self.in_batch:
@@ -73,22 +78,27 @@ class TensorOps:
         if -1 in rest:
             known = int(np.prod([d for d in rest if d != -1]))
             rest = [size // known if d == -1 else d for d in rest]
-        return self._reshaped(node, v, tuple(rest))
+        return tuple(rest)
 
     def _op_Transpose(self, node):
         v = self._get(node, 0)
         q = v.q if isinstance(v, _Deq) else v
         if not isinstance(q, _Q) or isinstance(v, _Deq) and v.fns:
             raise self._error(node, "needs a quantized (or dequantized) tensor")
-        perm = [int(p) for p in self._attrs(node).get("perm", range(len(q.shape) + 1)[::-1])]
-        if perm[0] != 0:
-            raise self._error(node, f"perm {perm} moves the batch axis")
+        per_sample = self._per_sample_perm(node, len(q.shape))
         plain = self._shaped(self._plain(q), q.shape)
-        per_sample = tuple(p - 1 for p in perm[1:])
         shape = tuple(q.shape[p] for p in per_sample)
         out = replace(plain, name=self._emit("transpose", self._name(node), "Transpose", (plain.name,), node.output[0],
                                              shape, q.scale, q.zp, TransposeAttrs(per_sample)), shape=shape)
         return replace(v, q=out) if isinstance(v, _Deq) else out
+
+    def _per_sample_perm(self, node, rank: int) -> tuple:
+        """``Transpose``'s permutation of a tensor of ``rank`` per-sample axes, less the batch axis (which must
+        stay first)."""
+        perm = [int(p) for p in self._attrs(node).get("perm", range(rank + 1)[::-1])]
+        if perm[0] != 0:
+            raise self._error(node, f"perm {perm} moves the batch axis")
+        return tuple(p - 1 for p in perm[1:])
 
     def _unary(self, node):
         v = self._get(node, 0)
@@ -102,13 +112,18 @@ class TensorOps:
         raise self._error(node, f"applies to a {type(v).__name__.strip('_')} tensor; it needs a "
                                 f"QuantizeLinear/DequantizeLinear pair on its input")
 
-    def _op_Clip(self, node):
-        v = self._get(node, 0)
+    def _clip_bounds(self, node) -> tuple[float, float]:
+        """``Clip``'s (min, max): inputs 1 and 2 (opset 11+) or attributes, unbounded where absent."""
         attrs = self._attrs(node)
         lo = self._const(node, 1, optional=True)
         hi = self._const(node, 2, optional=True)
         lo = float(attrs.get("min", -np.inf)) if lo is None else float(np.asarray(lo).reshape(()))
         hi = float(attrs.get("max", np.inf)) if hi is None else float(np.asarray(hi).reshape(()))
+        return lo, hi
+
+    def _op_Clip(self, node):
+        v = self._get(node, 0)
+        lo, hi = self._clip_bounds(node)
         if isinstance(v, (_Acc, _Float)):
             v.lo, v.hi = max(v.lo, lo), min(v.hi, hi)
             return v

@@ -52,6 +52,33 @@ class _FloatInput:
 
 
 @dataclass
+class _FloatT:
+    """A float32 tensor of the IR (``onnx_dynamic``: between dynamic quantizations), in ONNX order."""
+    name: str
+    shape: tuple
+
+
+@dataclass
+class _DynQ:
+    """One output of ``DynamicQuantizeLinear`` of the float tensor ``x``: ``part`` "y" (the uint8 values),
+    "scale" or "zp" (its run-time grid), or "scales" (its scale times a constant ``factor``: ``Mul``)."""
+    x: _FloatT
+    part: str
+    factor: np.ndarray | None = None
+
+
+@dataclass
+class _DynAcc:
+    """``MatMulInteger`` of dynamically quantized operands, before its ``Cast`` (``cast``) and ``Mul`` by the
+    scales: ``a`` (float32 tensor) times ``b`` (float32 tensor, or the IR name of int8/uint8 weights)."""
+    name: str
+    a: _FloatT
+    b: _FloatT | str
+    shape: tuple
+    cast: bool = False
+
+
+@dataclass
 class _Q:
     """An int8-grid tensor of the IR: its IR ``name``, ONNX per-sample ``shape``, grid, ONNX element type,
     and whether the IR stores it channels-last (``cl``; else in ONNX order, any reshape of it)."""
@@ -130,14 +157,18 @@ class OnnxGraph:
     sources: dict = field(default_factory=dict)
 
     def quantize_input(self, x) -> np.ndarray:
-        """The model input (checked) -> the int8 graph input, batch first."""
+        """The model input (checked) -> the int8 graph input (float32 for a dynamically quantized graph),
+        batch first."""
         q = self.input.quantize(x)
-        return q.reshape(len(q), *self.graph.tensors[self.graph.inputs[0]].shape).astype(np.int8)
+        tensor = self.graph.tensors[self.graph.inputs[0]]
+        return q.reshape(len(q), *tensor.shape).astype(tensor.dtype)
 
     def reference(self, x) -> np.ndarray:
-        """The int8-grid output of the host kernels (the integer reference every backend must equal)."""
+        """The int8-grid output of the host kernels (the integer reference every backend must equal; a
+        float32 output of a dynamically quantized graph as it is)."""
         from .host_kernels import run_graph
-        return run_graph(self.graph, self.quantize_input(x))[0].astype(np.int64)
+        y = run_graph(self.graph, self.quantize_input(x))[0]
+        return y if y.dtype == np.float32 else y.astype(np.int64)
 
     def run(self, x, config=None, backend="golden") -> tuple:
         """Run on the NPU (``graph_npu.run_on_npu``); returns (the output as the model defines it, the

@@ -94,7 +94,8 @@ class ConvGeom:
 
 @dataclass
 class QLayer:
-    """One integer GEMM layer (see the module docstring). ``in_shape`` / ``out_shape`` are per-sample
+    """One integer GEMM layer (see the module docstring; ``raw``: its output is the int32 sum itself, which
+    the NPU stores from the accumulator SRAM and the host adds the bias to). ``in_shape`` / ``out_shape`` are per-sample
     logical shapes: ``(K,)`` / ``(N,)`` for MatMul and Gemm, ``(C, H, W)`` / ``(N, Ho, Wo)`` for Conv.
     ``in_q`` / ``out_q`` are the (scale, zero point) of the input and of the final output (after the LUT)."""
     name: str
@@ -112,6 +113,7 @@ class QLayer:
     out_q: tuple
     conv: ConvGeom | None = None
     single_round: bool = False     # TFLite's single-rounding requantization (CONFIG single_round)
+    raw: bool = False              # the output is the int32 sum A @ W + bias (no requantization, no LUT)
 
     def __post_init__(self):
         self.w = np.asarray(self.w, np.int64)
@@ -161,6 +163,8 @@ class QLayer:
     def reference(self, x: np.ndarray) -> np.ndarray:
         """The layer with the golden numerics, no tiling: (B, *in_shape) -> (B, *out_shape)."""
         acc = numerics.wrap_int32(self.matrix(x) @ self.w)
+        if self.raw:
+            return self.tensor(numerics.wrap_int32(acc + self.bias), len(x))
         y = numerics.activation_unit(acc, self.bias, self.multiplier, self.shift, self.out_zp, self.qmin,
                                      self.qmax, self.lut, self.single_round)
         return self.tensor(y, len(x))
@@ -170,7 +174,8 @@ class QLayer:
 class TensorSpec:
     """A model input or output: name, per-sample shape, batch size (None: any), element type as in the
     source model (``"float32"``, ``"int8"``, ``"uint8"``, or ``"int32"`` for a raw accumulator output) and
-    the int8 grid (scale, zero point) of the quantized tensor behind it. ``axis``: a per-sample axis along
+    the int8 grid (scale, zero point) of the quantized tensor behind it (``None``, ``None``: a float32 tensor
+    with no grid, as a dynamically quantized graph takes and returns). ``axis``: a per-sample axis along
     which ``scale`` and ``zero_point`` are tuples, one entry per index (a per-axis grid, which only a
     model that is one ``QuantizeLinear`` / ``DequantizeLinear`` has: the host applies it); ``None``: per
     tensor."""
@@ -210,13 +215,18 @@ class TensorSpec:
     def quantize(self, x) -> np.ndarray:
         """A checked input -> its int8-grid values (int64, same shape)."""
         x = self.check(x)
+        if self.scale is None:
+            return x.astype(np.float32)
         if self.dtype == "float32":
             return quantize_like_onnx(x, *self.grid())
         return x.astype(np.int64) - (128 if self.dtype == "uint8" else 0)
 
     def value(self, q: np.ndarray) -> np.ndarray:
         """int8-grid values of an output -> the output as the source model defines it: float32
-        ``(q - zp) * scale`` after ``DequantizeLinear``, else the int8/uint8 values."""
+        ``(q - zp) * scale`` after ``DequantizeLinear``, else the int8/uint8 values (a float32 output
+        without a grid: itself)."""
+        if self.scale is None:
+            return np.asarray(q, np.float32).reshape(len(q), *self.shape)
         q = np.asarray(q, np.int64).reshape(len(q), *self.shape)
         if self.dtype == "float32":
             return dequantize_like_onnx(q, *self.grid())
@@ -226,6 +236,9 @@ class TensorSpec:
         """An output (as ``value`` or onnxruntime returns it) -> int8 grid values, so that two outputs
         can be compared in LSBs."""
         y = np.asarray(y)
+        if self.scale is None:
+            raise ValueError(f"output {self.name!r} is float32 without a grid (dynamic quantization): compare it "
+                             f"as floats")
         if self.dtype == "float32":
             return quantize_like_onnx(y, *self.grid())
         return y.astype(np.int64) - (128 if self.dtype == "uint8" else 0)
@@ -241,6 +254,8 @@ class QuantModel:
     def __post_init__(self):
         if not self.layers:
             raise ValueError("the model has no GEMM/Conv layer for the NPU to run")
+        if any(layer.raw for layer in self.layers[:-1]):
+            raise ValueError("only the last layer may write int32 sums (raw): the next one reads int8")
         for prev, layer in zip(self.layers, self.layers[1:]):
             if int(np.prod(prev.out_shape)) != int(np.prod(layer.in_shape)):
                 raise ValueError(f"layer {layer.name} takes {layer.in_shape}, {prev.name} gives {prev.out_shape}")

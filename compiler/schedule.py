@@ -92,8 +92,10 @@ class Load:
 class Activate:
     """``LOAD_BIAS bank`` (unless ``bias`` is None: that bank already holds it), ``LOAD_QUANT bank`` when
     ``quant`` (per-channel ``(multipliers, shifts)``, one per column) is given, then ``ACTIVATE`` reading
-    ``bank`` (``perchan``: with the bank's per-channel requantization). ``tag`` is the caller's note for
-    decoding what a ``dest=1`` activate pushes to data-out."""
+    ``bank`` (``perchan``: with the bank's per-channel requantization). ``raw``: instead, ``STORE`` the
+    accumulator rows to the host as int32 (no bias, no requantization: a layer whose output is the int32
+    sum). ``tag`` is the caller's note for decoding what a ``dest=1`` activate (or a ``raw`` one) pushes
+    to data-out."""
     accaddr: int
     aaddr: int
     rows: int
@@ -103,13 +105,14 @@ class Activate:
     tag: object = None
     quant: tuple | None = None
     perchan: bool = False
+    raw: bool = False
 
     def piece(self, lo: int, rows: int) -> "Activate":
         """Rows ``lo .. lo+rows`` of this write-back; only the first piece loads the bias (and the
         per-channel parameters). Each piece pushes its rows (in order) and records the same ``tag``."""
         first = lo == 0
         return Activate(self.accaddr + lo, self.aaddr + lo, rows, self.dest, self.bias if first else None,
-                        self.bank, self.tag, self.quant if first else None, self.perchan)
+                        self.bank, self.tag, self.quant if first else None, self.perchan, self.raw)
 
 
 @dataclass
@@ -133,7 +136,8 @@ class Emitter:
     config: NpuConfig
     commands: list = field(default_factory=list)
     chunks: list = field(default_factory=list)       # bytes or (Deferred, word width)
-    #: data-out events in push order: ("activate", tag) per ``dest=1`` activate, ("counters", tag)
+    #: data-out events in push order: ("activate", tag) per ``dest=1`` activate, ("store", tag) per raw
+    #: one (int32 accumulator rows), ("counters", tag)
     outputs: list = field(default_factory=list)
     _ordered: tuple = field(default=(-1, []), init=False, repr=False)   # (commands seen, ordered commands)
     #: Commands are immutable: equal ones are built once (a tiled program repeats a few hundred distinct
@@ -185,6 +189,10 @@ class Emitter:
             self.words(load.payload)
 
     def activate(self, act: Activate):
+        if act.raw:
+            self.cmd(Opcode.STORE, buf=Buf.ACC, addr=act.accaddr, rows=act.rows)
+            self.outputs.append(("store", act.tag))
+            return
         if act.bias is not None:
             self.cmd(Opcode.LOAD_BIAS, bank=act.bank)
             self.register(np.asarray(act.bias, np.int64).astype("<i4").tobytes())

@@ -69,6 +69,10 @@ def _cmd_report(args) -> int:
     fused, host = None, None
     if args.model:
         layers, fused, host = _model_layers(args.model, config)
+        if not layers:
+            return fail(args, f"{args.model}: no op runs on the NPU ({len(host or [])} host ops: "
+                              f"{', '.join(sorted({h['op'] for h in host or []}))}), so there is nothing to "
+                              f"report; `opennpu run` shows where each op runs")
         title = args.model
     else:
         layers, title = _gemm_layers(args.gemm), "GEMM layers"

@@ -3,7 +3,7 @@ QLinearConv, MatMulInteger, ConvInteger, QuantizeLinear, DequantizeLinear and Dy
 the ``onnx`` package generates, imported with its non-activation inputs bound as initializers, must give
 the expected output on the host kernels and on the NPU (4x4, golden); a case whose types the NPU lacks
 is skipped with the reason (``compiler.onnx_conformance``). Plus the importer paths those cases need:
-uint8 weights split into int8 parts, int32 accumulator outputs (host), per-axis Q/DQ-only models."""
+uint8 weights split into int8 parts, int32 accumulator outputs (NPU raw layers), per-axis Q/DQ-only models."""
 import numpy as np
 import pytest
 
@@ -48,9 +48,9 @@ def test_uint8_weights_beyond_int8_run_split_on_the_npu():
     assert _devices("test_qlinearmatmul_2D_uint8_float32")["fully_connected"] == "npu"
 
 
-def test_integer_ops_keep_int32_accumulators_on_the_host():
-    assert _devices("test_matmulinteger") == {"fully_connected": "cpu"}
-    assert _devices("test_convinteger_with_padding")["conv2d"] == "cpu"
+def test_integer_ops_store_int32_accumulators_from_the_npu():
+    assert _devices("test_matmulinteger") == {"fully_connected": "npu"}
+    assert _devices("test_convinteger_with_padding")["conv2d"] == "npu"
 
 
 def test_quantize_only_model_is_a_graph_without_nodes():

@@ -11,7 +11,7 @@ pytest.importorskip("torch")
 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from opennpu.compiler.onnx_archs import ARCHITECTURES, build, compare  # noqa: E402
+from opennpu.compiler.onnx_archs import ARCHITECTURES, build, compare, compare_dynamic  # noqa: E402
 from opennpu.compiler.onnx_import import NotAChain, import_onnx, import_onnx_graph, onnxruntime_session  # noqa: E402
 from opennpu.compiler.torch_quant import quantize_onnx  # noqa: E402
 from opennpu.config import NpuConfig  # noqa: E402
@@ -236,3 +236,88 @@ def test_batchnorm_not_folded_within_one_lsb():
     assert "BatchNormalization" in {n.op_type for n in onnx.load_from_string(buf.getvalue()).graph.node}
     og = _within_one(quantize_onnx(buf.getvalue(), x, per_channel=True), x)
     assert [og.sources[n.name] for n in og.graph.nodes].count("BatchNormalization") == 2
+
+
+@pytest.mark.parametrize("per_channel", [False, True], ids=["per_tensor", "per_channel"])
+@pytest.mark.parametrize("weights", ["int8", "uint8"])
+@pytest.mark.parametrize("name", ["mlp", "sequence_mlp"])
+def test_dynamic_quantization_is_exact(name, weights, per_channel):
+    """quantize_dynamic (DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul, float32 between): bit-exact
+    with ONNX's reference evaluator; with uint8 weights with onnxruntime too (its u8 x s8 kernel saturates
+    pairwise int16 sums on this AVX2-only CPU, so int8 weights drift there). The int32 sums on the NPU
+    (uint8 weights split in two int8 parts), the grids and the float ops on the host."""
+    blob, x = build(name, per_channel, samples=8, dynamic=weights)
+    r = compare_dynamic(blob, x, CONFIG_8X8)
+    assert r["max_abs_vs_onnx_reference"] == 0.0 and r["exact_vs_reference"], r
+    assert weights == "int8" or r["max_abs_vs_onnxruntime"] == 0.0, r
+    assert r["devices"] == ["cpu", "npu"] and r["npu_mac_fraction"] == 1.0
+    og = import_onnx_graph(blob)
+    assert og.input.dtype == og.output.dtype == "float32" and og.input.scale is None
+    assert [n.op for n in og.graph.nodes].count("dynamic_matmul") == (3 if name == "mlp" else 2)
+
+
+def test_dynamic_grid_follows_the_whole_batch():
+    """The run-time grid is the batched tensor's: a sample's output depends on the others in its batch,
+    as in onnxruntime (one DynamicQuantizeLinear over the whole input)."""
+    blob, x = build("mlp", False, samples=8, dynamic="uint8")
+    og = import_onnx_graph(blob)
+    alone = og.run(x[:1])[0]
+    together = og.run(np.concatenate([x[:1], 10 * x[1:]]))[0][:1]
+    ort = onnxruntime_session(blob)
+    np.testing.assert_array_equal(alone, ort.run(None, {"x": x[:1]})[0])
+    assert not np.array_equal(alone, together)
+
+
+def test_dynamic_quantization_refusals():
+    blob, _ = build("lenet", False, samples=2, dynamic="uint8")
+    with pytest.raises(ValueError, match="ConvInteger node .*dynamically quantized input is not supported; "
+                                         "quantize CNNs with quantize_static"):
+        import_onnx_graph(blob)
+    blob, _ = build("transformer", False, samples=2, dynamic="uint8")
+    with pytest.raises(ValueError, match="MatMul node .*reads a dynamically quantized \\(float32\\) tensor; "
+                                         "between dynamic quantizations only MatMulInteger"):
+        import_onnx_graph(blob)
+    og = import_onnx_graph(build("mlp", False, samples=2, dynamic="uint8")[0])
+    with pytest.raises(ValueError, match="float32 without a grid"):
+        og.output.lsb(np.zeros((1, 10), np.float32))
+    with pytest.raises(ValueError, match="must be floating point"):
+        og.run(np.zeros((1, 64), np.int8))
+
+
+def test_cli_on_a_dynamic_model(tmp_path, capsys):
+    from opennpu.cli import main
+    blob, x = build("mlp", True, samples=4, dynamic="uint8")
+    model, inputs = tmp_path / "dynamic.onnx", tmp_path / "x.npy"
+    model.write_bytes(blob)
+    np.save(inputs, x)
+    assert main(["run", str(model), "--input", str(inputs), "--output", str(tmp_path / "y.npy"), "--array", "4x4"]) == 0
+    out = capsys.readouterr().out
+    assert "3 on the NPU" in out and "dynamic_matmul" in out and "100.0 % of" in out
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), onnxruntime_session(blob).run(None, {"x": x})[0])
+    assert main(["report", str(model), "-o", str(tmp_path / "report")]) == 0
+    assert "3 layers" in capsys.readouterr().out
+
+
+def test_dynamic_mlp_on_verilator():
+    """The raw layers (int32 sums STOREd from the accumulator SRAM) of a dynamically quantized MLP on the
+    Verilator RTL: outputs and counters equal the golden model's, the output equal to onnxruntime's."""
+    from test_graph_npu import _verilator_against_golden
+    blob, x = build("mlp", True, samples=2, dynamic="uint8")
+    og = import_onnx_graph(blob)
+    y = _verilator_against_golden(og.graph, og.quantize_input(x))
+    np.testing.assert_array_equal(og.output.value(y[0]), onnxruntime_session(blob).run(None, {"x": x})[0])
+
+
+def test_report_refuses_a_model_without_npu_ops(tmp_path, capsys):
+    from opennpu.cli import main
+    consts = [numpy_helper.from_array(np.asarray(0.1, np.float32), "s"), numpy_helper.from_array(np.asarray(3, np.int8), "z")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["d"]),
+             helper.make_node("MaxPool", ["d"], ["p"], kernel_shape=[2, 2]),
+             helper.make_node("QuantizeLinear", ["p", "s", "z"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT8, None)], consts)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    (tmp_path / "pool.onnx").write_bytes(model.SerializeToString())
+    assert main(["report", str(tmp_path / "pool.onnx"), "-o", str(tmp_path / "report")]) == 2
+    assert "no op runs on the NPU (3 host ops: max_pool2d, transpose)" in capsys.readouterr().err

@@ -120,18 +120,14 @@ def _graph(point: Point, model_bytes, backend: str) -> Measured:
     """A TFLite model, or an ONNX graph that is not a chain: its NPU ops on ``backend``
     (``compiler.graph_npu``), counters summed over them; host ops (ADD, pooling, softmax) cost no NPU
     cycles."""
-    import numpy as np
-
-    from opennpu.compiler.graph_npu import run_on_npu
+    from opennpu.compiler.graph_npu import random_graph_input, run_on_npu
     if point.workload.kind == "tflite":
         from opennpu.compiler.tflite_import import import_tflite
         graph = import_tflite(model_bytes)          # (a corrupt file: ValueError, the point fails)
     else:
         from opennpu.compiler.onnx_import import import_onnx_graph
         graph = import_onnx_graph(model_bytes).graph
-    shape = graph.tensors[graph.inputs[0]].shape
-    x = np.random.default_rng(point.workload.seed).integers(-128, 128, (point.workload.batch, *shape),
-                                                              dtype=np.int8)
+    x = random_graph_input(graph, point.workload.batch, point.workload.seed)
     outputs, records = run_on_npu(graph, x, point.config, backend)
     npu = [r for r in records if r["device"] == "npu"]
     counters = {name: sum(r["counters"][name] for r in npu) for name in npu[0]["counters"]}
