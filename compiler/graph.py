@@ -10,8 +10,9 @@ Conventions
 * Activations are int8 with a per-tensor (scale, zero point) (one exception: the input of a graph
   without nodes, an ONNX model that is one QuantizeLinear/DequantizeLinear, may be per axis), int32
   accumulators (below), or float32 (no grid: the tensors between ONNX's dynamic quantizations, whose
-  grids are computed from the values at run time; only the ``dynamic_matmul``, ``float_*`` and layout
-  ops read them). Their ``shape`` is per sample: the batch
+  grids are computed from the values at run time, and the float head or tail of a model whose first or
+  last LayerNormalization is not quantized; only the ``dynamic_matmul``, ``float_*``, ``quantize`` and
+  layout ops read them). Their ``shape`` is per sample: the batch
   axis is left out, and any batch size runs. Image tensors are channels-last (H, W, C), as in TFLite.
 * Constants carry ``data`` (their full array). Weights are symmetric int8 (zero point 0) with
   per-tensor or per-channel scales (``axis`` names the channel axis); biases are int32 on the grid ``s_in * s_w``.
@@ -53,7 +54,10 @@ Ops (``Node.op``) and their ``attrs``
   their zero points), Cast to float32, Mul by the float32 product of the two scales. With constant
   weights the NPU computes the int32 sums (``graph_npu``), the host the grids and the float32 epilogue.
 * ``float_add``: no attrs; inputs (a, b), float32, b an activation or a float32 constant, numpy
-  broadcasting against the batched shapes. ``float_clip``: ``FloatClipAttrs``; a float32 clamp. Host only.
+  broadcasting against the batched shapes. ``float_clip``: ``FloatClipAttrs``; a float32 clamp.
+  ``float_layer_norm``: ``FloatLayerNormAttrs``; ``layer_norm`` without its dequantize and quantize.
+  ``quantize``: float32 -> int8 on the output tensor's grid (ONNX QuantizeLinear); ``dequantize``: int8 ->
+  float32 on the input's grid (a float tail after the last quantized tensor). Host only.
 
 A chain of ``conv2d`` / ``fully_connected`` nodes is also a ``qlayers.QuantModel`` (``onnx_import.import_onnx``
 builds that view, which the model compiler fuses on chip): each node lowers to a ``QLayer``
@@ -68,7 +72,7 @@ import numpy as np
 __all__ = ["QTensor", "Window", "Requant", "ConvAttrs", "FullyConnectedAttrs", "AddAttrs", "PoolAttrs",
            "SoftmaxAttrs", "Node", "Graph", "OPS", "PadAttrs", "MeanAttrs", "ConcatAttrs", "MulAttrs", "LutAttrs",
            "TransposeAttrs", "MatMulAttrs", "LayerNormAttrs",
-           "FloatSoftmaxAttrs", "FloatClipAttrs"]
+           "FloatSoftmaxAttrs", "FloatClipAttrs", "FloatLayerNormAttrs"]
 
 
 @dataclass(frozen=True)
@@ -256,6 +260,14 @@ class FloatSoftmaxAttrs:
 
 
 @dataclass(frozen=True)
+class FloatLayerNormAttrs:
+    """Per-feature ``gamma`` and ``beta`` (floats) and ``epsilon`` of a float32 LayerNormalization."""
+    gamma: tuple
+    beta: tuple
+    epsilon: float
+
+
+@dataclass(frozen=True)
 class FloatClipAttrs:
     """Bounds of a float32 clamp (``Relu``: 0 and infinity)."""
     lo: float
@@ -269,7 +281,8 @@ OPS = {"conv2d": ConvAttrs, "depthwise_conv2d": ConvAttrs, "fully_connected": Fu
        "logistic": LutAttrs, "tanh": LutAttrs, "lut": LutAttrs, "transpose": TransposeAttrs,
        "matmul": MatMulAttrs, "layer_norm": LayerNormAttrs,
        "float_softmax": FloatSoftmaxAttrs, "dynamic_matmul": type(None), "float_add": type(None),
-       "float_clip": FloatClipAttrs}
+       "float_clip": FloatClipAttrs, "float_layer_norm": FloatLayerNormAttrs, "quantize": type(None),
+       "dequantize": type(None)}
 
 
 @dataclass(frozen=True)

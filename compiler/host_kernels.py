@@ -20,13 +20,13 @@ from opennpu.golden import numerics
 
 from . import fixedpoint
 from .qlayers import dequantize_like_onnx, quantize_like_onnx
-from .graph import (AddAttrs, ConcatAttrs, ConvAttrs, FloatClipAttrs, FloatSoftmaxAttrs, FullyConnectedAttrs, Graph, LayerNormAttrs, LutAttrs, MatMulAttrs,
+from .graph import (AddAttrs, ConcatAttrs, ConvAttrs, FloatClipAttrs, FloatLayerNormAttrs, FloatSoftmaxAttrs, FullyConnectedAttrs, Graph, LayerNormAttrs, LutAttrs, MatMulAttrs,
                     MeanAttrs, MulAttrs, Node, PadAttrs, PoolAttrs, QTensor, Requant, SoftmaxAttrs, TransposeAttrs,
                     Window)
 
 __all__ = ["conv2d", "depthwise_conv2d", "fully_connected", "add", "average_pool2d", "pool_counts", "max_pool2d",
            "reshape", "softmax", "pad", "mean", "concatenation", "mul", "lookup", "transpose", "matmul", "layer_norm", "float_softmax",
-           "dynamic_quantize", "dynamic_matmul", "dynamic_scale", "dynamic_output", "float_add", "float_clip", "run_node",
+           "dynamic_quantize", "dynamic_matmul", "dynamic_scale", "dynamic_output", "float_add", "float_layer_norm", "float_clip", "run_node",
            "check_graph_input", "run_graph", "KERNELS"]
 
 
@@ -120,9 +120,15 @@ def max_pool2d(x, a: PoolAttrs):
     return np.clip(_windows(x, a.window, numerics.INT32_MIN).max(axis=(3, 4)), a.qmin, a.qmax)
 
 
+def _layout_values(x) -> np.ndarray:
+    """A layout op's input: float32 stays float32 (the float tensors of ``graph``), integers become int64."""
+    x = np.asarray(x)
+    return x if x.dtype == np.float32 else x.astype(np.int64)
+
+
 def reshape(x, shape):
     """RESHAPE: same values, per-sample ``shape``."""
-    x = np.asarray(x, np.int64)
+    x = _layout_values(x)
     return x.reshape(len(x), *shape)
 
 
@@ -174,7 +180,7 @@ def lookup(x, a: LutAttrs):
 
 def transpose(x, a: TransposeAttrs):
     """Permute the per-sample axes (the batch axis stays first)."""
-    return np.asarray(x, np.int64).transpose(0, *(p + 1 for p in a.perm))
+    return _layout_values(x).transpose(0, *(p + 1 for p in a.perm))
 
 
 def matmul(a, b, attrs: MatMulAttrs):
@@ -191,14 +197,18 @@ def float_softmax(x, a: FloatSoftmaxAttrs):
     return quantize_like_onnx(e / e.sum(axis=-1, keepdims=True, dtype=np.float32), *a.out_q)
 
 
-def layer_norm(x, a: LayerNormAttrs):
-    """LayerNormalization over the last axis in float32 (ONNX's definition), requantized half to even."""
+def float_layer_norm(x, a: FloatLayerNormAttrs | LayerNormAttrs):
+    """LayerNormalization over the last axis in float32 (ONNX's definition)."""
     f32 = np.float32
-    x = dequantize_like_onnx(x, *a.in_q)
+    x = np.asarray(x, f32)
     mean = x.mean(axis=-1, keepdims=True, dtype=f32)
     var = ((x - mean) ** 2).mean(axis=-1, keepdims=True, dtype=f32)
-    y = (x - mean) / np.sqrt(var + f32(a.epsilon)) * np.asarray(a.gamma, f32) + np.asarray(a.beta, f32)
-    return quantize_like_onnx(y, *a.out_q)
+    return (x - mean) / np.sqrt(var + f32(a.epsilon)) * np.asarray(a.gamma, f32) + np.asarray(a.beta, f32)
+
+
+def layer_norm(x, a: LayerNormAttrs):
+    """``float_layer_norm`` between a dequantize and a quantize (round half to even)."""
+    return quantize_like_onnx(float_layer_norm(dequantize_like_onnx(x, *a.in_q), a), *a.out_q)
 
 
 def dynamic_quantize(x) -> tuple:
@@ -277,6 +287,10 @@ KERNELS = {
                                                       else None),
     "float_add": lambda g, n, ins: float_add(*ins),
     "float_clip": lambda g, n, ins: float_clip(*ins, n.attrs),
+    "float_layer_norm": lambda g, n, ins: float_layer_norm(*ins, n.attrs),
+    "quantize": lambda g, n, ins: quantize_like_onnx(ins[0], g.tensors[n.output].scale[0], g.tensors[n.output].zero_point[0]),
+    "dequantize": lambda g, n, ins: dequantize_like_onnx(ins[0], g.tensors[n.inputs[0]].scale[0],
+                                                        g.tensors[n.inputs[0]].zero_point[0]),
 }
 
 

@@ -13,20 +13,25 @@ them. A ``dynamic_matmul`` with constant weights runs its int32 sums on the NPU 
 layer for the run's grid), its quantization and float32 epilogue on the host; the float ops run on the
 host (``host_kernels``). Any other op on a float32 tensor is refused, naming the op and the node;
 ``ConvInteger`` of a dynamic input is refused too (``quantize_static`` is the form for CNNs).
+
+The same float32 tensors carry the float head and tail of a statically quantized model whose first or
+last ``LayerNormalization`` is not quantized (onnxruntime's QOperator form): the float input normalized
+(``float_layer_norm``) and then quantized (``quantize``), and a last LayerNormalization of a quantized
+tensor that is the graph output (``dequantize``, ``float_layer_norm``).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .graph import FloatClipAttrs, TransposeAttrs
-from .onnx_values import _Const, _DynAcc, _DynQ, _FloatInput, _FloatT
+from .graph import FloatClipAttrs, FloatLayerNormAttrs, TransposeAttrs
+from .onnx_values import _Const, _DynAcc, _DynQ, _Float, _FloatInput, _FloatT, _Q
 
 __all__ = ["DynamicOps", "DYNAMIC_VALUES"]
 
 #: the symbolic values of a dynamically quantized graph (a node reading one goes to ``_dyn_<Type>``)
 DYNAMIC_VALUES = (_FloatT, _DynQ, _DynAcc)
 _DYNAMIC_OPS = ("MatMulInteger", "Cast", "Mul", "Add", "Relu", "Clip", "Reshape", "Flatten", "Transpose", "Shape",
-                "DynamicQuantizeLinear")
+                "DynamicQuantizeLinear", "LayerNormalization", "QuantizeLinear")
 
 
 class DynamicOps:
@@ -191,3 +196,29 @@ class DynamicOps:
         per_sample = self._per_sample_perm(node, len(x.shape))
         return self._float_emit("transpose", node, (x.name,), tuple(x.shape[p] for p in per_sample),
                                 TransposeAttrs(per_sample))
+
+    # -- float heads and tails (the QOperator form leaves LayerNormalization in float) ---------------
+    def _dyn_LayerNormalization(self, node):
+        x = self._float_operand(node, self._get(node, 0))
+        return self._float_emit("float_layer_norm", node, (x.name,), x.shape,
+                                FloatLayerNormAttrs(*self._layer_norm_params(node, x.shape)))
+
+    def _dyn_QuantizeLinear(self, node):
+        """QuantizeLinear of a float32 tensor: a ``quantize`` node (static grid)."""
+        x = self._float_operand(node, self._get(node, 0))
+        s, z, dtype = self._scalar_q(node, self._const(node, 1), self._const(node, 2, optional=True), "output")
+        out = self._emit("quantize", self._name(node), "QuantizeLinear", (x.name,), node.output[0], x.shape, s, z)
+        return _Q(out, x.shape, s, z, dtype)
+
+    def _float_tail(self, v: _Float) -> _FloatT:
+        """A graph output that is a LayerNormalization of a quantized tensor with no QuantizeLinear after
+        it: ``dequantize`` and ``float_layer_norm`` nodes."""
+        if v.kind != "layer_norm":
+            raise ValueError(f"output is a {v.kind} result that is never quantized; only a LayerNormalization "
+                             f"may stay float at the end")
+        q = v.inputs[0]
+        x = self._emit("dequantize", f"{v.name}:dequantize", "LayerNormalization", (q.name,), f"{v.name}:float",
+                       self._ir_shape(q), 1.0, 0, None, "float32")
+        out = self._emit("float_layer_norm", v.name, v.source, (x,), self.graph.output[0].name, self._ir_shape(q),
+                         1.0, 0, FloatLayerNormAttrs(*v.params), "float32")
+        return _FloatT(out, v.shape)

@@ -112,6 +112,10 @@ class _Importer(TensorOps, QLinearOps, DynamicOps):
         self.graph = graph
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
         self._input(inputs[0])
+        #: a float32 input that a float op reads (not only QuantizeLinear): the IR input stays float32 and
+        #: its QuantizeLinears become ``quantize`` nodes
+        self.float_head = self.in_dtype == "float32" and any(
+            n.op_type == "LayerNormalization" for n in graph.node if self.in_name in n.input)
 
     # -- graph input / output -----------------------------------------------------------------------
     def _input(self, value_info):
@@ -146,10 +150,13 @@ class _Importer(TensorOps, QLinearOps, DynamicOps):
         no nodes whose output is its input."""
         out = self.graph.output[0].name
         v = self.values.get(out)
-        if isinstance(v, _FloatT):            # a dynamically quantized graph: float32 in and out
-            spec_in = TensorSpec(self.in_name, self.in_shape, self.in_batch, self.in_dtype, None, None)
+        if isinstance(v, _Float) and self.in_q is not None:
+            v = self._float_tail(v)
+        if isinstance(v, _FloatT):            # dynamic quantization, or a float tail: a float32 output
+            spec_in = TensorSpec(self.in_name, self.in_shape, self.in_batch, self.in_dtype, *self.in_q)
             graph = Graph(self.tensors, self.nodes, (self.in_tensor,), (v.name,))
-            return OnnxGraph(graph, spec_in, replace(spec_in, name=out, shape=v.shape), self.sources)
+            return OnnxGraph(graph, spec_in, TensorSpec(out, v.shape, self.in_batch, "float32", None, None),
+                             self.sources)
         if isinstance(v, _Deq) and not v.fns:
             q, dtype = v.q, "float32"
         elif isinstance(v, (_Q, _PerAxisQ)):
@@ -574,6 +581,8 @@ class _Importer(TensorOps, QLinearOps, DynamicOps):
         output_dtype = self._attrs(node).get("output_dtype", 0)
         if zp is None and output_dtype:     # no zero point: the type comes from the attribute (else uint8)
             zp = np.zeros(1, self.onnx.helper.tensor_dtype_to_np_dtype(output_dtype))
+        if isinstance(v, _FloatInput) and self.float_head:
+            return self._dyn_QuantizeLinear(node)
         if isinstance(v, _FloatInput):
             if self.in_q is not None:
                 raise self._error(node, "the model input is quantized twice")

@@ -1,6 +1,6 @@
 """ONNX QOperator and integer op handlers of the importer (``onnx_import._Importer`` mixes them in):
 QLinearMatMul, QLinearConv, QGemm, QLinearAdd, QLinearAveragePool, QLinearGlobalAveragePool,
-QLinearConcat, QLinearSoftmax, QLinearSigmoid, QLinearLeakyRelu (com.microsoft), MatMulInteger and
+QLinearConcat, QLinearMul, QLinearSoftmax, QLinearSigmoid, QLinearLeakyRelu (com.microsoft), MatMulInteger and
 ConvInteger: the scales and zero points are inputs of the op instead of QuantizeLinear /
 DequantizeLinear pairs around it."""
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from .onnx_tensor_ops import UNARY_FUNCTIONS
-from .onnx_values import _Const, _DeqConst, _Q
+from .onnx_values import _Const, _DeqConst, _Float, _Q
 
 __all__ = ["QLinearOps"]
 
@@ -103,6 +103,25 @@ class QLinearOps:
             acc = self._add_bias(node, self._offset(node, qa, constant), constant)
             return self._finish(node, acc, sy, zy)
         return self._finish_float(node, self._sum(node, qa, self._quant_input(node, b, sb, zb), "QLinearAdd"), sy, zy)
+
+    def _op_QLinearMul(self, node):
+        """com.microsoft QLinearMul: two tensors (TFLite's integer MUL), or a tensor and a scalar constant
+        (a table)."""
+        a, b = self._get(node, 0), self._get(node, 3)
+        (sa, za, sb, zb, sy, zy) = [self._const(node, i, optional=True) for i in (1, 2, 4, 5, 6, 7)]
+        if isinstance(a, _Const):
+            (sa, za, sb, zb), (a, b) = (sb, zb, sa, za), (b, a)
+        qa = self._quant_input(node, a, sa, za)
+        if isinstance(b, _Const):
+            k = _DeqConst(np.asarray(b.value), np.asarray(sb, np.float64),
+                          np.zeros(1, np.int64) if zb is None else np.asarray(zb, np.int64), "").real()
+            if k.size != 1:
+                raise self._error(node, f"a constant factor of {k.size} values is not supported (a scalar is)")
+            factor = float(k.ravel()[0])
+            return self._table(node, qa, (("Mul", lambda x: x * factor),), *self._scalar_q(node, sy, zy, "output"))
+        qb = self._quant_input(node, b, sb, zb)
+        a2, b2, shape = self._pair(node, qa, qb)
+        return self._finish_float(node, _Float("mul", self._name(node), "QLinearMul", (a2, b2), shape), sy, zy)
 
     def _qlinear_pool(self, node, global_pool: bool):
         c = self._qlinear_args(node, ["x", "x_scale", "x_zp", "y_scale", "y_zp"])

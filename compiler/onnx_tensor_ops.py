@@ -185,17 +185,23 @@ class TensorOps:
 
     def _op_LayerNormalization(self, node):
         """LayerNormalization over the last axis: a float host op between its dequantize and quantize."""
+        v = self._get(node, 0)
+        if isinstance(v, _FloatInput):           # a float head (the QOperator form leaves LayerNorm float)
+            return self._dyn_LayerNormalization(node)
+        q = self._quant_input(node, v)
+        return _Float("layer_norm", self._name(node), "LayerNormalization", (self._plain(q),), q.shape,
+                      params=self._layer_norm_params(node, q.shape))
+
+    def _layer_norm_params(self, node, shape) -> tuple:
+        """(gamma, beta, epsilon) of a LayerNormalization over the last axis of per-sample ``shape``."""
         if len(node.output) > 1 and any(node.output[1:]):
             raise self._error(node, "the Mean / InvStdDev outputs are not supported")
-        q = self._quant_input(node, self._get(node, 0))
         attrs = self._attrs(node)
-        if int(attrs.get("axis", -1)) not in (-1, len(q.shape)):
+        if int(attrs.get("axis", -1)) not in (-1, len(shape)):
             raise self._error(node, f"normalization from axis {attrs['axis']}: only over the last axis")
-        n = q.shape[-1]
-        params = (self._float_const(node, 1, n, "scale"), self._float_const(node, 2, n, "bias"),
-                  float(attrs.get("epsilon", 1e-5)))
-        return _Float("layer_norm", self._name(node), "LayerNormalization", (self._plain(q),), q.shape,
-                      params=params)
+        n = shape[-1]
+        return (self._float_const(node, 1, n, "scale"), self._float_const(node, 2, n, "bias"),
+                float(attrs.get("epsilon", 1e-5)))
 
     def _op_Add(self, node):
         x, y = self._get(node, 0), self._get(node, 1)
