@@ -14,10 +14,10 @@ from types import SimpleNamespace
 from opennpu.config import NpuConfig
 
 from . import numerics
-from .isa import ActFn, Buf, Command, DecodeError, ErrorCode, Opcode, Precision, decode
+from .isa import FIELDS, ActFn, Buf, Command, DecodeError, ErrorCode, Opcode, Precision, decode, encode
 from .program import ProgramError
 
-__all__ = ["PY_OPS", "k_tile", "weight_words", "stream_weight_words", "data_in_bytes", "quant_params",
+__all__ = ["PY_OPS", "k_tile", "weight_words", "stream_weight_words", "data_in_beats", "data_in_bytes", "quant_params",
            "rules", "check", "validate"]
 
 #: ``ops`` for Python integers.
@@ -41,19 +41,31 @@ def stream_weight_words(precision, steps, ops=PY_OPS):
     return ops.select(precision == Precision.A8W4, (steps + 1) >> 1, steps)
 
 
-def data_in_bytes(cmd: Command, config: NpuConfig) -> int:
-    """Data-in bytes an accepted command takes: a LOAD its rows of whole beats, LOAD_LUT / LOAD_BIAS /
-    LOAD_QUANT their register in whole beats, anything else none."""
+def data_in_beats(opcode, buf, rows, config: NpuConfig, ops=PY_OPS):
+    """Data-in beats a command takes, whether it is accepted or rejected (the LD unit consumes a rejected
+    command's beats and drops them): a LOAD ``rows`` words of its buffer (activation or weight; a LOAD of
+    another buffer takes none), LOAD_BIAS / LOAD_QUANT / LOAD_LUT their register, any other opcode none.
+    It reads only the opcode and LOAD's ``buf`` and ``rows`` fields, so it is defined for any word; the
+    golden model, the drivers and the dispatcher (``HW_OPS``) use this one rule."""
     c = config
-    if cmd.op == Opcode.LOAD:
-        return cmd.rows * c.beats(c.act_word_bytes if cmd.buf == Buf.ACT else c.wgt_word_bytes) * c.bus_bytes
-    if cmd.op == Opcode.LOAD_BIAS:
-        return c.beats(4 * c.cols) * c.bus_bytes
-    if cmd.op == Opcode.LOAD_QUANT:
-        return c.beats(5 * c.cols) * c.bus_bytes
-    if cmd.op == Opcode.LOAD_LUT:
-        return c.beats(256) * c.bus_bytes
-    return 0
+    load = ops.select(buf == Buf.ACT, rows * c.beats(c.act_word_bytes),
+                      ops.select(buf == Buf.WGT, rows * c.beats(c.wgt_word_bytes), 0))
+    return ops.select(opcode == Opcode.LOAD, load,
+                      ops.select(opcode == Opcode.LOAD_BIAS, c.beats(4 * c.cols),
+                                 ops.select(opcode == Opcode.LOAD_QUANT, c.beats(5 * c.cols),
+                                            ops.select(opcode == Opcode.LOAD_LUT, c.beats(256), 0))))
+
+
+_LOAD_BUF, _LOAD_ROWS = (next(f for f in FIELDS[Opcode.LOAD] if f.name == name) for name in ("buf", "rows"))
+
+
+def data_in_bytes(command: Command | int, config: NpuConfig) -> int:
+    """Data-in bytes a command (a ``Command`` or a raw word, accepted or not) takes: ``data_in_beats``
+    whole beats."""
+    word = encode(command) if isinstance(command, Command) else int(command)
+    buf = word >> _LOAD_BUF.offset & ((1 << _LOAD_BUF.width) - 1)
+    rows = word >> _LOAD_ROWS.offset & ((1 << _LOAD_ROWS.width) - 1)
+    return data_in_beats(word & 0xF, buf, rows, config) * config.bus_bytes
 
 
 def quant_params(data: bytes, config: NpuConfig) -> tuple:

@@ -14,7 +14,7 @@ import numpy as np
 from opennpu.config import NpuConfig
 
 from . import numerics
-from .checks import k_tile, quant_params, stream_weight_words, validate, weight_words
+from .checks import data_in_bytes, k_tile, quant_params, stream_weight_words, validate, weight_words
 from .deps import DependencyTracker, HazardError, checked
 from .isa import ActFn, Buf, ErrorCode, Opcode, Precision
 from .program import COUNTER_NAMES, Program, ProgramError, Result
@@ -139,11 +139,22 @@ class GoldenNpu:
             if self.error == ErrorCode.OK:
                 self.error = code
             self.rejected = min(self.rejected + 1, REJECTED_MAX)       # 16-bit saturating in hardware
-            self.trace.append((command, self.timeline.reject()))
+            self.trace.append((command, self._reject(command)))
             return
         self.deps.dispatch_spans(index, cmd, spans)
         d = self._handlers[cmd.op](cmd)
         self.trace.append((cmd, d))
+
+    def _reject(self, command) -> int:
+        """A rejected command: nothing runs, but the data-in it takes (``checks.data_in_bytes``) is
+        consumed and dropped by the LD unit, as a LOAD of that many beats would take them."""
+        nbytes = data_in_bytes(command, self.config)
+        if not nbytes:
+            return self.timeline.reject()
+        d = self.timeline.load(0, nbytes // self.config.bus_bytes)
+        self._take(nbytes)
+        self._count(dma_in_bytes=nbytes)
+        return d
 
     def _take(self, nbytes: int) -> memoryview:
         if len(self._din) < nbytes:

@@ -185,7 +185,7 @@ class Controller(wiring.Component):
         m.d.comb += [
             engine.start_pl.eq(start.pl), engine.start_ex.eq(start.ex), engine.word.eq(head_word),
             engine.precision.eq(precision),
-            ld.start.eq(start.ld),
+            ld.start.eq(start.ld), ld.discard.eq(start.discard),
             ld.kind.eq(Mux(opcode == Opcode.LOAD, Mux(load.buf == Buf.WGT, LoadKind.WGT, LoadKind.ACT),
                            Mux(opcode == Opcode.LOAD_BIAS, LoadKind.BIAS,
                                Mux(opcode == Opcode.LOAD_QUANT, LoadKind.QUANT, LoadKind.LUT)))),

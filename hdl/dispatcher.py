@@ -3,8 +3,9 @@
 No addresses are compared. A command of unit U dispatches when U is free and every unit its ``wait``
 tokens (``golden.isa.Wait``) name is idle (``EX_OLDER``: EX's drain slot is empty or the issue slot is
 free, i.e. no COMPUTE but the last one is in flight); CONFIG, FENCE and COUNTERS dispatch when every
-unit is idle; a command the checker flags is rejected at once (sticky ``error``, ``rejected`` += 1,
-nothing runs). So the dispatch decision is a few gates on registered state, whatever the number of
+unit is idle; a command the checker flags is rejected (sticky ``error``, ``rejected`` += 1, nothing
+runs): at once, or, if it takes data-in (a malformed LOAD), once LD is free, which then consumes its
+beats and drops them (``discard``), so later LOADs read their own data. So the dispatch decision is a few gates on registered state, whatever the number of
 commands in flight. The compiler sets the tokens (``golden/deps.py``); the golden model and the
 drivers refuse a program whose tokens leave a hazard unordered.
 
@@ -17,9 +18,10 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from opennpu.config import NpuConfig
+from opennpu.golden.checks import data_in_beats
 from opennpu.golden.isa import COMMAND_BITS, WAIT_FIELD, Opcode, Precision, Wait
 
-from .decoder import CommandChecker, command_layout
+from .decoder import HW_OPS, CommandChecker, command_layout
 
 __all__ = ["HeadState", "UnitBusy", "UnitStart", "Dispatcher", "REJECTED_MAX"]
 
@@ -45,13 +47,15 @@ class UnitBusy(data.Struct):
 
 
 class UnitStart(data.Struct):
-    """Dispatch pulses: the head command starts on this unit this cycle (``config``: CONFIG loads)."""
+    """Dispatch pulses: the head command starts on this unit this cycle (``config``: CONFIG loads;
+    ``discard``: with ``ld``, a rejected command whose data-in LD consumes and drops)."""
     ld: 1
     pl: 1
     ex: 1
     act: 1
     st: 1
     config: 1
+    discard: 1
 
 
 _LOAD_OPS = (Opcode.LOAD, Opcode.LOAD_BIAS, Opcode.LOAD_LUT, Opcode.LOAD_QUANT)
@@ -143,10 +147,16 @@ class Dispatcher(wiring.Component):
                 m.d.comb += [can.eq(~busy.act & ~blocked), unit.act.eq(1)]
             with m.Case(Opcode.STORE):
                 m.d.comb += [can.eq(~busy.st & ~blocked), unit.st.eq(1)]
+        # A rejected command with data-in (``golden.checks.data_in_beats``) waits for LD and hands it the
+        # beats to drop; any other is rejected at once.
+        load_view = data.View(command_layout(Opcode.LOAD), head.word)
+        takes_data = data_in_beats(opcode, load_view.buf, load_view.rows, c, HW_OPS) != 0
         dispatch = head.valid & (head.error == 0) & can
-        reject = head.valid & (head.error != 0)
+        reject = head.valid & (head.error != 0) & (~takes_data | ~busy.ld)
+        drop = Signal(UnitStart)
+        m.d.comb += [drop.ld.eq(takes_data), drop.discard.eq(takes_data)]
         m.d.comb += [self.consume.eq(dispatch | reject),
-                     self.start.eq(Mux(dispatch, unit.as_value(), 0))]
+                     self.start.eq(Mux(dispatch, unit.as_value(), Mux(reject, drop.as_value(), 0)))]
 
         with m.If(dispatch & unit.config):
             m.d.sync += self.precision.eq(config_view.precision)

@@ -18,6 +18,9 @@ class LoadKind:
     QUANT = 4
 
 
+_DISCARD = 7        # (internal: no ``Case`` matches it, so a discarded beat writes nothing)
+
+
 class LoadUnit(wiring.Component):
     """Moves data-in beats into the activation / weight SRAM, the bias and requantization registers or
     the LUT.
@@ -31,6 +34,8 @@ class LoadUnit(wiring.Component):
     -------
     start, kind, addr, rows : In
         Dispatch pulse and command fields (``kind``: ``LoadKind``).
+    discard : In(1)
+        With ``start``: a rejected command's beats, consumed in the same cycles and written nowhere.
     busy, want : Out(1)
         Executing; wants a data-in beat this cycle (identical: one beat per busy cycle).
     want_next : Out(1)
@@ -57,7 +62,7 @@ class LoadUnit(wiring.Component):
         self._config = c = config
         self._lut_width = min(c.bus_bytes, 256)
         super().__init__({
-            "start": In(1), "kind": In(3), "addr": In(16), "rows": In(16), "bank": In(1),
+            "start": In(1), "kind": In(3), "addr": In(16), "rows": In(16), "bank": In(1), "discard": In(1),
             "busy": Out(1), "want": Out(1), "want_next": Out(1), "din": In(8 * c.bus_bytes),
             "act_wr": In(write_port_signature(c.act_depth, 8 * c.act_word_bytes)),
             "wgt_wr": In(write_port_signature(c.wgt_depth, 8 * c.wgt_word_bytes)),
@@ -73,7 +78,7 @@ class LoadUnit(wiring.Component):
         m = Module()
         c = self._config
         bias_beats, quant_beats = c.beats(4 * c.cols), c.beats(5 * c.cols)
-        kind, bank = Signal(3), Signal()
+        kind, bank, discard = Signal(3), Signal(), Signal()
         addr = Signal(16)
         left = Signal(17)            # beats still to come
         beat = Signal(range(max(quant_beats, c.beats(256)) + 1))
@@ -89,7 +94,8 @@ class LoadUnit(wiring.Component):
         m.d.comb += [self.want.eq(self.busy), self.ev_beat.eq(self.busy),
                      self.want_next.eq(self.start | (self.busy & (left != 1)))]
         with m.If(self.start):
-            m.d.sync += [self.busy.eq(1), kind.eq(self.kind), addr.eq(self.addr), beat.eq(0), bank.eq(self.bank)]
+            m.d.sync += [self.busy.eq(1), kind.eq(self.kind), addr.eq(self.addr), beat.eq(0), bank.eq(self.bank),
+                         discard.eq(self.discard)]
             with m.Switch(self.kind):
                 with m.Case(LoadKind.ACT, LoadKind.WGT):
                     m.d.sync += left.eq(self.rows)
@@ -104,7 +110,7 @@ class LoadUnit(wiring.Component):
             m.d.sync += [left.eq(left - 1), beat.eq(beat + 1), addr.eq(addr + 1)]
             with m.If(left == 1):
                 m.d.sync += self.busy.eq(0)
-            with m.Switch(kind):
+            with m.Switch(Mux(discard, _DISCARD, kind)):
                 with m.Case(LoadKind.ACT):
                     m.d.comb += [self.act_wr.en.eq(1), self.ev_act_write.eq(1)]
                 with m.Case(LoadKind.WGT):

@@ -18,25 +18,17 @@ class BackendUnavailable(RuntimeError):
 
 
 def data_in_takes(config: NpuConfig, words: list[int]) -> list[int]:
-    """Data-in bytes each command word takes, as the golden model counts them: an accepted ``LOAD``
-    its rows of whole beats, ``LOAD_LUT`` / ``LOAD_BIAS`` / ``LOAD_QUANT`` their register, a rejected
-    command none.
-    (Whether a ``LOAD`` is accepted does not depend on the precision in force.)"""
-    takes = []
-    for word in words:
-        nbytes = 0
-        if word & 0xF in (Opcode.LOAD, Opcode.LOAD_LUT, Opcode.LOAD_BIAS, Opcode.LOAD_QUANT):
-            code, cmd = validate(word, config, Precision.INT8)
-            if code == ErrorCode.OK:
-                nbytes = data_in_bytes(cmd, config)
-        takes.append(nbytes)
-    return takes
+    """Data-in bytes each command word takes (``golden.checks.data_in_bytes``: a ``LOAD`` its rows of
+    whole beats, ``LOAD_LUT`` / ``LOAD_BIAS`` / ``LOAD_QUANT`` their register, accepted or rejected: the
+    hardware consumes a rejected command's data and drops it)."""
+    return [data_in_bytes(word, config) for word in words]
 
 
 def program_words(config: NpuConfig, program: Program) -> list[int]:
     """The program's command words, once it is known to be runnable: at least one command, every
     word a 128-bit int (``Program.words``), data-in whole beats and exactly as long as its LOADs
-    take, and every ``LOAD_QUANT``'s values in range (the hardware does not check data-in). Every
+    take (rejected ones included), and every accepted ``LOAD_QUANT``'s values in range (the hardware does
+    not check data-in). Every
     backend calls this before it runs anything, so all refuse the same programs with the same error:
     ``ValueError``, ``ProgramError`` (a ValueError) for the data-in."""
     words = program.words()
@@ -59,8 +51,8 @@ def program_words(config: NpuConfig, program: Program) -> list[int]:
                            f"({size - need} left over)")
     offset = 0
     for word, take in zip(words, takes):
-        if take and word & 0xF == Opcode.LOAD_QUANT:
-            quant_params(program.data_in[offset:offset + take], config)
+        if take and word & 0xF == Opcode.LOAD_QUANT and validate(word, config, Precision.INT8)[0] == ErrorCode.OK:
+            quant_params(program.data_in[offset:offset + take], config)     # (a rejected one's data is dropped)
         offset += take
     return words
 

@@ -19,7 +19,7 @@ import random
 from opennpu.compiler.gemm import ACTIVATIONS, build_gemm, random_gemm
 from opennpu.config import NpuConfig
 from opennpu.golden import numerics
-from opennpu.golden.isa import (COMMAND_BITS, ActFn, Buf, Command, ErrorCode, Opcode, Precision, encode,
+from opennpu.golden.isa import (COMMAND_BITS, FIELDS, ActFn, Buf, Command, ErrorCode, Opcode, Precision, encode,
                                 reserved_mask)
 from opennpu.golden.checks import data_in_bytes
 from opennpu.golden.deps import order_program
@@ -127,6 +127,20 @@ def _beyond(rng: random.Random, depth: int, rows: int) -> int:
     return rng.randint(min(max(0, depth - rows + 1), 0xFFFF), 0xFFFF)
 
 
+#: rows of a rejected LOAD, whose data-in the program carries (and the LD unit drops): mostly short, so
+#: that random programs stay small; one in 16 random LOAD words keeps its 16-bit rows.
+_LONG_DROP = 300
+_ROWS = next(f for f in FIELDS[Opcode.LOAD] if f.name == "rows")
+
+
+def _short_load(rng: random.Random, word: int) -> int:
+    """A random word, its LOAD ``rows`` field usually cut to a few rows."""
+    if word & 0xF != Opcode.LOAD or rng.random() < 1 / 16:
+        return word
+    mask = ((1 << _ROWS.width) - 1) << _ROWS.offset
+    return word & ~mask | rng.randint(0, 8) << _ROWS.offset
+
+
 def bad_command(config: NpuConfig, rng: random.Random, kind: str | None = None) -> int:
     """A raw 128-bit word meant to be rejected; ``kind`` from ``BAD_KINDS`` (random if None).
 
@@ -135,10 +149,10 @@ def bad_command(config: NpuConfig, rng: random.Random, kind: str | None = None) 
     """
     kind = kind or rng.choice(BAD_KINDS)
     if kind == "random word":
-        return rng.getrandbits(COMMAND_BITS)
+        return _short_load(rng, rng.getrandbits(COMMAND_BITS))
     if kind == "random fields":          # a legal opcode with random field values: mostly range errors
         op = rng.choice(list(Opcode))
-        return rng.getrandbits(COMMAND_BITS) & ~reserved_mask(op) & ~0xF | op
+        return _short_load(rng, rng.getrandbits(COMMAND_BITS) & ~reserved_mask(op) & ~0xF | op)
     if kind == "bad opcode":
         upper = rng.getrandbits(COMMAND_BITS - 4) if rng.random() < 0.5 else 0
         return upper << 4 | rng.choice(ILLEGAL_OPCODES)
@@ -156,7 +170,7 @@ def bad_command(config: NpuConfig, rng: random.Random, kind: str | None = None) 
         op = rng.choice([Opcode.LOAD, Opcode.STORE, Opcode.COMPUTE, Opcode.ACTIVATE, Opcode.PRELOAD])
         if op in (Opcode.LOAD, Opcode.STORE):
             buf = rng.choice([Buf.ACT, Buf.WGT] + ([Buf.ACC] if op == Opcode.STORE else []))
-            rows = rng.choice([1, rng.randint(1, 0xFFFF)])
+            rows = rng.choice([1, rng.randint(1, 0xFFFF) if op == Opcode.STORE else rng.randint(1, _LONG_DROP)])
             return encode(Command(op, buf=buf, addr=_beyond(rng, _depth(config, buf), rows), rows=rows))
         if op == Opcode.PRELOAD:
             return encode(Command(op, addr=_beyond(rng, config.wgt_depth, 1), krows=rng.randint(1, config.rows),
@@ -212,19 +226,18 @@ class _Stream:
         self.precision = Precision.INT8
 
     def add(self, command):
-        """Append ``command`` and, if it will be accepted and reads data-in, random bytes of the right
-        length. An accepted COUNTERS is dropped unless ``counters``."""
+        """Append ``command`` and, if it reads data-in (accepted or rejected: the hardware drops a rejected
+        command's data), random bytes of the right length. An accepted COUNTERS is dropped unless
+        ``counters``."""
         word = command if isinstance(command, int) else encode(command)
         code, cmd = validate(word, self.config, self.precision)
         if code == ErrorCode.OK and cmd.op == Opcode.COUNTERS and not self.counters:
             return
         self.commands.append(command)
-        if code != ErrorCode.OK:
-            return
-        if cmd.op == Opcode.CONFIG:
+        if code == ErrorCode.OK and cmd.op == Opcode.CONFIG:
             self.precision = Precision(cmd.precision)
-        need = data_in_bytes(cmd, self.config)
-        if cmd.op == Opcode.LOAD_QUANT:
+        need = data_in_bytes(word, self.config)
+        if code == ErrorCode.OK and cmd.op == Opcode.LOAD_QUANT:
             self.data += quant_data(self.config, self.rng)
         elif need:
             self.data += self.rng.randbytes(need)
@@ -267,25 +280,32 @@ def long_program(config: NpuConfig, rng: random.Random, *, commands: int, data_b
 
 
 def with_bad_commands(config: NpuConfig, program: Program, rng: random.Random, count: int) -> Program:
-    """``program`` with ``count`` rejected words inserted at random places (its data-in unchanged).
+    """``program`` with ``count`` rejected words inserted at random places, and the data-in each of them
+    takes (random bytes, which the hardware drops) at its place in the data-in stream.
 
     Only words the golden model rejects in the precision current at that place are inserted, so the
     rest of the program runs exactly as before.
     """
     commands = list(program.commands)
     slots = sorted(rng.randint(0, len(commands)) for _ in range(count))
-    out, precision, index = [], Precision.INT8, 0
+    out, data, offset, precision, index = [], bytearray(), 0, Precision.INT8, 0
     for position, command in enumerate(commands + [None]):
         while index < len(slots) and slots[index] == position:
-            out.append(rejected_command(config, rng, precision))
+            word = rejected_command(config, rng, precision)
+            out.append(word)
+            data += rng.randbytes(data_in_bytes(word, config))
             index += 1
         if command is None:
             break
-        code, cmd = validate(command if isinstance(command, int) else encode(command), config, precision)
+        word = command if isinstance(command, int) else encode(command)
+        code, cmd = validate(word, config, precision)
         if code == ErrorCode.OK and cmd.op == Opcode.CONFIG:
             precision = Precision(cmd.precision)
+        take = data_in_bytes(word, config)
+        data += program.data_in[offset:offset + take]
+        offset += take
         out.append(command)
-    return Program(out, program.data_in)
+    return Program(out, bytes(data))
 
 
 def gemm_with_bad_commands(config: NpuConfig, rng: random.Random, *, max_dim: int = 12, bad: int = 3):

@@ -88,11 +88,33 @@ def test_barriers_wait_for_every_unit(op):
 
 def test_reject_is_sticky_counted_and_starts_nothing():
     async def bench(ctx, dut):
-        _busy(ctx, dut)
-        _head(ctx, dut, LOAD, error=ErrorCode.BAD_RANGE)
+        _busy(ctx, dut, ld=1, ex_issue=1)
+        _head(ctx, dut, COMPUTE, error=ErrorCode.BAD_RANGE)
         assert ctx.get(dut.consume) == 1 and ctx.get(dut.start.as_value()) == 0
         await ctx.tick()
-        _head(ctx, dut, LOAD, error=ErrorCode.BAD_FIELD)
+        _head(ctx, dut, Command(Opcode.FENCE), error=ErrorCode.BAD_FIELD)
+        await ctx.tick()
+        assert (ctx.get(dut.error), ctx.get(dut.rejected)) == (ErrorCode.BAD_RANGE, 2)
+    _run(bench)
+
+
+def test_rejected_load_waits_for_ld_and_discards_its_data():
+    """A rejected command that takes data-in (``golden.checks.data_in_beats``) is rejected once LD is
+    free, starting LD with ``discard`` (which drops its beats); a LOAD of no SRAM takes none and goes at
+    once."""
+    no_sram = encode(LOAD) | 3 << 4
+
+    async def bench(ctx, dut):
+        _head(ctx, dut, LOAD, error=ErrorCode.BAD_RANGE)
+        _busy(ctx, dut, ld=1)
+        assert ctx.get(dut.consume) == 0
+        _busy(ctx, dut)
+        assert ctx.get(dut.consume) == 1
+        assert (ctx.get(dut.start.ld), ctx.get(dut.start.discard)) == (1, 1)
+        await ctx.tick()
+        _head(ctx, dut, no_sram, error=ErrorCode.BAD_FIELD)
+        _busy(ctx, dut, ld=1)
+        assert ctx.get(dut.consume) == 1 and ctx.get(dut.start.as_value()) == 0
         await ctx.tick()
         assert (ctx.get(dut.error), ctx.get(dut.rejected)) == (ErrorCode.BAD_RANGE, 2)
     _run(bench)

@@ -8,12 +8,13 @@ import pytest
 
 from opennpu.compiler.gemm import build_gemm, random_gemm
 from opennpu.config import NpuConfig
-from opennpu.golden.isa import Buf, Command, Opcode
+from opennpu.golden.deps import order_program
+from opennpu.golden.isa import Buf, Command, ErrorCode, Opcode, encode
 from opennpu.golden.model import GoldenNpu
 from opennpu.golden.program import Program, ProgramError
 from opennpu.sim import pysim, uart_host
 from opennpu.sim import verilator as vl
-from opennpu.sim.driver import Npu, data_in_takes, program_words
+from opennpu.sim.driver import BackendUnavailable, Npu, data_in_takes, program_words
 from opennpu.sim.uart_host import UartHost, UartTimeout
 from opennpu.sim.uart_sim import run_uart_pysim
 
@@ -71,11 +72,27 @@ def test_long_data_in_is_refused_by_every_backend():
     every_backend_raises(program, ProgramError, f"too long: .* take 0 bytes, it has {3 * CONFIG.bus_bytes}")
 
 
-def test_rejected_load_takes_no_data_in():
-    bad = Command(Opcode.LOAD, buf=Buf.ACT, addr=31, rows=2)             # past the end: rejected
-    assert data_in_takes(CONFIG, [bad.encode(), Command(Opcode.LOAD_LUT).encode()]) == [0, 256]
-    with pytest.raises(ProgramError, match="too long"):
-        program_words(CONFIG, Program([bad], bytes(4 * CONFIG.bus_bytes)))
+def test_rejected_load_data_is_consumed_and_dropped():
+    """Defect 5: a rejected LOAD's data-in is consumed and dropped by the hardware (LD, ``discard``), so
+    the next LOAD reads its own bytes, on every backend alike; a LOAD of no SRAM takes none."""
+    bus = CONFIG.bus_bytes
+    bad = Command(Opcode.LOAD, buf=Buf.ACT, addr=CONFIG.act_depth - 1, rows=2)      # past the end: rejected
+    no_sram = encode(Command(Opcode.LOAD, buf=0, addr=0, rows=3)) | 3 << 4         # buf 3: rejected, no data
+    assert data_in_takes(CONFIG, [bad.encode(), no_sram, Command(Opcode.LOAD_LUT).encode()]) == [2 * bus, 0, 256]
+    good = Command(Opcode.LOAD, buf=Buf.ACT, addr=0, rows=1)
+    store = Command(Opcode.STORE, buf=Buf.ACT, addr=0, rows=1)
+    junk, mine = bytes(range(1, 2 * bus + 1)), bytes(range(100, 100 + bus))
+    program = order_program(Program([bad, no_sram, good, store], junk + mine), CONFIG)
+    for backend in ("golden", "pysim", "verilator"):
+        try:
+            result = Npu(CONFIG, backend).run(program)
+        except BackendUnavailable:
+            continue
+        assert result.outputs == mine[:CONFIG.act_word_bytes].ljust(bus, b"\0"), backend
+        assert (result.error, result.rejected) == (ErrorCode.BAD_RANGE, 2), backend
+        assert result.counters["dma_in_bytes"] == 3 * bus and result.counters["act_writes"] == 1, backend
+    with pytest.raises(ProgramError, match="too short"):
+        program_words(CONFIG, Program([bad, good], mine))
 
 
 @pytest.mark.parametrize("config", [CONFIG, CONFIG_OS], ids=["ws", "os"])

@@ -8,6 +8,7 @@ import pytest
 
 from opennpu.compiler.gemm import ACTIVATIONS, build_gemm, random_gemm
 from opennpu.config import NpuConfig
+from opennpu.golden.checks import data_in_bytes
 from opennpu.golden.deps import HazardError, order_program
 from opennpu.golden.isa import Buf, Command, ErrorCode, Opcode, Precision, Wait
 from opennpu.golden.model import GoldenNpu
@@ -89,7 +90,8 @@ BAD_COMMANDS = {
 
 @pytest.mark.parametrize("name", list(BAD_COMMANDS))
 def test_bad_command_rejected_and_nothing_written(name):
-    """The bad command sets the sticky error, is counted, writes nothing, and later commands still run."""
+    """The bad command sets the sticky error, is counted, writes nothing (the data-in a rejected LOAD
+    takes is consumed and dropped), and later commands still run."""
     word, code = BAD_COMMANDS[name]
     config = NpuConfig(rows=2, cols=2, act_depth=16, wgt_depth=4, acc_depth=8)
     rng = np.random.default_rng(1)
@@ -99,26 +101,34 @@ def test_bad_command_rejected_and_nothing_written(name):
               Command(Opcode.PRELOAD, addr=0, krows=2, ncols=2),
               Command(Opcode.COMPUTE, aaddr=0, accaddr=0, rows=4, accumulate=0)]
     wgt_words = rng.integers(0, 256, size=(2, config.bus_bytes), dtype=np.uint8)
+    dropped = rng.integers(0, 256, size=data_in_bytes(word, config), dtype=np.uint8).tobytes()
+    assert bool(dropped) == name.startswith("LOAD past")
     program = order_program(Program(setup + [word] + follow + _sram_dump(config),
-                                    act_words.tobytes() + wgt_words.tobytes()), config)
+                                    act_words.tobytes() + dropped + wgt_words.tobytes()), config)
     golden = GoldenNpu(config).run(program)
     assert golden.error == code and golden.rejected == 1
-    clean = GoldenNpu(config).run(order_program(Program(setup + follow + _sram_dump(config), program.data_in), config))
+    clean = GoldenNpu(config).run(order_program(Program(setup + follow + _sram_dump(config),
+                                                        act_words.tobytes() + wgt_words.tobytes()), config))
     assert golden.outputs == clean.outputs            # the bad command changed nothing
     rtl = Npu(config, "pysim").run(program)
     assert_same(rtl, golden)
 
 
 def test_tokens_that_name_a_rejected_commands_unit_do_not_hang():
-    """A token waits only for accepted commands: after a rejected LOAD, a COMPUTE waiting on LD (and on
-    every other unit) runs at once; RTL == golden, and the sticky error stays the LOAD's."""
+    """A token waits only for what runs: after a rejected LOAD (LD drops its 4 beats) and a rejected
+    PRELOAD, a COMPUTE waiting on every unit runs once the drop is done; RTL == golden, and the sticky
+    error stays the LOAD's."""
     config = NpuConfig(rows=2, cols=2, act_depth=16, wgt_depth=4, acc_depth=8)
     every = Wait.LD | Wait.PL | Wait.EX | Wait.EX_OLDER | Wait.ACT | Wait.ST
     program = Program([Command(Opcode.LOAD, buf=Buf.ACT, addr=15, rows=4),
+                       Command(Opcode.PRELOAD, addr=7, krows=2, ncols=2),
                        Command(Opcode.COMPUTE, aaddr=0, accaddr=0, rows=2, wait=every),
-                       Command(Opcode.STORE, buf=Buf.ACC, addr=0, rows=2, wait=Wait.EX)])
-    golden = GoldenNpu(config).run(program)
-    assert (golden.error, golden.rejected) == (ErrorCode.BAD_RANGE, 1)
+                       Command(Opcode.STORE, buf=Buf.ACC, addr=0, rows=2, wait=Wait.EX)], bytes(4 * config.bus_bytes))
+    model = GoldenNpu(config)
+    golden = model.run(program)
+    assert (golden.error, golden.rejected) == (ErrorCode.BAD_RANGE, 2)
+    (_, load), (_, preload), (_, compute), _ = model.trace
+    assert preload == load + 1 and compute == load + 4 + 1          # LD is busy dropping the 4 beats
     assert_same(Npu(config, "pysim", backpressure=3).run(program), golden)
 
 

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from opennpu.golden.checks import data_in_bytes
 from opennpu.golden.deps import order_program
 from opennpu.compiler.gemm import ACTIVATIONS, GemmSpec, build_gemm, random_gemm
 from opennpu.config import NpuConfig
@@ -168,7 +169,9 @@ def test_each_bad_kind_sets_the_golden_status(kind):
     """Every malformed kind, alone and first in a valid program: same sticky code, same SRAMs."""
     config, rng = CONFIG_2X2, random.Random(kind)
     _, base = gemm_with_bad_commands(config, rng, bad=0)
-    batch = [Program([rejected_command(config, rng, kind=kind)] + base.commands, base.data_in) for _ in range(20)]
+    words = [rejected_command(config, rng, kind=kind) for _ in range(20)]
+    batch = [Program([word] + base.commands, rng.randbytes(data_in_bytes(word, config)) + base.data_in)
+             for word in words]
     goldens = [GoldenNpu(config).run(p) for p in batch]
     assert all(g.error != ErrorCode.OK and g.rejected == 1 for g in goldens)
     for rtl, golden in zip(vl.run_verilator_batch(config, batch), goldens):
