@@ -190,7 +190,7 @@ def _chunk(config: NpuConfig, spec: GemmSpec, order: str) -> int:
 
 
 def _estimate(config: NpuConfig, spec: GemmSpec, order: str) -> float:
-    """Approximate cycles of ``order``: per step, the longer of the array (``rows + 1`` cycles, at least one
+    """Approximate cycles of ``order``: per step, the longer of the array (``rows`` cycles, at least one
     drain: ``array_latency + 2``) and the load unit (the step's weight tile unless weights are resident,
     its activation tile in ``n_stream``, otherwise the chunk's activations spread over its steps)."""
     m, k, n = spec.shape
@@ -206,7 +206,7 @@ def _estimate(config: NpuConfig, spec: GemmSpec, order: str) -> float:
         rows = min(chunk, m - m0)
         weights = 0 if resident and m0 else (tile_words * wgt_beats + 1)
         acts = rows * act_beats + 1 if order == "n_stream" else (rows * act_beats + 1) / n_n
-        total += n_n * n_k * max(rows + 1, drain, weights + acts)
+        total += n_n * n_k * max(rows, drain, weights + acts)
     return total
 
 
@@ -291,11 +291,11 @@ def _schedule(config: NpuConfig, spec: GemmSpec, order: str) -> GemmProgram:
     def lead_group(rows, weights_load):
         """How many leading N tiles of a chunk interleave their K steps (n_outer): the first tile alone
         would need every activation tile of the chunk within its own ``n_k`` steps. While the loads of one
-        step (activation tile and weight tile) outlast its COMPUTE (``rows + 1`` cycles) but its weight
+        step (activation tile and weight tile) outlast its COMPUTE (``rows`` cycles) but its weight
         tile alone does not, two tiles share each activation tile. Needs a third accumulator region."""
         weights = tile_words * wgt_beats + 1 if weights_load else 0
         fits = order == "n_outer" and n_n > 1 and n_k > 1 and regions >= 3
-        return 2 if fits and weights < rows + 1 < rows * act_beats + 1 + weights else 1
+        return 2 if fits and weights < rows < rows * act_beats + 1 + weights else 1
 
     chunks = [(m0, min(chunk, m - m0)) for m0 in range(0, m, chunk)]
     w_tiles = _weight_tiles(spec, config, kt, nt, n_k, n_n)

@@ -232,10 +232,10 @@ def row_pieces(rows: int, count: int) -> list:
 def prologue_pieces(config: NpuConfig, rows: int) -> int:
     """How many pieces (1 to 4) a first ``COMPUTE`` of ``rows`` rows is cut into: the count ``p`` that
     minimizes the estimated prologue ``p + rows / p + (p - 1) * max(0, D - rows / p)``: a cycle per piece
-    (its load and its COMPUTE each take one more than its rows), the last piece's rows (they compute after
-    every load), and, per piece after the first, the cycles it waits for the drain slot when a piece is
-    shorter than the drain time ``D = array_latency + 1``."""
-    drain = array_latency(config.rows, config.cols) + 1
+    (its load takes one more than its rows), the last piece's rows (they compute after every load), and,
+    per piece after the first, the cycles it waits for the drain slot when a piece is shorter than the
+    drain time ``D = array_latency + 2`` (the drain slot takes a COMPUTE at most every D cycles)."""
+    drain = array_latency(config.rows, config.cols) + 2
     return min(range(1, min(4, rows) + 1),
                key=lambda p: p + rows / p + (p - 1) * max(0.0, drain - rows / p))
 
@@ -265,6 +265,10 @@ def emit_steps(e: Emitter, steps: list, preamble: Callable[[object], None],
     first, whole). The stream starts: other loads, piece 0's loads, ``PRELOAD``, then for each piece i the
     loads of piece i+1 and ``COMPUTE`` piece i.
 
+    A tile's ``ACTIVATE`` follows the ``COMPUTE`` of the step after the tile's last step, then the loads
+    and the ``PRELOAD`` of the step after that (inside a group), so that an ``ACTIVATE`` waiting for the ACT unit (two tiles finishing
+    together, as in a lead group) does not hold back the ``PRELOAD`` behind it.
+
     ``split_last``: cut the last step's ``COMPUTE`` and its ``ACTIVATE`` (when that writes back exactly the
     rows computed) into ``epilogue_pieces`` row pieces: all compute pieces, then the write-back pieces, so
     the program's final write-back starts after the first piece drains instead of the whole tile."""
@@ -285,9 +289,12 @@ def emit_steps(e: Emitter, steps: list, preamble: Callable[[object], None],
             e.load(load)
     for load in split:
         e.load(load.piece(*parts[0]))
-    pending = None
+    pending, late = None, None
     for s, step in enumerate(steps):
         e.cmd(Opcode.PRELOAD, addr=step.wgt_addr, krows=step.krows, ncols=step.ncols)
+        if late is not None:         # (behind the PRELOAD: an ACTIVATE waiting for the ACT unit holds the head)
+            e.activate(late)
+            late = None
         if s == 0:
             for i, (lo, rows) in enumerate(parts):     # load piece i+1 while piece i computes
                 if i + 1 < len(parts):
@@ -302,7 +309,10 @@ def emit_steps(e: Emitter, steps: list, preamble: Callable[[object], None],
             for load in nxt.loads:
                 e.load(load)
         if pending is not None:
-            e.activate(pending)
+            if nxt is not None and nxt.group == step.group:
+                late = pending               # emitted behind the next step's PRELOAD
+            else:
+                e.activate(pending)
         pending = step.activate
         if nxt is None or nxt.group != step.group:
             if pending is not None:

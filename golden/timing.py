@@ -13,11 +13,14 @@ PL     PRELOAD (``w`` PE rows: krows, or     clear in d+1, PE row j written in d
        ceil(krows/2) in a4w4)                free at d+w+2
 EX     COMPUTE (``M`` rows)                  act rows read d+1 .. d+M (= e). The command then moves
                                              to the single *drain* slot in cycle m = max(e, drain
-                                             free); EX takes a new COMPUTE from m+1; the drain slot
-                                             holds it until m+L+1 where L = array latency + 1
-                                             (last accumulator write at e+array_latency+1).
-       output-stationary COMPUTE (``S``      e = d + max(S, cols-1); the drain slot writes output
-       steps, ``R`` output rows)             row i in m+cols+3+i and holds it until m+cols+R+2
+                                             free); EX takes a new COMPUTE in m itself (its first
+                                             row is read in m+1, right behind our last one); the
+                                             drain slot holds it until m+L+1 where L = array
+                                             latency + 1 (last accumulator write at
+                                             e+array_latency+1).
+       output-stationary COMPUTE (``S``      e = d + max(S, cols-1); EX takes a new COMPUTE from
+       steps, ``R`` output rows)             m+1; the drain slot writes output row i in m+cols+3+i
+                                             and holds it until m+cols+R+2
 ACT    ACTIVATE (``M`` rows)                 acc rows read d+1 .. d+M; row j written/pushed in
                                              cycle d+2+j+P (P = activation unit latency);
                                              free at d+M+P+2
@@ -167,7 +170,7 @@ class CycleModel:
         d = self._dispatch_cycle(Unit.EX, waits)
         move = max(d + rows, self.release[Unit.EX])
         release = move + self.drain_cycles + 1
-        self._record(Unit.EX, d, move + 1, release)
+        self._record(Unit.EX, d, move, release)         # (the next COMPUTE may dispatch in ``move``)
         return d
 
     def compute_os(self, waits: int, steps: int, mrows: int) -> int:

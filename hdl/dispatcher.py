@@ -2,10 +2,12 @@
 
 No addresses are compared. A command of unit U dispatches when U is free and every unit its ``wait``
 tokens (``golden.isa.Wait``) name is idle (``EX_OLDER``: EX's drain slot is empty or the issue slot is
-free, i.e. no COMPUTE but the last one is in flight); CONFIG, FENCE and COUNTERS dispatch when every
-unit is idle; a command the checker flags is rejected (sticky ``error``, ``rejected`` += 1, nothing
-runs): at once, or, if it takes data-in (a malformed LOAD), once LD is free, which then consumes its
-beats and drops them (``discard``), so later LOADs read their own data. So the dispatch decision is a few gates on registered state, whatever the number of
+free, i.e. no COMPUTE but the last one is in flight); a COMPUTE also dispatches in the cycle EX's issue
+slot frees (``ex_issue_ends``: its command moves to the drain slot), so rows stream without a gap;
+CONFIG, FENCE and COUNTERS dispatch when every unit is idle; a command the checker flags is rejected
+(sticky ``error``, ``rejected`` += 1, nothing runs): at once, or, if it takes data-in (a malformed
+LOAD), once LD is free, which then consumes its beats and drops them (``discard``), so later LOADs read
+their own data. So the dispatch decision is a few gates on registered state, whatever the number of
 commands in flight. The compiler sets the tokens (``golden/deps.py``); the golden model and the
 drivers refuse a program whose tokens leave a hazard unordered.
 
@@ -79,6 +81,8 @@ class Dispatcher(wiring.Component):
         What the head becomes if it loads ``next_word`` at the end of this cycle: valid only in cycles
         in which it may load (the head is empty, or it is consumed and the core runs).
     busy : In(UnitBusy)
+    ex_issue_ends : In(1)
+        EX's issue slot frees at the end of this cycle (a COMPUTE may dispatch in it).
     start : Out(UnitStart); consume : Out(1)
         The head dispatches on a unit / is dispatched or rejected this cycle.
     precision : Out(2)
@@ -93,7 +97,7 @@ class Dispatcher(wiring.Component):
         super().__init__({
             "head": In(HeadState), "cmd_word": In(COMMAND_BITS), "cmd_errors": Out(errors),
             "next_word": In(COMMAND_BITS), "next_errors": In(errors), "next_head": Out(HeadState),
-            "busy": In(UnitBusy), "start": Out(UnitStart), "consume": Out(1),
+            "busy": In(UnitBusy), "ex_issue_ends": In(1), "start": Out(UnitStart), "consume": Out(1),
             "precision": Out(2, init=Precision.INT8), "error": Out(3), "rejected": Out(16),
         })
 
@@ -142,7 +146,7 @@ class Dispatcher(wiring.Component):
             with m.Case(Opcode.PRELOAD):
                 m.d.comb += [can.eq(~busy.pl & ~blocked), unit.pl.eq(1)]
             with m.Case(Opcode.COMPUTE):
-                m.d.comb += [can.eq(~busy.ex_issue & ~blocked), unit.ex.eq(1)]
+                m.d.comb += [can.eq((~busy.ex_issue | self.ex_issue_ends) & ~blocked), unit.ex.eq(1)]
             with m.Case(Opcode.ACTIVATE):
                 m.d.comb += [can.eq(~busy.act & ~blocked), unit.act.eq(1)]
             with m.Case(Opcode.STORE):

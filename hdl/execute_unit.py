@@ -26,7 +26,9 @@ class ExecuteUnit(wiring.Component):
     ``accumulate``: the old word is read in d+j+L through a port transparent to the write) in d+2+j+L,
     L = array latency (>= 3). The last row
     is issued in e = d+rows; in the first cycle m >= e with the drain slot empty, ``move`` pulses, the
-    issue slot frees (a new COMPUTE may start in m+1) and the drain slot stays busy m+1 .. m+L+1.
+    issue slot frees (a new COMPUTE may start in m itself: the dispatcher sees ``move``, and the new
+    command's first row is read in m+1, right behind the last one) and the drain slot stays busy
+    m+1 .. m+L+1.
 
     Members
     -------
@@ -62,20 +64,18 @@ class ExecuteUnit(wiring.Component):
         aaddr, accaddr, rows_left = Signal(16), Signal(16), Signal(17)
         accumulate, buf, row_macs = Signal(), Signal(), Signal(16)
         drain_left = Signal(range(latency + 2))
+        last = Signal()                               # == (rows_left <= 1), kept in a register
 
         # -- issue slot -------------------------------------------------------------------------
         issuing = Signal()
         m.d.comb += [issuing.eq(self.issue_busy & (rows_left != 0)),
-                     self.move.eq(self.issue_busy & (rows_left <= 1) & ~self.drain_busy),
+                     self.move.eq(self.issue_busy & last & ~self.drain_busy),
                      self.ev_row.eq(issuing), self.macs.eq(row_macs)]
-        with m.If(self.start):
-            m.d.sync += [self.issue_busy.eq(1), aaddr.eq(self.aaddr), accaddr.eq(self.accaddr),
-                         rows_left.eq(self.rows), accumulate.eq(self.accumulate), buf.eq(self.buf),
-                         row_macs.eq(self.row_macs)]
         m.d.comb += self.act_rd.addr.eq(aaddr)        # (from the register, read or not)
         with m.If(issuing):
             m.d.comb += self.act_rd.en.eq(1)
-            m.d.sync += [aaddr.eq(aaddr + 1), accaddr.eq(accaddr + 1), rows_left.eq(rows_left - 1)]
+            m.d.sync += [aaddr.eq(aaddr + 1), accaddr.eq(accaddr + 1), rows_left.eq(rows_left - 1),
+                         last.eq(rows_left <= 2)]
 
         # -- drain slot ---------------------------------------------------------------------------
         with m.If(self.move):
@@ -84,6 +84,12 @@ class ExecuteUnit(wiring.Component):
             m.d.sync += drain_left.eq(drain_left - 1)
             with m.If(drain_left == 1):
                 m.d.sync += self.drain_busy.eq(0)
+        # A start (possibly in the ``move`` cycle, while the last row of the command before issues)
+        # takes the issue slot: its assignments come last and win.
+        with m.If(self.start):
+            m.d.sync += [self.issue_busy.eq(1), aaddr.eq(self.aaddr), accaddr.eq(self.accaddr),
+                         rows_left.eq(self.rows), last.eq(self.rows <= 1), accumulate.eq(self.accumulate),
+                         buf.eq(self.buf), row_macs.eq(self.row_macs)]
 
         # -- row tags travel beside the array: stage 0 lines up with the SRAM data ----------------
         tag = Signal(_RowTag)
@@ -99,16 +105,21 @@ class ExecuteUnit(wiring.Component):
             stages.append(nxt)
         # Read-modify-write, pipelined so that no path runs from the accumulator SRAM's output through
         # the adder back into it: the old word is read two cycles before its write (``rmw``), lands in
-        # ``old_q``, and the add happens at the array output (``done``). The early read still sees
-        # every earlier write: rows of one COMPUTE have distinct addresses, and the rows of the next
-        # COMPUTE are issued at least two cycles after the last row of this one (it dispatches when
-        # the issue slot frees, ``move`` + 1, and issues from the cycle after), so its read is never
-        # earlier than our write of the same word; the same-cycle case is the port's transparency.
+        # ``old_q``, and the add happens at the array output (``done``). The early read sees every
+        # write up to its own cycle (the same-cycle one through the port's transparency) but not the
+        # one in the cycle after, which is the row just ahead of it (``stages[-2]``). Rows of one
+        # COMPUTE have distinct addresses; the next COMPUTE issues right behind the last row of this
+        # one, so its first row may read the word that row writes a cycle later: then ``fwd`` (the
+        # two rows' addresses compared a cycle ahead, in registers) takes the word being written
+        # instead of the SRAM's.
         rmw = stages[-3]
         m.d.comb += [self.acc_rmw_rd.en.eq(rmw.valid & rmw.accumulate), self.acc_rmw_rd.addr.eq(rmw.accaddr),
                      self.ev_acc_read.eq(rmw.valid & rmw.accumulate)]
+        ahead = stages[-2]
+        fwd = Signal()
+        m.d.sync += fwd.eq(ahead.valid & (ahead.accaddr == rmw.accaddr))
         old_q = Signal(32 * c.cols)
-        m.d.sync += old_q.eq(self.acc_rmw_rd.data)
+        m.d.sync += old_q.eq(Mux(fwd, self.acc_wr.data, self.acc_rmw_rd.data))
         done = stages[-1]
         old = data.View(data.ArrayLayout(signed(32), c.cols), old_q)
         new = data.View(data.ArrayLayout(signed(32), c.cols), self.acc_wr.data)

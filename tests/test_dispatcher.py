@@ -69,6 +69,10 @@ def test_own_unit_and_no_token():
         assert ctx.get(dut.start.ex) == 1
         _busy(ctx, dut, ex_issue=1)
         assert ctx.get(dut.start.ex) == 0
+        ctx.set(dut.ex_issue_ends, 1)                     # the issue slot frees this cycle: no gap
+        assert ctx.get(dut.start.ex) == 1
+        _head(ctx, dut, COMPUTE.with_fields(wait=Wait.EX))    # ... unless the COMPUTE waits for EX
+        assert ctx.get(dut.start.ex) == 0
     _run(bench)
 
 

@@ -259,3 +259,32 @@ def test_rejected_count_saturates_like_golden():
     config = NpuConfig(rows=2, cols=2, act_depth=16, wgt_depth=4, acc_depth=8)
     golden = GoldenNpu(config).run(Program([0] * 65537 + [Command(Opcode.FENCE)]))
     assert golden.rejected == 65535 and golden.error == ErrorCode.BAD_OPCODE
+
+
+def test_back_to_back_computes_forward_the_accumulator_word():
+    """A COMPUTE dispatches in the cycle the one before it moves to the drain slot, so its first row
+    enters the array right behind that one's last row; when it accumulates into the word that row
+    writes a cycle later, the EX unit forwards the word being written (``hdl/execute_unit.py``)."""
+    import random
+    from opennpu.golden.checks import data_in_bytes
+    config = small_config(2, 2)
+    rng = random.Random(5)
+    compute = lambda aaddr, accaddr, rows, acc: Command(Opcode.COMPUTE, aaddr=aaddr, accaddr=accaddr, rows=rows,
+                                                       accumulate=acc)
+    pairs = [(compute(0, 0, 3, 0), compute(3, 2, 2, 1)),     # B's first row: A's last word
+             (compute(5, 6, 1, 0), compute(6, 6, 1, 1)),     # one row each
+             (compute(7, 7, 1, 1), compute(0, 7, 2, 1)),     # both accumulate
+             (compute(1, 9, 2, 0), compute(4, 8, 3, 1))]     # 10 two cycles behind 9 (the port's transparency)
+    commands = [Command(Opcode.LOAD, buf=Buf.ACT, addr=0, rows=8), Command(Opcode.LOAD, buf=Buf.WGT, addr=0, rows=2),
+                Command(Opcode.PRELOAD, addr=0, krows=2, ncols=2)]
+    for pair in pairs:
+        commands += [*pair, Command(Opcode.FENCE)]        # (the drain slot is empty for the pair's first)
+    commands.append(Command(Opcode.STORE, buf=Buf.ACC, addr=0, rows=11))
+    data = bytes(rng.randrange(256) for _ in range(sum(data_in_bytes(c, config) for c in commands)))
+    program = order_program(Program(commands, data), config)
+    npu = GoldenNpu(config)
+    golden = npu.run(program)
+    d = [cycle for cmd, cycle in npu.trace if cmd.op == Opcode.COMPUTE]
+    assert [d[2 * i + 1] - d[2 * i] for i in range(len(pairs))] == [a.rows for a, _ in pairs]   # no gap
+    for backpressure in (None, 3):
+        assert_same(Npu(config, "pysim", backpressure=backpressure).run(program), golden)
