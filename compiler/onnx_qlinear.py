@@ -91,36 +91,37 @@ class QLinearOps:
         acc = self._conv(node, x, w, s_w, bias, self._attrs(node))
         return self._finish(node, acc, c["y_scale"], c["y_zp"])
 
-    def _op_QLinearAdd(self, node):
+    def _binary_qlinear(self, node) -> tuple:
+        """QLinearAdd / QLinearMul operands: (the quantized tensor, the other operand: a quantized tensor, or
+        a ``_DeqConst`` when it is a constant, output scale, output zero point); a constant first operand
+        is swapped to second."""
         a, b = self._get(node, 0), self._get(node, 3)
         (sa, za, sb, zb, sy, zy) = [self._const(node, i, optional=True) for i in (1, 2, 4, 5, 6, 7)]
         if isinstance(a, _Const):
             (sa, za, sb, zb), (a, b) = (sb, zb, sa, za), (b, a)
         qa = self._quant_input(node, a, sa, za)
         if isinstance(b, _Const):
-            constant = _DeqConst(np.asarray(b.value), np.asarray(sb, np.float64),
-                                 np.zeros(1, np.int64) if zb is None else np.asarray(zb, np.int64), "")
-            acc = self._add_bias(node, self._offset(node, qa, constant), constant)
-            return self._finish(node, acc, sy, zy)
-        return self._finish_float(node, self._sum(node, qa, self._quant_input(node, b, sb, zb), "QLinearAdd"), sy, zy)
+            return qa, _DeqConst(np.asarray(b.value), np.asarray(sb, np.float64),
+                                 np.zeros(1, np.int64) if zb is None else np.asarray(zb, np.int64), ""), sy, zy
+        return qa, self._quant_input(node, b, sb, zb), sy, zy
+
+    def _op_QLinearAdd(self, node):
+        qa, other, sy, zy = self._binary_qlinear(node)
+        if isinstance(other, _DeqConst):
+            return self._finish(node, self._add_bias(node, self._offset(node, qa, other), other), sy, zy)
+        return self._finish_float(node, self._sum(node, qa, other, "QLinearAdd"), sy, zy)
 
     def _op_QLinearMul(self, node):
         """com.microsoft QLinearMul: two tensors (TFLite's integer MUL), or a tensor and a scalar constant
         (a table)."""
-        a, b = self._get(node, 0), self._get(node, 3)
-        (sa, za, sb, zb, sy, zy) = [self._const(node, i, optional=True) for i in (1, 2, 4, 5, 6, 7)]
-        if isinstance(a, _Const):
-            (sa, za, sb, zb), (a, b) = (sb, zb, sa, za), (b, a)
-        qa = self._quant_input(node, a, sa, za)
-        if isinstance(b, _Const):
-            k = _DeqConst(np.asarray(b.value), np.asarray(sb, np.float64),
-                          np.zeros(1, np.int64) if zb is None else np.asarray(zb, np.int64), "").real()
+        qa, other, sy, zy = self._binary_qlinear(node)
+        if isinstance(other, _DeqConst):
+            k = other.real()
             if k.size != 1:
                 raise self._error(node, f"a constant factor of {k.size} values is not supported (a scalar is)")
             factor = float(k.ravel()[0])
             return self._table(node, qa, (("Mul", lambda x: x * factor),), *self._scalar_q(node, sy, zy, "output"))
-        qb = self._quant_input(node, b, sb, zb)
-        a2, b2, shape = self._pair(node, qa, qb)
+        a2, b2, shape = self._pair(node, qa, other)
         return self._finish_float(node, _Float("mul", self._name(node), "QLinearMul", (a2, b2), shape), sy, zy)
 
     def _qlinear_pool(self, node, global_pool: bool):
