@@ -203,16 +203,16 @@ def lower_node(graph: Graph, node: Node, channels: slice = slice(None)) -> QLaye
                   single_round=r.rounding == "single")
 
 
-def _dynamic_layer(graph: Graph, node: Node, zp: int) -> QLayer:
+def _dynamic_layer(graph: Graph, node: Node, scale: float, zp: int) -> QLayer:
     """A ``dynamic_matmul`` with constant weights for one run: the int32 sums ``(q - zp) @ (w - w_zp)`` of
     its input quantized on the run's grid (``host_kernels.dynamic_quantize``: uint8 values, here shifted
-    onto int8 with the zero point ``zp``) as a raw fully connected layer, ``w - w_zp`` (up to -255..255)
-    split into int8 parts stacked along K and the input fed once per part (``_product_rows``)."""
+    onto int8, so ``in_q`` is (``scale``, ``zp``)) as a raw fully connected layer, ``w - w_zp`` (up to
+    -255..255) split into int8 parts stacked along K and the input fed once per part (``_product_rows``)."""
     w_t = graph.tensors[node.inputs[1]]
     b = np.asarray(w_t.data, np.int64) - np.asarray(w_t.zero_point, np.int64)
     matrix = np.concatenate(int8_parts(b))
     return QLayer(node.name, "fully_connected", matrix, numerics.wrap_int32(-zp * matrix.sum(axis=0)), *_RAW_REQUANT,
-                  None, (len(matrix),), (1.0, zp), (1.0, 0), raw=True)
+                  None, (len(matrix),), (scale, zp), (1.0, 0), raw=True)
 
 
 def _product_layer(graph: Graph, node: Node, b: np.ndarray) -> QLayer:
@@ -265,8 +265,8 @@ def lowered(graph: Graph, node: Node, values: dict, config: NpuConfig) -> list:
     its own sample, a product of activations one per slice of its second operand (which goes to the NPU
     as weights: a round trip through the host, which the DMA bytes show), any other node one."""
     if node.op == "dynamic_matmul":
-        q, _, zp = dynamic_quantize(values[node.inputs[0]])
-        layer = _dynamic_layer(graph, node, zp - 128)
+        q, scale, zp = dynamic_quantize(values[node.inputs[0]])
+        layer = _dynamic_layer(graph, node, scale, zp - 128)
         rows = (q - 128).reshape(-1, q.shape[-1])
         return [(layer, _product_rows(layer, rows))]
     x = np.asarray(values[node.inputs[0]], np.int64)
@@ -312,7 +312,7 @@ def _npu_node(graph: Graph, node: Node, values: dict, config: NpuConfig, backend
         totals = counters if totals is None else {k: totals[k] + v for k, v in counters.items()}
     y = _assemble(graph, node, np.shape(values[node.inputs[0]]), parts)
     if node.op == "dynamic_matmul":          # the float32 epilogue on the host: Cast, Mul by the scales
-        y = dynamic_output(y, dynamic_scale(dynamic_quantize(values[node.inputs[0]])[1], graph.tensors[node.inputs[1]]))
+        y = dynamic_output(y, dynamic_scale(pairs[0][0].in_q[0], graph.tensors[node.inputs[1]]))
     return y, totals, [layer for layer, _ in pairs], [[len(x) * layer.positions, layer.k, layer.n] for layer, x in pairs]
 
 

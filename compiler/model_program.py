@@ -382,6 +382,7 @@ class CompiledModel:
         c, stage = self.config, self._stages[s]
         last = stage.plans[-1].layer
         row_bytes = {"activate": c.beats(c.cols) * c.bus_bytes, "store": c.beats(4 * c.cols) * c.bus_bytes}
+        row_type = {"activate": np.int8, "store": "<i4"}     # int8 results; a raw layer's int32 sums
         snap_bytes = c.beats(COUNTER_BEATS_BYTES) * c.bus_bytes
         expected = sum(tag[1] * row_bytes[kind] if kind != "counters" else snap_bytes
                        for kind, tag in stage.emitter.outputs)
@@ -390,16 +391,13 @@ class CompiledModel:
         y = np.zeros((self.batch * last.positions, last.n), np.int64)
         snapshots, pos = [], 0
         for kind, tag in stage.emitter.outputs:
-            if kind == "activate":
+            if kind in row_type:
                 row0, rows, n0, width = tag
-                raw = np.frombuffer(outputs[pos:pos + rows * row_bytes[kind]], np.int8).reshape(rows, -1)
-                y[row0:row0 + rows, n0:n0 + width] = raw[:, :width]
-                pos += rows * row_bytes[kind]
-            elif kind == "store":       # int32 sums of a raw layer; its bias is added here, on the host
-                row0, rows, n0, width = tag
-                raw = np.frombuffer(outputs[pos:pos + rows * row_bytes[kind]], "<i4").reshape(rows, -1)
-                y[row0:row0 + rows, n0:n0 + width] = numerics.wrap_int32(raw[:, :width].astype(np.int64)
-                                                                         + last.bias[n0:n0 + width])
+                raw = np.frombuffer(outputs[pos:pos + rows * row_bytes[kind]], row_type[kind]).reshape(rows, -1)
+                block = raw[:, :width].astype(np.int64)
+                if kind == "store":     # a raw layer's bias is added here, on the host
+                    block = numerics.wrap_int32(block + last.bias[n0:n0 + width])
+                y[row0:row0 + rows, n0:n0 + width] = block
                 pos += rows * row_bytes[kind]
             else:
                 snapshots.append((tag, reported_counters(self.config, decode_counters(outputs[pos:pos + snap_bytes]))))

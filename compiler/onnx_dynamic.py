@@ -55,7 +55,7 @@ class DynamicOps:
         if isinstance(v, _FloatT):
             return v
         if isinstance(v, _FloatInput):
-            if self.in_q is not None and self.in_tensor is not None and self.float_input is None:
+            if self.in_q is not None and self.float_input is None:
                 raise self._error(node, "the model input is quantized both statically and dynamically")
             if self.float_input is None:
                 name = self._tensor(self.in_name, v.shape, dtype="float32")
@@ -73,9 +73,6 @@ class DynamicOps:
     def _op_DynamicQuantizeLinear(self, node):
         x = self._float_operand(node, self._get(node, 0))
         return _DynQ(x, "y"), _DynQ(x, "scale"), _DynQ(x, "zp")
-
-    def _dyn_DynamicQuantizeLinear(self, node):
-        return self._op_DynamicQuantizeLinear(node)
 
     def _dyn_part(self, node, i, part, of=None) -> _DynQ:
         v = self._get(node, i)
