@@ -23,36 +23,55 @@ __all__ = ["HostLink", "Crc32"]
 _COMMAND_BYTES = 16
 
 
-class Crc32(wiring.Component):
-    """Bit-serial CRC-32/IEEE register (``zlib.crc32`` without its final inversion), 8 cycles a byte.
+def _crc_step(crc, bit):
+    """One bit of the CRC-32/IEEE register update (LSB-first, reflected polynomial)."""
+    return (crc >> 1) ^ Mux(crc[0] ^ bit, CRC_POLY, 0)
 
-    One XOR per register bit instead of the ~9-input XOR trees of a bytewise update: the link's bytes
-    come at most one per 40 cycles (a UART bit is at least 4 cycles), so 8 cycles per byte cost nothing.
+
+class Crc32(wiring.Component):
+    """CRC-32/IEEE register (``zlib.crc32`` without its final inversion).
+
+    Bit-serial by default, 8 cycles a byte: one XOR per register bit instead of the ~9-input XOR trees
+    of a bytewise update; the link's bytes come at most one per 40 cycles (a UART bit is at least 4
+    cycles), so 8 cycles per byte cost nothing. ``serial=False`` adds a byte per cycle (the same
+    register, its 8 steps unrolled): the delivery proof's configuration, where a frame then takes
+    25 cycles instead of 225; the ``crc_serial`` proof shows that both registers agree.
 
     Members
     -------
     i : In(stream.Signature(8))
-        Bytes to add; ``ready`` is high while no byte is being shifted in (a byte is taken, then
-        ``ready`` is low for 8 cycles).
+        Bytes to add. Serial: ``ready`` is high while no byte is being shifted in (a byte is taken,
+        then ``ready`` is low for 8 cycles). Bytewise: always ready.
     clear : In(1)
         Start over (register = 0xFFFFFFFF) in the next cycle; only while ``i.ready``.
     value : Out(32)
         The register: ``~zlib.crc32(bytes so far)``, valid while ``i.ready``.
     """
 
-    def __init__(self):
+    def __init__(self, *, serial: bool = True):
+        self._serial = serial
         super().__init__({"i": In(stream.Signature(8)), "clear": In(1), "value": Out(32, init=0xFFFFFFFF)})
 
     def elaborate(self, platform):
         m = Module()
+        crc = self.value
+        if not self._serial:
+            update = crc
+            for k in range(8):
+                step = Signal(32, name=f"step{k}")
+                m.d.comb += step.eq(_crc_step(update, self.i.payload[k]))
+                update = step
+            m.d.comb += self.i.ready.eq(1)
+            with m.If(self.clear):
+                m.d.sync += crc.eq(0xFFFFFFFF)
+            with m.Elif(self.i.valid):
+                m.d.sync += crc.eq(update)
+            return m
         shift = Signal(8)
         left = Signal(range(9))                    # bits of ``shift`` not yet in the register
-        crc = self.value
         m.d.comb += self.i.ready.eq(left == 0)
         with m.If(left != 0):
-            feedback = crc[0] ^ shift[0]
-            m.d.sync += [crc.eq((crc >> 1) ^ Mux(feedback, CRC_POLY, 0)), shift.eq(shift >> 1),
-                         left.eq(left - 1)]
+            m.d.sync += [crc.eq(_crc_step(crc, shift[0])), shift.eq(shift >> 1), left.eq(left - 1)]
         with m.Elif(self.clear):
             m.d.sync += crc.eq(0xFFFFFFFF)
         with m.Elif(self.i.valid):
@@ -96,6 +115,9 @@ class HostLink(wiring.Component):
         default) fits in one ECP5 block RAM with room to spare.
     timeout : int
         Idle cycles in the middle of a received frame after which it is dropped.
+    serial_crc : bool
+        The receive CRC register bit-serial (the default: a byte per 9 cycles) or bytewise (a byte
+        per cycle, the delivery proof's configuration; see ``Crc32``).
 
     Members
     -------
@@ -115,7 +137,8 @@ class HostLink(wiring.Component):
         drains, in the cycle after the cycle that checked the RESET frame's CRC.
     """
 
-    def __init__(self, config: NpuConfig, *, frame_max: int = 512, timeout: int = 1 << 20):
+    def __init__(self, config: NpuConfig, *, frame_max: int = 512, timeout: int = 1 << 20,
+                 serial_crc: bool = True):
         if (not isinstance(frame_max, int) or frame_max < max(_COMMAND_BYTES, config.bus_bytes)
                 or frame_max & (frame_max - 1) or frame_max > 1 << 15):
             raise ValueError(f"frame_max must be a power of two in {max(16, config.bus_bytes)}..32768, "
@@ -125,6 +148,9 @@ class HostLink(wiring.Component):
         self._config = config
         self._frame_max = frame_max
         self._timeout = timeout
+        #: The receive CRC register (a submodule; public so that the delivery proof can relate it to
+        #: its reference receiver's: ``synth/proofs.LinkDelivery``).
+        self.rx_crc = Crc32(serial=serial_crc)
         bus = 8 * config.bus_bytes
         super().__init__({
             "rx": In(stream.Signature(8)),
@@ -180,7 +206,7 @@ class HostLink(wiring.Component):
         dout_seq = Signal(8)
 
         # -- receiver ----------------------------------------------------------------------------
-        m.submodules.rx_crc = rx_crc = Crc32()
+        m.submodules.rx_crc = rx_crc = self.rx_crc
         r_type, r_seq, r_len_lo = Signal(8), Signal(8), Signal(8)
         r_len, r_idx = Signal(len_bits), Signal(len_bits)
         r_tail = Signal(2)                                # CRC bytes received - 1

@@ -23,7 +23,8 @@ from opennpu.hdl.counters import Counters, Events
 from opennpu.hdl.dispatcher import UnitStart
 
 __all__ = ["SMALL_CONFIG", "LINK_CONFIG", "LINK_FRAME_MAX", "PROOFS", "CountersMonotonic", "NpuStreamRules",
-           "RejectedWritesNothing", "WritesInRange", "LinkStreamRules", "LinkDelivery"]
+           "RejectedWritesNothing", "WritesInRange", "LinkStreamRules", "LinkDelivery",
+           "CrcSerial", "CrcResidue"]
 
 #: The configuration of the NPU proofs: 2x2 int8, SRAMs of 4 / 4 / 2 words, 16-bit counters.
 SMALL_CONFIG = NpuConfig(rows=2, cols=2, act_depth=4, wgt_depth=4, acc_depth=2, counter_bits=16,
@@ -182,23 +183,73 @@ def _crc32_byte(crc, byte):
     return crc[:32]
 
 
-def _host_link(config=LINK_CONFIG, frame_max=LINK_FRAME_MAX):
+def _host_link(config=LINK_CONFIG, frame_max=LINK_FRAME_MAX, **kwargs):
     from opennpu.hdl.host_link import HostLink
-    return HostLink(config, frame_max=frame_max)
+    return HostLink(config, frame_max=frame_max, **kwargs)
+
+
+class CrcSerial(wiring.Component):
+    """``hdl/host_link.Crc32``'s bit-serial register (the link's default) agrees with the bytewise
+    update of CRC-32 (``zlib.crc32``, written here from the polynomial): whenever it is ready, its value
+    is the bytewise register over the same bytes. So ``LinkDelivery``, which runs the link with the
+    bytewise register, holds for the serial link too. Every input free (bytes, ``valid``, ``clear``).
+    k-induction with k = 17: in an unreachable start state the 4-bit count of bits still to shift can
+    hold up to 15, so a window of 17 states holds a ready state or the cycle that took the byte."""
+
+    def __init__(self):
+        from opennpu.hdl.host_link import Crc32
+        self.dut = Crc32(serial=True)
+        super().__init__({"i_valid": In(1), "i_payload": In(8), "clear": In(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.dut = dut = self.dut
+        _no_reset(m)
+        m.d.comb += [dut.i.valid.eq(self.i_valid), dut.i.payload.eq(self.i_payload), dut.clear.eq(self.clear)]
+        ref = Signal(32, init=0xFFFFFFFF)
+        with m.If(dut.i.ready & self.clear):
+            m.d.sync += ref.eq(0xFFFFFFFF)
+        with m.Elif(dut.i.ready & self.i_valid):
+            m.d.sync += ref.eq(_crc32_byte(ref, self.i_payload))
+        m.d.comb += Assert(~dut.i.ready | (dut.value == ref), "the serial CRC register is not the bytewise one")
+        return m
+
+
+class CrcResidue(wiring.Component):
+    """The frame check by residue (the link runs its CRC over the frame's four CRC bytes too and
+    compares the register with ``CRC_RESIDUE``) accepts exactly the frames whose CRC bytes are
+    ``zlib.crc32`` of the rest: for every register value ``c`` after the payload and every four
+    received bytes ``t``, the register after ``t`` is ``CRC_RESIDUE`` if and only if ``t == ~c``
+    (little-endian). Combinational; one step."""
+
+    def __init__(self):
+        super().__init__({"c": In(32), "t": In(32)})
+
+    def elaborate(self, platform):
+        from opennpu.golden.link import CRC_RESIDUE
+        m = Module()
+        reg = self.c
+        for k in range(4):
+            after = Signal(32, name=f"after{k}")       # a signal per byte: no 2^32-node expression
+            m.d.comb += after.eq(_crc32_byte(reg, self.t.word_select(k, 8)))
+            reg = after
+        m.d.comb += Assert((reg == CRC_RESIDUE) == (self.t == ~self.c), "the residue check is not the CRC compare")
+        return m
 
 
 class LinkStreamRules(wiring.Component):
     """``HostLink``'s output streams keep the valid/ready rule: ``tx`` (bytes to the UART), ``cmd`` and
     ``din`` (beats to the NPU) hold ``valid`` and ``payload`` until taken. Every input is free (any
     received bytes, any back-pressure, any NPU status); ``cmd`` / ``din`` are exempt in the cycle of
-    ``npu_reset`` (the NPU and the drains are reset then). ``LINK_CONFIG``, ``frame_max`` 16.
-    BMC from reset: 45 cycles in the default suite (``tx`` only: the first bytes of a NAK for a bad
-    header, the earliest reply), 270 in
-    the slow one (a 25-byte frame received at 9 cycles a byte, checked and its beat presented; replies
-    on ``tx``). k-induction does not close (unreachable drain / buffer-state combinations)."""
+    ``npu_reset`` (the NPU and the drains are reset then). ``LINK_CONFIG``, ``frame_max`` 16, the
+    bytewise receive CRC register as in ``LinkDelivery`` (the transmitter is the link's own).
+    BMC from reset: 45 cycles in the default suite (``tx``: the first bytes of a NAK for a bad
+    header, the earliest reply), 64 in the slow one (a 25-byte frame received, checked and its beat
+    presented from cycle 58; replies on ``tx``). k-induction does not close (unreachable drain /
+    buffer-state combinations)."""
 
     def __init__(self, config=LINK_CONFIG, frame_max=LINK_FRAME_MAX):
-        self.dut = _host_link(config, frame_max)
+        self.dut = _host_link(config, frame_max, serial_crc=False)
         super().__init__(_free_inputs(self.dut, _LINK_SINKS, _LINK_SOURCES, _LINK_PLAIN))
 
     def elaborate(self, platform):
@@ -217,20 +268,34 @@ class LinkDelivery(wiring.Component):
 
     At byte level: the received bytes are free (any byte in any cycle the link takes one). Beside the
     link runs a reference receiver written from the protocol of ``golden/link.py`` (not from the RTL):
-    it hunts for ``SYNC``, reads the header, checks the CRC bytewise against the four CRC bytes as
-    ``zlib.crc32`` defines them, and keeps per stream the last accepted sequence number and whether an
-    accepted frame is still undelivered (``pending``, cleared when its beat is taken). A frame is
-    accepted only with a good CRC, ``SEQ == last + 1`` and its stream's previous frame delivered when
-    its header arrived (else ``NAK BUSY``); ``RESET`` starts the numbers over. Asserted in every cycle
-    (but that of ``npu_reset``): a beat offered on ``cmd`` / ``din`` belongs to a pending accepted frame
-    and carries exactly its payload (and, on ``cmd``, ``last`` exactly for ``CMD_LAST``). With one beat
-    per frame (``LINK_CONFIG``, ``frame_max`` 16) taking that beat clears ``pending``, so no frame is
-    delivered twice, none out of order (the next is accepted only after it) and none whose CRC failed.
+    it hunts for ``SYNC``, reads the header, runs CRC-32 bytewise (as ``zlib.crc32`` defines it) over
+    the frame and its four CRC bytes and checks the residue (``CrcResidue`` proves that this accepts
+    exactly the frames whose CRC bytes are ``zlib.crc32`` of the rest), and keeps per stream the last
+    accepted sequence number and whether an accepted frame is still undelivered (``pending``, cleared
+    when its beat is taken). A frame is accepted only with a good CRC, ``SEQ == last + 1`` and its
+    stream's previous frame delivered when its header arrived (else ``NAK BUSY``); ``RESET`` starts the
+    numbers over. Asserted in every cycle (but that of ``npu_reset``): a beat offered on ``cmd`` /
+    ``din`` belongs to a pending accepted frame and carries exactly its payload (and, on ``cmd``,
+    ``last`` exactly for ``CMD_LAST``). With one beat per frame (``LINK_CONFIG``, ``frame_max`` 16)
+    taking that beat clears ``pending``, so no frame is delivered twice, none out of order (the next is
+    accepted only after it) and none whose CRC failed.
+
+    The link runs with its bytewise receive CRC register (``serial_crc=False``: a byte per cycle, so a
+    25-byte frame is in after 25 cycles instead of 225; ``CrcSerial`` proves the serial register equal
+    to the bytewise update). A lemma is asserted too: the link's CRC register equals the reference's
+    whenever it is ready; since the BMC assumes in later steps what it proved in earlier ones, no step
+    has to reason about more than one byte's CRC update.
 
     Not covered: the mid-frame ``timeout`` (the default, 2^20 cycles, is beyond any proof depth here);
     liveness (that a good frame is delivered at all). BMC from reset: 20 cycles in the default suite
-    (no frame can complete that early: a smoke test of the harness), 270 in the slow one (a whole
-    25-byte CMD / DATA frame received, checked and delivered).
+    (no frame can complete that early: a smoke test of the harness), 62 in the slow one: the earliest
+    beat of a frame (a 25-byte CMD_LAST frame, bytes back to back) is offered in cycle 58 (the frame
+    received, checked, drained from its buffer at 2 cycles a byte), so the beats offered in cycles
+    58-61 are checked. A second frame on a stream (a repeat, one out of sequence, a damaged one, or
+    the next) would show a wrong decision only at its own beat, beyond
+    the bound (about cycle 85). Solver time grows steeply past the first delivery (on a loaded
+    2-core machine: 7 min to cycle 59, 11 min to 60, 26 min to 61; cycle 62 had not finished after
+    7 more minutes).
     """
 
     def __init__(self, config=LINK_CONFIG, frame_max=LINK_FRAME_MAX, *, asserts=True):
@@ -238,11 +303,11 @@ class LinkDelivery(wiring.Component):
         assert config.bus_bytes == 16 and frame_max == 16, "the reference receiver assumes one beat per frame"
         self._ft = FrameType
         self._asserts = asserts           # False: only ``checks_hold`` (for simulation)
-        self.dut = _host_link(config, frame_max)
+        self.dut = _host_link(config, frame_max, serial_crc=False)
         super().__init__(_free_inputs(self.dut, _LINK_SINKS, _LINK_SOURCES, _LINK_PLAIN))
 
     def elaborate(self, platform):
-        from opennpu.golden.link import SYNC
+        from opennpu.golden.link import CRC_RESIDUE, SYNC
         ft = self._ft
         m = Module()
         m.submodules.dut = dut = self.dut
@@ -253,7 +318,7 @@ class LinkDelivery(wiring.Component):
         byte = dut.rx.payload
         r_type, r_seq, r_len = Signal(8), Signal(8), Signal(16)
         r_idx, r_tail = Signal(5), Signal(2)
-        r_buf, r_crc, r_rcrc = Signal(128), Signal(32), Signal(24)
+        r_buf, r_crc = Signal(128), Signal(32, init=0xFFFFFFFF)
         r_drop, r_good = Signal(), Signal()
         last = [Signal(8, init=0xFF, name=f"ref_last{s}") for s in range(2)]
         pending = [Signal(name=f"ref_pending{s}") for s in range(2)]
@@ -312,9 +377,10 @@ class LinkDelivery(wiring.Component):
                         m.next = "CRC"
             with m.State("CRC"):
                 with m.If(got):
-                    m.d.sync += [r_rcrc.eq(Cat(r_rcrc[8:], byte)), r_tail.eq(r_tail + 1)]
+                    crc_add()
+                    m.d.sync += r_tail.eq(r_tail + 1)
                     with m.If(r_tail == 3):
-                        m.d.sync += r_good.eq(Cat(r_rcrc, byte) == ~r_crc)
+                        m.d.sync += r_good.eq(_crc32_byte(r_crc, byte) == CRC_RESIDUE)
                         m.next = "DECIDE"
             with m.State("DECIDE"):              # the link checks its CRC (no byte taken meanwhile)
                 with m.If(dut.rx.ready):
@@ -337,6 +403,11 @@ class LinkDelivery(wiring.Component):
                       (~offered | (word == frame[s]), f"stream {s}: a beat that is not the frame's")]
             if s == 0:
                 conds.append((~offered | (port.payload.last == frame_last), "cmd: wrong last flag"))
+        # The lemma: whenever the link's receive CRC register is not shifting a byte in, it equals the
+        # reference's register over the same bytes. Each step of the proof then needs only the last
+        # byte's update (the BMC assumes what it proved in earlier steps), not the whole frame's CRC.
+        crc = dut.rx_crc
+        conds.append((~crc.i.ready | (crc.value == r_crc), "the link's receive CRC is not the frame's"))
         if self._asserts:
             m.d.comb += [Assert(cond, message) for cond, message in conds]
         # For simulating the harness (tests/test_formal.py): the reference's state, every check at once.
@@ -485,14 +556,17 @@ class WritesInRange(_NpuHarness):
 #: Every proof job: name -> (harness factory, mode, default-suite depth, slow-suite depth). ``prove`` is
 #: k-induction (the depth is k: the property holds in every reachable state); ``bmc`` checks every
 #: trace from reset up to the depth in cycles. The slow depths cover at least one whole command (NPU:
-#: a LOAD / COMPUTE / ACTIVATE from its command beat to its last SRAM write; host link: a 16-byte CMD
-#: or DATA frame received byte by byte, checked and its beat delivered, about 260 cycles).
+#: a LOAD / COMPUTE / ACTIVATE from its command beat to its last SRAM write; host link, with its
+#: bytewise receive CRC: a 16-byte CMD or DATA frame received byte by byte, checked and its beat
+#: delivered, from cycle 58). The CRC proofs are complete: k-induction, and one combinational step.
 PROOFS = {
     "counters_monotonic": (lambda: CountersMonotonic(SMALL_CONFIG.with_(energy_counter=True, counter_bits=32,
                                                                          bus_bytes=8)), "bmc", 20, 24),
     "npu_stream_rules": (lambda: NpuStreamRules(SMALL_CONFIG), "bmc", 10, 40),
     "rejected_writes_nothing": (lambda: RejectedWritesNothing(SMALL_CONFIG), "bmc", 8, 30),
     "writes_in_range": (lambda: WritesInRange(SMALL_CONFIG), "bmc", 12, 19),
-    "link_stream_rules": (lambda: LinkStreamRules(), "bmc", 45, 270),
-    "link_delivery": (lambda: LinkDelivery(), "bmc", 20, 270),
+    "link_stream_rules": (lambda: LinkStreamRules(), "bmc", 45, 64),
+    "link_delivery": (lambda: LinkDelivery(), "bmc", 20, 62),
+    "crc_serial": (lambda: CrcSerial(), "prove", 17, 17),
+    "crc_residue": (lambda: CrcResidue(), "bmc", 1, 1),
 }

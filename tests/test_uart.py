@@ -139,8 +139,9 @@ def test_random_corruptions_are_caught(payload, data):
     assert parser.feed(bytes(frame)) == []
 
 
-def test_rtl_crc32_matches_zlib():
-    dut = Crc32()
+@pytest.mark.parametrize("serial", [True, False])
+def test_rtl_crc32_matches_zlib(serial):
+    dut = Crc32(serial=serial)
     messages = [b"", b"123456789", bytes(range(256)), bytes([0xA5, 0, 0xFF])]
     seen = []
 
