@@ -31,7 +31,7 @@ from opennpu.golden import numerics
 from opennpu.golden.deps import order_program
 from opennpu.golden.isa import ActFn, Buf, Command, Opcode, Precision
 from opennpu.golden.program import Program
-from opennpu.golden.timing import array_latency
+from opennpu.golden.timing import ACT_LATENCY, array_latency
 
 __all__ = ["Deferred", "Load", "Activate", "Step", "Emitter", "emit_steps", "prologue_pieces", "epilogue_pieces",
            "row_pieces", "per_channel", "requant_params", "config_requant", "tile_quant"]
@@ -233,8 +233,10 @@ def prologue_pieces(config: NpuConfig, rows: int) -> int:
     """How many pieces (1 to 4) a first ``COMPUTE`` of ``rows`` rows is cut into: the count ``p`` that
     minimizes the estimated prologue ``p + rows / p + (p - 1) * max(0, D - rows / p)``: a cycle per piece
     (its load takes one more than its rows), the last piece's rows (they compute after every load), and,
-    per piece after the first, the cycles it waits for the drain slot when a piece is shorter than the
-    drain time ``D = array_latency + 2`` (the drain slot takes a COMPUTE at most every D cycles)."""
+    per piece after the first, a penalty for pieces shorter than the drain time ``D = array_latency + 2``.
+    Short pieces no longer wait for a drain slot (COMPUTEs drain side by side), but where the next step
+    needs new weights the load unit bounds the prologue and each piece's extra load cycle delays them:
+    the penalty keeps that in check (16x16 64^3: 2 pieces 1,167 cycles, 4 pieces 1,169)."""
     drain = array_latency(config.rows, config.cols) + 2
     return min(range(1, min(4, rows) + 1),
                key=lambda p: p + rows / p + (p - 1) * max(0.0, drain - rows / p))
@@ -245,12 +247,17 @@ def _emit_compute(e: Emitter, step: Step, lo: int, rows: int):
           accumulate=step.accumulate)
 
 
-def epilogue_pieces(config: NpuConfig, rows: int) -> int:
-    """How many pieces the last ``COMPUTE`` (and its ``ACTIVATE``) of a program is cut into: two, so the
-    first half's write-back overlaps the second half's drain, once each half is at least half an array
-    latency long. More pieces lose: they queue in the single drain slot (measured on 16x16 64^3:
-    1 piece 1288 cycles, 2 pieces 1270, 3 pieces 1289)."""
-    return 2 if rows >= array_latency(config.rows, config.cols) else 1
+def epilogue_pieces(config: NpuConfig, rows: int) -> list:
+    """The row pieces ``[(first row, rows)]`` the last ``COMPUTE`` (and its ``ACTIVATE``) of a program is cut
+    into: two, so that the first piece's write-back overlaps the second piece's drain. With ``P + 2`` the
+    ACT unit's busy time beyond a piece's rows (``ACT_LATENCY + 2``) and ``D`` the drain time
+    (``array_latency + 2``), the tail is the later of ``r1 + D + r1 + P + 2 + r2 + P + 1`` (the second
+    write-back waits for the first) and ``rows + D + r2 + P + 1`` (it waits for its rows to drain); the
+    first piece of ``r1 = (rows - P - 2) // 2`` rows balances the two (16x16 64^3: 1,173 cycles with
+    halves, 1,167 with 26 + 38 rows). One piece when that leaves none. More pieces lose: a write-back
+    piece that waits for a COMPUTE but the last holds the in-order dispatcher's head until it drains."""
+    first = (rows - ACT_LATENCY - 2) // 2
+    return [(0, first), (first, rows - first)] if first >= 1 else [(0, rows)]
 
 
 def emit_steps(e: Emitter, steps: list, preamble: Callable[[object], None],
@@ -275,10 +282,10 @@ def emit_steps(e: Emitter, steps: list, preamble: Callable[[object], None],
     if not steps:
         raise ValueError("nothing to emit: no steps")
     first, last = steps[0], steps[-1]
-    tail = row_pieces(last.rows, epilogue_pieces(e.config, last.rows)
-                      if split_last and len(steps) > 1 and last.activate is not None
-                      and last.activate.accaddr == last.acc_addr and last.activate.rows == last.rows
-                      else 1)
+    tail = (epilogue_pieces(e.config, last.rows)
+            if split_last and len(steps) > 1 and last.activate is not None
+            and last.activate.accaddr == last.acc_addr and last.activate.rows == last.rows
+            else [(0, last.rows)])
     split = [load for load in first.loads if split_first and load.buf == Buf.ACT
              and load.addr == first.act_addr and load.rows == first.rows
              and not isinstance(load.payload, Deferred)]

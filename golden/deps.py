@@ -5,7 +5,12 @@ The hardware dispatches in program order, one command at a time, and compares no
 command ``k`` dispatches, the only earlier commands that can still run are
 
 - the last command of each of LD, PL, ACT and ST (a unit takes a command only once the one before it
-  is done), and the last two COMPUTEs (EX takes a COMPUTE while the one before it drains);
+  is done);
+- of the COMPUTEs: weight-stationary, every one that the COMPUTEs after it, all but the last, have not
+  yet covered with ``array_latency + 2`` rows (EX takes a COMPUTE as soon as the one before it has issued
+  its rows, one a cycle, and a COMPUTE drains ``array_latency + 1`` cycles after its last row; so short
+  COMPUTEs drain side by side); output-stationary, the last two (EX takes a COMPUTE while the one before
+  it drains, in the single drain slot);
 - and of those only the ones no command up to ``k`` has waited for (a token of ``k``, or of a command
   between, guarantees that they were done when that command dispatched; CONFIG, FENCE and COUNTERS
   wait for everything).
@@ -24,7 +29,7 @@ from opennpu.config import NpuConfig
 from .checks import stream_weight_words, validate, weight_words
 from .isa import Command, Opcode, Precision, Wait, encode
 from .program import Program
-from .timing import WAIT_OF_UNIT, Access, Space, Unit, conflict
+from .timing import WAIT_OF_UNIT, Access, Space, Unit, array_latency, conflict
 
 __all__ = ["UNIT_OF", "BARRIERS", "HazardError", "accesses", "checked", "DependencyTracker", "order_program",
            "check_program"]
@@ -117,10 +122,14 @@ def checked(command, config: NpuConfig, precision: Precision, cur: int, cache: d
 
 
 class DependencyTracker:
-    """The commands that may still run, per unit, as a program is fed in order (``dispatch``)."""
+    """The commands that may still run, per unit, as a program is fed in order (``dispatch``), on an NPU
+    of ``config`` (its dataflow and array latency decide which COMPUTEs may still drain)."""
 
-    def __init__(self):
-        self.running = [[] for _ in Unit]      # per unit, (index, cmd, spans), oldest first; EX: up to two
+    def __init__(self, config: NpuConfig):
+        self.running = [[] for _ in Unit]      # per unit, (index, cmd, spans), oldest first
+        #: WS: rows that the COMPUTEs after one (all but the newest) must issue before it has surely
+        #: drained; None (OS): at most two COMPUTEs are in flight.
+        self.drain_rows = array_latency(config.rows, config.cols) + 2 if config.dataflow == "ws" else None
 
     def needed(self, unit: Unit, accs) -> int:
         """The fewest tokens (``Wait`` bits) that order a command of ``unit`` with these accesses."""
@@ -134,7 +143,7 @@ class DependencyTracker:
                 continue
             if _hit(spans, entries[-1][2]):
                 waits |= token
-            elif len(entries) > 1 and _hit(spans, entries[0][2]):      # (EX: the older COMPUTE)
+            elif any(_hit(spans, e[2]) for e in entries[:-1]):      # (EX: an older COMPUTE)
                 waits |= _EX_OLDER
         return waits
 
@@ -169,10 +178,22 @@ class DependencyTracker:
         if unit is not None:
             entries = running[unit]
             if unit == _EX:
-                del entries[:-1]
+                self._drained(entries)
                 entries.append((index, cmd, spans))
             else:
                 running[unit] = [(index, cmd, spans)]
+
+    def _drained(self, entries: list):
+        """Drop the COMPUTEs that have surely drained once a new one dispatches (behind ``entries[-1]``)."""
+        if self.drain_rows is None:
+            del entries[:-1]
+            return
+        covered = 0                          # rows issued after each entry, the newest one's excluded
+        for i in range(len(entries) - 2, -1, -1):
+            covered += entries[i + 1][1].rows
+            if covered >= self.drain_rows:
+                del entries[:i + 1]
+                return
 
 
 def _walk(program: Program, config: NpuConfig):
@@ -194,7 +215,7 @@ def _walk(program: Program, config: NpuConfig):
 def order_program(program: Program, config: NpuConfig) -> Program:
     """The program with the fewest ``wait`` tokens that order it added to each accepted command (tokens
     already set are kept). Raw-int commands stay raw ints; rejected ones are unchanged."""
-    tracker, commands = DependencyTracker(), []
+    tracker, commands = DependencyTracker(config), []
     for index, cmd, spans in _walk(program, config):
         original = program.commands[index]
         if cmd is None:
@@ -212,7 +233,7 @@ def order_program(program: Program, config: NpuConfig) -> Program:
 
 def check_program(program: Program, config: NpuConfig):
     """Raise ``HazardError`` (naming both commands) if the program's tokens leave a hazard unordered."""
-    tracker = DependencyTracker()
+    tracker = DependencyTracker(config)
     for index, cmd, spans in _walk(program, config):
         if cmd is not None:
             tracker.dispatch_spans(index, cmd, spans)

@@ -98,7 +98,7 @@ class GoldenNpu:
         self.rejected = 0
         self.counters = dict.fromkeys(COUNTER_NAMES, 0)
         self.timeline = CycleModel(c.rows, c.cols, c.dataflow)
-        self.deps = DependencyTracker()
+        self.deps = DependencyTracker(c)
         self._costs = {p: event_costs(c, p) for p in Precision}
         self._valid: dict = {}                # (command, precision, cur) -> checked(...): the checks' cache
         self._handlers = {op: getattr(self, "_" + op.name.lower()) for op in Opcode}

@@ -11,16 +11,17 @@ LD     LOAD, LOAD_BIAS, LOAD_LUT,            one data-in beat per cycle, d+1 .. 
        LOAD_QUANT
 PL     PRELOAD (``w`` PE rows: krows, or     clear in d+1, PE row j written in d+2+j;
        ceil(krows/2) in a4w4)                free at d+w+2
-EX     COMPUTE (``M`` rows)                  act rows read d+1 .. d+M (= e). The command then moves
-                                             to the single *drain* slot in cycle m = max(e, drain
-                                             free); EX takes a new COMPUTE in m itself (its first
-                                             row is read in m+1, right behind our last one); the
-                                             drain slot holds it until m+L+1 where L = array
-                                             latency + 1 (last accumulator write at
-                                             e+array_latency+1).
-       output-stationary COMPUTE (``S``      e = d + max(S, cols-1); EX takes a new COMPUTE from
-       steps, ``R`` output rows)             m+1; the drain slot writes output row i in m+cols+3+i
-                                             and holds it until m+cols+R+2
+EX     COMPUTE (``M`` rows)                  act rows read d+1 .. d+M (= e). The command then
+                                             drains: EX takes a new COMPUTE in e itself (its first
+                                             row is read in e+1, right behind our last one); the
+                                             command is done after e+L+1 where L = array latency
+                                             + 1 (last accumulator write at e+array_latency+1).
+                                             Several COMPUTEs may drain at once; each is done L+1
+                                             cycles after its move, so in order.
+       output-stationary COMPUTE (``S``      e = d + max(S, cols-1); it moves to the single drain
+       steps, ``R`` output rows)             slot in m = max(e, drain slot free); EX takes a new
+                                             COMPUTE from m+1; the drain slot writes output row i
+                                             in m+cols+3+i and holds it until m+cols+R+2
 ACT    ACTIVATE (``M`` rows)                 acc rows read d+1 .. d+M; row j written/pushed in
                                              cycle d+2+j+P (P = activation unit latency);
                                              free at d+M+P+2
@@ -168,7 +169,7 @@ class CycleModel:
 
     def compute(self, waits: int, rows: int) -> int:
         d = self._dispatch_cycle(Unit.EX, waits)
-        move = max(d + rows, self.release[Unit.EX])
+        move = d + rows                                  # (no wait: COMPUTEs drain side by side)
         release = move + self.drain_cycles + 1
         self._record(Unit.EX, d, move, release)         # (the next COMPUTE may dispatch in ``move``)
         return d
@@ -176,7 +177,8 @@ class CycleModel:
     def compute_os(self, waits: int, steps: int, mrows: int) -> int:
         """Output-stationary COMPUTE (``hdl/os_execute_unit.py``): the issue phase lasts
         ``P = max(steps, cols - 1)`` cycles (idle ones first, so a tile's results are drained before
-        the next tile overwrites them), then the command waits for the drain slot like a WS COMPUTE;
+        the next tile overwrites them), then the command waits for the single drain slot (a WS
+        COMPUTE waits for none);
         output row i is written in cycle m+cols+3+i, the slot frees after the last one."""
         d = self._dispatch_cycle(Unit.EX, waits)
         move = max(d + max(steps, self.cols - 1), self.release[Unit.EX])

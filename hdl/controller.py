@@ -128,7 +128,8 @@ class Controller(wiring.Component):
         busy = disp.busy
         m.d.comb += [
             busy.ld.eq(ld.busy), busy.pl.eq(engine.pl_busy), busy.ex_issue.eq(engine.issue_busy),
-            busy.ex_drain.eq(engine.drain_busy), busy.act.eq(wb.busy), busy.st.eq(st.busy),
+            busy.ex_drain.eq(engine.drain_busy), busy.ex_older.eq(engine.older_busy), busy.act.eq(wb.busy),
+            busy.st.eq(st.busy),
             disp.ex_issue_ends.eq(engine.issue_ends),
             self.busy.eq(busy.as_value().any()),
             act_fn.i_valid.eq(wb.i_valid), act_fn.i_acc.eq(wb.i_acc),

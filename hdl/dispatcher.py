@@ -1,9 +1,10 @@
 """The dispatcher: checks the head command and starts it on its unit once its ``wait`` tokens allow.
 
 No addresses are compared. A command of unit U dispatches when U is free and every unit its ``wait``
-tokens (``golden.isa.Wait``) name is idle (``EX_OLDER``: EX's drain slot is empty or the issue slot is
-free, i.e. no COMPUTE but the last one is in flight); a COMPUTE also dispatches in the cycle EX's issue
-slot frees (``ex_issue_ends``: its command moves to the drain slot), so rows stream without a gap;
+tokens (``golden.isa.Wait``) name is idle (``EX_OLDER``: no COMPUTE but the last one is in flight:
+none drains while the issue slot holds one, nor besides the last one moved while it is free); a
+COMPUTE also dispatches in the cycle EX's issue slot frees (``ex_issue_ends``: its command has issued
+its rows and moves on to drain), so rows stream without a gap;
 CONFIG, FENCE and COUNTERS dispatch when every unit is idle; a command the checker flags is rejected
 (sticky ``error``, ``rejected`` += 1, nothing runs): at once, or, if it takes data-in (a malformed
 LOAD), once LD is free, which then consumes its beats and drops them (``discard``), so later LOADs read
@@ -39,11 +40,13 @@ class HeadState(data.Struct):
 
 
 class UnitBusy(data.Struct):
-    """Which units hold a command (EX: its issue slot and its drain slot)."""
+    """Which units hold a command (EX: its issue slot; a COMPUTE draining; one draining besides the
+    last one that left the issue slot)."""
     ld: 1
     pl: 1
     ex_issue: 1
     ex_drain: 1
+    ex_older: 1
     act: 1
     st: 1
 
@@ -132,7 +135,7 @@ class Dispatcher(wiring.Component):
         def waits(token):
             return (wait & int(token)).any()
         blocked = ((waits(Wait.LD) & busy.ld) | (waits(Wait.PL) & busy.pl) | (waits(Wait.EX) & ex_busy)
-                   | (waits(Wait.EX_OLDER) & busy.ex_issue & busy.ex_drain)
+                   | (waits(Wait.EX_OLDER) & ((busy.ex_issue & busy.ex_drain) | busy.ex_older))
                    | (waits(Wait.ACT) & busy.act) | (waits(Wait.ST) & busy.st))
         all_idle = ~(busy.as_value().any())
         can = Signal()

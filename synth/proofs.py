@@ -19,6 +19,7 @@ from amaranth.lib.wiring import In, Out
 
 from opennpu.config import NpuConfig
 from opennpu.golden.program import COUNTER_NAMES
+from opennpu.golden.timing import array_latency
 from opennpu.hdl.counters import Counters, Events
 from opennpu.hdl.dispatcher import UnitStart
 
@@ -426,7 +427,8 @@ class WritesInRange(_NpuHarness):
       ``buf`` names (an act write only for ``buf`` act, a weight write only for ``buf`` wgt);
     - ACT (``ACTIVATE``): an act write only for ``dest`` act, inside ``aaddr .. aaddr + rows - 1``;
     - EX (``COMPUTE``): an accumulator write inside ``accaddr .. accaddr + rows - 1`` of one of the
-      last two COMPUTEs started (the EX unit drains one while it issues the next).
+      last ``array_latency + 3`` COMPUTEs started (the EX unit issues one while earlier ones drain,
+      each at least a row and done ``array_latency + 2`` cycles after its last row issues).
 
     BMC from reset: 12 cycles in the default suite (a LOAD from its beat to its write; a one-row COMPUTE
     up to its accumulator write, step 10), 19 in the slow one (an ACTIVATE's act SRAM write too: the
@@ -470,15 +472,19 @@ class WritesInRange(_NpuHarness):
             m.d.sync += [wb_base.eq(act.aaddr), wb_rows.eq(Mux(act.dest == 0, act.rows, 0))]
         m.d.comb += Assert(~core.wb.act_wr.en | inside(core.wb.act_wr.addr, wb_base, wb_rows),
                            "ACT wrote the act SRAM outside its ACTIVATE")
-        # EX: the last two COMPUTEs' accumulator ranges.
+        # EX: the accumulator ranges of the COMPUTEs that may still write, newest first.
         comp = view[Opcode.COMPUTE]
-        ex = [(Signal(16, name=f"ex{i}_base"), Signal(16, name=f"ex{i}_rows")) for i in range(2)]
+        c = self.dut.config
+        in_flight = array_latency(c.rows, c.cols) + 3
+        ex = [(Signal(16, name=f"ex{i}_base"), Signal(16, name=f"ex{i}_rows")) for i in range(in_flight)]
         with m.If(start.ex):
-            m.d.sync += [ex[0][0].eq(comp.accaddr), ex[0][1].eq(comp.rows), ex[1][0].eq(ex[0][0]),
-                         ex[1][1].eq(ex[0][1])]
+            m.d.sync += [ex[0][0].eq(comp.accaddr), ex[0][1].eq(comp.rows)]
+            m.d.sync += [part.eq(older) for newer, prev in zip(ex[1:], ex) for part, older in zip(newer, prev)]
         wr = core.engine.acc_wr
-        m.d.comb += Assert(~wr.en | inside(wr.addr, *ex[0]) | inside(wr.addr, *ex[1]),
-                           "EX wrote the accumulator SRAM outside its COMPUTE")
+        hit = 0
+        for base, rows in ex:
+            hit = hit | inside(wr.addr, base, rows)
+        m.d.comb += Assert(~wr.en | hit, "EX wrote the accumulator SRAM outside its COMPUTE")
         return m
 
 
