@@ -31,7 +31,7 @@ from opennpu.golden import numerics
 from opennpu.golden.deps import order_program
 from opennpu.golden.isa import ActFn, Buf, Command, Opcode, Precision
 from opennpu.golden.program import Program
-from opennpu.golden.timing import ACT_LATENCY, array_latency
+from opennpu.golden.timing import array_latency
 
 __all__ = ["Deferred", "Load", "Activate", "Step", "Emitter", "emit_steps", "prologue_pieces", "epilogue_pieces",
            "row_pieces", "per_channel", "requant_params", "config_requant", "tile_quant"]
@@ -249,15 +249,15 @@ def _emit_compute(e: Emitter, step: Step, lo: int, rows: int):
 
 def epilogue_pieces(config: NpuConfig, rows: int) -> list:
     """The row pieces ``[(first row, rows)]`` the last ``COMPUTE`` (and its ``ACTIVATE``) of a program is cut
-    into: two, so that the first piece's write-back overlaps the second piece's drain. With ``P + 2`` the
-    ACT unit's busy time beyond a piece's rows (``ACT_LATENCY + 2``) and ``D`` the drain time
-    (``array_latency + 2``), the tail is the later of ``r1 + D + r1 + P + 2 + r2 + P + 1`` (the second
-    write-back waits for the first) and ``rows + D + r2 + P + 1`` (it waits for its rows to drain); the
-    first piece of ``r1 = (rows - P - 2) // 2`` rows balances the two (16x16 64^3: 1,173 cycles with
-    halves, 1,167 with 26 + 38 rows). One piece when that leaves none. More pieces lose: a write-back
-    piece that waits for a COMPUTE but the last holds the in-order dispatcher's head until it drains."""
-    first = (rows - ACT_LATENCY - 2) // 2
-    return [(0, first), (first, rows - first)] if first >= 1 else [(0, rows)]
+    into: halves, so that the first half's write-back overlaps the second half's drain. The first
+    write-back starts once its rows have drained (``r1 + D`` after the step starts, ``D = array_latency +
+    2``); the second (same bias bank) a cycle after the first one's rows are read or once its own rows
+    have drained (``rows + D``), whichever is later, and ends ``r2 + ACT_LATENCY + 1`` later: halves (or
+    ``r1 = (rows - 1) // 2``, the same) make the second wait for its drain alone, with the fewest rows
+    behind it (16x16 64^3: 1,193 cycles in one piece, 1,162 in halves, 1,166 with 27 + 37 rows). More
+    pieces lose: a write-back piece that waits for a COMPUTE but the last holds the in-order
+    dispatcher's head until it drains."""
+    return row_pieces(rows, 2 if rows > 1 else 1)
 
 
 def emit_steps(e: Emitter, steps: list, preamble: Callable[[object], None],
@@ -277,19 +277,20 @@ def emit_steps(e: Emitter, steps: list, preamble: Callable[[object], None],
     together, as in a lead group) does not hold back the ``PRELOAD`` behind it.
 
     ``split_last``: cut the last step's ``COMPUTE`` and its ``ACTIVATE`` (when that writes back exactly the
-    rows computed) into ``epilogue_pieces`` row pieces: all compute pieces, then the write-back pieces, so
-    the program's final write-back starts after the first piece drains instead of the whole tile."""
+    rows computed, and unless it is also the first step and split as such) into ``epilogue_pieces`` row
+    pieces: all compute pieces, then the write-back pieces, so the program's final write-back starts after
+    the first piece drains instead of the whole tile."""
     if not steps:
         raise ValueError("nothing to emit: no steps")
     first, last = steps[0], steps[-1]
-    tail = (epilogue_pieces(e.config, last.rows)
-            if split_last and len(steps) > 1 and last.activate is not None
-            and last.activate.accaddr == last.acc_addr and last.activate.rows == last.rows
-            else [(0, last.rows)])
     split = [load for load in first.loads if split_first and load.buf == Buf.ACT
              and load.addr == first.act_addr and load.rows == first.rows
              and not isinstance(load.payload, Deferred)]
     parts = row_pieces(first.rows, prologue_pieces(e.config, first.rows) if split else 1)
+    tail = (epilogue_pieces(e.config, last.rows)
+            if split_last and (len(steps) > 1 or len(parts) == 1) and last.activate is not None
+            and last.activate.accaddr == last.acc_addr and last.activate.rows == last.rows
+            else [(0, last.rows)])
     preamble(first.group)
     for load in first.loads:
         if not any(load is piece for piece in split):
@@ -302,7 +303,7 @@ def emit_steps(e: Emitter, steps: list, preamble: Callable[[object], None],
         if late is not None:         # (behind the PRELOAD: an ACTIVATE waiting for the ACT unit holds the head)
             e.activate(late)
             late = None
-        if s == 0:
+        if s == 0 and len(parts) > 1:
             for i, (lo, rows) in enumerate(parts):     # load piece i+1 while piece i computes
                 if i + 1 < len(parts):
                     for load in split:

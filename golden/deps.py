@@ -4,8 +4,12 @@ it, and the ``wait`` tokens (``golden/isa.py`` ``Wait``) that order conflicting 
 The hardware dispatches in program order, one command at a time, and compares no addresses. When
 command ``k`` dispatches, the only earlier commands that can still run are
 
-- the last command of each of LD, PL, ACT and ST (a unit takes a command only once the one before it
-  is done);
+- the last command of each of LD, PL and ST (a unit takes a command only once the one before it is
+  done);
+- of the ACTIVATEs, every one that the ACTIVATEs after it, all but the last, have not yet covered with
+  ``ACT_LATENCY + 1`` cycles (their rows plus one each: ACT takes the next ACTIVATE a cycle after the
+  rows of the one before are read, and a row leaves the activation unit ``ACT_LATENCY + 1`` cycles
+  after its read);
 - of the COMPUTEs: weight-stationary, every one that the COMPUTEs after it, all but the last, have not
   yet covered with ``array_latency + 2`` rows (EX takes a COMPUTE as soon as the one before it has issued
   its rows, one a cycle, and a COMPUTE drains ``array_latency + 1`` cycles after its last row; so short
@@ -29,7 +33,7 @@ from opennpu.config import NpuConfig
 from .checks import stream_weight_words, validate, weight_words
 from .isa import Command, Opcode, Precision, Wait, encode
 from .program import Program
-from .timing import WAIT_OF_UNIT, Access, Space, Unit, array_latency, conflict
+from .timing import ACT_LATENCY, WAIT_OF_UNIT, Access, Space, Unit, array_latency, conflict
 
 __all__ = ["UNIT_OF", "BARRIERS", "HazardError", "accesses", "checked", "DependencyTracker", "order_program",
            "check_program"]
@@ -91,6 +95,7 @@ def accesses(cmd: Command, config: NpuConfig, precision: Precision, cur: int) ->
 _TOKENS = tuple((int(u), int(token)) for u, token in WAIT_OF_UNIT.items())
 _EX_OLDER = int(Wait.EX_OLDER)
 _EX = int(Unit.EX)
+_ACT = int(Unit.ACT)
 _BARRIER_OPS = frozenset(BARRIERS)
 _UNIT = {op: int(unit) for op, unit in UNIT_OF.items()}
 
@@ -127,9 +132,12 @@ class DependencyTracker:
 
     def __init__(self, config: NpuConfig):
         self.running = [[] for _ in Unit]      # per unit, (index, cmd, spans), oldest first
-        #: WS: rows that the COMPUTEs after one (all but the newest) must issue before it has surely
-        #: drained; None (OS): at most two COMPUTEs are in flight.
-        self.drain_rows = array_latency(config.rows, config.cols) + 2 if config.dataflow == "ws" else None
+        #: Units that take a command while earlier ones are in flight: unit -> (cycles, per command): a
+        #: command has surely finished once the ones after it, all but the newest, account for ``cycles``
+        #: (their rows plus ``per command`` each; the module docstring, with a cycle of margin). None
+        #: (output-stationary EX): at most the last two are in flight.
+        self.pipelined = {_EX: (array_latency(config.rows, config.cols) + 2, 0) if config.dataflow == "ws"
+                          else None, _ACT: (ACT_LATENCY + 1, 1)}
 
     def needed(self, unit: Unit, accs) -> int:
         """The fewest tokens (``Wait`` bits) that order a command of ``unit`` with these accesses."""
@@ -143,8 +151,8 @@ class DependencyTracker:
                 continue
             if _hit(spans, entries[-1][2]):
                 waits |= token
-            elif any(_hit(spans, e[2]) for e in entries[:-1]):      # (EX: an older COMPUTE)
-                waits |= _EX_OLDER
+            elif any(_hit(spans, e[2]) for e in entries[:-1]):      # (an older COMPUTE / ACTIVATE)
+                waits |= _EX_OLDER if u == _EX else token
         return waits
 
     def dispatch(self, index: int, cmd: Command, accs):
@@ -172,26 +180,29 @@ class DependencyTracker:
                 for e in entries:
                     hit = _hit(spans, e[2])
                     if hit is not None:
-                        token = WAIT_OF_UNIT[Unit(u)] if e is entries[-1] else _EX_OLDER
+                        token = WAIT_OF_UNIT[Unit(u)] if e is entries[-1] or u != _EX else _EX_OLDER
                         raise HazardError((index, cmd), (e[0], e[1]), hit, token)
         unit = _UNIT.get(op)
         if unit is not None:
             entries = running[unit]
-            if unit == _EX:
-                self._drained(entries)
+            if unit in self.pipelined:
+                self._finished(self.pipelined[unit], entries)
                 entries.append((index, cmd, spans))
             else:
                 running[unit] = [(index, cmd, spans)]
 
-    def _drained(self, entries: list):
-        """Drop the COMPUTEs that have surely drained once a new one dispatches (behind ``entries[-1]``)."""
-        if self.drain_rows is None:
+    @staticmethod
+    def _finished(rule, entries: list):
+        """Drop the entries that have surely finished once a new command of their unit dispatches
+        (behind ``entries[-1]``), by ``rule`` (a value of ``pipelined``)."""
+        if rule is None:
             del entries[:-1]
             return
-        covered = 0                          # rows issued after each entry, the newest one's excluded
+        cycles, per_command = rule
+        covered = 0                          # of the commands after each entry, the newest one's excluded
         for i in range(len(entries) - 2, -1, -1):
-            covered += entries[i + 1][1].rows
-            if covered >= self.drain_rows:
+            covered += entries[i + 1][1].rows + per_command
+            if covered >= cycles:
                 del entries[:i + 1]
                 return
 

@@ -294,7 +294,7 @@ class GoldenNpu:
     def _activate(self, cmd):
         c, r = self.config, self.regs
         to_output = cmd.dest == 1
-        d = self.timeline.activate(cmd.wait, cmd.rows, to_output)
+        d = self.timeline.activate(cmd.wait, cmd.rows, to_output, (cmd.bank, cmd.perchan))
         multiplier, shift = self.quant[cmd.bank] if cmd.perchan else (r["multiplier"], r["shift"])
         y = numerics.activation_unit(self.acc[cmd.accaddr:cmd.accaddr + cmd.rows], self.bias[cmd.bank],
                                      multiplier, shift, r["out_zp"], r["qmin"], r["qmax"],

@@ -22,9 +22,12 @@ EX     COMPUTE (``M`` rows)                  act rows read d+1 .. d+M (= e). The
        steps, ``R`` output rows)             slot in m = max(e, drain slot free); EX takes a new
                                              COMPUTE from m+1; the drain slot writes output row i
                                              in m+cols+3+i and holds it until m+cols+R+2
-ACT    ACTIVATE (``M`` rows)                 acc rows read d+1 .. d+M; row j written/pushed in
-                                             cycle d+2+j+P (P = activation unit latency);
-                                             free at d+M+P+2
+ACT    ACTIVATE (``M`` rows, bias bank ``b``,   acc rows read d+1 .. d+M; row j written/pushed in
+       ``perchan`` ``c``)                    cycle d+2+j+P (P = activation unit latency); done
+                                             at d+M+P+2; the next ACTIVATE may dispatch from
+                                             d+M+1 if it has the same ``b`` and ``c`` (the
+                                             activation unit's parameters stay; its rows follow
+                                             ours through it), else once this one is done
 ST     STORE (``n`` words of ``b`` beats),   SRAM read of word j in d+1+j*b; beats pushed
        COUNTERS (``B`` beats)                d+2 .. d+1+n*b (COUNTERS: n*b = B); free at d+n*b+2
 ====== ===================================== ==============================================
@@ -120,6 +123,7 @@ class CycleModel:
         self.last_dispatch = -1
         self.last_push = -2                # cycle of the last push into the output register
         self.max_release = 0
+        self.act_params = None             # (bank, perchan) of the last ACTIVATE
 
     def _all_free(self) -> int:
         return max([self.max_release, *self.free.values()])
@@ -186,9 +190,13 @@ class CycleModel:
         self._record(Unit.EX, d, move + 1, release)
         return d
 
-    def activate(self, waits: int, rows: int, to_output: bool) -> int:
+    def activate(self, waits: int, rows: int, to_output: bool, params: tuple) -> int:
+        """ACTIVATE of ``rows`` rows with ``params`` = (bias bank, perchan)."""
         d = self._dispatch_cycle(Unit.ACT, waits)
-        self._record(Unit.ACT, d, d + rows + ACT_LATENCY + 2, d + rows + ACT_LATENCY + 2)
+        if params != self.act_params:
+            d = max(d, self.release[Unit.ACT])
+        self.act_params = params
+        self._record(Unit.ACT, d, d + rows + 1, d + rows + ACT_LATENCY + 2)
         if to_output:
             self.last_push = max(self.last_push, d + rows + ACT_LATENCY + 1)
         return d

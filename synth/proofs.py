@@ -19,7 +19,7 @@ from amaranth.lib.wiring import In, Out
 
 from opennpu.config import NpuConfig
 from opennpu.golden.program import COUNTER_NAMES
-from opennpu.golden.timing import array_latency
+from opennpu.golden.timing import ACT_LATENCY, array_latency
 from opennpu.hdl.counters import Counters, Events
 from opennpu.hdl.dispatcher import UnitStart
 
@@ -425,7 +425,9 @@ class WritesInRange(_NpuHarness):
 
     - LD (``LOAD``): ``addr <= address < addr + rows`` of the last LOAD started, into the SRAM its
       ``buf`` names (an act write only for ``buf`` act, a weight write only for ``buf`` wgt);
-    - ACT (``ACTIVATE``): an act write only for ``dest`` act, inside ``aaddr .. aaddr + rows - 1``;
+    - ACT (``ACTIVATE``): an act write only for ``dest`` act, inside ``aaddr .. aaddr + rows - 1`` of
+      one of the last ``ACT_LATENCY + 2`` ACTIVATEs started (ACT reads one while the rows of earlier
+      ones, each at least a row and a cycle apart, pass through the activation unit);
     - EX (``COMPUTE``): an accumulator write inside ``accaddr .. accaddr + rows - 1`` of one of the
       last ``array_latency + 3`` COMPUTEs started (the EX unit issues one while earlier ones drain,
       each at least a row and done ``array_latency + 2`` cycles after its last row issues).
@@ -465,13 +467,16 @@ class WritesInRange(_NpuHarness):
             Assert(~ld.wgt_wr.en | ((ld_buf == Buf.WGT) & inside(ld.wgt_wr.addr, ld_base, ld_rows)),
                    "LD wrote the weight SRAM outside its LOAD"),
         ]
-        # ACT: the last ACTIVATE's destination range.
+        # ACT: the destination ranges of the ACTIVATEs that may still write, newest first.
         act = view[Opcode.ACTIVATE]
-        wb_base, wb_rows = Signal(16), Signal(16)
+        wb = [(Signal(16, name=f"wb{i}_base"), Signal(16, name=f"wb{i}_rows")) for i in range(ACT_LATENCY + 2)]
         with m.If(start.act):
-            m.d.sync += [wb_base.eq(act.aaddr), wb_rows.eq(Mux(act.dest == 0, act.rows, 0))]
-        m.d.comb += Assert(~core.wb.act_wr.en | inside(core.wb.act_wr.addr, wb_base, wb_rows),
-                           "ACT wrote the act SRAM outside its ACTIVATE")
+            m.d.sync += [wb[0][0].eq(act.aaddr), wb[0][1].eq(Mux(act.dest == 0, act.rows, 0))]
+            m.d.sync += [part.eq(older) for newer, prev in zip(wb[1:], wb) for part, older in zip(newer, prev)]
+        in_act = 0
+        for base, rows in wb:
+            in_act = in_act | inside(core.wb.act_wr.addr, base, rows)
+        m.d.comb += Assert(~core.wb.act_wr.en | in_act, "ACT wrote the act SRAM outside its ACTIVATE")
         # EX: the accumulator ranges of the COMPUTEs that may still write, newest first.
         comp = view[Opcode.COMPUTE]
         c = self.dut.config

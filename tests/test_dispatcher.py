@@ -11,7 +11,7 @@ CONFIG = NpuConfig(rows=2, cols=2, act_depth=16, wgt_depth=8, acc_depth=8, preci
 COMPUTE = Command(Opcode.COMPUTE, aaddr=0, accaddr=0, rows=1)
 LOAD = Command(Opcode.LOAD, buf=0, addr=0, rows=1)
 STORE = Command(Opcode.STORE, buf=2, addr=0, rows=1)
-BUSY = ("ld", "pl", "ex_issue", "ex_drain", "ex_older", "act", "st")
+BUSY = ("ld", "pl", "ex_issue", "ex_drain", "ex_older", "act", "act_read", "st")
 
 
 def _run(bench):
