@@ -6,7 +6,8 @@ command ``k`` dispatches, the only earlier commands that can still run are
 
 - the last command of each of LD, PL and ST (a unit takes a command only once the one before it is
   done);
-- of the ACTIVATEs, every one that the ACTIVATEs after it, all but the last, have not yet covered with
+- of the ACTIVATEs, every one since the last that changed the bias bank or ``perchan`` (ACT takes such
+  an ACTIVATE only once idle) that the ACTIVATEs after it, all but the last, have not yet covered with
   ``ACT_LATENCY + 1`` cycles (their rows plus one each: ACT takes the next ACTIVATE a cycle after the
   rows of the one before are read, and a row leaves the activation unit ``ACT_LATENCY + 1`` cycles
   after its read);
@@ -35,8 +36,8 @@ from .isa import Command, Opcode, Precision, Wait, encode
 from .program import Program
 from .timing import ACT_LATENCY, WAIT_OF_UNIT, Access, Space, Unit, array_latency, conflict
 
-__all__ = ["UNIT_OF", "BARRIERS", "HazardError", "accesses", "checked", "DependencyTracker", "order_program",
-           "check_program"]
+__all__ = ["UNIT_OF", "BARRIERS", "HazardError", "accesses", "act_params", "checked", "DependencyTracker",
+           "order_program", "check_program"]
 
 #: The unit that executes each opcode (CONFIG and FENCE occupy none).
 UNIT_OF = {Opcode.LOAD: Unit.LD, Opcode.LOAD_BIAS: Unit.LD, Opcode.LOAD_LUT: Unit.LD, Opcode.LOAD_QUANT: Unit.LD,
@@ -98,6 +99,12 @@ _EX = int(Unit.EX)
 _ACT = int(Unit.ACT)
 _BARRIER_OPS = frozenset(BARRIERS)
 _UNIT = {op: int(unit) for op, unit in UNIT_OF.items()}
+
+
+def act_params(cmd: Command) -> tuple:
+    """What an ACTIVATE must share with the one before to follow it while that one's rows are in the
+    activation unit (``golden.timing.CycleModel.activate``, ``hdl/dispatcher.py``)."""
+    return cmd.bank, cmd.perchan
 
 
 def _spans(accs) -> tuple:
@@ -185,8 +192,11 @@ class DependencyTracker:
         unit = _UNIT.get(op)
         if unit is not None:
             entries = running[unit]
-            if unit in self.pipelined:
+            if unit == _ACT and entries and act_params(entries[-1][1]) != act_params(cmd):
+                entries.clear()                  # (it dispatched once they were all done)
+            elif unit in self.pipelined:
                 self._finished(self.pipelined[unit], entries)
+            if unit in self.pipelined:
                 entries.append((index, cmd, spans))
             else:
                 running[unit] = [(index, cmd, spans)]

@@ -191,7 +191,7 @@ class CycleModel:
         return d
 
     def activate(self, waits: int, rows: int, to_output: bool, params: tuple) -> int:
-        """ACTIVATE of ``rows`` rows with ``params`` = (bias bank, perchan)."""
+        """ACTIVATE of ``rows`` rows with ``params`` = ``golden.deps.act_params``: its bias bank and ``perchan``."""
         d = self._dispatch_cycle(Unit.ACT, waits)
         if params != self.act_params:
             d = max(d, self.release[Unit.ACT])
