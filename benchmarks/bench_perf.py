@@ -102,8 +102,8 @@ def serial_path(row: dict) -> dict:
     ops = [op for op, _, _ in row["trace"]]
     computes = ops.count("COMPUTE")
     activates = len(ops) - 5 - computes
-    if ops != ["CONFIG", "LOAD", "LOAD", "PRELOAD"] + ["COMPUTE"] * computes + ["LOAD_BIAS"] + ["ACTIVATE"] * activates \
-            or activates < 1:
+    expected = ["CONFIG", "LOAD", "LOAD", "PRELOAD"] + ["COMPUTE"] * computes + ["LOAD_BIAS"] + ["ACTIVATE"] * activates
+    if ops != expected or activates < 1:
         raise ValueError(f"not a one-tile program: {ops}")
     d = [cycle for _, cycle, _ in row["trace"]]
     first, (_, last, last_rows) = d[4], row["trace"][3 + computes]

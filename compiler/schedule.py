@@ -236,7 +236,7 @@ def prologue_pieces(config: NpuConfig, rows: int) -> int:
     per piece after the first, a penalty for pieces shorter than the drain time ``D = array_latency + 2``.
     Short pieces no longer wait for a drain slot (COMPUTEs drain side by side), but where the next step
     needs new weights the load unit bounds the prologue and each piece's extra load cycle delays them:
-    the penalty keeps that in check (16x16 64^3: 2 pieces 1,167 cycles, 4 pieces 1,169)."""
+    the penalty keeps that in check (16x16 64^3: 2 pieces 1,162 cycles, 4 pieces 1,164)."""
     drain = array_latency(config.rows, config.cols) + 2
     return min(range(1, min(4, rows) + 1),
                key=lambda p: p + rows / p + (p - 1) * max(0.0, drain - rows / p))

@@ -22,8 +22,8 @@ EX     COMPUTE (``M`` rows)                  act rows read d+1 .. d+M (= e). The
        steps, ``R`` output rows)             slot in m = max(e, drain slot free); EX takes a new
                                              COMPUTE from m+1; the drain slot writes output row i
                                              in m+cols+3+i and holds it until m+cols+R+2
-ACT    ACTIVATE (``M`` rows, bias bank ``b``,   acc rows read d+1 .. d+M; row j written/pushed in
-       ``perchan`` ``c``)                    cycle d+2+j+P (P = activation unit latency); done
+ACT    ACTIVATE (``M`` rows, bias bank       acc rows read d+1 .. d+M; row j written/pushed in
+       ``b``, ``perchan`` ``c``)             cycle d+2+j+P (P = activation unit latency); done
                                              at d+M+P+2; the next ACTIVATE may dispatch from
                                              d+M+1 if it has the same ``b`` and ``c`` (the
                                              activation unit's parameters stay; its rows follow
@@ -191,7 +191,8 @@ class CycleModel:
         return d
 
     def activate(self, waits: int, rows: int, to_output: bool, params: tuple) -> int:
-        """ACTIVATE of ``rows`` rows with ``params`` = ``golden.deps.act_params``: its bias bank and ``perchan``."""
+        """ACTIVATE of ``rows`` rows; ``params`` (``golden.deps.act_params``: its bias bank and
+        ``perchan``) decide whether it may follow the one before while that one's rows are in flight."""
         d = self._dispatch_cycle(Unit.ACT, waits)
         if params != self.act_params:
             d = max(d, self.release[Unit.ACT])
