@@ -155,7 +155,7 @@ def gemm_bound(config: NpuConfig, m: int, k: int, n: int, precision: str | Preci
         data_out = M*N / bus_bytes                                     (one byte per output value)
         latency  = fill + drain + activation of one tile
                  = (rows + 2)               PRELOAD of the first weight tile, before any row can enter
-                 + (array_latency + 2)      the last row's trip through the array and the drain slot
+                 + (array_latency + 2)      the last row's trip through the array and its drain
                  + (ACT_LATENCY + 3)        the activation pipeline and the output register
 
     Returns every term, the latency's three parts (``fill``, ``drain``, ``activation``) and ``bound``;

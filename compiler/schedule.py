@@ -247,7 +247,7 @@ def _emit_compute(e: Emitter, step: Step, lo: int, rows: int):
           accumulate=step.accumulate)
 
 
-def epilogue_pieces(config: NpuConfig, rows: int) -> list:
+def epilogue_pieces(rows: int) -> list:
     """The row pieces ``[(first row, rows)]`` the last ``COMPUTE`` (and its ``ACTIVATE``) of a program is cut
     into: halves, so that the first half's write-back overlaps the second half's drain. The first
     write-back starts once its rows have drained (``r1 + D`` after the step starts, ``D = array_latency +
@@ -287,7 +287,7 @@ def emit_steps(e: Emitter, steps: list, preamble: Callable[[object], None],
              and load.addr == first.act_addr and load.rows == first.rows
              and not isinstance(load.payload, Deferred)]
     parts = row_pieces(first.rows, prologue_pieces(e.config, first.rows) if split else 1)
-    tail = (epilogue_pieces(e.config, last.rows)
+    tail = (epilogue_pieces(last.rows)
             if split_last and (len(steps) > 1 or len(parts) == 1) and last.activate is not None
             and last.activate.accaddr == last.acc_addr and last.activate.rows == last.rows
             else [(0, last.rows)])
