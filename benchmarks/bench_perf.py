@@ -6,7 +6,8 @@ of the same configuration to compare simulation speed. A 4x4 array runs one more
 issue 19 that need another harness (a4w4) or long runs (matrix-vector) run on the golden cycle model
 (cycle-exact with the RTL: tests/test_verilator.py, tests/test_rtl.py). Every row is printed next to its
 bound (``compiler.gemm.gemm_bound``: max(compute, data in, data out) + one tile's latency). For the
-16x16x16 GEMM a line splits its cycles into its one tile's stages, measured on the golden trace.
+16x16x16 GEMM two lines split its cycles into its one tile's stages, measured on the golden trace, and
+those into the bound's pipeline latency, the tile's own work and the dispatch (scheduling) cycles left.
 Prints a table (or one JSON object with ``--json``) and writes a PNG plot.
 
     python benchmarks/bench_perf.py [--json] [--plot benchmarks/bench_perf.png] [--no-pysim] [--large]
@@ -33,7 +34,7 @@ from opennpu.sim.pysim import run_pysim
 from opennpu.sim.verilator import build_harness, run_verilator
 
 __all__ = ["CONFIG_16X16", "CONFIG_4X4", "GEMMS", "GOLDEN_GEMMS", "measure_gemm", "measure_golden",
-           "serial_path", "measure_pysim", "main"]
+           "serial_path", "latency_split", "measure_pysim", "main"]
 
 #: SRAMs deep enough that every benchmark GEMM keeps all its weights resident and tiles M in few chunks.
 CONFIG_16X16 = NpuConfig(rows=16, cols=16, act_depth=8192, wgt_depth=4096, acc_depth=1024)
@@ -89,19 +90,42 @@ def measure_golden(config: NpuConfig, m: int, n: int, k: int, precision: str) ->
         "utilization": c["macs"] / (c["cycles"] * pes * macs_per_pe), "busy_fraction": c["busy_cycles"] / c["cycles"],
         "energy_pj": c["energy_fj"] / 1000, "wall_s": wall, "cycles_per_s": c["cycles"] / wall,
         "numerics_ok": bool(np.array_equal(gp.decode_output(result.outputs), gp.spec.expected())),
-        "trace": [(cmd.op.name, d) for cmd, d in npu.trace],
+        "trace": [(cmd.op.name, d, cmd.fields.get("rows")) for cmd, d in npu.trace],
     }
 
 
 def serial_path(row: dict) -> dict:
     """The cycles of a one-tile GEMM split at the dispatch cycles of its golden trace (CONFIG, LOAD W,
-    LOAD A, PRELOAD, COMPUTE, LOAD_BIAS, ACTIVATE): each stage starts when the one before it is done."""
-    ops = [op for op, _ in row["trace"]]
-    if ops != ["CONFIG", "LOAD", "LOAD", "PRELOAD", "COMPUTE", "LOAD_BIAS", "ACTIVATE"]:
+    LOAD A, PRELOAD, its COMPUTE pieces, LOAD_BIAS, its ACTIVATE pieces): each stage starts when the one
+    before it is done. ``rows`` runs from the first COMPUTE to the last row issued, ``drain`` from there
+    to the last ACTIVATE's dispatch, ``last ACTIVATE + output`` from there to the end."""
+    ops = [op for op, _, _ in row["trace"]]
+    computes = ops.count("COMPUTE")
+    activates = len(ops) - 5 - computes
+    expected = ["CONFIG", "LOAD", "LOAD", "PRELOAD"] + ["COMPUTE"] * computes + ["LOAD_BIAS"] + ["ACTIVATE"] * activates
+    if ops != expected or activates < 1:
         raise ValueError(f"not a one-tile program: {ops}")
-    d = [cycle for _, cycle in row["trace"]]
+    d = [cycle for _, cycle, _ in row["trace"]]
+    first, (_, last, last_rows) = d[4], row["trace"][3 + computes]
+    rows_end = last + last_rows
     return {"CONFIG": d[1] - d[0], "weight LOAD": d[2] - d[1], "activation LOAD dispatch": d[3] - d[2],
-            "PRELOAD": d[4] - d[3], "COMPUTE + drain": d[6] - d[4], "ACTIVATE + output": row["cycles"] - d[6]}
+            "PRELOAD": first - d[3], "rows": rows_end - first, "drain": d[-1] - rows_end,
+            "last ACTIVATE + output": row["cycles"] - d[-1]}
+
+
+def latency_split(row: dict, path: dict) -> dict:
+    """A one-tile GEMM's stages (``serial_path``) split into the bound's pipeline latency (``gemm_bound``:
+    fill, drain, activation), the tile's own work (its weight load, its rows through the array, the rows
+    of its last write-back) and the cycles beyond both, each named: dispatch, i.e. scheduling."""
+    bound, last_rows = row["bound"], row["trace"][-1][2]
+    work = {"weight LOAD": path["weight LOAD"], "rows": path["rows"], "last write-back rows": last_rows}
+    beyond = {"CONFIG": path["CONFIG"], "activation LOAD dispatch": path["activation LOAD dispatch"],
+              "PRELOAD beyond fill": path["PRELOAD"] - bound["fill"],
+              "drain beyond the drain time": path["drain"] - bound["drain"],
+              "write-back beyond its rows and latency": path["last ACTIVATE + output"] - last_rows
+              - bound["activation"]}
+    return {"latency": {name: bound[name] for name in ("fill", "drain", "activation")}, "work": work,
+            "scheduling": beyond}
 
 
 def measure_pysim(config: NpuConfig) -> dict:
@@ -175,6 +199,7 @@ def main(argv=None):
         rows.append(dict(measure_golden(CONFIG_16X16_INT4, m, n, k, precision), target=target))
     one_tile = next(r for r in rows if (r["m"], r["n"], r["k"]) == (16, 16, 16))
     path = serial_path(one_tile)
+    split = latency_split(one_tile, path)
     pysim = None if args.no_pysim else measure_pysim(CONFIG_16X16)
     ratio = pysim and rows[0]["cycles_per_s"] / pysim["cycles_per_s"]
     _plot(args.plot, rows, pysim)
@@ -183,7 +208,7 @@ def main(argv=None):
               "bus_bytes": {"16x16": CONFIG_16X16.bus_bytes, "4x4": CONFIG_4X4.bus_bytes},
               "build_s": builds,
               "gemms": [{key: value for key, value in r.items() if key != "trace"} for r in rows],
-              "serial_path_16": path, "pysim": pysim, "verilator_over_pysim": ratio, "plot": args.plot}
+              "serial_path_16": path, "latency_split_16": split, "pysim": pysim, "verilator_over_pysim": ratio, "plot": args.plot}
     if args.json:
         print(json.dumps(report))
         return
@@ -216,6 +241,11 @@ def main(argv=None):
     print(f"16x16x16: {one_tile['cycles']} cycles, bound {one_tile['bound']['bound']:.0f} (data in "
           f"{one_tile['bound']['data_in']:.0f} + latency {lat}); its one tile's stages in series (golden trace): "
           + " + ".join(f"{name} {cycles}" for name, cycles in path.items()) + f" = {sum(path.values())}")
+    print("          = " + " + ".join(
+        f"{title} {sum(split[key].values())} (" + ", ".join(f"{name} {cycles}" for name, cycles in split[key].items()
+                                                          if cycles) + ")"
+        for key, title in (("latency", "pipeline latency"), ("work", "the tile's work"),
+                           ("scheduling", "scheduling"))))
     speed = rows[0]["cycles_per_s"]
     print(f"Verilator {speed:,.0f} cycles/s on the 256^3 GEMM (target {SPEED_TARGET:,}): "
           f"{'ok' if speed >= SPEED_TARGET else 'MISS'}")

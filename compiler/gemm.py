@@ -155,18 +155,21 @@ def gemm_bound(config: NpuConfig, m: int, k: int, n: int, precision: str | Preci
         data_out = M*N / bus_bytes                                     (one byte per output value)
         latency  = fill + drain + activation of one tile
                  = (rows + 2)               PRELOAD of the first weight tile, before any row can enter
-                 + (array_latency + 2)      the last row's trip through the array and the drain slot
+                 + (array_latency + 2)      the last row's trip through the array and its drain
                  + (ACT_LATENCY + 3)        the activation pipeline and the output register
 
-    Returns every term and ``bound``; ``limit`` names the largest of the three throughput terms."""
+    Returns every term, the latency's three parts (``fill``, ``drain``, ``activation``) and ``bound``;
+    ``limit`` names the largest of the three throughput terms."""
     p = Precision.from_label(precision) if isinstance(precision, str) else Precision(precision)
     a_bits, w_bits = (4 if p == Precision.A4W4 else 8), (8 if p == Precision.INT8 else 4)
     terms = {"compute": m * k * n / (config.rows * config.cols * (k_tile(config, p) // config.rows)),
              "data_in": (m * k * a_bits / 8 + k * n * w_bits / 8 + 4 * n) / config.bus_bytes,
              "data_out": m * n / config.bus_bytes}
-    latency = (config.rows + 2) + (array_latency(config.rows, config.cols) + 2) + (ACT_LATENCY + 3)
+    parts = {"fill": config.rows + 2, "drain": array_latency(config.rows, config.cols) + 2,
+             "activation": ACT_LATENCY + 3}
+    latency = sum(parts.values())
     limit = max(terms, key=terms.get)
-    return {**terms, "latency": latency, "limit": limit, "bound": terms[limit] + latency}
+    return {**terms, **parts, "latency": latency, "limit": limit, "bound": terms[limit] + latency}
 
 
 ORDERS = ("n_outer", "k_outer", "n_stream")

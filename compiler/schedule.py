@@ -233,8 +233,10 @@ def prologue_pieces(config: NpuConfig, rows: int) -> int:
     """How many pieces (1 to 4) a first ``COMPUTE`` of ``rows`` rows is cut into: the count ``p`` that
     minimizes the estimated prologue ``p + rows / p + (p - 1) * max(0, D - rows / p)``: a cycle per piece
     (its load takes one more than its rows), the last piece's rows (they compute after every load), and,
-    per piece after the first, the cycles it waits for the drain slot when a piece is shorter than the
-    drain time ``D = array_latency + 2`` (the drain slot takes a COMPUTE at most every D cycles)."""
+    per piece after the first, a penalty for pieces shorter than the drain time ``D = array_latency + 2``.
+    Short pieces no longer wait for a drain slot (COMPUTEs drain side by side), but where the next step
+    needs new weights the load unit bounds the prologue and each piece's extra load cycle delays them:
+    the penalty keeps that in check (16x16 64^3: 2 pieces 1,162 cycles, 4 pieces 1,164)."""
     drain = array_latency(config.rows, config.cols) + 2
     return min(range(1, min(4, rows) + 1),
                key=lambda p: p + rows / p + (p - 1) * max(0.0, drain - rows / p))
@@ -245,12 +247,17 @@ def _emit_compute(e: Emitter, step: Step, lo: int, rows: int):
           accumulate=step.accumulate)
 
 
-def epilogue_pieces(config: NpuConfig, rows: int) -> int:
-    """How many pieces the last ``COMPUTE`` (and its ``ACTIVATE``) of a program is cut into: two, so the
-    first half's write-back overlaps the second half's drain, once each half is at least half an array
-    latency long. More pieces lose: they queue in the single drain slot (measured on 16x16 64^3:
-    1 piece 1288 cycles, 2 pieces 1270, 3 pieces 1289)."""
-    return 2 if rows >= array_latency(config.rows, config.cols) else 1
+def epilogue_pieces(rows: int) -> list:
+    """The row pieces ``[(first row, rows)]`` the last ``COMPUTE`` (and its ``ACTIVATE``) of a program is cut
+    into: halves, so that the first half's write-back overlaps the second half's drain. The first
+    write-back starts once its rows have drained (``r1 + D`` after the step starts, ``D = array_latency +
+    2``); the second (same bias bank) a cycle after the first one's rows are read or once its own rows
+    have drained (``rows + D``), whichever is later, and ends ``r2 + ACT_LATENCY + 1`` later: halves (or
+    ``r1 = (rows - 1) // 2``, the same) make the second wait for its drain alone, with the fewest rows
+    behind it (16x16 64^3: 1,193 cycles in one piece, 1,162 in halves, 1,166 with 27 + 37 rows). More
+    pieces lose: a write-back piece that waits for a COMPUTE but the last holds the in-order
+    dispatcher's head until it drains."""
+    return row_pieces(rows, 2 if rows > 1 else 1)
 
 
 def emit_steps(e: Emitter, steps: list, preamble: Callable[[object], None],
@@ -270,19 +277,20 @@ def emit_steps(e: Emitter, steps: list, preamble: Callable[[object], None],
     together, as in a lead group) does not hold back the ``PRELOAD`` behind it.
 
     ``split_last``: cut the last step's ``COMPUTE`` and its ``ACTIVATE`` (when that writes back exactly the
-    rows computed) into ``epilogue_pieces`` row pieces: all compute pieces, then the write-back pieces, so
-    the program's final write-back starts after the first piece drains instead of the whole tile."""
+    rows computed, and unless it is also the first step and split as such) into ``epilogue_pieces`` row
+    pieces: all compute pieces, then the write-back pieces, so the program's final write-back starts after
+    the first piece drains instead of the whole tile."""
     if not steps:
         raise ValueError("nothing to emit: no steps")
     first, last = steps[0], steps[-1]
-    tail = row_pieces(last.rows, epilogue_pieces(e.config, last.rows)
-                      if split_last and len(steps) > 1 and last.activate is not None
-                      and last.activate.accaddr == last.acc_addr and last.activate.rows == last.rows
-                      else 1)
     split = [load for load in first.loads if split_first and load.buf == Buf.ACT
              and load.addr == first.act_addr and load.rows == first.rows
              and not isinstance(load.payload, Deferred)]
     parts = row_pieces(first.rows, prologue_pieces(e.config, first.rows) if split else 1)
+    tail = (epilogue_pieces(last.rows)
+            if split_last and (len(steps) > 1 or len(parts) == 1) and last.activate is not None
+            and last.activate.accaddr == last.acc_addr and last.activate.rows == last.rows
+            else [(0, last.rows)])
     preamble(first.group)
     for load in first.loads:
         if not any(load is piece for piece in split):
@@ -295,7 +303,7 @@ def emit_steps(e: Emitter, steps: list, preamble: Callable[[object], None],
         if late is not None:         # (behind the PRELOAD: an ACTIVATE waiting for the ACT unit holds the head)
             e.activate(late)
             late = None
-        if s == 0:
+        if s == 0 and len(parts) > 1:
             for i, (lo, rows) in enumerate(parts):     # load piece i+1 while piece i computes
                 if i + 1 < len(parts):
                     for load in split:

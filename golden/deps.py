@@ -4,8 +4,18 @@ it, and the ``wait`` tokens (``golden/isa.py`` ``Wait``) that order conflicting 
 The hardware dispatches in program order, one command at a time, and compares no addresses. When
 command ``k`` dispatches, the only earlier commands that can still run are
 
-- the last command of each of LD, PL, ACT and ST (a unit takes a command only once the one before it
-  is done), and the last two COMPUTEs (EX takes a COMPUTE while the one before it drains);
+- the last command of each of LD, PL and ST (a unit takes a command only once the one before it is
+  done);
+- of the ACTIVATEs, every one since the last that changed the bias bank or ``perchan`` (ACT takes such
+  an ACTIVATE only once idle) that the ACTIVATEs after it, all but the last, have not yet covered with
+  ``ACT_LATENCY + 1`` cycles (their rows plus one each: ACT takes the next ACTIVATE a cycle after the
+  rows of the one before are read, and a row leaves the activation unit ``ACT_LATENCY + 1`` cycles
+  after its read);
+- of the COMPUTEs: weight-stationary, every one that the COMPUTEs after it, all but the last, have not
+  yet covered with ``array_latency + 2`` rows (EX takes a COMPUTE as soon as the one before it has issued
+  its rows, one a cycle, and a COMPUTE drains ``array_latency + 1`` cycles after its last row; so short
+  COMPUTEs drain side by side); output-stationary, the last two (EX takes a COMPUTE while the one before
+  it drains, in the single drain slot);
 - and of those only the ones no command up to ``k`` has waited for (a token of ``k``, or of a command
   between, guarantees that they were done when that command dispatched; CONFIG, FENCE and COUNTERS
   wait for everything).
@@ -24,10 +34,10 @@ from opennpu.config import NpuConfig
 from .checks import stream_weight_words, validate, weight_words
 from .isa import Command, Opcode, Precision, Wait, encode
 from .program import Program
-from .timing import WAIT_OF_UNIT, Access, Space, Unit, conflict
+from .timing import ACT_LATENCY, WAIT_OF_UNIT, Access, Space, Unit, array_latency, conflict
 
-__all__ = ["UNIT_OF", "BARRIERS", "HazardError", "accesses", "checked", "DependencyTracker", "order_program",
-           "check_program"]
+__all__ = ["UNIT_OF", "BARRIERS", "HazardError", "accesses", "act_params", "checked", "DependencyTracker",
+           "order_program", "check_program"]
 
 #: The unit that executes each opcode (CONFIG and FENCE occupy none).
 UNIT_OF = {Opcode.LOAD: Unit.LD, Opcode.LOAD_BIAS: Unit.LD, Opcode.LOAD_LUT: Unit.LD, Opcode.LOAD_QUANT: Unit.LD,
@@ -86,8 +96,15 @@ def accesses(cmd: Command, config: NpuConfig, precision: Precision, cur: int) ->
 _TOKENS = tuple((int(u), int(token)) for u, token in WAIT_OF_UNIT.items())
 _EX_OLDER = int(Wait.EX_OLDER)
 _EX = int(Unit.EX)
+_ACT = int(Unit.ACT)
 _BARRIER_OPS = frozenset(BARRIERS)
 _UNIT = {op: int(unit) for op, unit in UNIT_OF.items()}
+
+
+def act_params(cmd: Command) -> tuple:
+    """What an ACTIVATE must share with the one before to follow it while that one's rows are in the
+    activation unit (``golden.timing.CycleModel.activate``, ``hdl/dispatcher.py``)."""
+    return cmd.bank, cmd.perchan
 
 
 def _spans(accs) -> tuple:
@@ -117,10 +134,17 @@ def checked(command, config: NpuConfig, precision: Precision, cur: int, cache: d
 
 
 class DependencyTracker:
-    """The commands that may still run, per unit, as a program is fed in order (``dispatch``)."""
+    """The commands that may still run, per unit, as a program is fed in order (``dispatch``), on an NPU
+    of ``config`` (its dataflow and array latency decide which COMPUTEs may still drain)."""
 
-    def __init__(self):
-        self.running = [[] for _ in Unit]      # per unit, (index, cmd, spans), oldest first; EX: up to two
+    def __init__(self, config: NpuConfig):
+        self.running = [[] for _ in Unit]      # per unit, (index, cmd, spans), oldest first
+        #: Units that take a command while earlier ones are in flight: unit -> (cycles, per command): a
+        #: command has surely finished once the ones after it, all but the newest, account for ``cycles``
+        #: (their rows plus ``per command`` each; the module docstring, with a cycle of margin). None
+        #: (output-stationary EX): at most the last two are in flight.
+        self.pipelined = {_EX: (array_latency(config.rows, config.cols) + 2, 0) if config.dataflow == "ws"
+                          else None, _ACT: (ACT_LATENCY + 1, 1)}
 
     def needed(self, unit: Unit, accs) -> int:
         """The fewest tokens (``Wait`` bits) that order a command of ``unit`` with these accesses."""
@@ -134,8 +158,8 @@ class DependencyTracker:
                 continue
             if _hit(spans, entries[-1][2]):
                 waits |= token
-            elif len(entries) > 1 and _hit(spans, entries[0][2]):      # (EX: the older COMPUTE)
-                waits |= _EX_OLDER
+            elif any(_hit(spans, e[2]) for e in entries[:-1]):      # (an older COMPUTE / ACTIVATE)
+                waits |= _EX_OLDER if u == _EX else token
         return waits
 
     def dispatch(self, index: int, cmd: Command, accs):
@@ -163,16 +187,34 @@ class DependencyTracker:
                 for e in entries:
                     hit = _hit(spans, e[2])
                     if hit is not None:
-                        token = WAIT_OF_UNIT[Unit(u)] if e is entries[-1] else _EX_OLDER
+                        token = WAIT_OF_UNIT[Unit(u)] if e is entries[-1] or u != _EX else _EX_OLDER
                         raise HazardError((index, cmd), (e[0], e[1]), hit, token)
         unit = _UNIT.get(op)
         if unit is not None:
             entries = running[unit]
-            if unit == _EX:
-                del entries[:-1]
+            if unit == _ACT and entries and act_params(entries[-1][1]) != act_params(cmd):
+                entries.clear()                  # (it dispatched once they were all done)
+            elif unit in self.pipelined:
+                self._finished(self.pipelined[unit], entries)
+            if unit in self.pipelined:
                 entries.append((index, cmd, spans))
             else:
                 running[unit] = [(index, cmd, spans)]
+
+    @staticmethod
+    def _finished(rule, entries: list):
+        """Drop the entries that have surely finished once a new command of their unit dispatches
+        (behind ``entries[-1]``), by ``rule`` (a value of ``pipelined``)."""
+        if rule is None:
+            del entries[:-1]
+            return
+        cycles, per_command = rule
+        covered = 0                          # of the commands after each entry, the newest one's excluded
+        for i in range(len(entries) - 2, -1, -1):
+            covered += entries[i + 1][1].rows + per_command
+            if covered >= cycles:
+                del entries[:i + 1]
+                return
 
 
 def _walk(program: Program, config: NpuConfig):
@@ -194,7 +236,7 @@ def _walk(program: Program, config: NpuConfig):
 def order_program(program: Program, config: NpuConfig) -> Program:
     """The program with the fewest ``wait`` tokens that order it added to each accepted command (tokens
     already set are kept). Raw-int commands stay raw ints; rejected ones are unchanged."""
-    tracker, commands = DependencyTracker(), []
+    tracker, commands = DependencyTracker(config), []
     for index, cmd, spans in _walk(program, config):
         original = program.commands[index]
         if cmd is None:
@@ -212,7 +254,7 @@ def order_program(program: Program, config: NpuConfig) -> Program:
 
 def check_program(program: Program, config: NpuConfig):
     """Raise ``HazardError`` (naming both commands) if the program's tokens leave a hazard unordered."""
-    tracker = DependencyTracker()
+    tracker = DependencyTracker(config)
     for index, cmd, spans in _walk(program, config):
         if cmd is not None:
             tracker.dispatch_spans(index, cmd, spans)

@@ -15,7 +15,7 @@ from opennpu.config import NpuConfig
 
 from . import numerics
 from .checks import data_in_bytes, k_tile, quant_params, stream_weight_words, validate, weight_words
-from .deps import DependencyTracker, HazardError, checked
+from .deps import DependencyTracker, HazardError, act_params, checked
 from .isa import ActFn, Buf, ErrorCode, Opcode, Precision
 from .program import COUNTER_NAMES, Program, ProgramError, Result
 from .timing import CycleModel
@@ -98,7 +98,7 @@ class GoldenNpu:
         self.rejected = 0
         self.counters = dict.fromkeys(COUNTER_NAMES, 0)
         self.timeline = CycleModel(c.rows, c.cols, c.dataflow)
-        self.deps = DependencyTracker()
+        self.deps = DependencyTracker(c)
         self._costs = {p: event_costs(c, p) for p in Precision}
         self._valid: dict = {}                # (command, precision, cur) -> checked(...): the checks' cache
         self._handlers = {op: getattr(self, "_" + op.name.lower()) for op in Opcode}
@@ -294,7 +294,7 @@ class GoldenNpu:
     def _activate(self, cmd):
         c, r = self.config, self.regs
         to_output = cmd.dest == 1
-        d = self.timeline.activate(cmd.wait, cmd.rows, to_output)
+        d = self.timeline.activate(cmd.wait, cmd.rows, to_output, act_params(cmd))
         multiplier, shift = self.quant[cmd.bank] if cmd.perchan else (r["multiplier"], r["shift"])
         y = numerics.activation_unit(self.acc[cmd.accaddr:cmd.accaddr + cmd.rows], self.bias[cmd.bank],
                                      multiplier, shift, r["out_zp"], r["qmin"], r["qmax"],

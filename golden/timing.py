@@ -11,19 +11,23 @@ LD     LOAD, LOAD_BIAS, LOAD_LUT,            one data-in beat per cycle, d+1 .. 
        LOAD_QUANT
 PL     PRELOAD (``w`` PE rows: krows, or     clear in d+1, PE row j written in d+2+j;
        ceil(krows/2) in a4w4)                free at d+w+2
-EX     COMPUTE (``M`` rows)                  act rows read d+1 .. d+M (= e). The command then moves
-                                             to the single *drain* slot in cycle m = max(e, drain
-                                             free); EX takes a new COMPUTE in m itself (its first
-                                             row is read in m+1, right behind our last one); the
-                                             drain slot holds it until m+L+1 where L = array
-                                             latency + 1 (last accumulator write at
-                                             e+array_latency+1).
-       output-stationary COMPUTE (``S``      e = d + max(S, cols-1); EX takes a new COMPUTE from
-       steps, ``R`` output rows)             m+1; the drain slot writes output row i in m+cols+3+i
-                                             and holds it until m+cols+R+2
-ACT    ACTIVATE (``M`` rows)                 acc rows read d+1 .. d+M; row j written/pushed in
-                                             cycle d+2+j+P (P = activation unit latency);
-                                             free at d+M+P+2
+EX     COMPUTE (``M`` rows)                  act rows read d+1 .. d+M (= e). The command then
+                                             drains: EX takes a new COMPUTE in e itself (its first
+                                             row is read in e+1, right behind our last one); the
+                                             command is done after e+L+1 where L = array latency
+                                             + 1 (last accumulator write at e+array_latency+1).
+                                             Several COMPUTEs may drain at once; each is done L+1
+                                             cycles after its move, so in order.
+       output-stationary COMPUTE (``S``      e = d + max(S, cols-1); it moves to the single drain
+       steps, ``R`` output rows)             slot in m = max(e, drain slot free); EX takes a new
+                                             COMPUTE from m+1; the drain slot writes output row i
+                                             in m+cols+3+i and holds it until m+cols+R+2
+ACT    ACTIVATE (``M`` rows, bias bank       acc rows read d+1 .. d+M; row j written/pushed in
+       ``b``, ``perchan`` ``c``)             cycle d+2+j+P (P = activation unit latency); done
+                                             at d+M+P+2; the next ACTIVATE may dispatch from
+                                             d+M+1 if it has the same ``b`` and ``c`` (the
+                                             activation unit's parameters stay; its rows follow
+                                             ours through it), else once this one is done
 ST     STORE (``n`` words of ``b`` beats),   SRAM read of word j in d+1+j*b; beats pushed
        COUNTERS (``B`` beats)                d+2 .. d+1+n*b (COUNTERS: n*b = B); free at d+n*b+2
 ====== ===================================== ==============================================
@@ -119,6 +123,7 @@ class CycleModel:
         self.last_dispatch = -1
         self.last_push = -2                # cycle of the last push into the output register
         self.max_release = 0
+        self.act_params = None             # (bank, perchan) of the last ACTIVATE
 
     def _all_free(self) -> int:
         return max([self.max_release, *self.free.values()])
@@ -168,7 +173,7 @@ class CycleModel:
 
     def compute(self, waits: int, rows: int) -> int:
         d = self._dispatch_cycle(Unit.EX, waits)
-        move = max(d + rows, self.release[Unit.EX])
+        move = d + rows                                  # (no wait: COMPUTEs drain side by side)
         release = move + self.drain_cycles + 1
         self._record(Unit.EX, d, move, release)         # (the next COMPUTE may dispatch in ``move``)
         return d
@@ -176,7 +181,8 @@ class CycleModel:
     def compute_os(self, waits: int, steps: int, mrows: int) -> int:
         """Output-stationary COMPUTE (``hdl/os_execute_unit.py``): the issue phase lasts
         ``P = max(steps, cols - 1)`` cycles (idle ones first, so a tile's results are drained before
-        the next tile overwrites them), then the command waits for the drain slot like a WS COMPUTE;
+        the next tile overwrites them), then the command waits for the single drain slot (a WS
+        COMPUTE waits for none);
         output row i is written in cycle m+cols+3+i, the slot frees after the last one."""
         d = self._dispatch_cycle(Unit.EX, waits)
         move = max(d + max(steps, self.cols - 1), self.release[Unit.EX])
@@ -184,9 +190,14 @@ class CycleModel:
         self._record(Unit.EX, d, move + 1, release)
         return d
 
-    def activate(self, waits: int, rows: int, to_output: bool) -> int:
+    def activate(self, waits: int, rows: int, to_output: bool, params: tuple) -> int:
+        """ACTIVATE of ``rows`` rows; ``params`` (``golden.deps.act_params``: its bias bank and
+        ``perchan``) decide whether it may follow the one before while that one's rows are in flight."""
         d = self._dispatch_cycle(Unit.ACT, waits)
-        self._record(Unit.ACT, d, d + rows + ACT_LATENCY + 2, d + rows + ACT_LATENCY + 2)
+        if params != self.act_params:
+            d = max(d, self.release[Unit.ACT])
+        self.act_params = params
+        self._record(Unit.ACT, d, d + rows + 1, d + rows + ACT_LATENCY + 2)
         if to_output:
             self.last_push = max(self.last_push, d + rows + ACT_LATENCY + 1)
         return d

@@ -128,11 +128,13 @@ class Controller(wiring.Component):
         busy = disp.busy
         m.d.comb += [
             busy.ld.eq(ld.busy), busy.pl.eq(engine.pl_busy), busy.ex_issue.eq(engine.issue_busy),
-            busy.ex_drain.eq(engine.drain_busy), busy.act.eq(wb.busy), busy.st.eq(st.busy),
+            busy.ex_drain.eq(engine.drain_busy), busy.ex_older.eq(engine.older_busy), busy.act.eq(wb.busy),
+            busy.act_read.eq(wb.reading), busy.st.eq(st.busy),
+            disp.act_bank.eq(wb.bias_bank), disp.act_perchan.eq(wb.per_channel),
             disp.ex_issue_ends.eq(engine.issue_ends),
             self.busy.eq(busy.as_value().any()),
             act_fn.i_valid.eq(wb.i_valid), act_fn.i_acc.eq(wb.i_acc),
-            wb.o_valid.eq(act_fn.o_valid), wb.o_data.eq(act_fn.o_data),
+            wb.o_data.eq(act_fn.o_data),
             act_fn.lut_we.eq(ld.lut_we), act_fn.lut_addr.eq(ld.lut_addr),
             act_fn.lut_wdata.eq(ld.lut_wdata),
             ld.din.eq(self.din), self.want_in.eq(ld.want), self.want_in_next.eq(ld.want_next),

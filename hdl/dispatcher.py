@@ -1,9 +1,12 @@
 """The dispatcher: checks the head command and starts it on its unit once its ``wait`` tokens allow.
 
 No addresses are compared. A command of unit U dispatches when U is free and every unit its ``wait``
-tokens (``golden.isa.Wait``) name is idle (``EX_OLDER``: EX's drain slot is empty or the issue slot is
-free, i.e. no COMPUTE but the last one is in flight); a COMPUTE also dispatches in the cycle EX's issue
-slot frees (``ex_issue_ends``: its command moves to the drain slot), so rows stream without a gap;
+tokens (``golden.isa.Wait``) name is idle (``EX_OLDER``: no COMPUTE but the last one is in flight:
+none drains while the issue slot holds one, nor besides the last one moved while it is free); a
+COMPUTE also dispatches in the cycle EX's issue slot frees (``ex_issue_ends``: its command has issued
+its rows and moves on to drain), so rows stream without a gap; an ACTIVATE dispatches once ACT has
+read the rows of the one before, if both use the same bias bank and ``perchan`` (the activation unit's
+parameters stay), else once ACT is idle;
 CONFIG, FENCE and COUNTERS dispatch when every unit is idle; a command the checker flags is rejected
 (sticky ``error``, ``rejected`` += 1, nothing runs): at once, or, if it takes data-in (a malformed
 LOAD), once LD is free, which then consumes its beats and drops them (``discard``), so later LOADs read
@@ -39,12 +42,15 @@ class HeadState(data.Struct):
 
 
 class UnitBusy(data.Struct):
-    """Which units hold a command (EX: its issue slot and its drain slot)."""
+    """Which units hold a command (EX: its issue slot; a COMPUTE draining; one draining besides the
+    last one that left the issue slot. ACT: a row in flight; reading accumulator rows)."""
     ld: 1
     pl: 1
     ex_issue: 1
     ex_drain: 1
+    ex_older: 1
     act: 1
+    act_read: 1
     st: 1
 
 
@@ -83,6 +89,9 @@ class Dispatcher(wiring.Component):
     busy : In(UnitBusy)
     ex_issue_ends : In(1)
         EX's issue slot frees at the end of this cycle (a COMPUTE may dispatch in it).
+    act_bank, act_perchan : In(1)
+        ``bank`` and ``perchan`` of the last ACTIVATE started: one with the same two may start while
+        that one's rows are still in the activation unit (``golden.timing.CycleModel.activate``).
     start : Out(UnitStart); consume : Out(1)
         The head dispatches on a unit / is dispatched or rejected this cycle.
     precision : Out(2)
@@ -97,7 +106,8 @@ class Dispatcher(wiring.Component):
         super().__init__({
             "head": In(HeadState), "cmd_word": In(COMMAND_BITS), "cmd_errors": Out(errors),
             "next_word": In(COMMAND_BITS), "next_errors": In(errors), "next_head": Out(HeadState),
-            "busy": In(UnitBusy), "ex_issue_ends": In(1), "start": Out(UnitStart), "consume": Out(1),
+            "busy": In(UnitBusy), "ex_issue_ends": In(1), "act_bank": In(1), "act_perchan": In(1),
+            "start": Out(UnitStart), "consume": Out(1),
             "precision": Out(2, init=Precision.INT8), "error": Out(3), "rejected": Out(16),
         })
 
@@ -132,7 +142,7 @@ class Dispatcher(wiring.Component):
         def waits(token):
             return (wait & int(token)).any()
         blocked = ((waits(Wait.LD) & busy.ld) | (waits(Wait.PL) & busy.pl) | (waits(Wait.EX) & ex_busy)
-                   | (waits(Wait.EX_OLDER) & busy.ex_issue & busy.ex_drain)
+                   | (waits(Wait.EX_OLDER) & ((busy.ex_issue & busy.ex_drain) | busy.ex_older))
                    | (waits(Wait.ACT) & busy.act) | (waits(Wait.ST) & busy.st))
         all_idle = ~(busy.as_value().any())
         can = Signal()
@@ -148,7 +158,9 @@ class Dispatcher(wiring.Component):
             with m.Case(Opcode.COMPUTE):
                 m.d.comb += [can.eq((~busy.ex_issue | self.ex_issue_ends) & ~blocked), unit.ex.eq(1)]
             with m.Case(Opcode.ACTIVATE):
-                m.d.comb += [can.eq(~busy.act & ~blocked), unit.act.eq(1)]
+                act_view = data.View(command_layout(Opcode.ACTIVATE), head.word)
+                same = (act_view.bank == self.act_bank) & (act_view.perchan == self.act_perchan)
+                m.d.comb += [can.eq(~busy.act_read & (~busy.act | same) & ~blocked), unit.act.eq(1)]
             with m.Case(Opcode.STORE):
                 m.d.comb += [can.eq(~busy.st & ~blocked), unit.st.eq(1)]
         # A rejected command with data-in (``golden.checks.data_in_beats``) waits for LD and hands it the

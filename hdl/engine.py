@@ -9,8 +9,10 @@ word : In(COMMAND_BITS)
     The head command word (fields sampled on a start pulse).
 precision : In(2)
     The CONFIG precision (``golden.isa.Precision``), stable while the engine is busy.
-pl_busy, issue_busy, drain_busy : Out(1)
-    PL busy (always 0 in the output-stationary engine, which has no PRELOAD); EX's issue and drain slots.
+pl_busy, issue_busy, drain_busy, older_busy : Out(1)
+    PL busy (always 0 in the output-stationary engine, which has no PRELOAD); EX's issue slot; EX
+    drains a COMPUTE; EX drains one besides the last one moved (``older_busy``: always 0 in the
+    output-stationary engine, whose single drain slot holds one).
 issue_ends : Out(1)
     EX's issue slot frees at the end of this cycle and a COMPUTE may start in it (weight-stationary:
     its ``move``; always 0 in the output-stationary engine, whose next COMPUTE starts a cycle later).
@@ -54,7 +56,8 @@ def engine_signature(config: NpuConfig) -> wiring.Signature:
     c = config
     return wiring.Signature({
         "start_pl": In(1), "start_ex": In(1), "word": In(COMMAND_BITS), "precision": In(2),
-        "pl_busy": Out(1), "issue_busy": Out(1), "drain_busy": Out(1), "issue_ends": Out(1),
+        "pl_busy": Out(1), "issue_busy": Out(1), "drain_busy": Out(1), "older_busy": Out(1),
+        "issue_ends": Out(1),
         "act_rd": In(read_port_signature(c.act_depth, 8 * c.act_word_bytes)),
         "wgt_rd": In(read_port_signature(c.wgt_depth, 8 * c.wgt_word_bytes)),
         "acc_rmw_rd": In(read_port_signature(c.acc_depth, 32 * c.cols)),
@@ -107,7 +110,7 @@ class WsEngine(wiring.Component):
             ex.start.eq(self.start_ex), ex.aaddr.eq(comp.aaddr), ex.accaddr.eq(comp.accaddr),
             ex.rows.eq(comp.rows), ex.accumulate.eq(comp.accumulate), ex.buf.eq(cur), ex.row_macs.eq(pe_macs[cur]),
             self.pl_busy.eq(pl.busy), self.issue_busy.eq(ex.issue_busy), self.drain_busy.eq(ex.drain_busy),
-            self.issue_ends.eq(ex.move),
+            self.older_busy.eq(ex.older_busy), self.issue_ends.eq(ex.move),
             self.events.row.eq(ex.ev_row), self.events.macs.eq(ex.macs), self.events.act_read.eq(ex.ev_row),
             self.events.wgt_read.eq(pl.ev_wgt_read), self.events.acc_read.eq(ex.ev_acc_read),
             self.events.acc_write.eq(ex.ev_acc_write),

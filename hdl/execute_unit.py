@@ -24,17 +24,19 @@ class ExecuteUnit(wiring.Component):
     Timing: ``start`` in cycle d; row j's activation SRAM read in d+1+j (``issue_busy``), the row
     enters the array in d+2+j and its result is written (overwrite, or read-modify-write when
     ``accumulate``: the old word is read in d+j+L through a port transparent to the write) in d+2+j+L,
-    L = array latency (>= 3). The last row
-    is issued in e = d+rows; in the first cycle m >= e with the drain slot empty, ``move`` pulses, the
-    issue slot frees (a new COMPUTE may start in m itself: the dispatcher sees ``move``, and the new
-    command's first row is read in m+1, right behind the last one) and the drain slot stays busy
-    m+1 .. m+L+1.
+    L = array latency (>= 3). The last row is issued in e = d+rows; then ``move`` pulses, the issue
+    slot frees (a new COMPUTE may start in e itself: the dispatcher sees ``move``, and the new
+    command's first row is read in e+1, right behind the last one) and the command drains: it is done
+    after e+L+1. Several COMPUTEs may drain at once (their rows carry their accumulator addresses
+    through the array, ``_RowTag``); since each drains the same L+1 cycles after its move, the last
+    one moved is done last: ``drain_busy`` is high until it is done (e+1 .. e+L+1), ``older_busy``
+    until the one moved before it is.
 
     Members
     -------
     start, aaddr, accaddr, rows, accumulate, buf, row_macs : In
         Dispatch pulse, command fields, the PE buffer to use and useful MACs per row of that buffer.
-    issue_busy, drain_busy, move : Out(1)
+    issue_busy, drain_busy, older_busy, move : Out(1)
     act_rd, acc_rmw_rd, acc_wr : SRAM ports.
     a_valid, a_data, a_buf : Out, out_valid, out_data : In
         Systolic array row interface.
@@ -47,7 +49,7 @@ class ExecuteUnit(wiring.Component):
         super().__init__({
             "start": In(1), "aaddr": In(16), "accaddr": In(16), "rows": In(16), "accumulate": In(1),
             "buf": In(1), "row_macs": In(16),
-            "issue_busy": Out(1), "drain_busy": Out(1), "move": Out(1),
+            "issue_busy": Out(1), "drain_busy": Out(1), "older_busy": Out(1), "move": Out(1),
             "act_rd": In(read_port_signature(c.act_depth, 8 * c.act_word_bytes)),
             "acc_rmw_rd": In(read_port_signature(c.acc_depth, 32 * c.cols)),
             "acc_wr": In(write_port_signature(c.acc_depth, 32 * c.cols)),
@@ -63,13 +65,13 @@ class ExecuteUnit(wiring.Component):
         latency = array_latency(c.rows, c.cols)
         aaddr, accaddr, rows_left = Signal(16), Signal(16), Signal(17)
         accumulate, buf, row_macs = Signal(), Signal(), Signal(16)
-        drain_left = Signal(range(latency + 2))
+        drain_left, older_left = Signal(range(latency + 2)), Signal(range(latency + 2))
         last = Signal()                               # == (rows_left <= 1), kept in a register
 
         # -- issue slot -------------------------------------------------------------------------
         issuing = Signal()
         m.d.comb += [issuing.eq(self.issue_busy & (rows_left != 0)),
-                     self.move.eq(self.issue_busy & last & ~self.drain_busy),
+                     self.move.eq(self.issue_busy & last),
                      self.ev_row.eq(issuing), self.macs.eq(row_macs)]
         m.d.comb += self.act_rd.addr.eq(aaddr)        # (from the register, read or not)
         with m.If(issuing):
@@ -77,9 +79,15 @@ class ExecuteUnit(wiring.Component):
             m.d.sync += [aaddr.eq(aaddr + 1), accaddr.eq(accaddr + 1), rows_left.eq(rows_left - 1),
                          last.eq(rows_left <= 2)]
 
-        # -- drain slot ---------------------------------------------------------------------------
+        # -- drain: the last COMPUTE moved (``drain_left``) and the one moved before it (``older_left``;
+        # any earlier one is done before it) -----------------------------------------------------------
+        with m.If(self.older_busy):
+            m.d.sync += older_left.eq(older_left - 1)
+            with m.If(older_left == 1):
+                m.d.sync += self.older_busy.eq(0)
         with m.If(self.move):
-            m.d.sync += [self.issue_busy.eq(0), self.drain_busy.eq(1), drain_left.eq(latency + 1)]
+            m.d.sync += [self.issue_busy.eq(0), self.drain_busy.eq(1), drain_left.eq(latency + 1),
+                         self.older_busy.eq(self.drain_busy & (drain_left != 1)), older_left.eq(drain_left - 1)]
         with m.Elif(self.drain_busy):
             m.d.sync += drain_left.eq(drain_left - 1)
             with m.If(drain_left == 1):

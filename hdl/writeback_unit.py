@@ -5,6 +5,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from opennpu.config import NpuConfig
+from opennpu.golden.timing import ACT_LATENCY
 
 from .common import read_port_signature, write_port_signature
 
@@ -17,19 +18,23 @@ class WritebackUnit(wiring.Component):
     Timing: ``start`` in cycle d; accumulator row j read in d+1+j, presented to the activation unit
     in d+2+j, result written to activation SRAM word ``aaddr + j`` (``dest`` = 0; lanes beyond
     ``min(rows, cols)`` are zero) or pushed to data-out (``dest`` = 1) in d+2+j+P, P = activation
-    unit latency; ``busy`` high d+1 .. d+rows+P+1.
+    unit latency (``golden.timing.ACT_LATENCY``). ``reading`` is high d+1 .. d+rows: the unit takes the
+    next ACTIVATE from d+rows+1, while this one's rows are still in the activation unit (each row
+    carries its destination, ``dest`` and the SRAM word, beside it); ``busy`` is high until the last
+    row in flight is written or pushed (d+1 .. d+rows+P+1 for the last ACTIVATE).
 
     Members
     -------
     start, accaddr, aaddr, rows, dest, bank, perchan : In
-    busy : Out(1)
+    reading, busy : Out(1)
     bias_bank : Out(1)
-        The bias bank of the ACTIVATE in flight (selects the activation unit's bias).
+        The bias bank of the ACTIVATE whose rows are read (the activation unit's bias and
+        requantization parameters follow it, each at the stage that uses it: ``hdl/controller.py``).
     per_channel : Out(1)
-        The ACTIVATE in flight requantizes with its bank's per-channel parameters (``perchan``).
+        That ACTIVATE requantizes with its bank's per-channel parameters (``perchan``).
     acc_rd, act_wr : SRAM ports.
-    i_valid, i_acc : Out; o_valid, o_data : In
-        The activation unit's row interface.
+    i_valid, i_acc : Out; o_data : In
+        The activation unit's row interface (a row presented in cycle t leaves in t+P).
     push, push_data : Out
         A data-out beat this cycle (the result row, zero-padded to the bus width).
     ev_acc_read, ev_act_op, ev_act_write : Out(1)
@@ -39,11 +44,12 @@ class WritebackUnit(wiring.Component):
         self._config = c = config
         super().__init__({
             "start": In(1), "accaddr": In(16), "aaddr": In(16), "rows": In(16), "dest": In(1),
-            "bank": In(1), "perchan": In(1), "busy": Out(1), "bias_bank": Out(1), "per_channel": Out(1),
+            "bank": In(1), "perchan": In(1), "reading": Out(1), "busy": Out(1), "bias_bank": Out(1),
+            "per_channel": Out(1),
             "acc_rd": In(read_port_signature(c.acc_depth, 32 * c.cols)),
             "act_wr": In(write_port_signature(c.act_depth, 8 * c.act_word_bytes)),
             "i_valid": Out(1), "i_acc": Out(data.ArrayLayout(signed(32), c.cols)),
-            "o_valid": In(1), "o_data": In(data.ArrayLayout(signed(8), c.cols)),
+            "o_data": In(data.ArrayLayout(signed(8), c.cols)),
             "push": Out(1), "push_data": Out(8 * c.bus_bytes),
             "ev_acc_read": Out(1), "ev_act_op": Out(1), "ev_act_write": Out(1),
         })
@@ -52,32 +58,32 @@ class WritebackUnit(wiring.Component):
         m = Module()
         c = self._config
         m.d.comb += self.acc_rd.en.eq(0)            # memory read ports default to enabled
-        raddr, waddr, rows_left, outs_left = Signal(16), Signal(16), Signal(17), Signal(17)
-        # SRAM addresses and write data straight from registers; only the enables depend on the state.
-        m.d.comb += [self.acc_rd.addr.eq(raddr), self.act_wr.addr.eq(waddr),
-                     self.act_wr.data.eq(self.o_data.as_value()[:8 * min(c.rows, c.cols)])]
+        raddr, waddr, rows_left = Signal(16), Signal(16), Signal(17)
         dest = Signal()
-
-        reading = Signal()
-        m.d.comb += reading.eq(self.busy & (rows_left != 0))
+        m.d.comb += [self.acc_rd.addr.eq(raddr), self.reading.eq(rows_left != 0)]
         with m.If(self.start):
-            m.d.sync += [self.busy.eq(1), raddr.eq(self.accaddr), waddr.eq(self.aaddr),
-                         rows_left.eq(self.rows), outs_left.eq(self.rows), dest.eq(self.dest),
-                         self.bias_bank.eq(self.bank), self.per_channel.eq(self.perchan)]
-        with m.If(reading):
+            m.d.sync += [raddr.eq(self.accaddr), waddr.eq(self.aaddr), rows_left.eq(self.rows),
+                         dest.eq(self.dest), self.bias_bank.eq(self.bank), self.per_channel.eq(self.perchan)]
+        with m.If(self.reading):
             m.d.comb += [self.acc_rd.en.eq(1), self.ev_acc_read.eq(1)]
-            m.d.sync += [raddr.eq(raddr + 1), rows_left.eq(rows_left - 1)]
-        m.d.sync += self.i_valid.eq(reading)
+            m.d.sync += [raddr.eq(raddr + 1), waddr.eq(waddr + 1), rows_left.eq(rows_left - 1)]
+        m.d.sync += self.i_valid.eq(self.reading)
         m.d.comb += self.i_acc.as_value().eq(self.acc_rd.data)
 
-        with m.If(self.o_valid):
+        # -- each row's destination travels beside the activation unit: stage 0 lines up with i_valid,
+        # stage P with the row's result ------------------------------------------------------------
+        tag_layout = data.StructLayout({"valid": 1, "dest": 1, "waddr": 16})
+        tags = [Signal(tag_layout, name=f"tag_d{i}") for i in range(ACT_LATENCY + 1)]
+        m.d.sync += [tags[0].valid.eq(self.reading), tags[0].dest.eq(dest), tags[0].waddr.eq(waddr)]
+        m.d.sync += [nxt.eq(prev) for prev, nxt in zip(tags, tags[1:])]
+        m.d.comb += self.busy.eq(self.reading | Cat(tag.valid for tag in tags).any())
+        out = tags[-1]
+        m.d.comb += [self.act_wr.addr.eq(out.waddr),
+                     self.act_wr.data.eq(self.o_data.as_value()[:8 * min(c.rows, c.cols)])]
+        with m.If(out.valid):
             m.d.comb += self.ev_act_op.eq(1)
-            m.d.sync += outs_left.eq(outs_left - 1)
-            with m.If(outs_left == 1):
-                m.d.sync += self.busy.eq(0)
-            with m.If(dest):
+            with m.If(out.dest):
                 m.d.comb += [self.push.eq(1), self.push_data.eq(self.o_data.as_value())]
             with m.Else():
                 m.d.comb += [self.act_wr.en.eq(1), self.ev_act_write.eq(1)]
-                m.d.sync += waddr.eq(waddr + 1)
         return m

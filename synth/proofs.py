@@ -19,6 +19,7 @@ from amaranth.lib.wiring import In, Out
 
 from opennpu.config import NpuConfig
 from opennpu.golden.program import COUNTER_NAMES
+from opennpu.golden.timing import ACT_LATENCY, array_latency
 from opennpu.hdl.counters import Counters, Events
 from opennpu.hdl.dispatcher import UnitStart
 
@@ -495,14 +496,19 @@ class WritesInRange(_NpuHarness):
 
     - LD (``LOAD``): ``addr <= address < addr + rows`` of the last LOAD started, into the SRAM its
       ``buf`` names (an act write only for ``buf`` act, a weight write only for ``buf`` wgt);
-    - ACT (``ACTIVATE``): an act write only for ``dest`` act, inside ``aaddr .. aaddr + rows - 1``;
+    - ACT (``ACTIVATE``): an act write only for ``dest`` act, inside ``aaddr .. aaddr + rows - 1`` of
+      one of the last ``ACT_LATENCY + 2`` ACTIVATEs started (ACT reads one while the rows of earlier
+      ones, each at least a row and a cycle apart, pass through the activation unit);
     - EX (``COMPUTE``): an accumulator write inside ``accaddr .. accaddr + rows - 1`` of one of the
-      last two COMPUTEs started (the EX unit drains one while it issues the next).
+      last ``array_latency + 3`` COMPUTEs started (the EX unit issues one while earlier ones drain,
+      each at least a row and done ``array_latency + 2`` cycles after its last row issues).
 
-    BMC from reset: 12 cycles in the default suite (a LOAD from its beat to its write; a one-row COMPUTE
-    up to its accumulator write, step 10), 19 in the slow one (an ACTIVATE's act SRAM write too: the
-    activation unit's latency is 10 cycles; each further step took minutes with the WebAssembly
-    Boolector).
+    BMC from reset: 12 cycles in the default suite (a LOAD from its beat to its write), 31 in the slow
+    one: the first accumulator write is reachable in step 24 (from there, three one-row COMPUTEs in
+    flight break a tracker of the last two, as the one before the side-by-side drain had) and the first
+    ACTIVATE's act SRAM write in step 29 (found by asserting that neither happens). Measured: 19 steps
+    4 s, 27 steps 11 s, 31 steps 455 s while other jobs shared the 2 cores; 34 steps ended in a
+    solver error after 761 s.
     """
 
     def elaborate(self, platform):
@@ -534,22 +540,29 @@ class WritesInRange(_NpuHarness):
             Assert(~ld.wgt_wr.en | ((ld_buf == Buf.WGT) & inside(ld.wgt_wr.addr, ld_base, ld_rows)),
                    "LD wrote the weight SRAM outside its LOAD"),
         ]
-        # ACT: the last ACTIVATE's destination range.
+        # ACT: the destination ranges of the ACTIVATEs that may still write, newest first.
         act = view[Opcode.ACTIVATE]
-        wb_base, wb_rows = Signal(16), Signal(16)
+        wb = [(Signal(16, name=f"wb{i}_base"), Signal(16, name=f"wb{i}_rows")) for i in range(ACT_LATENCY + 2)]
         with m.If(start.act):
-            m.d.sync += [wb_base.eq(act.aaddr), wb_rows.eq(Mux(act.dest == 0, act.rows, 0))]
-        m.d.comb += Assert(~core.wb.act_wr.en | inside(core.wb.act_wr.addr, wb_base, wb_rows),
-                           "ACT wrote the act SRAM outside its ACTIVATE")
-        # EX: the last two COMPUTEs' accumulator ranges.
+            m.d.sync += [wb[0][0].eq(act.aaddr), wb[0][1].eq(Mux(act.dest == 0, act.rows, 0))]
+            m.d.sync += [part.eq(older) for newer, prev in zip(wb[1:], wb) for part, older in zip(newer, prev)]
+        in_act = 0
+        for base, rows in wb:
+            in_act = in_act | inside(core.wb.act_wr.addr, base, rows)
+        m.d.comb += Assert(~core.wb.act_wr.en | in_act, "ACT wrote the act SRAM outside its ACTIVATE")
+        # EX: the accumulator ranges of the COMPUTEs that may still write, newest first.
         comp = view[Opcode.COMPUTE]
-        ex = [(Signal(16, name=f"ex{i}_base"), Signal(16, name=f"ex{i}_rows")) for i in range(2)]
+        c = self.dut.config
+        in_flight = array_latency(c.rows, c.cols) + 3
+        ex = [(Signal(16, name=f"ex{i}_base"), Signal(16, name=f"ex{i}_rows")) for i in range(in_flight)]
         with m.If(start.ex):
-            m.d.sync += [ex[0][0].eq(comp.accaddr), ex[0][1].eq(comp.rows), ex[1][0].eq(ex[0][0]),
-                         ex[1][1].eq(ex[0][1])]
+            m.d.sync += [ex[0][0].eq(comp.accaddr), ex[0][1].eq(comp.rows)]
+            m.d.sync += [part.eq(older) for newer, prev in zip(ex[1:], ex) for part, older in zip(newer, prev)]
         wr = core.engine.acc_wr
-        m.d.comb += Assert(~wr.en | inside(wr.addr, *ex[0]) | inside(wr.addr, *ex[1]),
-                           "EX wrote the accumulator SRAM outside its COMPUTE")
+        hit = 0
+        for base, rows in ex:
+            hit = hit | inside(wr.addr, base, rows)
+        m.d.comb += Assert(~wr.en | hit, "EX wrote the accumulator SRAM outside its COMPUTE")
         return m
 
 
@@ -564,7 +577,7 @@ PROOFS = {
                                                                          bus_bytes=8)), "bmc", 20, 24),
     "npu_stream_rules": (lambda: NpuStreamRules(SMALL_CONFIG), "bmc", 10, 40),
     "rejected_writes_nothing": (lambda: RejectedWritesNothing(SMALL_CONFIG), "bmc", 8, 30),
-    "writes_in_range": (lambda: WritesInRange(SMALL_CONFIG), "bmc", 12, 19),
+    "writes_in_range": (lambda: WritesInRange(SMALL_CONFIG), "bmc", 12, 31),
     "link_stream_rules": (lambda: LinkStreamRules(), "bmc", 45, 64),
     "link_delivery": (lambda: LinkDelivery(), "bmc", 20, 62),
     "crc_serial": (lambda: CrcSerial(), "prove", 17, 17),

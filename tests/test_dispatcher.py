@@ -11,7 +11,7 @@ CONFIG = NpuConfig(rows=2, cols=2, act_depth=16, wgt_depth=8, acc_depth=8, preci
 COMPUTE = Command(Opcode.COMPUTE, aaddr=0, accaddr=0, rows=1)
 LOAD = Command(Opcode.LOAD, buf=0, addr=0, rows=1)
 STORE = Command(Opcode.STORE, buf=2, addr=0, rows=1)
-BUSY = ("ld", "pl", "ex_issue", "ex_drain", "act", "st")
+BUSY = ("ld", "pl", "ex_issue", "ex_drain", "ex_older", "act", "act_read", "st")
 
 
 def _run(bench):
@@ -41,7 +41,8 @@ TOKEN_CASES = [
     (Wait.LD, [dict(ld=1)], [dict(pl=1, ex_issue=1, act=1, st=1)]),
     (Wait.PL, [dict(pl=1)], [dict(ld=1, act=1)]),
     (Wait.EX, [dict(ex_issue=1), dict(ex_drain=1)], [dict(ld=1)]),
-    (Wait.EX_OLDER, [dict(ex_issue=1, ex_drain=1)], [dict(ex_issue=1), dict(ex_drain=1)]),
+    (Wait.EX_OLDER, [dict(ex_issue=1, ex_drain=1), dict(ex_drain=1, ex_older=1)],
+     [dict(ex_issue=1), dict(ex_drain=1)]),
     (Wait.ACT, [dict(act=1)], [dict(st=1)]),
     (Wait.ST, [dict(st=1)], [dict(act=1, ex_drain=1, pl=1)]),
 ]

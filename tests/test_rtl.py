@@ -167,8 +167,8 @@ def test_activate_to_activation_sram_chains_layers():
     config = small_config(2, 2)
     spec = random_gemm(5, 2, 2, seed=4)
     gp = build_gemm(config, spec)
-    commands = [c if c.op != Opcode.ACTIVATE else Command(Opcode.ACTIVATE, accaddr=c.accaddr, aaddr=100,
-                                                          rows=c.rows, dest=0)
+    commands = [c if c.op != Opcode.ACTIVATE else Command(Opcode.ACTIVATE, accaddr=c.accaddr,
+                                                          aaddr=100 + c.aaddr, rows=c.rows, dest=0)
                 for c in gp.program.commands]
     program = order_program(Program(commands + [Command(Opcode.STORE, buf=Buf.ACT, addr=100, rows=5)],
                                     gp.program.data_in), config)
