@@ -47,16 +47,32 @@ def costed_events(ev, config: NpuConfig) -> dict:
             "act_ops": (ev.act_row, config.cols)}
 
 
-def _scaled(field, constant: int):
-    """``field * constant`` for a narrow unsigned ``field``, as a table of constants (no multiplier)."""
-    return Array(C(i * constant) for i in range(1 << len(field)))[field]
-
-
-def _times(value, constant: int):
-    """``value * constant`` as a balanced sum of ``value`` shifted by the set bits of ``constant`` (LUT
-    adders, no DSP multiplier)."""
-    shifts = [k for k in range(constant.bit_length()) if constant >> k & 1]
-    return _balanced_sum([value << k for k in shifts]) if shifts else C(0)
+def _cost_sum(fields: list, group_bits: int = 4):
+    """``sum(field * cost)`` over ``(field, cost)`` pairs of narrow unsigned fields, with no multiplier: the
+    fields' bits are cut into chunks of at most ``group_bits`` bits (a chunk at bit offset k costs
+    ``cost << k`` per unit), the chunks packed into groups of at most ``group_bits`` bits, each group's sum
+    a table of constants on its bits (one LUT4 per result bit), and the groups added in a balanced tree."""
+    chunks = [(field[k:k + group_bits], cost << k) for field, cost in fields
+              for k in range(0, len(field), group_bits)]
+    groups = []            # first fit, widest chunks first
+    for chunk in sorted(chunks, key=lambda chunk: -len(chunk[0])):
+        for group in groups:
+            if sum(len(f) for f, _ in group) + len(chunk[0]) <= group_bits:
+                group.append(chunk)
+                break
+        else:
+            groups.append([chunk])
+    terms = []
+    for group in groups:
+        def entry(i, group=group):
+            total = 0
+            for f, cost in group:
+                total += (i & ((1 << len(f)) - 1)) * cost
+                i >>= len(f)
+            return total
+        index = Cat(*(f for f, _ in group))
+        terms.append(Array(C(entry(i)) for i in range(1 << len(index)))[index])
+    return _balanced_sum(terms) if terms else C(0)
 
 
 def _balanced_sum(terms: list):
@@ -73,8 +89,8 @@ class Counters(wiring.Component):
     include every cycle before the current one. The events of each running (``run``) cycle go through a
     pipeline: registered first; then what each event counter gains is registered (``gain``: the counts,
     and for ``energy_fj`` their cost from the configuration's energy table, the same ``event_costs`` the
-    golden model uses, in ``pending``, and the MACs' energy, a constant multiply as shifted adds from the
-    registered MACs, in ``mac_pending``); then the gains are added to the counters. The value of an event
+    golden model uses, tables of constants on the registered events and an adder tree, in ``pending``);
+    then the gains are added to the counters. The value of an event
     counter in cycle t therefore includes the events of every cycle before t - 1.
 
     Storage: an event counter is a narrow *delta* register plus a ``counter_bits`` slot in a memory (LUT
@@ -161,8 +177,9 @@ class Counters(wiring.Component):
                      counted.int4_macs.eq(self.events.row & int4)]
         m.d.sync += ev.eq(Mux(self.run, counted, 0))
         # Stage 2: what each event counter gains, registered (``gain``): the counts, and for ``energy_fj``
-        # the cost of the events in ``pending`` and the MACs' energy in ``mac_pending`` (from the registered
-        # MACs: no path from the units' state through a multiplier). Stage 3 adds the gains to the deltas.
+        # the cost of all the events (the configuration's energy table, the same ``event_costs`` the golden
+        # model uses) in ``pending``: tables on the registered events and an adder tree, no multiplier.
+        # Stage 3 adds the gains to the deltas.
         most = self.max_gain()
         counts = {"busy_cycles": ev.row, "macs": ev.macs, "int4_macs": Mux(ev.int4_macs, ev.macs, 0),
                   **{name: field * factor for name, (field, factor) in costed_events(ev, c).items()}}
@@ -171,15 +188,20 @@ class Counters(wiring.Component):
             if most[name]:
                 gain[name] = Signal(range(most[name] + 1), name=f"{name}_gain")
                 m.d.sync += gain[name].eq(count)
-        pending, mac_pending = Signal(range(most["energy_fj"] + 1)), Signal(range(most["energy_fj"] + 1))
+        pending = Signal(range(most["energy_fj"] + 1))
         if c.energy_counter:
-            cost, cost_int4 = event_costs(c), event_costs(c, Precision.A4W4)
-            m.d.sync += mac_pending.eq(Mux(ev.int4_macs, _times(ev.macs, cost_int4["macs"]),
-                                           _times(ev.macs, cost["macs"])))
-            # Each event's cost from a table on its (1- or 2-bit) count, no multiplier; a balanced sum.
-            m.d.sync += pending.eq(_balanced_sum([_scaled(field, factor * cost[name])
-                                                  for name, (field, factor) in costed_events(ev, c).items()]))
-            gain["energy_fj"] = pending + mac_pending
+            cost, cost_int4 = event_costs(c)["macs"], event_costs(c, Precision.A4W4)["macs"]
+            # (``macs`` holds at most ``most["macs"]``. With a4w4, a row's MACs all cost the cheaper
+            # precision's cost, and the MACs of the dearer precision the difference on top.)
+            macs = ev.macs[:most["macs"].bit_length()]
+            mac_costs = [(macs, cost)]
+            if "a4w4" in c.precisions:
+                dearer = Mux(ev.int4_macs, macs, 0) if cost_int4 > cost else Mux(ev.int4_macs, 0, macs)
+                mac_costs = [(macs, min(cost, cost_int4)), (dearer, abs(cost - cost_int4))]
+            m.d.sync += pending.eq(_cost_sum(
+                mac_costs + [(field, factor * event_costs(c)[name])
+                             for name, (field, factor) in costed_events(ev, c).items()]))
+            gain["energy_fj"] = pending
 
         # The memory: row ``r`` holds counters ``r * per_row`` onwards (as many as a readout beat of
         # ``bus_bytes >= 8`` holds, else one), ``per_row * counter_bits`` bits; a readout beat is one row
@@ -253,7 +275,7 @@ class Counters(wiring.Component):
         was_active = Signal()
         m.d.sync += was_active.eq(self.active)
         m.d.comb += self.settled.eq(~clearing & ~was_active & (ev.as_value() == 0)
-                                    & ~Cat(*gain.values(), pending, mac_pending, *deltas.values()).any())
+                                    & ~Cat(*gain.values(), *deltas.values()).any())
 
         # The readout: row ``row`` (the part of it that beat ``sel`` holds), the live counters from their marks.
         rd = words.read_port(domain="comb")
