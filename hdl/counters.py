@@ -249,9 +249,10 @@ class Counters(wiring.Component):
 
         def row_select(values: dict):
             """The slots of row ``fp``: ``values[name]`` for the counters in it, 0 elsewhere."""
-            return Array(Cat(*(values.get(COUNTER_NAMES[r * per_row + q], C(0, bits)) if r * per_row + q < n
-                               else C(0, bits) for q in range(per_row)))
-                         for r in range(rows))[fp]
+            def slot(i):
+                value = values.get(COUNTER_NAMES[i], C(0, bits)) if i < n else C(0, bits)
+                return Cat(value, C(0, bits - len(value)))
+            return Array(Cat(*(slot(r * per_row + q) for q in range(per_row))) for r in range(rows))[fp]
 
         # A counter's delta with this cycle's gain (what the flush adds, and what a sample holds); a flush
         # or a sample empties it.
