@@ -16,8 +16,8 @@ def counter_readout_signature(config: NpuConfig) -> wiring.Signature:
 
     ``sel``: a beat of the COUNTERS word (``COUNTER_NAMES`` order, 8 bytes per counter, zero-extended);
     ``beat``: that beat, combinational from ``sel``. ``sample``: in this running cycle a COUNTERS command
-    samples the counters; ``held``: the sampled values are being read out (``beat`` shows them instead
-    of the live ones)."""
+    samples the counters; ``held``: the sampled values are being read out, ``sel`` from 0 up, one beat
+    per running cycle (``beat`` shows them instead of the live ones)."""
     return wiring.Signature({"sel": Out(range(config.beats(COUNTER_BEATS_BYTES))), "sample": Out(1),
                              "held": Out(1), "beat": In(8 * config.bus_bytes)})
 
@@ -47,16 +47,32 @@ def costed_events(ev, config: NpuConfig) -> dict:
             "act_ops": (ev.act_row, config.cols)}
 
 
-def _scaled(field, constant: int):
-    """``field * constant`` for a narrow unsigned ``field``, as a table of constants (no multiplier)."""
-    return Array(C(i * constant) for i in range(1 << len(field)))[field]
-
-
-def _times(value, constant: int):
-    """``value * constant`` as a balanced sum of ``value`` shifted by the set bits of ``constant`` (LUT
-    adders, no DSP multiplier)."""
-    shifts = [k for k in range(constant.bit_length()) if constant >> k & 1]
-    return _balanced_sum([value << k for k in shifts]) if shifts else C(0)
+def _cost_sum(fields: list, group_bits: int = 4):
+    """``sum(field * cost)`` over ``(field, cost)`` pairs of narrow unsigned fields, with no multiplier: the
+    fields' bits are cut into chunks of at most ``group_bits`` bits (a chunk at bit offset k costs
+    ``cost << k`` per unit), the chunks packed into groups of at most ``group_bits`` bits, each group's sum
+    a table of constants on its bits (one LUT4 per result bit), and the groups added in a balanced tree."""
+    chunks = [(field[k:k + group_bits], cost << k) for field, cost in fields
+              for k in range(0, len(field), group_bits)]
+    groups = []            # first fit, widest chunks first
+    for chunk in sorted(chunks, key=lambda chunk: -len(chunk[0])):
+        for group in groups:
+            if sum(len(f) for f, _ in group) + len(chunk[0]) <= group_bits:
+                group.append(chunk)
+                break
+        else:
+            groups.append([chunk])
+    terms = []
+    for group in groups:
+        def entry(i, group=group):
+            total = 0
+            for f, cost in group:
+                total += (i & ((1 << len(f)) - 1)) * cost
+                i >>= len(f)
+            return total
+        index = Cat(*(f for f, _ in group))
+        terms.append(Array(C(entry(i)) for i in range(1 << len(index)))[index])
+    return _balanced_sum(terms) if terms else C(0)
 
 
 def _balanced_sum(terms: list):
@@ -71,27 +87,29 @@ class Counters(wiring.Component):
 
     ``cycles`` += ``active`` and ``stall_cycles`` += ``stall`` every cycle, in registers; their values
     include every cycle before the current one. The events of each running (``run``) cycle go through a
-    pipeline: registered first, then added to each event counter while their cost (from the
-    configuration's energy table, the same ``event_costs`` the golden model uses) is registered
-    (``pending``, and the MACs' energy, a constant multiply as shifted adds from the registered MACs, in
-    ``mac_pending``), then that cost is added to ``energy_fj``. The value of an event counter in cycle t
-    therefore includes the events of every cycle before t - 1.
+    pipeline: registered first; then what each event counter gains is registered (``gain``: the counts,
+    and for ``energy_fj`` their cost from the configuration's energy table, the same ``event_costs`` the
+    golden model uses, tables of constants on the registered events and an adder tree, in ``pending``);
+    then the gains are added to the counters. The value of an event
+    counter in cycle t therefore includes the events of every cycle before t - 1.
 
-    Storage: an event counter is a narrow *delta* register, to which its events are added, plus a
-    ``counter_bits`` word in a memory (LUT RAM on an FPGA): its value is word + delta (+ ``pending`` and
-    ``mac_pending`` for ``energy_fj``). One adder, visiting one counter a cycle in turn, moves its delta into its word (the
-    *flush*). So the wide adders and the readout mux of fifteen registers become one adder and memory read
-    ports. A delta is sized for the most its counter can gain between two flushes of it.
+    Storage: an event counter is a narrow *delta* register plus a ``counter_bits`` slot in a memory (LUT
+    RAM on an FPGA) whose rows are laid out like the readout beats (``per_row`` = ``bus_bytes // 8``
+    counters a row, at least one): its value is slot + delta + gain. One read-add-write port, visiting one
+    row a cycle in turn, moves the deltas with their gains into the row and empties them (the *flush*).
+    A delta is sized for the most its counter can gain between two times it is emptied.
 
-    Readout (``readout``, from the ST unit): in the running cycle that ``sample``s, each counter's delta is
-    copied (``held_delta``); ``cycles`` and ``stall_cycles`` are read from marks, copies that follow their
-    registers one cycle late and stop from that cycle to the end of the readout (so they keep the value of
-    the cycle before, as a COUNTERS command needs); while ``held``, no flush writes the
-    memory and ``beat`` shows word + copied delta, i.e. the values sampled. Otherwise ``beat`` shows the
-    words alone and the marks, which are the counters once ``settled``: no event in the pipeline, every
-    delta flushed (at most 15 cycles after the last event), and the core inactive since the cycle before
-    (so the marks have caught up). So ``beat`` is exact while ``held``, and while ``settled``
-    (what the drivers and the host link's STATUS reply read when the NPU is idle).
+    Readout (``readout``, from the ST unit): in the running cycle that ``sample``s, the flush takes row 0
+    and every other delta with its gain moves into a held copy (``held_delta``) and starts over;
+    ``cycles`` and ``stall_cycles`` are read from marks, copies that follow their registers one cycle late
+    and stop from that cycle to the end of the readout (so they keep the value of the cycle before, as a
+    COUNTERS command needs). While ``held``, the flush adds the held copies instead, row 1 onwards, each
+    row once and at most one row ahead of the row that ``sel`` reads, so that every row holds its sampled
+    values when the ST unit's beats (in order, ``sel`` 0, 1, ...) reach it; the deltas wait. ``beat`` is
+    always the memory row of ``sel`` (and the marks), with no adder: it is exact while ``held`` (in beat
+    order), and while ``settled``: no event in the pipeline, every delta flushed (at most ``rows + 1``
+    cycles after the last event), and the core inactive since the cycle before (so the marks have caught
+    up), which is what the drivers and the host link's STATUS reply read when the NPU is idle.
     ``int4_macs`` counts the MACs of rows done in a4w4 (always 0 without a4w4 in ``config.precisions``).
     Without ``config.energy_counter``, ``energy_fj`` reads 0 and the drivers derive it from the event
     counters (``golden.model.derive_energy``).
@@ -104,7 +122,8 @@ class Counters(wiring.Component):
     readout : In(counter_readout_signature(config))
     settled : Out(1)
     ready : Out(1)
-        Low for the first 15 cycles after reset, while the words are cleared: no command may start.
+        Low for the first ``rows`` cycles after reset (15 with ``bus_bytes`` <= 8), while the memory is
+        cleared: no command may start.
     """
 
     #: Counters held in registers, whose values include the cycle before the current one.
@@ -157,81 +176,122 @@ class Counters(wiring.Component):
                      counted.macs.eq(Mux(self.events.row, self.events.macs, 0)),
                      counted.int4_macs.eq(self.events.row & int4)]
         m.d.sync += ev.eq(Mux(self.run, counted, 0))
-        # Stage 2: what each event counter gains (``add``); ``extra``: gained but not yet in its delta.
-        add = {"busy_cycles": ev.row, "macs": ev.macs, "int4_macs": Mux(ev.int4_macs, ev.macs, 0),
-               **{name: field * factor for name, (field, factor) in costed_events(ev, c).items()}}
-        extra = {}
-        pending, mac_pending = Signal(bits), Signal(bits)
+        # Stage 2: what each event counter gains, registered (``gain``): the counts, and for ``energy_fj``
+        # the cost of all the events (the configuration's energy table, the same ``event_costs`` the golden
+        # model uses) in ``pending``: tables on the registered events and an adder tree, no multiplier.
+        # Stage 3 adds the gains to the deltas.
+        most = self.max_gain()
+        counts = {"busy_cycles": ev.row, "macs": ev.macs, "int4_macs": Mux(ev.int4_macs, ev.macs, 0),
+                  **{name: field * factor for name, (field, factor) in costed_events(ev, c).items()}}
+        gain = {}
+        for name, count in counts.items():
+            if most[name]:
+                gain[name] = Signal(range(most[name] + 1), name=f"{name}_gain")
+                m.d.sync += gain[name].eq(count)
+        pending = Signal(range(most["energy_fj"] + 1))
         if c.energy_counter:
-            # Stage 2 registers the cost of the events in ``pending`` and the MACs' energy in ``mac_pending``
-            # (from the registered MACs: no path from the units' state through a multiplier); stage 3 adds
-            # both to the delta.
-            cost, cost_int4 = event_costs(c), event_costs(c, Precision.A4W4)
-            m.d.sync += mac_pending.eq(Mux(ev.int4_macs, _times(ev.macs, cost_int4["macs"]),
-                                           _times(ev.macs, cost["macs"])))
-            # Each event's cost from a table on its (1- or 2-bit) count, no multiplier; a balanced sum.
-            m.d.sync += pending.eq(_balanced_sum([_scaled(field, factor * cost[name])
-                                                  for name, (field, factor) in costed_events(ev, c).items()]))
-            add["energy_fj"] = extra["energy_fj"] = pending + mac_pending
+            cost, cost_int4 = event_costs(c)["macs"], event_costs(c, Precision.A4W4)["macs"]
+            # (``macs`` holds at most ``most["macs"]``. With a4w4, a row's MACs all cost the cheaper
+            # precision's cost, and the MACs of the dearer precision the difference on top.)
+            macs = ev.macs[:most["macs"].bit_length()]
+            mac_costs = [(macs, cost)]
+            if "a4w4" in c.precisions:
+                dearer = Mux(ev.int4_macs, macs, 0) if cost_int4 > cost else Mux(ev.int4_macs, 0, macs)
+                mac_costs = [(macs, min(cost, cost_int4)), (dearer, abs(cost - cost_int4))]
+            m.d.sync += pending.eq(_cost_sum(
+                mac_costs + [(field, factor * event_costs(c)[name])
+                             for name, (field, factor) in costed_events(ev, c).items()]))
+            gain["energy_fj"] = pending
 
-        # Deltas, sized for the most a counter gains between two of its flushes: the flush visits the
-        # counters in turn, one per cycle that is not held (``n`` such cycles a round); a held readout
-        # lasts at most ``beats`` running cycles and two held readouts are at least one flush cycle
-        # apart; a frozen core still gains in the two pipeline cycles after its last running cycle.
+        # The memory: row ``r`` holds counters ``r * per_row`` onwards (as many as a readout beat of
+        # ``bus_bytes >= 8`` holds, else one), ``per_row * counter_bits`` bits; a readout beat is one row
+        # (or a part of one), with no logic but the live counters between the memory and ``beat``.
+        per_row = max(1, c.bus_bytes // 8)
+        rows = -(-n // per_row)
         beats = c.beats(COUNTER_BEATS_BYTES)
-        window = (n + 1) * (beats + 2) + n
-        deltas = {name: Signal(min(bits, max(1, (gain * window).bit_length())), name=f"{name}_delta")
-                  for name, gain in self.max_gain().items() if gain and name not in self.LIVE}
-        held_delta = {name: Signal.like(d, name=f"{name}_held") for name, d in deltas.items()}
-
-        m.submodules.words = words = memory.Memory(shape=unsigned(bits), depth=1 << (n - 1).bit_length(), init=[])
+        row_of = {name: index[name] // per_row for name in COUNTER_NAMES}
+        # Deltas, sized for the most a counter gains between two times it is emptied (by a flush of its
+        # row, or into its held copy by a sample): a flush round takes ``rows + 1`` cycles; a held readout
+        # lasts ``beats`` running cycles (the normal flush waits), and a frozen core still gains in the
+        # three pipeline cycles after its last running cycle (twice that, as a margin).
+        window = 2 * (rows + beats + 4)
+        deltas = {name: Signal(min(bits, max(1, (g * window).bit_length())), name=f"{name}_delta")
+                  for name, g in most.items() if g and name not in self.LIVE}
+        # (Row 0 is flushed in the sampling cycle itself, so its counters need no held copy.)
+        held_delta = {name: Signal.like(d, name=f"{name}_held") for name, d in deltas.items() if row_of[name]}
+        m.submodules.words = words = memory.Memory(shape=unsigned(per_row * bits), depth=rows, init=[])
         flush_rd = words.read_port(domain="comb")
         wr = words.write_port()
-        p = Signal(range(n))                 # the counter the flush visits
-        # After reset the flush first writes zero into every word (memories have no reset): ``clearing``
-        # for the first ``n`` cycles, during which ``ready`` is low and the NPU takes no command.
+        # The flush: a row read, its deltas added, written back, one row a cycle. The pointer ``p`` runs
+        # over the rows; in a sampling cycle the flush takes row 0 instead. During a held readout it adds
+        # the held copies instead (``p`` from row 1, each row once, at most one row ahead of the row being
+        # read, ``row``), so each row holds its sampled values when the readout reaches it; the deltas
+        # then wait. After the readout ``p`` is ``rows`` (nothing left) and the next cycle starts over.
+        row = Signal(range(rows))
+        m.d.comb += row.eq((ro.sel * c.bus_bytes)[3:] // per_row)
+        p = Signal(range(rows + 1))
+        fp = Mux(sample, 0, p)
+        write = Signal()
+        m.d.comb += write.eq((fp < rows) & (~ro.held | (p <= row + 1)))
+        # After reset the flush first writes zero into every row (memories have no reset): ``clearing``
+        # for the first ``rows`` cycles, during which ``ready`` is low and the NPU takes no command.
         clearing = Signal(init=1)
-        with m.If(clearing & (p == n - 1)):
+        with m.If(clearing & (p == rows - 1)):
             m.d.sync += clearing.eq(0)
         m.d.comb += self.ready.eq(~clearing)
-        flushing = ~ro.held                  # (``p`` moves on only with a flush, so no counter starves)
-        with m.If(flushing):
-            m.d.sync += p.eq(Mux(p == n - 1, 0, p + 1))
-        m.d.comb += [flush_rd.addr.eq(p), wr.addr.eq(p),
-                     wr.data.eq(Mux(clearing, 0, flush_rd.data)
-                                + Array(deltas.get(name, C(0)) for name in COUNTER_NAMES)[p]),
-                     wr.en.eq(flushing & Array(C(name in deltas) for name in COUNTER_NAMES)[p])]
+        with m.If(sample):
+            m.d.sync += p.eq(1)
+        with m.Elif(ro.held):
+            with m.If(write):
+                m.d.sync += p.eq(p + 1)
+        with m.Else():
+            m.d.sync += p.eq(Mux(p >= rows - 1, 0, p + 1))
+
+        def row_select(values: dict):
+            """The slots of row ``fp``: ``values[name]`` for the counters in it, 0 elsewhere."""
+            def slot(i):
+                value = values.get(COUNTER_NAMES[i], C(0, bits)) if i < n else C(0, bits)
+                return Cat(value, C(0, bits - len(value)))
+            return Array(Cat(*(slot(r * per_row + q) for q in range(per_row))) for r in range(rows))[fp]
+
+        # A counter's delta with this cycle's gain (what the flush adds, and what a sample holds); a flush
+        # or a sample empties it.
+        total = {name: Signal.like(d, name=f"{name}_total") for name, d in deltas.items()}
         for name, d in deltas.items():
-            flushed = flushing & (p == index[name])
-            m.d.sync += d.eq(Mux(flushed, 0, d) + add[name])
-            with m.If(sample):
-                m.d.sync += held_delta[name].eq(Mux(flushed, 0, d) + extra.get(name, 0))
+            m.d.comb += total[name].eq(d + gain[name])
+            with m.If(sample | (~ro.held & (fp == row_of[name]))):
+                m.d.sync += d.eq(0)
+            with m.Else():
+                m.d.sync += d.eq(total[name])
+        with m.If(sample):
+            m.d.sync += [held_delta[name].eq(total[name]) for name in held_delta]
+        add_total, add_held = row_select(total), row_select(held_delta)
+        sums = [Mux(clearing, 0, flush_rd.data.word_select(q, bits)) + Mux(ro.held, add_held.word_select(q, bits),
+                                                                            add_total.word_select(q, bits))
+                for q in range(per_row)]
+        m.d.comb += [flush_rd.addr.eq(fp), wr.addr.eq(fp), wr.en.eq(write),
+                     wr.data.eq(Cat(*(s[:bits] for s in sums)))]
         # (A cycle after the last active one, ``mark`` has caught up with ``cycles`` and ``stall_cycles``:
         # the core is not frozen in a cycle after an inactive one, hdl/top.py.)
         was_active = Signal()
         m.d.sync += was_active.eq(self.active)
-        m.d.comb += self.settled.eq(~clearing & ~was_active & (ev.as_value() == 0) & (pending == 0) & (mac_pending == 0)
-                                    & ~Cat(*deltas.values()).any())
+        m.d.comb += self.settled.eq(~clearing & ~was_active & (ev.as_value() == 0)
+                                    & ~Cat(*gain.values(), *deltas.values()).any())
 
-        # The readout: counters ``sel * bus_bytes // 8`` onwards, as many as a beat holds.
-        bus = 8 * c.bus_bytes
-        per_beat = max(1, c.bus_bytes // 8)
-        first = (ro.sel * c.bus_bytes)[3:]
+        # The readout: row ``row`` (the part of it that beat ``sel`` holds), the live counters from their marks.
+        rd = words.read_port(domain="comb")
+        m.d.comb += rd.addr.eq(row)
         slots = []
-        for q in range(per_beat):
-            j = Signal(range(n + per_beat + 1), name=f"sel{q}")
-            m.d.comb += j.eq(first + q)
-            rd = words.read_port(domain="comb")
-            m.d.comb += rd.addr.eq(j)
-            held = Array(held_delta.get(name, C(0)) for name in COUNTER_NAMES)[j]
+        for q in range(per_row):
             value = Signal(bits, name=f"value{q}")
-            m.d.comb += value.eq(rd.data + Mux(ro.held, held, 0))
+            m.d.comb += value.eq(rd.data.word_select(q, bits))
             for name in self.LIVE:
-                with m.If(j == index[name]):
-                    m.d.comb += value.eq(mark[name])
-            slots.append(Cat(Mux(j < n, value, 0), C(0, 64 - bits)))
+                if index[name] % per_row == q:
+                    with m.If(row == row_of[name]):
+                        m.d.comb += value.eq(mark[name])
+            slots.append(Cat(value, C(0, 64 - bits)))
         word = Cat(*slots)
         if c.bus_bytes < 8:
-            word = word.word_select(ro.sel[:(8 // c.bus_bytes).bit_length() - 1], bus)
+            word = word.word_select(ro.sel[:(8 // c.bus_bytes).bit_length() - 1], 8 * c.bus_bytes)
         m.d.comb += ro.beat.eq(word)
         return m

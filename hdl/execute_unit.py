@@ -126,13 +126,17 @@ class ExecuteUnit(wiring.Component):
         ahead = stages[-2]
         fwd = Signal()
         m.d.sync += fwd.eq(ahead.valid & (ahead.accaddr == rmw.accaddr))
+        # (``old_q`` is 0 for a row that overwrites: a synchronous reset of the register, no gate at the adder.)
         old_q = Signal(32 * c.cols)
-        m.d.sync += old_q.eq(Mux(fwd, self.acc_wr.data, self.acc_rmw_rd.data))
+        with m.If(ahead.valid & ahead.accumulate):        # the row that read in the cycle before
+            m.d.sync += old_q.eq(Mux(fwd, self.acc_wr.data, self.acc_rmw_rd.data))
+        with m.Else():
+            m.d.sync += old_q.eq(0)
         done = stages[-1]
         old = data.View(data.ArrayLayout(signed(32), c.cols), old_q)
         new = data.View(data.ArrayLayout(signed(32), c.cols), self.acc_wr.data)
         m.d.comb += [self.acc_wr.en.eq(done.valid), self.acc_wr.addr.eq(done.accaddr),
                      self.ev_acc_write.eq(done.valid)]
         for col in range(c.cols):
-            m.d.comb += new[col].eq(self.out_data[col] + Mux(done.accumulate, old[col], 0))
+            m.d.comb += new[col].eq(self.out_data[col] + old[col])
         return m

@@ -15,6 +15,16 @@ activation    2 writes (LD, ACT), 2 reads (EX, ST)    ``DualWriteMemory``: even 
 
 All read ports are synchronous (data one cycle after ``en``; ``data`` holds while ``en`` is low),
 like ``amaranth.lib.memory`` read ports, so the units cannot tell the difference.
+
+A read port that is not transparent is a combinational memory port followed by a register (``_read``),
+and its memory carries Yosys's ``no_rw_check`` attribute: Yosys merges the register into the block
+RAM's read port and emits no collision logic. (An ``amaranth.lib.memory`` synchronous port asks for the
+old word when the same address is written in the same cycle, which an ECP5 ``DP16KD`` does not
+guarantee across its ports, so Yosys delays the write and adds a bypass: about one LUT4 and two
+flip-flops per data bit.) In simulation such a read still returns the old word; on the FPGA it is
+undefined. No ordered program reads a word in the cycle another unit writes it: a conflicting
+access waits until the other unit is done (``golden/deps.py``), and the scheduled writes of
+``DualWriteMemory`` keep their own contract below.
 """
 from amaranth import *
 from amaranth.lib import memory, wiring
@@ -31,6 +41,22 @@ def _read_sig(depth, width):
 
 def _write_sig(depth, width):
     return memory.WritePort.Signature(addr_width=addr_bits(depth), shape=width)
+
+
+#: The attributes of a memory whose read ports all use ``_read``.
+_NO_RW_CHECK = {"no_rw_check": 1}
+
+
+def _read(m, mem, addr, en, name):
+    """A synchronous, non-transparent read of ``mem`` (``memory.Memory``, with ``_NO_RW_CHECK``): the word at
+    ``addr`` one cycle after ``en``, held while ``en`` is low; returns the data register (not reset, like a
+    memory read port's data)."""
+    port = mem.read_port(domain="comb")
+    data = Signal(port.data.shape(), name=f"{name}_data", reset_less=True)
+    m.d.comb += port.addr.eq(addr)
+    with m.If(en):
+        m.d.sync += data.eq(port.data)
+    return data
 
 
 class ReplicatedMemory(wiring.Component):
@@ -63,12 +89,17 @@ class ReplicatedMemory(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         for i in range(self._n):
-            m.submodules[f"copy{i}"] = mem = memory.Memory(shape=self._width, depth=self._depth, init=[])
+            transparent = i in self._transparent
+            m.submodules[f"copy{i}"] = mem = memory.Memory(shape=self._width, depth=self._depth, init=[],
+                                                           attrs=None if transparent else _NO_RW_CHECK)
             wp = mem.write_port()
-            rp = mem.read_port(transparent_for=(wp,) if i in self._transparent else ())
             rd = self.read_port(i)
-            m.d.comb += [wp.addr.eq(self.wr.addr), wp.data.eq(self.wr.data), wp.en.eq(self.wr.en),
-                         rp.addr.eq(rd.addr), rp.en.eq(rd.en), rd.data.eq(rp.data)]
+            m.d.comb += [wp.addr.eq(self.wr.addr), wp.data.eq(self.wr.data), wp.en.eq(self.wr.en)]
+            if transparent:
+                rp = mem.read_port(transparent_for=(wp,))
+                m.d.comb += [rp.addr.eq(rd.addr), rp.en.eq(rd.en), rd.data.eq(rp.data)]
+            else:
+                m.d.comb += rd.data.eq(_read(m, mem, rd.addr, rd.en, f"copy{i}"))
         return m
 
 
@@ -119,11 +150,11 @@ class DualWriteMemory(wiring.Component):
                 m.d.sync += odd.eq(rd.addr[0])
             data = []
             for b in range(2):
-                m.submodules[f"bank{b}_copy{p}"] = mem = memory.Memory(shape=width, depth=half, init=[])
-                wp, rp = mem.write_port(), mem.read_port()
-                m.d.comb += [wp.en.eq(bank_we[b]), wp.addr.eq(bank_addr[b]), wp.data.eq(bank_data[b]),
-                             rp.addr.eq(rd.addr[1:]), rp.en.eq(rd.en)]
-                data.append(rp.data)
+                m.submodules[f"bank{b}_copy{p}"] = mem = memory.Memory(shape=width, depth=half, init=[],
+                                                                       attrs=_NO_RW_CHECK)
+                wp = mem.write_port()
+                m.d.comb += [wp.en.eq(bank_we[b]), wp.addr.eq(bank_addr[b]), wp.data.eq(bank_data[b])]
+                data.append(_read(m, mem, rd.addr[1:], rd.en, f"bank{b}_copy{p}"))
             m.d.comb += rd.data.eq(Mux(odd, data[1], data[0]))
 
         # Deferred words (one per write port).

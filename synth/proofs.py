@@ -40,9 +40,11 @@ class CountersMonotonic(wiring.Component):
     """``hdl/counters.py``: an exact readout of a counter is never below an earlier exact readout of it,
     unless it wraps at ``counter_bits``.
 
-    The counters keep each event counter as a memory word plus a delta (flushed in turn), so a readout
-    is exact while ``readout.held`` (a COUNTERS snapshot) or ``settled``; the harness drives ``sel`` (one
-    whole counter per beat: ``bus_bytes`` 8), ``sample`` and ``held`` freely, with the rules the ST unit
+    The counters keep each event counter as a memory slot plus a delta (flushed in turn), so a readout
+    is exact while ``readout.held`` (a COUNTERS snapshot, in the ST unit's beat order) or ``settled``; the
+    harness drives ``sel`` (one whole counter per beat: ``bus_bytes`` 8), ``sample`` and ``held`` freely
+    (out of beat order a held readout of a row that the held copies have not reached yet shows its slot
+    without them, which is below the sampled value but not below an earlier exact readout), with the rules the ST unit
     keeps (``sample`` only outside a held readout and once ``ready``, a held readout only right after
     a ``sample`` or another held cycle), and every ``run`` / ``active`` / ``stall`` and ``Events`` input unconstrained.
     At each exact readout of the counter read at the previous exact readout, the value either grows or

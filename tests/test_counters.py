@@ -50,6 +50,17 @@ def test_counters_wrap_alike_in_golden_and_rtl(bits):
     assert (rtl.error, rtl.rejected) == (golden.error, golden.rejected)
 
 
+@pytest.mark.parametrize("bus_bytes", [16, 32])
+def test_counter_memory_rows_of_several_counters(bus_bytes):
+    """With ``bus_bytes`` >= 16 a row of the counter memory holds a readout beat of two or more counters
+    (``hdl/counters.py``): the final counters and the COUNTERS snapshots equal the golden model's."""
+    config = NpuConfig(**SMALL, bus_bytes=bus_bytes)
+    program = mixed_program(config)
+    golden, rtl = GoldenNpu(config).run(program), Npu(config, "pysim").run(program)
+    assert rtl.counters == golden.counters
+    assert rtl.outputs == golden.outputs                               # snapshots included
+
+
 @pytest.mark.parametrize("bits", [12, DEFAULT_BITS])
 def test_derived_energy_equals_the_accumulator(bits):
     """Without the accumulator the hardware reads 0 in ``energy_fj`` (snapshots too) and the driver derives
