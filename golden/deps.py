@@ -34,7 +34,7 @@ from opennpu.config import NpuConfig
 from .checks import stream_weight_words, validate, weight_words
 from .isa import Command, Opcode, Precision, Wait, encode
 from .program import Program
-from .timing import ACT_LATENCY, WAIT_OF_UNIT, Access, Space, Unit, array_latency, conflict
+from .timing import ACT_LATENCY, WAIT_OF_UNIT, Access, Space, Unit, array_latency
 
 __all__ = ["UNIT_OF", "BARRIERS", "HazardError", "accesses", "act_params", "checked", "DependencyTracker",
            "order_program", "check_program"]

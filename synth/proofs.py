@@ -15,7 +15,7 @@ from __future__ import annotations
 from amaranth import *
 from amaranth.hdl import Assert, Assume
 from amaranth.lib import data, wiring
-from amaranth.lib.wiring import In, Out
+from amaranth.lib.wiring import In
 
 from opennpu.config import NpuConfig
 from opennpu.golden.program import COUNTER_NAMES
@@ -156,7 +156,6 @@ class NpuStreamRules(wiring.Component):
     def __init__(self, config: NpuConfig):
         from opennpu.hdl.top import NpuTop
         self.dut = NpuTop(config)
-        sig = self.dut.signature.members
         super().__init__(_free_inputs(self.dut, ["cmd", "din"], ["dout"], ["counter_sel"]))
 
     def elaborate(self, platform):
