@@ -193,8 +193,11 @@ def _host_link(config=LINK_CONFIG, frame_max=LINK_FRAME_MAX, **kwargs):
 class CrcSerial(wiring.Component):
     """``hdl/host_link.Crc32``'s bit-serial register (the link's default) agrees with the bytewise
     update of CRC-32 (``zlib.crc32``, written here from the polynomial): whenever it is ready, its value
-    is the bytewise register over the same bytes. So ``LinkDelivery``, which runs the link with the
-    bytewise register, holds for the serial link too. Every input free (bytes, ``valid``, ``clear``).
+    is the bytewise register over the same bytes. So the bytewise register that ``LinkDelivery`` and
+    ``LinkStreamRules`` run the link with computes what the board's serial one does; the two links
+    differ only in when they take a byte (the serial one at most every 9 cycles) and in how long the
+    CRC check of a frame's last byte lasts (1 cycle or up to 8), which these BMCs do not cover for the
+    serial link. Every input free (bytes, ``valid``, ``clear``).
     k-induction with k = 17: in an unreachable start state the 4-bit count of bits still to shift can
     hold up to 15, so a window of 17 states holds a ready state or the cycle that took the byte."""
 
