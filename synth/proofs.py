@@ -185,9 +185,10 @@ def _crc32_byte(crc, byte):
     return crc[:32]
 
 
-def _host_link(config=LINK_CONFIG, frame_max=LINK_FRAME_MAX, **kwargs):
+def _host_link(config=LINK_CONFIG, frame_max=LINK_FRAME_MAX):
+    """The link of the link proofs: its receive CRC register bytewise (a byte per cycle; ``CrcSerial``)."""
     from opennpu.hdl.host_link import HostLink
-    return HostLink(config, frame_max=frame_max, **kwargs)
+    return HostLink(config, frame_max=frame_max, serial_crc=False)
 
 
 class CrcSerial(wiring.Component):
@@ -254,7 +255,7 @@ class LinkStreamRules(wiring.Component):
     buffer-state combinations)."""
 
     def __init__(self, config=LINK_CONFIG, frame_max=LINK_FRAME_MAX):
-        self.dut = _host_link(config, frame_max, serial_crc=False)
+        self.dut = _host_link(config, frame_max)
         super().__init__(_free_inputs(self.dut, _LINK_SINKS, _LINK_SOURCES, _LINK_PLAIN))
 
     def elaborate(self, platform):
@@ -308,7 +309,7 @@ class LinkDelivery(wiring.Component):
         assert config.bus_bytes == 16 and frame_max == 16, "the reference receiver assumes one beat per frame"
         self._ft = FrameType
         self._asserts = asserts           # False: only ``checks_hold`` (for simulation)
-        self.dut = _host_link(config, frame_max, serial_crc=False)
+        self.dut = _host_link(config, frame_max)
         super().__init__(_free_inputs(self.dut, _LINK_SINKS, _LINK_SOURCES, _LINK_PLAIN))
 
     def elaborate(self, platform):
