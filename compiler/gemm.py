@@ -11,6 +11,11 @@ first N tile), the first two N tiles of a chunk interleave their K steps (a *lea
 ``lead_group``): each activation tile then serves two COMPUTEs, and it loads in two halves during the two
 COMPUTEs before the one that needs it.
 
+Small M (M <= cols < N: matrix-vector, batch-1 layers): ``build_gemm`` also ranks the transposed
+product ``Y^T = W^T A^T`` (``transposed_spec``), where A^T is the stationary tile and W^T streams through
+the array at the bus's rate, and keeps whichever the estimate (or, for small GEMMs, the cycle model)
+finds faster; ``GemmProgram.decode_output`` transposes its result back.
+
 The tiles become ``schedule.Step``s and ``schedule.emit_steps`` (the emitter the model compiler uses too)
 software-pipelines them for the in-order dispatcher: the loads of step s+1 follow the COMPUTE of step s
 (weights first, so PRELOAD s+1 overlaps the activation load), the ACTIVATE of a finished N tile follows
@@ -26,7 +31,7 @@ when they fit, otherwise each tile's chunk is loaded into one of two alternating
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -40,7 +45,7 @@ from opennpu.golden.timing import ACT_LATENCY, array_latency
 from .schedule import (Activate, Emitter, Load, Step, config_requant, emit_steps, per_channel, requant_params,
                        row_pieces, tile_quant)
 
-__all__ = ["GemmSpec", "GemmProgram", "build_gemm", "random_gemm", "gemm_bound", "ACTIVATIONS", "ORDERS"]
+__all__ = ["GemmSpec", "GemmProgram", "build_gemm", "transposed_spec", "bias_digits", "random_gemm", "gemm_bound", "ACTIVATIONS", "ORDERS"]
 
 ACTIVATIONS = ("none", "relu", "relu6", "gelu", "silu", "sigmoid", "tanh")
 
@@ -100,13 +105,20 @@ class GemmProgram:
     program: Program
     spec: GemmSpec
     config: NpuConfig
-    chunks: list          # [(m0, rows)]
+    chunks: list          # [(m0, rows)] of the computed product's rows
     n_tiles: int
+    #: The operands the program multiplies when it is not ``spec`` itself: ``transposed_spec(spec)``, whose
+    #: product is Y^T (N x M); ``decode_output`` transposes it back.
+    computed: GemmSpec | None = None
+
+    @property
+    def transposed(self) -> bool:
+        return self.computed is not None
 
     def decode_output(self, data_out: bytes) -> np.ndarray:
         """Data-out bytes of the program -> M x N int64 result."""
         c = self.config
-        m, _, n = self.spec.shape
+        m, _, n = (self.computed or self.spec).shape
         row_bytes = c.beats(4 * c.cols if self.spec.raw else c.cols) * c.bus_bytes
         expected = sum(rows for _, rows in self.chunks) * self.n_tiles * row_bytes
         if len(data_out) != expected:
@@ -122,6 +134,8 @@ class GemmProgram:
                 width = min(c.cols, n - t * c.cols)
                 out[m0:m0 + rows, t * c.cols:t * c.cols + width] = raw[pos:pos + rows, :width]
                 pos += rows
+        if self.transposed:
+            out = np.ascontiguousarray(out.T)
         return numerics.wrap_int32(out + self.spec.bias) if self.spec.raw else out
 
 
@@ -180,11 +194,14 @@ ORDERS = ("n_outer", "k_outer", "n_stream")
 SIMULATE_STEPS = 4096
 #: ... and only the orders whose estimate is within this factor of the best one.
 SIMULATE_WITHIN = 1.15
+#: The shortest M chunk (rows of W^T) tried for the transposed product.
+MIN_TRANSPOSED_CHUNK = 32
 
 
-def _chunk(config: NpuConfig, spec: GemmSpec, order: str) -> int:
-    """Rows of one M chunk in ``order`` (< 1: the order cannot hold one row)."""
+def _chunk(config: NpuConfig, spec: GemmSpec, order: str, max_chunk: int | None = None) -> int:
+    """Rows of one M chunk in ``order``, at most ``max_chunk`` (< 1: the order cannot hold one row)."""
     m, k, n = spec.shape
+    m = min(m, max_chunk or m)
     n_k, n_n = -(-k // k_tile(config, spec.precision)), -(-n // config.cols)
     if order == "n_stream":        # two accumulator tiles; activation tiles stream through >= 2 slots
         return min(m, config.acc_depth // 2, config.act_depth // 2)
@@ -192,14 +209,14 @@ def _chunk(config: NpuConfig, spec: GemmSpec, order: str) -> int:
     return min(m, config.acc_depth // live_tiles, (config.act_depth // 2) // n_k)
 
 
-def _estimate(config: NpuConfig, spec: GemmSpec, order: str) -> float:
+def _estimate(config: NpuConfig, spec: GemmSpec, order: str, max_chunk: int | None = None) -> float:
     """Approximate cycles of ``order``: per step, the longer of the array (``rows`` cycles, at least one
     drain: ``array_latency + 2``) and the load unit (the step's weight tile unless weights are resident,
     its activation tile in ``n_stream``, otherwise the chunk's activations spread over its steps)."""
     m, k, n = spec.shape
     kt = k_tile(config, spec.precision)
     n_k, n_n = -(-k // kt), -(-n // config.cols)
-    chunk = _chunk(config, spec, order)
+    chunk = _chunk(config, spec, order, max_chunk)
     tile_words = weight_words(spec.precision, kt)
     resident = n_k * n_n * tile_words <= config.wgt_depth
     act_beats, wgt_beats = config.beats(config.act_word_bytes), config.beats(config.wgt_word_bytes)
@@ -213,16 +230,72 @@ def _estimate(config: NpuConfig, spec: GemmSpec, order: str) -> float:
     return total
 
 
-def build_gemm(config: NpuConfig, spec: GemmSpec, order: str | None = None) -> GemmProgram:
+def bias_digits(residual: np.ndarray, coefficient: int = 127) -> tuple[np.ndarray, np.ndarray]:
+    """Integers ``r`` (N values) as a product of int8 values: ``(d, c)`` with ``d @ c == r`` exactly, ``d``
+    an N x J matrix of digits in -127..127, ``c`` J coefficients: ``coefficient`` for all but the last,
+    which is 1 and carries ``r`` modulo ``coefficient`` (centered, so within -63..63). J grows with the
+    largest ``|r|`` (one entry per 127 * 127 = 16,129); J = 0 when every ``r`` is zero."""
+    r = np.asarray(residual, np.int64)
+    q = np.floor_divide(r + coefficient // 2, coefficient)           # r = coefficient * q + s, |s| <= 63
+    rest = r - coefficient * q
+    digits = []
+    while np.any(q):
+        digits.append(np.clip(q, -127, 127))
+        q = q - digits[-1]
+    coefficients = [coefficient] * len(digits)
+    if np.any(rest):
+        digits.append(rest)
+        coefficients.append(1)
+    return (np.stack(digits, axis=1) if digits else np.zeros((len(r), 0), np.int64)), np.array(coefficients, np.int64)
+
+
+def transposed_spec(spec: GemmSpec) -> GemmSpec | None:
+    """``Y^T = W^T A^T`` as a GEMM of its own (N x K' x M), or None where it cannot be one.
+
+    For a small M (matrix-vector, batch-1 layers) on the weight-stationary array: A^T becomes the
+    stationary weight tile and W^T streams through the array as activation rows, one SRAM word (a K tile
+    of one output column) per cycle, so the weights cross the bus once at the bus's full rate instead of
+    each weight tile waiting for the PE buffer that the drain of the step before holds. The activation
+    unit's bias and requantization are per column, i.e. per row of A here: so only per-tensor
+    requantization transposes, and the bias goes into the product. Its common part (the middle of its
+    range) stays the ACTIVATE bias of every column; the rest rides in ``bias_digits``' extra K entries
+    (digits appended to W^T's rows, their coefficients to A^T's), exact in the int32 accumulators. int8
+    only (a8w4 would need int4 activations). int32 outputs (``raw``) need no digits: the host adds the
+    bias."""
+    if spec.precision != Precision.INT8 or per_channel(spec.multiplier):
+        return None
+    m = spec.shape[0]
+    if spec.raw:
+        return replace(spec, a=spec.w.T, w=spec.a.T, bias=np.zeros(m, np.int64))
+    base = (int(spec.bias.max()) + int(spec.bias.min())) // 2
+    digits, coefficients = bias_digits(spec.bias - base)
+    return replace(spec, a=np.concatenate([spec.w.T, digits], axis=1),
+                   w=np.concatenate([spec.a.T, np.repeat(coefficients[:, None], m, axis=1)], axis=0),
+                   bias=np.full(m, base, np.int64))
+
+
+def _orders(config: NpuConfig, spec: GemmSpec) -> list:
+    """The loop orders worth ranking for ``spec``: those that hold a row, n_stream only where its chunks are
+    taller than n_outer's (else it only loads more); none when n_outer cannot hold one row."""
+    names = [name for name in ORDERS if _chunk(config, spec, name) >= 1]
+    if _chunk(config, spec, "n_stream") <= _chunk(config, spec, "n_outer"):
+        names = [name for name in names if name != "n_stream"]
+    return names if names and names[0] == "n_outer" else []
+
+
+def build_gemm(config: NpuConfig, spec: GemmSpec, order: str | None = None,
+               transpose: bool | None = None) -> GemmProgram:
     """Tile ``spec`` for ``config``; raises ``ValueError`` if it cannot be scheduled.
 
     ``order`` picks the loop nest inside an M chunk: ``"n_outer"`` (N tile, then K tiles; two
     accumulator tiles live; every activation tile of the chunk loaded once), ``"k_outer"`` (K tile, then
     N tiles; every N tile of the chunk live) or ``"n_stream"`` (as ``n_outer``, but each step loads its
     activation tile again, so M chunks stay as tall as the accumulators allow however long K is: for
-    large K this trades data-in bytes for far fewer, longer COMPUTEs). ``None`` ranks the orders that fit
-    with ``_estimate``; small GEMMs (``SIMULATE_STEPS``) run the close candidates on the cycle model and
-    keep the fastest, larger ones take the best estimate.
+    large K this trades data-in bytes for far fewer, longer COMPUTEs). ``transpose`` computes ``Y^T``
+    instead (``transposed_spec``; ``decode_output`` transposes back). ``None`` (both) ranks the orders
+    that fit with ``_estimate``, for a GEMM with M <= ``cols`` and M < N also those of the transposed
+    product; small GEMMs (``SIMULATE_STEPS``) run the close candidates on the cycle model and keep the
+    fastest, larger ones take the best estimate.
     """
     if spec.precision.label not in config.precisions:
         raise ValueError(f"precision {spec.precision.label!r} is not supported by this NPU "
@@ -232,36 +305,57 @@ def build_gemm(config: NpuConfig, spec: GemmSpec, order: str | None = None) -> G
     if config.dataflow == "os" and spec.raw:
         raise ValueError("int32 outputs (raw) are scheduled for the weight-stationary dataflow only")
     if config.dataflow == "os":
-        if order is not None:
-            raise ValueError(f"loop order {order!r} applies to the weight-stationary dataflow only")
+        if order is not None or transpose:
+            raise ValueError("loop orders and the transposed product apply to the weight-stationary dataflow only")
         return _schedule_os(config, spec)
+    m, _, n = spec.shape
+    if transpose is None:
+        transpose = None if order is None and m <= config.cols and m < n else False
+    t_spec = transposed_spec(spec) if transpose is not False else None
+    if transpose and t_spec is None:
+        raise ValueError("the transposed product needs int8 operands and per-tensor requantization")
+
+    def build(s: GemmSpec, name: str, max_chunk: int | None = None) -> GemmProgram:
+        gp = _schedule(config, s, name, max_chunk)
+        return gp if s is spec else replace(gp, spec=spec, computed=s)
+
     if order is not None:
         if order not in ORDERS:
             raise ValueError(f"unknown loop order {order!r}; expected one of {ORDERS}")
-        return _schedule(config, spec, order)
-    m, k, n = spec.shape
-    n_k, n_n = -(-k // k_tile(config, spec.precision)), -(-n // config.cols)
-    names = [name for name in ORDERS if _chunk(config, spec, name) >= 1]
-    if _chunk(config, spec, "n_stream") <= _chunk(config, spec, "n_outer"):
-        names = [name for name in names if name != "n_stream"]    # (same chunks, only more loads)
-    if not names or names[0] != "n_outer":
-        return _schedule(config, spec, "n_outer")                 # (raises: not even one row fits)
-    estimates = {name: _estimate(config, spec, name) for name in names}
-    best = min(estimates.values())
-    close = [name for name in names if estimates[name] <= SIMULATE_WITHIN * best]
-    steps = sum(-(-m // _chunk(config, spec, name)) * n_k * n_n for name in close)
+        return build(t_spec if transpose else spec, order)
+    candidates = [] if transpose else [(spec, name, None) for name in _orders(config, spec)]
+    if t_spec is not None:
+        names = _orders(config, t_spec)
+        candidates += [(t_spec, name, None) for name in names]
+        if names:
+            # The transposed product of a short K is a few long steps whose first load and last COMPUTE
+            # do not overlap anything: shorter chunks shrink both (each step then reloads no weights:
+            # A^T is small enough to stay resident).
+            chunk = _chunk(config, t_spec, "n_outer")
+            pieces = -(-n // chunk)
+            candidates += [(t_spec, "n_outer", -(-n // (pieces * split))) for split in (2, 4, 8)
+                           if n // (pieces * split) >= MIN_TRANSPOSED_CHUNK]
+    if not candidates:
+        return build(t_spec if transpose else spec, "n_outer")       # (raises: not even one row fits)
+    estimates = [_estimate(config, *c) for c in candidates]
+    close = [c for c, est in zip(candidates, estimates) if est <= SIMULATE_WITHIN * min(estimates)]
+    steps = 0
+    for s, name, max_chunk in close:
+        kt = k_tile(config, s.precision)
+        steps += (-(-s.shape[0] // _chunk(config, s, name, max_chunk)) * -(-s.shape[1] // kt)
+                  * -(-s.shape[2] // config.cols))
     if len(close) == 1 or steps > SIMULATE_STEPS:
-        return _schedule(config, spec, min(close, key=estimates.get))
+        return build(*min(zip(candidates, estimates), key=lambda ce: ce[1])[0])
     from opennpu.golden.model import GoldenNpu
-    return min((_schedule(config, spec, name) for name in close),
-               key=lambda gp: GoldenNpu(config).run(gp.program).counters["cycles"])
+    return min((build(*c) for c in close), key=lambda gp: GoldenNpu(config).run(gp.program).counters["cycles"])
 
 
-def _schedule(config: NpuConfig, spec: GemmSpec, order: str) -> GemmProgram:
+def _schedule(config: NpuConfig, spec: GemmSpec, order: str, max_chunk: int | None = None) -> GemmProgram:
+    """The program of ``spec`` in loop order ``order``, M chunks of at most ``max_chunk`` rows."""
     m, k, n = spec.shape
     kt, nt = k_tile(config, spec.precision), config.cols
     n_k, n_n = -(-k // kt), -(-n // nt)
-    chunk = _chunk(config, spec, order)
+    chunk = _chunk(config, spec, order, max_chunk)
     if chunk < 1:
         live_tiles = 2 if order != "k_outer" else 2 * n_n
         raise ValueError(f"K={k} needs {n_k} activation words per row and N={n} {live_tiles} "

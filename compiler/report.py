@@ -61,14 +61,15 @@ def layer_figures(config: NpuConfig, spec: GemmSpec, fpga_mhz: float, asic_mhz: 
     }
     assert sum(breakdown.values()) == c["energy_fj"], "energy breakdown must add up to the counter"
     m, k, n = spec.shape
+    macs = m * k * n            # the layer's MACs (the counter also has a transposed program's bias digits)
     dma = c["dma_in_bytes"] + c["dma_out_bytes"]
     return {
-        "shape": [m, k, n], "precision": spec.precision.label, "cycles": c["cycles"], "macs": c["macs"],
-        "utilization": c["macs"] / (c["cycles"] * config.rows * config.cols),
+        "shape": [m, k, n], "precision": spec.precision.label, "cycles": c["cycles"], "macs": macs,
+        "utilization": macs / (c["cycles"] * config.rows * config.cols),
         "latency_fpga_us": c["cycles"] / fpga_mhz, "latency_asic_us": c["cycles"] / asic_mhz,
         "energy_pj": c["energy_fj"] / 1000, "energy_breakdown_pj": {k_: v / 1000 for k_, v in breakdown.items()},
         "dma_bytes": dma, "weight_bytes": c["wgt_writes"] * config.wgt_word_bytes,
-        "ops_per_byte": 2 * c["macs"] / dma, "ops_per_cycle": 2 * c["macs"] / c["cycles"],
+        "ops_per_byte": 2 * macs / dma, "ops_per_cycle": 2 * macs / c["cycles"],
         "outputs": gp.decode_output(result.outputs),
     }
 

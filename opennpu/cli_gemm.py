@@ -62,7 +62,9 @@ def run_gemm(config, m, k, n, *, precision="int8", act="none", seed=0, backend="
 
     The result is always checked against the direct numpy numerics (``GemmSpec.expected``, check
     ``numerics``); ``torch_reference`` adds the PyTorch reference (``golden.reference``, check
-    ``torch_reference``; skipped without torch), which costs torch's import (2-3 s). ``wall_s`` is the
+    ``torch_reference``; skipped without torch), which costs torch's import (2-3 s). ``utilization`` is
+    M*K*N over cycles times PEs (the ``macs`` counter also counts the bias-digit MACs of a ``transposed``
+    program, ``compiler.gemm.transposed_spec``). ``wall_s`` is the
     golden (or RTL) run alone, ``compile_s`` the program build, ``build_s`` the Verilator model's build
     (None on other backends; a cached model takes well under a second), so that ``sim_cycles_per_s``
     is the simulation rate alone."""
@@ -114,8 +116,8 @@ def run_gemm(config, m, k, n, *, precision="int8", act="none", seed=0, backend="
         "verified": all(checks.values()), "checks": checks, "backend": backend, "array": config.array,
         "dataflow": config.dataflow, "precision": precision, "act": act, "shape": [m, k, n],
         "bus_bytes": config.bus_bytes, "cycles": c["cycles"], "busy_cycles": c["busy_cycles"],
-        "stall_cycles": c["stall_cycles"], "macs": c["macs"],
-        "utilization": c["macs"] / (c["cycles"] * pes), "busy_fraction": c["busy_cycles"] / c["cycles"],
+        "stall_cycles": c["stall_cycles"], "macs": c["macs"], "transposed": gp.transposed,
+        "utilization": m * k * n / (c["cycles"] * pes), "busy_fraction": c["busy_cycles"] / c["cycles"],
         "energy_pj": c["energy_fj"] / 1000, "counters": c, "wall_s": wall, "compile_s": compile_s,
         "build_s": build_s,
         "sim_cycles_per_s": c["cycles"] / wall if backend != "golden" and wall > 0 else None,

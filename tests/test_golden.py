@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from opennpu.compiler.gemm import ACTIVATIONS, GemmSpec, build_gemm, random_gemm
+from opennpu.compiler.gemm import ACTIVATIONS, GemmSpec, bias_digits, build_gemm, gemm_bound, random_gemm, transposed_spec
 from opennpu.config import NpuConfig
 from opennpu.golden.deps import HazardError, check_program, order_program
 from opennpu.golden.isa import Command, Opcode, Wait
@@ -39,7 +39,7 @@ def test_golden_matches_numerics_and_torch(m, k, n, side, precision, act, seed, 
     assert np.array_equal(out, ref)
     c = result.counters
     if dataflow == "ws":        # (os a4w4 counts the padded half step of an odd K)
-        assert c["macs"] == m * k * n
+        assert c["macs"] == (np.prod(gp.computed.shape) if gp.transposed else m * k * n)
     assert c["busy_cycles"] <= c["cycles"]
     assert c["macs"] <= c["busy_cycles"] * side * side * (2 if precision == "a4w4" else 1)
     assert c["dma_in_bytes"] == len(gp.program.data_in)
@@ -166,18 +166,75 @@ def test_streamed_activations_are_exact(m, k, n, precision):
 
 
 def test_chosen_order_is_the_fastest_simulated_one():
-    """Small GEMMs: ``build_gemm`` keeps the fastest of the orders (none is pruned that would have won);
-    a long-K GEMM too large to simulate takes the streamed order, about 3x fewer cycles than n_outer."""
+    """Small GEMMs: ``build_gemm`` keeps the fastest of the orders, of A @ W and, for M <= cols < N, of
+    the transposed product (none is pruned that would have won; the transposed one may also take
+    shorter chunks, so it can beat every fixed order); a long-K GEMM too large to simulate takes the
+    streamed order, about 3x fewer cycles than n_outer."""
     config = NpuConfig(rows=16, cols=16)
     for m, k, n in [(64, 64, 64), (8, 4096, 64), (32, 1024, 32), (16, 256, 256), (128, 2048, 64)]:
         spec = random_gemm(m, k, n, seed=1)
-        cycles = {order: GoldenNpu(config).run(build_gemm(config, spec, order).program).counters["cycles"]
-                  for order in ("n_outer", "k_outer", "n_stream")}
-        chosen = GoldenNpu(config).run(build_gemm(config, spec).program).counters["cycles"]
-        assert chosen == min(cycles.values()), (m, k, n, cycles, chosen)
+        cycles = {(order, transpose): GoldenNpu(config).run(build_gemm(config, spec, order, transpose).program)
+                  .counters["cycles"] for order in ("n_outer", "k_outer", "n_stream")
+                  for transpose in ((False, True) if m <= config.cols < n else (False,))}
+        gp = build_gemm(config, spec)
+        chosen = GoldenNpu(config).run(gp.program).counters["cycles"]
+        assert chosen <= min(cycles.values()), (m, k, n, cycles, chosen)
+        assert gp.transposed == (min(cycles, key=cycles.get)[1] or chosen < min(cycles.values())), (m, k, n)
     spec = random_gemm(64, 4096, 64, seed=1)
     gp = build_gemm(config, spec)
     assert len(gp.chunks) == 1 and gp.chunks[0] == (0, 64)      # n_stream: one chunk of all 64 rows
+
+
+@settings(max_examples=200, deadline=None)
+@given(r=st.lists(st.integers(-2**31, 2**31 - 1), min_size=1, max_size=8))
+def test_bias_digits_are_int8_and_exact(r):
+    digits, coefficients = bias_digits(np.array(r))
+    assert np.array_equal(digits @ coefficients, r)
+    assert digits.shape == (len(r), len(coefficients))
+    assert np.abs(digits).max(initial=0) <= 127 and np.abs(coefficients).max(initial=0) <= 127
+    assert len(coefficients) <= max(abs(x) for x in r) // 127 // 127 + 2
+
+
+def test_bias_digits_of_a_common_bias_take_no_k_entries():
+    spec = random_gemm(3, 20, 30, seed=4)
+    spec.bias[:] = 1234
+    t = transposed_spec(spec)
+    assert t.shape == (30, 20, 3) and np.array_equal(t.bias, [1234] * 3)
+
+
+@pytest.mark.parametrize("m, k, n, act, raw", [(1, 40, 50, "relu", False), (4, 33, 70, "gelu", False),
+                                               (6, 16, 40, "none", True), (8, 100, 9, "relu6", False)])
+def test_transposed_product_matches_numerics(m, k, n, act, raw):
+    """Y^T = W^T A^T with the bias in extra K entries (or added on the host, raw) decodes to A @ W."""
+    config = NpuConfig(rows=8, cols=8, act_depth=256, wgt_depth=64, acc_depth=64)
+    spec = random_gemm(m, k, n, "int8", act, seed=m + k)
+    spec.raw = raw
+    gp = build_gemm(config, spec, transpose=True)
+    assert gp.transposed and gp.computed.shape[0] == n and gp.computed.shape[2] == m
+    result = GoldenNpu(config).run(gp.program)
+    assert np.array_equal(gp.decode_output(result.outputs), spec.expected())
+    assert np.array_equal(gp.computed.expected().T + (spec.bias if raw else 0), spec.expected())
+
+
+def test_transposed_product_needs_int8_and_per_tensor_requantization():
+    config = NpuConfig(rows=4, cols=4, precisions=ALL)
+    for spec in (random_gemm(2, 8, 9, per_channel=True), random_gemm(2, 8, 9, "a4w4"), random_gemm(2, 8, 9, "a8w4")):
+        with pytest.raises(ValueError, match="transposed product needs int8"):
+            build_gemm(config, spec, transpose=True)
+        assert not build_gemm(config, spec).transposed
+
+
+def test_matrix_vector_streams_the_weights_at_the_bus_rate():
+    """Issue 19: a batch-8 layer takes the transposed product and stays within 1.1x of its bound (the
+    weight bytes over the bus); A @ W itself waits for a PE weight buffer every step (about 2x)."""
+    config = NpuConfig(rows=16, cols=16)
+    spec = random_gemm(8, 1024, 1024, seed=1)
+    gp = build_gemm(config, spec)
+    cycles = GoldenNpu(config).run(gp.program).counters["cycles"]
+    plain = GoldenNpu(config).run(build_gemm(config, spec, transpose=False).program).counters["cycles"]
+    bound = gemm_bound(config, 8, 1024, 1024)
+    assert gp.transposed and bound["limit"] == "data_in"
+    assert cycles <= 1.1 * bound["bound"] and plain > 1.8 * bound["bound"], (cycles, plain, bound)
 
 
 def test_with_wait_is_with_fields_without_the_checks():
