@@ -131,7 +131,8 @@ def _text(report: dict) -> str:
              f"{report['dataflow'].upper()} [{report['backend']}]",
              f"  verified      {report['verified']}  {report['checks']}",
              f"  cycles        {report['cycles']}  (busy {report['busy_cycles']}, stall {report['stall_cycles']})",
-             f"  utilization   {report['utilization']:.1%}  (MACs {report['macs']})",
+             f"  utilization   {report['utilization']:.1%}  (MACs {report['macs']}"
+             + (", computed as Y^T = W^T A^T, bias digits included" if report["transposed"] else "") + ")",
              f"  energy        {report['energy_pj']:.1f} pJ",
              f"  wall          {report['wall_s']:.2f} s  (compile {report['compile_s']:.2f} s"
              + ("" if report["build_s"] is None else f", Verilator build {report['build_s']:.1f} s before it") + ")"]
