@@ -8,7 +8,9 @@ issue 19 that need another harness (a4w4) or long runs (matrix-vector) run on th
 bound (``compiler.gemm.gemm_bound``: max(compute, data in, data out) + one tile's latency). For the
 16x16x16 GEMM two lines split its cycles into its one tile's stages, measured on the golden trace, and
 those into the bound's pipeline latency, the tile's own work and the dispatch (scheduling) cycles left.
-Prints a table (or one JSON object with ``--json``) and writes a PNG plot.
+Beside them it prints SCALE-Sim 3.0's compute cycles of the same int8 shapes (``scale_sim_cycles``; the
+16x16 rows, and four shapes on the output-stationary array). Prints a table (or one JSON object with
+``--json``) and writes a PNG plot.
 
     python benchmarks/bench_perf.py [--json] [--plot benchmarks/bench_perf.png] [--no-pysim] [--large]
 
@@ -34,8 +36,8 @@ from opennpu.golden.model import GoldenNpu
 from opennpu.sim.pysim import run_pysim
 from opennpu.sim.verilator import build_harness, run_verilator
 
-__all__ = ["CONFIG_16X16", "CONFIG_4X4", "GEMMS", "GOLDEN_GEMMS", "measure_gemm", "measure_golden",
-           "serial_path", "latency_split", "measure_pysim", "main"]
+__all__ = ["CONFIG_16X16", "CONFIG_4X4", "CONFIG_16X16_OS", "GEMMS", "GOLDEN_GEMMS", "OS_GEMMS", "measure_gemm",
+           "measure_golden", "scale_sim_cycles", "serial_path", "latency_split", "measure_pysim", "main"]
 
 #: SRAMs deep enough that every benchmark GEMM keeps all its weights resident and tiles M in few chunks.
 CONFIG_16X16 = NpuConfig(rows=16, cols=16, act_depth=8192, wgt_depth=4096, acc_depth=1024)
@@ -51,6 +53,9 @@ GOLDEN_GEMMS = [(8, 4096, 4096, "int8", 0.45), (1, 4096, 4096, "int8", None), (1
                 (16, 16, 16, "int8", None)]
 SMALL_M_RATIO = 1.15
 LARGE_GEMM = (2048, 2048, 2048, "int8", 0.95)
+#: The same 16x16 NPU output-stationary, for the SCALE-Sim comparison (golden model), and its shapes (M, N, K).
+CONFIG_16X16_OS = replace(CONFIG_16X16, dataflow="os")
+OS_GEMMS = [(256, 256, 256), (64, 64, 64), (128, 512, 64), (16, 16, 16)]
 SPEED_TARGET, RATIO_TARGET = 200_000, 1000
 REPEATS = 3          # Verilator runs per GEMM; the fastest gives the simulation speed
 
@@ -99,6 +104,17 @@ def measure_golden(config: NpuConfig, m: int, n: int, k: int, precision: str) ->
         "numerics_ok": bool(np.array_equal(gp.decode_output(result.outputs), gp.spec.expected())),
         "trace": [(cmd.op.name, d, cmd.fields.get("rows")) for cmd, d in npu.trace],
     }
+
+
+def scale_sim_cycles(config: NpuConfig, m: int, k: int, n: int) -> int:
+    """SCALE-Sim 3.0's compute cycles of an int8 ``m x k x n`` GEMM on ``config``'s array (no data transfer,
+    no activation): weight-stationary, ``ceil(K/R) * ceil(N/C)`` folds of ``2R + C + M - 2`` cycles each
+    (fill R weight rows, then M rows skewed over R + C - 2); output-stationary, ``ceil(M/R) * ceil(N/C)``
+    folds of ``K + R + C - 2``. On 16x16: ``M + 46`` and ``K + 30`` per fold (issue 19)."""
+    r, c = config.rows, config.cols
+    if config.dataflow == "ws":
+        return -(-k // r) * -(-n // c) * (2 * r + c + m - 2)
+    return -(-m // r) * -(-n // c) * (k + r + c - 2)
 
 
 def serial_path(row: dict) -> dict:
@@ -204,6 +220,12 @@ def main(argv=None):
     rows.append(dict(measure_gemm(CONFIG_4X4, 256, 64, 64), target=None))
     for m, n, k, precision, target in GOLDEN_GEMMS + [LARGE_GEMM] * args.large:
         rows.append(dict(measure_golden(CONFIG_16X16_INT4, m, n, k, precision), target=target))
+    os_rows = [measure_golden(CONFIG_16X16_OS, m, n, k, "int8") for m, n, k in OS_GEMMS]
+    configs = {"ws": CONFIG_16X16, "os": CONFIG_16X16_OS}
+    scale_sim = [{"dataflow": df, "array": r["array"], "m": r["m"], "n": r["n"], "k": r["k"], "cycles": r["cycles"],
+                  "scale_sim": scale_sim_cycles(configs[df], r["m"], r["k"], r["n"])}
+                 for df, group in (("ws", rows), ("os", os_rows)) for r in group
+                 if r["precision"] == "int8" and r["array"] == CONFIG_16X16.array]
     one_tile = next(r for r in rows if (r["m"], r["n"], r["k"]) == (16, 16, 16))
     path = serial_path(one_tile)
     split = latency_split(one_tile, path)
@@ -215,7 +237,7 @@ def main(argv=None):
               "bus_bytes": {"16x16": CONFIG_16X16.bus_bytes, "4x4": CONFIG_4X4.bus_bytes},
               "build_s": builds,
               "gemms": [{key: value for key, value in r.items() if key != "trace"} for r in rows],
-              "serial_path_16": path, "latency_split_16": split, "pysim": pysim, "verilator_over_pysim": ratio, "plot": args.plot}
+              "scale_sim": scale_sim, "serial_path_16": path, "latency_split_16": split, "pysim": pysim, "verilator_over_pysim": ratio, "plot": args.plot}
     if args.json:
         print(json.dumps(report))
         return
@@ -259,6 +281,11 @@ def main(argv=None):
                                                           if cycles) + ")"
         for key, title in (("latency", "pipeline latency"), ("work", "the tile's work"),
                            ("scheduling", "scheduling"))))
+    print("SCALE-Sim 3.0 compute cycles (no data transfer: WS ceil(K/16)*ceil(N/16)*(M+46), OS "
+          "ceil(M/16)*ceil(N/16)*(K+30)) against opennpu's whole program (every operand over the 16 B/cycle bus):")
+    for r in scale_sim:
+        print(f"  {r['dataflow'].upper()} M{r['m']:<5} N{r['n']:<5} K{r['k']:<5} opennpu {r['cycles']:>9}  SCALE-Sim "
+              f"{r['scale_sim']:>9}  SCALE-Sim / opennpu {r['scale_sim'] / r['cycles']:.2f}")
     speed = rows[0]["cycles_per_s"]
     print(f"Verilator {speed:,.0f} cycles/s on the 256^3 GEMM (target {SPEED_TARGET:,}): "
           f"{'ok' if speed >= SPEED_TARGET else 'MISS'}")
