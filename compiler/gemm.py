@@ -196,6 +196,8 @@ SIMULATE_STEPS = 4096
 SIMULATE_WITHIN = 1.15
 #: The shortest M chunk (rows of W^T) tried for the transposed product.
 MIN_TRANSPOSED_CHUNK = 32
+#: The transposed product's bias digits: at most this many entries of 127 * 127 each, and one remainder.
+MAX_BIAS_DIGITS = 64
 
 
 def _chunk(config: NpuConfig, spec: GemmSpec, order: str, max_chunk: int | None = None) -> int:
@@ -249,8 +251,8 @@ def bias_digits(residual: np.ndarray, coefficient: int = 127) -> tuple[np.ndarra
     return (np.stack(digits, axis=1) if digits else np.zeros((len(r), 0), np.int64)), np.array(coefficients, np.int64)
 
 
-def transposed_spec(spec: GemmSpec) -> GemmSpec | None:
-    """``Y^T = W^T A^T`` as a GEMM of its own (N x K' x M), or None where it cannot be one.
+def transposed_spec(spec: GemmSpec) -> GemmSpec:
+    """``Y^T = W^T A^T`` as a GEMM of its own (N x K' x M); ``ValueError`` where it cannot be one.
 
     For a small M (matrix-vector, batch-1 layers) on the weight-stationary array: A^T becomes the
     stationary weight tile and W^T streams through the array as activation rows, one SRAM word (a K tile
@@ -260,14 +262,19 @@ def transposed_spec(spec: GemmSpec) -> GemmSpec | None:
     requantization transposes, and the bias goes into the product. Its common part (the middle of its
     range) stays the ACTIVATE bias of every column; the rest rides in ``bias_digits``' extra K entries
     (digits appended to W^T's rows, their coefficients to A^T's), exact in the int32 accumulators. int8
-    only (a8w4 would need int4 activations). int32 outputs (``raw``) need no digits: the host adds the
-    bias."""
+    only (a8w4 would need int4 activations), and biases within ``MAX_BIAS_DIGITS * 127 * 127`` of the
+    middle of their range (at most ``MAX_BIAS_DIGITS + 1`` digit entries). int32 outputs (``raw``) need
+    no digits: the host adds the bias."""
     if spec.precision != Precision.INT8 or per_channel(spec.multiplier):
-        return None
+        raise ValueError("the transposed product needs int8 operands and per-tensor requantization")
     m = spec.shape[0]
     if spec.raw:
         return replace(spec, a=spec.w.T, w=spec.a.T, bias=np.zeros(m, np.int64))
     base = (int(spec.bias.max()) + int(spec.bias.min())) // 2
+    spread = int(spec.bias.max()) - base
+    if spread > MAX_BIAS_DIGITS * 127 * 127:
+        raise ValueError(f"the transposed product takes biases within +-{MAX_BIAS_DIGITS * 127 * 127} of the "
+                         f"middle of their range ({MAX_BIAS_DIGITS + 1} int8 digit entries), not +-{spread}")
     digits, coefficients = bias_digits(spec.bias - base)
     return replace(spec, a=np.concatenate([spec.w.T, digits], axis=1),
                    w=np.concatenate([spec.a.T, np.repeat(coefficients[:, None], m, axis=1)], axis=0),
@@ -311,9 +318,13 @@ def build_gemm(config: NpuConfig, spec: GemmSpec, order: str | None = None,
     m, _, n = spec.shape
     if transpose is None:
         transpose = None if order is None and m <= config.cols and m < n else False
-    t_spec = transposed_spec(spec) if transpose is not False else None
-    if transpose and t_spec is None:
-        raise ValueError("the transposed product needs int8 operands and per-tensor requantization")
+    t_spec = None
+    if transpose is not False:
+        try:
+            t_spec = transposed_spec(spec)
+        except ValueError:
+            if transpose:
+                raise
 
     def build(s: GemmSpec, name: str, max_chunk: int | None = None) -> GemmProgram:
         gp = _schedule(config, s, name, max_chunk)

@@ -222,6 +222,11 @@ def test_transposed_product_needs_int8_and_per_tensor_requantization():
         with pytest.raises(ValueError, match="transposed product needs int8"):
             build_gemm(config, spec, transpose=True)
         assert not build_gemm(config, spec).transposed
+    wide = random_gemm(2, 8, 9)
+    wide.bias[:2] = [-2**31, 2**31 - 1]           # 2^31 of spread: 133,000 digit entries, refused at once
+    with pytest.raises(ValueError, match="takes biases within"):
+        build_gemm(config, wide, transpose=True)
+    assert not build_gemm(config, wide).transposed
 
 
 def test_matrix_vector_streams_the_weights_at_the_bus_rate():
