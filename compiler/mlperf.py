@@ -92,15 +92,18 @@ def text(result: dict) -> str:
              f"  cycles per inference {r['cycles_per_inference']:,} vs Ethos-U55-256 {r['ethos_u55_cycles']:,} "
              f"(ratio {r['ratio_vs_ethos']:.2f}; < 1 is faster), energy {r['energy_fj'] / 1e9:.1f} uJ, "
              f"host ops move {r['host_bytes']:,} B",
-             f"  {'op':<18}{'dev':<5}{'cycles':>9}{'bound':>9}{'x bound':>8}{'util':>7}  {'bound by':<10}name"]
+             f"  {'op':<18}{'dev':<5}{'cycles':>9}{'bound':>9}{'x bound':>8}{'util':>7}  {'bound by':<10}"
+             f"{'bus in B':>9}{'bus out B':>10}  name   (bus: the bytes that cross the host bus; cpu rows: "
+             f"the bytes the host op moves)"]
     for layer in r["layers"]:
         if layer["device"] == "npu":
             lines.append(f"  {layer['op']:<18}npu  {layer['cycles']:>9,}{layer['bound']:>9,.0f}"
                          f"{layer['cycles_over_bound']:>8.2f}{100 * layer['utilization']:>6.1f}%  "
-                         f"{layer['bound_kind']:<10}{_short(layer['name'])}")
-        else:
-            lines.append(f"  {layer['op']:<18}cpu  {'':>9}{'':>9}{'':>8}{'':>7}  {layer['host_bytes']:>7} B   "
+                         f"{layer['bound_kind']:<10}{layer['dma_in_bytes']:>9,}{layer['dma_out_bytes']:>10,}  "
                          f"{_short(layer['name'])}")
+        else:
+            lines.append(f"  {layer['op']:<18}cpu  {'':>9}{'':>9}{'':>8}{'':>7}  {'':<10}{layer['host_bytes']:>9,}"
+                         f"{'':>10}  {_short(layer['name'])}")
     return "\n".join(lines)
 
 
