@@ -77,9 +77,12 @@ class WritebackUnit(wiring.Component):
 
         # -- each row's destination travels beside the activation unit: stage 0 lines up with i_valid,
         # stage P with the row's result ------------------------------------------------------------
-        tag_layout = data.StructLayout({"valid": 1, "dest": 1, "waddr": 16})
+        # (``write``: valid and bound for the SRAM, decided at stage 0, so that the SRAM write enable is
+        # a register.)
+        tag_layout = data.StructLayout({"valid": 1, "dest": 1, "write": 1, "waddr": 16})
         tags = [Signal(tag_layout, name=f"tag_d{i}") for i in range(ACT_LATENCY + 1)]
-        m.d.sync += [tags[0].valid.eq(self.reading), tags[0].dest.eq(dest), tags[0].waddr.eq(waddr)]
+        m.d.sync += [tags[0].valid.eq(self.reading), tags[0].dest.eq(dest), tags[0].write.eq(self.reading & ~dest),
+                     tags[0].waddr.eq(waddr)]
         m.d.sync += [nxt.eq(prev) for prev, nxt in zip(tags, tags[1:])]
         m.d.sync += [self.reading.eq(reading_next),
                      self.busy.eq(reading_next | self.reading | Cat(tag.valid for tag in tags[:-1]).any())]
@@ -90,6 +93,5 @@ class WritebackUnit(wiring.Component):
             m.d.comb += self.ev_act_op.eq(1)
             with m.If(out.dest):
                 m.d.comb += [self.push.eq(1), self.push_data.eq(self.o_data.as_value())]
-            with m.Else():
-                m.d.comb += [self.act_wr.en.eq(1), self.ev_act_write.eq(1)]
+        m.d.comb += [self.act_wr.en.eq(out.write), self.ev_act_write.eq(out.write)]
         return m
