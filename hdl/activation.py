@@ -250,10 +250,12 @@ class ActivationUnit(wiring.Component):
         c_valid = Signal()
         c_y = stage_regs(signed(8), "c_y")
         m.d.sync += c_valid.eq(t_valid)
+        # (The two comparisons side by side, not the second behind the first's multiplexer:
+        # max(t, qmin) is qmin when t < qmin, and min(qmin, qmax) does not depend on t.)
+        low = Mux(self.qmin > self.qmax, self.qmax, self.qmin)
         with m.If(t_valid):
             for i in range(self._lanes):
-                floored = Mux(t_y[i] < self.qmin, self.qmin, t_y[i])
-                m.d.sync += c_y[i].eq(Mux(floored > self.qmax, self.qmax, floored))
+                m.d.sync += c_y[i].eq(Mux(t_y[i] < self.qmin, low, Mux(t_y[i] > self.qmax, self.qmax, t_y[i])))
 
         # 6: LUT read. The table is stored as words of ``lut_write_width`` entries (one word per
         # ``lut_we``), one block-RAM copy per lane (a synchronous read: the RAM's own register is

@@ -47,9 +47,9 @@ class Controller(wiring.Component):
     head : In(HeadState)
         The dispatcher's head register, held by ``hdl/top.py`` because it must load while the core is
         frozen (a program waiting for its next command).
-    cmd_word, cmd_errors, next_word, next_errors, next_head, consume
+    cmd_word, cmd_codes, next_word, next_codes, next_head, consume
         The dispatcher's (``hdl/dispatcher.py``): the pre-head register's command is checked as it
-        enters (``cmd_errors``, registered with it by ``hdl/top.py``), and ``next_head`` is what the
+        enters (``cmd_codes``, registered with it by ``hdl/top.py``), and ``next_head`` is what the
         head becomes if it loads; ``consume``: the head is dispatched or rejected this cycle.
     din : In(8 * bus_bytes); want_in, want_in_next : Out(1)
         Data-in beat; the LD unit consumes one this cycle / will want one in the next cycle if this
@@ -81,10 +81,10 @@ class Controller(wiring.Component):
         self.ld = LoadUnit(c)
         self.wb, self.st = WritebackUnit(c), StoreUnit(c)
         self.dispatcher = Dispatcher(c)
-        errors = self.dispatcher.signature.members["cmd_errors"].shape
+        codes = self.dispatcher.signature.members["cmd_codes"].shape
         super().__init__({
-            "head": In(HeadState), "cmd_word": In(COMMAND_BITS), "cmd_errors": Out(errors),
-            "next_word": In(COMMAND_BITS), "next_errors": In(errors),
+            "head": In(HeadState), "cmd_word": In(COMMAND_BITS), "cmd_codes": Out(codes),
+            "next_word": In(COMMAND_BITS), "next_codes": In(codes),
             "next_head": Out(HeadState), "consume": Out(1),
             "din": In(8 * c.bus_bytes), "want_in": Out(1), "want_in_next": Out(1),
             "push": Out(1), "push_data": Out(8 * c.bus_bytes),
@@ -145,8 +145,8 @@ class Controller(wiring.Component):
 
         # -- dispatcher ---------------------------------------------------------------------------
         m.d.comb += [
-            disp.head.eq(self.head), disp.cmd_word.eq(self.cmd_word), self.cmd_errors.eq(disp.cmd_errors),
-            disp.next_word.eq(self.next_word), disp.next_errors.eq(self.next_errors),
+            disp.head.eq(self.head), disp.cmd_word.eq(self.cmd_word), self.cmd_codes.eq(disp.cmd_codes),
+            disp.next_word.eq(self.next_word), disp.next_codes.eq(self.next_codes),
             self.next_head.eq(disp.next_head), self.consume.eq(disp.consume),
             self.error.eq(disp.error), self.rejected.eq(disp.rejected),
         ]

@@ -96,7 +96,8 @@ class Counters(wiring.Component):
     Storage: an event counter is a narrow *delta* register plus a ``counter_bits`` slot in a memory (LUT
     RAM on an FPGA) whose rows are laid out like the readout beats (``per_row`` = ``bus_bytes // 8``
     counters a row, at least one): its value is slot + delta + gain. One read-add-write port, visiting one
-    row a cycle in turn, moves the deltas with their gains into the row and empties them (the *flush*).
+    row a cycle in turn, moves the deltas into the row, each restarting with its gain of that cycle (the
+    *flush*: one adder between registers, the delta, and the memory).
     A delta is sized for the most its counter can gain between two times it is emptied.
 
     Readout (``readout``, from the ST unit): in the running cycle that ``sample``s, the flush takes row 0
@@ -107,7 +108,7 @@ class Counters(wiring.Component):
     row once and at most one row ahead of the row that ``sel`` reads, so that every row holds its sampled
     values when the ST unit's beats (in order, ``sel`` 0, 1, ...) reach it; the deltas wait. ``beat`` is
     always the memory row of ``sel`` (and the marks), with no adder: it is exact while ``held`` (in beat
-    order), and while ``settled``: no event in the pipeline, every delta flushed (at most ``rows + 1``
+    order), and while ``settled``: no event in the pipeline, every delta flushed (at most ``rows + 2``
     cycles after the last event), and the core inactive since the cycle before (so the marks have caught
     up), which is what the drivers and the host link's STATUS reply read when the NPU is idle.
     ``int4_macs`` counts the MACs of rows done in a4w4 (always 0 without a4w4 in ``config.precisions``).
@@ -220,7 +221,7 @@ class Counters(wiring.Component):
         # (Row 0 is flushed in the sampling cycle itself, so its counters need no held copy.)
         held_delta = {name: Signal.like(d, name=f"{name}_held") for name, d in deltas.items() if row_of[name]}
         m.submodules.words = words = memory.Memory(shape=unsigned(per_row * bits), depth=rows, init=[])
-        flush_rd = words.read_port(domain="comb")
+        flush_rd, first_rd = words.read_port(domain="comb"), words.read_port(domain="comb")
         wr = words.write_port()
         # The flush: a row read, its deltas added, written back, one row a cycle. The pointer ``p`` runs
         # over the rows; in a sampling cycle the flush takes row 0 instead. During a held readout it adds
@@ -239,38 +240,54 @@ class Counters(wiring.Component):
         with m.If(clearing & (p == rows - 1)):
             m.d.sync += clearing.eq(0)
         m.d.comb += self.ready.eq(~clearing)
+        p_next = Signal.like(p)
         with m.If(sample):
-            m.d.sync += p.eq(1)
+            m.d.comb += p_next.eq(1)
         with m.Elif(ro.held):
-            with m.If(write):
-                m.d.sync += p.eq(p + 1)
+            m.d.comb += p_next.eq(Mux(write, p + 1, p))
         with m.Else():
-            m.d.sync += p.eq(Mux(p >= rows - 1, 0, p + 1))
+            m.d.comb += p_next.eq(Mux(p >= rows - 1, 0, p + 1))
+        # ``at_p``: ``p`` one-hot (bit r: ``p == r``; none once ``p`` is ``rows``), a register of its own,
+        # so that each row's selection is one flip-flop, not a decoder on ``p``.
+        at_p = Signal(rows, init=1)
+        m.d.sync += [p.eq(p_next), at_p.eq(Cat(p_next == r for r in range(rows)))]
 
-        def row_select(values: dict):
-            """The slots of row ``fp``: ``values[name]`` for the counters in it, 0 elsewhere."""
+        def row_slots(values: dict, r):
+            """The slots of row ``r``: ``values[name]`` for the counters in it, 0 elsewhere."""
             def slot(i):
                 value = values.get(COUNTER_NAMES[i], C(0, bits)) if i < n else C(0, bits)
                 return Cat(value, C(0, bits - len(value)))
-            return Array(Cat(*(slot(r * per_row + q) for q in range(per_row))) for r in range(rows))[fp]
+            return Cat(*(slot(r * per_row + q) for q in range(per_row)))
 
-        # A counter's delta with this cycle's gain (what the flush adds, and what a sample holds); a flush
-        # or a sample empties it.
+        def row_p(values: dict):
+            """``row_slots(values, p)``: an OR of the rows, each gated by its bit of ``at_p``."""
+            selected = [Mux(at_p[r], row_slots(values, r), 0) for r in range(rows)]
+            while len(selected) > 1:
+                selected = [a | b for a, b in zip(selected[::2], selected[1::2])] + selected[len(selected) & ~1:]
+            return selected[0]
+
+        # A counter's delta with this cycle's gain (what a sample holds and flushes into row 0); a sample
+        # empties it, a flush of its row takes the delta and leaves the gain.
         total = {name: Signal.like(d, name=f"{name}_total") for name, d in deltas.items()}
         for name, d in deltas.items():
             m.d.comb += total[name].eq(d + gain[name])
-            with m.If(sample | (~ro.held & (fp == row_of[name]))):
+            with m.If(sample):
                 m.d.sync += d.eq(0)
+            with m.Elif(~ro.held & (p == row_of[name])):
+                m.d.sync += d.eq(gain[name])
             with m.Else():
                 m.d.sync += d.eq(total[name])
         with m.If(sample):
             m.d.sync += [held_delta[name].eq(total[name]) for name in held_delta]
-        add_total, add_held = row_select(total), row_select(held_delta)
-        sums = [Mux(clearing, 0, flush_rd.data.word_select(q, bits)) + Mux(ro.held, add_held.word_select(q, bits),
-                                                                            add_total.word_select(q, bits))
-                for q in range(per_row)]
-        m.d.comb += [flush_rd.addr.eq(fp), wr.addr.eq(fp), wr.en.eq(write),
-                     wr.data.eq(Cat(*(s[:bits] for s in sums)))]
+        # The flush's sums for row ``p`` (read by ``flush_rd``) and for row 0 (``first_rd``), which a
+        # sampling cycle flushes instead: ``sample`` only picks one of the two, after the adders.
+        def flushed(slots, added):
+            return Cat(*((Mux(clearing, 0, slots.word_select(q, bits)) + added.word_select(q, bits))[:bits]
+                         for q in range(per_row)))
+        sum_p = flushed(flush_rd.data, Mux(ro.held, row_p(held_delta), row_p(deltas)))
+        sum_0 = flushed(first_rd.data, row_slots(total, 0))
+        m.d.comb += [flush_rd.addr.eq(p), first_rd.addr.eq(0), wr.addr.eq(fp), wr.en.eq(write),
+                     wr.data.eq(Mux(sample, sum_0, sum_p))]
         # (A cycle after the last active one, ``mark`` has caught up with ``cycles`` and ``stall_cycles``:
         # the core is not frozen in a cycle after an inactive one, hdl/top.py.)
         was_active = Signal()

@@ -14,9 +14,10 @@ their own data. So the dispatch decision is a few gates on registered state, wha
 commands in flight. The compiler sets the tokens (``golden/deps.py``); the golden model and the
 drivers refuse a program whose tokens leave a hazard unordered.
 
-The check runs a cycle ahead: a command is checked (once per configured precision, ``cmd_errors``) as
-it enters the pre-head register of ``hdl/top.py``, and the code for the precision it will see is
-selected as it moves into the head (``next_head``). Timing: ``golden/timing.py``.
+The check runs a cycle ahead: as a command enters the pre-head register of ``hdl/top.py`` it is
+checked once per configured precision as if it had each opcode (``cmd_codes``: every comparison of the
+rules), and as it moves into the head (``next_head``) its code is selected by its opcode and the
+precision it will see. Timing: ``golden/timing.py``.
 """
 from amaranth import *
 from amaranth.lib import data, wiring
@@ -26,7 +27,7 @@ from opennpu.config import NpuConfig
 from opennpu.golden.checks import data_in_beats
 from opennpu.golden.isa import COMMAND_BITS, WAIT_FIELD, Opcode, Precision, Wait
 
-from .decoder import HW_OPS, CommandChecker, command_layout
+from .decoder import HW_OPS, CommandChecker, codes_layout, command_layout, select_code
 
 __all__ = ["HeadState", "UnitBusy", "UnitStart", "Dispatcher", "REJECTED_MAX"]
 
@@ -70,8 +71,8 @@ _LOAD_OPS = (Opcode.LOAD, Opcode.LOAD_BIAS, Opcode.LOAD_LUT, Opcode.LOAD_QUANT)
 _BARRIER_OPS = (Opcode.CONFIG, Opcode.FENCE, Opcode.COUNTERS)
 
 
-def _errors_layout(config: NpuConfig):
-    return data.ArrayLayout(3, len(config.precisions))
+def _codes_layout(config: NpuConfig):
+    return data.ArrayLayout(codes_layout(config), len(config.precisions))
 
 
 class Dispatcher(wiring.Component):
@@ -79,9 +80,10 @@ class Dispatcher(wiring.Component):
     -------
     head : In(HeadState)
         The head register (held by ``hdl/top.py``).
-    cmd_word : In(COMMAND_BITS); cmd_errors : Out(ArrayLayout(3, len(precisions)))
-        A command entering the pre-head register and its checker code in each configured precision.
-    next_word : In(COMMAND_BITS); next_errors : In(ArrayLayout(3, len(precisions)))
+    cmd_word : In(COMMAND_BITS); cmd_codes : Out(ArrayLayout(codes_layout(config), len(precisions)))
+        A command entering the pre-head register and, in each configured precision, its
+        ``CommandChecker.codes`` (its code were its opcode each of the configuration's).
+    next_word : In(COMMAND_BITS); next_codes : In(ArrayLayout(codes_layout(config), len(precisions)))
         The command in the pre-head register with its registered codes.
     next_head : Out(HeadState)
         What the head becomes if it loads ``next_word`` at the end of this cycle: valid only in cycles
@@ -102,10 +104,10 @@ class Dispatcher(wiring.Component):
 
     def __init__(self, config: NpuConfig):
         self._config = config
-        errors = _errors_layout(config)
+        codes = _codes_layout(config)
         super().__init__({
-            "head": In(HeadState), "cmd_word": In(COMMAND_BITS), "cmd_errors": Out(errors),
-            "next_word": In(COMMAND_BITS), "next_errors": In(errors), "next_head": Out(HeadState),
+            "head": In(HeadState), "cmd_word": In(COMMAND_BITS), "cmd_codes": Out(codes),
+            "next_word": In(COMMAND_BITS), "next_codes": In(codes), "next_head": Out(HeadState),
             "busy": In(UnitBusy), "ex_issue_ends": In(1), "act_bank": In(1), "act_perchan": In(1),
             "start": Out(UnitStart), "consume": Out(1),
             "precision": Out(2, init=Precision.INT8), "error": Out(3), "rejected": Out(16),
@@ -120,7 +122,7 @@ class Dispatcher(wiring.Component):
         for i, p in enumerate(precisions):
             m.submodules[f"checker_{p.label}"] = checker = CommandChecker(c)
             m.d.comb += [checker.word.eq(self.cmd_word), checker.precision.eq(p),
-                         self.cmd_errors[i].eq(checker.error)]
+                         self.cmd_codes[i].eq(checker.codes)]
 
         head, busy = self.head, self.busy
         opcode = head.word[:4]
@@ -131,9 +133,10 @@ class Dispatcher(wiring.Component):
         # head leaves only by dispatching: the precision the next head sees assumes that it does.
         leaving_config = head.valid & (head.error == 0) & (opcode == Opcode.CONFIG)
         next_precision = Mux(leaving_config, config_view.precision, self.precision)
-        next_error = self.next_errors[0]
+        next_opcode = self.next_word[:4]
+        next_error = select_code(c, next_opcode, self.next_codes[0])
         for i, p in enumerate(precisions[1:], start=1):
-            next_error = Mux(next_precision == p, self.next_errors[i], next_error)
+            next_error = Mux(next_precision == p, select_code(c, next_opcode, self.next_codes[i]), next_error)
         m.d.comb += [self.next_head.valid.eq(1), self.next_head.word.eq(self.next_word),
                      self.next_head.error.eq(next_error)]
 

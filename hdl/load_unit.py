@@ -79,6 +79,9 @@ class LoadUnit(wiring.Component):
         c = self._config
         bias_beats, quant_beats = c.beats(4 * c.cols), c.beats(5 * c.cols)
         kind, bank, discard = Signal(3), Signal(), Signal()
+        # ``busy`` and an SRAM load that is not discarded, as registers: the write enables, with no logic
+        # between them and the SRAMs' bank logic.
+        act_writing, wgt_writing = Signal(), Signal()
         addr = Signal(16)
         left = Signal(17)            # beats still to come
         beat = Signal(range(max(quant_beats, c.beats(256)) + 1))
@@ -90,12 +93,16 @@ class LoadUnit(wiring.Component):
         # SRAM write addresses and data straight from the ``addr`` register and the beat; only the
         # enables depend on the state.
         m.d.comb += [self.act_wr.addr.eq(addr), self.act_wr.data.eq(self.din),
-                     self.wgt_wr.addr.eq(addr), self.wgt_wr.data.eq(self.din)]
+                     self.wgt_wr.addr.eq(addr), self.wgt_wr.data.eq(self.din),
+                     self.act_wr.en.eq(act_writing), self.ev_act_write.eq(act_writing),
+                     self.wgt_wr.en.eq(wgt_writing), self.ev_wgt_write.eq(wgt_writing)]
         m.d.comb += [self.want.eq(self.busy), self.ev_beat.eq(self.busy),
                      self.want_next.eq(self.start | (self.busy & (left != 1)))]
         with m.If(self.start):
             m.d.sync += [self.busy.eq(1), kind.eq(self.kind), addr.eq(self.addr), beat.eq(0), bank.eq(self.bank),
-                         discard.eq(self.discard)]
+                         discard.eq(self.discard),
+                         act_writing.eq((self.kind == LoadKind.ACT) & ~self.discard),
+                         wgt_writing.eq((self.kind == LoadKind.WGT) & ~self.discard)]
             with m.Switch(self.kind):
                 with m.Case(LoadKind.ACT, LoadKind.WGT):
                     m.d.sync += left.eq(self.rows)
@@ -109,12 +116,8 @@ class LoadUnit(wiring.Component):
         with m.If(self.busy):
             m.d.sync += [left.eq(left - 1), beat.eq(beat + 1), addr.eq(addr + 1)]
             with m.If(left == 1):
-                m.d.sync += self.busy.eq(0)
+                m.d.sync += [self.busy.eq(0), act_writing.eq(0), wgt_writing.eq(0)]
             with m.Switch(Mux(discard, _DISCARD, kind)):
-                with m.Case(LoadKind.ACT):
-                    m.d.comb += [self.act_wr.en.eq(1), self.ev_act_write.eq(1)]
-                with m.Case(LoadKind.WGT):
-                    m.d.comb += [self.wgt_wr.en.eq(1), self.ev_wgt_write.eq(1)]
                 with m.Case(LoadKind.BIAS, LoadKind.QUANT):
                     shifted = Cat(regs_shift[8 * c.bus_bytes:], self.din)
                     m.d.sync += regs_shift.eq(shifted)

@@ -172,9 +172,9 @@ class DualWriteMemory(wiring.Component):
             bank = wr.addr[0]
             free = Mux(bank, ~taken[1], ~taken[0])
             m.d.comb += now.eq(wr.en & ~held[s] & free)
-            m.d.sync += held[s].eq(wr.en & ~now)
-            with m.If(wr.en & ~now):
-                m.d.sync += [held_addr[s].eq(wr.addr), held_data[s].eq(wr.data)]
+            # (The word and its address load every cycle, with no enable: they are read only while
+            # ``held``, which is set for exactly the words deferred.)
+            m.d.sync += [held[s].eq(wr.en & ~now), held_addr[s].eq(wr.addr), held_data[s].eq(wr.data)]
             claims.append((now, wr.addr, wr.data))
             taken = [taken[b] | now & (bank == b) for b in range(2)]
 

@@ -81,26 +81,49 @@ class StoreUnit(wiring.Component):
         m.d.comb += [self.counters.sel.eq(Mux(self.busy, beat, self.counter_sel)),
                      self.counters.sample.eq(reading_counters & first),
                      self.counters.held.eq(reading_counters & ~first)]
-        outputs = {mode_value: (Cat(word, Const(0, c.beats(len(word) // 8) * bus - len(word))).word_select(beat, bus),
-                                c.beats(len(word) // 8))
-                   for mode_value, (word, _, _) in sources.items()}
-        outputs[StoreMode.COUNTERS] = (self.counters.beat, counter_beats)
+        # Beats per word of each mode, and the data of each: a word's beats in order (COUNTERS: the one
+        # beat the counters give for ``sel``).
+        beats_of = {mode_value: c.beats(len(word) // 8) for mode_value, (word, _, _) in sources.items()}
+        beats_of[StoreMode.COUNTERS] = counter_beats
+        chunks = {mode_value: [Cat(word, Const(0, beats_of[mode_value] * bus - len(word))).word_select(i, bus)
+                               for i in range(beats_of[mode_value])]
+                  for mode_value, (word, _, _) in sources.items()}
+        chunks[StoreMode.COUNTERS] = [self.counters.beat]
+        # ``chunk``: one bit per chunk, set for the one being pushed, a register: set for the mode's first
+        # chunk in the ``first`` cycle, moved to its next one after each push (``next_chunk``), cleared
+        # after the last. ``push_data`` is an OR of the chunks gated by their bits: no multiplexer on
+        # ``mode`` or ``beat`` behind the SRAMs' read data.
+        offsets, total = {}, 0
+        for mode_value, data_chunks in chunks.items():
+            offsets[mode_value], total = total, total + len(data_chunks)
+        chunk = Signal(total)
+        gated = [Mux(chunk[offsets[mode_value] + i], data_chunk, 0)
+                 for mode_value, data_chunks in chunks.items() for i, data_chunk in enumerate(data_chunks)]
+        while len(gated) > 1:
+            gated = [a | b for a, b in zip(gated[::2], gated[1::2])] + gated[len(gated) & ~1:]
+        m.d.comb += self.push_data.eq(gated[0])
+        next_chunk = Cat(*(chunk[offsets[mode_value] + (i - 1) % len(data_chunks)]
+                           for mode_value, data_chunks in chunks.items() for i in range(len(data_chunks))))
 
         read = Signal()
         with m.If(self.busy):
             with m.If(first):
                 m.d.comb += read.eq(1)
                 m.d.sync += first.eq(0)
+                with m.Switch(mode):
+                    for mode_value in chunks:
+                        with m.Case(mode_value):
+                            m.d.sync += chunk.eq(1 << offsets[mode_value])
             with m.Else():
                 m.d.comb += self.push.eq(1)
+                m.d.sync += chunk.eq(next_chunk)
                 with m.Switch(mode):
-                    for mode_value, (data_beat, beats) in outputs.items():
+                    for mode_value, beats in beats_of.items():
                         with m.Case(mode_value):
-                            m.d.comb += self.push_data.eq(data_beat)
                             with m.If(beat == beats - 1):
                                 m.d.sync += beat.eq(0)
                                 with m.If(words_left == 1):
-                                    m.d.sync += self.busy.eq(0)
+                                    m.d.sync += [self.busy.eq(0), chunk.eq(0)]
                                 with m.Else():
                                     m.d.comb += read.eq(1)
                                     m.d.sync += words_left.eq(words_left - 1)

@@ -98,13 +98,14 @@ class NpuTop(wiring.Component):
         m.submodules.dout_fifo = dout_fifo = fifo.SyncFIFO(width=bus, depth=3)
 
         # The pre-head register: the command behind the core's head with its checker codes for every
-        # configured precision (computed by the dispatcher as the command enters, hdl/dispatcher.py).
+        # configured precision and opcode (computed by the dispatcher as the command enters,
+        # hdl/dispatcher.py).
         # A program is open from the cycle its first command sits in the head.
         # The head register (its code selected by the dispatcher the cycle before it loads) is kept
         # here, outside the clock enable: a program waiting for its next command is frozen and must
         # still load it.
         pre_valid, pre, head = Signal(), Signal(CommandBeat), Signal(HeadState)
-        pre_errors = Signal.like(core.cmd_errors)
+        pre_codes = Signal.like(core.cmd_codes)
         program_open = Signal()
 
         consumed = core.consume & run
@@ -114,7 +115,7 @@ class NpuTop(wiring.Component):
         m.d.comb += [
             take.eq(pre_valid & (~head.valid | consumed)),
             core.head.eq(head), core.cmd_word.eq(self.cmd.payload.word),
-            core.next_word.eq(pre.word), core.next_errors.eq(pre_errors),
+            core.next_word.eq(pre.word), core.next_codes.eq(pre_codes),
             core.din.eq(din_fifo.r_data),
             core.counter_sel.eq(self.counter_sel), self.counter_beat.eq(perf.readout.beat),
             self.cmd.ready.eq((~pre_valid | take) & perf.ready),   # (counters cleared after reset)
@@ -126,7 +127,7 @@ class NpuTop(wiring.Component):
         ]
 
         with m.If(self.cmd.valid & self.cmd.ready):
-            m.d.sync += [pre_valid.eq(1), pre.eq(self.cmd.payload), pre_errors.eq(core.cmd_errors)]
+            m.d.sync += [pre_valid.eq(1), pre.eq(self.cmd.payload), pre_codes.eq(core.cmd_codes)]
         with m.Elif(take):
             m.d.sync += pre_valid.eq(0)
         with m.If(take):

@@ -21,7 +21,8 @@ class WritebackUnit(wiring.Component):
     unit latency (``golden.timing.ACT_LATENCY``). ``reading`` is high d+1 .. d+rows: the unit takes the
     next ACTIVATE from d+rows+1, while this one's rows are still in the activation unit (each row
     carries its destination, ``dest`` and the SRAM word, beside it); ``busy`` is high until the last
-    row in flight is written or pushed (d+1 .. d+rows+P+1 for the last ACTIVATE).
+    row in flight is written or pushed (d+1 .. d+rows+P+1 for the last ACTIVATE). Both are registers,
+    loaded from the unit's next state (the dispatcher reads them).
 
     Members
     -------
@@ -60,7 +61,11 @@ class WritebackUnit(wiring.Component):
         m.d.comb += self.acc_rd.en.eq(0)            # memory read ports default to enabled
         raddr, waddr, rows_left = Signal(16), Signal(16), Signal(17)
         dest = Signal()
-        m.d.comb += [self.acc_rd.addr.eq(raddr), self.reading.eq(rows_left != 0)]
+        # ``reading`` is ``rows_left != 0`` and ``busy`` ``reading`` or a row in flight, each one cycle
+        # ahead from the next state (a ``start`` comes only while not ``reading``; ``reading`` wins, as
+        # its assignment to ``rows_left`` below does).
+        reading_next = Mux(self.reading, rows_left != 1, self.start & (self.rows != 0))
+        m.d.comb += self.acc_rd.addr.eq(raddr)
         with m.If(self.start):
             m.d.sync += [raddr.eq(self.accaddr), waddr.eq(self.aaddr), rows_left.eq(self.rows),
                          dest.eq(self.dest), self.bias_bank.eq(self.bank), self.per_channel.eq(self.perchan)]
@@ -72,11 +77,15 @@ class WritebackUnit(wiring.Component):
 
         # -- each row's destination travels beside the activation unit: stage 0 lines up with i_valid,
         # stage P with the row's result ------------------------------------------------------------
-        tag_layout = data.StructLayout({"valid": 1, "dest": 1, "waddr": 16})
+        # (``write``: valid and bound for the SRAM, decided at stage 0, so that the SRAM write enable is
+        # a register.)
+        tag_layout = data.StructLayout({"valid": 1, "dest": 1, "write": 1, "waddr": 16})
         tags = [Signal(tag_layout, name=f"tag_d{i}") for i in range(ACT_LATENCY + 1)]
-        m.d.sync += [tags[0].valid.eq(self.reading), tags[0].dest.eq(dest), tags[0].waddr.eq(waddr)]
+        m.d.sync += [tags[0].valid.eq(self.reading), tags[0].dest.eq(dest), tags[0].write.eq(self.reading & ~dest),
+                     tags[0].waddr.eq(waddr)]
         m.d.sync += [nxt.eq(prev) for prev, nxt in zip(tags, tags[1:])]
-        m.d.comb += self.busy.eq(self.reading | Cat(tag.valid for tag in tags).any())
+        m.d.sync += [self.reading.eq(reading_next),
+                     self.busy.eq(reading_next | self.reading | Cat(tag.valid for tag in tags[:-1]).any())]
         out = tags[-1]
         m.d.comb += [self.act_wr.addr.eq(out.waddr),
                      self.act_wr.data.eq(self.o_data.as_value()[:8 * min(c.rows, c.cols)])]
@@ -84,6 +93,5 @@ class WritebackUnit(wiring.Component):
             m.d.comb += self.ev_act_op.eq(1)
             with m.If(out.dest):
                 m.d.comb += [self.push.eq(1), self.push_data.eq(self.o_data.as_value())]
-            with m.Else():
-                m.d.comb += [self.act_wr.en.eq(1), self.ev_act_write.eq(1)]
+        m.d.comb += [self.act_wr.en.eq(out.write), self.ev_act_write.eq(out.write)]
         return m

@@ -21,6 +21,7 @@ from opennpu.config import NpuConfig
 from opennpu.golden.program import COUNTER_NAMES
 from opennpu.golden.timing import ACT_LATENCY, array_latency
 from opennpu.hdl.counters import Counters, Events
+from opennpu.hdl.decoder import select_code
 from opennpu.hdl.dispatcher import UnitStart
 
 __all__ = ["SMALL_CONFIG", "LINK_CONFIG", "LINK_FRAME_MAX", "PROOFS", "CountersMonotonic", "NpuStreamRules",
@@ -478,9 +479,9 @@ class RejectedWritesNothing(_NpuHarness):
         m.d.comb += Assert(~rejecting | (started == 0) | (started == dropping),
                            "a rejected command started a unit (other than LD discarding its data-in)")
 
-        codes = Value.cast(core.cmd_errors)
-        width = len(codes) // len(core.cmd_errors)
-        all_bad = Cat(codes[i * width:(i + 1) * width] != 0 for i in range(len(core.cmd_errors))).all()
+        opcode = dut.cmd.payload.word[:4]
+        all_bad = Cat(select_code(dut.config, opcode, core.cmd_codes[i]) != 0
+                      for i in range(len(core.cmd_codes))).all()
         m.d.comb += Assume(~dut.cmd.valid | all_bad)
         for name, port in _sram_writes(dut):
             m.d.comb += Assert(~port.en, f"{name}: written while every command was rejected")

@@ -5,6 +5,7 @@ from amaranth.sim import Simulator
 
 from opennpu.config import NpuConfig
 from opennpu.golden.isa import Command, ErrorCode, Opcode, Precision, Wait, encode
+from opennpu.hdl.decoder import checker_ops
 from opennpu.hdl.dispatcher import Dispatcher
 
 CONFIG = NpuConfig(rows=2, cols=2, act_depth=16, wgt_depth=8, acc_depth=8, precisions=("int8", "a4w4"))
@@ -127,17 +128,18 @@ def test_rejected_load_waits_for_ld_and_discards_its_data():
 
 def test_checker_per_configured_precision_and_next_head_selects():
     """A PRELOAD of 4 K rows is legal only in a4w4 on 2 rows; the code the next head gets follows the
-    precision a dispatching CONFIG sets."""
+    precision a dispatching CONFIG sets and the word's opcode (its codes as any other opcode differ)."""
     preload = encode(Command(Opcode.PRELOAD, addr=0, krows=4, ncols=2))
 
     async def bench(ctx, dut):
-        assert len(dut.cmd_errors) == 2                   # int8, a4w4: no a8w4 checker
+        assert len(dut.cmd_codes) == 2                    # int8, a4w4: no a8w4 checker
         ctx.set(dut.cmd_word, preload)
-        codes = [ctx.get(dut.cmd_errors[i]) for i in range(2)]
-        assert codes == [ErrorCode.BAD_FIELD, ErrorCode.OK]
+        codes = [ctx.get(dut.cmd_codes[i]) for i in range(2)]
+        ops = checker_ops(CONFIG)
+        assert [code[ops.index(Opcode.PRELOAD)] for code in codes] == [ErrorCode.BAD_FIELD, ErrorCode.OK]
         ctx.set(dut.next_word, preload)
         for i, code in enumerate(codes):
-            ctx.set(dut.next_errors[i], code)
+            ctx.set(dut.next_codes[i], code)
         _busy(ctx, dut)
         _head(ctx, dut, Command(Opcode.CONFIG, precision=Precision.A4W4))
         assert ctx.get(dut.next_head.error) == ErrorCode.OK
@@ -145,4 +147,6 @@ def test_checker_per_configured_precision_and_next_head_selects():
         assert ctx.get(dut.precision) == Precision.A4W4
         _head(ctx, dut, Command(Opcode.CONFIG, precision=Precision.INT8))
         assert ctx.get(dut.next_head.error) == ErrorCode.BAD_FIELD
+        ctx.set(dut.next_word, preload & ~0xF | 0xF)    # an opcode the NPU does not implement
+        assert ctx.get(dut.next_head.error) == ErrorCode.BAD_OPCODE
     _run(bench)
