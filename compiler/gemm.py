@@ -340,8 +340,8 @@ def build_gemm(config: NpuConfig, spec: GemmSpec, order: str | None = None,
         candidates += [(t_spec, name, None) for name in names]
         if names:
             # The transposed product of a short K is a few long steps whose first load and last COMPUTE
-            # do not overlap anything: shorter chunks shrink both (each step then reloads no weights:
-            # A^T is small enough to stay resident).
+            # do not overlap anything: shorter chunks shrink both (A^T, M columns wide, usually stays
+            # resident, so the extra chunks reload no weights; the estimate counts it where it does not).
             chunk = _chunk(config, t_spec, "n_outer")
             pieces = -(-n // chunk)
             candidates += [(t_spec, "n_outer", -(-n // (pieces * split))) for split in (2, 4, 8)
