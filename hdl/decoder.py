@@ -30,6 +30,10 @@ def command_layout(op: Opcode) -> data.FlexibleLayout:
     return data.FlexibleLayout(COMMAND_BITS, fields)
 
 
+#: Bits of an ``ErrorCode``.
+CODE_BITS = max(ErrorCode).bit_length()
+
+
 def checker_ops(config: NpuConfig) -> list:
     """The opcodes the configuration implements, in the order of ``CommandChecker.codes``."""
     return list(rules(config))
@@ -37,15 +41,15 @@ def checker_ops(config: NpuConfig) -> list:
 
 def codes_layout(config: NpuConfig) -> data.ArrayLayout:
     """``CommandChecker.codes``: one ``ErrorCode`` per opcode of ``checker_ops(config)``."""
-    return data.ArrayLayout(3, len(checker_ops(config)))
+    return data.ArrayLayout(CODE_BITS, len(checker_ops(config)))
 
 
 def select_code(config: NpuConfig, opcode, codes):
     """The ``ErrorCode`` of a word with opcode ``opcode`` from its ``CommandChecker.codes``:
     ``BAD_OPCODE`` for an opcode the configuration does not implement (a 4-bit multiplexer)."""
     ops = checker_ops(config)
-    table = [codes[ops.index(op)] if op in ops else C(ErrorCode.BAD_OPCODE, 3) for op in range(16)]
-    return Cat(*table).word_select(opcode, 3)
+    table = [codes[ops.index(op)] if op in ops else C(ErrorCode.BAD_OPCODE, CODE_BITS) for op in range(16)]
+    return Cat(*table).word_select(opcode, CODE_BITS)
 
 
 class CommandChecker(wiring.Component):
