@@ -316,8 +316,8 @@ def build_gemm(config: NpuConfig, spec: GemmSpec, order: str | None = None,
             raise ValueError("loop orders and the transposed product apply to the weight-stationary dataflow only")
         return _schedule_os(config, spec)
     m, _, n = spec.shape
-    if transpose is None:
-        transpose = None if order is None and m <= config.cols and m < n else False
+    if transpose is None and (order is not None or not (m <= config.cols and m < n)):
+        transpose = False                          # (None: rank both; only small M is worth transposing)
     t_spec = None
     if transpose is not False:
         try:
