@@ -19,8 +19,8 @@ finds faster; ``GemmProgram.decode_output`` transposes its result back.
 The tiles become ``schedule.Step``s and ``schedule.emit_steps`` (the emitter the model compiler uses too)
 software-pipelines them for the in-order dispatcher: the loads of step s+1 follow the COMPUTE of step s
 (weights first, so PRELOAD s+1 overlaps the activation load), the ACTIVATE of a finished N tile follows
-the first COMPUTE of the next tile, so the array never waits for write-back, and the first COMPUTE is
-split into row pieces that compute while the next piece loads (``split_first``).
+the first COMPUTE of the next tile, so the array never waits for write-back, and the first COMPUTEs and
+the last write-back stream behind the loads and the drain they read (``stream``, ``golden.isa.Wait.STREAM``).
 
 Output-stationary (``config.dataflow == "os"``, ``_schedule_os``): the output is cut into ``rows`` x
 ``cols`` tiles; one COMPUTE streams all of K (or a K chunk, accumulating, when two weight chunks must
@@ -451,7 +451,7 @@ def _schedule(config: NpuConfig, spec: GemmSpec, order: str, max_chunk: int | No
                                     perchan=per_channel(spec.multiplier))
             steps.append(Step(0, loads, wgt_addr, krows, width, act_addr, acc_addr(ci, t), rows, kk > 0,
                               activate))
-    emit_steps(e, steps, preamble, split_first=True, split_last=True)
+    emit_steps(e, steps, preamble, stream=True)
     return GemmProgram(e.program(), spec, config, chunks, n_n)
 
 

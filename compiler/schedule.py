@@ -9,9 +9,8 @@ it needs first and, on the step that finishes an N tile, the ``ACTIVATE`` that w
 * the ``LOAD_BIAS`` + ``ACTIVATE`` of a finished tile follow the first ``COMPUTE`` (and loads) of the next
   tile, so the array never waits for write-back; bias goes to the bank the caller picks, so callers
   alternate banks and the next bias loads while ``ACTIVATE`` reads the other one;
-* optionally (``split_first``) the first ``COMPUTE`` of the program is cut into row pieces, each of at
-  least one drain time of the array, and its activation load with it: piece i computes while piece i+1
-  loads, so the array starts after the first piece's rows arrive instead of the whole tile's;
+* optionally (``stream``) the first steps' loads and the write-backs are placed so that commands stream
+  behind the unit writing what they read (``golden.isa.Wait.STREAM``);
 * steps carry a ``group`` (e.g. a layer): where the group changes, the pending ``ACTIVATE`` is flushed and
   the caller's preamble (``CONFIG``, ``LOAD_LUT``) is emitted. ``CONFIG`` waits for every unit to be idle, so
   results always see the requantization registers of their own group.
@@ -21,7 +20,7 @@ assembled (the model compiler builds one schedule and assembles it per input).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -31,10 +30,9 @@ from opennpu.golden import numerics
 from opennpu.golden.deps import order_program
 from opennpu.golden.isa import ActFn, Buf, Command, Opcode, Precision
 from opennpu.golden.program import Program
-from opennpu.golden.timing import array_latency
 
-__all__ = ["Deferred", "Load", "Activate", "Step", "Emitter", "emit_steps", "prologue_pieces", "epilogue_pieces",
-           "row_pieces", "per_channel", "requant_params", "config_requant", "tile_quant"]
+__all__ = ["Deferred", "Load", "Activate", "Step", "Emitter", "emit_steps", "row_pieces", "per_channel",
+           "requant_params", "config_requant", "tile_quant"]
 
 
 def per_channel(multiplier) -> bool:
@@ -193,6 +191,16 @@ class Emitter:
             self.cmd(Opcode.STORE, buf=Buf.ACC, addr=act.accaddr, rows=act.rows)
             self.outputs.append(("store", act.tag))
             return
+        self.activate_params(act)
+        self.cmd(Opcode.ACTIVATE, accaddr=act.accaddr, aaddr=act.aaddr, rows=act.rows, dest=act.dest,
+                 bank=act.bank, perchan=act.perchan)
+        if act.dest == 1:
+            self.outputs.append(("activate", act.tag))
+
+    def activate_params(self, act: Activate) -> Activate:
+        """The ``LOAD_BIAS`` / ``LOAD_QUANT`` of ``act``; returns ``act`` without them (to activate later)."""
+        if act.raw:
+            return act
         if act.bias is not None:
             self.cmd(Opcode.LOAD_BIAS, bank=act.bank)
             self.register(np.asarray(act.bias, np.int64).astype("<i4").tobytes())
@@ -201,10 +209,7 @@ class Emitter:
             self.cmd(Opcode.LOAD_QUANT, bank=act.bank)
             self.register(np.asarray(multipliers, np.int64).astype("<i4").tobytes()
                           + np.asarray(shifts, np.int64).astype(np.int8).tobytes())
-        self.cmd(Opcode.ACTIVATE, accaddr=act.accaddr, aaddr=act.aaddr, rows=act.rows, dest=act.dest,
-                 bank=act.bank, perchan=act.perchan)
-        if act.dest == 1:
-            self.outputs.append(("activate", act.tag))
+        return replace(act, bias=None, quant=None)
 
     def counters(self, tag):
         self.cmd(Opcode.COUNTERS)
@@ -229,103 +234,82 @@ def row_pieces(rows: int, count: int) -> list:
     return [(lo, hi - lo) for lo, hi in zip(bounds, bounds[1:])]
 
 
-def prologue_pieces(config: NpuConfig, rows: int) -> int:
-    """How many pieces (1 to 4) a first ``COMPUTE`` of ``rows`` rows is cut into: the count ``p`` that
-    minimizes the estimated prologue ``p + rows / p + (p - 1) * max(0, D - rows / p)``: a cycle per piece
-    (its load takes one more than its rows), the last piece's rows (they compute after every load), and,
-    per piece after the first, a penalty for pieces shorter than the drain time ``D = array_latency + 2``.
-    Short pieces no longer wait for a drain slot (COMPUTEs drain side by side), but where the next step
-    needs new weights the load unit bounds the prologue and each piece's extra load cycle delays them:
-    the penalty keeps that in check (16x16 64^3: 2 pieces 1,162 cycles, 4 pieces 1,164)."""
-    drain = array_latency(config.rows, config.cols) + 2
-    return min(range(1, min(4, rows) + 1),
-               key=lambda p: p + rows / p + (p - 1) * max(0.0, drain - rows / p))
-
-
-def _emit_compute(e: Emitter, step: Step, lo: int, rows: int):
-    e.cmd(Opcode.COMPUTE, aaddr=step.act_addr + lo, accaddr=step.acc_addr + lo, rows=rows,
-          accumulate=step.accumulate)
-
-
-def epilogue_pieces(rows: int) -> list:
-    """The row pieces ``[(first row, rows)]`` the last ``COMPUTE`` (and its ``ACTIVATE``) of a program is cut
-    into: halves, so that the first half's write-back overlaps the second half's drain. The first
-    write-back starts once its rows have drained (``r1 + D`` after the step starts, ``D = array_latency +
-    2``); the second (same bias bank) a cycle after the first one's rows are read or once its own rows
-    have drained (``rows + D``), whichever is later, and ends ``r2 + ACT_LATENCY + 1`` later: halves (or
-    ``r1 = (rows - 1) // 2``, the same) make the second wait for its drain alone, with the fewest rows
-    behind it (16x16 64^3: 1,193 cycles in one piece, 1,162 in halves, 1,166 with 27 + 37 rows). More
-    pieces lose: a write-back piece that waits for a COMPUTE but the last holds the in-order
-    dispatcher's head until it drains."""
-    return row_pieces(rows, 2 if rows > 1 else 1)
-
-
 def emit_steps(e: Emitter, steps: list, preamble: Callable[[object], None],
-               between: Callable[[object], None] | None = None, *, split_first: bool = False,
-               split_last: bool = False):
+               between: Callable[[object], None] | None = None, *, stream: bool = False):
     """Emit ``steps`` in pipelined order. ``preamble(group)`` runs before the first step of each group;
     ``between(group)`` (optional) runs after each group's last ``ACTIVATE`` is emitted, at a point where
     the next command is a barrier anyway (used for ``COUNTERS`` snapshots).
 
-    ``split_first``: split the first step's ``COMPUTE`` into ``prologue_pieces`` row pieces, and with it
-    each of its activation loads that covers exactly the rows it computes (numpy payloads; other loads go
-    first, whole). The stream starts: other loads, piece 0's loads, ``PRELOAD``, then for each piece i the
-    loads of piece i+1 and ``COMPUTE`` piece i.
-
     A tile's ``ACTIVATE`` follows the ``COMPUTE`` of the step after the tile's last step, then the loads
-    and the ``PRELOAD`` of the step after that (inside a group), so that an ``ACTIVATE`` waiting for the ACT unit (two tiles finishing
-    together, as in a lead group) does not hold back the ``PRELOAD`` behind it.
+    and the ``PRELOAD`` of the step after that (inside a group), so that an ``ACTIVATE`` waiting for the
+    ACT unit (two tiles finishing together, as in a lead group) does not hold back the ``PRELOAD`` behind
+    it.
 
-    ``split_last``: cut the last step's ``COMPUTE`` and its ``ACTIVATE`` (when that writes back exactly the
-    rows computed, and unless it is also the first step and split as such) into ``epilogue_pieces`` row
-    pieces: all compute pieces, then the write-back pieces, so the program's final write-back starts after
-    the first piece drains instead of the whole tile."""
+    ``stream``: order the commands so that ``order_program`` can let them stream (``Wait.STREAM``) where
+    the pipeline starts and ends:
+
+    * the first two steps' activation loads follow their ``PRELOAD`` (the first ``COMPUTE`` then reads
+      its rows as they arrive instead of after the whole tile), and the second step's other loads (its
+      weights) follow the first ``PRELOAD``, ahead of the first activation load, so the second
+      ``PRELOAD`` is ready when the first ``COMPUTE`` ends;
+    * a tile's ``ACTIVATE`` follows its own last ``COMPUTE`` (reading each accumulator row as it
+      drains) where the step before wrote no tile back (else, as above, later: the ACT unit would still
+      be busy with that one), so the program's last write-back overlaps its last drain; its
+      ``LOAD_BIAS`` (and ``LOAD_QUANT``) go ahead of the step's loads, so that it waits for no LOAD
+      behind them."""
     if not steps:
         raise ValueError("nothing to emit: no steps")
-    first, last = steps[0], steps[-1]
-    split = [load for load in first.loads if split_first and load.buf == Buf.ACT
-             and load.addr == first.act_addr and load.rows == first.rows
-             and not isinstance(load.payload, Deferred)]
-    parts = row_pieces(first.rows, prologue_pieces(e.config, first.rows) if split else 1)
-    tail = (epilogue_pieces(last.rows)
-            if split_last and (len(steps) > 1 or len(parts) == 1) and last.activate is not None
-            and last.activate.accaddr == last.acc_addr and last.activate.rows == last.rows
-            else [(0, last.rows)])
-    preamble(first.group)
-    for load in first.loads:
-        if not any(load is piece for piece in split):
+    n_lead = 2 if stream else 0
+    streamed = [[load for load in step.loads if load.buf == Buf.ACT] for step in steps[:n_lead]]
+    hoisted = [load for load in steps[1].loads if load.buf != Buf.ACT] if stream and len(steps) > 1 else []
+    early = {id(load) for loads in streamed for load in loads} | {id(load) for load in hoisted}
+    activates = [step.activate for step in steps]
+
+    def load_params(s):              # (stream: the last write-back's parameters load ahead of its step's loads)
+        if stream and s == len(steps) - 1 and activates[s] is not None:
+            activates[s] = e.activate_params(activates[s])
+
+    preamble(steps[0].group)
+    for load in steps[0].loads:
+        if id(load) not in early:
             e.load(load)
-    for load in split:
-        e.load(load.piece(*parts[0]))
-    pending, late = None, None
+    pending, late, before = None, None, None
     for s, step in enumerate(steps):
         e.cmd(Opcode.PRELOAD, addr=step.wgt_addr, krows=step.krows, ncols=step.ncols)
+        if s == 0:
+            for load in hoisted:
+                e.load(load)
         if late is not None:         # (behind the PRELOAD: an ACTIVATE waiting for the ACT unit holds the head)
             e.activate(late)
             late = None
-        if s == 0 and len(parts) > 1:
-            for i, (lo, rows) in enumerate(parts):     # load piece i+1 while piece i computes
-                if i + 1 < len(parts):
-                    for load in split:
-                        e.load(load.piece(*parts[i + 1]))
-                _emit_compute(e, step, lo, rows)
-        else:
-            for lo, rows in (tail if step is last else [(0, step.rows)]):
-                _emit_compute(e, step, lo, rows)
+        for load in (streamed[s] if s < n_lead else ()):
+            e.load(load)
+        e.cmd(Opcode.COMPUTE, aaddr=step.act_addr, accaddr=step.acc_addr, rows=step.rows,
+              accumulate=step.accumulate)
         nxt = steps[s + 1] if s + 1 < len(steps) else None
+        same = nxt is not None and nxt.group == step.group
+        activate = activates[s]
+        if stream and activate is not None:
+            if before is None or not same:
+                e.activate(activate)     # (streams behind its COMPUTE)
+            else:
+                late = activate          # (the ACT unit is busy with the step before's: behind the next PRELOAD)
+            activate = None
+        before = step.activate
         if nxt is not None:
+            load_params(s + 1)
             for load in nxt.loads:
-                e.load(load)
+                if id(load) not in early:
+                    e.load(load)
         if pending is not None:
-            if nxt is not None and nxt.group == step.group:
+            if same:
                 late = pending               # emitted behind the next step's PRELOAD
             else:
                 e.activate(pending)
-        pending = step.activate
+        pending = activate
         if nxt is None or nxt.group != step.group:
             if pending is not None:
-                for lo, rows in (tail if nxt is None and len(tail) > 1 else [(0, pending.rows)]):
-                    e.activate(pending.piece(lo, rows))
+                e.activate(pending)
                 pending = None
             if between is not None:
                 between(step.group)

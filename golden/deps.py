@@ -22,9 +22,13 @@ command ``k`` dispatches, the only earlier commands that can still run are
 
 Two commands *conflict* when they access the same space with overlapping ranges and at least one
 writes (``golden.timing.conflict``). A program is *ordered* when no command conflicts with such a
-possibly-running command of another unit (a unit runs its own commands in order). This holds for any
-timing, so the check needs no cycle model. ``order_program`` sets the fewest tokens that order a
-program (exactly the waits the RTL's old address compare made, so the timeline does not change);
+possibly-running command of another unit (a unit runs its own commands in order), except where it
+*streams* (``Wait.STREAM``, weight-stationary only): a PRELOAD behind the last LOAD of weights, a COMPUTE
+behind the last LOAD of activations, an ACTIVATE behind the last COMPUTE, when every conflict between
+the two is the later one reading what the earlier one writes, one word a cycle, from an address no
+higher than the first one written (so it stays behind the writer: ``golden.timing.STREAM_SOURCE``; a
+LOAD writes a word a cycle, since ``NpuConfig`` makes a data-in beat hold an SRAM word). This holds for any timing, so the check needs no cycle model.
+``order_program`` sets the fewest tokens that order a program, STREAM where it can;
 ``check_program`` refuses an unordered one with a ``HazardError`` naming both commands.
 """
 from __future__ import annotations
@@ -34,10 +38,10 @@ from opennpu.config import NpuConfig
 from .checks import stream_weight_words, validate, weight_words
 from .isa import Command, Opcode, Precision, Wait, encode
 from .program import Program
-from .timing import ACT_LATENCY, WAIT_OF_UNIT, Access, Space, Unit, array_latency
+from .timing import ACT_LATENCY, STREAM_SOURCE, WAIT_OF_UNIT, Access, Space, Unit, array_latency
 
-__all__ = ["UNIT_OF", "BARRIERS", "HazardError", "accesses", "act_params", "checked", "DependencyTracker",
-           "order_program", "check_program"]
+__all__ = ["UNIT_OF", "BARRIERS", "HazardError", "accesses", "act_params", "checked", "streams",
+           "DependencyTracker", "order_program", "check_program"]
 
 #: The unit that executes each opcode (CONFIG and FENCE occupy none).
 UNIT_OF = {Opcode.LOAD: Unit.LD, Opcode.LOAD_BIAS: Unit.LD, Opcode.LOAD_LUT: Unit.LD, Opcode.LOAD_QUANT: Unit.LD,
@@ -95,16 +99,40 @@ def accesses(cmd: Command, config: NpuConfig, precision: Precision, cur: int) ->
 
 _TOKENS = tuple((int(u), int(token)) for u, token in WAIT_OF_UNIT.items())
 _EX_OLDER = int(Wait.EX_OLDER)
+_STREAM = int(Wait.STREAM)
 _EX = int(Unit.EX)
 _ACT = int(Unit.ACT)
 _BARRIER_OPS = frozenset(BARRIERS)
 _UNIT = {op: int(unit) for op, unit in UNIT_OF.items()}
+_STREAM_SOURCE = {int(u): int(source) for u, source in STREAM_SOURCE.items()}
 
 
 def act_params(cmd: Command) -> tuple:
     """What an ACTIVATE must share with the one before to follow it while that one's rows are in the
     activation unit (``golden.timing.CycleModel.activate``, ``hdl/dispatcher.py``)."""
     return cmd.bank, cmd.perchan
+
+
+#: ``Wait.STREAM``: per opcode, the space it reads behind the writer and the writer's opcode.
+_STREAMED = {Opcode.PRELOAD: (int(Space.WGT), Opcode.LOAD), Opcode.COMPUTE: (int(Space.ACT), Opcode.LOAD),
+             Opcode.ACTIVATE: (int(Space.ACC), Opcode.COMPUTE)}
+
+
+def streams(op: Opcode, spans, entry: tuple, config: NpuConfig) -> bool:
+    """Whether a command ``op`` with access ``spans`` may follow ``entry`` (``(index, cmd, spans)``, the
+    last command of its ``STREAM_SOURCE`` unit) with ``Wait.STREAM`` instead of waiting for it: every
+    conflict between them is ``op`` reading the streamed space from an address no higher than the first
+    one ``entry`` writes there (the module docstring)."""
+    rule = _STREAMED.get(op)
+    if rule is None or config.dataflow != "ws" or entry[1].op != rule[1]:
+        return False
+    space = rule[0]
+    for space2, lo2, hi2, write2, _ in entry[2]:
+        for sp, lo, hi, write, _ in spans:
+            if sp == space2 and (write or write2) and lo < hi2 and lo2 < hi:
+                if not (sp == space and write2 and not write and lo <= lo2):
+                    return False
+    return True
 
 
 def _spans(accs) -> tuple:
@@ -138,6 +166,7 @@ class DependencyTracker:
     of ``config`` (its dataflow and array latency decide which COMPUTEs may still drain)."""
 
     def __init__(self, config: NpuConfig):
+        self.config = config
         self.running = [[] for _ in Unit]      # per unit, (index, cmd, spans), oldest first
         #: Units that take a command while earlier ones are in flight: unit -> (cycles, per command): a
         #: command has surely finished once the ones after it, all but the newest, account for ``cycles``
@@ -146,19 +175,25 @@ class DependencyTracker:
         self.pipelined = {_EX: (array_latency(config.rows, config.cols) + 2, 0) if config.dataflow == "ws"
                           else None, _ACT: (ACT_LATENCY + 1, 1)}
 
-    def needed(self, unit: Unit, accs) -> int:
-        """The fewest tokens (``Wait`` bits) that order a command of ``unit`` with these accesses."""
-        return self.needed_spans(int(unit), _spans(accs))
+    def needed(self, op: Opcode, accs) -> int:
+        """The fewest tokens (``Wait`` bits) that order a command ``op`` with these accesses."""
+        return self.needed_spans(op, _spans(accs))
 
-    def needed_spans(self, unit: int, spans) -> int:
+    def needed_spans(self, op: Opcode, spans) -> int:
+        unit = _UNIT[op]
+        source = _STREAM_SOURCE.get(unit)
         waits = 0
         for u, token in _TOKENS:
             entries = self.running[u]
             if u == unit or not entries:
                 continue
-            if _hit(spans, entries[-1][2]):
-                waits |= token
-            elif any(_hit(spans, e[2]) for e in entries[:-1]):      # (an older COMPUTE / ACTIVATE)
+            last = entries[-1]
+            if _hit(spans, last[2]):
+                if u != source or not streams(op, spans, last, self.config):
+                    waits |= token
+                    continue
+                waits |= _STREAM
+            if any(_hit(spans, e[2]) for e in entries[:-1]):      # (an older COMPUTE / ACTIVATE)
                 waits |= _EX_OLDER if u == _EX else token
         return waits
 
@@ -181,10 +216,13 @@ class DependencyTracker:
                 if wait & _EX_OLDER:
                     del running[_EX][:-1]
             unit = _UNIT[op]
+            source = _STREAM_SOURCE.get(unit) if wait & _STREAM else None
             for u, entries in enumerate(running):
                 if u == unit or not entries:
                     continue
                 for e in entries:
+                    if u == source and e is entries[-1] and streams(op, spans, e, self.config):
+                        continue
                     hit = _hit(spans, e[2])
                     if hit is not None:
                         token = WAIT_OF_UNIT[Unit(u)] if e is entries[-1] or u != _EX else _EX_OLDER
@@ -242,7 +280,7 @@ def order_program(program: Program, config: NpuConfig) -> Program:
         if cmd is None:
             commands.append(original)
             continue
-        needed = 0 if cmd.op in _BARRIER_OPS else tracker.needed_spans(_UNIT[cmd.op], spans)
+        needed = 0 if cmd.op in _BARRIER_OPS else tracker.needed_spans(cmd.op, spans)
         if needed & ~cmd.wait:
             cmd = cmd.with_wait(cmd.wait | needed)
         elif isinstance(original, Command):

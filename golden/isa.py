@@ -5,7 +5,7 @@ Binary format
 Every command is one 128-bit little-endian word. Bits ``[3:0]`` hold the opcode; the other fields sit
 at fixed positions per opcode (table ``FIELDS`` below; the RTL builds its ``data.StructLayout`` views
 from the same table). Bits not covered by a field are reserved and must be zero. Every opcode carries
-``wait`` in bits ``[125:120]``: the dependency tokens the compiler sets (``Wait``, below).
+``wait`` in bits ``[126:120]``: the dependency tokens the compiler sets (``Wait``, below).
 
 ======== ====== ==============================================================================
 opcode   value  fields (bit offset:width)
@@ -45,17 +45,22 @@ Dataflows (``NpuConfig.dataflow``) read ``PRELOAD``/``COMPUTE`` differently:
   ``mrows`` x ``ncols`` tile, which is then written (or added, ``accumulate``) to accumulator rows
   ``accaddr .. accaddr + mrows - 1``.
 
-Dependencies (``wait`` 120:6, every opcode)
+Dependencies (``wait`` 120:7, every opcode)
 -------------------------------------------
 The hardware compares no addresses. A command waits, before it dispatches, until every unit named in its
 ``wait`` bits has finished all earlier commands (``Wait.EX_OLDER``: all earlier COMPUTEs but the most
-recent one). The compiler sets the bits (``golden/deps.py``: ``order_program``); the golden model and
-the drivers refuse a program in which two conflicting commands of different units are not ordered by
-them (``HazardError``, naming both). CONFIG, FENCE and COUNTERS wait for every unit anyway. Bits 126 and
-127 are reserved (zero, like every reserved bit) for the tokens of units still to come.
+recent one). ``Wait.STREAM`` instead lets a command follow the unit that writes what it reads while that
+unit still writes it: a PRELOAD or a COMPUTE starts two cycles after the last LOAD started, an ACTIVATE
+``array_latency + 2`` cycles after the last COMPUTE started (``golden.timing.STREAM_SOURCE``), so each
+word it reads has been written by then (it reads one word a cycle, no faster than the writer writes
+them; on other opcodes the bit has no effect). The compiler sets the bits (``golden/deps.py``:
+``order_program``); the golden model and the drivers refuse a program in which two conflicting
+commands of different units are not ordered by them (``HazardError``, naming both). CONFIG, FENCE and
+COUNTERS wait for every unit anyway. Bit 127 is reserved (zero, like every reserved bit) for the token
+of a unit still to come.
 
 Room for the units the next issues add: opcodes 12..15 are free (e.g. the commands of an elementwise /
-pooling unit), and ``wait`` bits 126-127 give two more units a token. Opcodes 0 and 12..15 are illegal
+pooling unit), and ``wait`` bit 127 gives one more unit a token. Opcodes 0 and 12..15 are illegal
 today. Semantic checks that depend on the configuration (address ranges,
 supported precisions, ``rows >= 1``) are not part of encoding: the hardware and the golden model reject
 such commands with a sticky error code (``ErrorCode``) and execute nothing.
@@ -131,6 +136,7 @@ class Wait(enum.IntFlag):
     EX_OLDER = 1 << 3   # every earlier COMPUTE but the most recent one (the one in the drain slot)
     ACT = 1 << 4        # every earlier ACTIVATE
     ST = 1 << 5         # every earlier STORE, COUNTERS
+    STREAM = 1 << 6     # follow the writer of what this command reads (``golden.timing.STREAM_SOURCE``)
 
 
 @dataclass(frozen=True)
@@ -150,7 +156,7 @@ class Field:
 
 
 #: The dependency tokens, at the same place in every opcode.
-WAIT_FIELD = Field("wait", 120, 6)
+WAIT_FIELD = Field("wait", 120, 7)
 
 #: Field table per opcode, the single source of the binary format.
 FIELDS: dict[Opcode, tuple[Field, ...]] = {
@@ -242,7 +248,7 @@ class Command:
 
     def with_wait(self, wait: int) -> "Command":
         """``with_fields(wait=wait)`` without re-checking the other fields (they were checked when this
-        command was built); ``wait`` must fit its 6 bits. (The compiler's hot path: ``order_program``.)"""
+        command was built); ``wait`` must fit its 7 bits. (The compiler's hot path: ``order_program``.)"""
         wait = int(wait)
         if not WAIT_FIELD.lo <= wait <= WAIT_FIELD.hi:
             raise ValueError(f"{self.op.name}.wait = {wait!r} out of range {WAIT_FIELD.lo}..{WAIT_FIELD.hi}")

@@ -39,7 +39,12 @@ The head dispatches in cycle ``d`` (the next command is in the head from ``d+1``
 - otherwise: its unit is free and every unit its ``wait`` tokens name (``golden/isa.py`` ``Wait``) has
   finished its earlier commands: the release cycle of that unit's last command (``Wait.EX_OLDER``: of
   the COMPUTE before the last). No addresses are compared: the compiler orders conflicting commands
-  with the tokens (``golden/deps.py``).
+  with the tokens (``golden/deps.py``);
+- with ``Wait.STREAM`` (PRELOAD, COMPUTE, ACTIVATE): also once the last command of its unit's
+  ``STREAM_SOURCE`` started ``stream_delay`` cycles ago: a PRELOAD or COMPUTE reads word j of a LOAD in
+  d+1+j at the earliest, after the LOAD, dispatched before it, wrote it (d_load+1+j, one beat a word), so
+  it needs no extra cycle; an ACTIVATE reads accumulator row j in d+1+j, which the COMPUTE that started
+  in c writes in c+2+j+L (L = array latency), so it dispatches from c+L+2.
 
 All stream back-pressure freezes the whole machine (see ``hdl/top.py``), so this timeline is the RTL's
 timeline with the stall cycles removed: ``cycles - stall_cycles`` equals the model's ``cycles``.
@@ -54,7 +59,8 @@ from dataclasses import dataclass
 
 from .isa import Wait
 
-__all__ = ["Unit", "Space", "Access", "array_latency", "ACT_LATENCY", "conflict", "WAIT_OF_UNIT", "CycleModel"]
+__all__ = ["Unit", "Space", "Access", "array_latency", "ACT_LATENCY", "conflict", "WAIT_OF_UNIT", "STREAM_SOURCE",
+           "stream_delay", "CycleModel"]
 
 #: Fused activation unit pipeline depth (cycles from accumulator data to result), see hdl/activation.py:
 #: bias, shift, three multiply stages, rounding shift, zero point, clamp, LUT read, select.
@@ -106,8 +112,19 @@ def conflict(x: Access, y: Access) -> bool:
 WAIT_OF_UNIT = {Unit.LD: Wait.LD, Unit.PL: Wait.PL, Unit.EX: Wait.EX, Unit.ACT: Wait.ACT, Unit.ST: Wait.ST}
 
 
+#: ``Wait.STREAM``: the unit whose last command a command of this unit may follow while it still writes.
+STREAM_SOURCE = {Unit.PL: Unit.LD, Unit.EX: Unit.LD, Unit.ACT: Unit.EX}
+
+
+def stream_delay(rows: int, cols: int) -> dict:
+    """Per ``STREAM_SOURCE`` unit, the cycles from its last command's dispatch to the first cycle a
+    ``Wait.STREAM`` command may dispatch behind it (see the module docstring)."""
+    return {Unit.LD: 1, Unit.EX: array_latency(rows, cols) + 2}
+
+
 _WAIT_BITS = tuple((u, int(token)) for u, token in WAIT_OF_UNIT.items())     # (plain ints: fast)
 _EX_OLDER = int(Wait.EX_OLDER)
+_STREAM = int(Wait.STREAM)
 
 
 class CycleModel:
@@ -124,6 +141,9 @@ class CycleModel:
         self.last_push = -2                # cycle of the last push into the output register
         self.max_release = 0
         self.act_params = None             # (bank, perchan) of the last ACTIVATE
+        delays = stream_delay(rows, cols)
+        self.stream = {u: (source, delays[source]) for u, source in STREAM_SOURCE.items()}
+        self.last_start = {source: -delay for source, delay in delays.items()}   # of the last command
 
     def _all_free(self) -> int:
         return max([self.max_release, *self.free.values()])
@@ -151,11 +171,16 @@ class CycleModel:
                     d = max(d, self.release[u])
             if waits & _EX_OLDER:
                 d = max(d, self.ex_older_release)
+            if waits & _STREAM and unit in self.stream:
+                source, delay = self.stream[unit]
+                d = max(d, self.last_start[source] + delay)
         return d
 
     def _record(self, unit, d, free, release):
         self._retire(d)
         self.free[unit] = free
+        if unit in self.last_start:
+            self.last_start[unit] = d
         if unit == Unit.EX:
             self.ex_older_release = self.release[unit]
         self.release[unit] = release

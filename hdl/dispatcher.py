@@ -6,7 +6,10 @@ none drains while the issue slot holds one, nor besides the last one moved while
 COMPUTE also dispatches in the cycle EX's issue slot frees (``ex_issue_ends``: its command has issued
 its rows and moves on to drain), so rows stream without a gap; an ACTIVATE dispatches once ACT has
 read the rows of the one before, if both use the same bias bank and ``perchan`` (the activation unit's
-parameters stay), else once ACT is idle;
+parameters stay), else once ACT is idle; with ``Wait.STREAM``, a PRELOAD, COMPUTE or ACTIVATE also only
+once the last command of its ``golden.timing.STREAM_SOURCE`` unit started ``stream_delay`` cycles ago
+(a saturating count of the cycles since, per source unit whose delay is more than the one cycle any
+two dispatches are apart: EX);
 CONFIG, FENCE and COUNTERS dispatch when every unit is idle; a command the checker flags is rejected
 (sticky ``error``, ``rejected`` += 1, nothing runs): at once, or, if it takes data-in (a malformed
 LOAD), once LD is free, which then consumes its beats and drops them (``discard``), so later LOADs read
@@ -26,6 +29,7 @@ from amaranth.lib.wiring import In, Out
 from opennpu.config import NpuConfig
 from opennpu.golden.checks import data_in_beats
 from opennpu.golden.isa import COMMAND_BITS, WAIT_FIELD, Opcode, Precision, Wait
+from opennpu.golden.timing import STREAM_SOURCE, Unit, stream_delay
 
 from .decoder import HW_OPS, CommandChecker, codes_layout, command_layout, select_code
 
@@ -148,6 +152,23 @@ class Dispatcher(wiring.Component):
                    | (waits(Wait.EX_OLDER) & ((busy.ex_issue & busy.ex_drain) | busy.ex_older))
                    | (waits(Wait.ACT) & busy.act) | (waits(Wait.ST) & busy.st))
         all_idle = ~(busy.as_value().any())
+        # Wait.STREAM: cycles since each source unit's last dispatch, saturating at its delay.
+        started = {Unit.LD: self.start.ld, Unit.EX: self.start.ex}
+        ready = {}
+        for source, delay in stream_delay(c.rows, c.cols).items():
+            if delay <= 1:                       # (the head dispatches a cycle after the command before)
+                ready[source] = C(1)
+                continue
+            age = Signal(range(delay + 1), init=delay, name=f"{source.name.lower()}_age")
+            with m.If(started[source]):
+                m.d.sync += age.eq(1)
+            with m.Elif(age != delay):
+                m.d.sync += age.eq(age + 1)
+            ready[source] = age == delay
+        streaming = waits(Wait.STREAM)
+
+        def streamed(unit):
+            return ~streaming | ready[STREAM_SOURCE[unit]]
         can = Signal()
         unit = Signal(UnitStart)
         with m.Switch(opcode):
@@ -157,13 +178,15 @@ class Dispatcher(wiring.Component):
             with m.Case(*_LOAD_OPS):
                 m.d.comb += [can.eq(~busy.ld & ~blocked), unit.ld.eq(1)]
             with m.Case(Opcode.PRELOAD):
-                m.d.comb += [can.eq(~busy.pl & ~blocked), unit.pl.eq(1)]
+                m.d.comb += [can.eq(~busy.pl & ~blocked & streamed(Unit.PL)), unit.pl.eq(1)]
             with m.Case(Opcode.COMPUTE):
-                m.d.comb += [can.eq((~busy.ex_issue | self.ex_issue_ends) & ~blocked), unit.ex.eq(1)]
+                m.d.comb += [can.eq((~busy.ex_issue | self.ex_issue_ends) & ~blocked & streamed(Unit.EX)),
+                             unit.ex.eq(1)]
             with m.Case(Opcode.ACTIVATE):
                 act_view = data.View(command_layout(Opcode.ACTIVATE), head.word)
                 same = (act_view.bank == self.act_bank) & (act_view.perchan == self.act_perchan)
-                m.d.comb += [can.eq(~busy.act_read & (~busy.act | same) & ~blocked), unit.act.eq(1)]
+                m.d.comb += [can.eq(~busy.act_read & (~busy.act | same) & ~blocked & streamed(Unit.ACT)),
+                             unit.act.eq(1)]
             with m.Case(Opcode.STORE):
                 m.d.comb += [can.eq(~busy.st & ~blocked), unit.st.eq(1)]
         # A rejected command with data-in (``golden.checks.data_in_beats``) waits for LD and hands it the

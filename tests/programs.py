@@ -19,7 +19,7 @@ import random
 from opennpu.compiler.gemm import ACTIVATIONS, build_gemm, random_gemm
 from opennpu.config import NpuConfig
 from opennpu.golden import numerics
-from opennpu.golden.isa import (COMMAND_BITS, FIELDS, ActFn, Buf, Command, ErrorCode, Opcode, Precision, encode,
+from opennpu.golden.isa import (COMMAND_BITS, FIELDS, WAIT_FIELD, ActFn, Buf, Command, ErrorCode, Opcode, Precision, encode,
                                 reserved_mask)
 from opennpu.golden.checks import data_in_bytes
 from opennpu.golden.deps import order_program
@@ -58,7 +58,7 @@ def good_command(config: NpuConfig, rng: random.Random, precision: Precision, *,
     """A command that the configuration accepts in the current ``precision``; one in four waits for
     random units besides those the ordering will add (tokens that cost time but are legal)."""
     cmd = _good_command(config, rng, precision, max_rows)
-    return cmd.with_fields(wait=rng.getrandbits(6)) if rng.random() < 0.25 else cmd
+    return cmd.with_fields(wait=rng.getrandbits(WAIT_FIELD.width)) if rng.random() < 0.25 else cmd
 
 
 def _good_command(config: NpuConfig, rng: random.Random, precision: Precision, max_rows: int) -> Command:

@@ -6,6 +6,7 @@ from amaranth.sim import Simulator
 from opennpu.config import NpuConfig
 from opennpu.golden.isa import Command, ErrorCode, Opcode, Precision, Wait, encode
 from opennpu.hdl.decoder import checker_ops
+from opennpu.golden.timing import Unit, stream_delay
 from opennpu.hdl.dispatcher import Dispatcher
 
 CONFIG = NpuConfig(rows=2, cols=2, act_depth=16, wgt_depth=8, acc_depth=8, precisions=("int8", "a4w4"))
@@ -149,4 +150,26 @@ def test_checker_per_configured_precision_and_next_head_selects():
         assert ctx.get(dut.next_head.error) == ErrorCode.BAD_FIELD
         ctx.set(dut.next_word, preload & ~0xF | 0xF)    # an opcode the NPU does not implement
         assert ctx.get(dut.next_head.error) == ErrorCode.BAD_OPCODE
+    _run(bench)
+
+
+def test_stream_token_follows_the_last_compute_by_its_delay():
+    """An ACTIVATE with ``Wait.STREAM`` dispatches ``stream_delay`` cycles after the last COMPUTE started
+    (``golden.timing``); a PRELOAD with it does not wait for a busy LD (its delay is one cycle)."""
+    delay = stream_delay(CONFIG.rows, CONFIG.cols)
+    activate = Command(Opcode.ACTIVATE, accaddr=0, aaddr=0, rows=1, dest=1, wait=Wait.STREAM)
+
+    async def bench(ctx, dut):
+        _busy(ctx, dut)
+        _head(ctx, dut, COMPUTE)
+        assert ctx.get(dut.start.ex) == 1
+        await ctx.tick()
+        _head(ctx, dut, activate)
+        for cycle in range(1, delay[Unit.EX]):
+            assert ctx.get(dut.start.act) == 0, cycle
+            await ctx.tick()
+        assert ctx.get(dut.start.act) == 1
+        _busy(ctx, dut, ld=1)
+        _head(ctx, dut, Command(Opcode.PRELOAD, addr=0, krows=1, ncols=1, wait=Wait.STREAM))
+        assert delay[Unit.LD] == 1 and ctx.get(dut.start.pl) == 1
     _run(bench)

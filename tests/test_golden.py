@@ -7,11 +7,12 @@ from hypothesis import given, settings, strategies as st
 from opennpu.compiler.gemm import ACTIVATIONS, GemmSpec, bias_digits, build_gemm, gemm_bound, random_gemm, transposed_spec
 from opennpu.config import NpuConfig
 from opennpu.golden.deps import HazardError, check_program, order_program
-from opennpu.golden.isa import Command, Opcode, Wait
+from opennpu.golden.checks import data_in_bytes
+from opennpu.golden.isa import WAIT_FIELD, Buf, Command, Opcode, Wait
 from opennpu.golden.model import GoldenNpu, ProgramError
 from opennpu.golden.program import Program
 from opennpu.golden.reference import gemm_reference
-from opennpu.golden.timing import Unit
+from opennpu.golden.timing import Unit, array_latency, stream_delay
 
 ALL = ("int8", "a8w4", "a4w4")
 
@@ -66,19 +67,20 @@ def test_large_gemm_keeps_the_array_busy():
 
 
 def test_cycle_model_overlaps_loads_with_compute():
-    """A second, independent LOAD dispatches while a COMPUTE is still running; the ordering adds only
-    the tokens the hazards need."""
+    """The COMPUTE streams behind the LOAD of its rows (it reads each row after the LOAD wrote it); a second,
+    independent LOAD dispatches while the COMPUTE is still running; the ordering adds only the tokens the
+    hazards need."""
     config = NpuConfig(rows=2, cols=2, act_depth=64, wgt_depth=8, acc_depth=64)
     program = order_program(Program([Command(Opcode.LOAD, buf=0, addr=0, rows=20),
                                      Command(Opcode.COMPUTE, aaddr=0, accaddr=0, rows=20),
                                      Command(Opcode.LOAD, buf=0, addr=32, rows=20)], bytes(40 * config.bus_bytes)),
                             config)
-    assert [c.wait for c in program.commands] == [0, Wait.LD, 0]
+    assert [c.wait for c in program.commands] == [0, Wait.STREAM, 0]
     npu = GoldenNpu(config)
     npu.run(program)
     (_, load0), (_, compute), (_, load1) = npu.trace
-    assert compute == load0 + 21                       # waits for its data (RAW on ACT[0, 20))
-    assert load1 == compute + 1                        # independent: no wait
+    assert compute == load0 + 1                        # streams behind its data (RAW on ACT[0, 20))
+    assert load1 == load0 + 21 < npu.timeline.release[Unit.EX]   # independent: waits for LD alone
     conflicting = order_program(Program(program.commands[:2] + [Command(Opcode.LOAD, buf=0, addr=10, rows=20)],
                                         program.data_in), config)
     assert conflicting.commands[2].wait == Wait.EX
@@ -246,5 +248,56 @@ def test_with_wait_is_with_fields_without_the_checks():
     cmd = Command(Opcode.COMPUTE, aaddr=3, accaddr=1, rows=5, accumulate=1)
     assert cmd.with_wait(Wait.LD | Wait.EX) == cmd.with_fields(wait=Wait.LD | Wait.EX)
     assert cmd.with_wait(5).rows == 5 and cmd.with_wait(5).wait == 5 and cmd.wait == 0
-    with pytest.raises(ValueError, match="wait = 64"):
-        cmd.with_wait(64)
+    with pytest.raises(ValueError, match="wait = 128"):
+        cmd.with_wait(1 << WAIT_FIELD.width)
+
+
+def _stream_case(config, later, earlier=Command(Opcode.LOAD, buf=Buf.ACT, addr=0, rows=8)):
+    """``earlier`` (a LOAD) then a PRELOAD of weights, then ``later``: the wait ``order_program`` gives it."""
+    commands = [Command(Opcode.LOAD, buf=Buf.WGT, addr=0, rows=2), Command(Opcode.PRELOAD, addr=0, krows=2, ncols=2),
+                earlier, later]
+    nbytes = sum(data_in_bytes(c, config) for c in commands)
+    return order_program(Program(commands, bytes(nbytes)), config).commands[3].wait
+
+
+def test_stream_only_where_the_reader_stays_behind_the_writer():
+    config = NpuConfig(rows=2, cols=2, act_depth=64, wgt_depth=8, acc_depth=64)
+    compute = lambda aaddr: Command(Opcode.COMPUTE, aaddr=aaddr, accaddr=0, rows=4)
+    assert _stream_case(config, compute(0)) == Wait.STREAM | Wait.PL
+    assert _stream_case(config, compute(0), Command(Opcode.LOAD, buf=Buf.ACT, addr=2, rows=8)) == Wait.STREAM | Wait.PL
+    assert _stream_case(config, compute(1)) == Wait.LD | Wait.PL          # starts ahead of the writer
+    # An ACTIVATE that writes rows the COMPUTE still reads cannot stream behind it (a WAR, not a read).
+    commands = [Command(Opcode.LOAD, buf=Buf.WGT, addr=0, rows=2), Command(Opcode.PRELOAD, addr=0, krows=2, ncols=2),
+                Command(Opcode.LOAD, buf=Buf.ACT, addr=0, rows=8), compute(0),
+                Command(Opcode.ACTIVATE, accaddr=0, aaddr=2, rows=4, dest=0),
+                Command(Opcode.ACTIVATE, accaddr=0, aaddr=32, rows=4, dest=0)]
+    program = order_program(Program(commands, bytes(sum(data_in_bytes(c, config) for c in commands))), config)
+    assert [c.wait & (Wait.EX | Wait.STREAM) for c in program.commands[4:]] == [Wait.EX, 0]
+    # A STREAM that the rule does not allow is refused, naming both commands.
+    bad = Program(program.commands[:3] + [compute(1).with_fields(wait=Wait.STREAM | Wait.PL)], program.data_in)
+    with pytest.raises(HazardError, match=r"command 3 COMPUTE.*command 2 LOAD.*wait=<Wait.LD"):
+        check_program(bad, config)
+
+
+def test_no_stream_in_the_output_stationary_dataflow():
+    config = NpuConfig(rows=2, cols=2, act_depth=64, wgt_depth=8, acc_depth=64, dataflow="os")
+    load = Command(Opcode.LOAD, buf=Buf.ACT, addr=0, rows=8)
+    later = Command(Opcode.COMPUTE, aaddr=0, accaddr=0, rows=4, waddr=0, mrows=2, ncols=2)
+    nbytes = data_in_bytes(load, config)
+    program = order_program(Program([load, later], bytes(nbytes)), config)
+    assert program.commands[1].wait == Wait.LD
+    with pytest.raises(HazardError):
+        check_program(Program([load, later.with_fields(wait=Wait.STREAM)], bytes(nbytes)), config)
+
+
+def test_activate_streams_array_latency_plus_two_after_its_compute():
+    config = NpuConfig(rows=2, cols=2, act_depth=64, wgt_depth=8, acc_depth=64)
+    commands = [Command(Opcode.LOAD, buf=Buf.WGT, addr=0, rows=2), Command(Opcode.PRELOAD, addr=0, krows=2, ncols=2),
+                Command(Opcode.LOAD, buf=Buf.ACT, addr=0, rows=8), Command(Opcode.LOAD_BIAS, bank=0),
+                Command(Opcode.COMPUTE, aaddr=0, accaddr=0, rows=8),
+                Command(Opcode.ACTIVATE, accaddr=0, aaddr=0, rows=8, dest=1)]
+    program = order_program(Program(commands, bytes(sum(data_in_bytes(c, config) for c in commands))), config)
+    assert program.commands[5].wait & (Wait.STREAM | Wait.EX) == Wait.STREAM
+    npu = GoldenNpu(config)
+    npu.run(program)
+    assert npu.trace[5][1] == npu.trace[4][1] + stream_delay(2, 2)[Unit.EX] == npu.trace[4][1] + array_latency(2, 2) + 2

@@ -301,3 +301,37 @@ def test_back_to_back_computes_forward_the_accumulator_word():
     assert [d[2 * i + 1] - d[2 * i] for i in range(len(pairs))] == [a.rows for a, _ in pairs]   # no gap
     for backpressure in (None, 3):
         assert_same(Npu(config, "pysim", backpressure=backpressure).run(program), golden)
+
+
+def test_streaming_commands_read_behind_their_writer():
+    """PRELOAD and COMPUTE stream behind the LOADs of what they read, the ACTIVATE behind the COMPUTE
+    (``Wait.STREAM``, each from the first word written: the tightest case); RTL == golden, outputs and
+    counters, with and without back-pressure, and the outputs equal those of the same program with
+    every STREAM replaced by a full wait for its source unit."""
+    import random
+    from opennpu.golden.timing import STREAM_SOURCE, WAIT_OF_UNIT
+    from opennpu.golden.deps import UNIT_OF
+    config = small_config(2, 2)
+    rng = random.Random(7)
+    commands = [Command(Opcode.CONFIG, multiplier=1 << 30, shift=-7, qmin=-128, qmax=127),
+                Command(Opcode.LOAD, buf=Buf.WGT, addr=0, rows=2), Command(Opcode.PRELOAD, addr=0, krows=2, ncols=2),
+                Command(Opcode.LOAD_BIAS, bank=0),          # (PRELOAD is done when the COMPUTE may follow)
+                Command(Opcode.LOAD, buf=Buf.ACT, addr=0, rows=12),
+                Command(Opcode.COMPUTE, aaddr=0, accaddr=0, rows=12),
+                Command(Opcode.ACTIVATE, accaddr=0, aaddr=0, rows=12, dest=1, bank=0)]
+    payload = {Opcode.LOAD_BIAS: lambda n: np.array([300, -200], "<i4").tobytes().ljust(n, b"\0")}
+    data = b"".join(payload.get(c.op, lambda n: bytes(rng.randrange(256) for _ in range(n)))(data_in_bytes(c, config))
+                    for c in commands)
+    program = order_program(Program(commands, data), config)
+    assert [c.op for c in program.commands if c.wait & Wait.STREAM] == [Opcode.PRELOAD, Opcode.COMPUTE,
+                                                                         Opcode.ACTIVATE]
+    strict = Program([c.with_fields(wait=c.wait & ~Wait.STREAM | WAIT_OF_UNIT[STREAM_SOURCE[UNIT_OF[c.op]]])
+                      if c.wait & Wait.STREAM else c for c in program.commands], data)
+    model = GoldenNpu(config)
+    golden, slow = model.run(program), GoldenNpu(config).run(strict)
+    (_, load), (_, compute) = model.trace[4:6]             # (the activation LOAD and its COMPUTE)
+    assert compute == load + 1                                  # (the tightest a COMPUTE can follow)
+    assert len(set(golden.outputs)) > 12                        # (not saturated: a stale word would show)
+    assert golden.outputs == slow.outputs and golden.counters["cycles"] < slow.counters["cycles"]
+    for backpressure in (None, 3):
+        assert_same(Npu(config, "pysim", backpressure=backpressure).run(program), golden)
