@@ -261,7 +261,8 @@ def emit_steps(e: Emitter, steps: list, preamble: Callable[[object], None],
         raise ValueError("nothing to emit: no steps")
     n_lead = 2 if stream else 0
     streamed = [[load for load in step.loads if load.buf == Buf.ACT] for step in steps[:n_lead]]
-    hoisted = [load for load in steps[1].loads if load.buf != Buf.ACT] if stream and len(steps) > 1 else []
+    hoisted = ([load for load in steps[1].loads if load.buf != Buf.ACT]
+               if stream and len(steps) > 1 and steps[1].group == steps[0].group else [])
     early = {id(load) for loads in streamed for load in loads} | {id(load) for load in hoisted}
     activates = [step.activate for step in steps]
 
