@@ -105,13 +105,6 @@ class Activate:
     perchan: bool = False
     raw: bool = False
 
-    def piece(self, lo: int, rows: int) -> "Activate":
-        """Rows ``lo .. lo+rows`` of this write-back; only the first piece loads the bias (and the
-        per-channel parameters). Each piece pushes its rows (in order) and records the same ``tag``."""
-        first = lo == 0
-        return Activate(self.accaddr + lo, self.aaddr + lo, rows, self.dest, self.bias if first else None,
-                        self.bank, self.tag, self.quant if first else None, self.perchan, self.raw)
-
 
 @dataclass
 class Step:

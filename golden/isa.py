@@ -50,8 +50,9 @@ Dependencies (``wait`` 120:7, every opcode)
 The hardware compares no addresses. A command waits, before it dispatches, until every unit named in its
 ``wait`` bits has finished all earlier commands (``Wait.EX_OLDER``: all earlier COMPUTEs but the most
 recent one). ``Wait.STREAM`` instead lets a command follow the unit that writes what it reads while that
-unit still writes it: a PRELOAD or a COMPUTE starts two cycles after the last LOAD started, an ACTIVATE
-``array_latency + 2`` cycles after the last COMPUTE started (``golden.timing.STREAM_SOURCE``), so each
+unit still writes it: a PRELOAD or a COMPUTE may start in the cycle after the last LOAD started, an
+ACTIVATE ``array_latency + 2`` cycles after the last COMPUTE started (``golden.timing.STREAM_SOURCE``,
+``stream_delay``), so each
 word it reads has been written by then (it reads one word a cycle, no faster than the writer writes
 them; on other opcodes the bit has no effect). The compiler sets the bits (``golden/deps.py``:
 ``order_program``); the golden model and the drivers refuse a program in which two conflicting
