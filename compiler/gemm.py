@@ -212,8 +212,8 @@ def _chunk(config: NpuConfig, spec: GemmSpec, order: str, max_chunk: int | None 
 
 
 def _estimate(config: NpuConfig, spec: GemmSpec, order: str, max_chunk: int | None = None) -> float:
-    """Approximate cycles of ``order``: per step, the longer of the array (``rows`` cycles, at least one
-    drain: ``array_latency + 2``) and the load unit (the step's weight tile unless weights are resident,
+    """Approximate cycles of ``order``: per step, the longest of the array (``rows`` cycles), the
+    PRELOAD (a PE row a cycle) and the load unit (the step's weight tile unless weights are resident,
     its activation tile in ``n_stream``, otherwise the chunk's activations spread over its steps)."""
     m, k, n = spec.shape
     kt = k_tile(config, spec.precision)
@@ -222,13 +222,12 @@ def _estimate(config: NpuConfig, spec: GemmSpec, order: str, max_chunk: int | No
     tile_words = weight_words(spec.precision, kt)
     resident = n_k * n_n * tile_words <= config.wgt_depth
     act_beats, wgt_beats = config.beats(config.act_word_bytes), config.beats(config.wgt_word_bytes)
-    drain = array_latency(config.rows, config.cols) + 2
     total = 0.0
     for m0 in range(0, m, chunk):
         rows = min(chunk, m - m0)
         weights = 0 if resident and m0 else (tile_words * wgt_beats + 1)
         acts = rows * act_beats + 1 if order == "n_stream" else (rows * act_beats + 1) / n_n
-        total += n_n * n_k * max(rows, drain, weights + acts)
+        total += n_n * n_k * max(rows, config.rows, weights + acts)
     return total
 
 

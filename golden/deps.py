@@ -20,6 +20,11 @@ command ``k`` dispatches, the only earlier commands that can still run are
   between, guarantees that they were done when that command dispatched; CONFIG, FENCE and COUNTERS
   wait for everything).
 
+PE weight buffers (``Space.PEW``) are ordered by dispatch order alone, weight-stationary (the PRELOAD
+writes follow the rows' wavefront, ``golden/timing.py``): a COMPUTE never waits for a PRELOAD before it,
+and a PRELOAD waits only for the last COMPUTE, while it is the last one, if it reads the buffer the
+PRELOAD fills (a later COMPUTE's dispatch shows that the earlier ones have presented their rows).
+
 Two commands *conflict* when they access the same space with overlapping ranges and at least one
 writes (``golden.timing.conflict``). A program is *ordered* when no command conflicts with such a
 possibly-running command of another unit (a unit runs its own commands in order), except where it
@@ -102,6 +107,7 @@ _EX_OLDER = int(Wait.EX_OLDER)
 _STREAM = int(Wait.STREAM)
 _EX = int(Unit.EX)
 _ACT = int(Unit.ACT)
+_PEW = int(Space.PEW)
 _BARRIER_OPS = frozenset(BARRIERS)
 _UNIT = {op: int(unit) for op, unit in UNIT_OF.items()}
 _STREAM_SOURCE = {int(u): int(source) for u, source in STREAM_SOURCE.items()}
@@ -138,6 +144,10 @@ def streams(op: Opcode, spans, entry: tuple, config: NpuConfig) -> bool:
 def _spans(accs) -> tuple:
     """Accesses as ``(space, lo, hi, write, access)`` tuples: what the conflict test compares (fast)."""
     return tuple((int(a.space), a.lo, a.lo + a.count, a.write, a) for a in accs)
+
+
+def _without_pew(spans) -> tuple:
+    return tuple(span for span in spans if span[0] != _PEW)
 
 
 def _hit(spans, entry_spans) -> Access | None:
@@ -228,6 +238,11 @@ class DependencyTracker:
                         token = WAIT_OF_UNIT[Unit(u)] if e is entries[-1] or u != _EX else _EX_OLDER
                         raise HazardError((index, cmd), (e[0], e[1]), hit, token)
         unit = _UNIT.get(op)
+        if op == Opcode.PRELOAD:         # (PE buffers: ordered by dispatch, the module docstring)
+            spans = _without_pew(spans)
+        elif op == Opcode.COMPUTE and running[_EX]:
+            last = running[_EX][-1]
+            running[_EX][-1] = (last[0], last[1], _without_pew(last[2]))
         if unit is not None:
             entries = running[unit]
             if unit == _ACT and entries and act_params(entries[-1][1]) != act_params(cmd):

@@ -229,8 +229,7 @@ class GoldenNpu:
         precision = self.regs["precision"]
         words = weight_words(precision, cmd.krows)
         target = 1 - self.cur
-        pe_rows = words if precision == Precision.A4W4 else cmd.krows      # one PE row per cycle
-        d = self.timeline.preload(cmd.wait, pe_rows)
+        d = self.timeline.preload(cmd.wait)
         rows = self._weight_rows(cmd.addr, words)
         tile = np.zeros_like(self.pe_weights[target])
         tile[:cmd.krows, :cmd.ncols] = rows[:cmd.krows, :cmd.ncols]

@@ -7,10 +7,12 @@ A dispatcher holds one command (the *head*). Five units each execute one command
 ====== ===================================== ==============================================
 unit   commands                              busy after dispatch in cycle ``d``
 ====== ===================================== ==============================================
-LD     LOAD, LOAD_BIAS, LOAD_LUT,            one data-in beat per cycle, d+1 .. d+B; free at d+B+1
-       LOAD_QUANT
-PL     PRELOAD (``w`` PE rows: krows, or     clear in d+1, PE row j written in d+2+j;
-       ceil(krows/2) in a4w4)                free at d+w+2
+LD     LOAD, LOAD_BIAS, LOAD_LUT,            one data-in beat per cycle, d+1 .. d+B; free at d+B
+       LOAD_QUANT                            (the next one's first beat in d+B+1); done at d+B+1
+PL     PRELOAD (every PE row: ``R`` =        PE row j stepped in d+1+j (its word read), its array
+       rows; the tile's, then zeros)         write presented in d+2+j, skewed: PE(j, c) written
+                                             at the edge ending d+2+j+c; free at d+R (the next
+                                             PRELOAD steps right behind); done at d+R+cols+1
 EX     COMPUTE (``M`` rows)                  act rows read d+1 .. d+M (= e). The command then
                                              drains: EX takes a new COMPUTE in e itself (its first
                                              row is read in e+1, right behind our last one); the
@@ -40,6 +42,11 @@ The head dispatches in cycle ``d`` (the next command is in the head from ``d+1``
   finished its earlier commands: the release cycle of that unit's last command (``Wait.EX_OLDER``: of
   the COMPUTE before the last). No addresses are compared: the compiler orders conflicting commands
   with the tokens (``golden/deps.py``);
+- PE weights need no token in program order: a COMPUTE dispatched after a PRELOAD (in ``c > p``) presents
+  its first row in c+2 and so sees the new tile in every PE (``hdl/array.py``: a row presented in ``s``
+  sees PE row j's write presented in ``t`` iff ``s + j > t``; here t = p+2+j); and a PRELOAD dispatched
+  after a COMPUTE that is not the last one (EX took a later one, so this one had presented its last row
+  in ``e + 1`` <= ``p``) overwrites its buffer behind its last row (``golden/deps.py``);
 - with ``Wait.STREAM`` (PRELOAD, COMPUTE, ACTIVATE): also once the last command of its unit's
   ``STREAM_SOURCE`` started ``stream_delay`` cycles ago: a PRELOAD or COMPUTE reads word j of a LOAD in
   d+1+j at the earliest, after the LOAD, dispatched before it, wrote it (d_load+1+j, one beat a word), so
@@ -131,7 +138,7 @@ class CycleModel:
     """Event-driven replica of the dispatcher and units. Feed commands in program order."""
 
     def __init__(self, rows: int, cols: int, dataflow: str = "ws"):
-        self.cols = cols
+        self.rows, self.cols = rows, cols
         self.drain_cycles = array_latency(rows, cols) + 1 if dataflow == "ws" else None
         self.head = 0                      # cycle in which the next command sits in the head
         self.free = {u: 0 for u in Unit}   # first cycle each unit can accept a dispatch
@@ -188,12 +195,12 @@ class CycleModel:
 
     def load(self, waits: int, beats: int) -> int:
         d = self._dispatch_cycle(Unit.LD, waits)
-        self._record(Unit.LD, d, d + beats + 1, d + beats + 1)
+        self._record(Unit.LD, d, d + beats, d + beats + 1)
         return d
 
-    def preload(self, waits: int, words: int) -> int:
+    def preload(self, waits: int) -> int:
         d = self._dispatch_cycle(Unit.PL, waits)
-        self._record(Unit.PL, d, d + words + 2, d + words + 2)
+        self._record(Unit.PL, d, d + self.rows, d + self.rows + self.cols + 1)
         return d
 
     def compute(self, waits: int, rows: int) -> int:

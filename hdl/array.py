@@ -29,7 +29,9 @@ class SystolicArray(wiring.Component):
     An activation row enters unskewed; lane ``r`` is delayed ``r`` cycles before PE(r, 0), then moves
     right one PE per cycle with its buffer tag and valid bit. Partial sums (int32, wrap-around) move
     down one PE per cycle; column ``c``'s bottom output is delayed ``cols - 1 - c`` cycles so that a
-    whole result row leaves at once.
+    whole result row leaves at once. Weight writes are skewed like the activations: column ``c`` of a
+    write reaches its PE ``c`` cycles late, so a new weight tile follows the last row of the old one
+    through the array as a wavefront and no PE needs to wait for the whole array to drain.
 
     Parameters
     ----------
@@ -47,19 +49,14 @@ class SystolicArray(wiring.Component):
     a_buf : In(1)
         Weight buffer this row multiplies with.
     w_en : In(1)
-        At the clock edge, write ``w_data[c]`` into weight buffer ``w_buf`` of PE(``w_row``, c) for
-        every column ``c``.
+        Write ``w_data[c]`` into weight buffer ``w_buf`` of PE(``w_row``, c) for every column ``c``
+        (column ``c`` at the clock edge ``c`` cycles later, see *Timing*).
     w_row : In(range(rows))
         PE row that ``w_en`` writes.
     w_buf : In(1)
         Weight buffer that ``w_en`` writes.
     w_data : In(ArrayLayout(signed(8), cols))
         One weight per column.
-    w_clear : In(1)
-        At the clock edge, zero weight buffer ``w_clear_buf`` in every PE. If ``w_en`` writes the same
-        buffer in the same cycle, the clear wins (the controller never does this).
-    w_clear_buf : In(1)
-        Weight buffer that ``w_clear`` zeroes.
     int4_pairs : In(1)
         a4w4 mode for every PE (see ``ProcessingElement``): lane bytes and weight bytes hold two int4
         values, so one row carries ``2 * rows`` K values.
@@ -75,10 +72,12 @@ class SystolicArray(wiring.Component):
     (``a_valid`` = 1) in cycle ``t`` reaches PE(r, c) in cycle ``t + r + c`` (lane 0 feeds PE(0, 0)
     combinationally in cycle ``t``). All outputs come straight from registers.
 
-    A weight written or cleared at the clock edge ending cycle ``t`` (``w_en``/``w_clear`` in cycle
-    ``t``) is used by a row that reaches that PE in cycle ``t + 1`` or later; a row reaching it in
-    cycle ``t`` or earlier uses the old value. So a row using buffer ``b`` may be presented in cycle
-    ``s + 1`` when buffer ``b``'s PE row ``r`` is written in cycle ``s + r``.
+    A weight write presented in cycle ``t`` (``w_en``, ``w_row`` = r) writes PE(r, c) at the clock edge
+    ending cycle ``t + c``; a row reaching that PE in cycle ``t + c + 1`` or later uses the new value,
+    one reaching it earlier the old one. Since a row presented in cycle ``s`` reaches PE(r, c) in
+    ``s + r + c``, the column drops out: the row uses the new weights of PE row ``r`` (in every column)
+    exactly when ``s + r > t``. So when buffer ``b``'s PE row ``r`` is written in cycle ``p + r``, rows
+    presented up to cycle ``p`` see the old tile and rows from ``p + 1`` the new one.
 
     Latency: ``rows + cols + 1`` cycles (:meth:`latency_for`, = ``golden.timing.array_latency``) from
     ``a_valid`` to the matching ``out_valid``/``out_data``: the row reaches PE(rows-1, cols-1) in cycle
@@ -118,8 +117,6 @@ class SystolicArray(wiring.Component):
             "w_row": In(range(rows)),
             "w_buf": In(1),
             "w_data": In(data.ArrayLayout(signed(8), cols)),
-            "w_clear": In(1),
-            "w_clear_buf": In(1),
             "int4_pairs": In(1),
             "out_valid": Out(1),
             "out_data": Out(data.ArrayLayout(signed(32), cols)),
@@ -147,15 +144,20 @@ class SystolicArray(wiring.Component):
         m = Module()
 
         pes = [[ProcessingElement(int4_pairs=self._int4) for _ in range(self._cols)] for _ in range(self._rows)]
+        # Weight-write skew: column c's write (enable, PE row, buffer; its weight) is c cycles late.
+        write = Signal(data.StructLayout({"en": 1, "row": range(self._rows), "buf": 1}), name="w_write")
+        m.d.comb += [write.en.eq(self.w_en), write.row.eq(self.w_row), write.buf.eq(self.w_buf)]
+        writes, weights = [], []
+        for c in range(self._cols):
+            writes.append(write if c == 0 else delay_line(m, writes[-1], 1, name=f"w_write{c}"))
+            weights.append(delay_line(m, self.w_data[c], c, name=f"w_skew{c}"))
         for r, pe_row in enumerate(pes):
             for c, pe in enumerate(pe_row):
                 m.submodules[f"pe_{r}_{c}"] = pe
                 m.d.comb += [
-                    pe.w_en.eq(self.w_en & (self.w_row == r)),
-                    pe.w_buf.eq(self.w_buf),
-                    pe.w_data.eq(self.w_data[c]),
-                    pe.w_clear.eq(self.w_clear),
-                    pe.w_clear_buf.eq(self.w_clear_buf),
+                    pe.w_en.eq(writes[c].en & (writes[c].row == r)),
+                    pe.w_buf.eq(writes[c].buf),
+                    pe.w_data.eq(weights[c]),
                     pe.int4_pairs.eq(self.int4_pairs),
                     pe.psum_in.eq(pes[r - 1][c].psum_out if r > 0 else 0),
                 ]

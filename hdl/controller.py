@@ -127,11 +127,13 @@ class Controller(wiring.Component):
 
         busy = disp.busy
         m.d.comb += [
-            busy.ld.eq(ld.busy), busy.pl.eq(engine.pl_busy), busy.ex_issue.eq(engine.issue_busy),
+            busy.ld.eq(ld.busy), busy.pl.eq(engine.pl_busy), busy.pl_issue.eq(engine.pl_issue_busy),
+            busy.ex_issue.eq(engine.issue_busy),
             busy.ex_drain.eq(engine.drain_busy), busy.ex_older.eq(engine.older_busy), busy.act.eq(wb.busy),
             busy.act_read.eq(wb.reading), busy.st.eq(st.busy),
             disp.act_bank.eq(wb.bias_bank), disp.act_perchan.eq(wb.per_channel),
-            disp.ex_issue_ends.eq(engine.issue_ends),
+            disp.ex_issue_ends.eq(engine.issue_ends), disp.pl_issue_ends.eq(engine.pl_issue_ends),
+            disp.ld_issue_ends.eq(ld.issue_ends),
             self.busy.eq(busy.as_value().any()),
             act_fn.i_valid.eq(wb.i_valid), act_fn.i_acc.eq(wb.i_acc),
             wb.o_data.eq(act_fn.o_data),

@@ -4,7 +4,9 @@ No addresses are compared. A command of unit U dispatches when U is free and eve
 tokens (``golden.isa.Wait``) name is idle (``EX_OLDER``: no COMPUTE but the last one is in flight:
 none drains while the issue slot holds one, nor besides the last one moved while it is free); a
 COMPUTE also dispatches in the cycle EX's issue slot frees (``ex_issue_ends``: its command has issued
-its rows and moves on to drain), so rows stream without a gap; an ACTIVATE dispatches once ACT has
+its rows and moves on to drain), so rows stream without a gap, a PRELOAD in the cycle PL's frees
+(its last PE row is stepped; the writes drain through the array's skew), and a LOAD in the cycle of
+the last beat of the one before (data-in beats stream without a gap); an ACTIVATE dispatches once ACT has
 read the rows of the one before, if both use the same bias bank and ``perchan`` (the activation unit's
 parameters stay), else once ACT is idle; with ``Wait.STREAM``, a PRELOAD, COMPUTE or ACTIVATE also only
 once the last command of its ``golden.timing.STREAM_SOURCE`` unit started ``stream_delay`` cycles ago
@@ -47,10 +49,12 @@ class HeadState(data.Struct):
 
 
 class UnitBusy(data.Struct):
-    """Which units hold a command (EX: its issue slot; a COMPUTE draining; one draining besides the
-    last one that left the issue slot. ACT: a row in flight; reading accumulator rows)."""
+    """Which units hold a command (PL: a PRELOAD until its last PE weight is written; its issue slot.
+    EX: its issue slot; a COMPUTE draining; one draining besides the last one that left the issue slot.
+    ACT: a row in flight; reading accumulator rows)."""
     ld: 1
     pl: 1
+    pl_issue: 1
     ex_issue: 1
     ex_drain: 1
     ex_older: 1
@@ -93,8 +97,9 @@ class Dispatcher(wiring.Component):
         What the head becomes if it loads ``next_word`` at the end of this cycle: valid only in cycles
         in which it may load (the head is empty, or it is consumed and the core runs).
     busy : In(UnitBusy)
-    ex_issue_ends : In(1)
-        EX's issue slot frees at the end of this cycle (a COMPUTE may dispatch in it).
+    ex_issue_ends, pl_issue_ends, ld_issue_ends : In(1)
+        EX's / PL's issue slot frees, LD takes its last beat, at the end of this cycle (a COMPUTE /
+        PRELOAD / LOAD may dispatch in it).
     act_bank, act_perchan : In(1)
         ``bank`` and ``perchan`` of the last ACTIVATE started: one with the same two may start while
         that one's rows are still in the activation unit (``golden.timing.CycleModel.activate``).
@@ -112,7 +117,7 @@ class Dispatcher(wiring.Component):
         super().__init__({
             "head": In(HeadState), "cmd_word": In(COMMAND_BITS), "cmd_codes": Out(codes),
             "next_word": In(COMMAND_BITS), "next_codes": In(codes), "next_head": Out(HeadState),
-            "busy": In(UnitBusy), "ex_issue_ends": In(1), "act_bank": In(1), "act_perchan": In(1),
+            "busy": In(UnitBusy), "ex_issue_ends": In(1), "pl_issue_ends": In(1), "ld_issue_ends": In(1), "act_bank": In(1), "act_perchan": In(1),
             "start": Out(UnitStart), "consume": Out(1),
             "precision": Out(2, init=Precision.INT8), "error": Out(3), "rejected": Out(16),
         })
@@ -152,6 +157,7 @@ class Dispatcher(wiring.Component):
                    | (waits(Wait.EX_OLDER) & ((busy.ex_issue & busy.ex_drain) | busy.ex_older))
                    | (waits(Wait.ACT) & busy.act) | (waits(Wait.ST) & busy.st))
         all_idle = ~(busy.as_value().any())
+        ld_free = ~busy.ld | self.ld_issue_ends
         # Wait.STREAM: cycles since each source unit's last dispatch, saturating at its delay.
         started = {Unit.LD: self.start.ld, Unit.EX: self.start.ex}
         ready = {}
@@ -176,9 +182,9 @@ class Dispatcher(wiring.Component):
                 m.d.comb += can.eq(all_idle)
                 m.d.comb += [unit.config.eq(opcode == Opcode.CONFIG), unit.st.eq(opcode == Opcode.COUNTERS)]
             with m.Case(*_LOAD_OPS):
-                m.d.comb += [can.eq(~busy.ld & ~blocked), unit.ld.eq(1)]
+                m.d.comb += [can.eq(ld_free & ~blocked), unit.ld.eq(1)]
             with m.Case(Opcode.PRELOAD):
-                m.d.comb += [can.eq(~busy.pl & ~blocked & streamed(Unit.PL)), unit.pl.eq(1)]
+                m.d.comb += [can.eq((~busy.pl_issue | self.pl_issue_ends) & ~blocked & streamed(Unit.PL)), unit.pl.eq(1)]
             with m.Case(Opcode.COMPUTE):
                 m.d.comb += [can.eq((~busy.ex_issue | self.ex_issue_ends) & ~blocked & streamed(Unit.EX)),
                              unit.ex.eq(1)]
@@ -194,7 +200,7 @@ class Dispatcher(wiring.Component):
         load_view = data.View(command_layout(Opcode.LOAD), head.word)
         takes_data = data_in_beats(opcode, load_view.buf, load_view.rows, c, HW_OPS) != 0
         dispatch = head.valid & (head.error == 0) & can
-        reject = head.valid & (head.error != 0) & (~takes_data | ~busy.ld)
+        reject = head.valid & (head.error != 0) & (~takes_data | ld_free)
         drop = Signal(UnitStart)
         m.d.comb += [drop.ld.eq(takes_data), drop.discard.eq(takes_data)]
         m.d.comb += [self.consume.eq(dispatch | reject),

@@ -9,8 +9,12 @@ word : In(COMMAND_BITS)
     The head command word (fields sampled on a start pulse).
 precision : In(2)
     The CONFIG precision (``golden.isa.Precision``), stable while the engine is busy.
-pl_busy, issue_busy, drain_busy, older_busy : Out(1)
-    PL busy (always 0 in the output-stationary engine, which has no PRELOAD); EX's issue slot; EX
+pl_busy, pl_issue_busy, pl_issue_ends : Out(1)
+    PL holds a PRELOAD (until its last PE weight is written); PL steps through one (its issue slot)
+    and frees that slot at the end of this cycle, so a PRELOAD may start in it (all 0 in the
+    output-stationary engine, which has no PRELOAD).
+issue_busy, drain_busy, older_busy : Out(1)
+    EX's issue slot; EX
     drains a COMPUTE; EX drains one besides the last one moved (``older_busy``: always 0 in the
     output-stationary engine, whose single drain slot holds one).
 issue_ends : Out(1)
@@ -56,7 +60,7 @@ def engine_signature(config: NpuConfig) -> wiring.Signature:
     c = config
     return wiring.Signature({
         "start_pl": In(1), "start_ex": In(1), "word": In(COMMAND_BITS), "precision": In(2),
-        "pl_busy": Out(1), "issue_busy": Out(1), "drain_busy": Out(1), "older_busy": Out(1),
+        "pl_busy": Out(1), "pl_issue_busy": Out(1), "pl_issue_ends": Out(1), "issue_busy": Out(1), "drain_busy": Out(1), "older_busy": Out(1),
         "issue_ends": Out(1),
         "act_rd": In(read_port_signature(c.act_depth, 8 * c.act_word_bytes)),
         "wgt_rd": In(read_port_signature(c.wgt_depth, 8 * c.wgt_word_bytes)),
@@ -93,7 +97,7 @@ class WsEngine(wiring.Component):
             array.a_valid.eq(ex.a_valid), array.a_data.eq(ex.a_data), array.a_buf.eq(ex.a_buf),
             ex.out_valid.eq(array.out_valid), ex.out_data.eq(array.out_data),
             array.w_en.eq(pl.w_en), array.w_row.eq(pl.w_row), array.w_buf.eq(pl.w_buf),
-            array.w_data.eq(pl.w_data), array.w_clear.eq(pl.w_clear), array.w_clear_buf.eq(pl.w_clear_buf),
+            array.w_data.eq(pl.w_data),
             array.int4_pairs.eq(self.precision == Precision.A4W4), pl.precision.eq(self.precision),
         ]
 
@@ -109,7 +113,8 @@ class WsEngine(wiring.Component):
             pl.addr.eq(pre.addr), pl.krows.eq(pre.krows), pl.ncols.eq(pre.ncols),
             ex.start.eq(self.start_ex), ex.aaddr.eq(comp.aaddr), ex.accaddr.eq(comp.accaddr),
             ex.rows.eq(comp.rows), ex.accumulate.eq(comp.accumulate), ex.buf.eq(cur), ex.row_macs.eq(pe_macs[cur]),
-            self.pl_busy.eq(pl.busy), self.issue_busy.eq(ex.issue_busy), self.drain_busy.eq(ex.drain_busy),
+            self.pl_busy.eq(pl.busy), self.pl_issue_busy.eq(pl.issue_busy), self.pl_issue_ends.eq(pl.issue_ends),
+            self.issue_busy.eq(ex.issue_busy), self.drain_busy.eq(ex.drain_busy),
             self.older_busy.eq(ex.older_busy), self.issue_ends.eq(ex.move),
             self.events.row.eq(ex.ev_row), self.events.macs.eq(ex.macs), self.events.act_read.eq(ex.ev_row),
             self.events.wgt_read.eq(pl.ev_wgt_read), self.events.acc_read.eq(ex.ev_acc_read),

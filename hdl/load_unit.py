@@ -27,8 +27,10 @@ class LoadUnit(wiring.Component):
 
     Timing: ``start`` in cycle d; one beat consumed per cycle d+1 .. d+B (B = rows for SRAM loads,
     since a beat holds a whole int8 word; ``beats(4*cols)`` for bias, ``beats(5*cols)`` for the
-    per-channel requantization, ``beats(256)`` for the LUT); ``busy`` is high d+1 .. d+B. Each SRAM
-    word is written in the cycle its beat arrives; a register bank with its last beat.
+    per-channel requantization, ``beats(256)`` for the LUT); ``busy`` is high d+1 .. d+B and
+    ``issue_ends`` in d+B, when the next command may start (its first beat in d+B+1: beats stream
+    without a gap). Each SRAM word is written in the cycle its beat arrives; a register bank with its
+    last beat.
 
     Members
     -------
@@ -38,6 +40,8 @@ class LoadUnit(wiring.Component):
         With ``start``: a rejected command's beats, consumed in the same cycles and written nowhere.
     busy, want : Out(1)
         Executing; wants a data-in beat this cycle (identical: one beat per busy cycle).
+    issue_ends : Out(1)
+        This is the command's last beat: a command may start in this cycle.
     want_next : Out(1)
         ``want`` in the next cycle, if this cycle runs (for the registered stall decision).
     din : In(bus_bytes * 8)
@@ -63,7 +67,7 @@ class LoadUnit(wiring.Component):
         self._lut_width = min(c.bus_bytes, 256)
         super().__init__({
             "start": In(1), "kind": In(3), "addr": In(16), "rows": In(16), "bank": In(1), "discard": In(1),
-            "busy": Out(1), "want": Out(1), "want_next": Out(1), "din": In(8 * c.bus_bytes),
+            "busy": Out(1), "issue_ends": Out(1), "want": Out(1), "want_next": Out(1), "din": In(8 * c.bus_bytes),
             "act_wr": In(write_port_signature(c.act_depth, 8 * c.act_word_bytes)),
             "wgt_wr": In(write_port_signature(c.wgt_depth, 8 * c.wgt_word_bytes)),
             "bias": Out(data.ArrayLayout(data.ArrayLayout(signed(32), c.cols), 2)),
@@ -97,22 +101,8 @@ class LoadUnit(wiring.Component):
                      self.act_wr.en.eq(act_writing), self.ev_act_write.eq(act_writing),
                      self.wgt_wr.en.eq(wgt_writing), self.ev_wgt_write.eq(wgt_writing)]
         m.d.comb += [self.want.eq(self.busy), self.ev_beat.eq(self.busy),
+                     self.issue_ends.eq(self.busy & (left == 1)),
                      self.want_next.eq(self.start | (self.busy & (left != 1)))]
-        with m.If(self.start):
-            m.d.sync += [self.busy.eq(1), kind.eq(self.kind), addr.eq(self.addr), beat.eq(0), bank.eq(self.bank),
-                         discard.eq(self.discard),
-                         act_writing.eq((self.kind == LoadKind.ACT) & ~self.discard),
-                         wgt_writing.eq((self.kind == LoadKind.WGT) & ~self.discard)]
-            with m.Switch(self.kind):
-                with m.Case(LoadKind.ACT, LoadKind.WGT):
-                    m.d.sync += left.eq(self.rows)
-                with m.Case(LoadKind.BIAS):
-                    m.d.sync += left.eq(bias_beats)
-                with m.Case(LoadKind.QUANT):
-                    m.d.sync += left.eq(quant_beats)
-                with m.Case(LoadKind.LUT):
-                    m.d.sync += left.eq(c.beats(256))
-
         with m.If(self.busy):
             m.d.sync += [left.eq(left - 1), beat.eq(beat + 1), addr.eq(addr + 1)]
             with m.If(left == 1):
@@ -130,4 +120,19 @@ class LoadUnit(wiring.Component):
                 with m.Case(LoadKind.LUT):
                     m.d.comb += [self.lut_we.eq(1), self.lut_addr.eq(beat * c.bus_bytes),
                                  self.lut_wdata.as_value().eq(self.din)]
+        # (after the busy block: a command starting in the last beat of the one before wins)
+        with m.If(self.start):
+            m.d.sync += [self.busy.eq(1), kind.eq(self.kind), addr.eq(self.addr), beat.eq(0), bank.eq(self.bank),
+                         discard.eq(self.discard),
+                         act_writing.eq((self.kind == LoadKind.ACT) & ~self.discard),
+                         wgt_writing.eq((self.kind == LoadKind.WGT) & ~self.discard)]
+            with m.Switch(self.kind):
+                with m.Case(LoadKind.ACT, LoadKind.WGT):
+                    m.d.sync += left.eq(self.rows)
+                with m.Case(LoadKind.BIAS):
+                    m.d.sync += left.eq(bias_beats)
+                with m.Case(LoadKind.QUANT):
+                    m.d.sync += left.eq(quant_beats)
+                with m.Case(LoadKind.LUT):
+                    m.d.sync += left.eq(c.beats(256))
         return m

@@ -46,8 +46,8 @@ class ProcessingElement(wiring.Component):
     ``t + rows + c + 1``.
     Throughput: one activation per cycle.
 
-    Weight timing: a weight written at the clock edge that ends cycle ``t`` (``w_en`` or ``w_clear``
-    set in cycle ``t``) multiplies the activations present on ``a_in`` in cycles ``t + 1`` and later;
+    Weight timing: a weight written at the clock edge that ends cycle ``t`` (``w_en`` set in cycle
+    ``t``) multiplies the activations present on ``a_in`` in cycles ``t + 1`` and later;
     an activation present in cycle ``t`` still uses the old value (stage 1 samples the weight in the
     cycle the activation is present).
 
@@ -68,10 +68,6 @@ class ProcessingElement(wiring.Component):
         Weight buffer that ``w_en`` writes.
     w_data : In(signed(8))
         Weight value that ``w_en`` writes.
-    w_clear : In(1)
-        Zero weight buffer ``w_clear_buf`` at the clock edge; wins over ``w_en`` on the same buffer.
-    w_clear_buf : In(1)
-        Weight buffer that ``w_clear`` zeroes.
     int4_pairs : In(1)
         a4w4 mode: activation and weight bytes each hold two int4 values (low nibble first) and the
         PE adds both products, ``a.lo * w.lo + a.hi * w.hi``: two 4-bit MACs per cycle. Held stable
@@ -93,8 +89,6 @@ class ProcessingElement(wiring.Component):
             "w_en": In(1),
             "w_buf": In(1),
             "w_data": In(signed(8)),
-            "w_clear": In(1),
-            "w_clear_buf": In(1),
             "int4_pairs": In(1),
             "a_out": Out(Activation),
             "psum_out": Out(signed(32)),
@@ -105,9 +99,7 @@ class ProcessingElement(wiring.Component):
 
         weights = [Signal(signed(8), name=f"weight{b}") for b in range(2)]
         for b, weight in enumerate(weights):
-            with m.If(self.w_clear & (self.w_clear_buf == b)):
-                m.d.sync += weight.eq(0)
-            with m.Elif(self.w_en & (self.w_buf == b)):
+            with m.If(self.w_en & (self.w_buf == b)):
                 m.d.sync += weight.eq(self.w_data)
 
         a_q = Signal(signed(8))

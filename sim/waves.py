@@ -15,8 +15,8 @@ def gtkw_traces(top) -> dict:
         weight_port, pl_busy = [ex.wgt_rd.addr, ex.wgt_rd.en], []
     else:
         datapath = [array.a_valid, array.a_buf, array.a_data, array.w_en, array.w_row, array.w_buf,
-                    array.w_clear, array.out_valid, array.out_data]
-        weight_port, pl_busy = [pl.wgt_rd.addr, pl.wgt_rd.en], [pl.busy]
+                    array.out_valid, array.out_data]
+        weight_port, pl_busy = [pl.wgt_rd.addr, pl.wgt_rd.en], [pl.issue_busy, pl.busy]
     return {
         "host": [top.cmd.valid, top.cmd.ready, top.din.valid, top.din.ready, top.dout.valid, top.dout.ready,
                  top.status.idle, top.status.error],

@@ -2,8 +2,9 @@
 """Tests of the processing element and the weight-stationary systolic array.
 
 The array is checked cycle by cycle against a small reference model of its documented timing: a row
-presented in cycle ``t`` reaches PE(r, c) in cycle ``t + r + c`` and sees the weight that PE held in
-that cycle; its result appears exactly ``latency`` cycles later.
+presented in cycle ``t`` reaches PE(r, c) in cycle ``t + r + c`` and, since weight writes are skewed by
+column the same way, sees the weights of PE row ``r`` written (presented) before cycle ``t + r``; its
+result appears exactly ``latency`` cycles later.
 """
 import numpy as np
 import pytest
@@ -23,11 +24,10 @@ class Schedule:
         self.rows, self.cols = rows, cols
         self.rows_in = {}       # cycle -> (activation vector, buf)
         self.writes = {}        # cycle -> (row, buf, weight vector)
-        self.clears = {}        # cycle -> buf
 
     @property
     def length(self):
-        return 1 + max([*self.rows_in, *self.writes, *self.clears, -1])
+        return 1 + max([*self.rows_in, *self.writes, -1]) + self.cols
 
     def present(self, cycle, a, buf):
         assert cycle not in self.rows_in
@@ -42,27 +42,21 @@ class Schedule:
         for r in range(self.rows):
             self.write(cycle + r, r, buf, matrix[r])
 
-    def clear(self, cycle, buf):
-        assert cycle not in self.clears
-        self.clears[cycle] = buf
-
 
 def reference(schedule, cycles):
     """Expected ``{cycle: out_data}`` for every cycle in which ``out_valid`` must be 1."""
     rows, cols = schedule.rows, schedule.cols
     weights = np.zeros((2, rows, cols), np.int64)
-    seen = []                              # seen[k]: weight buffers as they are during cycle k
+    seen = []                  # seen[k]: weight buffers after the writes presented before cycle k
     for k in range(cycles):
         seen.append(weights.copy())
-        if k in schedule.clears:
-            weights[schedule.clears[k]] = 0
         if k in schedule.writes:
             row, buf, w = schedule.writes[k]
             weights[buf, row] = w
     latency = SystolicArray.latency_for(rows, cols)
     expected = {}
     for t, (a, buf) in schedule.rows_in.items():
-        out = [sum(int(a[r]) * int(seen[t + r + c][buf, r, c]) for r in range(rows)) for c in range(cols)]
+        out = [sum(int(a[r]) * int(seen[t + r][buf, r, c]) for r in range(rows)) for c in range(cols)]
         expected[t + latency] = wrap_int32(out)
     return expected
 
@@ -91,8 +85,6 @@ def simulate(schedule):
             ctx.set(dut.w_row, int(w_row))
             ctx.set(dut.w_buf, int(w_buf))
             ctx.set(dut.w_data, [int(x) for x in w])
-            ctx.set(dut.w_clear, k in schedule.clears)
-            ctx.set(dut.w_clear_buf, int(schedule.clears.get(k, rng.integers(2))))
             trace.append((ctx.get(dut.out_valid), [ctx.get(dut.out_data[c]) for c in range(cols)]))
             await ctx.tick()
 
@@ -225,13 +217,14 @@ def test_double_buffering_under_overlap():
 
 
 def test_weight_write_boundary():
-    """A row sees a new weight in a PE iff it reaches that PE after the cycle of the write.
+    """A row sees the new weights of PE row r iff it is presented after cycle ``t - r``, where ``t`` is the
+    cycle that write was presented, in every column (the writes are skewed like the rows).
 
     Rows using buffer 1 are presented every cycle while buffer 1 is rewritten, PE row r in cycle
-    ``s + r``. The row presented in cycle ``s + d`` reaches PE(r, c) in cycle ``s + d + r + c``, so it
-    sees the new weight iff ``d + c >= 1``: column by column, rows switch from old to new weights.
+    ``s + r``: the row presented in cycle ``s + d`` sees the whole new tile iff ``d >= 1``, the old one
+    otherwise, however far right the PE.
     """
-    rows, cols = 3, 3
+    rows, cols = 3, 4
     rng = np.random.default_rng(11)
     w_old, w_new = random_matrix(rng, rows, cols), random_matrix(rng, rows, cols)
     s = Schedule(rows, cols)
@@ -247,30 +240,34 @@ def test_weight_write_boundary():
 
     latency = SystolicArray.latency_for(rows, cols)
     for d, a in zip(offsets, acts):
-        seen = np.where(np.arange(cols) + d >= 1, w_new, w_old)
+        seen = w_new if d >= 1 else w_old
         assert list(expected[write + d + latency]) == list(wrap_int32(a @ seen)), f"offset {d}"
 
 
-def test_clear_zeroes_one_buffer():
-    """``w_clear`` zeroes the chosen buffer in every PE and leaves the other one alone."""
-    rows, cols = 3, 2
-    rng = np.random.default_rng(3)
-    weights = [random_matrix(rng, rows, cols) for _ in range(2)]
+def test_one_buffer_rewritten_behind_its_last_row():
+    """The wavefront: a buffer may be rewritten right behind the last row that uses it, and rows using
+    the new tile follow at once, so back-to-back tiles need no second buffer and no drain. Rows of tile
+    ``i`` are presented in cycles ``p_i - n + 1 .. p_i``, the next tile's PE row r in ``p_i + r``."""
+    rows, cols = 4, 5
+    rng = np.random.default_rng(5)
+    tiles = [random_matrix(rng, rows, cols) for _ in range(4)]
     s = Schedule(rows, cols)
-    s.load(0, 0, weights[0])
-    s.load(rows, 1, weights[1])
-    s.clear(2 * rows, 0)
-    acts = rng.integers(-128, 128, (8, rows))
-    start = 2 * rows + 1
-    for i, a in enumerate(acts):
-        s.present(start + i, a, i % 2)
+    s.load(0, 0, tiles[0])
+    n, start, presented = rows, rows, []          # (one PE row written a cycle: a tile per rows cycles)
+    for i, tile in enumerate(tiles):
+        first = start + i * n
+        for j in range(n):
+            a = rng.integers(-128, 128, rows)
+            s.present(first + j, a, 0)
+            presented.append((first + j, a, tile))
+        if i + 1 < len(tiles):
+            s.load(first + n - 1, 0, tiles[i + 1])
 
     expected = check(s)
 
     latency = SystolicArray.latency_for(rows, cols)
-    for i, a in enumerate(acts):
-        want = [0] * cols if i % 2 == 0 else list(wrap_int32(a @ weights[1]))
-        assert list(expected[start + i + latency]) == want
+    for t, a, tile in presented:
+        assert list(expected[t + latency]) == list(wrap_int32(a @ tile)), f"row presented in {t}"
 
 
 @pytest.mark.parametrize("rows,cols", [(4, 4), (3, 2), (1, 1)])

@@ -80,7 +80,7 @@ def test_cycle_model_overlaps_loads_with_compute():
     npu.run(program)
     (_, load0), (_, compute), (_, load1) = npu.trace
     assert compute == load0 + 1                        # streams behind its data (RAW on ACT[0, 20))
-    assert load1 == load0 + 21 < npu.timeline.release[Unit.EX]   # independent: waits for LD alone
+    assert load1 == load0 + 20 < npu.timeline.release[Unit.EX]   # independent: in the LOAD's last beat
     conflicting = order_program(Program(program.commands[:2] + [Command(Opcode.LOAD, buf=0, addr=10, rows=20)],
                                         program.data_in), config)
     assert conflicting.commands[2].wait == Wait.EX
@@ -232,16 +232,17 @@ def test_transposed_product_needs_int8_and_per_tensor_requantization():
 
 
 def test_matrix_vector_streams_the_weights_at_the_bus_rate():
-    """Issue 19: a batch-8 layer takes the transposed product and stays within 1.1x of its bound (the
-    weight bytes over the bus); A @ W itself waits for a PE weight buffer every step (about 2x)."""
+    """Issue 19: a batch-8 layer stays within 1.1x of its bound (the weight bytes over the bus), as the
+    transposed product and as A @ W itself, whose weight tiles follow each other through the array's
+    wavefront (it waited for a PE weight buffer to drain every step before: about 2x)."""
     config = NpuConfig(rows=16, cols=16)
     spec = random_gemm(8, 1024, 1024, seed=1)
     gp = build_gemm(config, spec)
     cycles = GoldenNpu(config).run(gp.program).counters["cycles"]
     plain = GoldenNpu(config).run(build_gemm(config, spec, transpose=False).program).counters["cycles"]
     bound = gemm_bound(config, 8, 1024, 1024)
-    assert gp.transposed and bound["limit"] == "data_in"
-    assert cycles <= 1.1 * bound["bound"] and plain > 1.8 * bound["bound"], (cycles, plain, bound)
+    assert bound["limit"] == "data_in"
+    assert cycles <= 1.1 * bound["bound"] and plain <= 1.1 * bound["bound"], (cycles, plain, bound)
 
 
 def test_with_wait_is_with_fields_without_the_checks():
@@ -263,9 +264,9 @@ def _stream_case(config, later, earlier=Command(Opcode.LOAD, buf=Buf.ACT, addr=0
 def test_stream_only_where_the_reader_stays_behind_the_writer():
     config = NpuConfig(rows=2, cols=2, act_depth=64, wgt_depth=8, acc_depth=64)
     compute = lambda aaddr: Command(Opcode.COMPUTE, aaddr=aaddr, accaddr=0, rows=4)
-    assert _stream_case(config, compute(0)) == Wait.STREAM | Wait.PL
-    assert _stream_case(config, compute(0), Command(Opcode.LOAD, buf=Buf.ACT, addr=2, rows=8)) == Wait.STREAM | Wait.PL
-    assert _stream_case(config, compute(1)) == Wait.LD | Wait.PL          # starts ahead of the writer
+    assert _stream_case(config, compute(0)) == Wait.STREAM
+    assert _stream_case(config, compute(0), Command(Opcode.LOAD, buf=Buf.ACT, addr=2, rows=8)) == Wait.STREAM
+    assert _stream_case(config, compute(1)) == Wait.LD          # starts ahead of the writer
     # An ACTIVATE that writes rows the COMPUTE still reads cannot stream behind it (a WAR, not a read).
     commands = [Command(Opcode.LOAD, buf=Buf.WGT, addr=0, rows=2), Command(Opcode.PRELOAD, addr=0, krows=2, ncols=2),
                 Command(Opcode.LOAD, buf=Buf.ACT, addr=0, rows=8), compute(0),
@@ -276,6 +277,28 @@ def test_stream_only_where_the_reader_stays_behind_the_writer():
     # A STREAM that the rule does not allow is refused, naming both commands.
     bad = Program(program.commands[:3] + [compute(1).with_fields(wait=Wait.STREAM | Wait.PL)], program.data_in)
     with pytest.raises(HazardError, match=r"command 3 COMPUTE.*command 2 LOAD.*wait=<Wait.LD"):
+        check_program(bad, config)
+
+
+def test_pe_buffers_are_ordered_by_dispatch_order():
+    """A COMPUTE needs no token for the PRELOAD before it, nor a PRELOAD for the COMPUTE that read its
+    buffer once a later COMPUTE has dispatched; only the last COMPUTE holds the buffer it reads (the
+    PRELOAD waits for EX), and a PRELOAD of the other buffer waits for nothing."""
+    config = NpuConfig(rows=2, cols=2, act_depth=64, wgt_depth=8, acc_depth=64)
+    preload = Command(Opcode.PRELOAD, addr=0, krows=2, ncols=2)
+    compute = lambda accaddr: Command(Opcode.COMPUTE, aaddr=0, accaddr=accaddr, rows=4)
+    head = [Command(Opcode.LOAD, buf=Buf.WGT, addr=0, rows=2), Command(Opcode.LOAD, buf=Buf.ACT, addr=0, rows=4)]
+
+    def waits(commands):
+        program = Program(head + commands, bytes(sum(data_in_bytes(c, config) for c in head + commands)))
+        return [c.wait for c in order_program(program, config).commands[len(head):]]
+
+    # (the COMPUTEs stream behind the activation LOAD)
+    assert waits([preload, compute(0), preload, compute(4), preload, compute(8)]) == [0, Wait.STREAM] * 3
+    assert waits([preload, compute(0), preload, preload]) == [0, Wait.STREAM, 0, Wait.EX]
+    bad = Program(head + [preload, compute(0).with_wait(Wait.STREAM), preload, preload],
+                  bytes(sum(data_in_bytes(c, config) for c in head)))
+    with pytest.raises(HazardError, match=r"command 5 PRELOAD.*command 3 COMPUTE.*wait=<Wait.EX"):
         check_program(bad, config)
 
 

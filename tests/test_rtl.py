@@ -303,6 +303,39 @@ def test_back_to_back_computes_forward_the_accumulator_word():
         assert_same(Npu(config, "pysim", backpressure=backpressure).run(program), golden)
 
 
+def test_weight_tiles_follow_each_other_through_the_array():
+    """Short COMPUTEs on a new weight tile each (matrix-vector): every COMPUTE right behind its PRELOAD,
+    every PRELOAD right behind the COMPUTE before (refilling the buffer of the one before that), with no
+    token (the PE weight writes follow the rows' wavefront: the tightest case); RTL == golden, outputs
+    and counters, with and without back-pressure, and the outputs equal those of the same program with
+    a full wait for PL on every COMPUTE and for EX on every PRELOAD."""
+    import random
+    config = small_config(4, 4)
+    rng = random.Random(3)
+    tiles, rows = 5, 2
+    commands = [Command(Opcode.CONFIG, multiplier=1 << 30, shift=-8, qmin=-128, qmax=127),
+                Command(Opcode.LOAD, buf=Buf.WGT, addr=0, rows=4 * tiles),
+                Command(Opcode.LOAD, buf=Buf.ACT, addr=0, rows=rows * tiles), Command(Opcode.LOAD_BIAS, bank=0)]
+    for t in range(tiles):
+        commands += [Command(Opcode.PRELOAD, addr=4 * t, krows=4 - t % 2, ncols=4),
+                     Command(Opcode.COMPUTE, aaddr=rows * t, accaddr=rows * t, rows=rows)]
+    commands.append(Command(Opcode.ACTIVATE, accaddr=0, aaddr=0, rows=rows * tiles, dest=1, bank=0))
+    data = b"".join(bytes(rng.randrange(256) if c.op == Opcode.LOAD else 0 for _ in range(data_in_bytes(c, config)))
+                    for c in commands)                          # (zero bias)
+    program = order_program(Program(commands, data), config)
+    assert all(c.wait == 0 for c in program.commands[5:-1])          # (after the first PRELOAD / COMPUTE)
+    strict = Program([c.with_wait(c.wait | {Opcode.PRELOAD: Wait.EX, Opcode.COMPUTE: Wait.PL}.get(c.op, 0))
+                      for c in program.commands], data)
+    model = GoldenNpu(config)
+    golden, slow = model.run(program), GoldenNpu(config).run(strict)
+    starts = [d for cmd, d in model.trace if cmd.op in (Opcode.PRELOAD, Opcode.COMPUTE)]
+    assert [b - a for a, b in zip(starts[2:], starts[3:])] == [1, 3] * (tiles - 2) + [1]   # (PL takes 4 cycles)
+    assert len(set(golden.outputs)) > 8                         # (not saturated: a stale weight would show)
+    assert golden.outputs == slow.outputs and golden.counters["cycles"] < slow.counters["cycles"]
+    for backpressure in (None, 3):
+        assert_same(Npu(config, "pysim", backpressure=backpressure).run(program), golden)
+
+
 def test_streaming_commands_read_behind_their_writer():
     """PRELOAD and COMPUTE stream behind the LOADs of what they read, the ACTIVATE behind the COMPUTE
     (``Wait.STREAM``, each from the first word written: the tightest case); RTL == golden, outputs and
