@@ -27,7 +27,7 @@ import numpy as np
 
 from opennpu.config import NpuConfig
 from opennpu.golden import numerics
-from opennpu.golden.deps import order_program
+from opennpu.golden.reorder import schedule_program
 from opennpu.golden.isa import ActFn, Buf, Command, Opcode, Precision
 from opennpu.golden.program import Program
 
@@ -209,9 +209,10 @@ class Emitter:
         self.outputs.append(("counters", tag))
 
     def ordered(self) -> list:
-        """The commands with the ``wait`` tokens that order them (``golden.deps.order_program``)."""
+        """The commands, merged in the order that dispatches each soonest, with the ``wait`` tokens that
+        order them (``golden.reorder.schedule_program``)."""
         if self._ordered[0] != len(self.commands):
-            self._ordered = (len(self.commands), order_program(Program(self.commands), self.config).commands)
+            self._ordered = (len(self.commands), schedule_program(Program(self.commands), self.config).commands)
         return self._ordered[1]
 
     def program(self, source=None) -> Program:

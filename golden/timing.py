@@ -183,6 +183,16 @@ class CycleModel:
                 d = max(d, self.last_start[source] + delay)
         return d
 
+    def earliest(self, unit: Unit | None, waits: int, params: tuple | None = None) -> int:
+        """The cycle a command of ``unit`` (None: a barrier) with ``waits`` would dispatch in now, without
+        dispatching it (``params``: an ACTIVATE's, see ``activate``)."""
+        if unit is None:
+            return max(self.head, self._all_free())
+        d = self._dispatch_cycle(unit, waits)
+        if unit == Unit.ACT and params != self.act_params:
+            d = max(d, self.release[Unit.ACT])
+        return d
+
     def _record(self, unit, d, free, release):
         self._retire(d)
         self.free[unit] = free

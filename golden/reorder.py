@@ -1,0 +1,128 @@
+"""A list scheduler: the order of a program's commands that lets the in-order dispatcher start each as
+early as the cycle model allows, with the ``wait`` tokens that order it (``golden/deps.py``).
+
+The dispatcher holds one command at a time, so a command that must wait (an ACTIVATE for its rows to
+drain, a PRELOAD for the weights it reads) holds back everything behind it. A compiler emits commands in
+an order that reads well (a step's loads, PRELOAD, COMPUTE, then the write-back); ``schedule_program``
+merges them again, greedily: of the next command of each queue, it emits the one the cycle model
+(``golden.timing.CycleModel``) would dispatch first (the program's order breaks ties). The queues keep
+their own order: LD (so data-in stays in order), PL and EX together (a COMPUTE uses the PE buffer of the
+PRELOADs before it), ACT, ST; CONFIG, FENCE and COUNTERS stay where they are (everything before is
+emitted first). A command never passes an earlier one it conflicts with (``golden.timing.conflict``:
+so the result computes the same, and pushes data-out in the same order), nor more than ``WINDOW`` of
+another queue's.
+
+It models the program's timing command by command, so it costs a few times ``order_program``: programs
+of more than ``LIMIT`` commands are only ordered (``order_program``); the long loops of big GEMMs keep
+their units busy in the compiler's order anyway.
+"""
+from __future__ import annotations
+
+from opennpu.config import NpuConfig
+
+from .checks import data_in_beats
+from .deps import BARRIERS, UNIT_OF, DependencyTracker, _hit, _walk, act_params, order_program
+from .isa import Buf, Command, Opcode
+from .model import COUNTER_BEATS_BYTES
+from .program import Program
+from .timing import CycleModel, Unit
+
+__all__ = ["WINDOW", "LIMIT", "schedule_program", "advance"]
+
+#: How many commands of another queue a command may pass.
+WINDOW = 64
+#: Programs longer than this are ordered in place (``order_program``), not rescheduled.
+LIMIT = 30000
+
+_QUEUE = {Unit.LD: 0, Unit.PL: 1, Unit.EX: 1, Unit.ACT: 2, Unit.ST: 3}
+
+
+def advance(model: CycleModel, cmd: Command, config: NpuConfig) -> int:
+    """Dispatch ``cmd`` (with its tokens) on ``model`` as the golden model does; its dispatch cycle."""
+    op, c = cmd.op, config
+    if op in (Opcode.CONFIG, Opcode.FENCE):
+        return model.barrier()
+    if op == Opcode.COUNTERS:
+        return model.counters_snapshot(c.beats(COUNTER_BEATS_BYTES))
+    if UNIT_OF[op] == Unit.LD:
+        return model.load(cmd.wait, data_in_beats(op, getattr(cmd, "buf", 0), getattr(cmd, "rows", 0), c))
+    if op == Opcode.PRELOAD:
+        return model.preload(cmd.wait)
+    if op == Opcode.COMPUTE:
+        if c.dataflow == "os":
+            return model.compute_os(cmd.wait, cmd.rows, cmd.mrows)
+        return model.compute(cmd.wait, cmd.rows)
+    if op == Opcode.ACTIVATE:
+        return model.activate(cmd.wait, cmd.rows, cmd.dest == 1, act_params(cmd))
+    word_bytes = {Buf.ACT: c.act_word_bytes, Buf.WGT: c.wgt_word_bytes, Buf.ACC: 4 * c.cols}[Buf(cmd.buf)]
+    return model.store(cmd.wait, c.beats(word_bytes) * cmd.rows)
+
+
+def schedule_program(program: Program, config: NpuConfig) -> Program:
+    """``program``'s commands in the order described in the module docstring, each with the fewest
+    tokens that order it (tokens already set are kept). Programs with raw-int or rejected commands, or
+    more than ``LIMIT`` commands, are only ordered (``order_program``)."""
+    commands = program.commands
+    items = list(_walk(program, config))
+    if (len(commands) > LIMIT or not all(isinstance(c, Command) for c in commands)
+            or any(cmd is None for _, cmd, _ in items)):
+        return order_program(program, config)
+    tracker, model, out = DependencyTracker(config), CycleModel(config.rows, config.cols, config.dataflow), []
+
+    def emit(cmd, spans):
+        needed = 0 if cmd.op in BARRIERS else tracker.needed_spans(cmd.op, spans)
+        if needed & ~cmd.wait:
+            cmd = cmd.with_wait(cmd.wait | needed)
+        tracker.dispatch_spans(len(out), cmd, spans)
+        advance(model, cmd, config)
+        out.append(cmd)
+
+    segment = []
+    for item in items + [None]:
+        if item is not None and item[1].op not in BARRIERS:
+            segment.append(item)
+            continue
+        _merge(segment, emit, tracker, model)
+        segment = []
+        if item is not None:
+            emit(item[1], item[2])
+    return Program(out, program.data_in)
+
+
+def _merge(segment: list, emit, tracker: DependencyTracker, model: CycleModel):
+    """Emit the items ``(index, cmd, spans)`` of a barrier-free stretch, greedily (module docstring)."""
+    queues = [[] for _ in range(4)]
+    for item in segment:
+        queues[_QUEUE[UNIT_OF[item[1].op]]].append(item)
+    pos = [0] * 4
+    for _ in range(len(segment)):
+        best, best_key = None, None
+        for q, queue in enumerate(queues):
+            if pos[q] == len(queue):
+                continue
+            index, cmd, spans = queue[pos[q]]
+            if _blocked(index, spans, q, queues, pos):
+                continue
+            unit = UNIT_OF[cmd.op]
+            waits = cmd.wait | tracker.needed_spans(cmd.op, spans)
+            key = (model.earliest(unit, waits, act_params(cmd) if cmd.op == Opcode.ACTIVATE else None), index)
+            if best_key is None or key < best_key:
+                best, best_key = q, key
+        _, cmd, spans = queues[best][pos[best]]
+        pos[best] += 1
+        emit(cmd, spans)
+
+
+def _blocked(index: int, spans, q: int, queues: list, pos: list) -> bool:
+    """Whether the command at ``index`` must wait for an earlier one of another queue (it conflicts with
+    it, or it would pass more than ``WINDOW``)."""
+    for r, queue in enumerate(queues):
+        if r == q:
+            continue
+        for j in range(pos[r], len(queue)):
+            other = queue[j]
+            if other[0] > index:
+                break
+            if j - pos[r] >= WINDOW or _hit(spans, other[2]) is not None:
+                return True
+    return False
