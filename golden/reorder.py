@@ -69,8 +69,9 @@ def schedule_program(program: Program, config: NpuConfig) -> Program:
         return order_program(program, config)
     tracker, model, out = DependencyTracker(config), CycleModel(config.rows, config.cols, config.dataflow), []
 
-    def emit(cmd, spans):
-        needed = 0 if cmd.op in BARRIERS else tracker.needed_spans(cmd.op, spans)
+    def emit(cmd, spans, needed=None):
+        if needed is None:
+            needed = 0 if cmd.op in BARRIERS else tracker.needed_spans(cmd.op, spans)
         if needed & ~cmd.wait:
             cmd = cmd.with_wait(cmd.wait | needed)
         tracker.dispatch_spans(len(out), cmd, spans)
@@ -103,14 +104,15 @@ def _merge(segment: list, emit, tracker: DependencyTracker, model: CycleModel):
             index, cmd, spans = queue[pos[q]]
             if _blocked(index, spans, q, queues, pos):
                 continue
-            unit = UNIT_OF[cmd.op]
-            waits = cmd.wait | tracker.needed_spans(cmd.op, spans)
-            key = (model.earliest(unit, waits, act_params(cmd) if cmd.op == Opcode.ACTIVATE else None), index)
+            needed = tracker.needed_spans(cmd.op, spans)
+            params = act_params(cmd) if cmd.op == Opcode.ACTIVATE else None
+            key = (model.earliest(UNIT_OF[cmd.op], cmd.wait | needed, params), index)
             if best_key is None or key < best_key:
-                best, best_key = q, key
-        _, cmd, spans = queues[best][pos[best]]
-        pos[best] += 1
-        emit(cmd, spans)
+                best, best_key = (q, needed), key
+        q, needed = best
+        _, cmd, spans = queues[q][pos[q]]
+        pos[q] += 1
+        emit(cmd, spans, needed)         # (the tokens just computed: the tracker has not moved since)
 
 
 def _blocked(index: int, spans, q: int, queues: list, pos: list) -> bool:

@@ -324,3 +324,30 @@ def test_activate_streams_array_latency_plus_two_after_its_compute():
     npu = GoldenNpu(config)
     npu.run(program)
     assert npu.trace[5][1] == npu.trace[4][1] + stream_delay(2, 2)[Unit.EX] == npu.trace[4][1] + array_latency(2, 2) + 2
+
+
+@pytest.mark.parametrize("m,k,n,order", [(4, 64, 128, "n_outer"), (4, 64, 128, "k_outer"), (40, 48, 40, "n_outer"),
+                                         (3, 27, 100, "n_stream")])
+def test_list_scheduler_keeps_results_and_predicts_the_cycles(m, k, n, order, monkeypatch):
+    """``golden.reorder.schedule_program`` reorders a GEMM's commands without changing what it computes
+    (outputs and every counter but ``cycles`` equal those of the compiler's order), its own replay of the
+    timing (``advance``) gives the golden model's cycles, and it is not slower than the compiler's order."""
+    from opennpu.golden import reorder
+    from opennpu.golden.timing import CycleModel
+    config = NpuConfig(rows=16, cols=16)
+    spec = random_gemm(m, k, n, seed=2)
+    with monkeypatch.context() as patch:
+        patch.setattr(reorder, "LIMIT", 0)          # (the compiler's own order, only ordered)
+        plain = build_gemm(config, spec, order=order, transpose=False).program
+    scheduled = reorder.schedule_program(Program([c.with_wait(0) for c in plain.commands], plain.data_in), config)
+    assert scheduled.commands != plain.commands
+    check_program(scheduled, config)
+    a, b = GoldenNpu(config).run(plain), GoldenNpu(config).run(scheduled)
+    assert a.outputs == b.outputs
+    assert {k: v for k, v in a.counters.items() if k not in ("cycles", "energy_fj")} == \
+        {k: v for k, v in b.counters.items() if k not in ("cycles", "energy_fj")}
+    assert b.counters["cycles"] <= a.counters["cycles"]
+    model = CycleModel(config.rows, config.cols)
+    for cmd in scheduled.commands:
+        reorder.advance(model, cmd, config)
+    assert model.total_cycles() == b.counters["cycles"]
