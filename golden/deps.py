@@ -6,8 +6,7 @@ command ``k`` dispatches, the only earlier commands that can still run are
 
 - the last command of each of LD, PL and ST (a unit takes a command only once the one before it is
   done);
-- of the ACTIVATEs, every one since the last that changed the bias bank or ``perchan`` (ACT takes such
-  an ACTIVATE only once idle) that the ACTIVATEs after it, all but the last, have not yet covered with
+- of the ACTIVATEs, every one that the ACTIVATEs after it, all but the last, have not yet covered with
   ``ACT_LATENCY + 1`` cycles (their rows plus one each: ACT takes the next ACTIVATE a cycle after the
   rows of the one before are read, and a row leaves the activation unit ``ACT_LATENCY + 1`` cycles
   after its read);
@@ -45,7 +44,7 @@ from .isa import Command, Opcode, Precision, Wait, encode
 from .program import Program
 from .timing import ACT_LATENCY, STREAM_SOURCE, WAIT_OF_UNIT, Access, Space, Unit, array_latency
 
-__all__ = ["UNIT_OF", "BARRIERS", "HazardError", "accesses", "act_params", "checked", "streams",
+__all__ = ["UNIT_OF", "BARRIERS", "HazardError", "accesses", "checked", "streams",
            "DependencyTracker", "order_program", "check_program"]
 
 #: The unit that executes each opcode (CONFIG and FENCE occupy none).
@@ -111,12 +110,6 @@ _PEW = int(Space.PEW)
 _BARRIER_OPS = frozenset(BARRIERS)
 _UNIT = {op: int(unit) for op, unit in UNIT_OF.items()}
 _STREAM_SOURCE = {int(u): int(source) for u, source in STREAM_SOURCE.items()}
-
-
-def act_params(cmd: Command) -> tuple:
-    """What an ACTIVATE must share with the one before to follow it while that one's rows are in the
-    activation unit (``golden.timing.CycleModel.activate``, ``hdl/dispatcher.py``)."""
-    return cmd.bank, cmd.perchan
 
 
 #: ``Wait.STREAM``: per opcode, the space it reads behind the writer and the writer's opcode.
@@ -245,9 +238,7 @@ class DependencyTracker:
             running[_EX][-1] = (last[0], last[1], _without_pew(last[2]))
         if unit is not None:
             entries = running[unit]
-            if unit == _ACT and entries and act_params(entries[-1][1]) != act_params(cmd):
-                entries.clear()                  # (it dispatched once they were all done)
-            elif unit in self.pipelined:
+            if unit in self.pipelined:
                 self._finished(self.pipelined[unit], entries)
             if unit in self.pipelined:
                 entries.append((index, cmd, spans))

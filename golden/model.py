@@ -15,7 +15,7 @@ from opennpu.config import NpuConfig
 
 from . import numerics
 from .checks import data_in_bytes, k_tile, quant_params, stream_weight_words, validate, weight_words
-from .deps import DependencyTracker, HazardError, act_params, checked
+from .deps import DependencyTracker, HazardError, checked
 from .isa import ActFn, Buf, ErrorCode, Opcode, Precision
 from .program import COUNTER_NAMES, Program, ProgramError, Result
 from .timing import CycleModel
@@ -293,7 +293,7 @@ class GoldenNpu:
     def _activate(self, cmd):
         c, r = self.config, self.regs
         to_output = cmd.dest == 1
-        d = self.timeline.activate(cmd.wait, cmd.rows, to_output, act_params(cmd))
+        d = self.timeline.activate(cmd.wait, cmd.rows, to_output)
         multiplier, shift = self.quant[cmd.bank] if cmd.perchan else (r["multiplier"], r["shift"])
         y = numerics.activation_unit(self.acc[cmd.accaddr:cmd.accaddr + cmd.rows], self.bias[cmd.bank],
                                      multiplier, shift, r["out_zp"], r["qmin"], r["qmax"],

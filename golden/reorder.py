@@ -21,7 +21,7 @@ from __future__ import annotations
 from opennpu.config import NpuConfig
 
 from .checks import data_in_beats
-from .deps import BARRIERS, UNIT_OF, DependencyTracker, _hit, _walk, act_params, order_program
+from .deps import BARRIERS, UNIT_OF, DependencyTracker, _hit, _walk, order_program
 from .isa import Buf, Command, Opcode
 from .model import COUNTER_BEATS_BYTES
 from .program import Program
@@ -53,7 +53,7 @@ def advance(model: CycleModel, cmd: Command, config: NpuConfig) -> int:
             return model.compute_os(cmd.wait, cmd.rows, cmd.mrows)
         return model.compute(cmd.wait, cmd.rows)
     if op == Opcode.ACTIVATE:
-        return model.activate(cmd.wait, cmd.rows, cmd.dest == 1, act_params(cmd))
+        return model.activate(cmd.wait, cmd.rows, cmd.dest == 1)
     word_bytes = {Buf.ACT: c.act_word_bytes, Buf.WGT: c.wgt_word_bytes, Buf.ACC: 4 * c.cols}[Buf(cmd.buf)]
     return model.store(cmd.wait, c.beats(word_bytes) * cmd.rows)
 
@@ -105,8 +105,7 @@ def _merge(segment: list, emit, tracker: DependencyTracker, model: CycleModel):
             if _blocked(index, spans, q, queues, pos):
                 continue
             needed = tracker.needed_spans(cmd.op, spans)
-            params = act_params(cmd) if cmd.op == Opcode.ACTIVATE else None
-            key = (model.earliest(UNIT_OF[cmd.op], cmd.wait | needed, params), index)
+            key = (model.earliest(UNIT_OF[cmd.op], cmd.wait | needed), index)
             if best_key is None or key < best_key:
                 best, best_key = (q, needed), key
         q, needed = best

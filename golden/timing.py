@@ -24,12 +24,12 @@ EX     COMPUTE (``M`` rows)                  act rows read d+1 .. d+M (= e). The
        steps, ``R`` output rows)             slot in m = max(e, drain slot free); EX takes a new
                                              COMPUTE from m+1; the drain slot writes output row i
                                              in m+cols+3+i and holds it until m+cols+R+2
-ACT    ACTIVATE (``M`` rows, bias bank       acc rows read d+1 .. d+M; row j written/pushed in
-       ``b``, ``perchan`` ``c``)             cycle d+2+j+P (P = activation unit latency); done
+ACT    ACTIVATE (``M`` rows)                 acc rows read d+1 .. d+M; row j written/pushed in
+                                             cycle d+2+j+P (P = activation unit latency); done
                                              at d+M+P+2; the next ACTIVATE may dispatch from
-                                             d+M+1 if it has the same ``b`` and ``c`` (the
-                                             activation unit's parameters stay; its rows follow
-                                             ours through it), else once this one is done
+                                             d+M+1, whatever its bias bank and ``perchan`` (each
+                                             row's parameters travel beside it through the
+                                             activation unit)
 ST     STORE (``n`` words of ``b`` beats),   SRAM read of word j in d+1+j*b; beats pushed
        COUNTERS (``B`` beats)                d+2 .. d+1+n*b (COUNTERS: n*b = B); free at d+n*b+2
 ====== ===================================== ==============================================
@@ -147,7 +147,6 @@ class CycleModel:
         self.last_dispatch = -1
         self.last_push = -2                # cycle of the last push into the output register
         self.max_release = 0
-        self.act_params = None             # (bank, perchan) of the last ACTIVATE
         delays = stream_delay(rows, cols)
         self.stream = {u: (source, delays[source]) for u, source in STREAM_SOURCE.items()}
         self.last_start = {source: -delay for source, delay in delays.items()}   # of the last command
@@ -183,15 +182,12 @@ class CycleModel:
                 d = max(d, self.last_start[source] + delay)
         return d
 
-    def earliest(self, unit: Unit | None, waits: int, params: tuple | None = None) -> int:
+    def earliest(self, unit: Unit | None, waits: int) -> int:
         """The cycle a command of ``unit`` (None: a barrier) with ``waits`` would dispatch in now, without
-        dispatching it (``params``: an ACTIVATE's, see ``activate``)."""
+        dispatching it."""
         if unit is None:
             return max(self.head, self._all_free())
-        d = self._dispatch_cycle(unit, waits)
-        if unit == Unit.ACT and params != self.act_params:
-            d = max(d, self.release[Unit.ACT])
-        return d
+        return self._dispatch_cycle(unit, waits)
 
     def _record(self, unit, d, free, release):
         self._retire(d)
@@ -232,13 +228,8 @@ class CycleModel:
         self._record(Unit.EX, d, move + 1, release)
         return d
 
-    def activate(self, waits: int, rows: int, to_output: bool, params: tuple) -> int:
-        """ACTIVATE of ``rows`` rows; ``params`` (``golden.deps.act_params``: its bias bank and
-        ``perchan``) decide whether it may follow the one before while that one's rows are in flight."""
+    def activate(self, waits: int, rows: int, to_output: bool) -> int:
         d = self._dispatch_cycle(Unit.ACT, waits)
-        if params != self.act_params:
-            d = max(d, self.release[Unit.ACT])
-        self.act_params = params
         self._record(Unit.ACT, d, d + rows + 1, d + rows + ACT_LATENCY + 2)
         if to_output:
             self.last_push = max(self.last_push, d + rows + ACT_LATENCY + 1)

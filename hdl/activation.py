@@ -66,12 +66,12 @@ class ActivationUnit(wiring.Component):
     i_acc : In(ArrayLayout(signed(32), lanes))
         Accumulators, one per lane.
     bias : In(ArrayLayout(signed(32), lanes))
-        Per-lane bias (per output channel).
+        Per-lane bias (per output channel) of the row on ``i_acc``.
     multiplier : In(ArrayLayout(unsigned(31), lanes))
-        Per-lane requantization multiplier ``M0``, 0..2^31-1.
+        Per-lane requantization multiplier ``M0``, 0..2^31-1, of the row on ``i_acc``.
     shift : In(ArrayLayout(signed(8), lanes))
         Per-lane requantization shift, -31..30 (positive: left shift before the multiply; negative:
-        rounding right shift after it).
+        rounding right shift after it), of the row on ``i_acc``.
     out_zp, qmin, qmax : In(signed(8))
         Output zero point and clamp bounds (``qmin > qmax`` yields ``qmax``, like ``np.clip``).
     single_round : In(1)
@@ -89,8 +89,10 @@ class ActivationUnit(wiring.Component):
     o_data : Out(ArrayLayout(signed(8), lanes))
         Activated int8 outputs, one per lane.
 
-    ``bias``, ``multiplier``, ``shift``, ``single_round``, ``out_zp``, ``qmin``, ``qmax``, ``use_lut`` and the LUT
-    contents are read by the stages as rows pass, so the controller holds them stable (and does not
+    ``bias``, ``multiplier`` and ``shift`` belong to the row presented with them (on ``i_valid``): they
+    travel beside it, so rows with different parameters (other output channels, another bias bank)
+    follow each other back to back. ``single_round``, ``out_zp``, ``qmin``, ``qmax``, ``use_lut`` and the
+    LUT contents are read by the stages as rows pass, so the controller holds them stable (and does not
     write the LUT) while rows are in flight.
 
     Raises
@@ -153,34 +155,41 @@ class ActivationUnit(wiring.Component):
         def stage_regs(elem_shape, name):
             return Signal(data.ArrayLayout(elem_shape, self._lanes), reset_less=True, name=name)
 
-        # Shift decode per lane, registered: a row entering in cycle t meets the decode of ``shift`` as
-        # it was in t (stage 2 runs in t+1), and ``shift`` is static while rows are in flight.
+        # Each row's requantization parameters travel beside it, each decoded where its stage needs it:
+        # ``shift``'s left-shift amount and saturation bounds for stage 2, the multiplier for stage 3, the
+        # right shift ``e`` on to the nudge (stage 3) and the rounding masks (stage 4). So rows with
+        # different parameters follow each other back to back. (These registers load every cycle: a row
+        # moves one stage a cycle, so the value beside a stage is its row's.)
         left = stage_regs(range(31), "left")
-        right = stage_regs(range(32), "right")
-        half = stage_regs(32, "half")            # one-hot bit e-1 of the rounding right shift; 0 if e == 0
-        below_half = stage_regs(32, "below_half")  # bits below e-1 (unused when e == 0, where half is 0)
         sat_hi = stage_regs(signed(32), "sat_hi")  # x << left saturates beyond these
         sat_lo = stage_regs(signed(32), "sat_lo")
+        a_mult, s_mult = stage_regs(unsigned(31), "a_mult"), stage_regs(unsigned(31), "s_mult")
+        right = {name: stage_regs(range(32), f"{name}_right") for name in ("a", "s", "q", "u", "p")}
         # The product's nudge: 2^30 (double rounding), 2^(30+e) (single): low part + high part (>> 32).
         nudge_lo = stage_regs(unsigned(32), "nudge_lo")
         nudge_hi = stage_regs(unsigned(30), "nudge_hi")
+        half = stage_regs(32, "half")            # one-hot bit e-1 of the rounding right shift; 0 if e == 0
+        below_half = stage_regs(32, "below_half")  # bits below e-1 (unused when e == 0, where half is 0)
         rounds = Signal()                        # rdbpot rounds (double rounding)
         m.d.sync += rounds.eq(~self.single_round)
         for i in range(self._lanes):
             shift = self.shift[i]
             left_now = Mux(shift > 0, shift, 0)[:5]
-            right_now = Mux(shift < 0, -shift, 0)[:5]
-            one_hot = Const(1, 33) << right_now
-            half_now = (one_hot >> 1)[:32]
             m.d.sync += [
-                nudge_lo[i].eq(Mux(self.single_round & (right_now != 0),
-                                   Mux(right_now == 1, 1 << 31, 0), 1 << 30)),
-                nudge_hi[i].eq(Mux(self.single_round, (one_hot >> 2)[:30], 0)),
-                left[i].eq(left_now), right[i].eq(right_now), half[i].eq(half_now),
-                below_half[i].eq(half_now - 1),
+                left[i].eq(left_now), right["a"][i].eq(Mux(shift < 0, -shift, 0)[:5]),
                 sat_hi[i].eq(Const(_INT32_MAX, signed(32)) >> left_now),
                 sat_lo[i].eq(Const(_INT32_MIN, signed(32)) >> left_now),
+                a_mult[i].eq(self.multiplier[i]), s_mult[i].eq(a_mult[i]),
+                right["s"][i].eq(right["a"][i]), right["q"][i].eq(right["s"][i]),
+                right["u"][i].eq(right["q"][i]), right["p"][i].eq(right["u"][i]),
             ]
+            e_q = right["s"][i]                   # (decoded into stage 3's nudge)
+            m.d.sync += [
+                nudge_lo[i].eq(Mux(self.single_round & (e_q != 0), Mux(e_q == 1, 1 << 31, 0), 1 << 30)),
+                nudge_hi[i].eq(Mux(self.single_round, (Const(1, 33) << e_q)[2:32], 0)),
+            ]
+            half_p = (Const(1, 33) << right["u"][i])[1:33]     # (decoded into stage 4's masks)
+            m.d.sync += [half[i].eq(half_p), below_half[i].eq(half_p - 1)]
 
         # 1: bias add (wraps to 32 bits).
         a_valid = Signal()
@@ -207,7 +216,7 @@ class ActivationUnit(wiring.Component):
         m.d.sync += q_valid.eq(s_valid)
         with m.If(s_valid):
             for i in range(self._lanes):
-                m_hi, m_lo = self.multiplier[i][16:31], self.multiplier[i][:16]
+                m_hi, m_lo = s_mult[i][16:31], s_mult[i][:16]
                 x_hi, x_lo = s_x[i][16:32].as_signed(), s_x[i][:16]
                 m.d.sync += [pp["hh"][i].eq(x_hi * m_hi), pp["hl"][i].eq(x_hi * m_lo),
                              pp["lh"][i].eq(x_lo * m_hi), pp["ll"][i].eq(x_lo * m_lo)]
@@ -237,7 +246,7 @@ class ActivationUnit(wiring.Component):
                 # result, shifted right by e >= 1 then, fits again).
                 high = p_x[i][31:64].as_signed()
                 m.d.sync += [
-                    r_q[i].eq(high >> right[i]),
+                    r_q[i].eq(high >> right["p"][i]),
                     r_round[i].eq(rounds & (high & half[i]).any() & (~high[-1] | (high & below_half[i]).any())),
                 ]
 

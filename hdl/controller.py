@@ -131,7 +131,6 @@ class Controller(wiring.Component):
             busy.ex_issue.eq(engine.issue_busy),
             busy.ex_drain.eq(engine.drain_busy), busy.ex_older.eq(engine.older_busy), busy.act.eq(wb.busy),
             busy.act_read.eq(wb.reading), busy.st.eq(st.busy),
-            disp.act_bank.eq(wb.bias_bank), disp.act_perchan.eq(wb.per_channel),
             disp.ex_issue_ends.eq(engine.issue_ends), disp.pl_issue_ends.eq(engine.pl_issue_ends),
             disp.ld_issue_ends.eq(ld.issue_ends),
             self.busy.eq(busy.as_value().any()),
@@ -170,10 +169,12 @@ class Controller(wiring.Component):
                      act_fn.qmax.eq(qmax)]
         # Per lane: the bias of the ACTIVATE's bank, and CONFIG's shift and multiplier or the bank's
         # per-channel ones (ACTIVATE perchan), selected into registers (no path from the ACT unit's state
-        # through the bank muxes into the activation unit). They are one cycle late, which no row sees:
-        # the ACT unit's bank and perchan registers load in its start cycle d and its first row enters
-        # the activation unit in d+2; CONFIG, LOAD_BIAS and LOAD_QUANT registers change at least two
-        # cycles before a dependent ACTIVATE's first row.
+        # through the bank muxes into the activation unit), so that they reach the activation unit with
+        # each row: the ACT unit reads row j in cycle r (its bank and perchan registers hold its
+        # ACTIVATE's from the start cycle on) and presents it in r+1, where these registers hold the
+        # selection made in r. The activation unit carries them beside the row, so ACTIVATEs of other
+        # banks follow each other back to back. CONFIG, LOAD_BIAS and LOAD_QUANT registers change at
+        # least two cycles before a dependent ACTIVATE's first row.
         act_bias = Signal.like(act_fn.bias)
         act_shift, act_multiplier = Signal.like(act_fn.shift), Signal.like(act_fn.multiplier)
         m.d.comb += [act_fn.bias.eq(act_bias), act_fn.shift.eq(act_shift), act_fn.multiplier.eq(act_multiplier)]

@@ -100,9 +100,6 @@ class Dispatcher(wiring.Component):
     ex_issue_ends, pl_issue_ends, ld_issue_ends : In(1)
         EX's / PL's issue slot frees, LD takes its last beat, at the end of this cycle (a COMPUTE /
         PRELOAD / LOAD may dispatch in it).
-    act_bank, act_perchan : In(1)
-        ``bank`` and ``perchan`` of the last ACTIVATE started: one with the same two may start while
-        that one's rows are still in the activation unit (``golden.timing.CycleModel.activate``).
     start : Out(UnitStart); consume : Out(1)
         The head dispatches on a unit / is dispatched or rejected this cycle.
     precision : Out(2)
@@ -117,7 +114,7 @@ class Dispatcher(wiring.Component):
         super().__init__({
             "head": In(HeadState), "cmd_word": In(COMMAND_BITS), "cmd_codes": Out(codes),
             "next_word": In(COMMAND_BITS), "next_codes": In(codes), "next_head": Out(HeadState),
-            "busy": In(UnitBusy), "ex_issue_ends": In(1), "pl_issue_ends": In(1), "ld_issue_ends": In(1), "act_bank": In(1), "act_perchan": In(1),
+            "busy": In(UnitBusy), "ex_issue_ends": In(1), "pl_issue_ends": In(1), "ld_issue_ends": In(1),
             "start": Out(UnitStart), "consume": Out(1),
             "precision": Out(2, init=Precision.INT8), "error": Out(3), "rejected": Out(16),
         })
@@ -189,10 +186,7 @@ class Dispatcher(wiring.Component):
                 m.d.comb += [can.eq((~busy.ex_issue | self.ex_issue_ends) & ~blocked & streamed(Unit.EX)),
                              unit.ex.eq(1)]
             with m.Case(Opcode.ACTIVATE):
-                act_view = data.View(command_layout(Opcode.ACTIVATE), head.word)
-                same = (act_view.bank == self.act_bank) & (act_view.perchan == self.act_perchan)
-                m.d.comb += [can.eq(~busy.act_read & (~busy.act | same) & ~blocked & streamed(Unit.ACT)),
-                             unit.act.eq(1)]
+                m.d.comb += [can.eq(~busy.act_read & ~blocked & streamed(Unit.ACT)), unit.act.eq(1)]
             with m.Case(Opcode.STORE):
                 m.d.comb += [can.eq(~busy.st & ~blocked), unit.st.eq(1)]
         # A rejected command with data-in (``golden.checks.data_in_beats``) waits for LD and hands it the

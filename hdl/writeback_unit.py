@@ -29,8 +29,8 @@ class WritebackUnit(wiring.Component):
     start, accaddr, aaddr, rows, dest, bank, perchan : In
     reading, busy : Out(1)
     bias_bank : Out(1)
-        The bias bank of the ACTIVATE whose rows are read (the activation unit's bias and
-        requantization parameters follow it, each at the stage that uses it: ``hdl/controller.py``).
+        The bias bank of the ACTIVATE whose rows are read (each row's bias and requantization
+        parameters are selected by it as the row is read, and travel with the row: ``hdl/controller.py``).
     per_channel : Out(1)
         That ACTIVATE requantizes with its bank's per-channel parameters (``perchan``).
     acc_rd, act_wr : SRAM ports.

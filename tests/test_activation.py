@@ -17,7 +17,9 @@ LANES = 4
 
 @dataclass
 class Segment:
-    """Rows streamed under one parameter set; the pipeline drains before the next segment."""
+    """Rows streamed under one parameter set; the pipeline drains before the next segment unless
+    ``drain`` is False (then the next one's rows follow at once: it may change only ``bias``,
+    ``multiplier`` and ``shift``, which travel with each row)."""
     rows: list                      # each a list of LANES accumulators, or None for an idle cycle
     bias: list
     multiplier: int | list          # per tensor, or one per lane (per output channel)
@@ -28,6 +30,7 @@ class Segment:
     use_lut: bool = False
     single_round: bool = False
     lut_writes: list = field(default_factory=list)  # (lut_addr, lut_wdata) cycles before the rows
+    drain: bool = True
 
 
 def write_model_lut(lut, width, addr, values):
@@ -82,8 +85,10 @@ def simulate(dut, segments):
                     expected.append((cycle + latency, [int(v) for v in want]))
                 await tick()
             ctx.set(dut.i_valid, 0)
-            for _ in range(latency + 1):        # drain with the parameters still held
+            for _ in range(latency + 1 if seg.drain else 0):   # drain with the parameters still held
                 await tick()
+        for _ in range(latency + 1):
+            await tick()
 
     async def monitor(ctx):
         cycle = 0
@@ -157,10 +162,38 @@ def segments(draw):
                    lut_writes=lut_writes)
 
 
+STATIC = ("out_zp", "qmin", "qmax", "use_lut", "single_round")
+
+
+@st.composite
+def runs(draw):
+    """Segments, some following the one before without a drain (then they keep its CONFIG fields)."""
+    segs = draw(st.lists(segments(), min_size=1, max_size=4))
+    for prev, seg in zip(segs, segs[1:]):
+        if draw(st.booleans()):
+            prev.drain = False
+            seg.lut_writes = []
+            for name in STATIC:
+                setattr(seg, name, getattr(prev, name))
+    return segs
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(st.lists(segments(), min_size=1, max_size=4))
+@given(runs())
 def test_matches_golden(segs):
     check(ActivationUnit(LANES, 16), segs)
+
+
+def test_parameters_travel_with_each_row():
+    """Every row its own bias, multiplier and shift, back to back: each stage uses its own row's (a
+    parameter read one stage early or late changes these results)."""
+    rng = np.random.default_rng(7)
+    for single in (False, True):
+        check(ActivationUnit(LANES, 16), [
+            Segment([list(rng.integers(-50000, 50000, LANES))], list(rng.integers(-3000, 3000, LANES)),
+                    [int(v) for v in rng.integers(1 << 29, 1 << 31, LANES)],
+                    [int(v) for v in rng.integers(-12, 3, LANES)], single_round=single, drain=False)
+            for _ in range(24)])
 
 
 # -- directed tests ------------------------------------------------------------------------------------

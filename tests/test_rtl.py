@@ -368,3 +368,40 @@ def test_streaming_commands_read_behind_their_writer():
     assert golden.outputs == slow.outputs and golden.counters["cycles"] < slow.counters["cycles"]
     for backpressure in (None, 3):
         assert_same(Npu(config, "pysim", backpressure=backpressure).run(program), golden)
+
+
+def test_activates_of_other_banks_follow_back_to_back():
+    """ACTIVATEs alternating bias banks and per-tensor / per-channel requantization, each right behind
+    the one before (ACT takes it as the last row is read, while that one's rows are in the activation
+    unit: each row's bias, multiplier and shift travel with it); RTL == golden, outputs and counters,
+    with and without back-pressure, and the outputs equal those of the same program with every
+    ACTIVATE waiting for the one before."""
+    import random
+    config = small_config(2, 2)
+    rng = random.Random(11)
+    quant = [(np.array([rng.randrange(1 << 29, 1 << 31) for _ in range(2)], "<i4").tobytes()
+              + np.array([-9, -6], np.int8).tobytes()).ljust(data_in_bytes(Command(Opcode.LOAD_QUANT, bank=b), config),
+                                                            b"\0") for b in (0, 1)]
+    commands = [Command(Opcode.CONFIG, multiplier=(1 << 30) + 12345, shift=-7, qmin=-128, qmax=127),
+                Command(Opcode.LOAD, buf=Buf.WGT, addr=0, rows=2), Command(Opcode.PRELOAD, addr=0, krows=2, ncols=2),
+                Command(Opcode.LOAD, buf=Buf.ACT, addr=0, rows=12),
+                Command(Opcode.LOAD_BIAS, bank=0), Command(Opcode.LOAD_BIAS, bank=1),
+                Command(Opcode.LOAD_QUANT, bank=0), Command(Opcode.LOAD_QUANT, bank=1),
+                Command(Opcode.COMPUTE, aaddr=0, accaddr=0, rows=12), Command(Opcode.FENCE)]
+    acts = [(0, 0), (1, 1), (0, 1), (1, 0), (1, 1), (0, 0)]
+    commands += [Command(Opcode.ACTIVATE, accaddr=2 * i, aaddr=0, rows=2, dest=1, bank=bank, perchan=perchan)
+                 for i, (bank, perchan) in enumerate(acts)]
+    payload = {Opcode.LOAD_BIAS: lambda c, n: np.array([900, -700] if c.bank else [-300, 200], "<i4").tobytes().ljust(n, b"\0"),
+               Opcode.LOAD_QUANT: lambda c, n: quant[c.bank]}
+    data = b"".join(payload.get(c.op, lambda c, n: bytes(rng.randrange(256) for _ in range(n)))(c, data_in_bytes(c, config))
+                    for c in commands)
+    program = order_program(Program(commands, data), config)
+    strict = Program([c.with_wait(c.wait | Wait.ACT) if c.op == Opcode.ACTIVATE else c for c in program.commands], data)
+    model = GoldenNpu(config)
+    golden, slow = model.run(program), GoldenNpu(config).run(strict)
+    starts = [d for cmd, d in model.trace if cmd.op == Opcode.ACTIVATE]
+    assert [b - a for a, b in zip(starts, starts[1:])] == [3] * (len(acts) - 1)        # (rows + 1)
+    assert len(set(golden.outputs)) > 8                         # (not saturated: a wrong parameter would show)
+    assert golden.outputs == slow.outputs and golden.counters["cycles"] < slow.counters["cycles"]
+    for backpressure in (None, 3):
+        assert_same(Npu(config, "pysim", backpressure=backpressure).run(program), golden)
