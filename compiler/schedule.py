@@ -27,7 +27,7 @@ import numpy as np
 
 from opennpu.config import NpuConfig
 from opennpu.golden import numerics
-from opennpu.golden.reorder import schedule_program
+from opennpu.golden.reorder import schedule_order
 from opennpu.golden.isa import ActFn, Buf, Command, Opcode, Precision
 from opennpu.golden.program import Program
 
@@ -127,10 +127,12 @@ class Emitter:
     config: NpuConfig
     commands: list = field(default_factory=list)
     chunks: list = field(default_factory=list)       # bytes or (Deferred, word width)
+    _chunk_owners: list = field(default_factory=list, init=False, repr=False)   # each chunk's command index
     #: data-out events in push order: ("activate", tag) per ``dest=1`` activate, ("store", tag) per raw
     #: one (int32 accumulator rows), ("counters", tag)
     outputs: list = field(default_factory=list)
-    _ordered: tuple = field(default=(-1, []), init=False, repr=False)   # (commands seen, ordered commands)
+    #: (commands seen, ordered commands, each one's index in ``commands``)
+    _ordered: tuple = field(default=(-1, [], []), init=False, repr=False)
     #: Commands are immutable: equal ones are built once (a tiled program repeats a few hundred distinct
     #: commands thousands of times); payload arrays passed again are padded once (id -> (array, bytes)).
     _interned: dict = field(default_factory=dict, init=False, repr=False)
@@ -155,11 +157,15 @@ class Emitter:
         hit = self._padded.get(id(words))
         if hit is None or hit[0] is not words:
             hit = self._padded[id(words)] = (words, self._pad_words(np.asarray(words, np.uint8)))
-        self.chunks.append(hit[1])
+        self._chunk(hit[1])
 
     def register(self, payload: bytes):
-        self.chunks.append(payload + bytes(self.config.beats(len(payload)) * self.config.bus_bytes
-                                           - len(payload)))
+        self._chunk(payload + bytes(self.config.beats(len(payload)) * self.config.bus_bytes - len(payload)))
+
+    def _chunk(self, chunk):
+        """The data-in of the last command."""
+        self.chunks.append(chunk)
+        self._chunk_owners.append(len(self.commands) - 1)
 
     def configure(self, *, multiplier: int, shift: int, out_zp: int, qmin: int, qmax: int, lut=None,
                   precision: Precision = Precision.INT8, single_round: bool = False):
@@ -175,7 +181,7 @@ class Emitter:
     def load(self, load: Load):
         self.cmd(Opcode.LOAD, buf=load.buf, addr=load.addr, rows=load.rows)
         if isinstance(load.payload, Deferred):
-            self.chunks.append(load.payload)
+            self._chunk(load.payload)
         else:
             self.words(load.payload)
 
@@ -210,16 +216,22 @@ class Emitter:
 
     def ordered(self) -> list:
         """The commands, merged in the order that dispatches each soonest, with the ``wait`` tokens that
-        order them (``golden.reorder.schedule_program``)."""
+        order them (``golden.reorder.schedule_order``)."""
+        return self._schedule()[0]
+
+    def _schedule(self) -> tuple:
         if self._ordered[0] != len(self.commands):
-            self._ordered = (len(self.commands), schedule_program(Program(self.commands), self.config).commands)
-        return self._ordered[1]
+            self._ordered = (len(self.commands), *schedule_order(self.commands, self.config))
+        return self._ordered[1:]
 
     def program(self, source=None) -> Program:
-        """The ordered commands and their data-in stream; ``Deferred`` payloads come from ``source``."""
+        """The ordered commands and their data-in stream (each command's chunk moved with it);
+        ``Deferred`` payloads come from ``source``."""
+        commands, order = self._schedule()
+        chunk_of = dict(zip(self._chunk_owners, self.chunks))
         data = b"".join(self._pad_words(chunk.words(source)) if isinstance(chunk, Deferred) else chunk
-                        for chunk in self.chunks)
-        return Program(list(self.ordered()), data)
+                        for chunk in (chunk_of[i] for i in order if i in chunk_of))
+        return Program(list(commands), data)
 
 
 def row_pieces(rows: int, count: int) -> list:

@@ -19,6 +19,12 @@ command ``k`` dispatches, the only earlier commands that can still run are
   between, guarantees that they were done when that command dispatched; CONFIG, FENCE and COUNTERS
   wait for everything).
 
+An ACTIVATE reads its accumulator rows and its bias bank (bias and requantization parameters) as it
+reads each row, and each row's parameters travel with it through the activation unit; ACT takes the
+next ACTIVATE only once every row is read. So those reads of the ACTIVATEs before are over when the
+next ACTIVATE dispatches (a LOAD_BIAS into the bank of the one before the last needs no token), while
+their LUT reads and result writes may still be in flight.
+
 PE weight buffers (``Space.PEW``) are ordered by dispatch order alone, weight-stationary (the PRELOAD
 writes follow the rows' wavefront, ``golden/timing.py``): a COMPUTE never waits for a PRELOAD before it,
 and a PRELOAD waits only for the last COMPUTE, while it is the last one, if it reads the buffer the
@@ -107,6 +113,7 @@ _STREAM = int(Wait.STREAM)
 _EX = int(Unit.EX)
 _ACT = int(Unit.ACT)
 _PEW = int(Space.PEW)
+_ROW_READS = (int(Space.ACC), int(Space.BIAS))
 _BARRIER_OPS = frozenset(BARRIERS)
 _UNIT = {op: int(unit) for op, unit in UNIT_OF.items()}
 _STREAM_SOURCE = {int(u): int(source) for u, source in STREAM_SOURCE.items()}
@@ -141,6 +148,12 @@ def _spans(accs) -> tuple:
 
 def _without_pew(spans) -> tuple:
     return tuple(span for span in spans if span[0] != _PEW)
+
+
+def _without_row_reads(spans) -> tuple:
+    """An ACTIVATE's accesses once a later ACTIVATE has dispatched: its accumulator and bias reads are
+    over (the module docstring)."""
+    return tuple(span for span in spans if span[0] not in _ROW_READS)
 
 
 def _hit(spans, entry_spans) -> Access | None:
@@ -236,6 +249,8 @@ class DependencyTracker:
         elif op == Opcode.COMPUTE and running[_EX]:
             last = running[_EX][-1]
             running[_EX][-1] = (last[0], last[1], _without_pew(last[2]))
+        elif op == Opcode.ACTIVATE and running[_ACT]:
+            running[_ACT] = [(i, c, _without_row_reads(s)) for i, c, s in running[_ACT]]
         if unit is not None:
             entries = running[unit]
             if unit in self.pipelined:

@@ -6,7 +6,9 @@ drain, a PRELOAD for the weights it reads) holds back everything behind it. A co
 an order that reads well (a step's loads, PRELOAD, COMPUTE, then the write-back); ``schedule_program``
 merges them again, greedily: of the next command of each queue, it emits the one the cycle model
 (``golden.timing.CycleModel``) would dispatch first (the program's order breaks ties). The queues keep
-their own order: LD (so data-in stays in order), PL and EX together (a COMPUTE uses the PE buffer of the
+their own order: LOAD, the other LD commands (LOAD_BIAS, LOAD_QUANT, LOAD_LUT: a bias bank's LOAD_BIAS
+may have to wait for the ACTIVATE that last read the bank, and should not hold back the LOADs behind
+it; each command's data-in moves with it), PL and EX together (a COMPUTE uses the PE buffer of the
 PRELOADs before it), ACT, ST; CONFIG, FENCE and COUNTERS stay where they are (everything before is
 emitted first). A command never passes an earlier one it conflicts with (``golden.timing.conflict``:
 so the result computes the same, and pushes data-out in the same order), nor more than ``WINDOW`` of
@@ -20,21 +22,28 @@ from __future__ import annotations
 
 from opennpu.config import NpuConfig
 
-from .checks import data_in_beats
+from .checks import data_in_beats, data_in_bytes
 from .deps import BARRIERS, UNIT_OF, DependencyTracker, _hit, _walk, order_program
 from .isa import Buf, Command, Opcode
 from .model import COUNTER_BEATS_BYTES
 from .program import Program
 from .timing import CycleModel, Unit
 
-__all__ = ["WINDOW", "LIMIT", "schedule_program", "advance"]
+__all__ = ["WINDOW", "LIMIT", "schedule_program", "schedule_order", "advance"]
 
 #: How many commands of another queue a command may pass.
 WINDOW = 64
 #: Programs longer than this are ordered in place (``order_program``), not rescheduled.
 LIMIT = 30000
 
-_QUEUE = {Unit.LD: 0, Unit.PL: 1, Unit.EX: 1, Unit.ACT: 2, Unit.ST: 3}
+_QUEUES = 5
+
+
+def _queue(op: Opcode) -> int:
+    unit = UNIT_OF[op]
+    if unit == Unit.LD:
+        return 0 if op == Opcode.LOAD else 4
+    return {Unit.PL: 1, Unit.EX: 1, Unit.ACT: 2, Unit.ST: 3}[unit]
 
 
 def advance(model: CycleModel, cmd: Command, config: NpuConfig) -> int:
@@ -60,16 +69,29 @@ def advance(model: CycleModel, cmd: Command, config: NpuConfig) -> int:
 
 def schedule_program(program: Program, config: NpuConfig) -> Program:
     """``program``'s commands in the order described in the module docstring, each with the fewest
-    tokens that order it (tokens already set are kept). Programs with raw-int or rejected commands, or
-    more than ``LIMIT`` commands, are only ordered (``order_program``)."""
-    commands = program.commands
+    tokens that order it (tokens already set are kept), each command's data-in moved with it. Programs
+    with raw-int or rejected commands, or more than ``LIMIT`` commands, are only ordered
+    (``order_program``)."""
+    commands, order = schedule_order(program.commands, config)
+    offsets = [0]
+    for command in program.commands:
+        offsets.append(offsets[-1] + data_in_bytes(command, config))
+    data_in = b"".join(program.data_in[offsets[i]:offsets[i + 1]] for i in order)
+    return Program(commands, data_in + program.data_in[offsets[-1]:])
+
+
+def schedule_order(commands: list, config: NpuConfig) -> tuple[list, list]:
+    """``(commands, order)``: ``schedule_program``'s commands and, for each, its index in ``commands``
+    (where the caller keeps the data-in of each)."""
+    program = Program(list(commands))
     items = list(_walk(program, config))
     if (len(commands) > LIMIT or not all(isinstance(c, Command) for c in commands)
             or any(cmd is None for _, cmd, _ in items)):
-        return order_program(program, config)
-    tracker, model, out = DependencyTracker(config), CycleModel(config.rows, config.cols, config.dataflow), []
+        return order_program(program, config).commands, list(range(len(commands)))
+    tracker, model, out, order = DependencyTracker(config), CycleModel(config.rows, config.cols, config.dataflow), [], []
 
-    def emit(cmd, spans, needed=None):
+    def emit(index, cmd, spans, needed=None):
+        order.append(index)
         if needed is None:
             needed = 0 if cmd.op in BARRIERS else tracker.needed_spans(cmd.op, spans)
         if needed & ~cmd.wait:
@@ -86,16 +108,16 @@ def schedule_program(program: Program, config: NpuConfig) -> Program:
         _merge(segment, emit, tracker, model)
         segment = []
         if item is not None:
-            emit(item[1], item[2])
-    return Program(out, program.data_in)
+            emit(*item)
+    return out, order
 
 
 def _merge(segment: list, emit, tracker: DependencyTracker, model: CycleModel):
     """Emit the items ``(index, cmd, spans)`` of a barrier-free stretch, greedily (module docstring)."""
-    queues = [[] for _ in range(4)]
+    queues = [[] for _ in range(_QUEUES)]
     for item in segment:
-        queues[_QUEUE[UNIT_OF[item[1].op]]].append(item)
-    pos = [0] * 4
+        queues[_queue(item[1].op)].append(item)
+    pos = [0] * _QUEUES
     for _ in range(len(segment)):
         best, best_key = None, None
         for q, queue in enumerate(queues):
@@ -109,9 +131,8 @@ def _merge(segment: list, emit, tracker: DependencyTracker, model: CycleModel):
             if best_key is None or key < best_key:
                 best, best_key = (q, needed), key
         q, needed = best
-        _, cmd, spans = queues[q][pos[q]]
         pos[q] += 1
-        emit(cmd, spans, needed)         # (the tokens just computed: the tracker has not moved since)
+        emit(*queues[q][pos[q] - 1], needed)         # (the tokens just computed: the tracker has not moved since)
 
 
 def _blocked(index: int, spans, q: int, queues: list, pos: list) -> bool:
