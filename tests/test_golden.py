@@ -302,6 +302,27 @@ def test_pe_buffers_are_ordered_by_dispatch_order():
         check_program(bad, config)
 
 
+def test_bias_banks_free_once_the_next_activate_dispatches():
+    """A LOAD_BIAS / LOAD_QUANT into the bank of an ACTIVATE that a later ACTIVATE followed needs no
+    token (its rows were all read, each with its parameters); into the bank of the last ACTIVATE it
+    waits for ACT; and a LOAD into the activation SRAM that an older ACTIVATE still writes waits for
+    ACT as before (only the row reads are over)."""
+    config = NpuConfig(rows=2, cols=2, act_depth=64, wgt_depth=8, acc_depth=64)
+    act = lambda bank, aaddr=0: Command(Opcode.ACTIVATE, accaddr=0, aaddr=aaddr, rows=4, dest=0, bank=bank)
+
+    def waits(commands):
+        program = Program(commands, bytes(sum(data_in_bytes(c, config) for c in commands)))
+        return [c.wait for c in order_program(program, config).commands]
+
+    bias, quant = Command(Opcode.LOAD_BIAS, bank=0), Command(Opcode.LOAD_QUANT, bank=0)
+    assert waits([act(0), act(1, 8), bias, quant]) == [0, 0, 0, 0]
+    assert waits([act(1), act(0, 8), bias]) == [0, 0, Wait.ACT]
+    assert waits([act(0), act(1, 8), Command(Opcode.LOAD, buf=Buf.ACT, addr=0, rows=4)])[-1] == Wait.ACT
+    bad = Program([act(1), act(0, 8), bias], bytes(data_in_bytes(bias, config)))
+    with pytest.raises(HazardError, match=r"command 2 LOAD_BIAS.*command 1 ACTIVATE.*wait=<Wait.ACT"):
+        check_program(bad, config)
+
+
 def test_no_stream_in_the_output_stationary_dataflow():
     config = NpuConfig(rows=2, cols=2, act_depth=64, wgt_depth=8, acc_depth=64, dataflow="os")
     load = Command(Opcode.LOAD, buf=Buf.ACT, addr=0, rows=8)
