@@ -50,7 +50,8 @@ GEMMS = [(256, 256, 256, 0.98), (64, 64, 64, 0.88), (128, 512, 64, 0.97)]
 #: M <= 16 rows (matrix-vector, batch-1 layers) also have issue 19's ratio target, ``SMALL_M_RATIO``.
 GOLDEN_GEMMS = [(8, 4096, 4096, "int8", 0.45), (1, 4096, 4096, "int8", None), (16, 1024, 1024, "int8", None),
                 (8, 256, 256, "int8", None), (16, 64, 64, "int8", None), (64, 64, 64, "a4w4", 0.85),
-                (4, 512, 64, "int8", None), (16, 512, 32, "int8", None), (16, 16, 16, "int8", None)]
+                (4, 512, 64, "int8", None), (16, 512, 32, "int8", None), (16, 512, 16, "int8", None),
+                (3, 100, 27, "int8", None), (16, 16, 16, "int8", None)]
 SMALL_M_RATIO = 1.15
 LARGE_GEMM = (2048, 2048, 2048, "int8", 0.95)
 #: The same 16x16 NPU output-stationary, for the SCALE-Sim comparison (golden model), and its shapes (M, N, K).

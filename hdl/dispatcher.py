@@ -7,8 +7,8 @@ COMPUTE also dispatches in the cycle EX's issue slot frees (``ex_issue_ends``: i
 its rows and moves on to drain), so rows stream without a gap, a PRELOAD in the cycle PL's frees
 (its last PE row is stepped; the writes drain through the array's skew), and a LOAD in the cycle of
 the last beat of the one before (data-in beats stream without a gap); an ACTIVATE dispatches once ACT has
-read the rows of the one before, if both use the same bias bank and ``perchan`` (the activation unit's
-parameters stay), else once ACT is idle; with ``Wait.STREAM``, a PRELOAD, COMPUTE or ACTIVATE also only
+read the rows of the one before, whatever bias bank and ``perchan`` either uses (each row's parameters
+travel with it through the activation unit); with ``Wait.STREAM``, a PRELOAD, COMPUTE or ACTIVATE also only
 once the last command of its ``golden.timing.STREAM_SOURCE`` unit started ``stream_delay`` cycles ago
 (a saturating count of the cycles since, per source unit whose delay is more than the one cycle any
 two dispatches are apart: EX);

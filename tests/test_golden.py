@@ -187,6 +187,18 @@ def test_chosen_order_is_the_fastest_simulated_one():
     assert len(gp.chunks) == 1 and gp.chunks[0] == (0, 64)      # n_stream: one chunk of all 64 rows
 
 
+def test_a_huge_gemm_takes_the_compact_order_within_a_few_percent():
+    """1024^3 on 16x16: n_outer (chunks of 32 rows, 131,072 steps) is estimated fastest, n_stream (chunks
+    of 512, 8,192 steps) within ``COMPACT_WITHIN``: the builder takes n_stream, 16x fewer commands."""
+    config, spec = NpuConfig(rows=16, cols=16), random_gemm(1024, 1024, 1024, seed=1)
+    from opennpu.compiler.gemm import COMPACT_STEPS, COMPACT_WITHIN, _estimate, _steps
+    est = {o: _estimate(config, spec, o) for o in ("n_outer", "n_stream")}
+    assert est["n_outer"] < est["n_stream"] <= COMPACT_WITHIN * est["n_outer"]
+    assert _steps(config, spec, "n_outer", None) > COMPACT_STEPS
+    gp = build_gemm(config, spec)
+    assert gp.chunks == [(0, 512), (512, 512)] and len(gp.program.commands) < 40000
+
+
 @settings(max_examples=200, deadline=None)
 @given(r=st.lists(st.integers(-2**31, 2**31 - 1), min_size=1, max_size=8))
 def test_bias_digits_are_int8_and_exact(r):
