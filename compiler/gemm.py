@@ -468,7 +468,7 @@ def _schedule(config: NpuConfig, spec: GemmSpec, order: str, max_chunk: int | No
                                     perchan=per_channel(spec.multiplier))
             steps.append(Step(0, loads, wgt_addr, krows, width, act_addr, acc_addr(ci, t), rows, kk > 0,
                               activate))
-    emit_steps(e, steps, preamble, stream=True)
+    emit_steps(e, steps, preamble)
     return GemmProgram(e.program(), spec, config, chunks, n_n)
 
 

@@ -312,7 +312,7 @@ def _emit_stage(stage: _Stage, config: NpuConfig, profile: bool) -> Emitter:
         e.configure(multiplier=multiplier, shift=shift, out_zp=layer.out_zp, qmin=layer.qmin,
                     qmax=layer.qmax, lut=layer.lut, single_round=layer.single_round)
 
-    emit_steps(e, steps, preamble, e.counters if profile else None, stream=True)
+    emit_steps(e, steps, preamble, e.counters if profile else None)
     return e
 
 

@@ -6,14 +6,17 @@ it needs first and, on the step that finishes an N tile, the ``ACTIVATE`` that w
 
 * the loads of step s+1 follow the ``COMPUTE`` of step s (weights first, so the next ``PRELOAD`` overlaps
   the activation load);
-* the ``LOAD_BIAS`` + ``ACTIVATE`` of a finished tile follow the first ``COMPUTE`` (and loads) of the next
-  tile, so the array never waits for write-back; bias goes to the bank the caller picks, so callers
-  alternate banks and the next bias loads while ``ACTIVATE`` reads the other one;
-* optionally (``stream``) the first steps' loads and the write-backs are placed so that commands stream
-  behind the unit writing what they read (``golden.isa.Wait.STREAM``);
-* steps carry a ``group`` (e.g. a layer): where the group changes, the pending ``ACTIVATE`` is flushed and
-  the caller's preamble (``CONFIG``, ``LOAD_LUT``) is emitted. ``CONFIG`` waits for every unit to be idle, so
-  results always see the requantization registers of their own group.
+* a finished tile's ``LOAD_BIAS`` + ``ACTIVATE`` follow its last ``COMPUTE`` (the rows stream out as they
+  drain), or the next step's ``PRELOAD`` where the ACT unit is still busy with the tile before, so the
+  array never waits for write-back; bias goes to the bank the caller picks, so callers alternate banks
+  and the next bias loads while ``ACTIVATE`` reads the other one;
+* the first steps' loads are placed so that commands stream behind the unit writing what they read
+  (``golden.isa.Wait.STREAM``);
+* steps carry a ``group`` (e.g. a layer): where the group changes, the caller's preamble (``CONFIG``,
+  ``LOAD_LUT``) is emitted. ``CONFIG`` waits for every unit to be idle, so results always see the
+  requantization registers of their own group.
+
+``golden.reorder`` then merges the unit queues of this order (``Emitter.ordered``).
 
 Data-in payloads are either static numpy SRAM words or ``Deferred`` objects resolved when the program is
 assembled (the model compiler builds one schedule and assembles it per input).
@@ -241,46 +244,36 @@ def row_pieces(rows: int, count: int) -> list:
 
 
 def emit_steps(e: Emitter, steps: list, preamble: Callable[[object], None],
-               between: Callable[[object], None] | None = None, *, stream: bool = False):
+               between: Callable[[object], None] | None = None):
     """Emit ``steps`` in pipelined order. ``preamble(group)`` runs before the first step of each group;
     ``between(group)`` (optional) runs after each group's last ``ACTIVATE`` is emitted, at a point where
     the next command is a barrier anyway (used for ``COUNTERS`` snapshots).
 
-    A tile's ``ACTIVATE`` follows the ``COMPUTE`` of the step after the tile's last step, then the loads
-    and the ``PRELOAD`` of the step after that (inside a group), so that an ``ACTIVATE`` waiting for the
-    ACT unit (two tiles finishing together, as in a lead group) does not hold back the ``PRELOAD`` behind
-    it.
-
-    ``stream``: order the commands so that ``order_program`` can let them stream (``Wait.STREAM``) where
-    the pipeline starts and ends:
+    The commands are ordered so that ``order_program`` can let them stream (``Wait.STREAM``) where the
+    pipeline starts and ends:
 
     * the first two steps' activation loads follow their ``PRELOAD`` (the first ``COMPUTE`` then reads
       its rows as they arrive instead of after the whole tile), and the second step's other loads (its
       weights) follow the first ``PRELOAD``, ahead of the first activation load, so the second
       ``PRELOAD`` is ready when the first ``COMPUTE`` ends;
     * a tile's ``ACTIVATE`` follows its own last ``COMPUTE`` (reading each accumulator row as it
-      drains) where the step before wrote no tile back (else, as above, later: the ACT unit would still
-      be busy with that one), so the program's last write-back overlaps its last drain; its
-      ``LOAD_BIAS`` (and ``LOAD_QUANT``) go ahead of the step's loads, so that it waits for no LOAD
-      behind them."""
+      drains) where the step before wrote no tile back; else it follows the next step's ``PRELOAD``
+      (the ACT unit would still be busy with that one, and an ``ACTIVATE`` waiting for it must not hold
+      back that ``PRELOAD``); the last tile's ``LOAD_BIAS`` (and ``LOAD_QUANT``) go ahead of its step's
+      loads, so that it waits for no LOAD behind them."""
     if not steps:
         raise ValueError("nothing to emit: no steps")
-    n_lead = 2 if stream else 0
-    streamed = [[load for load in step.loads if load.buf == Buf.ACT] for step in steps[:n_lead]]
+    streamed = [[load for load in step.loads if load.buf == Buf.ACT] for step in steps[:2]]
     hoisted = ([load for load in steps[1].loads if load.buf != Buf.ACT]
-               if stream and len(steps) > 1 and steps[1].group == steps[0].group else [])
+               if len(steps) > 1 and steps[1].group == steps[0].group else [])
     early = {id(load) for loads in streamed for load in loads} | {id(load) for load in hoisted}
     activates = [step.activate for step in steps]
-
-    def load_params(s):              # (stream: the last write-back's parameters load ahead of its step's loads)
-        if stream and s == len(steps) - 1 and activates[s] is not None:
-            activates[s] = e.activate_params(activates[s])
 
     preamble(steps[0].group)
     for load in steps[0].loads:
         if id(load) not in early:
             e.load(load)
-    pending, late, before = None, None, None
+    late, before = None, None
     for s, step in enumerate(steps):
         e.cmd(Opcode.PRELOAD, addr=step.wgt_addr, krows=step.krows, ncols=step.ncols)
         if s == 0:
@@ -289,35 +282,25 @@ def emit_steps(e: Emitter, steps: list, preamble: Callable[[object], None],
         if late is not None:         # (behind the PRELOAD: an ACTIVATE waiting for the ACT unit holds the head)
             e.activate(late)
             late = None
-        for load in (streamed[s] if s < n_lead else ()):
+        for load in (streamed[s] if s < 2 else ()):
             e.load(load)
         e.cmd(Opcode.COMPUTE, aaddr=step.act_addr, accaddr=step.acc_addr, rows=step.rows,
               accumulate=step.accumulate)
         nxt = steps[s + 1] if s + 1 < len(steps) else None
         same = nxt is not None and nxt.group == step.group
-        activate = activates[s]
-        if stream and activate is not None:
+        if activates[s] is not None:
             if before is None or not same:
-                e.activate(activate)     # (streams behind its COMPUTE)
+                e.activate(activates[s])     # (streams behind its COMPUTE)
             else:
-                late = activate          # (the ACT unit is busy with the step before's: behind the next PRELOAD)
-            activate = None
+                late = activates[s]          # (behind the next step's PRELOAD)
         before = step.activate
         if nxt is not None:
-            load_params(s + 1)
+            if s + 2 == len(steps) and activates[-1] is not None:    # (the last write-back's parameters)
+                activates[-1] = e.activate_params(activates[-1])
             for load in nxt.loads:
                 if id(load) not in early:
                     e.load(load)
-        if pending is not None:
-            if same:
-                late = pending               # emitted behind the next step's PRELOAD
-            else:
-                e.activate(pending)
-        pending = activate
-        if nxt is None or nxt.group != step.group:
-            if pending is not None:
-                e.activate(pending)
-                pending = None
+        if not same:
             if between is not None:
                 between(step.group)
             if nxt is not None:
