@@ -50,7 +50,7 @@ from .isa import Command, Opcode, Precision, Wait, encode
 from .program import Program
 from .timing import ACT_LATENCY, STREAM_SOURCE, WAIT_OF_UNIT, Access, Space, Unit, array_latency
 
-__all__ = ["UNIT_OF", "BARRIERS", "HazardError", "accesses", "checked", "streams",
+__all__ = ["UNIT_OF", "BARRIERS", "HazardError", "accesses", "checked", "streams", "walk", "first_conflict",
            "DependencyTracker", "order_program", "check_program"]
 
 #: The unit that executes each opcode (CONFIG and FENCE occupy none).
@@ -156,7 +156,7 @@ def _without_row_reads(spans) -> tuple:
     return tuple(span for span in spans if span[0] not in _ROW_READS)
 
 
-def _hit(spans, entry_spans) -> Access | None:
+def first_conflict(spans, entry_spans) -> Access | None:
     """The first of ``spans`` that conflicts (``golden.timing.conflict``) with one of ``entry_spans``."""
     for space, lo, hi, write, access in spans:
         for space2, lo2, hi2, write2, _ in entry_spans:
@@ -204,12 +204,12 @@ class DependencyTracker:
             if u == unit or not entries:
                 continue
             last = entries[-1]
-            if _hit(spans, last[2]):
+            if first_conflict(spans, last[2]):
                 if u != source or not streams(op, spans, last, self.config):
                     waits |= token
                     continue
                 waits |= _STREAM
-            if any(_hit(spans, e[2]) for e in entries[:-1]):      # (an older COMPUTE / ACTIVATE)
+            if any(first_conflict(spans, e[2]) for e in entries[:-1]):      # (an older COMPUTE / ACTIVATE)
                 waits |= _EX_OLDER if u == _EX else token
         return waits
 
@@ -239,7 +239,7 @@ class DependencyTracker:
                 for e in entries:
                     if u == source and e is entries[-1] and streams(op, spans, e, self.config):
                         continue
-                    hit = _hit(spans, e[2])
+                    hit = first_conflict(spans, e[2])
                     if hit is not None:
                         token = WAIT_OF_UNIT[Unit(u)] if e is entries[-1] or u != _EX else _EX_OLDER
                         raise HazardError((index, cmd), (e[0], e[1]), hit, token)
@@ -276,7 +276,7 @@ class DependencyTracker:
                 return
 
 
-def _walk(program: Program, config: NpuConfig):
+def walk(program: Program, config: NpuConfig):
     """(index, accepted command or None, its access spans) for each command, tracking the precision and
     PE buffer state that validation and accesses depend on."""
     precision, cur, cache = Precision.INT8, 0, {}
@@ -296,7 +296,7 @@ def order_program(program: Program, config: NpuConfig) -> Program:
     """The program with the fewest ``wait`` tokens that order it added to each accepted command (tokens
     already set are kept). Raw-int commands stay raw ints; rejected ones are unchanged."""
     tracker, commands = DependencyTracker(config), []
-    for index, cmd, spans in _walk(program, config):
+    for index, cmd, spans in walk(program, config):
         original = program.commands[index]
         if cmd is None:
             commands.append(original)
@@ -314,6 +314,6 @@ def order_program(program: Program, config: NpuConfig) -> Program:
 def check_program(program: Program, config: NpuConfig):
     """Raise ``HazardError`` (naming both commands) if the program's tokens leave a hazard unordered."""
     tracker = DependencyTracker(config)
-    for index, cmd, spans in _walk(program, config):
+    for index, cmd, spans in walk(program, config):
         if cmd is not None:
             tracker.dispatch_spans(index, cmd, spans)

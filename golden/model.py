@@ -14,9 +14,9 @@ import numpy as np
 from opennpu.config import NpuConfig
 
 from . import numerics
-from .checks import data_in_bytes, k_tile, quant_params, stream_weight_words, validate, weight_words
+from .checks import data_in_beats, data_in_bytes, k_tile, quant_params, stream_weight_words, validate, weight_words
 from .deps import DependencyTracker, HazardError, checked
-from .isa import ActFn, Buf, ErrorCode, Opcode, Precision
+from .isa import ActFn, Buf, Command, ErrorCode, Opcode, Precision
 from .program import COUNTER_NAMES, Program, ProgramError, Result
 from .timing import CycleModel
 
@@ -24,6 +24,29 @@ __all__ = ["GoldenNpu", "validate", "k_tile", "weight_words", "stream_weight_wor
            "energy_by_event", "derive_energy", "reported_counters", "ProgramError", "HazardError"]
 
 COUNTER_BEATS_BYTES = 8 * len(COUNTER_NAMES)
+
+
+def advance(timeline: CycleModel, cmd: Command, config: NpuConfig) -> int:
+    """Dispatch the accepted command ``cmd`` (with its tokens) on ``timeline``; its dispatch cycle. The
+    one mapping from a command to its cycle-model timing: the golden model runs it, and
+    ``golden.reorder`` replays it to rank orders."""
+    op, c = cmd.op, config
+    if op in (Opcode.CONFIG, Opcode.FENCE):
+        return timeline.barrier()
+    if op == Opcode.COUNTERS:
+        return timeline.counters_snapshot(c.beats(COUNTER_BEATS_BYTES))
+    if op in (Opcode.LOAD, Opcode.LOAD_BIAS, Opcode.LOAD_QUANT, Opcode.LOAD_LUT):
+        return timeline.load(cmd.wait, data_in_beats(op, getattr(cmd, "buf", 0), getattr(cmd, "rows", 0), c))
+    if op == Opcode.PRELOAD:
+        return timeline.preload(cmd.wait)
+    if op == Opcode.COMPUTE:
+        if c.dataflow == "os":
+            return timeline.compute_os(cmd.wait, cmd.rows, cmd.mrows)
+        return timeline.compute(cmd.wait, cmd.rows)
+    if op == Opcode.ACTIVATE:
+        return timeline.activate(cmd.wait, cmd.rows, cmd.dest == 1)
+    word_bytes = {Buf.ACT: c.act_word_bytes, Buf.WGT: c.wgt_word_bytes, Buf.ACC: 4 * c.cols}[Buf(cmd.buf)]
+    return timeline.store(cmd.wait, c.beats(word_bytes) * cmd.rows)
 REJECTED_MAX = 0xFFFF
 
 
@@ -180,7 +203,7 @@ class GoldenNpu:
         self._count(dma_out_bytes=width * rows.shape[0])
 
     def _config(self, cmd):
-        d = self.timeline.barrier()
+        d = advance(self.timeline, cmd, self.config)
         f = cmd.fields
         self.regs.update(precision=Precision(f["precision"]), act=ActFn(f["act"]), out_zp=f["out_zp"],
                          qmin=f["qmin"], qmax=f["qmax"], shift=f["shift"], multiplier=f["multiplier"],
@@ -188,40 +211,40 @@ class GoldenNpu:
         return d
 
     def _fence(self, cmd):
-        return self.timeline.barrier()
+        return advance(self.timeline, cmd, self.config)
 
     def _load(self, cmd):
         buf, c = Buf(cmd.buf), self.config
         sram = self.act if buf == Buf.ACT else self.wgt
         word = sram.shape[1]
         beats = c.beats(word)
-        d = self.timeline.load(cmd.wait, beats * cmd.rows)
+        d = advance(self.timeline, cmd, c)
         raw = np.frombuffer(self._take(beats * c.bus_bytes * cmd.rows), np.uint8)
         sram[cmd.addr:cmd.addr + cmd.rows] = raw.reshape(cmd.rows, beats * c.bus_bytes)[:, :word]
         self._count(dma_in_bytes=beats * c.bus_bytes * cmd.rows,
                     **{("act_writes" if buf == Buf.ACT else "wgt_writes"): cmd.rows})
         return d
 
-    def _load_register(self, waits: int, nbytes: int) -> tuple[int, bytes]:
+    def _load_register(self, cmd, nbytes: int) -> tuple[int, bytes]:
         beats = self.config.beats(nbytes)
-        d = self.timeline.load(waits, beats)
+        d = advance(self.timeline, cmd, self.config)
         data = bytes(self._take(beats * self.config.bus_bytes)[:nbytes])
         self._count(dma_in_bytes=beats * self.config.bus_bytes)
         return d, data
 
     def _load_bias(self, cmd):
-        d, data = self._load_register(cmd.wait, 4 * self.config.cols)
+        d, data = self._load_register(cmd, 4 * self.config.cols)
         self.bias[cmd.bank] = np.frombuffer(data, "<i4").astype(np.int64)
         return d
 
     def _load_quant(self, cmd):
-        d, data = self._load_register(cmd.wait, 5 * self.config.cols)
+        d, data = self._load_register(cmd, 5 * self.config.cols)
         multipliers, shifts = quant_params(data, self.config)
         self.quant[cmd.bank] = (np.array(multipliers, np.int64), np.array(shifts, np.int64))
         return d
 
     def _load_lut(self, cmd):
-        d, data = self._load_register(cmd.wait, 256)
+        d, data = self._load_register(cmd, 256)
         self.lut = np.frombuffer(data, np.int8).astype(np.int64)
         return d
 
@@ -229,7 +252,7 @@ class GoldenNpu:
         precision = self.regs["precision"]
         words = weight_words(precision, cmd.krows)
         target = 1 - self.cur
-        d = self.timeline.preload(cmd.wait)
+        d = advance(self.timeline, cmd, self.config)
         rows = self._weight_rows(cmd.addr, words)
         tile = np.zeros_like(self.pe_weights[target])
         tile[:cmd.krows, :cmd.ncols] = rows[:cmd.krows, :cmd.ncols]
@@ -251,7 +274,7 @@ class GoldenNpu:
     def _compute(self, cmd):
         if self.config.dataflow == "os":
             return self._compute_os(cmd)
-        d = self.timeline.compute(cmd.wait, cmd.rows)
+        d = advance(self.timeline, cmd, self.config)
         raw = self.act[cmd.aaddr:cmd.aaddr + cmd.rows]
         if self.regs["precision"] == Precision.A4W4:
             a = numerics.unpack_int4(raw).astype(np.float32)
@@ -273,7 +296,7 @@ class GoldenNpu:
         """Output-stationary COMPUTE: ``rows`` K steps into an ``mrows`` x ``ncols`` output tile."""
         c, precision = self.config, self.regs["precision"]
         words = stream_weight_words(precision, cmd.rows)
-        d = self.timeline.compute_os(cmd.wait, cmd.rows, cmd.mrows)
+        d = advance(self.timeline, cmd, c)
         raw_a = self.act[cmd.aaddr:cmd.aaddr + cmd.rows]
         if precision == Precision.A4W4:      # step j, lane i: K values 2j and 2j+1 of output row i
             a = numerics.unpack_int4(raw_a).reshape(cmd.rows, c.rows, 2).transpose(1, 0, 2).reshape(c.rows, -1)
@@ -293,7 +316,7 @@ class GoldenNpu:
     def _activate(self, cmd):
         c, r = self.config, self.regs
         to_output = cmd.dest == 1
-        d = self.timeline.activate(cmd.wait, cmd.rows, to_output)
+        d = advance(self.timeline, cmd, c)
         multiplier, shift = self.quant[cmd.bank] if cmd.perchan else (r["multiplier"], r["shift"])
         y = numerics.activation_unit(self.acc[cmd.accaddr:cmd.accaddr + cmd.rows], self.bias[cmd.bank],
                                      multiplier, shift, r["out_zp"], r["qmin"], r["qmax"],
@@ -317,14 +340,13 @@ class GoldenNpu:
         else:
             sram = self.act if buf == Buf.ACT else self.wgt
             words = [row.tobytes() for row in sram[cmd.addr:cmd.addr + cmd.rows]]
-        beats = c.beats(len(words[0]))
-        d = self.timeline.store(cmd.wait, beats * cmd.rows)
+        d = advance(self.timeline, cmd, c)
         self._count(**{f"{buf.name.lower()}_reads": cmd.rows})
         self._push_rows(np.frombuffer(b"".join(words), np.uint8).reshape(len(words), -1))
         return d
 
     def _counters(self, cmd):
-        d = self.timeline.counters_snapshot(self.config.beats(COUNTER_BEATS_BYTES))
+        d = advance(self.timeline, cmd, self.config)
         snapshot = dict(self.counters, cycles=d & self.config.counter_mask)
         self._push(b"".join(snapshot[name].to_bytes(8, "little") for name in COUNTER_NAMES))
         return d

@@ -22,14 +22,14 @@ from __future__ import annotations
 
 from opennpu.config import NpuConfig
 
-from .checks import data_in_beats, data_in_bytes
-from .deps import BARRIERS, UNIT_OF, DependencyTracker, _hit, _walk, order_program
-from .isa import Buf, Command, Opcode
-from .model import COUNTER_BEATS_BYTES
+from .checks import data_in_bytes
+from .deps import BARRIERS, UNIT_OF, DependencyTracker, first_conflict, walk, order_program
+from .isa import Command, Opcode
+from .model import advance
 from .program import Program
 from .timing import CycleModel, Unit
 
-__all__ = ["WINDOW", "LIMIT", "schedule_program", "schedule_order", "advance"]
+__all__ = ["WINDOW", "LIMIT", "schedule_program", "schedule_order"]
 
 #: How many commands of another queue a command may pass.
 WINDOW = 64
@@ -44,27 +44,6 @@ def _queue(op: Opcode) -> int:
     if unit == Unit.LD:
         return 0 if op == Opcode.LOAD else 4
     return {Unit.PL: 1, Unit.EX: 1, Unit.ACT: 2, Unit.ST: 3}[unit]
-
-
-def advance(model: CycleModel, cmd: Command, config: NpuConfig) -> int:
-    """Dispatch ``cmd`` (with its tokens) on ``model`` as the golden model does; its dispatch cycle."""
-    op, c = cmd.op, config
-    if op in (Opcode.CONFIG, Opcode.FENCE):
-        return model.barrier()
-    if op == Opcode.COUNTERS:
-        return model.counters_snapshot(c.beats(COUNTER_BEATS_BYTES))
-    if UNIT_OF[op] == Unit.LD:
-        return model.load(cmd.wait, data_in_beats(op, getattr(cmd, "buf", 0), getattr(cmd, "rows", 0), c))
-    if op == Opcode.PRELOAD:
-        return model.preload(cmd.wait)
-    if op == Opcode.COMPUTE:
-        if c.dataflow == "os":
-            return model.compute_os(cmd.wait, cmd.rows, cmd.mrows)
-        return model.compute(cmd.wait, cmd.rows)
-    if op == Opcode.ACTIVATE:
-        return model.activate(cmd.wait, cmd.rows, cmd.dest == 1)
-    word_bytes = {Buf.ACT: c.act_word_bytes, Buf.WGT: c.wgt_word_bytes, Buf.ACC: 4 * c.cols}[Buf(cmd.buf)]
-    return model.store(cmd.wait, c.beats(word_bytes) * cmd.rows)
 
 
 def schedule_program(program: Program, config: NpuConfig) -> Program:
@@ -84,7 +63,7 @@ def schedule_order(commands: list, config: NpuConfig) -> tuple[list, list]:
     """``(commands, order)``: ``schedule_program``'s commands and, for each, its index in ``commands``
     (where the caller keeps the data-in of each)."""
     program = Program(list(commands))
-    items = list(_walk(program, config))
+    items = list(walk(program, config))
     if (len(commands) > LIMIT or not all(isinstance(c, Command) for c in commands)
             or any(cmd is None for _, cmd, _ in items)):
         return order_program(program, config).commands, list(range(len(commands)))
@@ -145,6 +124,6 @@ def _blocked(index: int, spans, q: int, queues: list, pos: list) -> bool:
             other = queue[j]
             if other[0] > index:
                 break
-            if j - pos[r] >= WINDOW or _hit(spans, other[2]) is not None:
+            if j - pos[r] >= WINDOW or first_conflict(spans, other[2]) is not None:
                 return True
     return False

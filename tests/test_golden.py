@@ -9,7 +9,7 @@ from opennpu.config import NpuConfig
 from opennpu.golden.deps import HazardError, check_program, order_program
 from opennpu.golden.checks import data_in_bytes
 from opennpu.golden.isa import WAIT_FIELD, Buf, Command, Opcode, Wait
-from opennpu.golden.model import GoldenNpu, ProgramError
+from opennpu.golden.model import GoldenNpu, ProgramError, advance
 from opennpu.golden.program import Program
 from opennpu.golden.reference import gemm_reference
 from opennpu.golden.timing import Unit, array_latency, stream_delay
@@ -382,5 +382,5 @@ def test_list_scheduler_keeps_results_and_predicts_the_cycles(m, k, n, order, mo
     assert b.counters["cycles"] <= a.counters["cycles"]
     model = CycleModel(config.rows, config.cols)
     for cmd in scheduled.commands:
-        reorder.advance(model, cmd, config)
+        advance(model, cmd, config)
     assert model.total_cycles() == b.counters["cycles"]
