@@ -33,8 +33,9 @@ __all__ = ["WINDOW", "LIMIT", "schedule_program", "schedule_order"]
 
 #: How many commands of another queue a command may pass.
 WINDOW = 64
-#: Programs longer than this are ordered in place (``order_program``), not rescheduled.
-LIMIT = 30000
+#: Programs longer than this are ordered in place (``order_program``), not rescheduled (512^3 on 16x16,
+#: 25,593 commands: rescheduling gains 42 of 524,412 cycles for 1 s of compile time).
+LIMIT = 16384
 
 _QUEUES = 5
 
