@@ -255,7 +255,6 @@ class DependencyTracker:
             entries = running[unit]
             if unit in self.pipelined:
                 self._finished(self.pipelined[unit], entries)
-            if unit in self.pipelined:
                 entries.append((index, cmd, spans))
             else:
                 running[unit] = [(index, cmd, spans)]

@@ -21,9 +21,10 @@ from .program import COUNTER_NAMES, Program, ProgramError, Result
 from .timing import CycleModel
 
 __all__ = ["GoldenNpu", "validate", "k_tile", "weight_words", "stream_weight_words", "event_costs",
-           "energy_by_event", "derive_energy", "reported_counters", "ProgramError", "HazardError"]
+           "energy_by_event", "derive_energy", "reported_counters", "advance", "ProgramError", "HazardError"]
 
 COUNTER_BEATS_BYTES = 8 * len(COUNTER_NAMES)
+REJECTED_MAX = 0xFFFF
 
 
 def advance(timeline: CycleModel, cmd: Command, config: NpuConfig) -> int:
@@ -47,7 +48,6 @@ def advance(timeline: CycleModel, cmd: Command, config: NpuConfig) -> int:
         return timeline.activate(cmd.wait, cmd.rows, cmd.dest == 1)
     word_bytes = {Buf.ACT: c.act_word_bytes, Buf.WGT: c.wgt_word_bytes, Buf.ACC: 4 * c.cols}[Buf(cmd.buf)]
     return timeline.store(cmd.wait, c.beats(word_bytes) * cmd.rows)
-REJECTED_MAX = 0xFFFF
 
 
 def event_costs(config: NpuConfig, precision: Precision = Precision.INT8) -> dict[str, int]:
