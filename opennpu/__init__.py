@@ -3,8 +3,13 @@
 ``import opennpu`` stays light; ``opennpu.compile`` and ``opennpu.run_model`` load the compiler on
 first use.
 """
+import time as _time
+
 from .config import NpuConfig
 
+#: When this process imported opennpu (before any of its subpackages): a source file changed later may
+#: differ from the module this process runs (``sim/verilator.py`` refuses to key its cache on it).
+IMPORT_TIME = _time.time()
 __version__ = "0.1.0"
 __all__ = ["NpuConfig", "compile", "run_model", "Npu"]
 

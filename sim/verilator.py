@@ -10,7 +10,9 @@ per cycle) and ``verilator_harness.cpp`` into one executable. Both are cached un
 - ``<vkey>/opennpu_top.v`` (+ ``names.json``, the hierarchical names of the waveform signals), where
   ``vkey`` hashes ``config.digest()`` and the text of every ``.py`` file in ``hdl/``, ``golden/``,
   ``opennpu/config.py`` and ``sim/waves.py``: the Verilog is regenerated exactly when the RTL (or what
-  it is built from) changes;
+  it is built from) changes. The key is of the files on disk, the Verilog of the modules this process
+  imported: if one of those changed since (``opennpu.IMPORT_TIME``), the build refuses to run, rather
+  than file old Verilog under the new sources' key;
 - ``<vkey>/<mode>-<bkey>/harness``, ``mode`` being ``plain``, ``vcd`` or ``fst``, ``bkey`` hashing the
   harness and wrapper sources, the build flags and the wheel's version.
 
@@ -123,7 +125,9 @@ def find_tools() -> dict:
 
 
 def _sources_digest(config: NpuConfig, kind: HarnessKind | None = None) -> str:
-    """Hash of the configuration and of every Python source the RTL (and names.json) is made from."""
+    """Hash of the configuration and of every Python source the RTL (and names.json) is made from;
+    ``RuntimeError`` if a module this process imported from one of them may be older than the file."""
+    import opennpu
     from opennpu import config as config_module
     from opennpu import golden, hdl
 
@@ -135,7 +139,12 @@ def _sources_digest(config: NpuConfig, kind: HarnessKind | None = None) -> str:
         files += [Path(f) for f in kind.digest_files]
     for package in (hdl, golden):
         files += sorted(Path(package.__file__).parent.glob("*.py"))
+    loaded = {Path(module.__file__).resolve() for module in list(sys.modules.values())
+              if getattr(module, "__file__", None)}
     for path in files:
+        if path.resolve() in loaded and path.stat().st_mtime > opennpu.IMPORT_TIME:
+            raise RuntimeError(f"{path} changed after this process imported it: the Verilog it would "
+                               "export is not the one on disk; run again in a new process")
         h.update(f"\0{path.parent.name}/{path.name}\0".encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:20]

@@ -177,3 +177,14 @@ def test_verilator_cache_removes_a_killed_builds_leftovers(fake_builds):
     vl.build_harness(CONFIG, "vcd")
     assert sorted(p.name for p in vdir.iterdir()) == sorted([exe.parent.name, f"{vl.TOP_NAME}.v", "names.json",
                                                              vl.build_harness(CONFIG, "vcd").parent.name])
+
+
+def test_verilator_cache_refuses_sources_changed_after_import(fake_builds, monkeypatch):
+    """The cache key hashes the RTL sources on disk, the export uses the modules this process imported:
+    a source changed after the import (here: an import time before every file's) stops the build with
+    an error naming the file, instead of filing stale Verilog under the new sources' key."""
+    import opennpu
+    monkeypatch.setattr(opennpu, "IMPORT_TIME", 0.0)
+    with pytest.raises(RuntimeError, match=r"\.py changed after this process imported it"):
+        vl.build_harness(CONFIG)
+    assert fake_builds == {"export": 0, "build": 0}
