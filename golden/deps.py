@@ -249,8 +249,9 @@ class DependencyTracker:
         elif op == Opcode.COMPUTE and running[_EX]:
             last = running[_EX][-1]
             running[_EX][-1] = (last[0], last[1], _without_pew(last[2]))
-        elif op == Opcode.ACTIVATE and running[_ACT]:
-            running[_ACT] = [(i, c, _without_row_reads(s)) for i, c, s in running[_ACT]]
+        elif op == Opcode.ACTIVATE and running[_ACT]:       # (the ones before it lost them already)
+            last = running[_ACT][-1]
+            running[_ACT][-1] = (last[0], last[1], _without_row_reads(last[2]))
         if unit is not None:
             entries = running[unit]
             if unit in self.pipelined:

@@ -64,9 +64,9 @@ def schedule_order(commands: list, config: NpuConfig) -> tuple[list, list]:
     """``(commands, order)``: ``schedule_program``'s commands and, for each, its index in ``commands``
     (where the caller keeps the data-in of each)."""
     program = Program(list(commands))
-    items = list(walk(program, config))
-    if (len(commands) > LIMIT or not all(isinstance(c, Command) for c in commands)
-            or any(cmd is None for _, cmd, _ in items)):
+    items = (list(walk(program, config)) if len(commands) <= LIMIT and all(isinstance(c, Command) for c in commands)
+             else None)
+    if items is None or any(cmd is None for _, cmd, _ in items):
         return order_program(program, config).commands, list(range(len(commands)))
     tracker, model, out, order = DependencyTracker(config), CycleModel(config.rows, config.cols, config.dataflow), [], []
 

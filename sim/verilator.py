@@ -139,12 +139,14 @@ def _sources_digest(config: NpuConfig, kind: HarnessKind | None = None) -> str:
         files += [Path(f) for f in kind.digest_files]
     for package in (hdl, golden):
         files += sorted(Path(package.__file__).parent.glob("*.py"))
-    loaded = {Path(module.__file__).resolve() for module in list(sys.modules.values())
-              if getattr(module, "__file__", None)}
-    for path in files:
-        if path.resolve() in loaded and path.stat().st_mtime > opennpu.IMPORT_TIME:
-            raise RuntimeError(f"{path} changed after this process imported it: the Verilog it would "
+    changed = {path.resolve() for path in files if path.stat().st_mtime > opennpu.IMPORT_TIME}
+    if changed:                               # (only then the modules this process imported)
+        stale = changed & {Path(module.__file__).resolve() for module in list(sys.modules.values())
+                           if getattr(module, "__file__", None)}
+        if stale:
+            raise RuntimeError(f"{min(stale)} changed after this process imported it: the Verilog it would "
                                "export is not the one on disk; run again in a new process")
+    for path in files:
         h.update(f"\0{path.parent.name}/{path.name}\0".encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:20]
