@@ -18,11 +18,12 @@ Lowerings, all exact against the host kernels (``host_kernels``, TFLite's refere
   (``pool_divisor``: one multiplier, checked against every sum the window can reach). One column of the
   array works; the weights are the window's taps, not a block-diagonal matrix. Pools whose windows
   overlap the padding divide by a count that varies per position: host.
-* ``depthwise_conv2d``: cut into groups of ``cols`` input channels (one N tile of outputs each; fewer
-  when a group's im2col row would not fit half the activation SRAM), each a
-  dense convolution with block-diagonal weights (output channel ``c*M + m`` reads only input channel
-  ``c``), one NPU program per group. Exact, but a K tile of a group feeds only its own channels'
-  columns, so utilization is at most ``1 / cols`` (6 % on 16x16), which the per-layer report shows. A
+* ``depthwise_conv2d``: a dense convolution with block-diagonal weights (output channel ``c*M + m``
+  reads only input channel ``c``): one program whose input is read where it lies
+  (``model_program.direct_conv``; the K tiles of other channel groups, all zero, are skipped), or, where
+  the input does not fit, cut into groups of ``cols`` input channels (one N tile of outputs each; fewer
+  when a group's im2col row would not fit half the activation SRAM), one im2col program per group.
+  Exact, but a K tile of a group feeds only its own channels' columns, so utilization is at most ``1 / cols`` (6 % on 16x16), which the per-layer report shows. A
   depthwise mapping that uses the array well (row-stationary, or a dedicated lane) is not built yet.
 
 * ``conv2d`` / ``fully_connected`` without requantization (ONNX's MatMulInteger, ConvInteger): a raw
@@ -47,7 +48,7 @@ from opennpu.golden import numerics
 
 from .graph import Graph, Node
 from .host_kernels import check_graph_input, dynamic_output, dynamic_quantize, dynamic_scale, pool_counts, run_node
-from .model_program import compile_model, run_model
+from .model_program import compile_model, direct_conv, run_model
 from .qlayers import ConvGeom, QLayer, QuantModel, TensorSpec, int8_parts
 
 __all__ = ["NPU_OPS", "TABLE_OPS", "npu_runs", "pool_divisor", "lower_node", "lowered", "layer_input", "host_bytes",
@@ -279,6 +280,9 @@ def lowered(graph: Graph, node: Node, values: dict, config: NpuConfig) -> list:
         return [(lower_node(graph, node), x.transpose(0, 3, 1, 2).reshape(b * c, h, w, 1))]
     if node.op != "depthwise_conv2d":
         return [(lower_node(graph, node), x)]
+    whole = lower_node(graph, node)
+    if direct_conv(whole, config):           # one program, its all-zero weight tiles skipped
+        return [(whole, x)]
     size = _group_size(node, config)
     return [(lower_node(graph, node, slice(c0, c0 + size)), x[..., c0:c0 + size]) for c0 in range(0, x.shape[-1], size)]
 

@@ -37,7 +37,7 @@ import numpy as np
 
 from opennpu.config import NpuConfig
 from opennpu.golden import numerics
-from opennpu.golden.isa import Buf, ErrorCode
+from opennpu.golden.isa import AStep, Buf, ErrorCode
 from opennpu.golden.model import COUNTER_BEATS_BYTES, reported_counters
 from opennpu.golden.program import COUNTER_NAMES, Program, Result, decode_counters
 from opennpu.golden.timing import array_latency
@@ -45,7 +45,7 @@ from opennpu.golden.timing import array_latency
 from .qlayers import QLayer, QuantModel
 from .schedule import Activate, Deferred, Emitter, Load, Step, config_requant, emit_steps, per_channel, tile_quant
 
-__all__ = ["LayerInfo", "CompiledModel", "ModelRun", "compile_model", "run_model"]
+__all__ = ["LayerInfo", "CompiledModel", "ModelRun", "direct_conv", "compile_model", "run_model"]
 
 #: Rows per accumulator chunk (at most half the accumulator SRAM). Short chunks let the ACTIVATE of one
 #: chunk overlap the COMPUTEs of the next and leave little write-back exposed at a layer's end.
@@ -57,8 +57,9 @@ class _Seg:
     """One K tile of a layer: the K index feeding each lane (-1: unused), and where its rows are."""
     kidx: np.ndarray
     host: bool                  # loaded from the host (stage input) or produced on chip
-    tile: int = 0               # on chip: producer's N tile
+    tile: int = 0               # on chip: producer's N tile; direct convolution: input channel group
     pos: int = 0                # on chip: producer's output position
+    tap: tuple | None = None    # direct convolution: the kernel tap (row, column) of this K tile
 
 
 @dataclass
@@ -73,6 +74,7 @@ class _Plan:
     in_base: int = 0            # host segments' region
     out_base: int = 0           # on-chip output tiles' region
     slot0: int = 0              # first weight slot
+    live: list = None           # per N tile, the K tiles it runs (``_live_segs``)
 
 
 class _HostRows(Deferred):
@@ -90,9 +92,10 @@ class _HostRows(Deferred):
 @dataclass
 class _Stage:
     plans: list
-    units: int                  # samples, or GEMM rows for a single-layer stage
+    units: int                  # samples, or GEMM rows for a single-layer stage (not a direct one)
     mb: int                     # units per micro-batch
     emitter: Emitter = None
+    direct: bool = False        # one convolution reading its input where it lies (``direct_conv``)
 
     @property
     def micro_batches(self) -> list:
@@ -130,8 +133,101 @@ def _words_per_unit(plans) -> int:
     return total + sum(len(p.ntiles) * p.rows_per_unit for p in plans if p.dest == 0)
 
 
+def direct_conv(layer: QLayer, config: NpuConfig) -> bool:
+    """Whether a convolution that starts a stage reads its input where it lies in the activation SRAM
+    (loaded once, as it is: one word per input position and group of ``rows`` channels) instead of
+    im2col rows from the host: one K tile per (kernel tap, channel group), each output row read as runs
+    of ``COMPUTE`` rows (``AStep``: stride 1 or 2 along the row; the padding row of zero points for taps
+    outside the input). It must move fewer words over the host bus than the im2col rows (not so: a 1x1
+    convolution), take no more K tiles than they do, its width stride be 1 or 2, and one sample's input
+    fit half the SRAM (beside the padding row)."""
+    conv = layer.conv
+    if conv is None or conv.stride[1] not in (1, 2):
+        return False
+    channels, h, w = conv.in_shape
+    groups, im2col_tiles = -(-channels // config.rows), -(-layer.k // config.rows)
+    taps = conv.kernel[0] * conv.kernel[1]
+    return (groups * h * w < conv.positions * im2col_tiles and taps * groups <= im2col_tiles
+            and groups * h * w <= _direct_half(config))
+
+
+def _direct_need(conv, end: int) -> int:
+    """Input positions (sample-major, row-major) that GEMM rows ``0 .. end`` of a micro-batch read."""
+    _, h, w = conv.in_shape
+    ho, wo = conv.out_hw
+    sample, p = divmod(end - 1, ho * wo)
+    last = min(h - 1, p // wo * conv.stride[0] + (conv.kernel[0] - 1) * conv.dilation[0] - conv.pads[0])
+    return sample * h * w + (last + 1) * w if last >= 0 else sample * h * w
+
+
+def _direct_half(config: NpuConfig) -> int:
+    """Activation words a direct stage's micro-batch may use: half the SRAM less its last word, which
+    holds the padding row (micro-batches alternate halves)."""
+    return (config.act_depth - 1) // 2
+
+
+def _direct_segs(layer: QLayer, config: NpuConfig) -> list:
+    """A direct convolution's K tiles: tap (i, j) of channels ``g * rows ..`` (K index ``(c, i, j)``), group
+    by group (the input loads group by group, so the first group's taps run while the next one loads)."""
+    channels = layer.conv.in_shape[0]
+    kh, kw = layer.conv.kernel
+    segs = []
+    for g, c0 in enumerate(range(0, channels, config.rows)):
+        c = np.arange(c0, min(c0 + config.rows, channels))
+        segs += [_Seg(c * kh * kw + i * kw + j, True, tile=g, tap=(i, j)) for i in range(kh) for j in range(kw)]
+    return segs
+
+
+def _direct_runs(conv, tap: tuple, group_base: int, m0: int, rows: int, pad_addr: int) -> tuple:
+    """The ``COMPUTE`` runs of GEMM rows ``m0 .. m0+rows`` (of a micro-batch, (sample, output position)
+    order) for one kernel tap, the channel group's input at ``group_base`` (sample-major, row-major):
+    ``(act_addr, row offset, rows, astep)``, an output row's positions whose input lies inside read it
+    (stride 1 or 2), the others the padding row; runs that continue one another are merged."""
+    channels, h, w = conv.in_shape
+    ho, wo = conv.out_hw
+    (sh, sw), (dh, dw) = conv.stride, conv.dilation
+    pt, pl = conv.pads[:2]
+    dy, dx = tap[0] * dh - pt, tap[1] * dw - pl
+    astep = AStep.UNIT if sw == 1 else AStep.DOUBLE
+    runs, r, end = [], m0, m0 + rows
+    while r < end:
+        sample, p = divmod(r, ho * wo)
+        y, x0 = divmod(p, wo)
+        x1 = min(wo, x0 + end - r)
+        iy = y * sh + dy
+        lo, hi = max(x0, -(dx // sw)), min(x1, (w - 1 - dx) // sw + 1)   # inside: 0 <= x * sw + dx < w
+        if not 0 <= iy < h or lo >= hi:
+            lo = hi = x1
+        base = group_base + (sample * h + iy) * w + dx
+        for xa, xb, inside in ((x0, lo, False), (lo, hi, True), (hi, x1, False)):
+            if xb > xa:
+                run = (base + xa * sw, r - m0 + xa - x0, xb - xa, astep) if inside else \
+                    (pad_addr, r - m0 + xa - x0, xb - xa, AStep.HOLD)
+                if runs and _continues(runs[-1], run):
+                    last = runs[-1]
+                    runs[-1] = (last[0], last[1], last[2] + run[2], last[3])
+                else:
+                    runs.append(run)
+        r += x1 - x0
+    return tuple(runs)
+
+
+def _continues(run: tuple, nxt: tuple) -> bool:
+    """``nxt`` reads on where ``run`` stops, into the rows right after it."""
+    act, offset, rows, astep = run
+    return nxt[3] == astep and nxt[1] == offset + rows and nxt[0] == act + rows * AStep(astep).words
+
+
 def _plan_stage(model: QuantModel, config: NpuConfig, indices: list, batch: int) -> _Stage:
     lanes = min(config.rows, config.cols)
+    if len(indices) == 1 and direct_conv(model.layers[indices[0]], config):
+        layer = model.layers[indices[0]]
+        nt = config.cols
+        ntiles = [(n0, min(nt, layer.n - n0)) for n0 in range(0, layer.n, nt)]
+        plan = _Plan(indices[0], layer, layer.positions, _direct_segs(layer, config), ntiles, 1)
+        channels, h, w = layer.conv.in_shape
+        per_sample = -(-channels // config.rows) * h * w
+        return _Stage([plan], batch, min(batch, _direct_half(config) // per_sample), direct=True)
     plans = []
     for j, i in enumerate(indices):
         layer = model.layers[i]
@@ -227,8 +323,31 @@ def _piece(load: Load, lo: int, rows: int) -> Load:
     return Load(load.buf, load.addr + lo, rows, _HostRows(p.row0 + lo, rows, p.k0, p.k1, p.width))
 
 
+def _live_segs(plan: _Plan, direct: bool) -> list:
+    """Per N tile, the K tiles that run: all of them, except in a direct stage (which loads its input apart
+    from the K tiles), where a tile of all-zero weights adds nothing and is skipped (a depthwise
+    convolution's block-diagonal weights: one channel group of K tiles per N tile); at least one runs, to
+    write the accumulators."""
+    every = list(range(len(plan.segs)))
+    if not direct:
+        return [every] * len(plan.ntiles)
+    w = plan.layer.w
+    live = []
+    for n0, width in plan.ntiles:
+        used = [si for si, seg in enumerate(plan.segs) if np.any(w[seg.kidx, n0:n0 + width])]
+        live.append(used or every[:1])
+    return live
+
+
 def _emit_stage(stage: _Stage, config: NpuConfig, profile: bool) -> Emitter:
     half, acc_half, kt = _capacity(config, len(stage.plans)), config.acc_depth // 2, config.rows
+    if stage.direct:
+        half = _direct_half(config)
+        pad_addr = config.act_depth - 1
+        channels, in_h, in_w = stage.plans[0].layer.conv.in_shape
+        group_words = stage.mb * in_h * in_w
+        pad_row = np.zeros((1, config.act_word_bytes), np.uint8)
+        pad_row[:] = np.uint8(stage.plans[0].layer.in_q[1] & 0xFF)
     offset = 0
     for plan in stage.plans:                       # regions sized for a full micro-batch
         cap = stage.mb * plan.rows_per_unit
@@ -239,6 +358,7 @@ def _emit_stage(stage: _Stage, config: NpuConfig, profile: bool) -> Emitter:
     slots = 0
     for plan in stage.plans:
         plan.slot0, slots = slots, slots + len(plan.segs) * len(plan.ntiles)
+        plan.live = _live_segs(plan, stage.direct)
     resident = slots * kt <= config.wgt_depth
     ring = config.wgt_depth // kt
 
@@ -246,6 +366,7 @@ def _emit_stage(stage: _Stage, config: NpuConfig, profile: bool) -> Emitter:
     later = []                                     # steps of layers 1.. of the previous micro-batch
     for j, (u0, mu) in enumerate(stage.micro_batches):
         base = (j % 2) * half if stage.unit_rows else 0
+        loaded_rows = {}                           # direct: input rows loaded per channel group
         start = len(steps)
         for pi, plan in enumerate(stage.plans):
             if pi == 1:
@@ -258,7 +379,10 @@ def _emit_stage(stage: _Stage, config: NpuConfig, profile: bool) -> Emitter:
                 for ti, (n0, width) in enumerate(plan.ntiles):
                     acc_addr = (tile_count % 2) * acc_half
                     tile_count += 1
-                    for si, seg in enumerate(plan.segs):
+                    live = plan.live[ti]
+                    for si in live:
+                        seg = plan.segs[si]
+                        opens, closes = si == live[0], si == live[-1]     # the tile's first / last K tile
                         key = (plan.index, si, ti)
                         slot = plan.slot0 + si * len(plan.ntiles) + ti if resident else len(steps) % ring
                         loads = []
@@ -266,7 +390,23 @@ def _emit_stage(stage: _Stage, config: NpuConfig, profile: bool) -> Emitter:
                             loaded.add(key)
                             loads.append(Load(Buf.WGT, slot * kt, len(seg.kidx),
                                               _weight_words(config, w, seg, n0, width)))
-                        if seg.host:
+                        runs = ()
+                        if stage.direct:
+                            act_addr = base + seg.tile * group_words
+                            runs = _direct_runs(plan.layer.conv, seg.tap, act_addr, m0, rows, pad_addr)
+                            if j == 0 and m0 == 0 and ti == 0 and opens:
+                                loads.append(Load(Buf.ACT, pad_addr, 1, pad_row))
+                            # the rows of its channel group that this chunk reads and no step before
+                            # loaded, a LOAD per input row (the list scheduler interleaves COMPUTEs)
+                            have = loaded_rows.get(seg.tile, 0)
+                            need = max(have, _direct_need(plan.layer.conv, m0 + rows))
+                            c0 = seg.tile * kt
+                            for lo in range(have, need, in_w):
+                                count = min(in_w, need - lo)
+                                loads.append(Load(Buf.ACT, act_addr + lo, count, _HostRows(
+                                    u0 * in_h * in_w + lo, count, c0, min(c0 + kt, channels), kt)))
+                            loaded_rows[seg.tile] = need
+                        elif seg.host:
                             act_addr = base + plan.in_base + si * cap + m0
                             if ti == 0:
                                 k0 = int(seg.kidx[0])
@@ -277,10 +417,10 @@ def _emit_stage(stage: _Stage, config: NpuConfig, profile: bool) -> Emitter:
                             act_addr = base + prod.out_base + seg.tile * stage.mb * prod.rows_per_unit \
                                 + seg.pos * mu + m0
                         activate = None
-                        if si == len(plan.segs) - 1 and plan.layer.raw:      # int32 sums to the host
+                        if closes and plan.layer.raw:      # int32 sums to the host
                             activate = Activate(acc_addr, 0, rows, 1, None, tag=(u0 * plan.rows_per_unit + m0,
                                                                                   rows, n0, width), raw=True)
-                        elif si == len(plan.segs) - 1:
+                        elif closes:
                             bias_key = (plan.index, ti)
                             layer = plan.layer
                             if bias_key in banks:                # that bank still holds it
@@ -297,7 +437,7 @@ def _emit_stage(stage: _Stage, config: NpuConfig, profile: bool) -> Emitter:
                                                 per_channel(layer.multiplier))
                             last_bank = bank
                         steps.append(Step(plan.index, loads, slot * kt, len(seg.kidx), width, act_addr,
-                                          acc_addr, rows, si > 0, activate))
+                                          acc_addr, rows, not opens, activate, runs))
         if not stage.unit_rows:
             if later:                              # prefetch: this input loads during the last layers
                 _prefetch(first, later)
@@ -370,6 +510,9 @@ class CompiledModel:
         """Stage ``s`` program for its input tensor ``t`` (int8 grid, (B, *in_shape) of its first layer)."""
         stage = self._stages[s]
         first = stage.plans[0].layer
+        if stage.direct:                                     # the input as it is: (sample, y, x) x channels
+            x = t.reshape(len(t), *first.in_shape)
+            return stage.emitter.program(x.transpose(0, 2, 3, 1).reshape(-1, first.in_shape[0]))
         a = first.matrix(t.reshape(len(t), *first.in_shape))
         if not stage.unit_rows and first.positions > 1:      # conv rows position-major per micro-batch
             p, k = first.positions, first.k

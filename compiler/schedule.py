@@ -31,7 +31,7 @@ import numpy as np
 from opennpu.config import NpuConfig
 from opennpu.golden import numerics
 from opennpu.golden.reorder import schedule_order
-from opennpu.golden.isa import ActFn, Buf, Command, Opcode, Precision
+from opennpu.golden.isa import ActFn, AStep, Buf, Command, Opcode, Precision
 from opennpu.golden.program import Program
 
 __all__ = ["Deferred", "Load", "Activate", "Step", "Emitter", "emit_steps", "row_pieces", "per_channel",
@@ -111,7 +111,9 @@ class Activate:
 
 @dataclass
 class Step:
-    """One weight tile through the array: loads, ``PRELOAD addr krows ncols``, ``COMPUTE``."""
+    """One weight tile through the array: loads, ``PRELOAD addr krows ncols``, ``COMPUTE`` of ``rows``
+    rows from ``act_addr`` into ``acc_addr`` (or, with ``runs``, one ``COMPUTE`` per run: ``(act_addr,
+    acc_addr offset, rows, astep)``, the runs together covering the ``rows`` accumulator rows)."""
     group: object
     loads: list
     wgt_addr: int
@@ -122,6 +124,13 @@ class Step:
     rows: int
     accumulate: bool
     activate: Activate | None = None
+    runs: tuple = ()
+
+    def computes(self) -> list:
+        """The step's ``COMPUTE`` fields: [(aaddr, accaddr, rows, astep)]."""
+        if not self.runs:
+            return [(self.act_addr, self.acc_addr, self.rows, AStep.UNIT)]
+        return [(act, self.acc_addr + offset, rows, astep) for act, offset, rows, astep in self.runs]
 
 
 @dataclass
@@ -284,8 +293,9 @@ def emit_steps(e: Emitter, steps: list, preamble: Callable[[object], None],
             late = None
         for load in (streamed[s] if s < 2 else ()):
             e.load(load)
-        e.cmd(Opcode.COMPUTE, aaddr=step.act_addr, accaddr=step.acc_addr, rows=step.rows,
-              accumulate=step.accumulate)
+        for aaddr, accaddr, rows, astep in step.computes():
+            e.cmd(Opcode.COMPUTE, aaddr=aaddr, accaddr=accaddr, rows=rows, accumulate=step.accumulate,
+                  astep=int(astep))
         nxt = steps[s + 1] if s + 1 < len(steps) else None
         same = nxt is not None and nxt.group == step.group
         if activates[s] is not None:

@@ -14,10 +14,11 @@ from types import SimpleNamespace
 from opennpu.config import NpuConfig
 
 from . import numerics
-from .isa import FIELDS, ActFn, Buf, Command, DecodeError, ErrorCode, Opcode, Precision, decode, encode
+from .isa import FIELDS, ActFn, AStep, Buf, Command, DecodeError, ErrorCode, Opcode, Precision, decode, encode
 from .program import ProgramError
 
-__all__ = ["PY_OPS", "k_tile", "weight_words", "stream_weight_words", "data_in_beats", "data_in_bytes", "quant_params",
+__all__ = ["PY_OPS", "k_tile", "act_span", "weight_words", "stream_weight_words", "data_in_beats", "data_in_bytes",
+           "quant_params",
            "rules", "check", "validate"]
 
 #: ``ops`` for Python integers.
@@ -105,13 +106,20 @@ def _preload(f, p, cfg, ops):
         f.addr + weight_words(p, f.krows, ops) <= cfg.wgt_depth
 
 
+def act_span(astep, rows, ops=PY_OPS):
+    """Activation words from ``aaddr`` up to the last one a weight-stationary COMPUTE of ``rows`` rows
+    reads (``AStep``; ``rows`` >= 1)."""
+    return ops.select(astep == AStep.DOUBLE, rows + rows - 1, ops.select(astep == AStep.HOLD, 1, rows))
+
+
 def _compute_ws(f, p, cfg, ops):
-    return True, ops.all(f.waddr == 0, f.mrows == 0, f.ncols == 0), \
-        ops.all(_fits(ops, f.aaddr, f.rows, cfg.act_depth), f.accaddr + f.rows <= cfg.acc_depth)
+    return True, ops.all(f.waddr == 0, f.mrows == 0, f.ncols == 0, f.astep <= max(AStep)), \
+        ops.all(f.rows >= 1, f.aaddr + act_span(f.astep, f.rows, ops) <= cfg.act_depth,
+                f.accaddr + f.rows <= cfg.acc_depth)
 
 
 def _compute_os(f, p, cfg, ops):
-    return True, ops.all(f.mrows >= 1, f.mrows <= cfg.rows, f.ncols >= 1, f.ncols <= cfg.cols), \
+    return True, ops.all(f.mrows >= 1, f.mrows <= cfg.rows, f.ncols >= 1, f.ncols <= cfg.cols, f.astep == 0), \
         ops.all(_fits(ops, f.aaddr, f.rows, cfg.act_depth),
                 f.waddr + stream_weight_words(p, f.rows, ops) <= cfg.wgt_depth,
                 f.accaddr + f.mrows <= cfg.acc_depth)

@@ -35,7 +35,8 @@ writes (``golden.timing.conflict``). A program is *ordered* when no command conf
 possibly-running command of another unit (a unit runs its own commands in order), except where it
 *streams* (``Wait.STREAM``, weight-stationary only): a PRELOAD behind the last LOAD of weights, a COMPUTE
 behind the last LOAD of activations, an ACTIVATE behind the last COMPUTE, when every conflict between
-the two is the later one reading what the earlier one writes, one word a cycle, from an address no
+the two is the later one reading what the earlier one writes, at most one word a cycle (a COMPUTE
+reading every other word, ``AStep.DOUBLE``, never streams), from an address no
 higher than the first one written (so it stays behind the writer: ``golden.timing.STREAM_SOURCE``; a
 LOAD writes a word a cycle, since ``NpuConfig`` makes a data-in beat hold an SRAM word). This holds for any timing, so the check needs no cycle model.
 ``order_program`` sets the fewest tokens that order a program, STREAM where it can;
@@ -45,8 +46,8 @@ from __future__ import annotations
 
 from opennpu.config import NpuConfig
 
-from .checks import stream_weight_words, validate, weight_words
-from .isa import Command, Opcode, Precision, Wait, encode
+from .checks import act_span, stream_weight_words, validate, weight_words
+from .isa import AStep, Command, Opcode, Precision, Wait, encode
 from .program import Program
 from .timing import ACT_LATENCY, STREAM_SOURCE, WAIT_OF_UNIT, Access, Space, Unit, array_latency
 
@@ -94,8 +95,8 @@ def accesses(cmd: Command, config: NpuConfig, precision: Precision, cur: int) ->
                 Access(Space.WGT, cmd.waddr, stream_weight_words(precision, cmd.rows), False),
                 Access(Space.ACC, cmd.accaddr, cmd.mrows, True))
     if op == Opcode.COMPUTE:
-        return (Access(Space.ACT, cmd.aaddr, cmd.rows, False), Access(Space.ACC, cmd.accaddr, cmd.rows, True),
-                Access(Space.PEW, cur, 1, False))
+        return (Access(Space.ACT, cmd.aaddr, act_span(cmd.astep, cmd.rows), False),
+                Access(Space.ACC, cmd.accaddr, cmd.rows, True), Access(Space.PEW, cur, 1, False))
     if op == Opcode.ACTIVATE:
         target = _OUT if cmd.dest else Access(Space.ACT, cmd.aaddr, cmd.rows, True)
         return (Access(Space.ACC, cmd.accaddr, cmd.rows, False), Access(Space.BIAS, cmd.bank, 1, False),
@@ -124,13 +125,16 @@ _STREAMED = {Opcode.PRELOAD: (int(Space.WGT), Opcode.LOAD), Opcode.COMPUTE: (int
              Opcode.ACTIVATE: (int(Space.ACC), Opcode.COMPUTE)}
 
 
-def streams(op: Opcode, spans, entry: tuple, config: NpuConfig) -> bool:
-    """Whether a command ``op`` with access ``spans`` may follow ``entry`` (``(index, cmd, spans)``, the
-    last command of its ``STREAM_SOURCE`` unit) with ``Wait.STREAM`` instead of waiting for it: every
-    conflict between them is ``op`` reading the streamed space from an address no higher than the first
-    one ``entry`` writes there (the module docstring)."""
+def streams(cmd: Command, spans, entry: tuple, config: NpuConfig) -> bool:
+    """Whether ``cmd`` with access ``spans`` may follow ``entry`` (``(index, cmd, spans)``, the last
+    command of its ``STREAM_SOURCE`` unit) with ``Wait.STREAM`` instead of waiting for it: every
+    conflict between them is ``cmd`` reading the streamed space from an address no higher than the first
+    one ``entry`` writes there, no faster than a word a cycle (the module docstring; a COMPUTE reading
+    every other word, ``AStep.DOUBLE``, would overtake the LOAD)."""
+    op = cmd.op
     rule = _STREAMED.get(op)
-    if rule is None or config.dataflow != "ws" or entry[1].op != rule[1]:
+    if rule is None or config.dataflow != "ws" or entry[1].op != rule[1] or \
+            (op == Opcode.COMPUTE and cmd.astep == AStep.DOUBLE):
         return False
     space = rule[0]
     for space2, lo2, hi2, write2, _ in entry[2]:
@@ -191,12 +195,12 @@ class DependencyTracker:
         self.pipelined = {_EX: (array_latency(config.rows, config.cols) + 2, 0) if config.dataflow == "ws"
                           else None, _ACT: (ACT_LATENCY + 1, 1)}
 
-    def needed(self, op: Opcode, accs) -> int:
-        """The fewest tokens (``Wait`` bits) that order a command ``op`` with these accesses."""
-        return self.needed_spans(op, _spans(accs))
+    def needed(self, cmd: Command, accs) -> int:
+        """The fewest tokens (``Wait`` bits) that order ``cmd`` with these accesses."""
+        return self.needed_spans(cmd, _spans(accs))
 
-    def needed_spans(self, op: Opcode, spans) -> int:
-        unit = _UNIT[op]
+    def needed_spans(self, cmd: Command, spans) -> int:
+        unit = _UNIT[cmd.op]
         source = _STREAM_SOURCE.get(unit)
         waits = 0
         for u, token in _TOKENS:
@@ -205,7 +209,7 @@ class DependencyTracker:
                 continue
             last = entries[-1]
             if first_conflict(spans, last[2]):
-                if u != source or not streams(op, spans, last, self.config):
+                if u != source or not streams(cmd, spans, last, self.config):
                     waits |= token
                     continue
                 waits |= _STREAM
@@ -237,7 +241,7 @@ class DependencyTracker:
                 if u == unit or not entries:
                     continue
                 for e in entries:
-                    if u == source and e is entries[-1] and streams(op, spans, e, self.config):
+                    if u == source and e is entries[-1] and streams(cmd, spans, e, self.config):
                         continue
                     hit = first_conflict(spans, e[2])
                     if hit is not None:
@@ -301,7 +305,7 @@ def order_program(program: Program, config: NpuConfig) -> Program:
         if cmd is None:
             commands.append(original)
             continue
-        needed = 0 if cmd.op in _BARRIER_OPS else tracker.needed_spans(cmd.op, spans)
+        needed = 0 if cmd.op in _BARRIER_OPS else tracker.needed_spans(cmd, spans)
         if needed & ~cmd.wait:
             cmd = cmd.with_wait(cmd.wait | needed)
         elif isinstance(original, Command):

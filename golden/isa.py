@@ -18,8 +18,10 @@ LOAD_LUT 3      (256 int8 entries follow on data-in)
 LOAD_BIAS 4     bank 4:1 (``cols`` int32 little-endian follow on data-in; two banks, so the next
                 tile's bias loads while ACTIVATE reads the other bank)
 PRELOAD  5      addr 8:16, krows 24:8 (K rows of the tile), ncols 32:8 (N columns of the tile)
-COMPUTE  6      aaddr 8:16, accaddr 24:16, rows 40:16, accumulate 56:1, waddr 64:16, mrows 80:8,
-                ncols 88:8 (the last three: output-stationary only, zero in weight-stationary)
+COMPUTE  6      aaddr 8:16, accaddr 24:16, rows 40:16, accumulate 56:1, astep 57:2 (``AStep``:
+                the activation words the rows read; weight-stationary only, zero in output-stationary),
+                waddr 64:16, mrows 80:8, ncols 88:8 (the last three: output-stationary only, zero in
+                weight-stationary)
 ACTIVATE 7      accaddr 8:16, aaddr 24:16, rows 40:16, dest 56:1 (0 act SRAM, 1 data-out),
                 bank 57:1 (bias bank), perchan 58:1 (per-channel requantization, below)
 STORE    8      buf 4:2 (0 act, 1 wgt, 2 acc), addr 8:16, rows 24:16
@@ -38,6 +40,9 @@ Dataflows (``NpuConfig.dataflow``) read ``PRELOAD``/``COMPUTE`` differently:
 
 - weight-stationary (``ws``): ``PRELOAD`` moves a K x N weight tile into the PEs; ``COMPUTE`` streams
   ``rows`` activation rows (one SRAM word each: K values) through them into ``rows`` accumulator rows.
+  Row j reads activation word ``aaddr + j * step`` (``AStep``: step 1, 2, or 0, every row the word
+  ``aaddr``), so a convolution reads its input where it lies, one output row at a time (stride 1 or 2;
+  a padding row of zero points for the taps outside the input) instead of im2col rows from the host.
 - output-stationary (``os``): there is no ``PRELOAD`` (it is rejected as an illegal opcode); ``COMPUTE``
   streams ``rows`` K steps: step j reads activation word ``aaddr + j`` (lane i: row i of the output tile,
   one K value; a4w4: two) and the weight row(s) of step j from ``waddr`` (int8: word ``waddr + j``; int4:
@@ -71,7 +76,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-__all__ = ["Opcode", "ErrorCode", "Buf", "Precision", "ActFn", "Wait", "WAIT_FIELD", "Field", "FIELDS", "COMMAND_BITS",
+__all__ = ["Opcode", "ErrorCode", "Buf", "Precision", "AStep", "ActFn", "Wait", "WAIT_FIELD", "Field", "FIELDS", "COMMAND_BITS",
            "Command", "DecodeError", "encode", "decode", "encode_program", "decode_program", "reserved_mask"]
 
 COMMAND_BITS = 128
@@ -97,7 +102,7 @@ class ErrorCode(enum.IntEnum):
     BAD_OPCODE = 1       # opcode 0 or 12..15, or PRELOAD on an output-stationary NPU
     BAD_RANGE = 2        # address + rows beyond the SRAM depth, or rows == 0
     BAD_PRECISION = 3    # CONFIG precision the configuration does not support
-    BAD_FIELD = 4        # any other illegal field value (buffer id, krows/ncols, qmin > qmax, act)
+    BAD_FIELD = 4        # any other illegal field value (buffer id, krows/ncols, qmin > qmax, act, astep)
 
 
 class Buf(enum.IntEnum):
@@ -122,6 +127,18 @@ class Precision(enum.IntEnum):
         except KeyError:
             raise ValueError(f"unknown precision {label!r}; expected one of "
                              f"{[p.label for p in cls]}") from None
+
+
+class AStep(enum.IntEnum):
+    """COMPUTE ``astep``: which activation word row j of a weight-stationary COMPUTE reads."""
+    UNIT = 0     # aaddr + j: consecutive words (a GEMM, im2col rows, a stride-1 convolution's output row)
+    DOUBLE = 1   # aaddr + 2j: every other word (a stride-2 convolution's output row)
+    HOLD = 2     # aaddr for every row (the padding row of zero points, for taps outside the input)
+
+    @property
+    def words(self) -> int:
+        """The address step between rows."""
+        return (1, 2, 0)[self]
 
 
 class ActFn(enum.IntEnum):
@@ -169,7 +186,8 @@ FIELDS: dict[Opcode, tuple[Field, ...]] = {
     Opcode.LOAD_BIAS: (Field("bank", 4, 1),),
     Opcode.PRELOAD: (Field("addr", 8, 16), Field("krows", 24, 8), Field("ncols", 32, 8)),
     Opcode.COMPUTE: (Field("aaddr", 8, 16), Field("accaddr", 24, 16), Field("rows", 40, 16),
-                     Field("accumulate", 56, 1), Field("waddr", 64, 16), Field("mrows", 80, 8),
+                     Field("accumulate", 56, 1), Field("astep", 57, 2), Field("waddr", 64, 16),
+                     Field("mrows", 80, 8),
                      Field("ncols", 88, 8)),
     Opcode.ACTIVATE: (Field("accaddr", 8, 16), Field("aaddr", 24, 16), Field("rows", 40, 16),
                       Field("dest", 56, 1), Field("bank", 57, 1), Field("perchan", 58, 1)),

@@ -16,7 +16,7 @@ from opennpu.config import NpuConfig
 from . import numerics
 from .checks import data_in_beats, data_in_bytes, k_tile, quant_params, stream_weight_words, validate, weight_words
 from .deps import DependencyTracker, HazardError, checked
-from .isa import ActFn, Buf, Command, ErrorCode, Opcode, Precision
+from .isa import ActFn, AStep, Buf, Command, ErrorCode, Opcode, Precision
 from .program import COUNTER_NAMES, Program, ProgramError, Result
 from .timing import CycleModel
 
@@ -275,7 +275,9 @@ class GoldenNpu:
         if self.config.dataflow == "os":
             return self._compute_os(cmd)
         d = advance(self.timeline, cmd, self.config)
-        raw = self.act[cmd.aaddr:cmd.aaddr + cmd.rows]
+        step = AStep(cmd.astep).words
+        raw = (self.act[cmd.aaddr:cmd.aaddr + step * (cmd.rows - 1) + 1:step] if step
+               else np.repeat(self.act[cmd.aaddr:cmd.aaddr + 1], cmd.rows, axis=0))
         if self.regs["precision"] == Precision.A4W4:
             a = numerics.unpack_int4(raw).astype(np.float32)
         else:

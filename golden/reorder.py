@@ -73,7 +73,7 @@ def schedule_order(commands: list, config: NpuConfig) -> tuple[list, list]:
     def emit(index, cmd, spans, needed=None):
         order.append(index)
         if needed is None:
-            needed = 0 if cmd.op in BARRIERS else tracker.needed_spans(cmd.op, spans)
+            needed = 0 if cmd.op in BARRIERS else tracker.needed_spans(cmd, spans)
         if needed & ~cmd.wait:
             cmd = cmd.with_wait(cmd.wait | needed)
         tracker.dispatch_spans(len(out), cmd, spans)
@@ -106,7 +106,7 @@ def _merge(segment: list, emit, tracker: DependencyTracker, model: CycleModel):
             index, cmd, spans = queue[pos[q]]
             if _blocked(index, spans, q, queues, pos):
                 continue
-            needed = tracker.needed_spans(cmd.op, spans)
+            needed = tracker.needed_spans(cmd, spans)
             key = (model.earliest(UNIT_OF[cmd.op], cmd.wait | needed), index)
             if best_key is None or key < best_key:
                 best, best_key = (q, needed), key

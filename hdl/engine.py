@@ -111,7 +111,8 @@ class WsEngine(wiring.Component):
         m.d.comb += [
             pl.start.eq(self.start_pl), pl.target.eq(~cur),
             pl.addr.eq(pre.addr), pl.krows.eq(pre.krows), pl.ncols.eq(pre.ncols),
-            ex.start.eq(self.start_ex), ex.aaddr.eq(comp.aaddr), ex.accaddr.eq(comp.accaddr),
+            ex.start.eq(self.start_ex), ex.aaddr.eq(comp.aaddr), ex.astep.eq(comp.astep),
+            ex.accaddr.eq(comp.accaddr),
             ex.rows.eq(comp.rows), ex.accumulate.eq(comp.accumulate), ex.buf.eq(cur), ex.row_macs.eq(pe_macs[cur]),
             self.pl_busy.eq(pl.busy), self.pl_issue_busy.eq(pl.issue_busy), self.pl_issue_ends.eq(pl.issue_ends),
             self.issue_busy.eq(ex.issue_busy), self.drain_busy.eq(ex.drain_busy),

@@ -4,6 +4,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from opennpu.config import NpuConfig
+from opennpu.golden.isa import AStep
 from opennpu.golden.timing import array_latency
 
 from .common import read_port_signature, write_port_signature
@@ -21,7 +22,8 @@ class _RowTag(data.Struct):
 class ExecuteUnit(wiring.Component):
     """Issues one activation row per cycle into the array and writes results back.
 
-    Timing: ``start`` in cycle d; row j's activation SRAM read in d+1+j (``issue_busy``), the row
+    Timing: ``start`` in cycle d; row j's activation SRAM read (word ``aaddr + j * step``, ``astep``:
+    ``golden.isa.AStep``) in d+1+j (``issue_busy``), the row
     enters the array in d+2+j and its result is written (overwrite, or read-modify-write when
     ``accumulate``: the old word is read in d+j+L through a port transparent to the write) in d+2+j+L,
     L = array latency (>= 3). The last row is issued in e = d+rows; then ``move`` pulses, the issue
@@ -34,7 +36,7 @@ class ExecuteUnit(wiring.Component):
 
     Members
     -------
-    start, aaddr, accaddr, rows, accumulate, buf, row_macs : In
+    start, aaddr, astep, accaddr, rows, accumulate, buf, row_macs : In
         Dispatch pulse, command fields, the PE buffer to use and useful MACs per row of that buffer.
     issue_busy, drain_busy, older_busy, move : Out(1)
     act_rd, acc_rmw_rd, acc_wr : SRAM ports.
@@ -47,7 +49,7 @@ class ExecuteUnit(wiring.Component):
     def __init__(self, config: NpuConfig):
         self._config = c = config
         super().__init__({
-            "start": In(1), "aaddr": In(16), "accaddr": In(16), "rows": In(16), "accumulate": In(1),
+            "start": In(1), "aaddr": In(16), "astep": In(2), "accaddr": In(16), "rows": In(16), "accumulate": In(1),
             "buf": In(1), "row_macs": In(16),
             "issue_busy": Out(1), "drain_busy": Out(1), "older_busy": Out(1), "move": Out(1),
             "act_rd": In(read_port_signature(c.act_depth, 8 * c.act_word_bytes)),
@@ -65,6 +67,7 @@ class ExecuteUnit(wiring.Component):
         latency = array_latency(c.rows, c.cols)
         aaddr, accaddr, rows_left = Signal(16), Signal(16), Signal(17)
         accumulate, buf, row_macs = Signal(), Signal(), Signal(16)
+        step = Signal(2)                              # activation words between rows: 1, 2 or 0
         drain_left, older_left = Signal(range(latency + 2)), Signal(range(latency + 2))
         last = Signal()                               # == (rows_left <= 1), kept in a register
 
@@ -76,7 +79,7 @@ class ExecuteUnit(wiring.Component):
         m.d.comb += self.act_rd.addr.eq(aaddr)        # (from the register, read or not)
         with m.If(issuing):
             m.d.comb += self.act_rd.en.eq(1)
-            m.d.sync += [aaddr.eq(aaddr + 1), accaddr.eq(accaddr + 1), rows_left.eq(rows_left - 1),
+            m.d.sync += [aaddr.eq(aaddr + step), accaddr.eq(accaddr + 1), rows_left.eq(rows_left - 1),
                          last.eq(rows_left <= 2)]
 
         # -- drain: the last COMPUTE moved (``drain_left``) and the one moved before it (``older_left``;
@@ -96,6 +99,7 @@ class ExecuteUnit(wiring.Component):
         # takes the issue slot: its assignments come last and win.
         with m.If(self.start):
             m.d.sync += [self.issue_busy.eq(1), aaddr.eq(self.aaddr), accaddr.eq(self.accaddr),
+                         step.eq(Cat(self.astep == AStep.UNIT, self.astep == AStep.DOUBLE)),
                          rows_left.eq(self.rows), last.eq(self.rows <= 1), accumulate.eq(self.accumulate),
                          buf.eq(self.buf), row_macs.eq(self.row_macs)]
 

@@ -19,9 +19,9 @@ import random
 from opennpu.compiler.gemm import ACTIVATIONS, build_gemm, random_gemm
 from opennpu.config import NpuConfig
 from opennpu.golden import numerics
-from opennpu.golden.isa import (COMMAND_BITS, FIELDS, WAIT_FIELD, ActFn, Buf, Command, ErrorCode, Opcode, Precision, encode,
-                                reserved_mask)
-from opennpu.golden.checks import data_in_bytes
+from opennpu.golden.isa import (COMMAND_BITS, FIELDS, WAIT_FIELD, ActFn, AStep, Buf, Command, ErrorCode, Opcode,
+                                Precision, encode, reserved_mask)
+from opennpu.golden.checks import act_span, data_in_bytes
 from opennpu.golden.deps import order_program
 from opennpu.golden.model import k_tile, stream_weight_words, validate, weight_words
 from opennpu.golden.program import Program
@@ -95,9 +95,12 @@ def _good_command(config: NpuConfig, rng: random.Random, precision: Precision, m
         addr = rng.randint(0, config.wgt_depth - weight_words(precision, krows))
         return Command(Opcode.PRELOAD, addr=addr, krows=krows, ncols=rng.randint(1, config.cols))
     if kind == "compute":
-        rows = rng.randint(1, min(config.act_depth, config.acc_depth, max_rows))
-        return Command(Opcode.COMPUTE, aaddr=rng.randint(0, config.act_depth - rows),
-                       accaddr=rng.randint(0, config.acc_depth - rows), rows=rows, accumulate=rng.randint(0, 1))
+        astep = rng.choice(list(AStep))
+        words = (config.act_depth + 1) // 2 if astep == AStep.DOUBLE else config.act_depth
+        rows = rng.randint(1, min(words, config.acc_depth, max_rows))
+        return Command(Opcode.COMPUTE, aaddr=rng.randint(0, config.act_depth - act_span(astep, rows)),
+                       accaddr=rng.randint(0, config.acc_depth - rows), rows=rows, accumulate=rng.randint(0, 1),
+                       astep=astep)
     if kind == "activate":
         rows = rng.randint(1, min(config.act_depth, config.acc_depth, max_rows))
         return Command(Opcode.ACTIVATE, accaddr=rng.randint(0, config.acc_depth - rows),

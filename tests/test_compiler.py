@@ -385,3 +385,51 @@ def test_cli_report_on_a_model(models, tmp_path, capsys):
     assert fused["dma_in_bytes"] + fused["dma_out_bytes"] < unfused["dma_in_bytes"] + unfused["dma_out_bytes"]
     assert report["total"]["macs"] == fused["macs"]
 
+
+
+def _conv_model(channels, hw, kernel, stride, pads, dilation, n, seed, in_zp=-128):
+    from opennpu.compiler.qlayers import ConvGeom, QuantModel, TensorSpec
+    rng = np.random.default_rng(seed)
+    geom = ConvGeom((channels, *hw), kernel, stride, pads, dilation, 1)
+    k = channels * kernel[0] * kernel[1]
+    layer = QLayer("conv", "Conv", rng.integers(-128, 128, (k, n)), rng.integers(-5000, 5000, n),
+                   rng.integers(1 << 29, 1 << 31, n), rng.integers(-12, -6, n), 3, -128, 127, None,
+                   (channels, *hw), (1.0, in_zp), (1.0, 3), geom)
+    spec_in = TensorSpec("x", (channels, *hw), None, "int8", 1.0, in_zp)
+    spec_out = TensorSpec("y", layer.out_shape, None, "int8", 1.0, 3)
+    return QuantModel([layer], spec_in, spec_out)
+
+
+@pytest.mark.parametrize("channels, hw, kernel, stride, pads, dilation, n, rows, batch", [
+    (16, (7, 6), (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 20, 16, 2),    # 'same' 3x3, two N tiles
+    (8, (9, 8), (3, 3), (2, 2), (0, 0, 1, 1), (1, 1), 5, 4, 3),       # stride 2, TFLite's SAME (pad after)
+    (8, (5, 11), (3, 1), (1, 2), (2, 0, 1, 0), (2, 1), 7, 4, 2),      # dilated rows, stride-2 columns
+    (12, (6, 6), (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 9, 4, 5),      # stride 2, padded on both sides
+    (4, (3, 5), (3, 3), (1, 1), (2, 2, 2, 2), (1, 1), 3, 4, 1),       # pads wider than the kernel reach
+])
+def test_direct_convolution_reads_its_input_in_place(channels, hw, kernel, stride, pads, dilation, n, rows, batch):
+    """A convolution that starts a stage loads its input once, as it is, and reads it with strided and
+    padding-row COMPUTE runs (``model_program.direct_conv``): bit-exact with the layer's reference, with
+    input bytes those of the input tensor (not the im2col rows), on golden and (one case) pysim."""
+    from opennpu.compiler import model_program
+    from opennpu.golden.isa import AStep, Opcode
+    config = NpuConfig(rows=rows, cols=rows, act_depth=512, wgt_depth=256, acc_depth=128)
+    qm = _conv_model(channels, hw, kernel, stride, pads, dilation, n, seed=channels + n)
+    compiled = compile_model(qm, config, batch=batch)
+    assert compiled._stages[0].direct
+    x = np.random.default_rng(3).integers(-128, 128, (batch, channels, *hw)).astype(np.int8)
+    run = run_model(compiled, x)
+    assert np.array_equal(run.values, qm.reference(x))
+    program = compiled._stage_program(0, qm.quantize_input(x))
+    steps = {cmd.astep for cmd in program.commands if cmd.op == Opcode.COMPUTE}
+    assert AStep.HOLD in steps or not any(pads)
+    assert (AStep.DOUBLE in steps) == (stride[1] == 2)
+    words = -(-channels // rows) * hw[0] * hw[1] * batch + 1          # the input and the padding row
+    assert sum(cmd.rows for cmd in program.commands if cmd.op == Opcode.LOAD and cmd.buf == 0) == words
+    if batch == 3:
+        from opennpu.sim.driver import Npu
+        assert run_model(compiled, x, backend=Npu(config, "pysim")).counters == run.counters
+    if kernel == (3, 3):                # 3 channels: a K tile per tap, where im2col takes 7 K tiles
+        assert not model_program.direct_conv(_conv_model(3, hw, kernel, stride, pads, dilation, n, 0).layers[0], config)
+    pointwise = _conv_model(channels, hw, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), n, 0).layers[0]   # the same bytes
+    assert not model_program.direct_conv(pointwise, config)

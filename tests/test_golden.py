@@ -7,8 +7,8 @@ from hypothesis import given, settings, strategies as st
 from opennpu.compiler.gemm import ACTIVATIONS, GemmSpec, bias_digits, build_gemm, gemm_bound, random_gemm, transposed_spec
 from opennpu.config import NpuConfig
 from opennpu.golden.deps import HazardError, check_program, order_program
-from opennpu.golden.checks import data_in_bytes
-from opennpu.golden.isa import WAIT_FIELD, Buf, Command, Opcode, Wait
+from opennpu.golden.checks import act_span, data_in_bytes, validate
+from opennpu.golden.isa import WAIT_FIELD, AStep, Buf, Command, ErrorCode, Opcode, Precision, Wait
 from opennpu.golden.model import GoldenNpu, ProgramError, advance
 from opennpu.golden.program import Program
 from opennpu.golden.reference import gemm_reference
@@ -384,3 +384,19 @@ def test_list_scheduler_keeps_results_and_predicts_the_cycles(m, k, n, order, mo
     for cmd in scheduled.commands:
         advance(model, cmd, config)
     assert model.total_cycles() == b.counters["cycles"]
+
+
+@pytest.mark.parametrize("astep, aaddr, rows", [(AStep.UNIT, 10, 6), (AStep.DOUBLE, 9, 4), (AStep.HOLD, 15, 40)])
+def test_compute_range_covers_the_last_word_it_reads(astep, aaddr, rows):
+    """A COMPUTE is accepted exactly when its last activation word (``aaddr + (rows - 1) * step``) is in
+    the SRAM; the next address up is refused (``BAD_RANGE``, before anything runs)."""
+    config = NpuConfig(rows=2, cols=2, act_depth=16, wgt_depth=4, acc_depth=64)
+    last = aaddr + (rows - 1) * astep.words
+    assert last == config.act_depth - 1 and aaddr + act_span(astep, rows) == config.act_depth
+    ok = Command(Opcode.COMPUTE, aaddr=aaddr, accaddr=0, rows=rows, astep=astep)
+    assert validate(ok, config, Precision.INT8)[0] == ErrorCode.OK
+    assert validate(ok.with_fields(aaddr=aaddr + 1), config, Precision.INT8)[0] == ErrorCode.BAD_RANGE
+    assert validate(ok.with_fields(astep=3), config, Precision.INT8)[0] == ErrorCode.BAD_FIELD
+    os = NpuConfig(rows=2, cols=2, act_depth=16, wgt_depth=4, acc_depth=64, dataflow="os")
+    assert validate(Command(Opcode.COMPUTE, aaddr=0, accaddr=0, rows=1, mrows=1, ncols=1, astep=astep), os,
+                    Precision.INT8)[0] == (ErrorCode.OK if astep == AStep.UNIT else ErrorCode.BAD_FIELD)

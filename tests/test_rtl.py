@@ -10,7 +10,7 @@ from opennpu.compiler.gemm import ACTIVATIONS, build_gemm, random_gemm
 from opennpu.config import NpuConfig
 from opennpu.golden.checks import data_in_bytes
 from opennpu.golden.deps import HazardError, order_program
-from opennpu.golden.isa import Buf, Command, ErrorCode, Opcode, Precision, Wait
+from opennpu.golden.isa import AStep, Buf, Command, ErrorCode, Opcode, Precision, Wait
 from opennpu.golden.model import GoldenNpu
 from opennpu.golden.program import COUNTER_NAMES, Program, decode_counters
 from opennpu.sim.driver import Npu
@@ -96,6 +96,9 @@ BAD_COMMANDS = {
     "PRELOAD krows 3": (Command(Opcode.PRELOAD, addr=0, krows=3, ncols=1), ErrorCode.BAD_FIELD),
     "COMPUTE past acc": (Command(Opcode.COMPUTE, aaddr=0, accaddr=7, rows=2), ErrorCode.BAD_RANGE),
     "COMPUTE with OS fields": (Command(Opcode.COMPUTE, aaddr=0, accaddr=0, rows=1, waddr=1), ErrorCode.BAD_FIELD),
+    "COMPUTE astep 3": (Command(Opcode.COMPUTE, aaddr=0, accaddr=0, rows=1, astep=3), ErrorCode.BAD_FIELD),
+    "COMPUTE stride 2 past act": (Command(Opcode.COMPUTE, aaddr=10, accaddr=0, rows=4, astep=AStep.DOUBLE),
+                                  ErrorCode.BAD_RANGE),         # words 10, 12, 14, 16 (of 16)
     "ACTIVATE past act": (Command(Opcode.ACTIVATE, accaddr=0, aaddr=15, rows=2, dest=0), ErrorCode.BAD_RANGE),
     "STORE buf 3": (Command(Opcode.STORE, buf=Buf.ACC, addr=0, rows=1).encode() | (3 << 4), ErrorCode.BAD_FIELD),
 }
@@ -403,5 +406,36 @@ def test_activates_of_other_banks_follow_back_to_back():
     assert [b - a for a, b in zip(starts, starts[1:])] == [3] * (len(acts) - 1)        # (rows + 1)
     assert len(set(golden.outputs)) > 8                         # (not saturated: a wrong parameter would show)
     assert golden.outputs == slow.outputs and golden.counters["cycles"] < slow.counters["cycles"]
+    for backpressure in (None, 3):
+        assert_same(Npu(config, "pysim", backpressure=backpressure).run(program), golden)
+
+
+def test_computes_read_strided_and_held_activation_words():
+    """A COMPUTE's rows read words ``aaddr + j * step`` (``AStep``: 1, 2 or 0): the RTL equals the golden
+    model, which equals the product of the words picked out by hand; a stride-2 COMPUTE waits for the
+    LOAD it reads (it would overtake a stream), a held one may stream behind it."""
+    from opennpu.golden.checks import data_in_bytes
+    config = small_config(2, 2)
+    rng = np.random.default_rng(7)
+    computes = [Command(Opcode.COMPUTE, aaddr=1, accaddr=0, rows=5, astep=AStep.DOUBLE),      # words 1, 3, .. 9
+                Command(Opcode.COMPUTE, aaddr=4, accaddr=0, rows=5, astep=AStep.HOLD, accumulate=1),  # word 4
+                Command(Opcode.COMPUTE, aaddr=10, accaddr=5, rows=3, astep=AStep.UNIT)]           # 10, 11, 12
+    commands = [Command(Opcode.LOAD, buf=Buf.WGT, addr=0, rows=2), Command(Opcode.PRELOAD, addr=0, krows=2, ncols=2),
+                Command(Opcode.LOAD, buf=Buf.ACT, addr=0, rows=13), *computes,
+                Command(Opcode.STORE, buf=Buf.ACC, addr=0, rows=8)]
+    data = rng.integers(0, 256, sum(data_in_bytes(c, config) for c in commands), dtype=np.uint8).tobytes()
+    program = order_program(Program(commands, data), config)
+    waits = [cmd.wait for cmd in program.commands if cmd.op == Opcode.COMPUTE]
+    assert waits[0] & Wait.LD and not waits[0] & Wait.STREAM
+    with pytest.raises(HazardError):
+        GoldenNpu(config).run(Program([*program.commands[:3], program.commands[3].with_wait(Wait.STREAM),
+                                       *program.commands[4:]], data))
+    golden = GoldenNpu(config).run(program)
+    bus = config.bus_bytes
+    w = np.frombuffer(data[:2 * bus], np.int8).reshape(2, bus)[:, :2].astype(np.int64)
+    a = np.frombuffer(data[2 * bus:15 * bus], np.int8).reshape(13, bus)[:, :2].astype(np.int64)
+    want = np.concatenate([a[1:10:2] @ w + a[[4] * 5] @ w, a[10:13] @ w])
+    acc = np.frombuffer(golden.outputs, "<i4").reshape(8, -1)[:, :2]
+    assert np.array_equal(acc, want)
     for backpressure in (None, 3):
         assert_same(Npu(config, "pysim", backpressure=backpressure).run(program), golden)
