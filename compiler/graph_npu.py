@@ -5,8 +5,11 @@ Each NPU node is lowered to one ``QLayer`` (``lower_node``) and compiled for the
 model compiler (``model_program.compile_model``): weights in the array's layout, the input zero point
 folded into the bias, per-channel multipliers and shifts (``LOAD_QUANT``) and the rounding the source
 format uses (``CONFIG single_round``). Layouts: the graph is channels-last (TFLite), the NPU's conv
-layers take (C, H, W), so the host transposes an NPU node's input and output, and builds the im2col
-rows of a convolution (the model compiler's host glue), which is the host traffic the run reports.
+layers take (C, H, W), so the host transposes an NPU node's input and output; a convolution reads its
+input in place where that moves fewer bytes than im2col rows, else the host builds them (the model
+compiler's host glue). A run of convolutions each read by the next alone compiles as one model
+(``_chain``), so that their activations stay on chip where the SRAM holds them. The host traffic is
+what the run reports.
 
 Lowerings, all exact against the host kernels (``host_kernels``, TFLite's reference arithmetic):
 
@@ -262,7 +265,7 @@ def _run_layer(layer: QLayer, node: Node, x: np.ndarray, config: NpuConfig, back
 
 def lowered(graph: Graph, node: Node, values: dict, config: NpuConfig) -> list:
     """The layers an NPU node runs as, each with its batched channels-last int8 input (one program each):
-    a depthwise node one per group of channels, an average pool one over every (sample, channel) pair as
+    a depthwise node one (its input read in place) or one per group of channels, an average pool one over every (sample, channel) pair as
     its own sample, a product of activations one per slice of its second operand (which goes to the NPU
     as weights: a round trip through the host, which the DMA bytes show), any other node one."""
     if node.op == "dynamic_matmul":
@@ -357,17 +360,68 @@ def random_graph_input(graph: Graph, batch: int, seed: int = 0) -> np.ndarray:
     return rng.integers(-128, 128, (batch, *spec.shape), dtype=np.int8)
 
 
+def _chain_link(graph: Graph, node: Node, config: NpuConfig, npu_ops) -> QLayer | None:
+    """``node``'s one layer if it may be part of a chain of convolutions run as one model: a convolution
+    (a depthwise one that lowers whole) that the NPU runs, with requantization (no raw int32 output) and
+    no table after it; else None."""
+    if node.op not in ("conv2d", "depthwise_conv2d") or not npu_runs(graph, node, config, npu_ops) \
+            or _table_after(graph, node) is not None:
+        return None
+    layer = lower_node(graph, node)
+    if layer.raw or (node.op == "depthwise_conv2d" and not direct_conv(layer, config)):
+        return None
+    return layer
+
+
+def _chain(graph: Graph, start: int, config: NpuConfig, npu_ops) -> list:
+    """``[(node, layer)]``: the run of convolutions from ``graph.nodes[start]`` that compiles as one model,
+    so that each one's output may stay on chip for the next (``model_program``: a convolution reads its
+    producer's output in place): every output but the last read by the next node alone and no graph
+    output."""
+    chain = []
+    for node in graph.nodes[start:]:
+        layer = _chain_link(graph, node, config, npu_ops)
+        if layer is None or (chain and node.inputs[0] != chain[-1][0].output):
+            break
+        if chain:
+            prev = chain[-1][0]
+            if prev.output in graph.outputs or [n for n in graph.nodes if prev.output in n.inputs] != [node]:
+                break
+        chain.append((node, layer))
+    return chain
+
+
+def _run_chain(chain: list, x: np.ndarray, config: NpuConfig, backend) -> tuple:
+    """A chain of convolutions as one model (profiled: counters per layer, the tail after the last
+    snapshot counted with the last layer): channels-last int8 ``x`` in; ``(output, per-layer counters,
+    compiled model)`` out."""
+    layers = [layer for _, layer in chain]
+    first, last = layers[0], layers[-1]
+    model = QuantModel(layers, TensorSpec(chain[0][0].inputs[0], first.in_shape, None, "int8", *first.in_q),
+                       TensorSpec(chain[-1][0].output, last.out_shape, None, "int8", *last.out_q))
+    compiled = compile_model(model, config, batch=len(x), profile=True)
+    run = run_model(compiled, layer_input(first, x).astype(np.int8), backend)
+    per = [dict(c) for c in run.layer_counters]
+    for name, total in run.counters.items():
+        per[-1][name] = total - sum(c[name] for c in per[:-1])
+    y = np.asarray(run.values, np.int64).reshape(len(x), *last.out_shape).transpose(0, 2, 3, 1)
+    return y, per, compiled
+
+
 def run_on_npu(graph: Graph, x, config: NpuConfig, backend="golden", npu_ops=NPU_OPS) -> tuple:
     """Run ``graph`` on the batched int8 input ``x``: nodes in ``npu_ops`` on the NPU (``backend``: a
     driver name or an object with ``run(program)``), a table (``TABLE_OPS``) that alone reads an NPU
-    node's output in that node's activation units, the rest on the host kernels. Returns ``(outputs, records)``, one
-    JSON-ready record per node (a fused table's: device ``npu``, ``fused_into`` the node, no cycles of
-    its own)."""
+    node's output in that node's activation units, the rest on the host kernels; a run of convolutions
+    each read by the next alone compiles as one model (``_chain``), whose outputs stay on chip where the
+    activation SRAM holds them. Returns ``(outputs, records)``, one JSON-ready record per node (a fused
+    table's: device ``npu``, ``fused_into`` the node, no cycles of its own; an NPU node's ``input`` and
+    ``output``: ``host`` or ``chip``)."""
     values, records = {graph.inputs[0]: check_graph_input(graph, x)}, []
     batch = len(values[graph.inputs[0]])
     peak = config.rows * config.cols
     fused = {}                                  # table node name -> (the NPU node that ran it, its counters)
-    for node in graph.nodes:
+    chained = {}                                # node name -> (counters, layer, its LayerInfo, programs)
+    for i, node in enumerate(graph.nodes):
         macs = _macs(graph, node, config) * batch
         record = {"index": len(records), "name": node.name, "op": node.op,
                   "output_shape": list(graph.tensors[node.output].shape), "macs": macs}
@@ -379,24 +433,37 @@ def run_on_npu(graph: Graph, x, config: NpuConfig, backend="golden", npu_ops=NPU
             records.append(record)
             continue
         target = node.output
-        if npu_runs(graph, node, config, npu_ops):
+        chain = [] if node.name in chained else _chain(graph, i, config, npu_ops)
+        if len(chain) > 1:
+            y, per, compiled = _run_chain(chain, values[node.inputs[0]], config, backend)
+            for k, ((member, layer), counters, info) in enumerate(zip(chain, per, compiled.layers)):
+                chained[member.name] = (counters, layer, info, compiled.stages if k == 0 else 0)
+            values[chain[-1][0].output] = y
+        if node.name in chained:
+            counters, layer, info, programs = chained[node.name]
+            layers, gemms, io = [layer], [[batch * layer.positions, layer.k, layer.n]], (info.input, info.output)
+            y = values.get(target)
+        elif npu_runs(graph, node, config, npu_ops):
             table = _table_after(graph, node)
             y, counters, layers, gemms = _npu_node(graph, node, values, config, backend,
                                                    None if table is None else table.attrs.table)
             if table is not None:               # y is the table's output; the node's own is read by nobody else
                 fused[table.name] = (node.name, counters)
                 target = table.output
+            programs, io = len(layers), ("host", "host")
+        if node.name in chained or npu_runs(graph, node, config, npu_ops):
             cycles = counters["cycles"]
             record.update(device="npu", cycles=cycles, utilization=macs / (cycles * peak) if cycles else 0.0,
                           counters=counters,
                           gemms=gemms,
                           array_macs=counters["macs"], energy_fj=counters["energy_fj"],
                           dma_in_bytes=counters["dma_in_bytes"], dma_out_bytes=counters["dma_out_bytes"],
-                          programs=len(layers), per_channel=bool(np.ndim(layers[0].multiplier)),
-                          single_round=layers[0].single_round)
+                          programs=programs, per_channel=bool(np.ndim(layers[0].multiplier)),
+                          single_round=layers[0].single_round, input=io[0], output=io[1])
         else:
             y = run_node(graph, node, values)
             record.update(device="cpu", host_bytes=host_bytes(node, values, y))
-        values[target] = y
+        if y is not None:
+            values[target] = y
         records.append(record)
     return [values[name].astype(graph.tensors[name].dtype) for name in graph.outputs], records

@@ -8,10 +8,21 @@ round trip. ``ACTIVATE`` fills lanes ``0..min(rows, cols)-1`` of each activation
 stays on chip uses N tiles of ``min(rows, cols)`` columns and output tile t, position p is directly one
 K tile of the consumer (MatMul/Gemm after MatMul/Gemm, or after Conv + Flatten: a conv's rows are stored
 position-major, so position p of all samples is one contiguous block). The last layer of a stage sends
-its result to the host (``dest=1``); a new stage starts where the layout does not chain (a Conv needs
-im2col on the host), where the on-chip activations would leave micro-batches too small to fill the
-array's pipeline (fewer rows than its drain time), or everywhere with ``fuse=False``. Nothing is
-truncated: a model that does not fit is split.
+its result to the host (``dest=1``); a new stage starts where the layout does not chain, where the
+on-chip activations would leave micro-batches too small to fill the array's pipeline (fewer rows than
+its drain time), or everywhere with ``fuse=False``. Nothing is truncated: a model that does not fit is
+split.
+
+Convolutions read their input *in place* (``direct_conv``, ``_direct_segs``): one K tile per (kernel
+tap, group of ``rows`` input channels), each output row of the GEMM read as runs of ``COMPUTE`` rows
+over the input as it lies (``AStep``: consecutive words, every other one for a stride of 2, or the
+layer's padding row, a word of its input zero point at the top of the SRAM, for taps outside the
+input), so no im2col rows cross the host bus. A stage's first convolution does so when that moves fewer
+words than im2col (its input loads once, row by row, group by group); a convolution after a convolution
+always does, reading N tile g of its producer as channel group g: such a chain keeps its rows
+sample-major ((sample, position) order), while a chain of fully connected layers after the first keeps
+them position-major, so the two kinds do not mix in one stage. On-chip K tiles whose weights are all
+zero are skipped (a depthwise convolution's block-diagonal weights).
 
 A *raw* layer (``QLayer.raw``: ONNX's MatMulInteger / ConvInteger, whose output is the int32 sum) is the
 last of its model: its write-back is a ``STORE`` of the accumulator rows (int32, four bytes a value),
@@ -75,6 +86,12 @@ class _Plan:
     out_base: int = 0           # on-chip output tiles' region
     slot0: int = 0              # first weight slot
     live: list = None           # per N tile, the K tiles it runs (``_live_segs``)
+    pad_addr: int = 0           # a convolution read in place: the word holding its padding row
+
+    @property
+    def in_place(self) -> bool:
+        """A convolution that reads its input where it lies (``_direct_segs``)."""
+        return self.segs[0].tap is not None
 
 
 class _HostRows(Deferred):
@@ -95,7 +112,7 @@ class _Stage:
     units: int                  # samples, or GEMM rows for a single-layer stage (not a direct one)
     mb: int                     # units per micro-batch
     emitter: Emitter = None
-    direct: bool = False        # one convolution reading its input where it lies (``direct_conv``)
+    sample_major: bool = False  # rows in (sample, position) order: a convolution reads its input in place
 
     @property
     def micro_batches(self) -> list:
@@ -127,10 +144,17 @@ class LayerInfo:
         return self.m * self.k * self.n
 
 
+def _input_words(first: _Plan) -> int:
+    """Activation words a stage's input takes per unit: one per position and channel group of an input
+    read in place, else one per GEMM row and K tile."""
+    if first.in_place:
+        _, h, w = first.layer.conv.in_shape
+        return len({seg.tile for seg in first.segs}) * h * w
+    return len(first.segs) * first.rows_per_unit
+
+
 def _words_per_unit(plans) -> int:
-    first = plans[0]
-    total = len(first.segs) * first.rows_per_unit
-    return total + sum(len(p.ntiles) * p.rows_per_unit for p in plans if p.dest == 0)
+    return _input_words(plans[0]) + sum(len(p.ntiles) * p.rows_per_unit for p in plans if p.dest == 0)
 
 
 def direct_conv(layer: QLayer, config: NpuConfig) -> bool:
@@ -148,7 +172,7 @@ def direct_conv(layer: QLayer, config: NpuConfig) -> bool:
     groups, im2col_tiles = -(-channels // config.rows), -(-layer.k // config.rows)
     taps = conv.kernel[0] * conv.kernel[1]
     return (groups * h * w < conv.positions * im2col_tiles and taps * groups <= im2col_tiles
-            and groups * h * w <= _direct_half(config))
+            and groups * h * w <= _capacity(config, 1, 1))
 
 
 def _direct_need(conv, end: int) -> int:
@@ -160,21 +184,16 @@ def _direct_need(conv, end: int) -> int:
     return sample * h * w + (last + 1) * w if last >= 0 else sample * h * w
 
 
-def _direct_half(config: NpuConfig) -> int:
-    """Activation words a direct stage's micro-batch may use: half the SRAM less its last word, which
-    holds the padding row (micro-batches alternate halves)."""
-    return (config.act_depth - 1) // 2
-
-
-def _direct_segs(layer: QLayer, config: NpuConfig) -> list:
-    """A direct convolution's K tiles: tap (i, j) of channels ``g * rows ..`` (K index ``(c, i, j)``), group
-    by group (the input loads group by group, so the first group's taps run while the next one loads)."""
+def _direct_segs(layer: QLayer, config: NpuConfig, host: bool) -> list:
+    """The K tiles of a convolution read in place: tap (i, j) of channels ``g * rows ..`` (K index ``(c, i,
+    j)``), group by group (an input from the host loads group by group, so the first group's taps run while
+    the next one loads; on chip, group g is the producer's N tile g)."""
     channels = layer.conv.in_shape[0]
     kh, kw = layer.conv.kernel
     segs = []
     for g, c0 in enumerate(range(0, channels, config.rows)):
         c = np.arange(c0, min(c0 + config.rows, channels))
-        segs += [_Seg(c * kh * kw + i * kw + j, True, tile=g, tap=(i, j)) for i in range(kh) for j in range(kw)]
+        segs += [_Seg(c * kh * kw + i * kw + j, host, tile=g, tap=(i, j)) for i in range(kh) for j in range(kw)]
     return segs
 
 
@@ -218,25 +237,44 @@ def _continues(run: tuple, nxt: tuple) -> bool:
     return nxt[3] == astep and nxt[1] == offset + rows and nxt[0] == act + rows * AStep(astep).words
 
 
+def _reads_in_place(prev: QLayer, layer: QLayer, config: NpuConfig) -> bool:
+    """Whether convolution ``layer`` can read the output of convolution ``prev`` where ``prev``'s
+    ``ACTIVATE`` leaves it in a chain: N tile g of ``prev`` is channel group g (``min(rows, cols)`` lanes
+    a tile, ``rows`` channels a group), the width stride is 1 or 2."""
+    return (layer.conv is not None and prev.conv is not None and prev.out_shape == layer.in_shape
+            and config.rows <= config.cols and layer.conv.stride[1] in (1, 2))
+
+
+def _chains(model: QuantModel, config: NpuConfig, indices: list) -> bool:
+    """Whether ``indices`` may form one stage: every layer after the first either a fully connected one
+    (rows position-major: position p of all samples is one block, today's chains) or a convolution that
+    reads its producer in place (rows sample-major), not both."""
+    later = [model.layers[i] for i in indices[1:]]
+    if all(layer.conv is None for layer in later):
+        return True
+    return all(_reads_in_place(model.layers[i], model.layers[k], config) for i, k in zip(indices, indices[1:]))
+
+
+def _ntiles(n: int, width: int) -> list:
+    return [(n0, min(width, n - n0)) for n0 in range(0, n, width)]
+
+
 def _plan_stage(model: QuantModel, config: NpuConfig, indices: list, batch: int) -> _Stage:
     lanes = min(config.rows, config.cols)
-    if len(indices) == 1 and direct_conv(model.layers[indices[0]], config):
-        layer = model.layers[indices[0]]
-        nt = config.cols
-        ntiles = [(n0, min(nt, layer.n - n0)) for n0 in range(0, layer.n, nt)]
-        plan = _Plan(indices[0], layer, layer.positions, _direct_segs(layer, config), ntiles, 1)
-        channels, h, w = layer.conv.in_shape
-        per_sample = -(-channels // config.rows) * h * w
-        return _Stage([plan], batch, min(batch, _direct_half(config) // per_sample), direct=True)
+    layers = [model.layers[i] for i in indices]
+    sample_major = any(layer.conv is not None for layer in layers[1:]) or (
+        direct_conv(layers[0], config) and all(layer.conv is not None for layer in layers[1:]))
     plans = []
-    for j, i in enumerate(indices):
-        layer = model.layers[i]
+    for j, (i, layer) in enumerate(zip(indices, layers)):
         dest = 1 if j == len(indices) - 1 else 0
-        nt = config.cols if dest else lanes
-        ntiles = [(n0, min(nt, layer.n - n0)) for n0 in range(0, layer.n, nt)]
-        if j == 0:
+        ntiles = _ntiles(layer.n, config.cols if dest else lanes)
+        if j == 0 and sample_major and direct_conv(layer, config):
+            segs = _direct_segs(layer, config, True)
+        elif j == 0:
             segs = [_Seg(np.arange(k0, min(k0 + config.rows, layer.k)), True)
                     for k0 in range(0, layer.k, config.rows)]
+        elif layer.conv is not None:
+            segs = _direct_segs(layer, config, False)
         else:
             prod = plans[-1]
             positions = prod.layer.positions
@@ -247,25 +285,27 @@ def _plan_stage(model: QuantModel, config: NpuConfig, indices: list, batch: int)
                 kidx = groups.setdefault((t, pos), np.full(prod.ntiles[t][1], -1))
                 kidx[lane] = k
             segs = [_Seg(kidx, False, t, pos) for (t, pos), kidx in sorted(groups.items())]
-        rows_per_unit = 1 if len(indices) == 1 else layer.positions
+        rows_per_unit = 1 if len(indices) == 1 and not sample_major else layer.positions
         plans.append(_Plan(i, layer, rows_per_unit, segs, ntiles, dest))
-    units = batch * model.layers[indices[0]].positions if len(indices) == 1 else batch
-    return _Stage(plans, units, min(units, _capacity(config, len(indices)) // _words_per_unit(plans)))
+    units = batch if len(indices) > 1 or sample_major else batch * layers[0].positions
+    capacity = _capacity(config, len(indices), sum(plan.in_place for plan in plans))
+    return _Stage(plans, units, min(units, capacity // _words_per_unit(plans)), sample_major=sample_major)
 
 
-def _capacity(config: NpuConfig, layers: int) -> int:
+def _capacity(config: NpuConfig, layers: int, pads: int) -> int:
     """Activation words one micro-batch may use: half the SRAM for a single layer (micro-batches
     alternate halves), all of it for a chain (the input region is dead once the first layer is done,
-    so the next micro-batch's input loads during the later layers instead)."""
-    return config.act_depth // 2 if layers == 1 else config.act_depth
+    so the next micro-batch's input loads during the later layers instead); less the top ``pads``
+    words, the padding rows of the layers that read their input in place."""
+    return (config.act_depth - pads) // 2 if layers == 1 else config.act_depth - pads
 
 
 def _plan_stages(model: QuantModel, config: NpuConfig, batch: int, fuse: bool) -> list:
     groups = [[0]]
     for i in range(1, len(model.layers)):
         chained = groups[-1] + [i]
-        if fuse and model.layers[i].conv is None and \
-                _plan_stage(model, config, chained, batch).mb >= min(batch, _min_rows(config)):
+        if fuse and _chains(model, config, chained) and _chain_fits(_plan_stage(model, config, chained, batch),
+                                                                    batch, config):
             groups[-1] = chained
         else:
             groups.append([i])
@@ -277,6 +317,12 @@ def _plan_stages(model: QuantModel, config: NpuConfig, batch: int, fuse: bool) -
                              f"words per row; half the activation SRAM ({config.act_depth // 2} words) "
                              f"cannot hold one row")
     return stages
+
+
+def _chain_fits(stage: _Stage, batch: int, config: NpuConfig) -> bool:
+    """A chain is worth it when its micro-batches hold whole samples (a sample-major chain: its COMPUTE
+    runs are output rows whatever the micro-batch), or at least ``_min_rows`` of them."""
+    return stage.mb >= (1 if stage.sample_major else min(batch, _min_rows(config)))
 
 
 def _min_rows(config: NpuConfig) -> int:
@@ -323,42 +369,43 @@ def _piece(load: Load, lo: int, rows: int) -> Load:
     return Load(load.buf, load.addr + lo, rows, _HostRows(p.row0 + lo, rows, p.k0, p.k1, p.width))
 
 
-def _live_segs(plan: _Plan, direct: bool) -> list:
-    """Per N tile, the K tiles that run: all of them, except in a direct stage (which loads its input apart
-    from the K tiles), where a tile of all-zero weights adds nothing and is skipped (a depthwise
-    convolution's block-diagonal weights: one channel group of K tiles per N tile); at least one runs, to
-    write the accumulators."""
+def _live_segs(plan: _Plan) -> list:
+    """Per N tile, the K tiles that run: all of them where the host loads a K tile's im2col rows with it,
+    else (on-chip inputs, an input read in place, which loads apart from its K tiles) the tiles whose
+    weights are not all zero (a depthwise convolution's block-diagonal weights: one channel group of K
+    tiles per N tile); at least one runs, to write the accumulators."""
     every = list(range(len(plan.segs)))
-    if not direct:
+    if plan.segs[0].host and not plan.in_place:
         return [every] * len(plan.ntiles)
     w = plan.layer.w
     live = []
     for n0, width in plan.ntiles:
-        used = [si for si, seg in enumerate(plan.segs) if np.any(w[seg.kidx, n0:n0 + width])]
+        used = [si for si, seg in enumerate(plan.segs) if np.any(w[seg.kidx[seg.kidx >= 0], n0:n0 + width])]
         live.append(used or every[:1])
     return live
 
 
+def _pad_row(config: NpuConfig, layer: QLayer) -> np.ndarray:
+    """The padding row of a convolution read in place: its input zero point in every lane."""
+    return np.full((1, config.act_word_bytes), layer.in_q[1] & 0xFF, np.uint8)
+
+
 def _emit_stage(stage: _Stage, config: NpuConfig, profile: bool) -> Emitter:
-    half, acc_half, kt = _capacity(config, len(stage.plans)), config.acc_depth // 2, config.rows
-    if stage.direct:
-        half = _direct_half(config)
-        pad_addr = config.act_depth - 1
-        channels, in_h, in_w = stage.plans[0].layer.conv.in_shape
-        group_words = stage.mb * in_h * in_w
-        pad_row = np.zeros((1, config.act_word_bytes), np.uint8)
-        pad_row[:] = np.uint8(stage.plans[0].layer.in_q[1] & 0xFF)
+    pads = [plan for plan in stage.plans if plan.in_place]
+    for k, plan in enumerate(pads):                # padding rows at the top of the activation SRAM
+        plan.pad_addr = config.act_depth - 1 - k
+    half, acc_half, kt = _capacity(config, len(stage.plans), len(pads)), config.acc_depth // 2, config.rows
     offset = 0
     for plan in stage.plans:                       # regions sized for a full micro-batch
         cap = stage.mb * plan.rows_per_unit
         if plan is stage.plans[0]:
-            plan.in_base, offset = offset, offset + len(plan.segs) * cap
+            plan.in_base, offset = offset, offset + _input_words(plan) * stage.mb
         if plan.dest == 0:
             plan.out_base, offset = offset, offset + len(plan.ntiles) * cap
     slots = 0
     for plan in stage.plans:
         plan.slot0, slots = slots, slots + len(plan.segs) * len(plan.ntiles)
-        plan.live = _live_segs(plan, stage.direct)
+        plan.live = _live_segs(plan)
     resident = slots * kt <= config.wgt_depth
     ring = config.wgt_depth // kt
 
@@ -366,7 +413,7 @@ def _emit_stage(stage: _Stage, config: NpuConfig, profile: bool) -> Emitter:
     later = []                                     # steps of layers 1.. of the previous micro-batch
     for j, (u0, mu) in enumerate(stage.micro_batches):
         base = (j % 2) * half if stage.unit_rows else 0
-        loaded_rows = {}                           # direct: input rows loaded per channel group
+        loaded_rows = {}                           # an input read in place: rows loaded per group
         start = len(steps)
         for pi, plan in enumerate(stage.plans):
             if pi == 1:
@@ -391,21 +438,27 @@ def _emit_stage(stage: _Stage, config: NpuConfig, profile: bool) -> Emitter:
                             loads.append(Load(Buf.WGT, slot * kt, len(seg.kidx),
                                               _weight_words(config, w, seg, n0, width)))
                         runs = ()
-                        if stage.direct:
-                            act_addr = base + seg.tile * group_words
-                            runs = _direct_runs(plan.layer.conv, seg.tap, act_addr, m0, rows, pad_addr)
+                        if plan.in_place:
+                            if seg.host:                    # channel group g of the stage input
+                                _, in_h, in_w = plan.layer.conv.in_shape
+                                act_addr = base + plan.in_base + seg.tile * stage.mb * in_h * in_w
+                            else:                           # N tile g of the producer
+                                prod = stage.plans[pi - 1]
+                                act_addr = base + prod.out_base + seg.tile * stage.mb * prod.rows_per_unit
+                            runs = _direct_runs(plan.layer.conv, seg.tap, act_addr, m0, rows, plan.pad_addr)
                             if j == 0 and m0 == 0 and ti == 0 and opens:
-                                loads.append(Load(Buf.ACT, pad_addr, 1, pad_row))
-                            # the rows of its channel group that this chunk reads and no step before
-                            # loaded, a LOAD per input row (the list scheduler interleaves COMPUTEs)
-                            have = loaded_rows.get(seg.tile, 0)
-                            need = max(have, _direct_need(plan.layer.conv, m0 + rows))
-                            c0 = seg.tile * kt
-                            for lo in range(have, need, in_w):
-                                count = min(in_w, need - lo)
-                                loads.append(Load(Buf.ACT, act_addr + lo, count, _HostRows(
-                                    u0 * in_h * in_w + lo, count, c0, min(c0 + kt, channels), kt)))
-                            loaded_rows[seg.tile] = need
+                                loads.append(Load(Buf.ACT, plan.pad_addr, 1, _pad_row(config, plan.layer)))
+                            if seg.host:
+                                # the rows of its group that this chunk reads and no step before loaded,
+                                # a LOAD per input row (the list scheduler interleaves the COMPUTEs)
+                                have = loaded_rows.get(seg.tile, 0)
+                                need = max(have, _direct_need(plan.layer.conv, m0 + rows))
+                                c0, channels = seg.tile * kt, plan.layer.conv.in_shape[0]
+                                for lo in range(have, need, in_w):
+                                    count = min(in_w, need - lo)
+                                    loads.append(Load(Buf.ACT, act_addr + lo, count, _HostRows(
+                                        u0 * in_h * in_w + lo, count, c0, min(c0 + kt, channels), kt)))
+                                loaded_rows[seg.tile] = need
                         elif seg.host:
                             act_addr = base + plan.in_base + si * cap + m0
                             if ti == 0:
@@ -510,11 +563,11 @@ class CompiledModel:
         """Stage ``s`` program for its input tensor ``t`` (int8 grid, (B, *in_shape) of its first layer)."""
         stage = self._stages[s]
         first = stage.plans[0].layer
-        if stage.direct:                                     # the input as it is: (sample, y, x) x channels
+        if stage.plans[0].in_place:                          # the input as it is: (sample, y, x) x channels
             x = t.reshape(len(t), *first.in_shape)
             return stage.emitter.program(x.transpose(0, 2, 3, 1).reshape(-1, first.in_shape[0]))
         a = first.matrix(t.reshape(len(t), *first.in_shape))
-        if not stage.unit_rows and first.positions > 1:      # conv rows position-major per micro-batch
+        if not stage.unit_rows and not stage.sample_major and first.positions > 1:   # position-major rows
             p, k = first.positions, first.k
             a = np.concatenate([a.reshape(self.batch, p, k)[u0:u0 + mu].transpose(1, 0, 2).reshape(-1, k)
                                 for u0, mu in stage.micro_batches])

@@ -53,6 +53,26 @@ def test_each_lowering_equals_the_host_kernel(op):
         assert record["single_round"] and lower_node(graph, node).single_round
 
 
+def test_convolution_chains_stay_on_chip(monkeypatch):
+    """DS-CNN's convolutions (each read by the next alone) compile as one model: the ones inside a chain
+    take their input from chip and leave their output there; same outputs as node by node, fewer bytes
+    over the host bus and less energy."""
+    from opennpu.compiler import graph_npu
+    graph = import_tflite(KWS)
+    x = _inputs(_input_shape(graph), random=1)[[0, 3]]
+    outputs, records = run_on_npu(graph, x, NpuConfig())
+    inner = [r for r in records if r["device"] == "npu" and r["input"] == r["output"] == "chip"]
+    assert len(inner) >= 3 and all(r["dma_out_bytes"] == 0 for r in inner)
+    monkeypatch.setattr(graph_npu, "_chain", lambda *args: [])
+    apart, apart_records = run_on_npu(graph, x, NpuConfig())
+    assert np.array_equal(outputs[0], apart[0])
+    assert all((r["input"], r["output"]) == ("host", "host") for r in apart_records if r["device"] == "npu")
+    total = lambda rs, key: sum(r[key] for r in rs if r["device"] == "npu")
+    assert total(records, "dma_in_bytes") + total(records, "dma_out_bytes") < \
+        total(apart_records, "dma_in_bytes") + total(apart_records, "dma_out_bytes")
+    assert total(records, "energy_fj") < total(apart_records, "energy_fj")
+
+
 def test_input_of_the_wrong_kind_is_refused_before_running():
     graph = import_tflite(KWS)
     with pytest.raises(ValueError, match="must be int8"):

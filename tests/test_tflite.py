@@ -366,18 +366,21 @@ def test_cli_run_tflite(tmp_path, capsys):
 
 def test_mlperf_benchmark_reports_the_host_bus_bytes_of_every_layer():
     """``bench_mlperf``'s per-layer table: every NPU layer with the bytes it moves over the host bus (a
-    depthwise 3x3 convolution reads its input in place: the input once, its weights, not 9x im2col rows),
-    every host op with the bytes it moves."""
+    depthwise 3x3 convolution between two others reads its input in place on chip: no im2col rows, no
+    round trip), every host op with the bytes it moves."""
     from opennpu.compiler.mlperf import bench_model, text
     from opennpu.config import NpuConfig
     result = bench_model(MODELS / "kws_ref_model.tflite", NpuConfig(rows=16, cols=16), 1)
     lines = text(result).splitlines()
     npu = [layer for layer in result["layers"] if layer["device"] == "npu"]
     depthwise = next(layer for layer in npu if layer["op"] == "depthwise_conv2d")
-    assert depthwise["dma_in_bytes"] < 3 * depthwise["dma_out_bytes"]       # 8,000 B in, weights, no im2col
-    for layer in result["layers"]:
-        row = next(line for line in lines if line.strip().startswith(layer["op"]) and line.rstrip().endswith(
-            layer["name"][-20:]))
+    # chained between convolutions: its input and output stay on chip; the bus carries its 36 weight tiles
+    # (the other groups' all-zero ones skipped), its padding row and 4 bias and requantization loads
+    assert (depthwise["input"], depthwise["output"], depthwise["dma_out_bytes"]) == ("chip", "chip", 0)
+    assert depthwise["dma_in_bytes"] == 36 * 16 * 16 + 16 + 4 * (4 * 16 + 5 * 16)
+    assert len(lines) == 3 + len(result["layers"])              # (title, totals, header, a row per layer)
+    for layer, row in zip(result["layers"], lines[3:]):
+        assert row.strip().startswith(layer["op"]) and row.rstrip().endswith(layer["name"][-20:])
         figures = [f"{layer['dma_in_bytes']:,}", f"{layer['dma_out_bytes']:,}"] if layer["device"] == "npu" \
             else [f"{layer['host_bytes']:,}"]
         assert all(f in row.split() for f in figures), row
