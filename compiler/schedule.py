@@ -30,6 +30,7 @@ import numpy as np
 
 from opennpu.config import NpuConfig
 from opennpu.golden import numerics
+from opennpu.golden import reorder
 from opennpu.golden.reorder import schedule_order
 from opennpu.golden.isa import ActFn, AStep, Buf, Command, Opcode, Precision
 from opennpu.golden.program import Program
@@ -137,6 +138,9 @@ class Step:
 class Emitter:
     """Collects commands and their data-in payloads (padded to whole beats per SRAM word / register)."""
     config: NpuConfig
+    #: programs of more commands are only ordered, not rescheduled (``golden.reorder.schedule_order``;
+    #: None: ``golden.reorder.LIMIT``)
+    schedule_limit: int | None = None
     commands: list = field(default_factory=list)
     chunks: list = field(default_factory=list)       # bytes or (Deferred, word width)
     _chunk_owners: list = field(default_factory=list, init=False, repr=False)   # each chunk's command index
@@ -233,7 +237,8 @@ class Emitter:
 
     def _schedule(self) -> tuple:
         if self._ordered[0] != len(self.commands):
-            self._ordered = (len(self.commands), *schedule_order(self.commands, self.config))
+            limit = reorder.LIMIT if self.schedule_limit is None else self.schedule_limit
+            self._ordered = (len(self.commands), *schedule_order(self.commands, self.config, limit))
         return self._ordered[1:]
 
     def program(self, source=None) -> Program:

@@ -60,11 +60,12 @@ def schedule_program(program: Program, config: NpuConfig) -> Program:
     return Program(commands, data_in + program.data_in[offsets[-1]:])
 
 
-def schedule_order(commands: list, config: NpuConfig) -> tuple[list, list]:
+def schedule_order(commands: list, config: NpuConfig, limit: int = LIMIT) -> tuple[list, list]:
     """``(commands, order)``: ``schedule_program``'s commands and, for each, its index in ``commands``
-    (where the caller keeps the data-in of each)."""
+    (where the caller keeps the data-in of each); programs of more than ``limit`` commands are only
+    ordered."""
     program = Program(list(commands))
-    items = (list(walk(program, config)) if len(commands) <= LIMIT and all(isinstance(c, Command) for c in commands)
+    items = (list(walk(program, config)) if len(commands) <= limit and all(isinstance(c, Command) for c in commands)
              else None)
     if items is None or any(cmd is None for _, cmd, _ in items):
         return order_program(program, config).commands, list(range(len(commands)))

@@ -222,16 +222,22 @@ def test_fusion_keeps_activations_on_chip(models):
 def test_conv_to_conv_chains_on_chip(models):
     """The second convolution reads the first one's output where its ACTIVATE left it (in place: a K tile
     per tap and channel group); the fully connected layer after them starts a program of its own (its
-    rows position-major, the chain's sample-major). Same values as one program per layer, fewer bytes."""
+    rows position-major, the chain's sample-major). Same values as one program per layer, fewer bytes.
+    (On 3x3: conv2's 6 input channels are 2 groups of 3, its 9 taps 18 K tiles, as many as its im2col rows
+    take; on 8x8 it would take 9 K tiles for 7 and not chain.)"""
     blob, x = models["cnn2", True]
     qm = import_onnx(blob)
-    compiled = compile_model(qm, NpuConfig(), batch=len(x))
+    config = NpuConfig(rows=3, cols=3)
+    on_8x8 = compile_model(qm, NpuConfig(), batch=len(x))           # conv2 + fc chain instead (position-major)
+    assert [(info.input, info.output) for info in on_8x8.layers] == [("host", "host"), ("host", "chip"),
+                                                                   ("chip", "host")]
+    compiled = compile_model(qm, config, batch=len(x))
     assert compiled.stages == 2
     assert [(info.input, info.output) for info in compiled.layers] == [("host", "chip"), ("chip", "host"),
                                                                      ("host", "host")]
     with pytest.raises(ValueError, match="use run_model"):
         compiled.program(x)
-    chained, apart = run_model(compiled, x), run_model(compile_model(qm, batch=len(x), fuse=False), x)
+    chained, apart = run_model(compiled, x), run_model(compile_model(qm, config, batch=len(x), fuse=False), x)
     assert np.array_equal(chained.values, apart.values) and np.array_equal(chained.values, qm.reference(x))
     assert chained.counters["dma_in_bytes"] < apart.counters["dma_in_bytes"]
     assert chained.counters["dma_out_bytes"] < apart.counters["dma_out_bytes"]
