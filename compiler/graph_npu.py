@@ -26,8 +26,9 @@ Lowerings, all exact against the host kernels (``host_kernels``, TFLite's refere
   (``model_program.direct_conv``; the K tiles of other channel groups, all zero, are skipped), or, where
   the input does not fit, cut into groups of ``cols`` input channels (one N tile of outputs each; fewer
   when a group's im2col row would not fit half the activation SRAM), one im2col program per group.
-  Exact, but a K tile of a group feeds only its own channels' columns, so utilization is at most ``1 / cols`` (6 % on 16x16), which the per-layer report shows. A
-  depthwise mapping that uses the array well (row-stationary, or a dedicated lane) is not built yet.
+  Exact, but a K tile of a group feeds only its own channels' columns, so utilization is at most
+  ``1 / cols`` (6 % on 16x16), which the per-layer report shows. A depthwise mapping that uses the
+  array well (row-stationary, or a dedicated lane) is not built yet.
 
 * ``conv2d`` / ``fully_connected`` without requantization (ONNX's MatMulInteger, ConvInteger): a raw
   layer (``QLayer.raw``), whose program ``STORE``s the int32 accumulators; the host adds the bias.
@@ -37,7 +38,9 @@ Lowerings, all exact against the host kernels (``host_kernels``, TFLite's refere
 
 ``run_on_npu`` returns the outputs and one record per node (device, cycles, utilization, energy, DMA
 bytes, all counters, the GEMMs it ran as [M, K, N]); host nodes report the bytes their inputs and
-outputs occupy.
+outputs occupy. Utilization is the node's MACs (its source op's: a depthwise convolution's own taps)
+that the array did, per cycle and PE: no more than the array's MAC counter, which leaves out the
+all-zero weight tiles the NPU skips (an identity layer's off-diagonal ones).
 """
 from __future__ import annotations
 
@@ -453,7 +456,8 @@ def run_on_npu(graph: Graph, x, config: NpuConfig, backend="golden", npu_ops=NPU
             programs, io = len(layers), ("host", "host")
         if node.name in chained or npu_runs(graph, node, config, npu_ops):
             cycles = counters["cycles"]
-            record.update(device="npu", cycles=cycles, utilization=macs / (cycles * peak) if cycles else 0.0,
+            done = min(macs, counters["macs"])  # (an all-zero weight tile the NPU skipped did no useful work)
+            record.update(device="npu", cycles=cycles, utilization=done / (cycles * peak) if cycles else 0.0,
                           counters=counters,
                           gemms=gemms,
                           array_macs=counters["macs"], energy_fj=counters["energy_fj"],

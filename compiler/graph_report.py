@@ -30,7 +30,7 @@ def graph_run_report(graph: Graph, x, model: str, backend: str, config: NpuConfi
     total = {"ops": len(layers), "npu_ops": len(npu), "cpu_ops": len(layers) - len(npu), "macs": macs,
              "npu_mac_fraction": npu_macs / macs if macs else 0.0, "cycles": cycles,
              "cycles_per_inference": cycles / len(x),
-             "utilization": npu_macs / (cycles * config.rows * config.cols) if cycles else 0.0,
+             "utilization": sum(layer["utilization"] * layer["cycles"] for layer in npu) / cycles if cycles else 0.0,
              "energy_fj": sum(layer["energy_fj"] for layer in npu),
              "dma_in_bytes": sum(layer["dma_in_bytes"] for layer in npu),
              "dma_out_bytes": sum(layer["dma_out_bytes"] for layer in npu),

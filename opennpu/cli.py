@@ -7,6 +7,8 @@ import argparse
 import importlib
 import sys
 
+from opennpu.sim.driver import BackendFailed
+
 __all__ = ["main", "SUBCOMMANDS"]
 
 SUBCOMMANDS = [
@@ -40,6 +42,11 @@ def main(argv=None) -> int:
         return args.func(args)
     except (ValueError, OSError) as error:       # bad input or an unusable file anywhere below
         print(f"opennpu {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except BackendFailed as error:               # a build or simulator that failed: its first and last line
+        lines = [line for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+        print(f"opennpu {args.command}: error: {lines[0]}" + (f" ... {lines[-1].strip()}" if len(lines) > 1 else ""),
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt as interrupt:       # Ctrl-C: the handler may say what it cleaned up
         print(f"opennpu {args.command}: interrupted" + (f"; {interrupt}" if str(interrupt) else ""),

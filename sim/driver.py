@@ -8,13 +8,18 @@ from opennpu.golden.isa import ErrorCode, Opcode, Precision
 from opennpu.golden.model import GoldenNpu
 from opennpu.golden.program import Program, ProgramError, Result
 
-__all__ = ["BACKENDS", "BackendUnavailable", "Npu", "program_words", "data_in_takes"]
+__all__ = ["BACKENDS", "BackendUnavailable", "BackendFailed", "Npu", "program_words", "data_in_takes"]
 
 BACKENDS = ("golden", "pysim", "verilator", "uart")
 
 
 class BackendUnavailable(RuntimeError):
     """The backend exists in the API but cannot run here (not built yet, or a tool is missing)."""
+
+
+class BackendFailed(RuntimeError):
+    """A backend could not run a program: its build failed, its simulator or link harness died or answered
+    wrongly, or the RTL sources changed after this process imported them."""
 
 
 def data_in_takes(config: NpuConfig, words: list[int]) -> list[int]:

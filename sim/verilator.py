@@ -58,7 +58,7 @@ from opennpu.golden.isa import ErrorCode
 from opennpu.golden.model import COUNTER_BEATS_BYTES, reported_counters
 from opennpu.golden.program import Program, Result, decode_counters
 
-from .driver import BackendUnavailable, program_words
+from .driver import BackendFailed, BackendUnavailable, program_words
 
 __all__ = ["HARNESS_SOURCE", "WRAPPER_SOURCE", "TOP_NAME", "HarnessKind", "cache_dir", "find_tools",
            "build_harness", "run_verilator", "run_verilator_batch"]
@@ -144,8 +144,8 @@ def _sources_digest(config: NpuConfig, kind: HarnessKind | None = None) -> str:
         stale = changed & {Path(module.__file__).resolve() for module in list(sys.modules.values())
                            if getattr(module, "__file__", None)}
         if stale:
-            raise RuntimeError(f"{min(stale)} changed after this process imported it: the Verilog it would "
-                               "export is not the one on disk; run again in a new process")
+            raise BackendFailed(f"{min(stale)} changed after this process imported it: the Verilog it would "
+                                "export is not the one on disk; run again in a new process")
     for path in files:
         h.update(f"\0{path.parent.name}/{path.name}\0".encode())
         h.update(path.read_bytes())
@@ -314,8 +314,8 @@ def _verilate(tools: dict, verilog_path: Path, work: Path, mode: str, defines: d
     proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         log = (proc.stdout + proc.stderr).strip().splitlines()
-        raise RuntimeError(f"Verilator build failed (exit {proc.returncode}) after "
-                           f"{time.perf_counter() - start:.0f} s:\n" + "\n".join(log[-40:]))
+        raise BackendFailed(f"Verilator build failed (exit {proc.returncode}) after "
+                            f"{time.perf_counter() - start:.0f} s:\n" + "\n".join(log[-40:]))
 
 
 def _encode(config: NpuConfig, programs: Sequence[Program], seeds: Sequence[int | None],
@@ -342,7 +342,7 @@ def _decode(config: NpuConfig, blob: bytes, count: int) -> list[Result]:
     status_layout = data.Layout.cast(Status)
     magic, n = struct.unpack_from("<II", blob, 0)
     if magic != _MAGIC_OUT or n != count:
-        raise RuntimeError(f"Verilator harness answered {n} results for {count} programs (magic {magic:#x})")
+        raise BackendFailed(f"Verilator harness answered {n} results for {count} programs (magic {magic:#x})")
     pos, results = 8, []
     for index in range(count):
         outcome, cycles = struct.unpack_from("<IQ", blob, pos)
@@ -367,8 +367,8 @@ def _execute(exe: Path, config: NpuConfig, blob: bytes, count: int, trace_path=N
     args = [str(exe)] + ([str(trace_path)] if trace_path else [])
     proc = subprocess.run(args, input=blob, capture_output=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"Verilator harness exited with {proc.returncode}: "
-                           f"{proc.stderr.decode(errors='replace').strip()}")
+        raise BackendFailed(f"Verilator harness exited with {proc.returncode}: "
+                            f"{proc.stderr.decode(errors='replace').strip()}")
     return _decode(config, proc.stdout, count)
 
 

@@ -22,6 +22,7 @@ from opennpu.config import NpuConfig
 from opennpu.golden.program import Program, Result
 
 from . import verilator as vl
+from .driver import BackendFailed
 from .uart_host import UartHost
 
 __all__ = ["LINK_HARNESS_SOURCE", "LINK_WRAPPER_SOURCE", "link_kind", "build_link_harness", "VerilatorLink",
@@ -93,7 +94,7 @@ class VerilatorLink:
             self._proc.stdin.flush()
             head = self._read_exact(_REPLY.size)
         except (BrokenPipeError, EOFError) as error:
-            raise RuntimeError(f"the link harness died (exit {self._proc.poll()})") from error
+            raise BackendFailed(f"the link harness died (exit {self._proc.poll()})") from error
         self.cycle, _, idle, n = _REPLY.unpack(head)
         self.idle = bool(idle)
         data = self._read_exact(n)

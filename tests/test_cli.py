@@ -215,3 +215,18 @@ def test_gemm_checks_numpy_by_default_and_torch_on_request(capsys):
     code, out, _ = run(capsys, "gemm", "--m", "8", "--k", "8", "--n", "8", "--torch", "--json")
     report = json.loads(out)
     assert code == 0 and report["checks"]["torch_reference"] is True and report["compile_s"] >= 0
+
+
+def test_a_failed_backend_is_one_line_and_exit_2(monkeypatch, capsys):
+    """A backend that fails (a Verilator build, a dead harness, RTL sources changed under the process:
+    ``BackendFailed``, with the log in its message) ends the CLI with one line, its first and last, and
+    exit 2; no traceback."""
+    from opennpu.sim import driver
+
+    def fail(self, program):
+        raise driver.BackendFailed("Verilator build failed (exit 2) after 3 s:\n%Error: one\n%Error: the last")
+    monkeypatch.setattr(driver.Npu, "run", fail)
+    assert main(["gemm", "--m", "2", "--k", "2", "--n", "2", "--backend", "pysim"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "Verilator build failed (exit 2)" in err and err.rstrip().endswith("%Error: the last")
