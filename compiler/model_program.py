@@ -159,8 +159,18 @@ def _input_words(first: _Plan) -> int:
     return len(first.segs) * first.rows_per_unit
 
 
+def _out_slots(plans) -> list:
+    """Words per unit of the two regions the on-chip outputs alternate between: layer k of the chain's
+    outputs (k = 0, 1, ..) goes to region k % 2, where the output of layer k - 2 is dead (layer k - 1,
+    which read it, is done: every layer starts behind a CONFIG barrier)."""
+    slots = [0, 0]
+    for k, plan in enumerate(p for p in plans if p.dest == 0):
+        slots[k % 2] = max(slots[k % 2], len(plan.ntiles) * plan.rows_per_unit)
+    return slots
+
+
 def _words_per_unit(plans) -> int:
-    return _input_words(plans[0]) + sum(len(p.ntiles) * p.rows_per_unit for p in plans if p.dest == 0)
+    return _input_words(plans[0]) + sum(_out_slots(plans))
 
 
 def direct_conv(layer: QLayer, config: NpuConfig) -> bool:
@@ -410,13 +420,11 @@ def _emit_stage(stage: _Stage, config: NpuConfig, profile: bool) -> Emitter:
     for k, plan in enumerate(pads):                # padding rows at the top of the activation SRAM
         plan.pad_addr = config.act_depth - 1 - k
     half, acc_half, kt = _capacity(config, len(stage.plans), len(pads)), config.acc_depth // 2, config.rows
-    offset = 0
-    for plan in stage.plans:                       # regions sized for a full micro-batch
-        cap = stage.mb * plan.rows_per_unit
-        if plan is stage.plans[0]:
-            plan.in_base, offset = offset, offset + _input_words(plan) * stage.mb
-        if plan.dest == 0:
-            plan.out_base, offset = offset, offset + len(plan.ntiles) * cap
+    stage.plans[0].in_base = 0                     # regions sized for a full micro-batch
+    slots, in_words = _out_slots(stage.plans), _input_words(stage.plans[0])
+    bases = [in_words * stage.mb, (in_words + slots[0]) * stage.mb]
+    for k, plan in enumerate(p for p in stage.plans if p.dest == 0):
+        plan.out_base = bases[k % 2]
     slots = 0
     for plan in stage.plans:
         plan.slot0, slots = slots, slots + len(plan.segs) * len(plan.ntiles)
