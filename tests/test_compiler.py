@@ -461,22 +461,26 @@ def _conv_layer(name, channels, hw, kernel, stride, pads, n, rng, in_zp, out_zp)
 
 @pytest.mark.parametrize("first_in_place", [True, False])
 def test_convolution_chain_reads_each_output_in_place(first_in_place):
-    """conv -> conv (stride 2) -> 1x1 conv in one program: each later convolution reads the one before
+    """conv -> conv (stride 2) -> 1x1 conv -> conv in one program: each later convolution reads the one before
     where its ACTIVATE left it, with its own padding row (its input zero point); several micro-batches
-    (the next one's input loads while the current one runs its later layers). Bit-exact with the
+    (the next one's input loads while the current one runs its later layers); the third layer's output
+    overwrites the first one's, dead by then. Bit-exact with the
     reference; the host bus carries the input and the last output only."""
     from opennpu.compiler.qlayers import QuantModel, TensorSpec
     rng = np.random.default_rng(11)
     c0 = 8 if first_in_place else 2                    # 2 channels: im2col takes fewer K tiles
     layers = [_conv_layer("a", c0, (6, 6), (3, 3), (1, 1), (1, 1, 1, 1), 8, rng, -128, -20),
               _conv_layer("b", 8, (6, 6), (3, 3), (2, 2), (0, 0, 1, 1), 4, rng, -20, 7),
-              _conv_layer("c", 4, (3, 3), (1, 1), (1, 1), (0, 0, 0, 0), 6, rng, 7, 0)]
+              _conv_layer("c", 4, (3, 3), (1, 1), (1, 1), (0, 0, 0, 0), 8, rng, 7, 0),
+              _conv_layer("d", 8, (3, 3), (3, 3), (1, 1), (1, 1, 1, 1), 6, rng, 0, 0)]   # writes over a's
     qm = QuantModel(layers, TensorSpec("x", (c0, 6, 6), None, "int8", 1.0, -128),
                     TensorSpec("y", (6, 3, 3), None, "int8", 1.0, 0))
     config = NpuConfig(rows=4, cols=4, act_depth=512, wgt_depth=256, acc_depth=64)
     compiled = compile_model(qm, config, batch=5)
     assert compiled.stages == 1 and compiled._stages[0].mb < 5
-    assert [plan.in_place for plan in compiled._stages[0].plans] == [first_in_place, True, True]
+    plans = compiled._stages[0].plans
+    assert [plan.in_place for plan in plans] == [first_in_place, True, True, True]
+    assert plans[2].out_base == plans[0].out_base != plans[1].out_base     # outputs alternate two regions
     x = rng.integers(-128, 128, (5, c0, 6, 6)).astype(np.int8)
     run = run_model(compiled, x)
     assert np.array_equal(run.values, qm.reference(x))
