@@ -421,8 +421,8 @@ def _emit_stage(stage: _Stage, config: NpuConfig, profile: bool) -> Emitter:
         plan.pad_addr = config.act_depth - 1 - k
     half, acc_half, kt = _capacity(config, len(stage.plans), len(pads)), config.acc_depth // 2, config.rows
     stage.plans[0].in_base = 0                     # regions sized for a full micro-batch
-    slots, in_words = _out_slots(stage.plans), _input_words(stage.plans[0])
-    bases = [in_words * stage.mb, (in_words + slots[0]) * stage.mb]
+    in_words, out_words = _input_words(stage.plans[0]), _out_slots(stage.plans)[0]
+    bases = [in_words * stage.mb, (in_words + out_words) * stage.mb]
     for k, plan in enumerate(p for p in stage.plans if p.dest == 0):
         plan.out_base = bases[k % 2]
     slots = 0
