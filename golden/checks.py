@@ -3,8 +3,8 @@
 
 A rule ``rule(f, precision, config, ops) -> (precision_ok, field_ok, range_ok)`` reads the fields of
 ``f`` (a ``Command`` or an Amaranth ``View``) and combines conditions only with comparisons, ``+``,
-``>>`` and ``ops`` (``select``, ``all``, ``any``), so the same expression is Python arithmetic in the
-golden model and logic in the RTL. The error code is the first failing check in the order opcode,
+shifts by constants and ``ops`` (``select``, ``all``, ``any``), so the same expression is Python
+arithmetic in the golden model and logic in the RTL. The error code is the first failing check in the order opcode,
 reserved bits, precision, other field values, address ranges (``ErrorCode``).
 """
 from __future__ import annotations
@@ -109,13 +109,20 @@ def _preload(f, p, cfg, ops):
 def act_span(astep, rows, ops=PY_OPS):
     """Activation words from ``aaddr`` up to the last one a weight-stationary COMPUTE of ``rows`` rows
     reads (``AStep``; ``rows`` >= 1)."""
-    return ops.select(astep == AStep.DOUBLE, rows + rows - 1, ops.select(astep == AStep.HOLD, 1, rows))
+    return ops.select(astep == AStep.DOUBLE, (rows << 1) - 1, ops.select(astep == AStep.HOLD, 1, rows))
+
+
+def _act_fits(f, depth, ops):
+    """``aaddr + act_span(astep, rows) <= depth``, as one adder and compares with constants (``rows << 1``
+    is wiring; a stride-2 read ends a word before ``aaddr + 2 rows``)."""
+    double = f.astep == AStep.DOUBLE
+    end = f.aaddr + ops.select(double, f.rows << 1, f.rows)
+    return ops.select(f.astep == AStep.HOLD, f.aaddr < depth, ops.select(double, end <= depth + 1, end <= depth))
 
 
 def _compute_ws(f, p, cfg, ops):
     return True, ops.all(f.waddr == 0, f.mrows == 0, f.ncols == 0, f.astep <= max(AStep)), \
-        ops.all(f.rows >= 1, f.aaddr + act_span(f.astep, f.rows, ops) <= cfg.act_depth,
-                f.accaddr + f.rows <= cfg.acc_depth)
+        ops.all(f.rows >= 1, _act_fits(f, cfg.act_depth, ops), f.accaddr + f.rows <= cfg.acc_depth)
 
 
 def _compute_os(f, p, cfg, ops):
