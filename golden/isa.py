@@ -76,8 +76,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-__all__ = ["Opcode", "ErrorCode", "Buf", "Precision", "AStep", "ActFn", "Wait", "WAIT_FIELD", "Field", "FIELDS", "COMMAND_BITS",
-           "Command", "DecodeError", "encode", "decode", "encode_program", "decode_program", "reserved_mask"]
+__all__ = ["Opcode", "ErrorCode", "Buf", "Precision", "AStep", "ActFn", "Wait", "WAIT_FIELD", "Field", "FIELDS",
+           "COMMAND_BITS", "Command", "DecodeError", "encode", "decode", "encode_program", "decode_program",
+           "reserved_mask"]
 
 COMMAND_BITS = 128
 
