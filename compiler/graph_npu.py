@@ -442,10 +442,9 @@ def run_on_npu(graph: Graph, x, config: NpuConfig, backend="golden", npu_ops=NPU
             for k, ((member, layer), counters, info) in enumerate(zip(chain, per, compiled.layers)):
                 chained[member.name] = (counters, layer, info, compiled.stages if k == 0 else 0)
             values[chain[-1][0].output] = y
-        if node.name in chained:
+        if node.name in chained:                # (its output: on chip, or set by the chain's run)
             counters, layer, info, programs = chained[node.name]
             layers, gemms, io = [layer], [[batch * layer.positions, layer.k, layer.n]], (info.input, info.output)
-            y = values.get(target)
         elif npu_runs(graph, node, config, npu_ops):
             table = _table_after(graph, node)
             y, counters, layers, gemms = _npu_node(graph, node, values, config, backend,
@@ -454,20 +453,21 @@ def run_on_npu(graph: Graph, x, config: NpuConfig, backend="golden", npu_ops=NPU
                 fused[table.name] = (node.name, counters)
                 target = table.output
             programs, io = len(layers), ("host", "host")
-        if node.name in chained or npu_runs(graph, node, config, npu_ops):
-            cycles = counters["cycles"]
-            done = min(macs, counters["macs"])  # (an all-zero weight tile the NPU skipped did no useful work)
-            record.update(device="npu", cycles=cycles, utilization=done / (cycles * peak) if cycles else 0.0,
-                          counters=counters,
-                          gemms=gemms,
-                          array_macs=counters["macs"], energy_fj=counters["energy_fj"],
-                          dma_in_bytes=counters["dma_in_bytes"], dma_out_bytes=counters["dma_out_bytes"],
-                          programs=programs, per_channel=bool(np.ndim(layers[0].multiplier)),
-                          single_round=layers[0].single_round, input=io[0], output=io[1])
+            values[target] = y
         else:
             y = run_node(graph, node, values)
             record.update(device="cpu", host_bytes=host_bytes(node, values, y))
-        if y is not None:
             values[target] = y
+            records.append(record)
+            continue
+        cycles = counters["cycles"]
+        done = min(macs, counters["macs"])      # (an all-zero weight tile the NPU skipped did no useful work)
+        record.update(device="npu", cycles=cycles, utilization=done / (cycles * peak) if cycles else 0.0,
+                      counters=counters,
+                      gemms=gemms,
+                      array_macs=counters["macs"], energy_fj=counters["energy_fj"],
+                      dma_in_bytes=counters["dma_in_bytes"], dma_out_bytes=counters["dma_out_bytes"],
+                      programs=programs, per_channel=bool(np.ndim(layers[0].multiplier)),
+                      single_round=layers[0].single_round, input=io[0], output=io[1])
         records.append(record)
     return [values[name].astype(graph.tensors[name].dtype) for name in graph.outputs], records

@@ -115,7 +115,7 @@ class _HostRows(Deferred):
 @dataclass
 class _Stage:
     plans: list
-    units: int                  # samples, or GEMM rows for a single-layer stage (not a direct one)
+    units: int                  # samples, or GEMM rows for a single-layer stage not read in place
     mb: int                     # units per micro-batch
     emitter: Emitter = None
     sample_major: bool = False  # rows in (sample, position) order: a convolution reads its input in place
@@ -218,7 +218,7 @@ def _direct_runs(conv, tap: tuple, group_base: int, m0: int, rows: int, pad_addr
     order) for one kernel tap, the channel group's input at ``group_base`` (sample-major, row-major):
     ``(act_addr, row offset, rows, astep)``, an output row's positions whose input lies inside read it
     (stride 1 or 2), the others the padding row; runs that continue one another are merged."""
-    channels, h, w = conv.in_shape
+    _, h, w = conv.in_shape
     ho, wo = conv.out_hw
     (sh, sw), (dh, dw) = conv.stride, conv.dilation
     pt, pl = conv.pads[:2]
@@ -287,13 +287,13 @@ def _ntiles(n: int, width: int) -> list:
 def _plan_stage(model: QuantModel, config: NpuConfig, indices: list, batch: int) -> _Stage:
     lanes = min(config.rows, config.cols)
     layers = [model.layers[i] for i in indices]
-    sample_major = any(layer.conv is not None for layer in layers[1:]) or (
-        direct_conv(layers[0], config) and all(layer.conv is not None for layer in layers[1:]))
+    in_place = direct_conv(layers[0], config)
+    sample_major = any(layer.conv is not None for layer in layers[1:]) or (len(layers) == 1 and in_place)
     plans = []
     for j, (i, layer) in enumerate(zip(indices, layers)):
         dest = 1 if j == len(indices) - 1 else 0
         ntiles = _ntiles(layer.n, config.cols if dest else lanes)
-        if j == 0 and sample_major and direct_conv(layer, config):
+        if j == 0 and sample_major and in_place:
             segs = _direct_segs(layer, config, True)
         elif j == 0:
             segs = [_Seg(np.arange(k0, min(k0 + config.rows, layer.k)), True)
