@@ -30,6 +30,10 @@ Lowerings, all exact against the host kernels (``host_kernels``, TFLite's refere
   ``1 / cols`` (6 % on 16x16), which the per-layer report shows. A depthwise mapping that uses the
   array well (row-stationary, or a dedicated lane) is not built yet.
 
+* ``add`` (TFLite's ADD, two operands of one shape): elementwise ACTIVATEs through the tables of each
+  input's rescaling (``compiler/elementwise.py``), exact by construction. Its operands come from the
+  host and its result goes back (it is not part of a chain yet).
+
 * ``conv2d`` / ``fully_connected`` without requantization (ONNX's MatMulInteger, ConvInteger): a raw
   layer (``QLayer.raw``), whose program ``STORE``s the int32 accumulators; the host adds the bias.
 * ``dynamic_matmul`` with constant weights: the host quantizes the input on its run-time grid
@@ -54,6 +58,7 @@ from opennpu.golden import numerics
 
 from .graph import Graph, Node
 from .host_kernels import check_graph_input, dynamic_output, dynamic_quantize, dynamic_scale, pool_counts, run_node
+from .elementwise import run_add
 from .model_program import compile_model, direct_conv, run_model
 from .qlayers import ConvGeom, QLayer, QuantModel, TensorSpec, int8_parts
 
@@ -63,7 +68,8 @@ __all__ = ["NPU_OPS", "TABLE_OPS", "npu_runs", "pool_divisor", "lower_node", "lo
 #: graph IR ops that are a 256-entry table (``LutAttrs``), which an NPU node's activation unit can apply
 TABLE_OPS = frozenset({"lut", "logistic", "tanh"})
 #: graph IR ops the NPU runs (``npu_runs`` says which nodes of them)
-NPU_OPS = frozenset({"conv2d", "depthwise_conv2d", "fully_connected", "average_pool2d", "matmul", "dynamic_matmul"})
+NPU_OPS = frozenset({"conv2d", "depthwise_conv2d", "fully_connected", "average_pool2d", "matmul", "dynamic_matmul",
+                     "add"})
 
 
 #: (multiplier, shift, out_zp, qmin, qmax) of a raw layer: its CONFIG needs valid values, which nothing reads
@@ -112,6 +118,9 @@ def npu_runs(graph: Graph, node: Node, config: NpuConfig, npu_ops=NPU_OPS) -> bo
         return False
     if node.op == "dynamic_matmul":
         return graph.tensors[node.inputs[1]].is_const
+    if node.op == "add":            # (no broadcasting: two operands of the output's shape)
+        out = graph.tensors[node.output].shape
+        return config.act_depth >= 4 and all(graph.tensors[i].shape == out for i in node.inputs)
     if node.op == "average_pool2d" and not _uniform_pool(graph.tensors[node.inputs[0]].shape, node.attrs.window):
         return False
     return node.op in ("conv2d", "fully_connected", "matmul") or _group_size(node, config) > 0
@@ -334,14 +343,14 @@ def _macs(graph: Graph, node: Node, config: NpuConfig) -> int:
         return int(np.prod(out)) * graph.tensors[node.inputs[0]].shape[-1]
     if node.op == "average_pool2d":
         return int(np.prod(out)) * int(np.prod(node.attrs.window.kernel)) if npu_runs(graph, node, config) else 0
-    w = graph.tensors[node.inputs[1]].data.shape if node.op in NPU_OPS else None
+    if node.op not in ("conv2d", "depthwise_conv2d", "fully_connected"):
+        return 0
+    w = graph.tensors[node.inputs[1]].data.shape
     if node.op == "conv2d":
         return int(np.prod(out)) * w[1] * w[2] * w[3]
     if node.op == "depthwise_conv2d":
         return int(np.prod(out)) * w[1] * w[2]
-    if node.op == "fully_connected":
-        return int(np.prod(w))
-    return 0
+    return int(np.prod(w))                  # (fully connected)
 
 
 def _table_after(graph: Graph, node: Node) -> Node | None:
@@ -445,6 +454,12 @@ def run_on_npu(graph: Graph, x, config: NpuConfig, backend="golden", npu_ops=NPU
         if node.name in chained:                # (its output: on chip, or set by the chain's run)
             counters, layer, info, programs = chained[node.name]
             layers, gemms, io = [layer], [[batch * layer.positions, layer.k, layer.n]], (info.input, info.output)
+        elif node.op == "add" and npu_runs(graph, node, config, npu_ops):
+            a, b = (values[i] if i in values else np.broadcast_to(graph.tensors[i].data, values[node.inputs[0]].shape)
+                    for i in node.inputs)
+            y, counters = run_add(node.attrs, a, b, config, backend)
+            layers, gemms, programs, io = [], [], 1, ("host", "host")
+            values[target] = y
         elif npu_runs(graph, node, config, npu_ops):
             table = _table_after(graph, node)
             y, counters, layers, gemms = _npu_node(graph, node, values, config, backend,
@@ -467,7 +482,7 @@ def run_on_npu(graph: Graph, x, config: NpuConfig, backend="golden", npu_ops=NPU
                       gemms=gemms,
                       array_macs=counters["macs"], energy_fj=counters["energy_fj"],
                       dma_in_bytes=counters["dma_in_bytes"], dma_out_bytes=counters["dma_out_bytes"],
-                      programs=programs, per_channel=bool(np.ndim(layers[0].multiplier)),
-                      single_round=layers[0].single_round, input=io[0], output=io[1])
+                      programs=programs, per_channel=bool(layers and np.ndim(layers[0].multiplier)),
+                      single_round=bool(layers and layers[0].single_round), input=io[0], output=io[1])
         records.append(record)
     return [values[name].astype(graph.tensors[name].dtype) for name in graph.outputs], records

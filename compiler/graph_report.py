@@ -44,12 +44,13 @@ def graph_layers(graph: Graph, config: NpuConfig, batch: int = 8, seed: int = 0)
     """``(layers, host_ops)`` for ``opennpu report``: one ``Layer`` per program an NPU node runs as (named
     ``node`` or ``node[i]``), with the activations it sees for a batch of random int8 inputs (cycles,
     bytes and energy do not depend on the values: ``graph_npu.random_graph_input``); and, for each op on the host, its name, op and the
-    bytes it moves."""
+    bytes it moves. An ``add``, which the NPU runs elementwise (no GEMM to compare), is listed with the
+    host ops."""
     x = random_graph_input(graph, batch, seed)
     values, layers, host = {graph.inputs[0]: x if x.dtype == np.float32 else x.astype(np.int64)}, [], []
     for node in graph.nodes:
         y = run_node(graph, node, values)
-        if npu_runs(graph, node, config):
+        if npu_runs(graph, node, config) and node.op != "add":
             pairs = lowered(graph, node, values, config)
             for i, (layer, xin) in enumerate(pairs):
                 spec = GemmSpec(layer.matrix(layer_input(layer, xin)), layer.w, layer.bias, layer.multiplier,

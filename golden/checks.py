@@ -14,7 +14,7 @@ from types import SimpleNamespace
 from opennpu.config import NpuConfig
 
 from . import numerics
-from .isa import FIELDS, ActFn, AStep, Buf, Command, DecodeError, ErrorCode, Opcode, Precision, decode, encode
+from .isa import FIELDS, ActFn, AStep, Buf, Command, DecodeError, ErrorCode, LutTable, Opcode, Precision, decode, encode
 from .program import ProgramError
 
 __all__ = ["PY_OPS", "k_tile", "act_span", "weight_words", "stream_weight_words", "data_in_beats", "data_in_bytes",
@@ -45,8 +45,9 @@ def stream_weight_words(precision, steps, ops=PY_OPS):
 def data_in_beats(opcode, buf, rows, config: NpuConfig, ops=PY_OPS):
     """Data-in beats a command takes, whether it is accepted or rejected (the LD unit consumes a rejected
     command's beats and drops them): a LOAD ``rows`` words of its buffer (activation or weight; a LOAD of
-    another buffer takes none), LOAD_BIAS / LOAD_QUANT / LOAD_LUT their register, any other opcode none.
-    It reads only the opcode and LOAD's ``buf`` and ``rows`` fields, so it is defined for any word; the
+    another buffer takes none), LOAD_BIAS / LOAD_QUANT / LOAD_LUT their register or table, any other
+    opcode none. It reads only the opcode and LOAD's ``buf`` and ``rows`` fields (LOAD_LUT's ``table`` is
+    ``buf``'s low bit), so it is defined for any word; the
     golden model, the drivers and the dispatcher (``HW_OPS``) use this one rule."""
     c = config
     load = ops.select(buf == Buf.ACT, rows * c.beats(c.act_word_bytes),
@@ -54,7 +55,9 @@ def data_in_beats(opcode, buf, rows, config: NpuConfig, ops=PY_OPS):
     return ops.select(opcode == Opcode.LOAD, load,
                       ops.select(opcode == Opcode.LOAD_BIAS, c.beats(4 * c.cols),
                                  ops.select(opcode == Opcode.LOAD_QUANT, c.beats(5 * c.cols),
-                                            ops.select(opcode == Opcode.LOAD_LUT, c.beats(256), 0))))
+                                            ops.select(opcode == Opcode.LOAD_LUT,
+                                                       ops.select(buf == LutTable.EW, c.beats(LutTable.EW.nbytes),
+                                                                  c.beats(LutTable.ACT.nbytes)), 0))))
 
 
 _LOAD_BUF, _LOAD_ROWS = (next(f for f in FIELDS[Opcode.LOAD] if f.name == name) for name in ("buf", "rows"))
@@ -133,8 +136,11 @@ def _compute_os(f, p, cfg, ops):
 
 
 def _activate(f, p, cfg, ops):
-    return True, True, ops.all(_fits(ops, f.accaddr, f.rows, cfg.acc_depth),
-                               ops.any(f.dest == 1, f.aaddr + f.rows <= cfg.act_depth))
+    ew = f.ew == 1
+    sources = ops.select(ew, ops.all(_fits(ops, f.xaddr, f.rows, cfg.act_depth), f.yaddr + f.rows <= cfg.act_depth),
+                         _fits(ops, f.accaddr, f.rows, cfg.acc_depth))
+    return True, ops.select(ew, f.accaddr == 0, ops.all(f.xaddr == 0, f.yaddr == 0)), \
+        ops.all(sources, ops.any(f.dest == 1, f.aaddr + f.rows <= cfg.act_depth))
 
 
 def _no_fields(f, p, cfg, ops):

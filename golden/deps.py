@@ -7,9 +7,9 @@ command ``k`` dispatches, the only earlier commands that can still run are
 - the last command of each of LD, PL and ST (a unit takes a command only once the one before it is
   done);
 - of the ACTIVATEs, every one that the ACTIVATEs after it, all but the last, have not yet covered with
-  ``ACT_LATENCY + 1`` cycles (their rows plus one each: ACT takes the next ACTIVATE a cycle after the
+  ``ACT_LATENCY + 2`` cycles (their rows plus one each: ACT takes the next ACTIVATE a cycle after the
   rows of the one before are read, and a row leaves the activation unit ``ACT_LATENCY + 1`` cycles
-  after its read);
+  after its read, an elementwise row ``ACT_LATENCY + 2``; its two reads take two cycles, counted as one);
 - of the COMPUTEs: weight-stationary, every one that the COMPUTEs after it, all but the last, have not
   yet covered with ``array_latency + 2`` rows (EX takes a COMPUTE as soon as the one before it has issued
   its rows, one a cycle, and a COMPUTE drains ``array_latency + 1`` cycles after its last row; so short
@@ -19,11 +19,13 @@ command ``k`` dispatches, the only earlier commands that can still run are
   between, guarantees that they were done when that command dispatched; CONFIG, FENCE and COUNTERS
   wait for everything).
 
-An ACTIVATE reads its accumulator rows and its bias bank (bias and requantization parameters) as it
-reads each row, and each row's parameters travel with it through the activation unit; ACT takes the
-next ACTIVATE only once every row is read. So those reads of the ACTIVATEs before are over when the
-next ACTIVATE dispatches (a LOAD_BIAS into the bank of the one before the last needs no token), while
-their LUT reads and result writes may still be in flight.
+An ACTIVATE reads its accumulator rows (elementwise: its activation words) and its bias bank (bias and
+requantization parameters) as it reads each row, and each row's parameters travel with it through the
+activation unit; ACT takes the next ACTIVATE only once every row is read. So those reads of the
+ACTIVATEs before are over when the next ACTIVATE dispatches (a LOAD_BIAS into the bank of the one before
+the last needs no token), while their LUT reads and result writes may still be in flight. An
+elementwise ACTIVATE that reads words an ACTIVATE before it writes is the one hazard inside a unit: it
+needs ``Wait.ACT``.
 
 PE weight buffers (``Space.PEW``) are ordered by dispatch order alone, weight-stationary (the PRELOAD
 writes follow the rows' wavefront, ``golden/timing.py``): a COMPUTE never waits for a PRELOAD before it,
@@ -40,7 +42,8 @@ reading every other word, ``AStep.DOUBLE``, never streams), from an address no
 higher than the first one written (so it stays behind the writer: ``golden.timing.STREAM_SOURCE``; a
 LOAD writes a word a cycle, since ``NpuConfig`` makes a data-in beat hold an SRAM word). This holds for any timing, so the check needs no cycle model.
 ``order_program`` sets the fewest tokens that order a program, STREAM where it can;
-``check_program`` refuses an unordered one with a ``HazardError`` naming both commands.
+``check_program`` refuses an unordered one with a ``HazardError`` naming both commands, and one whose
+elementwise ACTIVATE overlaps its own input other than in place with an ``OverlapError``.
 """
 from __future__ import annotations
 
@@ -51,8 +54,8 @@ from .isa import AStep, Command, Opcode, Precision, Wait, encode
 from .program import Program
 from .timing import ACT_LATENCY, STREAM_SOURCE, WAIT_OF_UNIT, Access, Space, Unit, array_latency
 
-__all__ = ["UNIT_OF", "BARRIERS", "HazardError", "accesses", "checked", "streams", "walk", "first_conflict",
-           "DependencyTracker", "order_program", "check_program"]
+__all__ = ["UNIT_OF", "BARRIERS", "HazardError", "OverlapError", "check_in_place", "accesses", "checked", "streams",
+           "walk", "first_conflict", "DependencyTracker", "order_program", "check_program"]
 
 #: The unit that executes each opcode (CONFIG and FENCE occupy none).
 UNIT_OF = {Opcode.LOAD: Unit.LD, Opcode.LOAD_BIAS: Unit.LD, Opcode.LOAD_LUT: Unit.LD, Opcode.LOAD_QUANT: Unit.LD,
@@ -60,6 +63,26 @@ UNIT_OF = {Opcode.LOAD: Unit.LD, Opcode.LOAD_BIAS: Unit.LD, Opcode.LOAD_LUT: Uni
            Opcode.STORE: Unit.ST, Opcode.COUNTERS: Unit.ST}
 #: Opcodes that dispatch only when every unit is idle.
 BARRIERS = (Opcode.CONFIG, Opcode.FENCE, Opcode.COUNTERS)
+
+
+class OverlapError(ValueError):
+    """An elementwise ACTIVATE whose output words overlap its input words other than exactly in place:
+    a row would read a word that an earlier row of the same command wrote (no token orders a command with
+    itself)."""
+
+
+def check_in_place(index: int, cmd: Command):
+    """Raise ``OverlapError`` if elementwise ACTIVATE ``cmd`` (program entry ``index``) writes activation
+    words that overlap its ``xaddr`` or ``yaddr`` words without coinciding with them."""
+    if not cmd.ew or cmd.dest:
+        return
+    lo, hi = cmd.aaddr, cmd.aaddr + cmd.rows
+    for name in ("xaddr", "yaddr"):
+        src = getattr(cmd, name)
+        if src != lo and src < hi and lo < src + cmd.rows:
+            raise OverlapError(f"command {index} {cmd!r} writes activation words [{lo}:{hi}] that overlap its "
+                               f"{name} words [{src}:{src + cmd.rows}] other than in place: a row would read a word "
+                               f"an earlier row of the same command wrote")
 
 
 class HazardError(ValueError):
@@ -85,8 +108,8 @@ def accesses(cmd: Command, config: NpuConfig, precision: Precision, cur: int) ->
         return (Access(_SPACE_OF_BUF[cmd.buf], cmd.addr, cmd.rows, True),)
     if op in (Opcode.LOAD_BIAS, Opcode.LOAD_QUANT):      # (a bias bank holds both)
         return (Access(Space.BIAS, cmd.bank, 1, True),)
-    if op == Opcode.LOAD_LUT:
-        return (Access(Space.LUT, 0, 1, True),)
+    if op == Opcode.LOAD_LUT:                            # (LUT 0: the activation LUT, 1: the ew tables)
+        return (Access(Space.LUT, cmd.table, 1, True),)
     if op == Opcode.PRELOAD:
         return (Access(Space.WGT, cmd.addr, weight_words(precision, cmd.krows), False),
                 Access(Space.PEW, 1 - cur, 1, True))
@@ -99,8 +122,12 @@ def accesses(cmd: Command, config: NpuConfig, precision: Precision, cur: int) ->
                 Access(Space.ACC, cmd.accaddr, cmd.rows, True), Access(Space.PEW, cur, 1, False))
     if op == Opcode.ACTIVATE:
         target = _OUT if cmd.dest else Access(Space.ACT, cmd.aaddr, cmd.rows, True)
-        return (Access(Space.ACC, cmd.accaddr, cmd.rows, False), Access(Space.BIAS, cmd.bank, 1, False),
-                Access(Space.LUT, 0, 1, False), target)
+        if cmd.ew:
+            sources = (Access(Space.ACT, cmd.xaddr, cmd.rows, False), Access(Space.ACT, cmd.yaddr, cmd.rows, False),
+                       Access(Space.LUT, 1, 1, False))
+        else:
+            sources = (Access(Space.ACC, cmd.accaddr, cmd.rows, False),)
+        return sources + (Access(Space.BIAS, cmd.bank, 1, False), Access(Space.LUT, 0, 1, False), target)
     if op == Opcode.STORE:
         return (Access(_SPACE_OF_BUF[cmd.buf], cmd.addr, cmd.rows, False), _OUT)
     if op == Opcode.COUNTERS:
@@ -115,6 +142,7 @@ _EX = int(Unit.EX)
 _ACT = int(Unit.ACT)
 _PEW = int(Space.PEW)
 _ROW_READS = (int(Space.ACC), int(Space.BIAS))
+_ACT_SPACE = int(Space.ACT)
 _BARRIER_OPS = frozenset(BARRIERS)
 _UNIT = {op: int(unit) for op, unit in UNIT_OF.items()}
 _STREAM_SOURCE = {int(u): int(source) for u, source in STREAM_SOURCE.items()}
@@ -155,9 +183,20 @@ def _without_pew(spans) -> tuple:
 
 
 def _without_row_reads(spans) -> tuple:
-    """An ACTIVATE's accesses once a later ACTIVATE has dispatched: its accumulator and bias reads are
-    over (the module docstring)."""
-    return tuple(span for span in spans if span[0] not in _ROW_READS)
+    """An ACTIVATE's accesses once a later ACTIVATE has dispatched: its accumulator, activation-word and
+    bias reads are over (the module docstring)."""
+    return tuple(span for span in spans if span[0] not in _ROW_READS and not (span[0] == _ACT_SPACE and not span[3]))
+
+
+def _reads_act_writes(spans, entries) -> tuple | None:
+    """The first entry of ``entries`` (in-flight ACTIVATEs) whose activation-word writes an elementwise
+    ACTIVATE with ``spans`` reads, and the access: a hazard inside the ACT unit."""
+    for e in entries:
+        for space, lo, hi, write, access in spans:
+            if space == _ACT_SPACE and not write and any(
+                    sp == _ACT_SPACE and w and lo < hi2 and lo2 < hi for sp, lo2, hi2, w, _ in e[2]):
+                return e, access
+    return None
 
 
 def first_conflict(spans, entry_spans) -> Access | None:
@@ -193,7 +232,7 @@ class DependencyTracker:
         #: (their rows plus ``per command`` each; the module docstring, with a cycle of margin). None
         #: (output-stationary EX): at most the last two are in flight.
         self.pipelined = {_EX: (array_latency(config.rows, config.cols) + 2, 0) if config.dataflow == "ws"
-                          else None, _ACT: (ACT_LATENCY + 1, 1)}
+                          else None, _ACT: (ACT_LATENCY + 2, 1)}    # (an elementwise row: one cycle more)
 
     def needed(self, cmd: Command, accs) -> int:
         """The fewest tokens (``Wait`` bits) that order ``cmd`` with these accesses."""
@@ -203,6 +242,8 @@ class DependencyTracker:
         unit = _UNIT[cmd.op]
         source = _STREAM_SOURCE.get(unit)
         waits = 0
+        if unit == _ACT and _reads_act_writes(spans, self.running[_ACT]):
+            waits |= int(Wait.ACT)
         for u, token in _TOKENS:
             entries = self.running[u]
             if u == unit or not entries:
@@ -224,6 +265,8 @@ class DependencyTracker:
     def dispatch_spans(self, index: int, cmd: Command, spans):
         running = self.running
         op = cmd.op
+        if op == Opcode.ACTIVATE:
+            check_in_place(index, cmd)
         if op in _BARRIER_OPS:
             for entries in running:
                 entries.clear()
@@ -237,6 +280,10 @@ class DependencyTracker:
                     del running[_EX][:-1]
             unit = _UNIT[op]
             source = _STREAM_SOURCE.get(unit) if wait & _STREAM else None
+            if unit == _ACT:
+                hit = _reads_act_writes(spans, running[_ACT])
+                if hit is not None:
+                    raise HazardError((index, cmd), (hit[0][0], hit[0][1]), hit[1], int(Wait.ACT))
             for u, entries in enumerate(running):
                 if u == unit or not entries:
                     continue

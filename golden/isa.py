@@ -14,7 +14,8 @@ CONFIG   1      precision 4:2, act 6:2 (0 clamp only, 1 LUT), out_zp 8:8 s, qmin
                 qmax 24:8 s, shift 32:8 s (>0 left, <0 right), multiplier 40:31 (Q31 M0),
                 single_round 71:1 (0: gemmlowp's double rounding, 1: TFLite's single rounding)
 LOAD     2      buf 4:2 (0 act, 1 wgt), addr 8:16, rows 24:16
-LOAD_LUT 3      (256 int8 entries follow on data-in)
+LOAD_LUT 3      table 4:1 (``LutTable``: 0 the activation LUT, 256 int8 entries follow on data-in;
+                1 the elementwise tables, 512 int32 little-endian entries follow: table X, then Y)
 LOAD_BIAS 4     bank 4:1 (``cols`` int32 little-endian follow on data-in; two banks, so the next
                 tile's bias loads while ACTIVATE reads the other bank)
 PRELOAD  5      addr 8:16, krows 24:8 (K rows of the tile), ncols 32:8 (N columns of the tile)
@@ -23,13 +24,24 @@ COMPUTE  6      aaddr 8:16, accaddr 24:16, rows 40:16, accumulate 56:1, astep 57
                 waddr 64:16, mrows 80:8, ncols 88:8 (the last three: output-stationary only, zero in
                 weight-stationary)
 ACTIVATE 7      accaddr 8:16, aaddr 24:16, rows 40:16, dest 56:1 (0 act SRAM, 1 data-out),
-                bank 57:1 (bias bank), perchan 58:1 (per-channel requantization, below)
+                bank 57:1 (bias bank), perchan 58:1 (per-channel requantization, below),
+                ew 59:1 (elementwise, below), xaddr 64:16, yaddr 80:16 (ew only, zero otherwise)
 STORE    8      buf 4:2 (0 act, 1 wgt, 2 acc), addr 8:16, rows 24:16
 COUNTERS 9      (counter snapshot to data-out)
 FENCE    10     (wait until all work is done)
 LOAD_QUANT 11   bank 4:1 (per-channel requantization of a bias bank: ``cols`` int32 little-endian
                 multipliers M0 in 0..2^31-1, then ``cols`` int8 shifts in -31..30, on data-in)
 ======== ====== ==============================================================================
+
+``ACTIVATE`` with ``ew`` 59:1 is elementwise: instead of accumulator rows, row j reads activation words
+``xaddr + j`` and ``yaddr + j`` (lane i: int8 value i of each word, 0 beyond ``rows``) and presents
+``X[x + 128]`` as the accumulator and ``Y[y + 128]`` as the bias of the activation unit, which
+requantizes their sum as any ACTIVATE does (``X``, ``Y``: the two 256-entry int32 elementwise tables
+``LOAD_LUT table=1`` fills). So TFLite's ADD (each input rescaled, then the sum) runs exactly, whatever
+its scales: the compiler computes each input's rescaling into its table. ``accaddr`` must be 0 then.
+It reads one word a cycle, so a row takes two cycles. Its output words may coincide with its x or y
+words (in place) but not overlap them otherwise (a row would read what an earlier row wrote): the golden
+model and the drivers refuse such a program (``golden.deps.OverlapError``).
 
 ``ACTIVATE`` has ``perchan`` 58:1: requantize lane c with the multiplier and shift that ``LOAD_QUANT``
 put in bias bank ``bank`` (one per output channel) instead of CONFIG's ``multiplier`` and ``shift``.
@@ -65,8 +77,8 @@ commands of different units are not ordered by them (``HazardError``, naming bot
 COUNTERS wait for every unit anyway. Bit 127 is reserved (zero, like every reserved bit) for the token
 of a unit still to come.
 
-Room for the units the next issues add: opcodes 12..15 are free (e.g. the commands of an elementwise /
-pooling unit), and ``wait`` bit 127 gives one more unit a token. Opcodes 0 and 12..15 are illegal
+Room for the units the next issues add: opcodes 12..15 are free (e.g. a max-pooling unit; the
+elementwise add is an ACTIVATE mode, ``ew``), and ``wait`` bit 127 gives one more unit a token. Opcodes 0 and 12..15 are illegal
 today. Semantic checks that depend on the configuration (address ranges,
 supported precisions, ``rows >= 1``) are not part of encoding: the hardware and the golden model reject
 such commands with a sticky error code (``ErrorCode``) and execute nothing.
@@ -76,7 +88,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-__all__ = ["Opcode", "ErrorCode", "Buf", "Precision", "AStep", "ActFn", "Wait", "WAIT_FIELD", "Field", "FIELDS",
+__all__ = ["Opcode", "ErrorCode", "Buf", "Precision", "AStep", "LutTable", "ActFn", "Wait", "WAIT_FIELD", "Field", "FIELDS",
            "COMMAND_BITS", "Command", "DecodeError", "encode", "decode", "encode_program", "decode_program",
            "reserved_mask"]
 
@@ -103,7 +115,8 @@ class ErrorCode(enum.IntEnum):
     BAD_OPCODE = 1       # opcode 0 or 12..15, or PRELOAD on an output-stationary NPU
     BAD_RANGE = 2        # address + rows beyond the SRAM depth, or rows == 0
     BAD_PRECISION = 3    # CONFIG precision the configuration does not support
-    BAD_FIELD = 4        # any other illegal field value (buffer id, krows/ncols, qmin > qmax, act, astep)
+    BAD_FIELD = 4        # any other illegal field value (buffer id, krows/ncols, qmin > qmax, act, astep,
+                         # an elementwise ACTIVATE's accaddr, another's xaddr / yaddr)
 
 
 class Buf(enum.IntEnum):
@@ -140,6 +153,16 @@ class AStep(enum.IntEnum):
     def words(self) -> int:
         """The address step between rows."""
         return (1, 2, 0)[self]
+
+
+class LutTable(enum.IntEnum):
+    """LOAD_LUT ``table``: which table the data-in fills."""
+    ACT = 0      # the activation LUT: 256 int8 entries
+    EW = 1       # the elementwise tables X and Y: 2 x 256 int32 entries
+
+    @property
+    def nbytes(self) -> int:
+        return (256, 2048)[self]
 
 
 class ActFn(enum.IntEnum):
@@ -183,7 +206,7 @@ FIELDS: dict[Opcode, tuple[Field, ...]] = {
                     Field("qmin", 16, 8, True), Field("qmax", 24, 8, True),
                     Field("shift", 32, 8, True), Field("multiplier", 40, 31), Field("single_round", 71, 1)),
     Opcode.LOAD: (Field("buf", 4, 2), Field("addr", 8, 16), Field("rows", 24, 16)),
-    Opcode.LOAD_LUT: (),
+    Opcode.LOAD_LUT: (Field("table", 4, 1),),
     Opcode.LOAD_BIAS: (Field("bank", 4, 1),),
     Opcode.PRELOAD: (Field("addr", 8, 16), Field("krows", 24, 8), Field("ncols", 32, 8)),
     Opcode.COMPUTE: (Field("aaddr", 8, 16), Field("accaddr", 24, 16), Field("rows", 40, 16),
@@ -191,7 +214,8 @@ FIELDS: dict[Opcode, tuple[Field, ...]] = {
                      Field("mrows", 80, 8),
                      Field("ncols", 88, 8)),
     Opcode.ACTIVATE: (Field("accaddr", 8, 16), Field("aaddr", 24, 16), Field("rows", 40, 16),
-                      Field("dest", 56, 1), Field("bank", 57, 1), Field("perchan", 58, 1)),
+                      Field("dest", 56, 1), Field("bank", 57, 1), Field("perchan", 58, 1), Field("ew", 59, 1),
+                      Field("xaddr", 64, 16), Field("yaddr", 80, 16)),
     Opcode.STORE: (Field("buf", 4, 2), Field("addr", 8, 16), Field("rows", 24, 16)),
     Opcode.COUNTERS: (),
     Opcode.FENCE: (),

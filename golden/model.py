@@ -16,7 +16,7 @@ from opennpu.config import NpuConfig
 from . import numerics
 from .checks import data_in_beats, data_in_bytes, k_tile, quant_params, stream_weight_words, validate, weight_words
 from .deps import DependencyTracker, HazardError, checked
-from .isa import ActFn, AStep, Buf, Command, ErrorCode, Opcode, Precision
+from .isa import ActFn, AStep, Buf, Command, ErrorCode, LutTable, Opcode, Precision
 from .program import COUNTER_NAMES, Program, ProgramError, Result
 from .timing import CycleModel
 
@@ -37,7 +37,8 @@ def advance(timeline: CycleModel, cmd: Command, config: NpuConfig) -> int:
     if op == Opcode.COUNTERS:
         return timeline.counters_snapshot(c.beats(COUNTER_BEATS_BYTES))
     if op in (Opcode.LOAD, Opcode.LOAD_BIAS, Opcode.LOAD_QUANT, Opcode.LOAD_LUT):
-        return timeline.load(cmd.wait, data_in_beats(op, getattr(cmd, "buf", 0), getattr(cmd, "rows", 0), c))
+        buf = cmd.table if op == Opcode.LOAD_LUT else getattr(cmd, "buf", 0)     # (``data_in_beats``)
+        return timeline.load(cmd.wait, data_in_beats(op, buf, getattr(cmd, "rows", 0), c))
     if op == Opcode.PRELOAD:
         return timeline.preload(cmd.wait)
     if op == Opcode.COMPUTE:
@@ -45,7 +46,7 @@ def advance(timeline: CycleModel, cmd: Command, config: NpuConfig) -> int:
             return timeline.compute_os(cmd.wait, cmd.rows, cmd.mrows)
         return timeline.compute(cmd.wait, cmd.rows)
     if op == Opcode.ACTIVATE:
-        return timeline.activate(cmd.wait, cmd.rows, cmd.dest == 1)
+        return timeline.activate(cmd.wait, cmd.rows, cmd.dest == 1, cmd.ew == 1)
     word_bytes = {Buf.ACT: c.act_word_bytes, Buf.WGT: c.wgt_word_bytes, Buf.ACC: 4 * c.cols}[Buf(cmd.buf)]
     return timeline.store(cmd.wait, c.beats(word_bytes) * cmd.rows)
 
@@ -111,6 +112,7 @@ class GoldenNpu:
         self.bias = [np.zeros(c.cols, np.int64) for _ in range(2)]   # two banks
         self.quant = [(np.zeros(c.cols, np.int64), np.zeros(c.cols, np.int64)) for _ in range(2)]  # (M0, shift)
         self.lut = np.zeros(256, np.int64)
+        self.ew_tables = np.zeros((2, 256), np.int64)    # LOAD_LUT table=1: X, Y
         self.pe_weights = [np.zeros((2 * c.rows, c.cols), np.int64) for _ in range(2)]
         self._pe_float = [w.astype(np.float32) for w in self.pe_weights]    # (the same, for the matmul)
         self.pe_macs = [0, 0]                 # useful MACs per row for each PE buffer
@@ -244,8 +246,12 @@ class GoldenNpu:
         return d
 
     def _load_lut(self, cmd):
-        d, data = self._load_register(cmd, 256)
-        self.lut = np.frombuffer(data, np.int8).astype(np.int64)
+        table = LutTable(cmd.table)
+        d, data = self._load_register(cmd, table.nbytes)
+        if table == LutTable.EW:
+            self.ew_tables = np.frombuffer(data, "<i4").astype(np.int64).reshape(2, 256)
+        else:
+            self.lut = np.frombuffer(data, np.int8).astype(np.int64)
         return d
 
     def _preload(self, cmd):
@@ -320,11 +326,20 @@ class GoldenNpu:
         to_output = cmd.dest == 1
         d = advance(self.timeline, cmd, c)
         multiplier, shift = self.quant[cmd.bank] if cmd.perchan else (r["multiplier"], r["shift"])
-        y = numerics.activation_unit(self.acc[cmd.accaddr:cmd.accaddr + cmd.rows], self.bias[cmd.bank],
-                                     multiplier, shift, r["out_zp"], r["qmin"], r["qmax"],
+        if cmd.ew:      # (lane i: value i of the words; lanes beyond them read 0)
+            x, y = (np.zeros((cmd.rows, c.cols), np.int64) for _ in range(2))
+            lanes = min(c.rows, c.cols)
+            x[:, :lanes] = self.act[cmd.xaddr:cmd.xaddr + cmd.rows, :lanes].view(np.int8)
+            y[:, :lanes] = self.act[cmd.yaddr:cmd.yaddr + cmd.rows, :lanes].view(np.int8)
+            acc, bias = self.ew_tables[0][x + 128], self.ew_tables[1][y + 128]
+            self._count(act_reads=2 * cmd.rows)
+        else:
+            acc, bias = self.acc[cmd.accaddr:cmd.accaddr + cmd.rows], self.bias[cmd.bank]
+            self._count(acc_reads=cmd.rows)
+        y = numerics.activation_unit(acc, bias, multiplier, shift, r["out_zp"], r["qmin"], r["qmax"],
                                      self.lut if r["act"] == ActFn.LUT else None, bool(r["single_round"]))
         out = y.astype(np.int8).view(np.uint8)
-        self._count(acc_reads=cmd.rows, act_ops=cmd.rows * c.cols)
+        self._count(act_ops=cmd.rows * c.cols)
         if to_output:
             self._push_rows(out)
         else:

@@ -29,7 +29,11 @@ ACT    ACTIVATE (``M`` rows)                 acc rows read d+1 .. d+M; row j wri
                                              at d+M+P+2; the next ACTIVATE may dispatch from
                                              d+M+1, whatever its bias bank and ``perchan`` (each
                                              row's parameters travel beside it through the
-                                             activation unit)
+                                             activation unit). Elementwise (``ew``): words
+                                             read d+1+2j (x) and d+2+2j (y), table reads
+                                             in the next cycles, row j presented in d+4+2j,
+                                             written/pushed in d+4+2j+P; done at d+2M+P+3;
+                                             the next ACTIVATE from d+2M+1
 ST     STORE (``n`` words of ``b`` beats),   SRAM read of word j in d+1+j*b; beats pushed
        COUNTERS (``B`` beats)                d+2 .. d+1+n*b (COUNTERS: n*b = B); free at d+n*b+2
 ====== ===================================== ==============================================
@@ -228,11 +232,12 @@ class CycleModel:
         self._record(Unit.EX, d, move + 1, release)
         return d
 
-    def activate(self, waits: int, rows: int, to_output: bool) -> int:
+    def activate(self, waits: int, rows: int, to_output: bool, elementwise: bool = False) -> int:
         d = self._dispatch_cycle(Unit.ACT, waits)
-        self._record(Unit.ACT, d, d + rows + 1, d + rows + ACT_LATENCY + 2)
+        reads, tail = (2 * rows, ACT_LATENCY + 3) if elementwise else (rows, ACT_LATENCY + 2)
+        self._record(Unit.ACT, d, d + reads + 1, d + reads + tail)
         if to_output:
-            self.last_push = max(self.last_push, d + rows + ACT_LATENCY + 1)
+            self.last_push = max(self.last_push, d + reads + tail - 1)
         return d
 
     def store(self, waits: int, beats: int) -> int:

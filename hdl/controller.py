@@ -14,7 +14,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from opennpu.config import NpuConfig
-from opennpu.golden.isa import COMMAND_BITS, ActFn, Buf, Opcode, Precision
+from opennpu.golden.isa import COMMAND_BITS, ActFn, Buf, LutTable, Opcode, Precision
 from opennpu.golden.program import COUNTER_NAMES
 from opennpu.golden.timing import ACT_LATENCY, array_latency
 
@@ -101,7 +101,7 @@ class Controller(wiring.Component):
         # -- storage and units --------------------------------------------------------------------
         # Block-RAM friendly SRAMs (hdl/sram.py): read-port copies, parity banks for the two act writers.
         units = {}
-        units["act_sram"] = act = DualWriteMemory(width=8 * c.act_word_bytes, depth=c.act_depth)
+        units["act_sram"] = act = DualWriteMemory(width=8 * c.act_word_bytes, depth=c.act_depth, read_ports=3)
         units["wgt_sram"] = wgt = ReplicatedMemory(width=8 * c.wgt_word_bytes, depth=c.wgt_depth, read_ports=2)
         units["acc_sram"] = acc = ReplicatedMemory(width=32 * c.cols, depth=c.acc_depth, read_ports=3,
                                                    transparent=(0,))
@@ -116,6 +116,7 @@ class Controller(wiring.Component):
         wiring.connect(m, wb.act_wr, act.wr1)
         wiring.connect(m, engine.act_rd, act.rd0)
         wiring.connect(m, st.act_rd, act.rd1)
+        wiring.connect(m, wb.act_rd, act.rd2)
         wiring.connect(m, ld.wgt_wr, wgt.wr)
         wiring.connect(m, engine.wgt_rd, wgt.rd0)
         wiring.connect(m, st.wgt_rd, wgt.rd1)
@@ -138,6 +139,7 @@ class Controller(wiring.Component):
             wb.o_data.eq(act_fn.o_data),
             act_fn.lut_we.eq(ld.lut_we), act_fn.lut_addr.eq(ld.lut_addr),
             act_fn.lut_wdata.eq(ld.lut_wdata),
+            wb.tab_we.eq(ld.tab_we), wb.tab_addr.eq(ld.tab_addr), wb.tab_wdata.eq(ld.tab_wdata),
             ld.din.eq(self.din), self.want_in.eq(ld.want), self.want_in_next.eq(ld.want_next),
             st.counter_sel.eq(self.counter_sel),
             self.push.eq(wb.push | st.push),
@@ -177,7 +179,9 @@ class Controller(wiring.Component):
         # least two cycles before a dependent ACTIVATE's first row.
         act_bias = Signal.like(act_fn.bias)
         act_shift, act_multiplier = Signal.like(act_fn.shift), Signal.like(act_fn.multiplier)
-        m.d.comb += [act_fn.bias.eq(act_bias), act_fn.shift.eq(act_shift), act_fn.multiplier.eq(act_multiplier)]
+        # (An elementwise row brings its own bias, table Y's entries, from the ACT unit.)
+        m.d.comb += [act_fn.bias.eq(Mux(wb.ew_valid, wb.ew_bias, act_bias)), act_fn.shift.eq(act_shift),
+                     act_fn.multiplier.eq(act_multiplier)]
         m.d.sync += act_bias.eq(ld.bias[wb.bias_bank])
         for i in range(c.cols):
             m.d.sync += [
@@ -194,11 +198,15 @@ class Controller(wiring.Component):
             ld.start.eq(start.ld), ld.discard.eq(start.discard),
             ld.kind.eq(Mux(opcode == Opcode.LOAD, Mux(load.buf == Buf.WGT, LoadKind.WGT, LoadKind.ACT),
                            Mux(opcode == Opcode.LOAD_BIAS, LoadKind.BIAS,
-                               Mux(opcode == Opcode.LOAD_QUANT, LoadKind.QUANT, LoadKind.LUT)))),
+                               Mux(opcode == Opcode.LOAD_QUANT, LoadKind.QUANT,
+                                   # (LOAD's ``buf``: ``table`` and the reserved bit above it, as
+                                   # ``golden.checks.data_in_beats`` reads them, for rejected words too)
+                                   Mux(load.buf == LutTable.EW, LoadKind.TABLE, LoadKind.LUT))))),
             ld.addr.eq(load.addr), ld.rows.eq(load.rows), ld.bank.eq(v[Opcode.LOAD_BIAS].bank),     # (LOAD_QUANT: the same field)
             wb.start.eq(start.act),
             wb.accaddr.eq(act_cmd.accaddr), wb.aaddr.eq(act_cmd.aaddr), wb.rows.eq(act_cmd.rows),
             wb.dest.eq(act_cmd.dest), wb.bank.eq(act_cmd.bank), wb.perchan.eq(act_cmd.perchan),
+            wb.ew.eq(act_cmd.ew), wb.xaddr.eq(act_cmd.xaddr), wb.yaddr.eq(act_cmd.yaddr),
             st.start.eq(start.st),
             st.mode.eq(Mux(opcode == Opcode.COUNTERS, StoreMode.COUNTERS, store.buf)),
             st.addr.eq(store.addr), st.rows.eq(store.rows),
@@ -208,7 +216,7 @@ class Controller(wiring.Component):
         ev, eng = self.events, engine.events
         m.d.comb += [
             ev.row.eq(eng.row), ev.macs.eq(eng.macs), ev.int4_macs.eq(precision == Precision.A4W4),
-            ev.act_reads.eq(eng.act_read + st.ev_act_read), ev.act_writes.eq(ld.ev_act_write + wb.ev_act_write),
+            ev.act_reads.eq(eng.act_read + st.ev_act_read + wb.ev_act_read), ev.act_writes.eq(ld.ev_act_write + wb.ev_act_write),
             ev.wgt_reads.eq(eng.wgt_read + st.ev_wgt_read), ev.wgt_writes.eq(ld.ev_wgt_write),
             ev.acc_reads.eq(eng.acc_read + wb.ev_acc_read + st.ev_acc_read), ev.acc_writes.eq(eng.acc_write),
             ev.beat_in.eq(ld.ev_beat), ev.beat_out.eq(self.push), ev.act_row.eq(wb.ev_act_op),

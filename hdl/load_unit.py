@@ -4,10 +4,19 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from opennpu.config import NpuConfig
+from opennpu.golden.isa import LutTable
 
 from .common import write_port_signature
 
-__all__ = ["LoadKind", "LoadUnit"]
+__all__ = ["LoadKind", "LoadUnit", "TABLE_BYTES", "table_word_bytes"]
+
+#: The elementwise tables: X and Y, 256 int32 entries each (``golden.isa.LutTable.EW``).
+TABLE_BYTES = LutTable.EW.nbytes
+
+
+def table_word_bytes(config: NpuConfig) -> int:
+    """Bytes per elementwise-table word: a data-in beat, at least one int32 entry."""
+    return max(4, config.bus_bytes)
 
 
 class LoadKind:
@@ -16,6 +25,7 @@ class LoadKind:
     BIAS = 2
     LUT = 3
     QUANT = 4
+    TABLE = 5           # LOAD_LUT table=1: the elementwise tables
 
 
 _DISCARD = 7        # (internal: no ``Case`` matches it, so a discarded beat writes nothing)
@@ -27,7 +37,7 @@ class LoadUnit(wiring.Component):
 
     Timing: ``start`` in cycle d; one beat consumed per cycle d+1 .. d+B (B = rows for SRAM loads,
     since a beat holds a whole int8 word; ``beats(4*cols)`` for bias, ``beats(5*cols)`` for the
-    per-channel requantization, ``beats(256)`` for the LUT); ``busy`` is high d+1 .. d+B and
+    per-channel requantization, ``beats(256)`` for the LUT, ``beats(2048)`` for the elementwise tables); ``busy`` is high d+1 .. d+B and
     ``issue_ends`` in d+B, when the next command may start (its first beat in d+B+1: beats stream
     without a gap). Each SRAM word is written in the cycle its beat arrives; a register bank with its
     last beat.
@@ -58,6 +68,10 @@ class LoadUnit(wiring.Component):
         values).
     lut_we, lut_addr, lut_wdata : Out
         LUT write, ``bus_bytes`` entries per beat starting at ``lut_addr``.
+    tab_we, tab_addr, tab_wdata : Out
+        Elementwise-table write: word ``tab_addr`` of ``table_word_bytes(config)`` bytes (entries X[0..255]
+        then Y[0..255], int32 little-endian), once per beat (``bus_bytes`` < 4: once per 4-byte entry, the
+        beats gathered).
     ev_beat, ev_act_write, ev_wgt_write : Out(1)
         Counter events of this cycle.
     """
@@ -75,6 +89,8 @@ class LoadUnit(wiring.Component):
             "shift": Out(data.ArrayLayout(data.ArrayLayout(signed(8), c.cols), 2)),
             "lut_we": Out(1), "lut_addr": Out(range(256)),
             "lut_wdata": Out(data.ArrayLayout(signed(8), self._lut_width)),
+            "tab_we": Out(1), "tab_addr": Out(range(TABLE_BYTES // table_word_bytes(c))),
+            "tab_wdata": Out(8 * table_word_bytes(c)),
             "ev_beat": Out(1), "ev_act_write": Out(1), "ev_wgt_write": Out(1),
         })
 
@@ -88,7 +104,13 @@ class LoadUnit(wiring.Component):
         act_writing, wgt_writing = Signal(), Signal()
         addr = Signal(16)
         left = Signal(17)            # beats still to come
-        beat = Signal(range(max(quant_beats, c.beats(256)) + 1))
+        table_beats = c.beats(TABLE_BYTES)
+        beat = Signal(range(max(quant_beats, table_beats) + 1))
+        # Elementwise tables: a word per beat, or (beats narrower than an entry) per ``gather`` beats.
+        gather = table_word_bytes(c) // c.bus_bytes
+        gathered = Signal(8 * table_word_bytes(c))
+        m.d.comb += [self.tab_addr.eq(beat >> (gather.bit_length() - 1)),
+                     self.tab_wdata.eq(Cat(gathered[8 * c.bus_bytes:], self.din))]
         # Register loads shift in from the top: after the last of B beats, beat 0 sits B beats below
         # the top (a bias load, with fewer beats than LOAD_QUANT, ends higher up).
         regs_shift = Signal(8 * c.bus_bytes * quant_beats)
@@ -120,6 +142,9 @@ class LoadUnit(wiring.Component):
                 with m.Case(LoadKind.LUT):
                     m.d.comb += [self.lut_we.eq(1), self.lut_addr.eq(beat * c.bus_bytes),
                                  self.lut_wdata.as_value().eq(self.din)]
+                with m.Case(LoadKind.TABLE):
+                    m.d.sync += gathered.eq(self.tab_wdata)
+                    m.d.comb += self.tab_we.eq((beat & (gather - 1)) == gather - 1)
         # (after the busy block: a command starting in the last beat of the one before wins)
         with m.If(self.start):
             m.d.sync += [self.busy.eq(1), kind.eq(self.kind), addr.eq(self.addr), beat.eq(0), bank.eq(self.bank),
@@ -135,4 +160,6 @@ class LoadUnit(wiring.Component):
                     m.d.sync += left.eq(quant_beats)
                 with m.Case(LoadKind.LUT):
                     m.d.sync += left.eq(c.beats(256))
+                with m.Case(LoadKind.TABLE):
+                    m.d.sync += left.eq(table_beats)
         return m

@@ -9,7 +9,8 @@ SRAM          ports                                   built as
 weight        1 write (LD), 2 reads (PL, ST)          ``ReplicatedMemory``: one copy per read port
 accumulator   1 write (EX), 3 reads (EX read-modify-   ``ReplicatedMemory``: one copy per read port,
               write, transparent; ACT; ST)            the RMW copy transparent to the write
-activation    2 writes (LD, ACT), 2 reads (EX, ST)    ``DualWriteMemory``: even / odd address banks,
+activation    2 writes (LD, ACT), 3 reads (EX, ST,     ``DualWriteMemory``: even / odd address banks,
+              ACT's elementwise operands)
                                                       one copy per read port, writes scheduled
 ============  ======================================  ============================================
 
@@ -104,7 +105,7 @@ class ReplicatedMemory(wiring.Component):
 
 
 class DualWriteMemory(wiring.Component):
-    """Two write ports and two read ports from 1-write 1-read memories: address-parity banks.
+    """Two write ports and ``read_ports`` read ports from 1-write 1-read memories: address-parity banks.
 
     Words with an even address live in bank 0, odd ones in bank 1; each bank has one copy per read
     port, so a bank takes one write per cycle. Each write port may hold one word back for one cycle
@@ -123,22 +124,23 @@ class DualWriteMemory(wiring.Component):
       one cycle, and a dependent command dispatches at the release and reads one cycle later.
 
     Under that contract the memory behaves exactly like a 2-write 2-read memory with non-transparent
-    synchronous reads, at 2x the storage (``DESIGN.md``: the activation SRAM).
+    synchronous reads, at ``read_ports`` times the storage (``DESIGN.md``: the activation SRAM). (A port
+    may also write with gaps: a gap only frees its bank.)
 
     Members
     -------
-    wr0, wr1 : Out(WritePort.Signature); rd0, rd1 : Out(ReadPort.Signature)
+    wr0, wr1 : Out(WritePort.Signature); rd0, rd1, ... : Out(ReadPort.Signature)
     """
 
-    def __init__(self, *, width, depth):
-        self._width, self._depth = width, depth
+    def __init__(self, *, width, depth, read_ports=2):
+        self._width, self._depth, self._n = width, depth, read_ports
         super().__init__({"wr0": Out(_write_sig(depth, width)), "wr1": Out(_write_sig(depth, width)),
-                          "rd0": Out(_read_sig(depth, width)), "rd1": Out(_read_sig(depth, width))})
+                          **{f"rd{i}": Out(_read_sig(depth, width)) for i in range(read_ports)}})
 
     def elaborate(self, platform):
         m = Module()
         width, half = self._width, (self._depth + 1) // 2
-        wrs, rds = (self.wr0, self.wr1), (self.rd0, self.rd1)
+        wrs, rds = (self.wr0, self.wr1), [getattr(self, f"rd{i}") for i in range(self._n)]
 
         # banks[b][p]: bank b (address parity), copy for read port p.
         bank_we = [Signal(name=f"bank{b}_we") for b in range(2)]

@@ -70,7 +70,7 @@ class DeviceFrameParser(FrameParser):
 
 def restartable(config: NpuConfig, program: Program) -> bool:
     """Whether repeating ``program`` after RESET gives its result whatever an earlier attempt left in
-    the SRAMs and the LUT (which RESET keeps): on the golden model, runs on memories filled with
+    the SRAMs, the LUT and the elementwise tables (which RESET keeps): on the golden model, runs on memories filled with
     random values (two fills) must equal the run on zeroed memories. A program that writes what it
     reads first passes; one that reads memory it never wrote (an SRAM dump) does not."""
     try:
@@ -84,6 +84,7 @@ def restartable(config: NpuConfig, program: Program) -> bool:
         npu.wgt[:] = rng.integers(0, 256, npu.wgt.shape)
         npu.acc[:] = rng.integers(-(1 << 31), 1 << 31, npu.acc.shape)
         npu.lut[:] = rng.integers(-128, 128, npu.lut.shape)
+        npu.ew_tables[:] = rng.integers(-(1 << 31), 1 << 31, npu.ew_tables.shape)
         if npu.run(program) != base:
             return False
     return True

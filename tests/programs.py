@@ -19,10 +19,10 @@ import random
 from opennpu.compiler.gemm import ACTIVATIONS, build_gemm, random_gemm
 from opennpu.config import NpuConfig
 from opennpu.golden import numerics
-from opennpu.golden.isa import (COMMAND_BITS, FIELDS, WAIT_FIELD, ActFn, AStep, Buf, Command, ErrorCode, Opcode,
+from opennpu.golden.isa import (COMMAND_BITS, FIELDS, WAIT_FIELD, ActFn, AStep, Buf, Command, ErrorCode, LutTable, Opcode,
                                 Precision, encode, reserved_mask)
 from opennpu.golden.checks import act_span, data_in_bytes
-from opennpu.golden.deps import order_program
+from opennpu.golden.deps import OverlapError, check_in_place, order_program
 from opennpu.golden.model import k_tile, stream_weight_words, validate, weight_words
 from opennpu.golden.program import Program
 
@@ -81,7 +81,7 @@ def _good_command(config: NpuConfig, rng: random.Random, precision: Precision, m
     if kind == "load_quant":
         return Command(Opcode.LOAD_QUANT, bank=rng.randint(0, 1))
     if kind == "load_lut":
-        return Command(Opcode.LOAD_LUT)
+        return Command(Opcode.LOAD_LUT, table=rng.choice(list(LutTable)))
     if config.dataflow == "os" and kind in ("preload", "compute"):
         steps = rng.randint(1, min(config.act_depth, max_rows))
         words = stream_weight_words(precision, steps)
@@ -103,9 +103,17 @@ def _good_command(config: NpuConfig, rng: random.Random, precision: Precision, m
                        astep=astep)
     if kind == "activate":
         rows = rng.randint(1, min(config.act_depth, config.acc_depth, max_rows))
-        return Command(Opcode.ACTIVATE, accaddr=rng.randint(0, config.acc_depth - rows),
-                       aaddr=rng.randint(0, config.act_depth - rows), rows=rows, dest=rng.randint(0, 1),
-                       bank=rng.randint(0, 1), perchan=rng.randint(0, 1))
+        fields = dict(aaddr=rng.randint(0, config.act_depth - rows), rows=rows, dest=rng.randint(0, 1),
+                      bank=rng.randint(0, 1), perchan=rng.randint(0, 1))
+        if rng.random() < 0.3:        # elementwise (its output in place or apart from its inputs)
+            cmd = Command(Opcode.ACTIVATE, ew=1, xaddr=rng.randint(0, config.act_depth - rows),
+                          yaddr=rng.randint(0, config.act_depth - rows), **fields)
+            try:
+                check_in_place(0, cmd)
+            except OverlapError:
+                cmd = cmd.with_fields(aaddr=cmd.xaddr, yaddr=cmd.xaddr)
+            return cmd
+        return Command(Opcode.ACTIVATE, accaddr=rng.randint(0, config.acc_depth - rows), **fields)
     if kind == "store":
         buf = rng.choice(list(Buf))
         addr, rows = _span(rng, _depth(config, buf), max_rows)
@@ -200,6 +208,10 @@ def bad_command(config: NpuConfig, rng: random.Random, kind: str | None = None) 
         if choice == 2:
             shift = rng.choice([-128, numerics.SHIFT_MIN - 1, numerics.SHIFT_MAX + 1, 127])
             return encode(Command(Opcode.CONFIG, shift=shift, qmin=-128, qmax=127))
+        if choice == 3 and rng.random() < 0.5:     # elementwise ACTIVATE with an accaddr, another with a yaddr
+            ew = rng.randint(0, 1)
+            return encode(Command(Opcode.ACTIVATE, rows=1, dest=1, ew=ew, accaddr=ew * rng.randint(1, 0xFFFF),
+                                  yaddr=(1 - ew) * rng.randint(1, 0xFFFF)))
         if choice == 3:
             krows = rng.choice([0, 2 * config.rows + 1, 255])
             return encode(Command(Opcode.PRELOAD, addr=0, krows=krows, ncols=1))

@@ -363,7 +363,7 @@ def test_cli_runs_a_branching_graph(tmp_path, capsys):
                  str(tmp_path / "y.npy"), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert [(layer["op"], layer["device"]) for layer in report["layers"]] == \
-        [("fully_connected", "npu"), ("fully_connected", "npu"), ("add", "cpu")]
+        [("fully_connected", "npu"), ("fully_connected", "npu"), ("add", "npu")]
     y, _ = import_onnx_graph(blob).run(x)
     assert np.array_equal(np.load(tmp_path / "y.npy"), y)
 

@@ -15,7 +15,7 @@ from opennpu.config import NpuConfig  # noqa: E402
 from test_tflite import MODELS, _inputs, _litert  # noqa: E402
 
 RESNET, KWS = MODELS / "pretrainedResnet_quant.tflite", MODELS / "kws_ref_model.tflite"
-NPU_OPS = {"conv2d", "depthwise_conv2d", "fully_connected", "average_pool2d"}
+NPU_OPS = {"conv2d", "depthwise_conv2d", "fully_connected", "average_pool2d", "add"}
 
 
 def _input_shape(graph):
@@ -31,11 +31,12 @@ def test_models_on_the_npu_match_litert(model):
     assert [r["device"] == "npu" for r in records] == [node.op in NPU_OPS for node in graph.nodes]
     npu = [r for r in records if r["device"] == "npu"]
     for r in npu:
-        assert r["cycles"] > 0 and 0 < r["utilization"] <= 1 and r["array_macs"] >= r["macs"]
+        assert r["cycles"] > 0 and r["array_macs"] >= r["macs"]
+        assert 0 < r["utilization"] <= 1 if r["op"] != "add" else r["utilization"] == r["macs"] == 0
     assert all(r["per_channel"] for r in npu if r["op"] in ("conv2d", "depthwise_conv2d"))  # every conv
 
 
-@pytest.mark.parametrize("op", sorted(NPU_OPS))
+@pytest.mark.parametrize("op", sorted(NPU_OPS - {"add"}))     # (two inputs: tests/test_elementwise.py)
 def test_each_lowering_equals_the_host_kernel(op):
     """Node by node on a small array (several K and N tiles, micro-batches), with the node's real input."""
     model = KWS if op == "depthwise_conv2d" else RESNET

@@ -9,7 +9,7 @@ import pytest
 from opennpu.compiler.gemm import ACTIVATIONS, build_gemm, random_gemm
 from opennpu.config import NpuConfig
 from opennpu.golden.checks import data_in_bytes
-from opennpu.golden.deps import HazardError, order_program
+from opennpu.golden.deps import HazardError, OverlapError, order_program
 from opennpu.golden.isa import AStep, Buf, Command, ErrorCode, Opcode, Precision, Wait
 from opennpu.golden.model import GoldenNpu
 from opennpu.golden.program import COUNTER_NAMES, Program, decode_counters
@@ -100,6 +100,11 @@ BAD_COMMANDS = {
     "COMPUTE stride 2 past act": (Command(Opcode.COMPUTE, aaddr=10, accaddr=0, rows=4, astep=AStep.DOUBLE),
                                   ErrorCode.BAD_RANGE),         # words 10, 12, 14, 16 (of 16)
     "ACTIVATE past act": (Command(Opcode.ACTIVATE, accaddr=0, aaddr=15, rows=2, dest=0), ErrorCode.BAD_RANGE),
+    "ACTIVATE ew with accaddr": (Command(Opcode.ACTIVATE, ew=1, accaddr=1, xaddr=0, yaddr=2, aaddr=4, rows=2),
+                                 ErrorCode.BAD_FIELD),
+    "ACTIVATE with yaddr, not ew": (Command(Opcode.ACTIVATE, accaddr=0, yaddr=2, aaddr=4, rows=2), ErrorCode.BAD_FIELD),
+    "ACTIVATE ew y past act": (Command(Opcode.ACTIVATE, ew=1, xaddr=0, yaddr=15, aaddr=4, rows=2), ErrorCode.BAD_RANGE),
+    "LOAD_LUT table reserved bit": (Command(Opcode.LOAD_LUT, table=1).encode() | (1 << 5), ErrorCode.BAD_FIELD),
     "STORE buf 3": (Command(Opcode.STORE, buf=Buf.ACC, addr=0, rows=1).encode() | (3 << 4), ErrorCode.BAD_FIELD),
 }
 
@@ -118,7 +123,7 @@ def test_bad_command_rejected_and_nothing_written(name):
               Command(Opcode.COMPUTE, aaddr=0, accaddr=0, rows=4, accumulate=0)]
     wgt_words = rng.integers(0, 256, size=(2, config.bus_bytes), dtype=np.uint8)
     dropped = rng.integers(0, 256, size=data_in_bytes(word, config), dtype=np.uint8).tobytes()
-    assert bool(dropped) == name.startswith("LOAD past")
+    assert bool(dropped) == name.startswith(("LOAD past", "LOAD_LUT"))
     program = order_program(Program(setup + [word] + follow + _sram_dump(config),
                                     act_words.tobytes() + dropped + wgt_words.tobytes()), config)
     golden = GoldenNpu(config).run(program)
@@ -437,5 +442,58 @@ def test_computes_read_strided_and_held_activation_words():
     want = np.concatenate([a[1:10:2] @ w + a[[4] * 5] @ w, a[10:13] @ w])
     acc = np.frombuffer(golden.outputs, "<i4").reshape(8, -1)[:, :2]
     assert np.array_equal(acc, want)
+    for backpressure in (None, 3):
+        assert_same(Npu(config, "pysim", backpressure=backpressure).run(program), golden)
+
+
+@pytest.mark.parametrize("rows, cols", [(2, 2), (3, 2)])
+def test_elementwise_activates_add_through_the_tables(rows, cols):
+    """An elementwise ACTIVATE (``ew``) presents ``X[x + 128]`` and ``Y[y + 128]`` of two activation words
+    to the activation unit: with TFLite ADD's rescaling of each input in the tables it equals the host's
+    ADD exactly; one that reads the previous one's output needs ``Wait.ACT`` (the golden model refuses it
+    without); the RTL equals the golden model, with and without back-pressure."""
+    from opennpu.compiler.graph import AddAttrs
+    from opennpu.compiler.host_kernels import add
+    from opennpu.golden import numerics
+    from opennpu.golden.isa import LutTable
+    config = small_config(rows, cols)
+    rng = np.random.default_rng(rows)
+    a = AddAttrs(in_zp=(-3, 11), in_multiplier=(1 << 30, 1_518_500_250), in_shift=(0, -1), left_shift=20,
+                 out_multiplier=1_789_569_707, out_shift=-19, out_zp=5, qmin=-128, qmax=127)
+    q = np.arange(-128, 128)
+    tables = np.stack([numerics.requantize((q - zp) << a.left_shift, m, s)
+                       for zp, m, s in zip(a.in_zp, a.in_multiplier, a.in_shift)])
+    words = rng.integers(-128, 128, (12, rows))
+    words[0, 0], words[6, 0] = 127, -128
+    bus = config.bus_bytes
+    lut_data = tables.astype("<i4").tobytes() + bytes(data_in_bytes(Command(Opcode.LOAD_LUT, table=1), config) - 2048)
+    act_data = b"".join(w.astype(np.int8).tobytes() + bytes(bus - rows) for w in words)
+    commands = [Command(Opcode.LOAD, buf=Buf.ACT, addr=0, rows=12), Command(Opcode.LOAD_LUT, table=LutTable.EW),
+                Command(Opcode.CONFIG, multiplier=a.out_multiplier, shift=a.out_shift, out_zp=a.out_zp,
+                        qmin=a.qmin, qmax=a.qmax),
+                Command(Opcode.ACTIVATE, ew=1, xaddr=0, yaddr=6, aaddr=12, rows=6),        # x + y
+                Command(Opcode.ACTIVATE, ew=1, xaddr=12, yaddr=3, aaddr=18, rows=3),       # (x + y) + y'
+                Command(Opcode.ACTIVATE, ew=1, xaddr=0, yaddr=6, rows=6, dest=1),
+                Command(Opcode.ACTIVATE, accaddr=0, aaddr=21, rows=2),      # right behind: its own words
+                Command(Opcode.STORE, buf=Buf.ACT, addr=12, rows=11)]
+    program = order_program(Program(commands, act_data + lut_data), config)
+    assert program.commands[4].wait & Wait.ACT
+    overlap = Command(Opcode.ACTIVATE, ew=1, xaddr=0, yaddr=6, aaddr=4, rows=6)      # writes y's words 6..9 late
+    with pytest.raises(OverlapError, match="other than in place"):
+        order_program(Program(commands[:3] + [overlap], act_data + lut_data), config)
+    with pytest.raises(HazardError):
+        GoldenNpu(config).run(Program([*program.commands[:4], program.commands[4].with_wait(0),
+                                       *program.commands[5:]], program.data_in))
+    golden = GoldenNpu(config).run(program)
+    lanes = min(rows, cols)
+    first = add(words[:6, :lanes], words[6:, :lanes], a)
+    second = add(first[:3], words[3:6, :lanes], a)
+    out = np.frombuffer(golden.outputs, np.int8)
+    pushed = out[:6 * bus].reshape(6, bus)[:, :cols]
+    stored = out[6 * bus:].reshape(11, bus)[:, :rows]
+    assert np.array_equal(pushed[:, :lanes], first) and np.array_equal(stored[:6, :lanes], first)
+    assert np.array_equal(stored[6:9, :lanes], second) and not stored[:, lanes:].any()
+    assert np.all(stored[9:, :lanes] == a.out_zp)                 # (zero accumulators and bias)
+    assert golden.counters["act_reads"] == 2 * (6 + 3 + 6) + 11 and golden.counters["acc_reads"] == 2
     for backpressure in (None, 3):
         assert_same(Npu(config, "pysim", backpressure=backpressure).run(program), golden)
