@@ -455,8 +455,8 @@ def run_on_npu(graph: Graph, x, config: NpuConfig, backend="golden", npu_ops=NPU
             counters, layer, info, programs = chained[node.name]
             layers, gemms, io = [layer], [[batch * layer.positions, layer.k, layer.n]], (info.input, info.output)
         elif node.op == "add" and npu_runs(graph, node, config, npu_ops):
-            a, b = (values[i] if i in values else np.broadcast_to(graph.tensors[i].data, values[node.inputs[0]].shape)
-                    for i in node.inputs)
+            a, b = (values[i] if i in values                    # (a constant operand: the same for every sample)
+                    else np.broadcast_to(graph.tensors[i].data, (batch, *graph.tensors[i].shape)) for i in node.inputs)
             y, counters = run_add(node.attrs, a, b, config, backend)
             layers, gemms, programs, io = [], [], 1, ("host", "host")
             values[target] = y

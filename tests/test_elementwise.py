@@ -69,3 +69,21 @@ def test_add_refuses_mismatched_inputs():
         add_program(a, np.full(4, 300), np.zeros(4), config)
     with pytest.raises(ValueError, match="act_depth"):
         add_program(a, np.zeros(4), np.zeros(4), config.with_(act_depth=3))
+
+
+def test_graph_add_of_a_constant_and_an_activation_runs_on_the_npu():
+    """An ``add`` node whose first operand is a constant of the activation's shape: the NPU's result equals
+    the host's for every sample, and the record says ``npu``."""
+    from opennpu.compiler.graph import Graph, Node, QTensor
+    from opennpu.compiler.graph_npu import run_on_npu
+    from opennpu.compiler.host_kernels import run_graph
+    a = tflite_add_attrs(0.05, 0.02, 0.1, (4, -2), 3, qmin=3)
+    rng = np.random.default_rng(1)
+    tensors = {"x": QTensor("x", (3, 5), "int8", (0.02,), (-2,)),
+               "c": QTensor("c", (3, 5), "int8", (0.05,), (4,), data=rng.integers(-128, 128, (3, 5))),
+               "y": QTensor("y", (3, 5), "int8", (0.1,), (3,))}
+    graph = Graph(tensors, [Node("add", "add", ("c", "x"), "y", a)], ("x",), ("y",))
+    x = rng.integers(-128, 128, (4, 3, 5)).astype(np.int8)
+    outputs, records = run_on_npu(graph, x, NpuConfig(rows=2, cols=2))
+    assert np.array_equal(outputs[0], run_graph(graph, x)[0])
+    assert records[0]["device"] == "npu" and records[0]["cycles"] > 0
