@@ -190,12 +190,14 @@ def _without_row_reads(spans) -> tuple:
 
 def _reads_act_writes(spans, entries) -> tuple | None:
     """The first entry of ``entries`` (in-flight ACTIVATEs) whose activation-word writes an elementwise
-    ACTIVATE with ``spans`` reads, and the access: a hazard inside the ACT unit."""
-    for e in entries:
-        for space, lo, hi, write, access in spans:
-            if space == _ACT_SPACE and not write and any(
-                    sp == _ACT_SPACE and w and lo < hi2 and lo2 < hi for sp, lo2, hi2, w, _ in e[2]):
-                return e, access
+    ACTIVATE with ``spans`` reads, and the access: a hazard inside the ACT unit (``first_conflict`` of its
+    activation-word reads alone, so only a write of the entry can conflict)."""
+    reads = tuple(span for span in spans if span[0] == _ACT_SPACE and not span[3])
+    if reads:
+        for e in entries:
+            hit = first_conflict(reads, e[2])
+            if hit is not None:
+                return e, hit
     return None
 
 
