@@ -55,12 +55,13 @@ import numpy as np
 
 from opennpu.config import NpuConfig
 from opennpu.golden import numerics
+from opennpu.golden.model import COUNTER_BEATS_BYTES
 
 from .graph import Graph, Node
 from .host_kernels import check_graph_input, dynamic_output, dynamic_quantize, dynamic_scale, pool_counts, run_node
 from .elementwise import run_add
-from .model_program import compile_model, direct_conv, run_model
-from .qlayers import ConvGeom, QLayer, QuantModel, TensorSpec, int8_parts
+from .model_program import compile_model, direct_conv, one_program, run_model
+from .qlayers import ConvGeom, QAdd, QLayer, QuantModel, TensorSpec, int8_parts
 
 __all__ = ["NPU_OPS", "TABLE_OPS", "npu_runs", "pool_divisor", "lower_node", "lowered", "layer_input", "host_bytes",
            "random_graph_input", "run_on_npu"]
@@ -372,50 +373,97 @@ def random_graph_input(graph: Graph, batch: int, seed: int = 0) -> np.ndarray:
     return rng.integers(-128, 128, (batch, *spec.shape), dtype=np.int8)
 
 
-def _chain_link(graph: Graph, node: Node, config: NpuConfig, npu_ops) -> QLayer | None:
-    """``node``'s one layer if it may be part of a chain of convolutions run as one model: a convolution
-    (a depthwise one that lowers whole) that the NPU runs, with requantization (no raw int32 output) and
-    no table after it; else None."""
-    if node.op not in ("conv2d", "depthwise_conv2d") or not npu_runs(graph, node, config, npu_ops) \
-            or _table_after(graph, node) is not None:
+def _chain_link(graph: Graph, node: Node, config: NpuConfig, npu_ops) -> tuple | None:
+    """``(layer, activation inputs)`` of ``node`` if it may be part of a chain run as one model, else None: a
+    convolution (a depthwise one that lowers whole) that the NPU runs, with requantization (no raw int32
+    output), or an ADD of two activations (``QAdd``) that it runs; no table after either."""
+    if not npu_runs(graph, node, config, npu_ops) or _table_after(graph, node) is not None:
+        return None
+    if node.op == "add":
+        out = graph.tensors[node.output]
+        if any(graph.tensors[i].is_const for i in node.inputs) or len(out.shape) != 3:
+            return None
+        h, w, c = out.shape
+        return QAdd(node.name, node.attrs, (c, h, w), (None, None), (out.scale[0], out.zero_point[0])), \
+            tuple(node.inputs)
+    if node.op not in ("conv2d", "depthwise_conv2d"):
         return None
     layer = lower_node(graph, node)
     if layer.raw or (node.op == "depthwise_conv2d" and not direct_conv(layer, config)):
         return None
-    return layer
+    return layer, (node.inputs[0],)
 
 
-def _chain(graph: Graph, start: int, config: NpuConfig, npu_ops) -> list:
-    """``[(node, layer)]``: the run of convolutions from ``graph.nodes[start]`` that compiles as one model,
-    so that each one's output may stay on chip for the next (``model_program``: a convolution reads its
-    producer's output in place): every output but the last read by the next node alone and no graph
-    output."""
+def _linked(graph: Graph, members: list) -> list | None:
+    """``members`` (``(node, layer, activation inputs)``, in graph order) as a chain ``[(node, layer)]`` whose
+    layers name their sources, or None if the output of a member but the last leaves it (a graph output,
+    or read by a node outside)."""
+    names = {node.name for node, _, _ in members}
+    index = {node.output: k for k, (node, _, _) in enumerate(members)}
+    x = members[0][0].inputs[0]
     chain = []
-    for node in graph.nodes[start:]:
-        layer = _chain_link(graph, node, config, npu_ops)
-        if layer is None or (chain and node.inputs[0] != chain[-1][0].output):
-            break
-        if chain:
-            prev = chain[-1][0]
-            if prev.output in graph.outputs or [n for n in graph.nodes if prev.output in n.inputs] != [node]:
-                break
+    for k, (node, layer, acts) in enumerate(members):
+        if k < len(members) - 1 and (node.output in graph.outputs or any(
+                n.name not in names for n in graph.nodes if node.output in n.inputs)):
+            return None
+        srcs = tuple(None if src == k - 1 else src for src in (-1 if a == x else index[a] for a in acts))
+        if k and isinstance(layer, QAdd):
+            layer = replace(layer, sources=srcs)
+        elif k:
+            layer = replace(layer, source=srcs[0])
         chain.append((node, layer))
     return chain
 
 
+def _chain_model(chain: list) -> QuantModel:
+    """A chain ``[(node, layer)]`` as one ``QuantModel`` (channels-first int8 tensors)."""
+    first, last = chain[0][1], chain[-1][1]
+    return QuantModel([layer for _, layer in chain],
+                      TensorSpec(chain[0][0].inputs[0], first.in_shape, None, "int8", *first.in_q),
+                      TensorSpec(chain[-1][0].output, last.out_shape, None, "int8", *last.out_q))
+
+
+def _chain(graph: Graph, start: int, config: NpuConfig, npu_ops, batch: int) -> list:
+    """``[(node, layer)]``: the nodes from ``graph.nodes[start]`` that compile as one model, so that their
+    outputs may stay on chip (``model_program``: a convolution or ADD reads its sources in place): a
+    convolution first, then convolutions and ADDs (``_chain_link``) reading the chain's input or an
+    earlier member's output (a residual block: its input read by the branch and by the ADD), every
+    output but the last read inside it alone and no graph output; the longest such run, that if its
+    layers read more than the layer before also compiles to one program for ``batch``."""
+    members, made = [], set()
+    x = graph.nodes[start].inputs[0]
+    for node in graph.nodes[start:]:
+        link = _chain_link(graph, node, config, npu_ops)
+        if link is None or (not members and isinstance(link[0], QAdd)) \
+                or any(a != x and a not in made for a in link[1]):
+            break
+        members.append((node, *link))
+        made.add(node.output)
+    for end in range(len(members), 1, -1):
+        chain = _linked(graph, members[:end])
+        if chain is not None:
+            model = _chain_model(chain)
+            if not model.is_graph or one_program(model, config, batch):
+                return chain
+    return [(node, layer) for node, layer, _ in members[:1]]
+
+
 def _run_chain(chain: list, x: np.ndarray, config: NpuConfig, backend) -> tuple:
-    """A chain of convolutions as one model (profiled: counters per layer, the tail after the last
-    snapshot counted with the last layer): channels-last int8 ``x`` in; ``(output, per-layer counters,
-    compiled model)`` out."""
-    layers = [layer for _, layer in chain]
-    first, last = layers[0], layers[-1]
-    model = QuantModel(layers, TensorSpec(chain[0][0].inputs[0], first.in_shape, None, "int8", *first.in_q),
-                       TensorSpec(chain[-1][0].output, last.out_shape, None, "int8", *last.out_q))
+    """A chain (``_chain``) as one model (profiled: counters per layer, the tail after the last snapshot
+    counted with the last layer): channels-last int8 ``x`` in; ``(output, per-layer counters, compiled
+    model)`` out."""
+    model = _chain_model(chain)
+    first, last = model.layers[0], model.layers[-1]
     compiled = compile_model(model, config, batch=len(x), profile=True)
     run = run_model(compiled, layer_input(first, x).astype(np.int8), backend)
     per = [dict(c) for c in run.layer_counters]
     for name, total in run.counters.items():
         per[-1][name] = total - sum(c[name] for c in per[:-1])
+    # (``run_model`` takes each snapshot's own push out of the layer after it; the rest of the total, given
+    # to the last layer, holds all of them: they are the profile's, not the layer's)
+    pushed = len(per) * config.beats(COUNTER_BEATS_BYTES) * config.bus_bytes
+    per[-1]["dma_out_bytes"] -= pushed
+    per[-1]["energy_fj"] -= pushed * config.energy.dma_byte_fj
     y = np.asarray(run.values, np.int64).reshape(len(x), *last.out_shape).transpose(0, 2, 3, 1)
     return y, per, compiled
 
@@ -445,7 +493,7 @@ def run_on_npu(graph: Graph, x, config: NpuConfig, backend="golden", npu_ops=NPU
             records.append(record)
             continue
         target = node.output
-        chain = [] if node.name in chained else _chain(graph, i, config, npu_ops)
+        chain = [] if node.name in chained else _chain(graph, i, config, npu_ops, batch)
         if len(chain) > 1:
             y, per, compiled = _run_chain(chain, values[node.inputs[0]], config, backend)
             for k, ((member, layer), counters, info) in enumerate(zip(chain, per, compiled.layers)):
@@ -453,7 +501,9 @@ def run_on_npu(graph: Graph, x, config: NpuConfig, backend="golden", npu_ops=NPU
             values[chain[-1][0].output] = y
         if node.name in chained:                # (its output: on chip, or set by the chain's run)
             counters, layer, info, programs = chained[node.name]
-            layers, gemms, io = [layer], [[batch * layer.positions, layer.k, layer.n]], (info.input, info.output)
+            layers, gemms = ([], []) if isinstance(layer, QAdd) else ([layer], [[batch * layer.positions, layer.k,
+                                                                                   layer.n]])
+            io = (info.input, info.output)
         elif node.op == "add" and npu_runs(graph, node, config, npu_ops):
             a, b = (values[i] if i in values                    # (a constant operand: the same for every sample)
                     else np.broadcast_to(graph.tensors[i].data, (batch, *graph.tensors[i].shape)) for i in node.inputs)

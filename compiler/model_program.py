@@ -53,10 +53,12 @@ from opennpu.golden.model import COUNTER_BEATS_BYTES, reported_counters
 from opennpu.golden.program import COUNTER_NAMES, Program, Result, decode_counters
 from opennpu.golden.timing import array_latency
 
-from .qlayers import QLayer, QuantModel
-from .schedule import Activate, Deferred, Emitter, Load, Step, config_requant, emit_steps, per_channel, tile_quant
+from .elementwise import add_tables
+from .qlayers import QAdd, QLayer, QuantModel
+from .schedule import (Activate, Deferred, Elementwise, Emitter, Load, Step, config_requant, emit_steps, per_channel,
+                       tile_quant)
 
-__all__ = ["LayerInfo", "CompiledModel", "ModelRun", "direct_conv", "compile_model", "run_model"]
+__all__ = ["LayerInfo", "CompiledModel", "ModelRun", "direct_conv", "one_program", "compile_model", "run_model"]
 
 #: ``Emitter.schedule_limit`` of a stage with a convolution read in place: its output rows are short
 #: COMPUTE runs (two or three commands an output row and tap), whose input LOADs the list scheduler
@@ -93,11 +95,13 @@ class _Plan:
     slot0: int = 0              # first weight slot
     live: list = None           # per N tile, the K tiles it runs (``_live_segs``)
     pad_addr: int = 0           # a convolution read in place: the word holding its padding row
+    src: tuple = ()             # the plans it reads (positions in the stage; -1: the stage input)
+    region: int = 0             # on-chip output: its region (``_assign_regions``)
 
     @property
     def in_place(self) -> bool:
         """A convolution that reads its input where it lies (``_direct_segs``)."""
-        return self.segs[0].tap is not None
+        return bool(self.segs) and self.segs[0].tap is not None
 
 
 class _HostRows(Deferred):
@@ -159,18 +163,32 @@ def _input_words(first: _Plan) -> int:
     return len(first.segs) * first.rows_per_unit
 
 
-def _out_slots(plans) -> list:
-    """Words per unit of the two regions the on-chip outputs alternate between: layer k of the chain's
-    outputs (k = 0, 1, ..) goes to region k % 2, where the output of layer k - 2 is dead (layer k - 1,
-    which read it, is done: every layer starts behind a CONFIG barrier)."""
-    slots = [0, 0]
-    for k, plan in enumerate(p for p in plans if p.dest == 0):
-        slots[k % 2] = max(slots[k % 2], len(plan.ntiles) * plan.rows_per_unit)
-    return slots
+def _assign_regions(plans) -> list:
+    """Words per unit of the regions the on-chip outputs go to (after the input's), each plan's in its
+    ``region``: the first region whose output is dead, read by no plan from this one on (the plans that
+    read it are done: every layer starts behind a CONFIG barrier), else a new one. A chain's outputs
+    alternate between two regions; an output that a later layer reads again (a residual block's input)
+    keeps its region until then."""
+    last_read = {}
+    for q, plan in enumerate(plans):
+        for src in plan.src:
+            last_read[src] = q
+    sizes, owner = [], []
+    for k, plan in enumerate(plans):
+        if plan.dest != 0:
+            continue
+        free = [r for r, o in enumerate(owner) if last_read.get(o, o) < k]
+        plan.region = free[0] if free else len(sizes)
+        if not free:
+            sizes.append(0)
+            owner.append(k)
+        owner[plan.region] = k
+        sizes[plan.region] = max(sizes[plan.region], len(plan.ntiles) * plan.rows_per_unit)
+    return sizes
 
 
 def _words_per_unit(plans) -> int:
-    return _input_words(plans[0]) + sum(_out_slots(plans))
+    return _input_words(plans[0]) + sum(_assign_regions(plans))
 
 
 def direct_conv(layer: QLayer, config: NpuConfig) -> bool:
@@ -259,25 +277,59 @@ def _tiles_in_place(layer: QLayer, config: NpuConfig) -> tuple:
     return taps * -(-layer.conv.in_shape[0] // config.rows), -(-layer.k // config.rows)
 
 
-def _reads_in_place(prev: QLayer, layer: QLayer, config: NpuConfig) -> bool:
-    """Whether convolution ``layer`` can read the output of convolution ``prev`` where ``prev``'s
-    ``ACTIVATE`` leaves it in a chain: N tile g of ``prev`` is channel group g (``min(rows, cols)`` lanes
-    a tile, ``rows`` channels a group), the width stride is 1 or 2, and it takes no more K tiles than
-    its im2col rows would (few channels leave lanes of every tap's K tile idle)."""
-    if layer.conv is None or prev.conv is None or prev.out_shape != layer.in_shape:
+def _reads_in_place(shape: tuple, layer: QLayer | QAdd, config: NpuConfig) -> bool:
+    """Whether convolution (or ADD) ``layer`` can read a tensor of per-sample ``shape`` laid out in channel
+    groups (a convolution's or ADD's output where its ``ACTIVATE`` left it: N tile g is channel group g,
+    ``min(rows, cols)`` lanes a tile, ``rows`` channels a group; or a stage input read in place) where it
+    lies: a convolution's width stride is 1 or 2, and it takes no more K tiles than its im2col rows would
+    (few channels leave lanes of every tap's K tile idle)."""
+    if tuple(shape) != tuple(layer.in_shape) or config.rows > config.cols:
+        return False
+    if isinstance(layer, QAdd):
+        return True
+    if layer.conv is None:
         return False
     in_place, im2col = _tiles_in_place(layer, config)
-    return config.rows <= config.cols and layer.conv.stride[1] in (1, 2) and in_place <= im2col
+    return layer.conv.stride[1] in (1, 2) and in_place <= im2col
+
+
+def _grouped(layer: QLayer | QAdd) -> bool:
+    """A layer whose output stays on chip in channel groups (a convolution or an ADD)."""
+    return layer.conv is not None or isinstance(layer, QAdd)
+
+
+def _stage_sources(model: QuantModel, indices: list) -> list | None:
+    """Per layer of ``indices``, what it reads as positions in the stage (-1: the stage input, what the
+    first layer reads); None if a later layer reads a tensor from outside the stage."""
+    position = {i: q for q, i in enumerate(indices)}
+    given = model.sources(indices[0])[0]
+    srcs = [(-1,)]
+    for i in indices[1:]:
+        srcs.append(tuple(position.get(src, -1 if src == given else None) for src in model.sources(i)))
+        if None in srcs[-1]:
+            return None
+    return srcs
 
 
 def _chains(model: QuantModel, config: NpuConfig, indices: list) -> bool:
     """Whether ``indices`` may form one stage: every layer after the first either a fully connected one
-    (rows position-major: position p of all samples is one block, today's chains) or a convolution that
-    reads its producer in place (rows sample-major), not both."""
-    later = [model.layers[i] for i in indices[1:]]
-    if all(layer.conv is None for layer in later):
-        return True
-    return all(_reads_in_place(model.layers[i], model.layers[k], config) for i, k in zip(indices, indices[1:]))
+    reading the layer before (rows position-major: position p of all samples is one block, today's
+    chains), or a convolution or ADD that reads its sources in place (rows sample-major: the layer
+    before, an earlier convolution or ADD, or the stage input if the first layer reads that in place),
+    not both."""
+    srcs = _stage_sources(model, indices)
+    if srcs is None:
+        return False
+    layers = [model.layers[i] for i in indices]
+    if not any(_grouped(layer) for layer in layers[1:]):
+        return all(src == (q,) for q, src in enumerate(srcs[1:]))
+    for layer, src in zip(layers[1:], srcs[1:]):
+        for q in src:
+            producer_grouped = _grouped(layers[q]) if q >= 0 else direct_conv(layers[0], config)
+            shape = layers[q].out_shape if q >= 0 else layers[0].in_shape
+            if not producer_grouped or not _reads_in_place(shape, layer, config):
+                return False
+    return True
 
 
 def _ntiles(n: int, width: int) -> list:
@@ -288,12 +340,15 @@ def _plan_stage(model: QuantModel, config: NpuConfig, indices: list, batch: int)
     lanes = min(config.rows, config.cols)
     layers = [model.layers[i] for i in indices]
     in_place = direct_conv(layers[0], config)
-    sample_major = any(layer.conv is not None for layer in layers[1:]) or (len(layers) == 1 and in_place)
+    sample_major = any(_grouped(layer) for layer in layers[1:]) or (len(layers) == 1 and in_place)
+    srcs = _stage_sources(model, indices)
     plans = []
     for j, (i, layer) in enumerate(zip(indices, layers)):
         dest = 1 if j == len(indices) - 1 else 0
-        ntiles = _ntiles(layer.n, config.cols if dest else lanes)
-        if j == 0 and sample_major and in_place:
+        ntiles = _ntiles(layer.n, config.cols if dest and not isinstance(layer, QAdd) else lanes)
+        if isinstance(layer, QAdd):
+            segs = []
+        elif j == 0 and sample_major and in_place:
             segs = _direct_segs(layer, config, True)
         elif j == 0:
             segs = [_Seg(np.arange(k0, min(k0 + config.rows, layer.k)), True)
@@ -311,7 +366,7 @@ def _plan_stage(model: QuantModel, config: NpuConfig, indices: list, batch: int)
                 kidx[lane] = k
             segs = [_Seg(kidx, False, t, pos) for (t, pos), kidx in sorted(groups.items())]
         rows_per_unit = 1 if len(indices) == 1 and not sample_major else layer.positions
-        plans.append(_Plan(i, layer, rows_per_unit, segs, ntiles, dest))
+        plans.append(_Plan(i, layer, rows_per_unit, segs, ntiles, dest, src=srcs[j]))
     units = batch if len(indices) > 1 or sample_major else batch * layers[0].positions
     capacity = _capacity(config, len(indices), sum(plan.in_place for plan in plans))
     return _Stage(plans, units, min(units, capacity // _words_per_unit(plans)), sample_major=sample_major)
@@ -325,7 +380,8 @@ def _capacity(config: NpuConfig, layers: int, pads: int) -> int:
     return (config.act_depth - pads) // 2 if layers == 1 else config.act_depth - pads
 
 
-def _plan_stages(model: QuantModel, config: NpuConfig, batch: int, fuse: bool) -> list:
+def _groups(model: QuantModel, config: NpuConfig, batch: int, fuse: bool) -> list:
+    """The layers of each stage: a layer joins the stage before when it chains and the stage still fits."""
     groups = [[0]]
     for i in range(1, len(model.layers)):
         chained = groups[-1] + [i]
@@ -334,6 +390,20 @@ def _plan_stages(model: QuantModel, config: NpuConfig, batch: int, fuse: bool) -
             groups[-1] = chained
         else:
             groups.append([i])
+    return groups
+
+
+def one_program(model: QuantModel, config: NpuConfig, batch: int) -> bool:
+    """Whether ``model`` compiles to one stage (one program, no host round trip) for ``batch``: what a model
+    whose layers read more than the layer before (``QuantModel.is_graph``) needs."""
+    return len(_groups(model, config, batch, True)) == 1
+
+
+def _plan_stages(model: QuantModel, config: NpuConfig, batch: int, fuse: bool) -> list:
+    groups = _groups(model, config, batch, fuse)
+    if model.is_graph and len(groups) > 1:
+        raise ValueError(f"a model whose layers read more than the layer before must compile to one program; "
+                         f"this one splits into {len(groups)} for batch {batch} (``one_program`` says so first)")
     stages = [_plan_stage(model, config, g, batch) for g in groups]
     for stage in stages:
         if stage.mb < 1:
@@ -415,33 +485,67 @@ def _pad_row(config: NpuConfig, layer: QLayer) -> np.ndarray:
     return np.full((1, config.act_word_bytes), layer.in_q[1] & 0xFF, np.uint8)
 
 
+def _source_addr(stage: _Stage, src: int, group: int, base: int) -> int:
+    """Where channel group ``group`` of a micro-batch's tensor ``src`` starts (a plan's position in the
+    stage, or -1: the stage input read in place), ``base`` the micro-batch's."""
+    if src < 0:
+        first = stage.plans[0]
+        _, h, w = first.layer.conv.in_shape
+        return base + first.in_base + group * stage.mb * h * w
+    prod = stage.plans[src]
+    return base + prod.out_base + group * stage.mb * prod.rows_per_unit
+
+
+def _add_steps(stage: _Stage, plan: _Plan, base: int, u0: int, m: int) -> list:
+    """The elementwise ``ACTIVATE``s of an ADD over a micro-batch's ``m`` rows (its inputs and its output
+    laid out alike: channel group g, then (sample, position)), ``CHUNK_ROWS`` rows and one channel group
+    each."""
+    steps, cap = [], stage.mb * plan.rows_per_unit
+    for m0 in range(0, m, CHUNK_ROWS):
+        rows = min(CHUNK_ROWS, m - m0)
+        for ti, (n0, width) in enumerate(plan.ntiles):
+            x, y = (_source_addr(stage, src, ti, base) + m0 for src in plan.src)
+            out = base + plan.out_base + ti * cap + m0 if plan.dest == 0 else 0
+            steps.append(Elementwise(plan.index, x, y, out, rows, plan.dest,
+                                     (u0 * plan.rows_per_unit + m0, rows, n0, width)))
+    return steps
+
+
 def _emit_stage(stage: _Stage, config: NpuConfig, profile: bool) -> Emitter:
     pads = [plan for plan in stage.plans if plan.in_place]
     for k, plan in enumerate(pads):                # padding rows at the top of the activation SRAM
         plan.pad_addr = config.act_depth - 1 - k
     half, acc_half, kt = _capacity(config, len(stage.plans), len(pads)), config.acc_depth // 2, config.rows
     stage.plans[0].in_base = 0                     # regions sized for a full micro-batch
-    in_words, out_words = _input_words(stage.plans[0]), _out_slots(stage.plans)[0]
-    bases = [in_words * stage.mb, (in_words + out_words) * stage.mb]
-    for k, plan in enumerate(p for p in stage.plans if p.dest == 0):
-        plan.out_base = bases[k % 2]
+    in_words, sizes = _input_words(stage.plans[0]), _assign_regions(stage.plans)
+    for plan in stage.plans:
+        if plan.dest == 0:
+            plan.out_base = (in_words + sum(sizes[:plan.region])) * stage.mb
     slots = 0
     for plan in stage.plans:
         plan.slot0, slots = slots, slots + len(plan.segs) * len(plan.ntiles)
-        plan.live = _live_segs(plan)
-    resident = slots * kt <= config.wgt_depth
+        plan.live = _live_segs(plan) if plan.segs else []
+    # the next micro-batch's input may load during the layers after the last one that reads this one's
+    prefetch_from = 1 + max(pi for pi, plan in enumerate(stage.plans) if -1 in plan.src)
+    resident = slots * kt <= config.wgt_depth      # the whole stage's weights, loaded once
     ring = config.wgt_depth // kt
+    # else a layer whose weights fit loads them once per micro-batch (from slot 0: the layers before are
+    # done), the others cycle through the ring
+    fits = {plan.index: len(plan.segs) * len(plan.ntiles) * kt <= config.wgt_depth for plan in stage.plans}
 
     steps, loaded, banks, last_bank, tile_count = [], set(), [None, None], 1, 0
     later = []                                     # steps of layers 1.. of the previous micro-batch
     for j, (u0, mu) in enumerate(stage.micro_batches):
         base = (j % 2) * half if stage.unit_rows else 0
         loaded_rows = {}                           # an input read in place: rows loaded per group
-        start = len(steps)
+        begins = []                                # each plan's first step
         for pi, plan in enumerate(stage.plans):
-            if pi == 1:
-                first, start = steps[start:], len(steps)
-            w, cap, m = plan.layer.w, stage.mb * plan.rows_per_unit, mu * plan.rows_per_unit
+            begins.append(len(steps))
+            cap, m = stage.mb * plan.rows_per_unit, mu * plan.rows_per_unit
+            if isinstance(plan.layer, QAdd):
+                steps += _add_steps(stage, plan, base, u0, m)
+                continue
+            w = plan.layer.w
             pieces = -(-m // min(acc_half, CHUNK_ROWS))
             chunk = -(-m // pieces)            # balanced chunks: a short last ACTIVATE before the barrier
             for m0 in range(0, m, chunk):
@@ -453,10 +557,13 @@ def _emit_stage(stage: _Stage, config: NpuConfig, profile: bool) -> Emitter:
                     for si in live:
                         seg = plan.segs[si]
                         opens, closes = si == live[0], si == live[-1]     # the tile's first / last K tile
-                        key = (plan.index, si, ti)
-                        slot = plan.slot0 + si * len(plan.ntiles) + ti if resident else len(steps) % ring
+                        if resident or fits[plan.index]:
+                            key = (plan.index, si, ti, None if resident else j)
+                            slot = (plan.slot0 if resident else 0) + si * len(plan.ntiles) + ti
+                        else:
+                            key, slot = None, len(steps) % ring
                         loads = []
-                        if not resident or key not in loaded:
+                        if key is None or key not in loaded:
                             loaded.add(key)
                             loads.append(Load(Buf.WGT, slot * kt, len(seg.kidx),
                                               _weight_words(config, w, seg, n0, width)))
@@ -465,9 +572,8 @@ def _emit_stage(stage: _Stage, config: NpuConfig, profile: bool) -> Emitter:
                             if seg.host:                    # channel group g of the stage input
                                 _, in_h, in_w = plan.layer.conv.in_shape
                                 act_addr = base + plan.in_base + seg.tile * stage.mb * in_h * in_w
-                            else:                           # N tile g of the producer
-                                prod = stage.plans[pi - 1]
-                                act_addr = base + prod.out_base + seg.tile * stage.mb * prod.rows_per_unit
+                            else:                           # channel group g of its source, on chip
+                                act_addr = _source_addr(stage, plan.src[0], seg.tile, base)
                             runs = _direct_runs(plan.layer.conv, seg.tap, act_addr, m0, rows, plan.pad_addr)
                             if j == 0 and m0 == 0 and ti == 0 and opens:
                                 loads.append(Load(Buf.ACT, plan.pad_addr, 1, _pad_row(config, plan.layer)))
@@ -516,14 +622,20 @@ def _emit_stage(stage: _Stage, config: NpuConfig, profile: bool) -> Emitter:
                                           acc_addr, rows, not opens, activate, runs))
         if not stage.unit_rows:
             if later:                              # prefetch: this input loads during the last layers
-                _prefetch(first, later)
-            later = steps[start:]
+                _prefetch(steps[begins[0]:begins[1]], later)
+            later = steps[begins[prefetch_from]:] if prefetch_from < len(begins) else []
 
     e = Emitter(config, IN_PLACE_LIMIT if any(plan.in_place for plan in stage.plans) else None)
     layers = {plan.index: plan.layer for plan in stage.plans}
 
     def preamble(index):
         layer = layers[index]
+        if isinstance(layer, QAdd):                # the output's requantization, the inputs' tables
+            at = layer.attrs
+            e.configure(multiplier=at.out_multiplier, shift=at.out_shift, out_zp=at.out_zp, qmin=at.qmin,
+                        qmax=at.qmax)
+            e.ew_tables(add_tables(at))
+            return
         multiplier, shift = config_requant(layer.multiplier, layer.shift)
         e.configure(multiplier=multiplier, shift=shift, out_zp=layer.out_zp, qmin=layer.qmin,
                     qmax=layer.qmax, lut=layer.lut, single_round=layer.single_round)

@@ -1,6 +1,8 @@
 """The integer layer list a quantized model becomes: what the NPU runs, independent of ONNX.
 
-A ``QuantModel`` is a chain ``input -> layer 0 -> layer 1 -> ... -> output``. Every tensor between
+A ``QuantModel`` is a chain ``input -> layer 0 -> layer 1 -> ... -> output``, or a graph of them where
+layers name their ``source`` (a residual block: a layer may read the model input or any earlier layer's
+output, and a ``QAdd`` adds two of them, as TFLite's ADD does). Every tensor between
 layers is int8 on a (scale, zero point) grid; uint8 tensors of the source model are shifted by -128 on
 import (same scale, zero point - 128), which changes no real value. Each ``QLayer`` is one GEMM
 ``Y = act(requant(A @ W + bias))`` with
@@ -28,7 +30,7 @@ from opennpu.golden import numerics
 
 from .schedule import requant_params
 
-__all__ = ["ConvGeom", "QLayer", "TensorSpec", "QuantModel", "quantize_like_onnx", "dequantize_like_onnx",
+__all__ = ["ConvGeom", "QLayer", "QAdd", "TensorSpec", "QuantModel", "quantize_like_onnx", "dequantize_like_onnx",
            "int8_parts"]
 
 
@@ -114,6 +116,12 @@ class QLayer:
     conv: ConvGeom | None = None
     single_round: bool = False     # TFLite's single-rounding requantization (CONFIG single_round)
     raw: bool = False              # the output is the int32 sum A @ W + bias (no requantization, no LUT)
+    source: int | None = None      # the layer whose output it reads (-1: the model input); None: the one before
+
+    @property
+    def sources(self) -> tuple:
+        """What the layer reads, as ``QuantModel`` indices relative to it (see ``QuantModel.sources``)."""
+        return (self.source,)
 
     def __post_init__(self):
         self.w = np.asarray(self.w, np.int64)
@@ -168,6 +176,58 @@ class QLayer:
         y = numerics.activation_unit(acc, self.bias, self.multiplier, self.shift, self.out_zp, self.qmin,
                                      self.qmax, self.lut, self.single_round)
         return self.tensor(y, len(x))
+
+
+@dataclass
+class QAdd:
+    """TFLite's int8 ADD of two tensors of one per-sample shape ``(C, H, W)`` (``attrs``: the ``AddAttrs`` of
+    the graph node, ``sources[0]`` its first input, ``sources[1]`` its second; indices as ``QLayer.source``,
+    None meaning the layer before). The NPU runs it through elementwise ``ACTIVATE``s
+    (``compiler/elementwise.py``); ``out_q`` is its output's (scale, zero point)."""
+    name: str
+    attrs: object
+    shape: tuple
+    sources: tuple
+    out_q: tuple
+    op: str = "add"
+    raw = False
+    lut = None
+    conv = None
+    single_round = False
+
+    @property
+    def in_shape(self) -> tuple:
+        return self.shape
+
+    @property
+    def out_shape(self) -> tuple:
+        return self.shape
+
+    @property
+    def positions(self) -> int:
+        return int(np.prod(self.shape[1:]))
+
+    @property
+    def n(self) -> int:
+        return self.shape[0]
+
+    @property
+    def k(self) -> int:
+        return 0
+
+    @property
+    def in_q(self) -> tuple:
+        return (None, self.attrs.in_zp[0])
+
+    def tensor(self, y: np.ndarray, batch: int) -> np.ndarray:
+        """Rows (B * positions, C) in (sample, position) order -> (B, C, H, W)."""
+        return np.asarray(y, np.int64).reshape(batch, self.positions, self.n).transpose(0, 2, 1).reshape(
+            batch, *self.shape)
+
+    def reference(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """TFLite's ADD as the host kernel computes it (its reference: the NPU must equal it)."""
+        from .host_kernels import add
+        return add(np.asarray(a, np.int64), np.asarray(b, np.int64), self.attrs)
 
 
 @dataclass(frozen=True)
@@ -254,11 +314,27 @@ class QuantModel:
     def __post_init__(self):
         if not self.layers:
             raise ValueError("the model has no GEMM/Conv layer for the NPU to run")
+        if isinstance(self.layers[0], QAdd):
+            raise ValueError("the first layer must be a GEMM/Conv layer, not an ADD")
         if any(layer.raw for layer in self.layers[:-1]):
             raise ValueError("only the last layer may write int32 sums (raw): the next one reads int8")
-        for prev, layer in zip(self.layers, self.layers[1:]):
-            if int(np.prod(prev.out_shape)) != int(np.prod(layer.in_shape)):
-                raise ValueError(f"layer {layer.name} takes {layer.in_shape}, {prev.name} gives {prev.out_shape}")
+        for k, layer in enumerate(self.layers):
+            for src in self.sources(k):
+                if not -1 <= src < k:
+                    raise ValueError(f"layer {layer.name} reads layer {src}: only the input (-1) or an earlier one")
+                given = self.layers[src].out_shape if src >= 0 else self.layers[0].in_shape
+                if int(np.prod(given)) != int(np.prod(layer.in_shape)) or (isinstance(layer, QAdd)
+                                                                            and tuple(given) != layer.shape):
+                    raise ValueError(f"layer {layer.name} takes {layer.in_shape}, its source gives {given}")
+
+    def sources(self, k: int) -> tuple:
+        """The layers that layer ``k`` reads (-1: the model input)."""
+        return tuple(k - 1 if src is None else src for src in self.layers[k].sources)
+
+    @property
+    def is_graph(self) -> bool:
+        """Some layer reads something other than the layer before it (a residual block)."""
+        return any(self.sources(k) != (k - 1,) for k in range(1, len(self.layers)))
 
     def check_input(self, x) -> np.ndarray:
         """The input as an array, refused with ``ValueError`` unless its shape and kind match."""
@@ -279,7 +355,9 @@ class QuantModel:
 
     def reference(self, x) -> np.ndarray:
         """Run the chain with the golden numerics (no tiling); returns the last layer's int8 tensor."""
-        t = self.quantize_input(x)
-        for layer in self.layers:
-            t = layer.reference(t.reshape(len(t), *layer.in_shape))
-        return t
+        values = {-1: self.quantize_input(x)}
+        for k, layer in enumerate(self.layers):
+            inputs = [values[src] for src in self.sources(k)]
+            values[k] = layer.reference(*inputs) if isinstance(layer, QAdd) else \
+                layer.reference(inputs[0].reshape(len(inputs[0]), *layer.in_shape))
+        return values[len(self.layers) - 1]

@@ -32,10 +32,10 @@ from opennpu.config import NpuConfig
 from opennpu.golden import numerics
 from opennpu.golden import reorder
 from opennpu.golden.reorder import schedule_order
-from opennpu.golden.isa import ActFn, AStep, Buf, Command, Opcode, Precision
+from opennpu.golden.isa import ActFn, AStep, Buf, Command, LutTable, Opcode, Precision
 from opennpu.golden.program import Program
 
-__all__ = ["Deferred", "Load", "Activate", "Step", "Emitter", "emit_steps", "row_pieces", "per_channel",
+__all__ = ["Deferred", "Load", "Activate", "Step", "Elementwise", "Emitter", "emit_steps", "row_pieces", "per_channel",
            "requant_params", "config_requant", "tile_quant"]
 
 
@@ -135,6 +135,23 @@ class Step:
 
 
 @dataclass
+class Elementwise:
+    """An elementwise ``ACTIVATE`` (``ew``): ``rows`` rows from activation words ``xaddr ..`` and ``yaddr ..``
+    through the tables ``LOAD_LUT table=EW`` loaded (the group's preamble), to activation words ``aaddr ..``
+    (``dest`` 0) or to data-out (``dest`` 1, noted as ``("activate", tag)``). A step of its own in
+    ``emit_steps``: no weights, no ``COMPUTE``."""
+    group: object
+    xaddr: int
+    yaddr: int
+    aaddr: int
+    rows: int
+    dest: int
+    tag: object = None
+    loads: list = field(default_factory=list)
+    activate = None
+
+
+@dataclass
 class Emitter:
     """Collects commands and their data-in payloads (padded to whole beats per SRAM word / register)."""
     config: NpuConfig
@@ -226,6 +243,16 @@ class Emitter:
                           + np.asarray(shifts, np.int64).astype(np.int8).tobytes())
         return replace(act, bias=None, quant=None)
 
+    def elementwise(self, ew: Elementwise):
+        self.cmd(Opcode.ACTIVATE, ew=1, xaddr=ew.xaddr, yaddr=ew.yaddr, aaddr=ew.aaddr, rows=ew.rows, dest=ew.dest)
+        if ew.dest == 1:
+            self.outputs.append(("activate", ew.tag))
+
+    def ew_tables(self, tables: np.ndarray):
+        """``LOAD_LUT table=EW``: the elementwise tables, (2, 256) int32 values."""
+        self.cmd(Opcode.LOAD_LUT, table=LutTable.EW)
+        self.register(np.asarray(tables, np.int64).astype("<i4").tobytes())
+
     def counters(self, tag):
         self.cmd(Opcode.COUNTERS)
         self.outputs.append(("counters", tag))
@@ -259,7 +286,8 @@ def row_pieces(rows: int, count: int) -> list:
 
 def emit_steps(e: Emitter, steps: list, preamble: Callable[[object], None],
                between: Callable[[object], None] | None = None):
-    """Emit ``steps`` in pipelined order. ``preamble(group)`` runs before the first step of each group;
+    """Emit ``steps`` in pipelined order (an ``Elementwise`` step is its ``ACTIVATE``, with the loads it
+    carries). ``preamble(group)`` runs before the first step of each group;
     ``between(group)`` (optional) runs after each group's last ``ACTIVATE`` is emitted, at a point where
     the next command is a barrier anyway (used for ``COUNTERS`` snapshots).
 
@@ -289,18 +317,26 @@ def emit_steps(e: Emitter, steps: list, preamble: Callable[[object], None],
             e.load(load)
     late, before = None, None
     for s, step in enumerate(steps):
-        e.cmd(Opcode.PRELOAD, addr=step.wgt_addr, krows=step.krows, ncols=step.ncols)
-        if s == 0:
-            for load in hoisted:
+        if isinstance(step, Elementwise):
+            if late is not None:
+                e.activate(late)
+                late = None
+            for load in (streamed[s] if s < 2 else ()):
                 e.load(load)
-        if late is not None:         # (behind the PRELOAD: an ACTIVATE waiting for the ACT unit holds the head)
-            e.activate(late)
-            late = None
-        for load in (streamed[s] if s < 2 else ()):
-            e.load(load)
-        for aaddr, accaddr, rows, astep in step.computes():
-            e.cmd(Opcode.COMPUTE, aaddr=aaddr, accaddr=accaddr, rows=rows, accumulate=step.accumulate,
-                  astep=int(astep))
+            e.elementwise(step)
+        else:
+            e.cmd(Opcode.PRELOAD, addr=step.wgt_addr, krows=step.krows, ncols=step.ncols)
+            if s == 0:
+                for load in hoisted:
+                    e.load(load)
+            if late is not None:     # (behind the PRELOAD: an ACTIVATE waiting for the ACT unit holds the head)
+                e.activate(late)
+                late = None
+            for load in (streamed[s] if s < 2 else ()):
+                e.load(load)
+            for aaddr, accaddr, rows, astep in step.computes():
+                e.cmd(Opcode.COMPUTE, aaddr=aaddr, accaddr=accaddr, rows=rows, accumulate=step.accumulate,
+                      astep=int(astep))
         nxt = steps[s + 1] if s + 1 < len(steps) else None
         same = nxt is not None and nxt.group == step.group
         if activates[s] is not None:

@@ -488,3 +488,82 @@ def test_convolution_chain_reads_each_output_in_place(first_in_place):
     if first_in_place:
         from opennpu.sim.driver import Npu
         assert run_model(compiled, x, backend=Npu(config, "pysim")).counters == run.counters
+
+
+def _residual_model(rng, channels=8):
+    """a (3x3) -> b (3x3) -> add(x, b) -> c (3x3, stride 2), s (1x1, stride 2, from the add) -> add(c, s): two
+    residual blocks, the second with a strided shortcut, as ResNet's."""
+    from opennpu.compiler.qlayers import QAdd, QuantModel, TensorSpec
+    from test_elementwise import tflite_add_attrs
+    n = channels
+    attrs = []
+    for relu in (True, False):
+        z1, z2, zo = (int(z) for z in rng.integers(-100, 100, 3))
+        attrs.append(tflite_add_attrs(*np.exp(rng.uniform(-5, -1, 3)), (z1, z2), zo, qmin=zo if relu else -128))
+    layers = [_conv_layer("a", channels, (6, 6), (3, 3), (1, 1), (1, 1, 1, 1), n, rng, attrs[0].in_zp[0], -20),
+              _conv_layer("b", n, (6, 6), (3, 3), (1, 1), (1, 1, 1, 1), n, rng, -20, attrs[0].in_zp[1]),
+              QAdd("add1", attrs[0], (n, 6, 6), (-1, None), (1.0, attrs[0].out_zp)),
+              _conv_layer("c", n, (6, 6), (3, 3), (2, 2), (0, 0, 1, 1), n, rng, attrs[0].out_zp, attrs[1].in_zp[0]),
+              _conv_layer("s", n, (6, 6), (1, 1), (2, 2), (0, 0, 0, 0), n, rng, attrs[0].out_zp, attrs[1].in_zp[1]),
+              QAdd("add2", attrs[1], (n, 3, 3), (3, None), (1.0, attrs[1].out_zp))]
+    layers[4].source = 2
+    return QuantModel(layers, TensorSpec("x", (channels, 6, 6), None, "int8", 1.0, attrs[0].in_zp[0]),
+                      TensorSpec("y", (n, 3, 3), None, "int8", 1.0, attrs[1].out_zp))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_residual_blocks_run_in_one_program(seed):
+    """Two residual blocks (the first ADD reads the stage input, the second a strided 1x1 shortcut) in
+    one program: every tensor but the input and the last ADD's output stays on chip, the block input
+    keeps its region until its ADD (the next micro-batch's input loads only after it), the outputs
+    reuse the regions of dead ones. Bit-exact with the reference (the host's TFLite ADD) on golden over
+    several micro-batches, and on pysim (one seed) with the same counters."""
+    from opennpu.compiler import model_program
+    from opennpu.golden.isa import Opcode
+    rng = np.random.default_rng(seed)
+    qm = _residual_model(rng)
+    assert qm.is_graph and qm.sources(2) == (-1, 1) and qm.sources(4) == (2,) and qm.sources(5) == (3, 4)
+    config = NpuConfig(rows=4, cols=4, act_depth=512, wgt_depth=256, acc_depth=64)
+    batch = 3
+    compiled = compile_model(qm, config, batch=batch)
+    stage = compiled._stages[0]
+    assert compiled.stages == 1 and 1 <= stage.mb < batch
+    assert [info.output for info in compiled.layers] == ["chip"] * 5 + ["host"]
+    plans = stage.plans
+    assert plans[2].out_base == plans[0].out_base        # a's output is dead once b has read it
+    assert len({plans[k].out_base for k in (0, 1, 3, 4)}) == 3   # add1's output lives until s has read it
+    x = rng.integers(-128, 128, (batch, 8, 6, 6)).astype(np.int8)
+    run = run_model(compiled, x)
+    assert np.array_equal(run.values, qm.reference(x))
+    words_in = batch * 2 * 36 + 4                         # the input (two channel groups) and 4 padding rows
+    program = compiled._stage_program(0, qm.quantize_input(x))
+    assert sum(c.rows for c in program.commands if c.op == Opcode.LOAD and c.buf == 0) == words_in
+    assert run.counters["dma_out_bytes"] == batch * 9 * 2 * config.bus_bytes
+    assert model_program.one_program(qm, config, batch)
+    if seed == 0:
+        from opennpu.sim.driver import Npu
+        assert run_model(compiled, x, backend=Npu(config, "pysim")).counters == run.counters
+
+
+def test_residual_model_that_does_not_fit_one_program_is_refused():
+    """A graph model must be one program (its ADD reads a tensor an earlier stage would have sent away):
+    ``one_program`` says so, and ``compile_model`` refuses it with the reason."""
+    from opennpu.compiler import model_program
+    qm = _residual_model(np.random.default_rng(0))
+    small = NpuConfig(rows=4, cols=4, act_depth=128, wgt_depth=256, acc_depth=64)
+    assert not model_program.one_program(qm, small, 1)
+    with pytest.raises(ValueError, match="one program"):
+        compile_model(qm, small, batch=1)
+
+
+def test_quant_model_refuses_sources_it_cannot_read():
+    from opennpu.compiler.qlayers import QAdd, QuantModel, TensorSpec
+    qm = _residual_model(np.random.default_rng(1))
+    spec = qm.input
+    with pytest.raises(ValueError, match="only the input"):
+        QuantModel([qm.layers[0], QAdd("z", qm.layers[2].attrs, (8, 6, 6), (1, None), (1.0, 0))], spec, qm.output)
+    with pytest.raises(ValueError, match="source gives"):
+        QuantModel([qm.layers[0], qm.layers[1], QAdd("z", qm.layers[2].attrs, (8, 3, 3), (-1, None), (1.0, 0))],
+                   spec, qm.output)
+    with pytest.raises(ValueError, match="first layer"):
+        QuantModel([qm.layers[2]], spec, qm.output)

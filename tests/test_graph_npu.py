@@ -157,3 +157,33 @@ def test_product_of_activations_with_weights_beyond_two_int8_halves():
     y, (record,) = run_on_npu(graph, x, NpuConfig(rows=4, cols=4))
     assert np.array_equal(y[0], run_graph(graph, x)[0])
     assert record["device"] == "npu" and record["gemms"][0] == [8, 24, 8]
+
+
+def test_residual_blocks_stay_on_chip(monkeypatch):
+    """ResNet-8's three residual blocks (after its first convolution) compile as one model: the block input
+    is read by the branch and by the ADD (or the strided 1x1 shortcut) where it lies, so every tensor from
+    the first block's input to the last ADD's output stays on chip; the same outputs as the same nodes in
+    linear chains (each ADD's operands over the bus), under half their bus bytes, less energy."""
+    from opennpu.compiler import graph_npu
+    graph = import_tflite(RESNET)
+    x = _inputs(_input_shape(graph), random=3)[[0, 4]]
+    config = NpuConfig(rows=16, cols=16)    # (8x8: a 16-channel block input takes half the SRAM)
+    outputs, records = run_on_npu(graph, x, config)
+    assert np.array_equal(outputs[0], _litert(RESNET, x))
+    body = [r for r in records if r["device"] == "npu" and r["op"] in ("conv2d", "add")][1:]
+    assert [r["op"] for r in body].count("add") == 3 and body[-1]["op"] == "add"
+    assert all(r["input"] == "chip" for r in body[1:]) and all(r["output"] == "chip" for r in body[:-1])
+    assert all(r["dma_out_bytes"] == 0 for r in body[:-1]) and body[0]["programs"] == 1
+    linear = graph_npu._chain
+
+    def without_adds(graph, start, config, npu_ops, batch):      # the chains before: convolutions only
+        return linear(graph, start, config, npu_ops - {"add"}, batch)
+    monkeypatch.setattr(graph_npu, "_chain", without_adds)
+    apart, apart_records = run_on_npu(graph, x, config)
+    assert np.array_equal(outputs[0], apart[0])
+    assert any(r["op"] == "add" and r["input"] == "host" for r in apart_records)
+    names = {r["name"] for r in body}
+    moved = lambda rs: sum(r["dma_in_bytes"] + r["dma_out_bytes"] for r in rs if r["name"] in names)
+    assert 2 * moved(records) < moved(apart_records)
+    energy = lambda rs: sum(r["energy_fj"] for r in rs if r["device"] == "npu")
+    assert energy(records) < energy(apart_records)
