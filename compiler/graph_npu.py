@@ -60,7 +60,7 @@ from opennpu.golden.model import COUNTER_BEATS_BYTES
 from .graph import Graph, Node
 from .host_kernels import check_graph_input, dynamic_output, dynamic_quantize, dynamic_scale, pool_counts, run_node
 from .elementwise import run_add
-from .model_program import compile_model, direct_conv, one_program, run_model
+from .model_program import compile_model, direct_conv, grouped_input, one_program, run_model
 from .qlayers import ConvGeom, QAdd, QLayer, QuantModel, TensorSpec, int8_parts
 
 __all__ = ["NPU_OPS", "TABLE_OPS", "npu_runs", "pool_divisor", "lower_node", "lowered", "layer_input", "host_bytes",
@@ -376,12 +376,15 @@ def random_graph_input(graph: Graph, batch: int, seed: int = 0) -> np.ndarray:
 def _chain_link(graph: Graph, node: Node, config: NpuConfig, npu_ops) -> tuple | None:
     """``(layer, activation inputs)`` of ``node`` if it may be part of a chain run as one model, else None: a
     convolution (a depthwise one that lowers whole) that the NPU runs, with requantization (no raw int32
-    output), or an ADD of two activations (``QAdd``) that it runs; no table after either."""
+    output), or an ADD of two activations (``QAdd``) that it runs, whose channels fill whole groups of
+    ``min(rows, cols)`` lanes (on chip its ACT unit reads two words a row; half-empty words would make
+    it slower than the host bus's densely packed operands); no table after either."""
     if not npu_runs(graph, node, config, npu_ops) or _table_after(graph, node) is not None:
         return None
-    if node.op == "add":
+    if node.op == "add":          # (on chip it reads whole channel groups, two words a row: only full ones)
         out = graph.tensors[node.output]
-        if any(graph.tensors[i].is_const for i in node.inputs) or len(out.shape) != 3:
+        if any(graph.tensors[i].is_const for i in node.inputs) or len(out.shape) != 3 \
+                or out.shape[-1] % min(config.rows, config.cols):
             return None
         h, w, c = out.shape
         return QAdd(node.name, node.attrs, (c, h, w), (None, None), (out.scale[0], out.zero_point[0])), \
@@ -443,7 +446,7 @@ def _chain(graph: Graph, start: int, config: NpuConfig, npu_ops, batch: int) -> 
         chain = _linked(graph, members[:end])
         if chain is not None:
             model = _chain_model(chain)
-            if not model.is_graph or one_program(model, config, batch):
+            if not model.is_graph or (grouped_input(model.layers[0], config) and one_program(model, config, batch)):
                 return chain
     return [(node, layer) for node, layer, _ in members[:1]]
 

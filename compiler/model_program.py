@@ -55,10 +55,10 @@ from opennpu.golden.timing import array_latency
 
 from .elementwise import add_tables
 from .qlayers import QAdd, QLayer, QuantModel
-from .schedule import (Activate, Deferred, Elementwise, Emitter, Load, Step, config_requant, emit_steps, per_channel,
-                       tile_quant)
+from .schedule import (Activate, Deferred, Elementwise, Emitter, Load, Step, TableLoad, config_requant, emit_steps,
+                       per_channel, tile_quant)
 
-__all__ = ["LayerInfo", "CompiledModel", "ModelRun", "direct_conv", "one_program", "compile_model", "run_model"]
+__all__ = ["LayerInfo", "CompiledModel", "ModelRun", "direct_conv", "grouped_input", "one_program", "compile_model", "run_model"]
 
 #: ``Emitter.schedule_limit`` of a stage with a convolution read in place: its output rows are short
 #: COMPUTE runs (two or three commands an output row and tap), whose input LOADs the list scheduler
@@ -209,6 +209,18 @@ def direct_conv(layer: QLayer, config: NpuConfig) -> bool:
             and groups * h * w <= _capacity(config, 1, 1))
 
 
+def grouped_input(layer: QLayer, config: NpuConfig) -> bool:
+    """Whether a stage that starts with ``layer`` holds its input in channel groups, as a convolution's
+    output lies on chip (so that later layers of the stage can read it too): read in place
+    (``direct_conv``), or the im2col rows of a 1x1 convolution of stride 1 without padding (one K tile
+    per channel group, a row per position: the same words)."""
+    conv = layer.conv
+    if conv is None:
+        return False
+    pointwise = conv.kernel == (1, 1) and conv.stride == (1, 1) and not any(conv.pads)
+    return direct_conv(layer, config) or (pointwise and config.rows <= config.cols)
+
+
 def _direct_need(conv, end: int) -> int:
     """Input positions (sample-major, row-major) that GEMM rows ``0 .. end`` of a micro-batch read."""
     _, h, w = conv.in_shape
@@ -325,7 +337,7 @@ def _chains(model: QuantModel, config: NpuConfig, indices: list) -> bool:
         return all(src == (q,) for q, src in enumerate(srcs[1:]))
     for layer, src in zip(layers[1:], srcs[1:]):
         for q in src:
-            producer_grouped = _grouped(layers[q]) if q >= 0 else direct_conv(layers[0], config)
+            producer_grouped = _grouped(layers[q]) if q >= 0 else grouped_input(layers[0], config)
             shape = layers[q].out_shape if q >= 0 else layers[0].in_shape
             if not producer_grouped or not _reads_in_place(shape, layer, config):
                 return False
@@ -485,6 +497,18 @@ def _pad_row(config: NpuConfig, layer: QLayer) -> np.ndarray:
     return np.full((1, config.act_word_bytes), layer.in_q[1] & 0xFF, np.uint8)
 
 
+def _carry_tables(stage: _Stage, steps: list, begins: list, adds: list):
+    """Give each ADD's table load (``TableLoad``) to a step of the layers since the ADD before it (whose
+    tables it replaces; the hardware holds one set), so that it loads while they compute: the middle one
+    that does not open its layer (a layer's first step's loads go ahead of its CONFIG, which would wait
+    for them), else the ADD's own first step."""
+    for k, a in enumerate(adds):
+        lo = adds[k - 1] + 1 if k else 0
+        inner = [s for s in range(begins[lo], begins[a]) if s not in begins]
+        host = steps[inner[len(inner) // 2]] if inner else steps[begins[a]]
+        host.loads.append(TableLoad(add_tables(stage.plans[a].layer.attrs)))
+
+
 def _source_addr(stage: _Stage, src: int, group: int, base: int) -> int:
     """Where channel group ``group`` of a micro-batch's tensor ``src`` starts (a plan's position in the
     stage, or -1: the stage input read in place), ``base`` the micro-batch's."""
@@ -525,6 +549,7 @@ def _emit_stage(stage: _Stage, config: NpuConfig, profile: bool) -> Emitter:
     for plan in stage.plans:
         plan.slot0, slots = slots, slots + len(plan.segs) * len(plan.ntiles)
         plan.live = _live_segs(plan) if plan.segs else []
+    adds = [pi for pi, plan in enumerate(stage.plans) if isinstance(plan.layer, QAdd)]
     # the next micro-batch's input may load during the layers after the last one that reads this one's
     prefetch_from = 1 + max(pi for pi, plan in enumerate(stage.plans) if -1 in plan.src)
     resident = slots * kt <= config.wgt_depth      # the whole stage's weights, loaded once
@@ -620,6 +645,8 @@ def _emit_stage(stage: _Stage, config: NpuConfig, profile: bool) -> Emitter:
                             last_bank = bank
                         steps.append(Step(plan.index, loads, slot * kt, len(seg.kidx), width, act_addr,
                                           acc_addr, rows, not opens, activate, runs))
+        if j == 0 or len(adds) > 1:                # (one ADD's tables stay loaded)
+            _carry_tables(stage, steps, begins, adds)
         if not stage.unit_rows:
             if later:                              # prefetch: this input loads during the last layers
                 _prefetch(steps[begins[0]:begins[1]], later)
@@ -634,7 +661,6 @@ def _emit_stage(stage: _Stage, config: NpuConfig, profile: bool) -> Emitter:
             at = layer.attrs
             e.configure(multiplier=at.out_multiplier, shift=at.out_shift, out_zp=at.out_zp, qmin=at.qmin,
                         qmax=at.qmax)
-            e.ew_tables(add_tables(at))
             return
         multiplier, shift = config_requant(layer.multiplier, layer.shift)
         e.configure(multiplier=multiplier, shift=shift, out_zp=layer.out_zp, qmin=layer.qmin,

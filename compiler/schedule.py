@@ -35,7 +35,7 @@ from opennpu.golden.reorder import schedule_order
 from opennpu.golden.isa import ActFn, AStep, Buf, Command, LutTable, Opcode, Precision
 from opennpu.golden.program import Program
 
-__all__ = ["Deferred", "Load", "Activate", "Step", "Elementwise", "Emitter", "emit_steps", "row_pieces", "per_channel",
+__all__ = ["Deferred", "Load", "TableLoad", "Activate", "Step", "Elementwise", "Emitter", "emit_steps", "row_pieces", "per_channel",
            "requant_params", "config_requant", "tile_quant"]
 
 
@@ -135,6 +135,15 @@ class Step:
 
 
 @dataclass
+class TableLoad:
+    """``LOAD_LUT table=EW`` with the elementwise tables ((2, 256) int32 values), carried by a step like a
+    ``Load`` (it is not an activation load: ``buf`` None), so that it overlaps the COMPUTEs before the ADD
+    that reads them."""
+    tables: np.ndarray
+    buf = None
+
+
+@dataclass
 class Elementwise:
     """An elementwise ``ACTIVATE`` (``ew``): ``rows`` rows from activation words ``xaddr ..`` and ``yaddr ..``
     through the tables ``LOAD_LUT table=EW`` loaded (the group's preamble), to activation words ``aaddr ..``
@@ -211,7 +220,10 @@ class Emitter:
             self.cmd(Opcode.LOAD_LUT)
             self.register(np.asarray(lut, np.int8).tobytes())
 
-    def load(self, load: Load):
+    def load(self, load: Load | TableLoad):
+        if isinstance(load, TableLoad):
+            self.ew_tables(load.tables)
+            return
         self.cmd(Opcode.LOAD, buf=load.buf, addr=load.addr, rows=load.rows)
         if isinstance(load.payload, Deferred):
             self._chunk(load.payload)

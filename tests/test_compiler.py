@@ -519,7 +519,7 @@ def test_residual_blocks_run_in_one_program(seed):
     reuse the regions of dead ones. Bit-exact with the reference (the host's TFLite ADD) on golden over
     several micro-batches, and on pysim (one seed) with the same counters."""
     from opennpu.compiler import model_program
-    from opennpu.golden.isa import Opcode
+    from opennpu.golden.isa import LutTable, Opcode
     rng = np.random.default_rng(seed)
     qm = _residual_model(rng)
     assert qm.is_graph and qm.sources(2) == (-1, 1) and qm.sources(4) == (2,) and qm.sources(5) == (3, 4)
@@ -540,9 +540,32 @@ def test_residual_blocks_run_in_one_program(seed):
     assert sum(c.rows for c in program.commands if c.op == Opcode.LOAD and c.buf == 0) == words_in
     assert run.counters["dma_out_bytes"] == batch * 9 * 2 * config.bus_bytes
     assert model_program.one_program(qm, config, batch)
+    # the hardware holds one set of ADD tables: two ADDs reload theirs in every micro-batch
+    tables = [c for c in program.commands if c.op == Opcode.LOAD_LUT and c.table == LutTable.EW]
+    assert len(tables) == 2 * len(stage.micro_batches)
     if seed == 0:
         from opennpu.sim.driver import Npu
         assert run_model(compiled, x, backend=Npu(config, "pysim")).counters == run.counters
+
+
+def test_one_residual_block_loads_its_add_tables_once():
+    """A stage with one ADD loads its tables once, while the layers before it compute (not behind the ADD's
+    CONFIG barrier), for all its micro-batches; bit-exact with the reference."""
+    from opennpu.compiler.qlayers import QuantModel, TensorSpec
+    from opennpu.golden.isa import LutTable, Opcode
+    full = _residual_model(np.random.default_rng(4))
+    qm = QuantModel(full.layers[:3], full.input, TensorSpec("y", (8, 6, 6), None, "int8", *full.layers[2].out_q))
+    config = NpuConfig(rows=4, cols=4, act_depth=512, wgt_depth=256, acc_depth=64)
+    compiled = compile_model(qm, config, batch=4)
+    assert len(compiled._stages[0].micro_batches) > 1
+    x = np.random.default_rng(5).integers(-128, 128, (4, 8, 6, 6)).astype(np.int8)
+    program = compiled._stage_program(0, qm.quantize_input(x))
+    kinds = [(c.op, getattr(c, "table", None)) for c in program.commands]
+    first_table = kinds.index((Opcode.LOAD_LUT, LutTable.EW))
+    assert kinds.count((Opcode.LOAD_LUT, LutTable.EW)) == 1
+    configs = [k for k, (op, _) in enumerate(kinds) if op == Opcode.CONFIG]
+    assert configs[0] < first_table < configs[2]          # while a or b computes, not behind the ADD's CONFIG
+    assert np.array_equal(run_model(compiled, x).values, qm.reference(x))
 
 
 def test_residual_model_that_does_not_fit_one_program_is_refused():
@@ -557,7 +580,7 @@ def test_residual_model_that_does_not_fit_one_program_is_refused():
 
 
 def test_quant_model_refuses_sources_it_cannot_read():
-    from opennpu.compiler.qlayers import QAdd, QuantModel, TensorSpec
+    from opennpu.compiler.qlayers import QAdd, QuantModel
     qm = _residual_model(np.random.default_rng(1))
     spec = qm.input
     with pytest.raises(ValueError, match="only the input"):
