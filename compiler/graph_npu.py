@@ -8,7 +8,8 @@ format uses (``CONFIG single_round``). Layouts: the graph is channels-last (TFLi
 layers take (C, H, W), so the host transposes an NPU node's input and output; a convolution reads its
 input in place where that moves fewer bytes than im2col rows, else the host builds them (the model
 compiler's host glue). A run of convolutions each read by the next alone compiles as one model
-(``_chain``), so that their activations stay on chip where the SRAM holds them. The host traffic is
+(``_chain``), so that their activations stay on chip where the SRAM holds them; so do residual blocks
+(a block's input read by its branch and by its ADD, or by a strided 1x1 shortcut). The host traffic is
 what the run reports.
 
 Lowerings, all exact against the host kernels (``host_kernels``, TFLite's reference arithmetic):
@@ -475,8 +476,8 @@ def run_on_npu(graph: Graph, x, config: NpuConfig, backend="golden", npu_ops=NPU
     """Run ``graph`` on the batched int8 input ``x``: nodes in ``npu_ops`` on the NPU (``backend``: a
     driver name or an object with ``run(program)``), a table (``TABLE_OPS``) that alone reads an NPU
     node's output in that node's activation units, the rest on the host kernels; a run of convolutions
-    each read by the next alone compiles as one model (``_chain``), whose outputs stay on chip where the
-    activation SRAM holds them. Returns ``(outputs, records)``, one JSON-ready record per node (a fused
+    and ADDs (``_chain``: each output read inside the run alone, residual blocks included) compiles as
+    one model, whose outputs stay on chip where the activation SRAM holds them. Returns ``(outputs, records)``, one JSON-ready record per node (a fused
     table's: device ``npu``, ``fused_into`` the node, no cycles of its own; an NPU node's ``input`` and
     ``output``: ``host`` or ``chip``)."""
     values, records = {graph.inputs[0]: check_graph_input(graph, x)}, []

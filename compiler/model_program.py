@@ -24,6 +24,15 @@ sample-major ((sample, position) order), while a chain of fully connected layers
 them position-major, so the two kinds do not mix in one stage. On-chip K tiles whose weights are all
 zero are skipped (a depthwise convolution's block-diagonal weights).
 
+Residual blocks: a model whose layers read more than the layer before (``QLayer.source``, ``QAdd``) is
+one stage (``one_program``). A convolution may read any earlier convolution's or ADD's output, or the
+stage input when the first layer holds it in channel groups (``grouped_input``); an ADD reads two such
+tensors, laid out alike, with elementwise ``ACTIVATE``s (``CHUNK_ROWS`` rows and one channel group
+each), its tables (``LOAD_LUT table=EW``) loaded while the layers before it compute. Each on-chip output
+takes the first region whose tensor no later layer reads (``_assign_regions``: a plain chain's outputs
+alternate between two), the stage input keeps its own until its last reader, and the next
+micro-batch's input loads only after that.
+
 A *raw* layer (``QLayer.raw``: ONNX's MatMulInteger / ConvInteger, whose output is the int32 sum) is the
 last of its model: its write-back is a ``STORE`` of the accumulator rows (int32, four bytes a value),
 and the host adds its bias while decoding (the activation unit, which adds it otherwise, is bypassed).
@@ -34,7 +43,8 @@ the micro-batch in accumulator chunks (``CHUNK_ROWS``), N tiles, then K tiles, e
 In a chain the next micro-batch's input loads while the current one runs its later layers (the input
 region is dead by then); a single-layer stage treats its GEMM rows as the units and alternates the two
 halves of the activation SRAM, so any M fits. Weights stay resident in the weight SRAM when the whole
-stage's tiles fit, otherwise they cycle through a ring of slots.
+stage's tiles fit; otherwise a layer whose tiles fit loads them once per micro-batch, and the others
+cycle through a ring of slots.
 
 One schedule is built per compile; ``CompiledModel.program(x)`` assembles its data-in stream for an
 input. With ``profile=True`` a ``COUNTERS`` snapshot follows every layer's last ``ACTIVATE`` (just
@@ -386,7 +396,7 @@ def _plan_stage(model: QuantModel, config: NpuConfig, indices: list, batch: int)
 
 def _capacity(config: NpuConfig, layers: int, pads: int) -> int:
     """Activation words one micro-batch may use: half the SRAM for a single layer (micro-batches
-    alternate halves), all of it for a chain (the input region is dead once the first layer is done,
+    alternate halves), all of it for a chain (the input region is dead once its last reader is done,
     so the next micro-batch's input loads during the later layers instead); less the top ``pads``
     words, the padding rows of the layers that read their input in place."""
     return (config.act_depth - pads) // 2 if layers == 1 else config.act_depth - pads
