@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -590,3 +591,60 @@ def test_quant_model_refuses_sources_it_cannot_read():
                    spec, qm.output)
     with pytest.raises(ValueError, match="first layer"):
         QuantModel([qm.layers[2]], spec, qm.output)
+
+
+def _random_graph_model(rng, lanes):
+    """A random residual graph of one shape (C, H, W): a first convolution (3x3 read in place, or a 1x1
+    one), then convolutions (3x3 'same' or 1x1) and ADDs, each reading random earlier tensors (the
+    input included)."""
+    from opennpu.compiler.qlayers import QAdd, QuantModel, TensorSpec
+    from test_elementwise import tflite_add_attrs
+    c = int(rng.choice([lanes, 2 * lanes, lanes + lanes // 2]))
+    hw = (int(rng.integers(3, 6)), int(rng.integers(3, 6)))
+    zps = {-1: int(rng.integers(-100, 100))}
+
+    def conv(name, src, kernel):
+        pads = (1, 1, 1, 1) if kernel == (3, 3) else (0, 0, 0, 0)
+        zp = int(rng.integers(-100, 100))
+        layer = _conv_layer(name, c, hw, kernel, (1, 1), pads, c, rng, zps[src], zp)
+        return layer, zp
+
+    layers = []
+    first, zps[0] = conv("l0", -1, (3, 3) if rng.random() < 0.7 else (1, 1))
+    layers.append(first)
+    for k in range(1, int(rng.integers(3, 8))):
+        if rng.random() < 0.4:
+            a, b = (int(s) for s in rng.integers(-1, k, 2))
+            zp = int(rng.integers(-100, 100))
+            attrs = tflite_add_attrs(*np.exp(rng.uniform(-4, -1, 3)), (zps[a], zps[b]), zp,
+                                     qmin=zp if rng.random() < 0.5 else -128)
+            layers.append(QAdd(f"l{k}", attrs, (c, *hw), tuple(None if s == k - 1 else s for s in (a, b)), (1.0, zp)))
+        else:
+            src = int(rng.integers(-1, k))
+            layer, zp = conv(f"l{k}", src, (3, 3) if rng.random() < 0.6 else (1, 1))
+            layer.source = None if src == k - 1 else src
+            layers.append(layer)
+        zps[k] = zp
+    return QuantModel(layers, TensorSpec("x", (c, *hw), None, "int8", 1.0, zps[-1]),
+                      TensorSpec("y", (c, *hw), None, "int8", 1.0, zps[len(layers) - 1]))
+
+
+@given(seed=st.integers(0, 2 ** 32 - 1), rows=st.sampled_from([2, 4]), depth=st.sampled_from([96, 192, 512]),
+       batch=st.integers(1, 3))
+@settings(max_examples=40, deadline=None)
+def test_random_residual_graphs_compile_exactly_or_are_refused(seed, rows, depth, batch):
+    """Random graphs of convolutions and ADDs (any layer reading any earlier tensor or the input, lanes
+    partly empty too) on small SRAMs: where ``one_program`` says they fit, golden equals the reference
+    over every micro-batch; where not, ``compile_model`` refuses them."""
+    from opennpu.compiler import model_program
+    rng = np.random.default_rng(seed)
+    qm = _random_graph_model(rng, rows)
+    config = NpuConfig(rows=rows, cols=rows, act_depth=depth, wgt_depth=128, acc_depth=32)
+    if not qm.is_graph or not model_program.one_program(qm, config, batch):
+        if qm.is_graph:
+            with pytest.raises(ValueError, match="one program"):
+                compile_model(qm, config, batch=batch)
+        return
+    compiled = compile_model(qm, config, batch=batch)
+    x = rng.integers(-128, 128, (batch, *qm.input.shape)).astype(np.int8)
+    assert np.array_equal(run_model(compiled, x).values, qm.reference(x))
