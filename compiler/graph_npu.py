@@ -477,9 +477,9 @@ def run_on_npu(graph: Graph, x, config: NpuConfig, backend="golden", npu_ops=NPU
     driver name or an object with ``run(program)``), a table (``TABLE_OPS``) that alone reads an NPU
     node's output in that node's activation units, the rest on the host kernels; a run of convolutions
     and ADDs (``_chain``: each output read inside the run alone, residual blocks included) compiles as
-    one model, whose outputs stay on chip where the activation SRAM holds them. Returns ``(outputs, records)``, one JSON-ready record per node (a fused
-    table's: device ``npu``, ``fused_into`` the node, no cycles of its own; an NPU node's ``input`` and
-    ``output``: ``host`` or ``chip``)."""
+    one model, whose outputs stay on chip where the activation SRAM holds them. Returns ``(outputs,
+    records)``, one JSON-ready record per node (a fused table's: device ``npu``, ``fused_into`` the node,
+    no cycles of its own; an NPU node's ``input`` and ``output``: ``host`` or ``chip``)."""
     values, records = {graph.inputs[0]: check_graph_input(graph, x)}, []
     batch = len(values[graph.inputs[0]])
     peak = config.rows * config.cols

@@ -68,7 +68,8 @@ from .qlayers import QAdd, QLayer, QuantModel
 from .schedule import (Activate, Deferred, Elementwise, Emitter, Load, Step, TableLoad, config_requant, emit_steps,
                        per_channel, tile_quant)
 
-__all__ = ["LayerInfo", "CompiledModel", "ModelRun", "direct_conv", "grouped_input", "one_program", "compile_model", "run_model"]
+__all__ = ["LayerInfo", "CompiledModel", "ModelRun", "direct_conv", "grouped_input", "one_program", "compile_model",
+           "run_model"]
 
 #: ``Emitter.schedule_limit`` of a stage with a convolution read in place: its output rows are short
 #: COMPUTE runs (two or three commands an output row and tap), whose input LOADs the list scheduler

@@ -28,10 +28,11 @@ import numpy as np
 
 from opennpu.golden import numerics
 
+from .graph import AddAttrs
 from .schedule import requant_params
 
-__all__ = ["ConvGeom", "QLayer", "QAdd", "TensorSpec", "QuantModel", "quantize_like_onnx", "dequantize_like_onnx",
-           "int8_parts"]
+__all__ = ["ConvGeom", "QLayer", "QAdd", "TensorSpec", "QuantModel", "quantize_like_onnx",
+           "dequantize_like_onnx", "int8_parts"]
 
 
 def quantize_like_onnx(x, scale: float, zero_point: int) -> np.ndarray:
@@ -185,7 +186,7 @@ class QAdd:
     None meaning the layer before). The NPU runs it through elementwise ``ACTIVATE``s
     (``compiler/elementwise.py``); ``out_q`` is its output's (scale, zero point)."""
     name: str
-    attrs: object
+    attrs: AddAttrs
     shape: tuple
     sources: tuple
     out_q: tuple
@@ -214,10 +215,6 @@ class QAdd:
     @property
     def k(self) -> int:
         return 0
-
-    @property
-    def in_q(self) -> tuple:
-        return (None, self.attrs.in_zp[0])
 
     def tensor(self, y: np.ndarray, batch: int) -> np.ndarray:
         """Rows (B * positions, C) in (sample, position) order -> (B, C, H, W)."""

@@ -35,8 +35,8 @@ from opennpu.golden.reorder import schedule_order
 from opennpu.golden.isa import ActFn, AStep, Buf, Command, LutTable, Opcode, Precision
 from opennpu.golden.program import Program
 
-__all__ = ["Deferred", "Load", "TableLoad", "Activate", "Step", "Elementwise", "Emitter", "emit_steps", "row_pieces", "per_channel",
-           "requant_params", "config_requant", "tile_quant"]
+__all__ = ["Deferred", "Load", "TableLoad", "Activate", "Step", "Elementwise", "Emitter", "emit_steps",
+           "row_pieces", "per_channel", "requant_params", "config_requant", "tile_quant"]
 
 
 def per_channel(multiplier) -> bool:
@@ -146,9 +146,9 @@ class TableLoad:
 @dataclass
 class Elementwise:
     """An elementwise ``ACTIVATE`` (``ew``): ``rows`` rows from activation words ``xaddr ..`` and ``yaddr ..``
-    through the tables ``LOAD_LUT table=EW`` loaded (the group's preamble), to activation words ``aaddr ..``
-    (``dest`` 0) or to data-out (``dest`` 1, noted as ``("activate", tag)``). A step of its own in
-    ``emit_steps``: no weights, no ``COMPUTE``."""
+    through the tables that a ``TableLoad`` before it loaded, to activation words ``aaddr ..`` (``dest``
+    0) or to data-out (``dest`` 1, noted as ``("activate", tag)``). A step of its own in ``emit_steps``:
+    no weights, no ``COMPUTE``."""
     group: object
     xaddr: int
     yaddr: int
@@ -329,23 +329,20 @@ def emit_steps(e: Emitter, steps: list, preamble: Callable[[object], None],
             e.load(load)
     late, before = None, None
     for s, step in enumerate(steps):
-        if isinstance(step, Elementwise):
-            if late is not None:
-                e.activate(late)
-                late = None
-            for load in (streamed[s] if s < 2 else ()):
+        elementwise = isinstance(step, Elementwise)
+        if not elementwise:
+            e.cmd(Opcode.PRELOAD, addr=step.wgt_addr, krows=step.krows, ncols=step.ncols)
+        if s == 0:
+            for load in hoisted:
                 e.load(load)
+        if late is not None:         # (behind the PRELOAD: an ACTIVATE waiting for the ACT unit holds the head)
+            e.activate(late)
+            late = None
+        for load in (streamed[s] if s < 2 else ()):
+            e.load(load)
+        if elementwise:
             e.elementwise(step)
         else:
-            e.cmd(Opcode.PRELOAD, addr=step.wgt_addr, krows=step.krows, ncols=step.ncols)
-            if s == 0:
-                for load in hoisted:
-                    e.load(load)
-            if late is not None:     # (behind the PRELOAD: an ACTIVATE waiting for the ACT unit holds the head)
-                e.activate(late)
-                late = None
-            for load in (streamed[s] if s < 2 else ()):
-                e.load(load)
             for aaddr, accaddr, rows, astep in step.computes():
                 e.cmd(Opcode.COMPUTE, aaddr=aaddr, accaddr=accaddr, rows=rows, accumulate=step.accumulate,
                       astep=int(astep))
