@@ -43,9 +43,9 @@ def graph_run_report(graph: Graph, x, model: str, backend: str, config: NpuConfi
 def graph_layers(graph: Graph, config: NpuConfig, batch: int = 8, seed: int = 0) -> tuple:
     """``(layers, host_ops)`` for ``opennpu report``: one ``Layer`` per program an NPU node runs as (named
     ``node`` or ``node[i]``), with the activations it sees for a batch of random int8 inputs (cycles,
-    bytes and energy do not depend on the values: ``graph_npu.random_graph_input``); and, for each op on the host, its name, op and the
-    bytes it moves. An ``add``, which the NPU runs elementwise (no GEMM to compare), is listed with the
-    host ops."""
+    bytes and energy do not depend on the values: ``graph_npu.random_graph_input``); and, for each other
+    op, its name, op, ``device`` and the bytes it reads and writes: the host ops (``cpu``), and an ``add``
+    that the NPU runs elementwise (``npu``: no GEMM to compare; ``opennpu run`` counts its cycles)."""
     x = random_graph_input(graph, batch, seed)
     values, layers, host = {graph.inputs[0]: x if x.dtype == np.float32 else x.astype(np.int64)}, [], []
     for node in graph.nodes:
@@ -58,6 +58,7 @@ def graph_layers(graph: Graph, config: NpuConfig, batch: int = 8, seed: int = 0)
                                 single_round=layer.single_round, raw=layer.raw)
                 layers.append(Layer(node.name if len(pairs) == 1 else f"{node.name}[{i}]", spec))
         else:
-            host.append({"name": node.name, "op": node.op, "bytes": host_bytes(node, values, y)})
+            host.append({"name": node.name, "op": node.op, "device": "npu" if npu_runs(graph, node, config) else "cpu",
+                         "bytes": host_bytes(node, values, y)})
         values[node.output] = y
     return layers, host

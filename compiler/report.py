@@ -120,7 +120,8 @@ def write_report(layers: list[Layer], config: NpuConfig, out_dir: str | Path, *,
                  title: str = "model", progress: bool = True, host_ops: list | None = None) -> dict:
     """Measure every layer, write ``report.md`` + plots into ``out_dir``, return the numbers.
 
-    ``host_ops``: optional ``{"name", "op", "bytes"}`` of the ops of a graph that run on the host.
+    ``host_ops``: optional ``{"name", "op", "device", "bytes"}`` of a graph's ops outside the GEMM layers:
+    those on the host (``cpu``) and its elementwise ADDs on the NPU (``npu``).
 
     ``progress``: show a progress bar on stderr while measuring (only where stderr is a terminal).
 
@@ -257,10 +258,12 @@ def _markdown(report: dict) -> str:
                          f"{c['energy_fj'] / 1e9:.3f} |")
         lines += ["", "![fusion](fusion.png)", ""]
     if report["host_ops"]:
-        lines += ["## Ops on the host", "", "The graph's other ops run on the host kernels (numpy, bit-exact "
-                  "with the source format's reference); each moves these bytes (inputs + output):", "",
-                  "| op | kind | bytes |", "| --- | --- | ---: |"]
-        lines += [f"| {h['name']} | {h['op']} | {h['bytes']} |" for h in report["host_ops"]]
+        lines += ["## Ops on the host, and ADDs on the NPU", "", "The graph's other ops run on the host kernels "
+                  "(numpy, bit-exact with the source format's reference), and its ADDs on the NPU as elementwise "
+                  "ACTIVATEs (no GEMM to compare; `opennpu run` reports their cycles); each reads and writes "
+                  "these bytes (inputs + output):", "",
+                  "| op | kind | runs on | bytes |", "| --- | --- | --- | ---: |"]
+        lines += [f"| {h['name']} | {h['op']} | {h['device']} | {h['bytes']} |" for h in report["host_ops"]]
         lines.append("")
     tuned = [r for r in report["layers"] if (r.get("gpu") or {}).get("int8_kernel_us") is not None]
     if tuned:

@@ -222,7 +222,9 @@ def test_cli_report_on_a_graph(tmp_path, capsys):
     assert {layer["name"].split("[")[0] for layer in report["layers"]} == {n.name for n in npu_nodes}
     assert len(report["layers"]) == len(npu_nodes) + 1          # the global pool's 16 channels in 2 groups of 8
     assert {h["op"] for h in report["host_ops"]} == {"add", "transpose", "reshape"}
-    assert "## Ops on the host" in (tmp_path / "rep" / "report.md").read_text()
+    assert {h["device"] for h in report["host_ops"] if h["op"] == "add"} == {"npu"}     # (elementwise ACTIVATEs)
+    assert {h["device"] for h in report["host_ops"] if h["op"] != "add"} == {"cpu"}
+    assert "## Ops on the host, and ADDs on the NPU" in (tmp_path / "rep" / "report.md").read_text()
 
 
 @pytest.mark.parametrize("name", ["resnet", "transformer"])
