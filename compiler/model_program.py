@@ -104,6 +104,7 @@ class _Plan:
     in_base: int = 0            # host segments' region
     out_base: int = 0           # on-chip output tiles' region
     slot0: int = 0              # first weight slot
+    slot_of: dict = None        # (K tile, N tile) that runs -> its slot from ``slot0`` on
     live: list = None           # per N tile, the K tiles it runs (``_live_segs``)
     pad_addr: int = 0           # a convolution read in place: the word holding its padding row
     src: tuple = ()             # the plans it reads (positions in the stage; -1: the stage input)
@@ -558,8 +559,10 @@ def _emit_stage(stage: _Stage, config: NpuConfig, profile: bool) -> Emitter:
             plan.out_base = (in_words + sum(sizes[:plan.region])) * stage.mb
     slots = 0
     for plan in stage.plans:
-        plan.slot0, slots = slots, slots + len(plan.segs) * len(plan.ntiles)
         plan.live = _live_segs(plan) if plan.segs else []
+        plan.slot_of = {(si, ti): k for k, (ti, si) in enumerate((ti, si) for ti, live in enumerate(plan.live)
+                                                                  for si in live)}
+        plan.slot0, slots = slots, slots + len(plan.slot_of)
     adds = [pi for pi, plan in enumerate(stage.plans) if isinstance(plan.layer, QAdd)]
     # the next micro-batch's input may load during the layers after the last one that reads this one's
     prefetch_from = 1 + max(pi for pi, plan in enumerate(stage.plans) if -1 in plan.src)
@@ -567,7 +570,7 @@ def _emit_stage(stage: _Stage, config: NpuConfig, profile: bool) -> Emitter:
     ring = config.wgt_depth // kt
     # else a layer whose weights fit loads them once per micro-batch (from slot 0: the layers before are
     # done), the others cycle through the ring
-    fits = {plan.index: len(plan.segs) * len(plan.ntiles) * kt <= config.wgt_depth for plan in stage.plans}
+    fits = {plan.index: len(plan.slot_of) * kt <= config.wgt_depth for plan in stage.plans}
 
     steps, loaded, banks, last_bank, tile_count = [], set(), [None, None], 1, 0
     later = []                                     # steps of layers 1.. of the previous micro-batch
@@ -595,7 +598,7 @@ def _emit_stage(stage: _Stage, config: NpuConfig, profile: bool) -> Emitter:
                         opens, closes = si == live[0], si == live[-1]     # the tile's first / last K tile
                         if resident or fits[plan.index]:
                             key = (plan.index, si, ti, None if resident else j)
-                            slot = (plan.slot0 if resident else 0) + si * len(plan.ntiles) + ti
+                            slot = (plan.slot0 if resident else 0) + plan.slot_of[si, ti]
                         else:
                             key, slot = None, len(steps) % ring
                         loads = []

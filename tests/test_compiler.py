@@ -648,3 +648,26 @@ def test_random_residual_graphs_compile_exactly_or_are_refused(seed, rows, depth
     compiled = compile_model(qm, config, batch=batch)
     x = rng.integers(-128, 128, (batch, *qm.input.shape)).astype(np.int8)
     assert np.array_equal(run_model(compiled, x).values, qm.reference(x))
+
+
+def test_weight_slots_count_only_the_tiles_that_run():
+    """A depthwise convolution on chip (block-diagonal weights: half its K x N tiles all zero) whose live
+    tiles fit the weight SRAM, though all its tiles would not, loads them once per micro-batch, not once
+    per accumulator chunk (they were counted in slots before); bit-exact with the reference."""
+    from opennpu.compiler.qlayers import QuantModel, TensorSpec
+    from opennpu.golden.isa import Buf, Opcode
+    rng = np.random.default_rng(7)
+    a = _conv_layer("a", 4, (8, 8), (3, 3), (1, 1), (1, 1, 1, 1), 8, rng, -128, -3)
+    b = _conv_layer("b", 8, (8, 8), (3, 3), (1, 1), (1, 1, 1, 1), 8, rng, -3, 5)
+    b.w[np.arange(72)[:, None] // 9 != np.arange(8)[None, :]] = 0          # depthwise: channel c -> c
+    qm = QuantModel([a, b], TensorSpec("x", (4, 8, 8), None, "int8", 1.0, -128),
+                    TensorSpec("y", (8, 8, 8), None, "int8", 1.0, 5))
+    config = NpuConfig(rows=4, cols=4, act_depth=1024, wgt_depth=128, acc_depth=64)
+    compiled = compile_model(qm, config, batch=2)
+    stage = compiled._stages[0]
+    assert [len(plan.slot_of) for plan in stage.plans] == [18, 18]     # b: 18 of its 36 tiles run
+    assert len(stage.micro_batches) == 1 and 2 * 64 > config.acc_depth // 2   # several chunks of rows
+    x = rng.integers(-128, 128, (2, 4, 8, 8)).astype(np.int8)
+    program = compiled._stage_program(0, qm.quantize_input(x))
+    assert sum(c.rows for c in program.commands if c.op == Opcode.LOAD and c.buf == Buf.WGT) == (18 + 18) * 4
+    assert np.array_equal(run_model(compiled, x).values, qm.reference(x))
