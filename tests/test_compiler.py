@@ -581,6 +581,7 @@ def test_residual_model_that_does_not_fit_one_program_is_refused():
 
 
 def test_quant_model_refuses_sources_it_cannot_read():
+    """A layer that reads a later layer, an ADD whose source has another shape, an ADD first: ValueError."""
     from opennpu.compiler.qlayers import QAdd, QuantModel
     qm = _residual_model(np.random.default_rng(1))
     spec = qm.input
