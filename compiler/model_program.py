@@ -522,8 +522,8 @@ def _carry_tables(stage: _Stage, steps: list, begins: list, adds: list):
 
 
 def _source_addr(stage: _Stage, src: int, group: int, base: int) -> int:
-    """Where channel group ``group`` of a micro-batch's tensor ``src`` starts (a plan's position in the
-    stage, or -1: the stage input read in place), ``base`` the micro-batch's."""
+    """Where channel group (N tile) ``group`` of a micro-batch's tensor ``src`` starts (a plan's position in
+    the stage: its on-chip output; or -1: the stage input read in place), ``base`` the micro-batch's."""
     if src < 0:
         first = stage.plans[0]
         _, h, w = first.layer.conv.in_shape
@@ -532,16 +532,16 @@ def _source_addr(stage: _Stage, src: int, group: int, base: int) -> int:
     return base + prod.out_base + group * stage.mb * prod.rows_per_unit
 
 
-def _add_steps(stage: _Stage, plan: _Plan, base: int, u0: int, m: int) -> list:
-    """The elementwise ``ACTIVATE``s of an ADD over a micro-batch's ``m`` rows (its inputs and its output
-    laid out alike: channel group g, then (sample, position)), ``CHUNK_ROWS`` rows and one channel group
-    each."""
-    steps, cap = [], stage.mb * plan.rows_per_unit
+def _add_steps(stage: _Stage, pi: int, base: int, u0: int, m: int) -> list:
+    """The elementwise ``ACTIVATE``s of ADD ``stage.plans[pi]`` over a micro-batch's ``m`` rows (its inputs
+    and its output laid out alike: channel group g, then (sample, position)), ``CHUNK_ROWS`` rows and one
+    channel group each."""
+    plan, steps = stage.plans[pi], []
     for m0 in range(0, m, CHUNK_ROWS):
         rows = min(CHUNK_ROWS, m - m0)
         for ti, (n0, width) in enumerate(plan.ntiles):
             x, y = (_source_addr(stage, src, ti, base) + m0 for src in plan.src)
-            out = base + plan.out_base + ti * cap + m0 if plan.dest == 0 else 0
+            out = _source_addr(stage, pi, ti, base) + m0 if plan.dest == 0 else 0
             steps.append(Elementwise(plan.index, x, y, out, rows, plan.dest,
                                      (u0 * plan.rows_per_unit + m0, rows, n0, width)))
     return steps
@@ -582,7 +582,7 @@ def _emit_stage(stage: _Stage, config: NpuConfig, profile: bool) -> Emitter:
             begins.append(len(steps))
             cap, m = stage.mb * plan.rows_per_unit, mu * plan.rows_per_unit
             if isinstance(plan.layer, QAdd):
-                steps += _add_steps(stage, plan, base, u0, m)
+                steps += _add_steps(stage, pi, base, u0, m)
                 continue
             w = plan.layer.w
             pieces = -(-m // min(acc_half, CHUNK_ROWS))
@@ -607,18 +607,15 @@ def _emit_stage(stage: _Stage, config: NpuConfig, profile: bool) -> Emitter:
                             loads.append(Load(Buf.WGT, slot * kt, len(seg.kidx),
                                               _weight_words(config, w, seg, n0, width)))
                         runs = ()
-                        if plan.in_place:
-                            if seg.host:                    # channel group g of the stage input
-                                _, in_h, in_w = plan.layer.conv.in_shape
-                                act_addr = base + plan.in_base + seg.tile * stage.mb * in_h * in_w
-                            else:                           # channel group g of its source, on chip
-                                act_addr = _source_addr(stage, plan.src[0], seg.tile, base)
+                        if plan.in_place:               # channel group g of the stage input or of its source
+                            act_addr = _source_addr(stage, -1 if seg.host else plan.src[0], seg.tile, base)
                             runs = _direct_runs(plan.layer.conv, seg.tap, act_addr, m0, rows, plan.pad_addr)
                             if j == 0 and m0 == 0 and ti == 0 and opens:
                                 loads.append(Load(Buf.ACT, plan.pad_addr, 1, _pad_row(config, plan.layer)))
                             if seg.host:
                                 # the rows of its group that this chunk reads and no step before loaded,
                                 # a LOAD per input row (the list scheduler interleaves the COMPUTEs)
+                                _, in_h, in_w = plan.layer.conv.in_shape
                                 have = loaded_rows.get(seg.tile, 0)
                                 need = max(have, _direct_need(plan.layer.conv, m0 + rows))
                                 c0, channels = seg.tile * kt, plan.layer.conv.in_shape[0]
@@ -633,10 +630,8 @@ def _emit_stage(stage: _Stage, config: NpuConfig, profile: bool) -> Emitter:
                                 k0 = int(seg.kidx[0])
                                 loads.append(Load(Buf.ACT, act_addr, rows, _HostRows(
                                     u0 * plan.rows_per_unit + m0, rows, k0, k0 + len(seg.kidx), kt)))
-                        else:
-                            prod = stage.plans[pi - 1]
-                            act_addr = base + prod.out_base + seg.tile * stage.mb * prod.rows_per_unit \
-                                + seg.pos * mu + m0
+                        else:                               # position p of the producer's N tile
+                            act_addr = _source_addr(stage, plan.src[0], seg.tile, base) + seg.pos * mu + m0
                         activate = None
                         if closes and plan.layer.raw:      # int32 sums to the host
                             activate = Activate(acc_addr, 0, rows, 1, None, tag=(u0 * plan.rows_per_unit + m0,
@@ -652,7 +647,7 @@ def _emit_stage(stage: _Stage, config: NpuConfig, profile: bool) -> Emitter:
                                 bias = np.zeros(config.cols, np.int64)
                                 bias[:width] = layer.bias[n0:n0 + width]
                                 quant = tile_quant(layer.multiplier, layer.shift, n0, width, config.cols)
-                            out_addr = base + plan.out_base + ti * cap + m0 if plan.dest == 0 else 0
+                            out_addr = _source_addr(stage, pi, ti, base) + m0 if plan.dest == 0 else 0
                             tag = (u0 * plan.rows_per_unit + m0, rows, n0, width)
                             activate = Activate(acc_addr, out_addr, rows, plan.dest, bias, bank, tag, quant,
                                                 per_channel(layer.multiplier))
@@ -671,7 +666,7 @@ def _emit_stage(stage: _Stage, config: NpuConfig, profile: bool) -> Emitter:
 
     def preamble(index):
         layer = layers[index]
-        if isinstance(layer, QAdd):                # the output's requantization, the inputs' tables
+        if isinstance(layer, QAdd):                # the output's requantization (tables: ``_carry_tables``)
             at = layer.attrs
             e.configure(multiplier=at.out_multiplier, shift=at.out_shift, out_zp=at.out_zp, qmin=at.qmin,
                         qmax=at.qmax)

@@ -58,6 +58,12 @@ def int8_parts(w: np.ndarray) -> list:
     return [(w + i) // p for i in range(p)]
 
 
+def _channels_first(y: np.ndarray, batch: int, shape: tuple) -> np.ndarray:
+    """Rows (B * H * W, C) in (sample, position) order -> (B, C, H, W) for per-sample ``shape`` (C, H, W)."""
+    c = shape[0]
+    return np.asarray(y, np.int64).reshape(batch, -1, c).transpose(0, 2, 1).reshape(batch, *shape)
+
+
 @dataclass(frozen=True)
 class ConvGeom:
     """2-D convolution geometry (NCHW): input (C, H, W), kernel, stride, pads (top, left, bottom,
@@ -165,9 +171,8 @@ class QLayer:
 
     def tensor(self, y: np.ndarray, batch: int) -> np.ndarray:
         """GEMM result (B * positions, N) in (sample, position) order -> output tensor (B, *out_shape)."""
-        y = np.asarray(y, np.int64).reshape(batch, self.positions, self.n)
-        return y.reshape(batch, self.n) if self.conv is None else \
-            y.transpose(0, 2, 1).reshape(batch, *self.out_shape)
+        return np.asarray(y, np.int64).reshape(batch, self.n) if self.conv is None else \
+            _channels_first(y, batch, self.out_shape)
 
     def reference(self, x: np.ndarray) -> np.ndarray:
         """The layer with the golden numerics, no tiling: (B, *in_shape) -> (B, *out_shape)."""
@@ -218,8 +223,7 @@ class QAdd:
 
     def tensor(self, y: np.ndarray, batch: int) -> np.ndarray:
         """Rows (B * positions, C) in (sample, position) order -> (B, C, H, W)."""
-        return np.asarray(y, np.int64).reshape(batch, self.positions, self.n).transpose(0, 2, 1).reshape(
-            batch, *self.shape)
+        return _channels_first(y, batch, self.shape)
 
     def reference(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """TFLite's ADD as the host kernel computes it (its reference: the NPU must equal it)."""
