@@ -17,7 +17,7 @@ from . import numerics
 from .isa import FIELDS, ActFn, AStep, Buf, Command, DecodeError, ErrorCode, LutTable, Opcode, Precision, decode, encode
 from .program import ProgramError
 
-__all__ = ["PY_OPS", "k_tile", "act_span", "weight_words", "stream_weight_words", "data_in_beats", "data_in_bytes",
+__all__ = ["PY_OPS", "k_tile", "act_span", "dw_stream_words", "weight_words", "stream_weight_words", "data_in_beats", "data_in_bytes",
            "quant_params",
            "rules", "check", "validate"]
 
@@ -93,7 +93,7 @@ def _fits(ops, addr, count, limit):
 def _config(f, p, cfg, ops):
     supported = ops.any(*(f.precision == Precision.from_label(label) for label in cfg.precisions))
     return supported, ops.all(f.act <= max(ActFn), f.qmin <= f.qmax, f.shift >= numerics.SHIFT_MIN,
-                              f.shift <= numerics.SHIFT_MAX), True
+                              f.shift <= numerics.SHIFT_MAX, f.dw_width <= f.dw_period), True
 
 
 def _buffer(last: Buf):
@@ -123,13 +123,24 @@ def _act_fits(f, depth, ops):
     return ops.select(f.astep == AStep.HOLD, f.aaddr < depth, ops.select(double, end <= depth + 1, end <= depth))
 
 
+def dw_stream_words(config: NpuConfig, rows):
+    """Words a depthwise COMPUTE of ``rows`` outputs streams through the array (``golden/isa.py``): its
+    rows, behind the ``config.rows - 1`` that fill its FIR taps."""
+    return rows + config.rows - 1
+
+
 def _compute_ws(f, p, cfg, ops):
-    return True, ops.all(f.waddr == 0, f.mrows == 0, f.ncols == 0, f.astep <= max(AStep)), \
-        ops.all(f.rows >= 1, _act_fits(f, cfg.act_depth, ops), f.accaddr + f.rows <= cfg.acc_depth)
+    dw = f.dw == 1
+    acts = ops.select(dw, f.aaddr + dw_stream_words(cfg, f.rows) <= cfg.act_depth, _act_fits(f, cfg.act_depth, ops))
+    return ops.any(f.dw == 0, p != Precision.A4W4), \
+        ops.all(f.waddr == 0, f.mrows == 0, f.ncols == 0, f.astep <= max(AStep),
+                ops.select(dw, f.astep == AStep.UNIT, ops.all(f.drow == 0, f.dcol == 0))), \
+        ops.all(f.rows >= 1, acts, f.accaddr + f.rows <= cfg.acc_depth)
 
 
 def _compute_os(f, p, cfg, ops):
-    return True, ops.all(f.mrows >= 1, f.mrows <= cfg.rows, f.ncols >= 1, f.ncols <= cfg.cols, f.astep == 0), \
+    return True, ops.all(f.mrows >= 1, f.mrows <= cfg.rows, f.ncols >= 1, f.ncols <= cfg.cols, f.astep == 0,
+                         f.dw == 0, f.drow == 0, f.dcol == 0), \
         ops.all(_fits(ops, f.aaddr, f.rows, cfg.act_depth),
                 f.waddr + stream_weight_words(p, f.rows, ops) <= cfg.wgt_depth,
                 f.accaddr + f.mrows <= cfg.acc_depth)

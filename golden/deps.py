@@ -38,7 +38,8 @@ possibly-running command of another unit (a unit runs its own commands in order)
 *streams* (``Wait.STREAM``, weight-stationary only): a PRELOAD behind the last LOAD of weights, a COMPUTE
 behind the last LOAD of activations, an ACTIVATE behind the last COMPUTE, when every conflict between
 the two is the later one reading what the earlier one writes, at most one word a cycle (a COMPUTE
-reading every other word, ``AStep.DOUBLE``, never streams), from an address no
+reading every other word, ``AStep.DOUBLE``, never streams, nor an ACTIVATE behind a depthwise
+COMPUTE), from an address no
 higher than the first one written (so it stays behind the writer: ``golden.timing.STREAM_SOURCE``; a
 LOAD writes a word a cycle, since ``NpuConfig`` makes a data-in beat hold an SRAM word). This holds for any timing, so the check needs no cycle model.
 ``order_program`` sets the fewest tokens that order a program, STREAM where it can;
@@ -49,7 +50,7 @@ from __future__ import annotations
 
 from opennpu.config import NpuConfig
 
-from .checks import act_span, stream_weight_words, validate, weight_words
+from .checks import act_span, dw_stream_words, stream_weight_words, validate, weight_words
 from .isa import AStep, Command, Opcode, Precision, Wait, encode
 from .program import Program
 from .timing import ACT_LATENCY, STREAM_SOURCE, WAIT_OF_UNIT, Access, Space, Unit, array_latency
@@ -117,6 +118,9 @@ def accesses(cmd: Command, config: NpuConfig, precision: Precision, cur: int) ->
         return (Access(Space.ACT, cmd.aaddr, cmd.rows, False),
                 Access(Space.WGT, cmd.waddr, stream_weight_words(precision, cmd.rows), False),
                 Access(Space.ACC, cmd.accaddr, cmd.mrows, True))
+    if op == Opcode.COMPUTE and cmd.dw:      # (the words it may read: which ones depends on CONFIG)
+        return (Access(Space.ACT, cmd.aaddr, dw_stream_words(config, cmd.rows), False),
+                Access(Space.ACC, cmd.accaddr, cmd.rows, True), Access(Space.PEW, cur, 1, False))
     if op == Opcode.COMPUTE:
         return (Access(Space.ACT, cmd.aaddr, act_span(cmd.astep, cmd.rows), False),
                 Access(Space.ACC, cmd.accaddr, cmd.rows, True), Access(Space.PEW, cur, 1, False))
@@ -158,11 +162,12 @@ def streams(cmd: Command, spans, entry: tuple, config: NpuConfig) -> bool:
     command of its ``STREAM_SOURCE`` unit) with ``Wait.STREAM`` instead of waiting for it: every
     conflict between them is ``cmd`` reading the streamed space from an address no higher than the first
     one ``entry`` writes there, no faster than a word a cycle (the module docstring; a COMPUTE reading
-    every other word, ``AStep.DOUBLE``, would overtake the LOAD)."""
+    every other word, ``AStep.DOUBLE``, would overtake the LOAD; a depthwise COMPUTE writes its first
+    accumulator row only behind its FIR's ``rows - 1`` words, so an ACTIVATE does not stream behind it)."""
     op = cmd.op
     rule = _STREAMED.get(op)
     if rule is None or config.dataflow != "ws" or entry[1].op != rule[1] or \
-            (op == Opcode.COMPUTE and cmd.astep == AStep.DOUBLE):
+            (op == Opcode.COMPUTE and cmd.astep == AStep.DOUBLE) or (op == Opcode.ACTIVATE and entry[1].dw):
         return False
     space = rule[0]
     for space2, lo2, hi2, write2, _ in entry[2]:

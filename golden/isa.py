@@ -12,7 +12,9 @@ opcode   value  fields (bit offset:width)
 ======== ====== ==============================================================================
 CONFIG   1      precision 4:2, act 6:2 (0 clamp only, 1 LUT), out_zp 8:8 s, qmin 16:8 s,
                 qmax 24:8 s, shift 32:8 s (>0 left, <0 right), multiplier 40:31 (Q31 M0),
-                single_round 71:1 (0: gemmlowp's double rounding, 1: TFLite's single rounding)
+                single_round 71:1 (0: gemmlowp's double rounding, 1: TFLite's single rounding),
+                dw_width 72:8, dw_period 80:8, dw_height 88:8, dw_pad 96:8 s (the image a depthwise
+                COMPUTE streams, below; ``dw_width <= dw_period``)
 LOAD     2      buf 4:2 (0 act, 1 wgt), addr 8:16, rows 24:16
 LOAD_LUT 3      table 4:1 (``LutTable``: 0 the activation LUT, 256 int8 entries follow on data-in;
                 1 the elementwise tables, 512 int32 little-endian entries follow: table X, then Y)
@@ -21,6 +23,7 @@ LOAD_BIAS 4     bank 4:1 (``cols`` int32 little-endian follow on data-in; two ba
 PRELOAD  5      addr 8:16, krows 24:8 (K rows of the tile), ncols 32:8 (N columns of the tile)
 COMPUTE  6      aaddr 8:16, accaddr 24:16, rows 40:16, accumulate 56:1, astep 57:2 (``AStep``:
                 the activation words the rows read; weight-stationary only, zero in output-stationary),
+                dw 59:1, drow 96:8 s, dcol 104:8 (depthwise, below; weight-stationary only, zero otherwise),
                 waddr 64:16, mrows 80:8, ncols 88:8 (the last three: output-stationary only, zero in
                 weight-stationary)
 ACTIVATE 7      accaddr 8:16, aaddr 24:16, rows 40:16, dest 56:1 (0 act SRAM, 1 data-out),
@@ -55,6 +58,21 @@ Dataflows (``NpuConfig.dataflow``) read ``PRELOAD``/``COMPUTE`` differently:
   Row j reads activation word ``aaddr + j * step`` (``AStep``: step 1, 2, or 0, every row the word
   ``aaddr``), so a convolution reads its input where it lies, one output row at a time (stride 1 or 2;
   a padding row of zero points for the taps outside the input) instead of im2col rows from the host.
+- weight-stationary, ``dw`` 59:1 (depthwise: an R-tap FIR per channel, int8 and a8w4 only): the rows
+  are a *stream* of ``rows + R - 1`` words (``R`` = ``NpuConfig.rows``) over an image that CONFIG
+  describes: ``dw_height`` rows of ``dw_period`` positions, the first ``dw_width`` of each holding data,
+  the others (and every row outside ``0 .. dw_height-1``) padding. Stream word q sits at image row r,
+  column c: the first at (``drow``, ``dcol``), then c + 1, or column 0 of row r + 1 after column
+  ``dw_period - 1`` (c counts modulo 256). A data position reads the next activation word, ``aaddr``
+  first, one after the other (the image lies row after row, ``dw_width`` words a row, padding not
+  stored); a padding position is ``dw_pad`` in every lane and reads nothing. Column n of the array
+  holds channel n (lane n of the words), and PE(k, n) multiplies lane n of word ``j + R - 1 - k`` by its
+  weight: output j, for j = 0 .. ``rows - 1``, is ``sum_k word[j + R - 1 - k][n] * W[k][n]`` (lanes beyond
+  the word's are 0). Outputs come in image rows too: output j's column counts from 0 like c, and only
+  the outputs of columns below ``dw_width`` are written, to ``accaddr``, ``accaddr + 1``, ... (added with
+  ``accumulate``). So a 3x3 convolution of a W-wide image with ``dw_period`` W + 1 takes its 9 taps at
+  k = (2 - i) * (W + 1) + 2 - j. It may read the ``rows + R - 1`` words from ``aaddr`` and write the
+  ``rows`` accumulator rows from ``accaddr``: both must lie inside their SRAMs.
 - output-stationary (``os``): there is no ``PRELOAD`` (it is rejected as an illegal opcode); ``COMPUTE``
   streams ``rows`` K steps: step j reads activation word ``aaddr + j`` (lane i: row i of the output tile,
   one K value; a4w4: two) and the weight row(s) of step j from ``waddr`` (int8: word ``waddr + j``; int4:
@@ -204,15 +222,16 @@ WAIT_FIELD = Field("wait", 120, 7)
 FIELDS: dict[Opcode, tuple[Field, ...]] = {
     Opcode.CONFIG: (Field("precision", 4, 2), Field("act", 6, 2), Field("out_zp", 8, 8, True),
                     Field("qmin", 16, 8, True), Field("qmax", 24, 8, True),
-                    Field("shift", 32, 8, True), Field("multiplier", 40, 31), Field("single_round", 71, 1)),
+                    Field("shift", 32, 8, True), Field("multiplier", 40, 31), Field("single_round", 71, 1),
+                    Field("dw_width", 72, 8), Field("dw_period", 80, 8), Field("dw_height", 88, 8),
+                    Field("dw_pad", 96, 8, True)),
     Opcode.LOAD: (Field("buf", 4, 2), Field("addr", 8, 16), Field("rows", 24, 16)),
     Opcode.LOAD_LUT: (Field("table", 4, 1),),
     Opcode.LOAD_BIAS: (Field("bank", 4, 1),),
     Opcode.PRELOAD: (Field("addr", 8, 16), Field("krows", 24, 8), Field("ncols", 32, 8)),
     Opcode.COMPUTE: (Field("aaddr", 8, 16), Field("accaddr", 24, 16), Field("rows", 40, 16),
-                     Field("accumulate", 56, 1), Field("astep", 57, 2), Field("waddr", 64, 16),
-                     Field("mrows", 80, 8),
-                     Field("ncols", 88, 8)),
+                     Field("accumulate", 56, 1), Field("astep", 57, 2), Field("dw", 59, 1), Field("waddr", 64, 16),
+                     Field("mrows", 80, 8), Field("ncols", 88, 8), Field("drow", 96, 8, True), Field("dcol", 104, 8)),
     Opcode.ACTIVATE: (Field("accaddr", 8, 16), Field("aaddr", 24, 16), Field("rows", 40, 16),
                       Field("dest", 56, 1), Field("bank", 57, 1), Field("perchan", 58, 1), Field("ew", 59, 1),
                       Field("xaddr", 64, 16), Field("yaddr", 80, 16)),

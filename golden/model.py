@@ -14,7 +14,7 @@ import numpy as np
 from opennpu.config import NpuConfig
 
 from . import numerics
-from .checks import data_in_beats, data_in_bytes, k_tile, quant_params, stream_weight_words, validate, weight_words
+from .checks import data_in_beats, data_in_bytes, dw_stream_words, k_tile, quant_params, stream_weight_words, validate, weight_words
 from .deps import DependencyTracker, HazardError, checked
 from .isa import ActFn, AStep, Buf, Command, ErrorCode, LutTable, Opcode, Precision
 from .program import COUNTER_NAMES, Program, ProgramError, Result
@@ -44,7 +44,7 @@ def advance(timeline: CycleModel, cmd: Command, config: NpuConfig) -> int:
     if op == Opcode.COMPUTE:
         if c.dataflow == "os":
             return timeline.compute_os(cmd.wait, cmd.rows, cmd.mrows)
-        return timeline.compute(cmd.wait, cmd.rows)
+        return timeline.compute(cmd.wait, dw_stream_words(c, cmd.rows) if cmd.dw else cmd.rows)
     if op == Opcode.ACTIVATE:
         return timeline.activate(cmd.wait, cmd.rows, cmd.dest == 1, cmd.ew == 1)
     word_bytes = {Buf.ACT: c.act_word_bytes, Buf.WGT: c.wgt_word_bytes, Buf.ACC: 4 * c.cols}[Buf(cmd.buf)]
@@ -118,7 +118,7 @@ class GoldenNpu:
         self.pe_macs = [0, 0]                 # useful MACs per row for each PE buffer
         self.cur = 0                          # PE buffer the next COMPUTE uses
         self.regs = dict(precision=Precision.INT8, act=ActFn.CLAMP, out_zp=0, qmin=-128, qmax=127,
-                         shift=0, multiplier=0, single_round=0)
+                         shift=0, multiplier=0, single_round=0, dw_width=0, dw_period=0, dw_height=0, dw_pad=0)
         self.error = ErrorCode.OK
         self.rejected = 0
         self.counters = dict.fromkeys(COUNTER_NAMES, 0)
@@ -209,7 +209,8 @@ class GoldenNpu:
         f = cmd.fields
         self.regs.update(precision=Precision(f["precision"]), act=ActFn(f["act"]), out_zp=f["out_zp"],
                          qmin=f["qmin"], qmax=f["qmax"], shift=f["shift"], multiplier=f["multiplier"],
-                         single_round=f["single_round"])
+                         single_round=f["single_round"], dw_width=f["dw_width"], dw_period=f["dw_period"],
+                         dw_height=f["dw_height"], dw_pad=f["dw_pad"])
         return d
 
     def _fence(self, cmd):
@@ -281,6 +282,8 @@ class GoldenNpu:
         if self.config.dataflow == "os":
             return self._compute_os(cmd)
         d = advance(self.timeline, cmd, self.config)
+        if cmd.dw:
+            return self._compute_dw(cmd, d)
         step = AStep(cmd.astep).words
         raw = (self.act[cmd.aaddr:cmd.aaddr + step * (cmd.rows - 1) + 1:step] if step
                else np.repeat(self.act[cmd.aaddr:cmd.aaddr + 1], cmd.rows, axis=0))
@@ -298,6 +301,43 @@ class GoldenNpu:
             self.acc[rows] = result
         self._count(act_reads=cmd.rows, busy_cycles=cmd.rows, macs=cmd.rows * self.pe_macs[self.cur],
                     acc_writes=cmd.rows, acc_reads=cmd.rows if cmd.accumulate else 0)
+        return d
+
+    def _dw_stream(self, cmd) -> tuple[np.ndarray, np.ndarray]:
+        """A depthwise COMPUTE's stream (``golden/isa.py``): (whether each word is a data position, the
+        words, int8 lanes)."""
+        c, r = self.config, self.regs
+        width, period, height = r["dw_width"], r["dw_period"], r["dw_height"]
+        q = np.arange(dw_stream_words(c, cmd.rows))
+        data = np.zeros(q.size, bool)
+        if period:
+            # Column dcol >= period counts up to 255 and wraps to column 0 of the same row.
+            skip = 256 - cmd.dcol if cmd.dcol >= period else 0
+            row, col = np.divmod(cmd.drow * period + (cmd.dcol if not skip else 0) + q - skip, period)
+            data = (q >= skip) & (row >= 0) & (row < height) & (col < width)
+        words = np.full((q.size, c.act_word_bytes), r["dw_pad"], np.int64)
+        count = int(data.sum())
+        words[data] = self.act[cmd.aaddr:cmd.aaddr + count].view(np.int8)
+        return data, words
+
+    def _compute_dw(self, cmd, d: int) -> int:
+        """Depthwise COMPUTE: output j, channel n = sum_k word[j + R - 1 - k][n] * W[k][n]; the outputs of
+        image columns below ``dw_width`` written in order."""
+        c, r = self.config, self.regs
+        data, words = self._dw_stream(cmd)
+        lanes = min(c.rows, c.cols)
+        taps = np.lib.stride_tricks.sliding_window_view(words[:, :lanes], c.rows, axis=0)   # (rows, lanes, R)
+        weights = self.pe_weights[self.cur][c.rows - 1::-1, :lanes]          # (R, lanes): tap R-1-k first
+        result = np.zeros((cmd.rows, c.cols), np.int64)
+        result[:, :lanes] = np.einsum("jnk,kn->jn", taps, weights)
+        period = r["dw_period"]
+        written = (np.arange(cmd.rows) % period < r["dw_width"]) if period else np.zeros(cmd.rows, bool)
+        out = numerics.wrap_int32(result[written])
+        n = len(out)
+        rows = slice(cmd.accaddr, cmd.accaddr + n)
+        self.acc[rows] = numerics.wrap_int32(self.acc[rows] + out) if cmd.accumulate else out
+        self._count(act_reads=int(data.sum()), busy_cycles=len(words), macs=n * self.pe_macs[self.cur],
+                    acc_writes=n, acc_reads=n if cmd.accumulate else 0)
         return d
 
     def _compute_os(self, cmd):

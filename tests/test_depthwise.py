@@ -1,0 +1,132 @@
+"""The depthwise COMPUTE (``golden/isa.py``, ``dw``): an R-tap FIR per channel over a padded image stream,
+checked against a plain convolution, and its rules."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from opennpu.config import NpuConfig
+from opennpu.golden.deps import HazardError, check_program, order_program
+from opennpu.golden.isa import Buf, Command, ErrorCode, Opcode, Precision, Wait
+from opennpu.golden.model import GoldenNpu
+from opennpu.golden.program import Program
+
+
+def depthwise_reference(img, w, zp, pads):
+    """(H, W, C) int image, (kh, kw, C) weights, padding with ``zp`` (top, left, bottom, right), stride 1:
+    (Ho, Wo, C) int sums."""
+    pt, pl, pb, pr = pads
+    kh, kw, _ = w.shape
+    x = np.pad(img.astype(np.int64), ((pt, pb), (pl, pr), (0, 0)), constant_values=zp)
+    ho, wo = x.shape[0] - kh + 1, x.shape[1] - kw + 1
+    return sum(x[i:i + ho, j:j + wo] * w[i, j] for i in range(kh) for j in range(kw))
+
+
+def depthwise_program(config, img, w, zp, pads, kernel_rows=None, accumulate=False):
+    """LOAD the image and a FIR tile for kernel rows ``kernel_rows`` (all by default), one depthwise
+    COMPUTE over every output row, STORE the accumulator rows: (program, written rows)."""
+    R, cols = config.rows, config.cols
+    h, wd, ch = img.shape
+    kh, kw, _ = w.shape
+    pt, pl, pb, pr = pads
+    period = max(wd + max(pl, pr), kw)       # (taps of two kernel rows must not meet)
+    i0, i1 = kernel_rows or (0, kh)
+    tile = np.zeros((R, cols), np.int64)
+    for i in range(i0, i1):
+        for j in range(kw):
+            tile[(i1 - 1 - i) * period + kw - 1 - j, :ch] = w[i, j]
+    krows = (i1 - i0 - 1) * period + kw
+    ho = h + pt + pb - kh + 1
+    last_tap = (i1 - 1 - pt) * period + kw - 1 - pl        # stream position of output (0, 0)'s last tap
+    drow, dcol = divmod(last_tap - (R - 1), period)
+    rows = ho * period - (period - wd)
+    words = np.zeros((h * wd, config.act_word_bytes), np.int8)
+    words[:, :ch] = img.reshape(h * wd, ch)
+    cmds = [Command(Opcode.CONFIG, qmin=-128, qmax=127, dw_width=wd, dw_period=period, dw_height=h, dw_pad=zp),
+            Command(Opcode.LOAD, buf=Buf.ACT, addr=0, rows=h * wd),
+            Command(Opcode.LOAD, buf=Buf.WGT, addr=0, rows=krows),
+            Command(Opcode.PRELOAD, addr=0, krows=krows, ncols=cols),
+            Command(Opcode.COMPUTE, aaddr=0, accaddr=0, rows=rows, dw=1, drow=drow, dcol=dcol,
+                    accumulate=int(accumulate)),
+            Command(Opcode.STORE, buf=Buf.ACC, addr=0, rows=ho * wd)]
+    data = words.tobytes() + tile[:krows].astype(np.int8).tobytes()
+    return order_program(Program(cmds, data), config), ho * wd
+
+
+def _run(config, program, rows):
+    result = GoldenNpu(config).run(program)
+    assert result.error == ErrorCode.OK
+    return np.frombuffer(result.outputs, "<i4").reshape(-1, config.cols)[:rows], result
+
+
+@settings(max_examples=40, deadline=None)
+@given(h=st.integers(1, 6), wd=st.integers(1, 5), ch=st.integers(1, 16), zp=st.integers(-128, 127),
+       kernel=st.sampled_from([(3, 3), (1, 3), (3, 1), (2, 2), (1, 1)]), late=st.booleans(),
+       seed=st.integers(0, 2 ** 16))
+def test_depthwise_compute_is_a_convolution(h, wd, ch, zp, kernel, late, seed):
+    """Outputs as large as the input (stride 1, the padding split either way round)."""
+    config = NpuConfig(rows=16, cols=16)
+    kh, kw = kernel
+    pt, pl = ((kh - late) // 2, (kw - late) // 2)
+    pads = (pt, pl, kh - 1 - pt, kw - 1 - pl)
+    period = wd + max(pads[1], pads[3])
+    if (kh - 1) * period + kw > config.rows:
+        return
+    rng = np.random.default_rng(seed)
+    img = rng.integers(-128, 128, (h, wd, ch))
+    w = rng.integers(-128, 128, (kh, kw, ch))
+    program, rows = depthwise_program(config, img, w, zp, pads)
+    out, result = _run(config, program, rows)
+    ref = depthwise_reference(img, w, zp, pads)
+    assert np.array_equal(out[:, :ch].reshape(ref.shape), ref)
+    assert not out[:, ch:].any()
+    c = result.counters
+    assert c["act_reads"] == h * wd and c["acc_writes"] == rows
+    assert c["busy_cycles"] == program.commands[4].rows + config.rows - 1
+
+
+def test_kernel_rows_accumulate_into_one_convolution():
+    """Two passes (kernel rows 0..1, then row 2, accumulating) give the 3x3 convolution of an image too wide
+    for one pass."""
+    config = NpuConfig(rows=16, cols=16)
+    rng = np.random.default_rng(1)
+    img, w, pads = rng.integers(-128, 128, (4, 7, 16)), rng.integers(-128, 128, (3, 3, 16)), (1, 1, 1, 1)
+    first, rows = depthwise_program(config, img, w, 5, pads, kernel_rows=(0, 2))
+    second, _ = depthwise_program(config, img, w, 5, pads, kernel_rows=(2, 3), accumulate=True)
+    npu = GoldenNpu(config)
+    npu.run(Program(first.commands[:-1], first.data_in))
+    result = npu.run(second)
+    out = np.frombuffer(result.outputs, "<i4").reshape(-1, config.cols)[:rows]
+    assert np.array_equal(out.reshape(4, 7, 16), depthwise_reference(img, w, 5, pads))
+
+
+@pytest.mark.parametrize("fields, precision, code", [
+    (dict(dw=1, astep=1), Precision.INT8, ErrorCode.BAD_FIELD),
+    (dict(drow=1), Precision.INT8, ErrorCode.BAD_FIELD),
+    (dict(dw=1), Precision.A4W4, ErrorCode.BAD_PRECISION),
+    (dict(dw=1, aaddr=4096 - 16), Precision.INT8, ErrorCode.BAD_RANGE),      # rows + 15 words from aaddr
+    (dict(dw=1, aaddr=4096 - 17), Precision.INT8, ErrorCode.OK),
+])
+def test_depthwise_compute_rules(fields, precision, code):
+    from opennpu.golden.checks import check
+    config = NpuConfig(rows=16, cols=16, precisions=("int8", "a4w4"))
+    cmd = Command(Opcode.COMPUTE, **{"aaddr": 0, "accaddr": 0, "rows": 2, **fields})
+    assert check(cmd, config, precision) == code
+
+
+def test_config_needs_the_width_within_the_period():
+    from opennpu.golden.checks import check
+    config = NpuConfig(rows=16, cols=16)
+    bad = Command(Opcode.CONFIG, qmin=-128, qmax=127, dw_width=6, dw_period=5)
+    assert check(bad, config, Precision.INT8) == ErrorCode.BAD_FIELD
+
+
+def test_activate_does_not_stream_behind_a_depthwise_compute():
+    config = NpuConfig(rows=16, cols=16)
+    rng = np.random.default_rng(2)
+    program, rows = depthwise_program(config, rng.integers(-128, 128, (3, 3, 16)), rng.integers(-128, 128, (3, 3, 16)),
+                                      0, (1, 1, 1, 1))
+    cmds = program.commands[:5] + [Command(Opcode.ACTIVATE, accaddr=0, aaddr=100, rows=rows, wait=int(Wait.STREAM))]
+    with pytest.raises(HazardError):
+        check_program(Program(cmds, program.data_in), config)
+    ordered = order_program(Program(cmds[:5] + [cmds[5].with_wait(0)], program.data_in), config)
+    assert ordered.commands[5].wait & Wait.EX
