@@ -63,6 +63,7 @@ from opennpu.golden.model import COUNTER_BEATS_BYTES, reported_counters
 from opennpu.golden.program import COUNTER_NAMES, Program, Result, decode_counters
 from opennpu.golden.timing import array_latency
 
+from .depthwise import fir_dw_config, fir_passes, fir_period, fir_runs, fir_slack, fir_span, fir_tile
 from .elementwise import add_tables
 from .qlayers import QAdd, QLayer, QuantModel
 from .schedule import (Activate, Deferred, Elementwise, Emitter, Load, Step, TableLoad, config_requant, emit_steps,
@@ -90,6 +91,7 @@ class _Seg:
     tile: int = 0               # on chip: producer's N tile; direct convolution: input channel group
     pos: int = 0                # on chip: producer's output position
     tap: tuple | None = None    # direct convolution: the kernel tap (row, column) of this K tile
+    fir: tuple | None = None    # depthwise COMPUTE: the kernel rows (i0, i1) of this pass (``compiler/depthwise.py``)
 
 
 @dataclass
@@ -109,6 +111,7 @@ class _Plan:
     pad_addr: int = 0           # a convolution read in place: the word holding its padding row
     src: tuple = ()             # the plans it reads (positions in the stage; -1: the stage input)
     region: int = 0             # on-chip output: its region (``_assign_regions``)
+    fir: list | None = None     # a depthwise convolution on the depthwise COMPUTE: its passes' kernel rows
 
     @property
     def in_place(self) -> bool:
@@ -305,14 +308,17 @@ def _reads_in_place(shape: tuple, layer: QLayer | QAdd, config: NpuConfig) -> bo
     """Whether convolution (or ADD) ``layer`` can read a tensor of per-sample ``shape`` laid out in channel
     groups (a convolution's or ADD's output where its ``ACTIVATE`` left it: N tile g is channel group g,
     ``min(rows, cols)`` lanes a tile, ``rows`` channels a group; or a stage input read in place) where it
-    lies: a convolution's width stride is 1 or 2, and it takes no more K tiles than its im2col rows would
-    (few channels leave lanes of every tap's K tile idle)."""
+    lies: a depthwise convolution on the depthwise COMPUTE, or a convolution whose width stride is 1 or 2
+    and that takes no more K tiles than its im2col rows would (few channels leave lanes of every tap's K
+    tile idle)."""
     if tuple(shape) != tuple(layer.in_shape) or config.rows > config.cols:
         return False
     if isinstance(layer, QAdd):
         return True
     if layer.conv is None:
         return False
+    if fir_passes(layer, config):                  # (the depthwise COMPUTE reads it as it lies)
+        return True
     in_place, im2col = _tiles_in_place(layer, config)
     return layer.conv.stride[1] in (1, 2) and in_place <= im2col
 
@@ -377,6 +383,10 @@ def _plan_stage(model: QuantModel, config: NpuConfig, indices: list, batch: int)
         elif j == 0:
             segs = [_Seg(np.arange(k0, min(k0 + config.rows, layer.k)), True)
                     for k0 in range(0, layer.k, config.rows)]
+        elif fir_passes(layer, config):
+            ntiles = _ntiles(layer.n, config.rows)       # (channel group g: N tile g, a column a channel)
+            segs = [_Seg(np.arange(fir_span(layer, rows)), False, tile=g, fir=rows)
+                    for g in range(len(ntiles)) for rows in fir_passes(layer, config)]
         elif layer.conv is not None:
             segs = _direct_segs(layer, config, False)
         else:
@@ -390,18 +400,27 @@ def _plan_stage(model: QuantModel, config: NpuConfig, indices: list, batch: int)
                 kidx[lane] = k
             segs = [_Seg(kidx, False, t, pos) for (t, pos), kidx in sorted(groups.items())]
         rows_per_unit = 1 if len(indices) == 1 and not sample_major else layer.positions
-        plans.append(_Plan(i, layer, rows_per_unit, segs, ntiles, dest, src=srcs[j]))
+        plans.append(_Plan(i, layer, rows_per_unit, segs, ntiles, dest, src=srcs[j],
+                           fir=fir_passes(layer, config) if segs and segs[0].fir else None))
     units = batch if len(indices) > 1 or sample_major else batch * layers[0].positions
-    capacity = _capacity(config, len(indices), sum(plan.in_place for plan in plans))
+    capacity = _capacity(config, len(indices), _reserved(plans, config))
     return _Stage(plans, units, min(units, capacity // _words_per_unit(plans)), sample_major=sample_major)
 
 
-def _capacity(config: NpuConfig, layers: int, pads: int) -> int:
+def _capacity(config: NpuConfig, layers: int, reserved: int) -> int:
     """Activation words one micro-batch may use: half the SRAM for a single layer (micro-batches
     alternate halves), all of it for a chain (the input region is dead once its last reader is done,
-    so the next micro-batch's input loads during the later layers instead); less the top ``pads``
-    words, the padding rows of the layers that read their input in place."""
-    return (config.act_depth - pads) // 2 if layers == 1 else config.act_depth - pads
+    so the next micro-batch's input loads during the later layers instead); less the top ``reserved``
+    words (``_reserved``)."""
+    return (config.act_depth - reserved) // 2 if layers == 1 else config.act_depth - reserved
+
+
+def _reserved(plans: list, config: NpuConfig) -> int:
+    """Words at the top of the activation SRAM that a stage keeps out of its regions: the padding rows of
+    the layers that read their input in place, and below them the words past a tensor's end that a
+    depthwise COMPUTE's range may name (``depthwise.fir_slack``)."""
+    return sum(plan.in_place for plan in plans) + max([fir_slack(plan.layer, config) for plan in plans if plan.fir],
+                                                      default=0)
 
 
 def _groups(model: QuantModel, config: NpuConfig, batch: int, fuse: bool) -> list:
@@ -494,6 +513,8 @@ def _live_segs(plan: _Plan) -> list:
     weights are not all zero (a depthwise convolution's block-diagonal weights: one channel group of K
     tiles per N tile); at least one runs, to write the accumulators."""
     every = list(range(len(plan.segs)))
+    if plan.fir:                                   # (N tile g: its channel group's passes)
+        return [[si for si, seg in enumerate(plan.segs) if seg.tile == ti] for ti in range(len(plan.ntiles))]
     if plan.segs[0].host and not plan.in_place:
         return [every] * len(plan.ntiles)
     w = plan.layer.w
@@ -547,11 +568,42 @@ def _add_steps(stage: _Stage, pi: int, base: int, u0: int, m: int) -> list:
     return steps
 
 
+def _chunk(m: int, cap: int) -> int:
+    """Rows per accumulator chunk of ``m`` rows, at most ``cap``: balanced, so that the last ACTIVATE
+    before the barrier is short."""
+    return -(-m // -(-m // cap))
+
+
+def _fir_chunk(plan: _Plan, m: int, acc_half: int) -> int:
+    """Accumulator chunk of a depthwise COMPUTE: whole image rows, within ``CHUNK_ROWS`` and so that the
+    rows its COMPUTEs name (``period`` per image row, the padding columns' outputs unwritten) stay inside
+    the accumulator half."""
+    _, _, w = plan.layer.conv.in_shape
+    cap = max(1, min(CHUNK_ROWS, acc_half * w // fir_period(plan.layer)) // w)
+    return _chunk(m // w, cap) * w
+
+
+def _fir_step_runs(stage: _Stage, plan: _Plan, seg: _Seg, base: int, m0: int, rows: int, config: NpuConfig) -> tuple:
+    """The depthwise COMPUTEs of pass ``seg`` over a micro-batch's rows ``m0 .. m0+rows`` (whole image rows):
+    one per sample they touch, ``(act_addr, acc offset, rows, fields)``."""
+    _, h, w = plan.layer.conv.in_shape
+    group = _source_addr(stage, plan.src[0], seg.tile, base)
+    runs, r = [], m0
+    while r < m0 + rows:
+        sample, y0 = divmod(r // w, h)
+        y1 = min(h, y0 + (m0 + rows - r) // w)
+        fields = fir_runs(plan.layer, config, seg.fir, group + sample * h * w, y0, y1)
+        runs.append((fields.pop("aaddr"), r - m0, fields.pop("rows"), fields))
+        r += (y1 - y0) * w
+    return tuple(runs)
+
+
 def _emit_stage(stage: _Stage, config: NpuConfig, profile: bool) -> Emitter:
     pads = [plan for plan in stage.plans if plan.in_place]
     for k, plan in enumerate(pads):                # padding rows at the top of the activation SRAM
         plan.pad_addr = config.act_depth - 1 - k
-    half, acc_half, kt = _capacity(config, len(stage.plans), len(pads)), config.acc_depth // 2, config.rows
+    half, acc_half, kt = _capacity(config, len(stage.plans), _reserved(stage.plans, config)), config.acc_depth // 2, \
+        config.rows
     stage.plans[0].in_base = 0                     # regions sized for a full micro-batch
     in_words, sizes = _input_words(stage.plans[0]), _assign_regions(stage.plans)
     for plan in stage.plans:
@@ -585,8 +637,7 @@ def _emit_stage(stage: _Stage, config: NpuConfig, profile: bool) -> Emitter:
                 steps += _add_steps(stage, pi, base, u0, m)
                 continue
             w = plan.layer.w
-            pieces = -(-m // min(acc_half, CHUNK_ROWS))
-            chunk = -(-m // pieces)            # balanced chunks: a short last ACTIVATE before the barrier
+            chunk = _fir_chunk(plan, m, acc_half) if plan.fir else _chunk(m, min(acc_half, CHUNK_ROWS))
             for m0 in range(0, m, chunk):
                 rows = min(chunk, m - m0)
                 for ti, (n0, width) in enumerate(plan.ntiles):
@@ -604,10 +655,14 @@ def _emit_stage(stage: _Stage, config: NpuConfig, profile: bool) -> Emitter:
                         loads = []
                         if key is None or key not in loaded:
                             loaded.add(key)
-                            loads.append(Load(Buf.WGT, slot * kt, len(seg.kidx),
-                                              _weight_words(config, w, seg, n0, width)))
+                            words = fir_tile(plan.layer, config, n0, width, seg.fir) if plan.fir else \
+                                _weight_words(config, w, seg, n0, width)
+                            loads.append(Load(Buf.WGT, slot * kt, len(seg.kidx), words))
                         runs = ()
-                        if plan.in_place:               # channel group g of the stage input or of its source
+                        if plan.fir:
+                            runs = _fir_step_runs(stage, plan, seg, base, m0, rows, config)
+                            act_addr = runs[0][0]
+                        elif plan.in_place:               # channel group g of the stage input or of its source
                             act_addr = _source_addr(stage, -1 if seg.host else plan.src[0], seg.tile, base)
                             runs = _direct_runs(plan.layer.conv, seg.tap, act_addr, m0, rows, plan.pad_addr)
                             if j == 0 and m0 == 0 and ti == 0 and opens:
@@ -672,8 +727,9 @@ def _emit_stage(stage: _Stage, config: NpuConfig, profile: bool) -> Emitter:
                         qmax=at.qmax)
             return
         multiplier, shift = config_requant(layer.multiplier, layer.shift)
+        image = fir_dw_config(layer) if fir_passes(layer, config) else {}
         e.configure(multiplier=multiplier, shift=shift, out_zp=layer.out_zp, qmin=layer.qmin,
-                    qmax=layer.qmax, lut=layer.lut, single_round=layer.single_round)
+                    qmax=layer.qmax, lut=layer.lut, single_round=layer.single_round, **image)
 
     emit_steps(e, steps, preamble, e.counters if profile else None)
     return e

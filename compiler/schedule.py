@@ -114,7 +114,9 @@ class Activate:
 class Step:
     """One weight tile through the array: loads, ``PRELOAD addr krows ncols``, ``COMPUTE`` of ``rows``
     rows from ``act_addr`` into ``acc_addr`` (or, with ``runs``, one ``COMPUTE`` per run: ``(act_addr,
-    acc_addr offset, rows, astep)``, the runs together covering the ``rows`` accumulator rows)."""
+    acc_addr offset, rows, astep)``, the runs together covering the ``rows`` accumulator rows; a depthwise
+    run has a dict of its other COMPUTE fields in place of ``astep``: ``dw``, ``drow``, ``dcol``, and its
+    ``rows`` are the stream's outputs, the padding columns' unwritten)."""
     group: object
     loads: list
     wgt_addr: int
@@ -128,10 +130,12 @@ class Step:
     runs: tuple = ()
 
     def computes(self) -> list:
-        """The step's ``COMPUTE`` fields: [(aaddr, accaddr, rows, astep)]."""
+        """The step's ``COMPUTE`` fields (but ``accumulate``), one dict per COMPUTE."""
         if not self.runs:
-            return [(self.act_addr, self.acc_addr, self.rows, AStep.UNIT)]
-        return [(act, self.acc_addr + offset, rows, astep) for act, offset, rows, astep in self.runs]
+            return [dict(aaddr=self.act_addr, accaddr=self.acc_addr, rows=self.rows, astep=int(AStep.UNIT))]
+        return [dict(aaddr=act, accaddr=self.acc_addr + offset, rows=rows,
+                     **(mode if isinstance(mode, dict) else dict(astep=int(mode))))
+                for act, offset, rows, mode in self.runs]
 
 
 @dataclass
@@ -210,12 +214,12 @@ class Emitter:
         self._chunk_owners.append(len(self.commands) - 1)
 
     def configure(self, *, multiplier: int, shift: int, out_zp: int, qmin: int, qmax: int, lut=None,
-                  precision: Precision = Precision.INT8, single_round: bool = False):
+                  precision: Precision = Precision.INT8, single_round: bool = False, **image):
         """``CONFIG`` with these requantization parameters (LUT activation when ``lut`` is given: 256 int8
-        entries), then ``LOAD_LUT``."""
+        entries), then ``LOAD_LUT``; ``image``: the depthwise COMPUTE's image fields (``dw_width`` ...)."""
         self.cmd(Opcode.CONFIG, precision=precision, act=ActFn.LUT if lut is not None else ActFn.CLAMP,
                  out_zp=out_zp, qmin=qmin, qmax=qmax, shift=shift, multiplier=multiplier,
-                 single_round=single_round)
+                 single_round=single_round, **image)
         if lut is not None:
             self.cmd(Opcode.LOAD_LUT)
             self.register(np.asarray(lut, np.int8).tobytes())
@@ -343,9 +347,8 @@ def emit_steps(e: Emitter, steps: list, preamble: Callable[[object], None],
         if elementwise:
             e.elementwise(step)
         else:
-            for aaddr, accaddr, rows, astep in step.computes():
-                e.cmd(Opcode.COMPUTE, aaddr=aaddr, accaddr=accaddr, rows=rows, accumulate=step.accumulate,
-                      astep=int(astep))
+            for fields in step.computes():
+                e.cmd(Opcode.COMPUTE, accumulate=step.accumulate, **fields)
         nxt = steps[s + 1] if s + 1 < len(steps) else None
         same = nxt is not None and nxt.group == step.group
         if activates[s] is not None:

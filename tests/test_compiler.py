@@ -652,15 +652,16 @@ def test_random_residual_graphs_compile_exactly_or_are_refused(seed, rows, depth
 
 
 def test_weight_slots_count_only_the_tiles_that_run():
-    """A depthwise convolution on chip (block-diagonal weights: half its K x N tiles all zero) whose live
-    tiles fit the weight SRAM, though all its tiles would not, loads them once per micro-batch, not once
-    per accumulator chunk (they were counted in slots before); bit-exact with the reference."""
+    """A grouped convolution on chip (two channels a group, block-diagonal weights: half its K x N tiles all
+    zero) whose live tiles fit the weight SRAM, though all its tiles would not, loads them once per
+    micro-batch, not once per accumulator chunk (they were counted in slots before); bit-exact with the
+    reference."""
     from opennpu.compiler.qlayers import QuantModel, TensorSpec
     from opennpu.golden.isa import Buf, Opcode
     rng = np.random.default_rng(7)
     a = _conv_layer("a", 4, (8, 8), (3, 3), (1, 1), (1, 1, 1, 1), 8, rng, -128, -3)
     b = _conv_layer("b", 8, (8, 8), (3, 3), (1, 1), (1, 1, 1, 1), 8, rng, -3, 5)
-    b.w[np.arange(72)[:, None] // 9 != np.arange(8)[None, :]] = 0          # depthwise: channel c -> c
+    b.w[np.arange(72)[:, None] // 18 != np.arange(8)[None, :] // 2] = 0    # channels 2g, 2g+1 -> 2g, 2g+1
     qm = QuantModel([a, b], TensorSpec("x", (4, 8, 8), None, "int8", 1.0, -128),
                     TensorSpec("y", (8, 8, 8), None, "int8", 1.0, 5))
     config = NpuConfig(rows=4, cols=4, act_depth=1024, wgt_depth=128, acc_depth=64)

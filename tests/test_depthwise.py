@@ -39,16 +39,19 @@ def depthwise_program(config, img, w, zp, pads, kernel_rows=None, accumulate=Fal
     last_tap = (i1 - 1 - pt) * period + kw - 1 - pl        # stream position of output (0, 0)'s last tap
     drow, dcol = divmod(last_tap - (R - 1), period)
     rows = ho * period - (period - wd)
-    words = np.zeros((h * wd, config.act_word_bytes), np.int8)
+    first = 0 if drow < 0 else drow * wd + min(dcol, wd)     # the image word of the first data position
+    words = np.zeros((h * wd, config.beats(config.act_word_bytes) * config.bus_bytes), np.int8)   # (whole beats)
     words[:, :ch] = img.reshape(h * wd, ch)
     cmds = [Command(Opcode.CONFIG, qmin=-128, qmax=127, dw_width=wd, dw_period=period, dw_height=h, dw_pad=zp),
             Command(Opcode.LOAD, buf=Buf.ACT, addr=0, rows=h * wd),
             Command(Opcode.LOAD, buf=Buf.WGT, addr=0, rows=krows),
             Command(Opcode.PRELOAD, addr=0, krows=krows, ncols=cols),
-            Command(Opcode.COMPUTE, aaddr=0, accaddr=0, rows=rows, dw=1, drow=drow, dcol=dcol,
+            Command(Opcode.COMPUTE, aaddr=first, accaddr=0, rows=rows, dw=1, drow=drow, dcol=dcol,
                     accumulate=int(accumulate)),
             Command(Opcode.STORE, buf=Buf.ACC, addr=0, rows=ho * wd)]
-    data = words.tobytes() + tile[:krows].astype(np.int8).tobytes()
+    wgt = np.zeros((krows, config.beats(config.wgt_word_bytes) * config.bus_bytes), np.int8)
+    wgt[:, :cols] = tile[:krows]
+    data = words.tobytes() + wgt.tobytes()
     return order_program(Program(cmds, data), config), ho * wd
 
 
@@ -130,3 +133,70 @@ def test_activate_does_not_stream_behind_a_depthwise_compute():
         check_program(Program(cmds, program.data_in), config)
     ordered = order_program(Program(cmds[:5] + [cmds[5].with_wait(0)], program.data_in), config)
     assert ordered.commands[5].wait & Wait.EX
+
+
+# -- the compiler's lowering (``compiler/depthwise.py``) ----------------------------------------------------
+
+def _conv(name, channels, hw, kernel, pads, n, rng, in_zp, out_zp, depthwise=False):
+    from opennpu.compiler.qlayers import ConvGeom, QLayer
+    taps = kernel[0] * kernel[1]
+    w = rng.integers(-128, 128, (channels * taps, n))
+    if depthwise:
+        w[np.arange(channels * taps)[:, None] // taps != np.arange(n)[None, :]] = 0
+    geom = ConvGeom((channels, *hw), kernel, (1, 1), pads, (1, 1), channels if depthwise else 1)
+    return QLayer(name, "Conv", w, rng.integers(-5000, 5000, n), rng.integers(1 << 29, 1 << 31, n),
+                  rng.integers(-12, -8, n), out_zp, -128, 127, None, (channels, *hw), (1.0, in_zp), (1.0, out_zp),
+                  geom)
+
+
+def _depthwise_model(rng, channels, hw, kernel, late):
+    from opennpu.compiler.qlayers import QuantModel, TensorSpec
+    kh, kw = kernel
+    pt, pl = (kh - late) // 2, (kw - late) // 2
+    layers = [_conv("pw0", 3, hw, (1, 1), (0, 0, 0, 0), channels, rng, -128, -7),
+              _conv("dw", channels, hw, kernel, (pt, pl, kh - 1 - pt, kw - 1 - pl), channels, rng, -7, 3, True),
+              _conv("pw1", channels, hw, (1, 1), (0, 0, 0, 0), 5, rng, 3, 0)]
+    return QuantModel(layers, TensorSpec("x", (3, *hw), None, "int8", 1.0, -128),
+                      TensorSpec("y", (5, *hw), None, "int8", 1.0, 0))
+
+
+def _dw_computes(program):
+    return [c for c in program.commands if c.op == Opcode.COMPUTE and c.dw]
+
+
+@settings(max_examples=30, deadline=None)
+@given(channels=st.integers(1, 20), h=st.integers(1, 9), wd=st.integers(1, 12),
+       kernel=st.sampled_from([(3, 3), (5, 5), (1, 3), (3, 1), (2, 2)]), late=st.booleans(),
+       array=st.sampled_from([4, 8, 16]), batch=st.integers(1, 4), seed=st.integers(0, 2 ** 16))
+def test_depthwise_layers_run_on_the_depthwise_compute(channels, h, wd, kernel, late, array, batch, seed):
+    """pointwise -> depthwise -> pointwise in one program: the depthwise layer in passes of the kernel rows
+    that fit the array's taps, over several channel groups, samples and accumulator chunks; bit-exact."""
+    from opennpu.compiler.depthwise import fir_passes
+    from opennpu.compiler.model_program import compile_model, run_model
+    rng = np.random.default_rng(seed)
+    qm = _depthwise_model(rng, channels, (h, wd), kernel, late)
+    config = NpuConfig(rows=array, cols=array, act_depth=1024, wgt_depth=256, acc_depth=128)
+    compiled = compile_model(qm, config, batch=batch)
+    x = rng.integers(-128, 128, (batch, 3, h, wd)).astype(np.int8)
+    if compiled.stages == 1:           # (else the depthwise layer starts a stage: the K tiles from the host)
+        assert bool(_dw_computes(compiled._stage_program(0, qm.quantize_input(x)))) == \
+            bool(fir_passes(qm.layers[1], config))
+    assert np.array_equal(run_model(compiled, x).values, qm.reference(x))
+
+
+def test_depthwise_compute_beats_the_block_diagonal_tiles():
+    """DS-CNN's depthwise layer shape (64 channels, 25x5, 3x3): one pass a channel group, a quarter of the
+    cycles the block-diagonal K tiles took."""
+    from opennpu.compiler.depthwise import fir_passes
+    from opennpu.compiler.model_program import compile_model, run_model
+    rng = np.random.default_rng(3)
+    qm = _depthwise_model(rng, 64, (25, 5), (3, 3), False)
+    config = NpuConfig(rows=16, cols=16)
+    assert fir_passes(qm.layers[1], config) == [(0, 3)]
+    x = rng.integers(-128, 128, (1, 3, 25, 5)).astype(np.int8)
+    compiled = compile_model(qm, config, batch=1, profile=True)
+    run = run_model(compiled, x)
+    assert np.array_equal(run.values, qm.reference(x))
+    assert len(_dw_computes(compiled._stage_program(0, qm.quantize_input(x)))) == 4
+    cycles = run.layer_counters[1]["cycles"]
+    assert 4 * 164 <= cycles < 1000           # 4 groups x (149 outputs + 15 taps), then the barriers

@@ -374,10 +374,12 @@ def test_mlperf_benchmark_reports_the_host_bus_bytes_of_every_layer():
     lines = text(result).splitlines()
     npu = [layer for layer in result["layers"] if layer["device"] == "npu"]
     depthwise = next(layer for layer in npu if layer["op"] == "depthwise_conv2d")
-    # chained between convolutions: its input and output stay on chip; the bus carries its 36 weight tiles
-    # (the other groups' all-zero ones skipped), its padding row and 4 bias and requantization loads
+    # chained between convolutions: its input and output stay on chip; it runs on the depthwise COMPUTE, a
+    # 15-tap FIR tile per channel group, and the bus carries 3 of its 4 tiles (each layer's first tile loads
+    # in the layer before's last step: here the next one's 16-word tile and its padding row), and 4 bias
+    # and requantization loads
     assert (depthwise["input"], depthwise["output"], depthwise["dma_out_bytes"]) == ("chip", "chip", 0)
-    assert depthwise["dma_in_bytes"] == 36 * 16 * 16 + 16 + 4 * (4 * 16 + 5 * 16)
+    assert depthwise["dma_in_bytes"] == (3 * 15 + 16 + 1) * 16 + 4 * (4 * 16 + 5 * 16)
     assert len(lines) == 3 + len(result["layers"])              # (title, totals, header, a row per layer)
     for layer, row in zip(result["layers"], lines[3:]):
         assert row.strip().startswith(layer["op"]) and row.rstrip().endswith(layer["name"][-20:])
