@@ -56,7 +56,8 @@ def fir_passes(layer: QLayer, config: NpuConfig) -> list | None:
     """The kernel-row ranges ``[(i0, i1)]`` of the passes of a depthwise convolution on the depthwise
     COMPUTE, or None if it does not take it: a depthwise layer (int8 weights) of stride and dilation 1
     whose output is as large as its input, a kernel row within the array's ``rows`` taps, a channel group
-    a column each (``rows <= cols``), and an image within the fields' limits."""
+    a column each (``rows <= cols``), an image within the fields' limits, and fewer stream cycles than the
+    block-diagonal K tiles take."""
     conv = layer.conv
     if conv is None or not _depthwise(layer) or config.rows > config.cols:
         return None
@@ -67,7 +68,10 @@ def fir_passes(layer: QLayer, config: NpuConfig) -> list | None:
             or period > _MAX_DIM or h > _MAX_ROW:
         return None
     per_pass = min(kh, (config.rows - kw) // period + 1)
-    return [(i0, min(i0 + per_pass, kh)) for i0 in range(0, kh, per_pass)]
+    passes = [(i0, min(i0 + per_pass, kh)) for i0 in range(0, kh, per_pass)]
+    # (stream cycles a sample and channel group, against a K tile of its rows per tap: a 1x1 or 1x2 kernel
+    # gains nothing)
+    return passes if len(passes) * (h * period + config.rows - 1) < kh * kw * h * w else None
 
 
 def fir_tile(layer: QLayer, config: NpuConfig, c0: int, width: int, rows: tuple) -> np.ndarray:
