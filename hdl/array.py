@@ -10,6 +10,9 @@ Dataflow of a ``rows`` x ``cols`` array (``rows`` = K depth, ``cols`` = N width)
                            [C-1 regs] [C-2 regs]   ...      [0 regs]        de-skew
                                   |          |                  |
                              out_data[0] out_data[1]  ...  out_data[C-1]
+
+Depthwise rows (``a_dw``) also send lane ``c`` down column ``c`` (two registers a PE): each PE of the
+column multiplies that lane of an earlier row instead of its own lane, an R-tap FIR per column.
 """
 from amaranth import *
 from amaranth.lib import data, wiring
@@ -33,6 +36,16 @@ class SystolicArray(wiring.Component):
     write reaches its PE ``c`` cycles late, so a new weight tile follows the last row of the old one
     through the array as a wavefront and no PE needs to wait for the whole array to drain.
 
+    Depthwise rows (``a_dw`` = 1; ``golden/isa.py``, ``dw``): PE(r, c) multiplies lane ``c`` of the row
+    presented ``r`` cycles earlier instead of lane ``r`` of its own row, so column ``c`` (for ``c < rows``;
+    0 for the others) gives ``out_data[c] = wrap32(sum_r a_data(t - r)[c] * W[a_buf][r][c])`` for the row
+    presented in cycle ``t``, ``a_data(t - r)`` being the row presented in cycle ``t - r`` (whatever it
+    was: a row is presented, valid or not, every cycle). Lane ``c`` leaves the skew registers towards
+    PE(c, 0) in cycle ``t + c``, when the row of ``t`` reaches PE(0, c), and goes down the column two
+    registers a PE (``ProcessingElement.v_in``): in cycle ``t + r + c``, when the row of ``t`` reaches
+    PE(r, c), it brings lane ``c`` of the row of ``t - r``. The weight buffer is still the row's own
+    (``a_buf``), so weight writes follow depthwise rows exactly as they follow the others.
+
     Parameters
     ----------
     rows : int
@@ -48,6 +61,8 @@ class SystolicArray(wiring.Component):
         Activation row, all lanes in the same cycle; lane ``r`` feeds PE row ``r``.
     a_buf : In(1)
         Weight buffer this row multiplies with.
+    a_dw : In(1)
+        Depthwise row (see above): each column multiplies its own lane of this row and the rows before.
     w_en : In(1)
         Write ``w_data[c]`` into weight buffer ``w_buf`` of PE(``w_row``, c) for every column ``c``
         (column ``c`` at the clock edge ``c`` cycles later, see *Timing*).
@@ -63,8 +78,9 @@ class SystolicArray(wiring.Component):
     out_valid : Out(1)
         ``out_data`` carries the result of a row presented ``latency`` cycles ago.
     out_data : Out(ArrayLayout(signed(32), cols))
-        ``out_data[c] = wrap32(sum_r a_data[r] * W[a_buf][r][c])``, where each ``W[a_buf][r][c]`` is
-        the content of that PE's buffer in the cycle the row reaches it (see *Timing*).
+        ``out_data[c] = wrap32(sum_r a_data[r] * W[a_buf][r][c])`` (a depthwise row: see above), where
+        each ``W[a_buf][r][c]`` is the content of that PE's buffer in the cycle the row reaches it (see
+        *Timing*).
 
     Timing
     ------
@@ -113,6 +129,7 @@ class SystolicArray(wiring.Component):
             "a_valid": In(1),
             "a_data": In(data.ArrayLayout(signed(8), rows)),
             "a_buf": In(1),
+            "a_dw": In(1),
             "w_en": In(1),
             "w_row": In(range(rows)),
             "w_buf": In(1),
@@ -163,16 +180,23 @@ class SystolicArray(wiring.Component):
                 ]
                 if c > 0:
                     m.d.comb += pe.a_in.eq(pe_row[c - 1].a_out)
+                if r > 0:
+                    m.d.comb += pe.v_in.eq(pes[r - 1][c].v_out)
 
-        # Skew: lane r (with the row's buffer tag and valid bit) enters PE(r, 0) r cycles late.
+        # Skew: lane r (with the row's buffer tag, depthwise and valid bits) enters PE(r, 0) r cycles
+        # late; its data also enters column r from the top then (depthwise rows), 0 beyond the lanes.
         for r in range(self._rows):
             lane = Signal.like(pes[r][0].a_in, name=f"lane{r}")
             m.d.comb += [
                 lane.data.eq(self.a_data[r]),
                 lane.buf.eq(self.a_buf),
+                lane.dw.eq(self.a_dw),
                 lane.valid.eq(self.a_valid),
             ]
-            m.d.comb += pes[r][0].a_in.eq(delay_line(m, lane, r, name=f"skew{r}"))
+            skewed = delay_line(m, lane, r, name=f"skew{r}")
+            m.d.comb += pes[r][0].a_in.eq(skewed)
+            if r < self._cols:
+                m.d.comb += pes[0][r].v_in.eq(skewed.data)
 
         # De-skew: column c's result leaves the bottom row cols-1-c cycles before the last column's.
         bottom = pes[-1]

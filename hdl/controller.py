@@ -23,7 +23,7 @@ from .array import SystolicArray
 from .counters import Events, counter_readout_signature
 from .decoder import command_layout
 from .dispatcher import Dispatcher, HeadState
-from .engine import compute_engine
+from .engine import DW_CONFIG, compute_engine
 from .freeze import EnableCopies
 from .load_unit import LoadKind, LoadUnit
 from .sram import DualWriteMemory, ReplicatedMemory
@@ -155,17 +155,20 @@ class Controller(wiring.Component):
         ]
         precision, start = disp.precision, disp.start
 
-        # -- CONFIG registers of the activation unit --------------------------------------------------
+        # -- CONFIG registers of the activation unit and of depthwise COMPUTEs ------------------------
         head_word = self.head.word
         v = {op: data.View(command_layout(op), head_word) for op in Opcode}
         use_lut, single_round = Signal(), Signal()
         out_zp, qmin, qmax = Signal(signed(8)), Signal(signed(8), init=-128), Signal(signed(8), init=127)
         shift, multiplier = Signal(signed(8)), Signal(31)
+        dw_image = {name: Signal.like(getattr(engine, name), name=name) for name in DW_CONFIG}
         with m.If(start.config):
             f = v[Opcode.CONFIG]
             m.d.sync += [use_lut.eq(f.act == ActFn.LUT), single_round.eq(f.single_round), out_zp.eq(f.out_zp),
                          qmin.eq(f.qmin),
-                         qmax.eq(f.qmax), shift.eq(f.shift), multiplier.eq(f.multiplier)]
+                         qmax.eq(f.qmax), shift.eq(f.shift), multiplier.eq(f.multiplier),
+                         *(reg.eq(getattr(f, name)) for name, reg in dw_image.items())]
+        m.d.comb += [getattr(engine, name).eq(reg) for name, reg in dw_image.items()]
         m.d.comb += [act_fn.use_lut.eq(use_lut), act_fn.single_round.eq(single_round), act_fn.out_zp.eq(out_zp),
                      act_fn.qmin.eq(qmin),
                      act_fn.qmax.eq(qmax)]

@@ -9,6 +9,9 @@ word : In(COMMAND_BITS)
     The head command word (fields sampled on a start pulse).
 precision : In(2)
     The CONFIG precision (``golden.isa.Precision``), stable while the engine is busy.
+dw_width, dw_period, dw_height, dw_pad : In
+    The CONFIG image of depthwise COMPUTEs (``golden/isa.py``), stable while the engine is busy (the
+    output-stationary engine has none: its checker rejects ``dw``).
 pl_busy, pl_issue_busy, pl_issue_ends : Out(1)
     PL holds a PRELOAD (until its last PE weight is written); PL steps through one (its issue slot)
     and frees that slot at the end of this cycle, so a PRELOAD may start in it (all 0 in the
@@ -38,12 +41,12 @@ from opennpu.golden.isa import COMMAND_BITS, Opcode, Precision
 from .array import SystolicArray
 from .common import read_port_signature, write_port_signature
 from .decoder import command_layout
-from .execute_unit import ExecuteUnit
+from .execute_unit import DW_CONFIG, ExecuteUnit
 from .os_array import OutputStationaryArray
 from .os_execute_unit import OsExecuteUnit
 from .preload_unit import PreloadUnit
 
-__all__ = ["EngineEvents", "engine_signature", "array_for", "WsEngine", "OsEngine", "compute_engine"]
+__all__ = ["EngineEvents", "DW_CONFIG", "engine_signature", "array_for", "WsEngine", "OsEngine", "compute_engine"]
 
 
 class EngineEvents(data.Struct):
@@ -58,8 +61,10 @@ class EngineEvents(data.Struct):
 
 def engine_signature(config: NpuConfig) -> wiring.Signature:
     c = config
+    conf = command_layout(Opcode.CONFIG)
     return wiring.Signature({
         "start_pl": In(1), "start_ex": In(1), "word": In(COMMAND_BITS), "precision": In(2),
+        **{name: In(conf[name].shape) for name in DW_CONFIG},
         "pl_busy": Out(1), "pl_issue_busy": Out(1), "pl_issue_ends": Out(1), "issue_busy": Out(1), "drain_busy": Out(1), "older_busy": Out(1),
         "issue_ends": Out(1),
         "act_rd": In(read_port_signature(c.act_depth, 8 * c.act_word_bytes)),
@@ -95,6 +100,7 @@ class WsEngine(wiring.Component):
         wiring.connect(m, pl.wgt_rd, wiring.flipped(self.wgt_rd))
         m.d.comb += [
             array.a_valid.eq(ex.a_valid), array.a_data.eq(ex.a_data), array.a_buf.eq(ex.a_buf),
+            array.a_dw.eq(ex.a_dw),
             ex.out_valid.eq(array.out_valid), ex.out_data.eq(array.out_data),
             array.w_en.eq(pl.w_en), array.w_row.eq(pl.w_row), array.w_buf.eq(pl.w_buf),
             array.w_data.eq(pl.w_data),
@@ -114,10 +120,12 @@ class WsEngine(wiring.Component):
             ex.start.eq(self.start_ex), ex.aaddr.eq(comp.aaddr), ex.astep.eq(comp.astep),
             ex.accaddr.eq(comp.accaddr),
             ex.rows.eq(comp.rows), ex.accumulate.eq(comp.accumulate), ex.buf.eq(cur), ex.row_macs.eq(pe_macs[cur]),
+            ex.dw.eq(comp.dw), ex.drow.eq(comp.drow), ex.dcol.eq(comp.dcol),
+            *(getattr(ex, name).eq(getattr(self, name)) for name in DW_CONFIG),
             self.pl_busy.eq(pl.busy), self.pl_issue_busy.eq(pl.issue_busy), self.pl_issue_ends.eq(pl.issue_ends),
             self.issue_busy.eq(ex.issue_busy), self.drain_busy.eq(ex.drain_busy),
             self.older_busy.eq(ex.older_busy), self.issue_ends.eq(ex.move),
-            self.events.row.eq(ex.ev_row), self.events.macs.eq(ex.macs), self.events.act_read.eq(ex.ev_row),
+            self.events.row.eq(ex.ev_row), self.events.macs.eq(ex.macs), self.events.act_read.eq(ex.ev_act_read),
             self.events.wgt_read.eq(pl.ev_wgt_read), self.events.acc_read.eq(ex.ev_acc_read),
             self.events.acc_write.eq(ex.ev_acc_write),
         ]

@@ -2,7 +2,8 @@
 
 ``random_program(config, rng)`` mixes every command kind with malformed words (random 128-bit words,
 illegal opcodes, reserved bits, out-of-range addresses, zero rows, illegal buffers and fields,
-unsupported precisions) and ends with a full read-back of the three SRAMs; ``golden.deps.order_program``
+unsupported precisions) and ends with a full read-back of the three SRAMs; CONFIGs set random depthwise
+images and some weight-stationary COMPUTEs are depthwise (``dw``, random ``drow`` / ``dcol``); ``golden.deps.order_program``
 adds the ``wait`` tokens that order it. ``with_bad_commands``
 mixes malformed words into an existing program (e.g. a compiled GEMM). Whether a command will be
 accepted, and so whether it consumes data-in, is decided by the golden ``validate`` on the precision
@@ -21,12 +22,12 @@ from opennpu.config import NpuConfig
 from opennpu.golden import numerics
 from opennpu.golden.isa import (COMMAND_BITS, FIELDS, WAIT_FIELD, ActFn, AStep, Buf, Command, ErrorCode, LutTable, Opcode,
                                 Precision, encode, reserved_mask)
-from opennpu.golden.checks import act_span, data_in_bytes
+from opennpu.golden.checks import act_span, data_in_bytes, dw_stream_words
 from opennpu.golden.deps import OverlapError, check_in_place, order_program
 from opennpu.golden.model import k_tile, stream_weight_words, validate, weight_words
 from opennpu.golden.program import Program
 
-__all__ = ["ILLEGAL_OPCODES", "BAD_KINDS", "sram_dump", "quant_data", "good_command", "bad_command", "rejected_command", "random_program", "long_program",
+__all__ = ["ILLEGAL_OPCODES", "BAD_KINDS", "RESET_IMAGE", "sram_dump", "quant_data", "good_command", "bad_command", "rejected_command", "random_program", "long_program",
            "with_bad_commands", "gemm_with_bad_commands", "programs"]
 
 #: Opcode values no configuration implements.
@@ -54,24 +55,26 @@ def _depth(config: NpuConfig, buf: Buf) -> int:
     return {Buf.ACT: config.act_depth, Buf.WGT: config.wgt_depth, Buf.ACC: config.acc_depth}[buf]
 
 
-def good_command(config: NpuConfig, rng: random.Random, precision: Precision, *, max_rows: int = 8) -> Command:
+#: CONFIG's depthwise image after reset (``dw_width``, ``dw_period``, ``dw_height``, ``dw_pad``).
+RESET_IMAGE = dict(dw_width=0, dw_period=0, dw_height=0, dw_pad=0)
+
+
+def good_command(config: NpuConfig, rng: random.Random, precision: Precision, *, max_rows: int = 8,
+                 image: dict = RESET_IMAGE) -> Command:
     """A command that the configuration accepts in the current ``precision``; one in four waits for
-    random units besides those the ordering will add (tokens that cost time but are legal)."""
-    cmd = _good_command(config, rng, precision, max_rows)
+    random units besides those the ordering will add (tokens that cost time but are legal). A depthwise
+    COMPUTE mostly starts near the current CONFIG's depthwise ``image``, so that it reads and writes."""
+    cmd = _good_command(config, rng, precision, max_rows, image)
     return cmd.with_fields(wait=rng.getrandbits(WAIT_FIELD.width)) if rng.random() < 0.25 else cmd
 
 
-def _good_command(config: NpuConfig, rng: random.Random, precision: Precision, max_rows: int) -> Command:
+def _good_command(config: NpuConfig, rng: random.Random, precision: Precision, max_rows: int,
+                  image: dict) -> Command:
     kinds = ["config", "load", "load", "load_bias", "load_quant", "load_lut", "preload", "compute", "compute",
              "activate", "store", "fence", "counters"]
     kind = rng.choice(kinds)
     if kind == "config":
-        qmin = rng.randint(-128, 127)
-        return Command(Opcode.CONFIG, precision=Precision.from_label(rng.choice(config.precisions)),
-                       act=rng.choice(list(ActFn)), out_zp=rng.randint(-128, 127), qmin=qmin,
-                       qmax=rng.randint(qmin, 127), shift=rng.randint(numerics.SHIFT_MIN, numerics.SHIFT_MAX),
-                       multiplier=rng.choice([0, 1 << 30, (1 << 31) - 1, rng.getrandbits(31)]),
-                       single_round=rng.randint(0, 1))
+        return _config_command(config, rng)
     if kind == "load":
         buf = rng.choice([Buf.ACT, Buf.WGT])
         addr, rows = _span(rng, _depth(config, buf), max_rows)
@@ -94,6 +97,8 @@ def _good_command(config: NpuConfig, rng: random.Random, precision: Precision, m
         krows = rng.randint(1, k_tile(config, precision))
         addr = rng.randint(0, config.wgt_depth - weight_words(precision, krows))
         return Command(Opcode.PRELOAD, addr=addr, krows=krows, ncols=rng.randint(1, config.cols))
+    if kind == "compute" and precision != Precision.A4W4 and rng.random() < 0.35:
+        return _dw_compute(config, rng, max_rows, image)
     if kind == "compute":
         astep = rng.choice(list(AStep))
         words = (config.act_depth + 1) // 2 if astep == AStep.DOUBLE else config.act_depth
@@ -119,6 +124,36 @@ def _good_command(config: NpuConfig, rng: random.Random, precision: Precision, m
         addr, rows = _span(rng, _depth(config, buf), max_rows)
         return Command(Opcode.STORE, buf=buf, addr=addr, rows=rows)
     return Command(Opcode.COUNTERS if kind == "counters" else Opcode.FENCE)
+
+
+def _config_command(config: NpuConfig, rng: random.Random) -> Command:
+    """An accepted CONFIG: any precision of the configuration, random requantization and depthwise image."""
+    qmin = rng.randint(-128, 127)
+    return Command(Opcode.CONFIG, precision=Precision.from_label(rng.choice(config.precisions)),
+                   act=rng.choice(list(ActFn)), out_zp=rng.randint(-128, 127), qmin=qmin,
+                   qmax=rng.randint(qmin, 127), shift=rng.randint(numerics.SHIFT_MIN, numerics.SHIFT_MAX),
+                   multiplier=rng.choice([0, 1 << 30, (1 << 31) - 1, rng.getrandbits(31)]),
+                   single_round=rng.randint(0, 1), **_dw_image(rng))
+
+
+def _dw_image(rng: random.Random) -> dict:
+    """CONFIG's depthwise image: mostly small (so that COMPUTEs meet its rows and its pad columns), now
+    and then none (period or width 0) or up to 255."""
+    period = rng.choices([0, rng.randint(1, 6), rng.randint(1, 255)], weights=[1, 14, 5])[0]
+    height = rng.choices([0, rng.randint(1, 4), rng.randint(0, 255)], weights=[1, 13, 6])[0]
+    width = rng.choices([0, period, rng.randint(0, period)], weights=[1, 13, 6])[0]
+    return dict(dw_period=period, dw_width=width, dw_height=height, dw_pad=rng.randint(-128, 127))
+
+
+def _dw_compute(config: NpuConfig, rng: random.Random, max_rows: int, image: dict = RESET_IMAGE) -> Command:
+    """An accepted depthwise COMPUTE (its ``rows + R - 1`` words inside the activation SRAM): its start
+    mostly in or next to ``image``, anywhere now and then (``dcol`` past the period too)."""
+    rows = rng.randint(1, min(config.act_depth - dw_stream_words(config, 1) + 1, config.acc_depth, max_rows))
+    near = rng.random() < 0.75
+    return Command(Opcode.COMPUTE, aaddr=rng.randint(0, config.act_depth - dw_stream_words(config, rows)),
+                   accaddr=rng.randint(0, config.acc_depth - rows), rows=rows, accumulate=rng.randint(0, 1), dw=1,
+                   drow=rng.randint(-1, min(image["dw_height"], 128) - 1) if near else rng.randint(-128, 127),
+                   dcol=rng.randint(0, image["dw_period"]) if near else rng.randint(0, 255))
 
 
 def quant_data(config: NpuConfig, rng: random.Random) -> bytes:
@@ -191,6 +226,10 @@ def bad_command(config: NpuConfig, rng: random.Random, kind: str | None = None) 
                   "accaddr": rng.randint(0, config.acc_depth - rows), "rows": rows}
         side = rng.choice(["aaddr", "accaddr"])
         fields[side] = _beyond(rng, config.act_depth if side == "aaddr" else config.acc_depth, rows)
+        if op == Opcode.COMPUTE and rng.random() < 0.3:      # depthwise: its rows + R - 1 words overrun
+            words = dw_stream_words(config, rows)
+            fields.update(dw=1, aaddr=rng.choice([max(0, config.act_depth - words + 1),
+                                                  _beyond(rng, config.act_depth, words)]))
         if op == Opcode.ACTIVATE:
             fields.update(dest=0, bank=rng.randint(0, 1))   # dest=1 would ignore aaddr
         return encode(Command(op, **fields))
@@ -199,7 +238,7 @@ def bad_command(config: NpuConfig, rng: random.Random, kind: str | None = None) 
         buf = rng.choice([2, 3] if op == Opcode.LOAD else [3])
         return encode(Command(op, buf=0, addr=0, rows=1)) | buf << 4
     if kind == "bad field":
-        choice = rng.randint(0, 4)
+        choice = rng.randint(0, 5)
         if choice == 0:
             qmax = rng.randint(-128, 126)
             return encode(Command(Opcode.CONFIG, qmin=rng.randint(qmax + 1, 127), qmax=qmax))
@@ -215,11 +254,29 @@ def bad_command(config: NpuConfig, rng: random.Random, kind: str | None = None) 
         if choice == 3:
             krows = rng.choice([0, 2 * config.rows + 1, 255])
             return encode(Command(Opcode.PRELOAD, addr=0, krows=krows, ncols=1))
-        return encode(Command(Opcode.PRELOAD, addr=0, krows=1, ncols=rng.choice([0, config.cols + 1, 255])))
+        if choice == 4:
+            return encode(Command(Opcode.PRELOAD, addr=0, krows=1, ncols=rng.choice([0, config.cols + 1, 255])))
+        return _bad_depthwise(config, rng)
     if kind == "bad precision":
+        if "a4w4" in config.precisions and rng.random() < 0.25:     # depthwise: rejected in a4w4 only
+            return encode(_dw_compute(config, rng, 8))
         unsupported = [p.value for p in Precision if p.label not in config.precisions] + [3]
         return encode(Command(Opcode.CONFIG, qmin=-128, qmax=127)) | rng.choice(unsupported) << 4
     raise ValueError(f"unknown bad-command kind {kind!r}; expected one of {BAD_KINDS}")
+
+
+def _bad_depthwise(config: NpuConfig, rng: random.Random) -> int:
+    """A depthwise field out of its rules: ``dw`` with an ``astep``, ``drow`` / ``dcol`` without ``dw``,
+    a CONFIG image wider than its period."""
+    choice = rng.randint(0, 2)
+    if choice == 0:
+        return encode(Command(Opcode.COMPUTE, aaddr=0, accaddr=0, rows=1, dw=1, astep=rng.randint(1, 3)))
+    if choice == 1:
+        value = rng.choice([rng.randint(-128, -1), rng.randint(1, 127)])
+        return encode(Command(Opcode.COMPUTE, aaddr=0, accaddr=0, rows=1,
+                              **({"drow": value} if rng.random() < 0.5 else {"dcol": abs(value)})))
+    period = rng.randint(0, 254)
+    return encode(Command(Opcode.CONFIG, qmin=-128, qmax=127, dw_period=period, dw_width=rng.randint(period + 1, 255)))
 
 
 def rejected_command(config: NpuConfig, rng: random.Random, precision: Precision = Precision.INT8,
@@ -239,6 +296,7 @@ class _Stream:
         self.commands: list = []
         self.data = bytearray()
         self.precision = Precision.INT8
+        self.image = RESET_IMAGE                 # the depthwise image of the last accepted CONFIG
 
     def add(self, command):
         """Append ``command`` and, if it reads data-in (accepted or rejected: the hardware drops a rejected
@@ -251,11 +309,22 @@ class _Stream:
         self.commands.append(command)
         if code == ErrorCode.OK and cmd.op == Opcode.CONFIG:
             self.precision = Precision(cmd.precision)
+            self.image = {name: cmd.fields[name] for name in RESET_IMAGE}
         need = data_in_bytes(word, self.config)
         if code == ErrorCode.OK and cmd.op == Opcode.LOAD_QUANT:
             self.data += quant_data(self.config, self.rng)
         elif need:
             self.data += self.rng.randbytes(need)
+
+    def add_good(self, max_rows: int):
+        """Append a ``good_command``; a depthwise COMPUTE with no depthwise image set yet mostly gets a
+        CONFIG with one before it (CONFIGs are rare, and with no image a depthwise COMPUTE reads and
+        writes nothing)."""
+        cmd = good_command(self.config, self.rng, self.precision, max_rows=max_rows, image=self.image)
+        if cmd.op == Opcode.COMPUTE and cmd.dw and not self.image["dw_period"] and self.rng.random() < 0.9:
+            self.add(_config_command(self.config, self.rng))
+            cmd = _dw_compute(self.config, self.rng, max_rows, self.image).with_fields(wait=cmd.wait)
+        self.add(cmd)
 
     def program(self) -> Program:
         return order_program(Program(list(self.commands), bytes(self.data)), self.config)
@@ -272,7 +341,7 @@ def random_program(config: NpuConfig, rng: random.Random, *, max_commands: int =
         if rng.random() < bad_rate:
             s.add(bad_command(config, rng))
         else:
-            s.add(good_command(config, rng, s.precision, max_rows=max_rows))
+            s.add_good(max_rows)
     for command in sram_dump(config) if dump else []:
         s.add(command)
     return s.program()
@@ -288,7 +357,7 @@ def long_program(config: NpuConfig, rng: random.Random, *, commands: int, data_b
         if rng.random() < bad_rate:
             s.add(bad_command(config, rng))
         else:
-            s.add(good_command(config, rng, s.precision, max_rows=max_rows))
+            s.add_good(max_rows)
     for command in sram_dump(config):
         s.add(command)
     return s.program()

@@ -4,7 +4,8 @@
 The array is checked cycle by cycle against a small reference model of its documented timing: a row
 presented in cycle ``t`` reaches PE(r, c) in cycle ``t + r + c`` and, since weight writes are skewed by
 column the same way, sees the weights of PE row ``r`` written (presented) before cycle ``t + r``; its
-result appears exactly ``latency`` cycles later.
+result appears exactly ``latency`` cycles later. A depthwise row (``a_dw``) presented in cycle ``t`` takes,
+in PE(r, c), lane ``c`` of the row presented in cycle ``t - r`` instead of its own lane ``r``.
 """
 import numpy as np
 import pytest
@@ -22,16 +23,18 @@ class Schedule:
 
     def __init__(self, rows, cols):
         self.rows, self.cols = rows, cols
-        self.rows_in = {}       # cycle -> (activation vector, buf)
+        self.rows_in = {}       # cycle -> (activation vector, buf, dw)
         self.writes = {}        # cycle -> (row, buf, weight vector)
 
     @property
     def length(self):
         return 1 + max([*self.rows_in, *self.writes, -1]) + self.cols
 
-    def present(self, cycle, a, buf):
+    def present(self, cycle, a, buf, dw=False):
+        """A row in ``cycle``; a depthwise one (``dw``) needs rows presented in the ``rows - 1`` cycles
+        before it (the reference model knows no others)."""
         assert cycle not in self.rows_in
-        self.rows_in[cycle] = (np.asarray(a, np.int64), buf)
+        self.rows_in[cycle] = (np.asarray(a, np.int64), buf, bool(dw))
 
     def write(self, cycle, row, buf, w):
         assert cycle not in self.writes
@@ -55,8 +58,12 @@ def reference(schedule, cycles):
             weights[buf, row] = w
     latency = SystolicArray.latency_for(rows, cols)
     expected = {}
-    for t, (a, buf) in schedule.rows_in.items():
-        out = [sum(int(a[r]) * int(seen[t + r][buf, r, c]) for r in range(rows)) for c in range(cols)]
+    for t, (a, buf, dw) in schedule.rows_in.items():
+        if dw:        # PE(r, c): lane c of the row of t - r; columns beyond the lanes see 0
+            out = [sum(int(schedule.rows_in[t - r][0][c]) * int(seen[t + r][buf, r, c]) for r in range(rows))
+                   if c < rows else 0 for c in range(cols)]
+        else:
+            out = [sum(int(a[r]) * int(seen[t + r][buf, r, c]) for r in range(rows)) for c in range(cols)]
         expected[t + latency] = wrap_int32(out)
     return expected
 
@@ -75,10 +82,12 @@ def simulate(schedule):
 
     async def testbench(ctx):
         for k in range(cycles):
-            a, a_buf = schedule.rows_in.get(k, (rng.integers(-128, 128, rows), rng.integers(2)))
+            a, a_buf, a_dw = schedule.rows_in.get(k, (rng.integers(-128, 128, rows), rng.integers(2),
+                                                      rng.integers(2)))
             ctx.set(dut.a_valid, k in schedule.rows_in)
             ctx.set(dut.a_data, [int(x) for x in a])
             ctx.set(dut.a_buf, int(a_buf))
+            ctx.set(dut.a_dw, int(a_dw))
             w_row, w_buf, w = schedule.writes.get(k, (rng.integers(rows), rng.integers(2),
                                                       rng.integers(-128, 128, cols)))
             ctx.set(dut.w_en, k in schedule.writes)
@@ -137,7 +146,7 @@ def test_pe_multiply_accumulate_wraps_to_int32():
         for k in range(len(cases) + 2):
             if k < len(cases):
                 _, a, buf = cases[k]
-                ctx.set(dut.a_in, {"data": a, "buf": buf, "valid": 1})
+                ctx.set(dut.a_in, {"data": a, "buf": buf, "dw": 0, "valid": 1})
             if k >= 2:
                 ctx.set(dut.psum_in, cases[k - 2][0])
             await ctx.tick()
@@ -155,6 +164,38 @@ def test_pe_multiply_accumulate_wraps_to_int32():
     expected = [(int(wrap_int32(psum + a * weights[buf])), a, buf) for psum, a, buf in cases]
     assert got == expected
     assert expected[2][0] < 0 and expected[3][0] > 0      # the wrap cases really wrap
+
+
+def test_pe_vertical_path_and_depthwise_operand():
+    """``v_out`` is ``v_in`` two cycles late; an activation with ``dw`` multiplies the ``v_in`` of its
+    own cycle instead of its data (the product reaches ``psum_out`` ``LATENCY`` cycles later)."""
+    dut = ProcessingElement()
+    rng = np.random.default_rng(4)
+    n = 12
+    data, vert, dw = rng.integers(-128, 128, n), rng.integers(-128, 128, n), rng.integers(0, 2, n)
+    weight = -77
+    v_got, p_got = [], []
+
+    async def testbench(ctx):
+        ctx.set(dut.w_en, 1)
+        ctx.set(dut.w_data, weight)
+        await ctx.tick()
+        ctx.set(dut.w_en, 0)
+        for k in range(n + ProcessingElement.LATENCY):
+            if k < n:
+                ctx.set(dut.a_in, {"data": int(data[k]), "buf": 0, "dw": int(dw[k]), "valid": 1})
+                ctx.set(dut.v_in, int(vert[k]))
+            await ctx.tick()
+            v_got.append(ctx.get(dut.v_out))
+            p_got.append(ctx.get(dut.psum_out))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(testbench)
+    sim.run()
+    assert v_got[1:n + 1] == list(vert)          # (after the edge ending cycle k + 1: v_in of cycle k)
+    operand = np.where(dw == 1, vert, data)
+    assert p_got[ProcessingElement.LATENCY - 1:][:n] == list(operand * weight)
 
 
 # -- systolic array ------------------------------------------------------------------------------------
@@ -281,3 +322,52 @@ def test_converts_to_verilog(rows, cols):
 def test_rejects_bad_shape(rows, cols, error):
     with pytest.raises(error, match="rows|cols"):
         SystolicArray(rows, cols)
+
+
+@pytest.mark.parametrize("rows,cols", [(4, 4), (3, 5), (4, 2)])
+def test_depthwise_rows_are_a_fir_per_column(rows, cols):
+    """Back-to-back rows, depthwise or not at random (each buffer's tile static): a depthwise row's
+    column c is the R-tap FIR ``sum_r x[t - r][c] * W[r][c]`` over lane c of the rows before it, whatever
+    those were; columns beyond the lanes give 0; plain rows in between stay matrix products."""
+    rng = np.random.default_rng(rows * 10 + cols)
+    weights = [random_matrix(rng, rows, cols) for _ in range(2)]
+    s = Schedule(rows, cols)
+    s.load(0, 0, weights[0])
+    s.load(rows, 1, weights[1])
+    start, n = 2 * rows, 40
+    acts = rng.integers(-128, 128, (n, rows))
+    dw = np.concatenate([np.zeros(rows - 1, bool), rng.random(n - rows + 1) < 0.7])
+    dw[rows - 1:rows + 7] = True                  # (a run of depthwise rows, then a mix)
+    bufs = rng.integers(0, 2, n)
+    for i in range(n):
+        s.present(start + i, acts[i], bufs[i], dw[i])
+
+    expected = check(s)
+
+    latency, lanes = SystolicArray.latency_for(rows, cols), min(rows, cols)
+    padded = np.concatenate([np.zeros((rows - 1, rows), np.int64), acts])
+    for i in range(n):
+        got = np.array(expected[start + i + latency])
+        w = weights[bufs[i]]
+        if dw[i]:
+            for c in range(lanes):         # np.convolve: y[i] = sum_r x[i - r] * h[r]
+                assert got[c] == np.convolve(padded[:, c], w[:, c])[i + rows - 1], (i, c)
+            assert not got[lanes:].any()
+        else:
+            assert list(got) == list(wrap_int32(acts[i] @ w))
+
+
+def test_depthwise_rows_follow_a_weight_rewrite():
+    """A tile rewritten right behind the last depthwise row that uses it: depthwise rows see PE row r's
+    new weights exactly when plain rows would (the row's own ``buf`` and cycle decide, not the earlier
+    rows' lanes it multiplies)."""
+    rows, cols = 4, 3
+    rng = np.random.default_rng(9)
+    w_old, w_new = random_matrix(rng, rows, cols), random_matrix(rng, rows, cols)
+    s = Schedule(rows, cols)
+    s.load(0, 0, w_old)
+    start, n = rows, 20
+    for i in range(n):
+        s.present(start + i, rng.integers(-128, 128, rows), 0, i >= rows - 1)
+    s.load(start + n // 2, 0, w_new)
+    check(s)
