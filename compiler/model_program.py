@@ -575,26 +575,28 @@ def _chunk(m: int, cap: int) -> int:
 
 
 def _fir_chunk(plan: _Plan, m: int, acc_half: int) -> int:
-    """Accumulator chunk of a depthwise COMPUTE: whole image rows, within ``CHUNK_ROWS`` and so that the
-    rows its COMPUTEs name (``period`` per image row, the padding columns' outputs unwritten) stay inside
-    the accumulator half."""
-    _, _, w = plan.layer.conv.in_shape
-    cap = max(1, min(CHUNK_ROWS, acc_half * w // fir_period(plan.layer)) // w)
-    return _chunk(m // w, cap) * w
+    """Accumulator chunk of a depthwise COMPUTE: whole output rows, within ``CHUNK_ROWS`` and so that the
+    rows its COMPUTEs name (``stride * period`` per output row, the outputs they do not write included)
+    stay inside the accumulator half."""
+    conv = plan.layer.conv
+    wo = conv.out_hw[1]
+    cap = max(1, min(CHUNK_ROWS // wo, acc_half // (conv.stride[0] * fir_period(plan.layer))))
+    return _chunk(m // wo, cap) * wo
 
 
 def _fir_step_runs(stage: _Stage, plan: _Plan, seg: _Seg, base: int, m0: int, rows: int, config: NpuConfig) -> tuple:
-    """The depthwise COMPUTEs of pass ``seg`` over a micro-batch's rows ``m0 .. m0+rows`` (whole image rows):
+    """The depthwise COMPUTEs of pass ``seg`` over a micro-batch's rows ``m0 .. m0+rows`` (whole output rows):
     one per sample they touch, ``(act_addr, acc offset, rows, fields)``."""
     _, h, w = plan.layer.conv.in_shape
+    ho, wo = plan.layer.conv.out_hw
     group = _source_addr(stage, plan.src[0], seg.tile, base)
     runs, r = [], m0
     while r < m0 + rows:
-        sample, y0 = divmod(r // w, h)
-        y1 = min(h, y0 + (m0 + rows - r) // w)
+        sample, y0 = divmod(r // wo, ho)
+        y1 = min(ho, y0 + (m0 + rows - r) // wo)
         fields = fir_runs(plan.layer, config, seg.fir, group + sample * h * w, y0, y1)
         runs.append((fields.pop("aaddr"), r - m0, fields.pop("rows"), fields))
-        r += (y1 - y0) * w
+        r += (y1 - y0) * wo
     return tuple(runs)
 
 

@@ -13,8 +13,8 @@ opcode   value  fields (bit offset:width)
 CONFIG   1      precision 4:2, act 6:2 (0 clamp only, 1 LUT), out_zp 8:8 s, qmin 16:8 s,
                 qmax 24:8 s, shift 32:8 s (>0 left, <0 right), multiplier 40:31 (Q31 M0),
                 single_round 71:1 (0: gemmlowp's double rounding, 1: TFLite's single rounding),
-                dw_width 72:8, dw_period 80:8, dw_height 88:8, dw_pad 96:8 s (the image a depthwise
-                COMPUTE streams, below; ``dw_width <= dw_period``)
+                dw_width 72:8, dw_period 80:8, dw_height 88:8, dw_pad 96:8 s, dw_stride2 104:1 (the image
+                a depthwise COMPUTE streams and the outputs it writes, below; ``dw_width <= dw_period``)
 LOAD     2      buf 4:2 (0 act, 1 wgt), addr 8:16, rows 24:16
 LOAD_LUT 3      table 4:1 (``LutTable``: 0 the activation LUT, 256 int8 entries follow on data-in;
                 1 the elementwise tables, 512 int32 little-endian entries follow: table X, then Y)
@@ -68,9 +68,10 @@ Dataflows (``NpuConfig.dataflow``) read ``PRELOAD``/``COMPUTE`` differently:
   stored); a padding position is ``dw_pad`` in every lane and reads nothing. Column n of the array
   holds channel n (lane n of the words), and PE(k, n) multiplies lane n of word ``j + R - 1 - k`` by its
   weight: output j, for j = 0 .. ``rows - 1``, is ``sum_k word[j + R - 1 - k][n] * W[k][n]`` (lanes beyond
-  the word's are 0). Outputs come in image rows too: output j's column counts from 0 like c, and only
-  the outputs of columns below ``dw_width`` are written, to ``accaddr``, ``accaddr + 1``, ... (added with
-  ``accumulate``). So a 3x3 convolution of a W-wide image with ``dw_period`` W + 1 takes its 9 taps at
+  the word's are 0). Outputs come in image rows too: output j's column counts from 0 like c (and its row
+  from 0, a step after each column ``dw_period - 1``), and only the outputs of columns below ``dw_width``
+  are written (with ``dw_stride2``, of even columns in even rows: a stride-2 convolution), to
+  ``accaddr``, ``accaddr + 1``, ... (added with ``accumulate``). So a 3x3 convolution of a W-wide image with ``dw_period`` W + 1 takes its 9 taps at
   k = (2 - i) * (W + 1) + 2 - j. It may read the ``rows + R - 1`` words from ``aaddr`` and write the
   ``rows`` accumulator rows from ``accaddr``: both must lie inside their SRAMs.
 - output-stationary (``os``): there is no ``PRELOAD`` (it is rejected as an illegal opcode); ``COMPUTE``
@@ -224,7 +225,7 @@ FIELDS: dict[Opcode, tuple[Field, ...]] = {
                     Field("qmin", 16, 8, True), Field("qmax", 24, 8, True),
                     Field("shift", 32, 8, True), Field("multiplier", 40, 31), Field("single_round", 71, 1),
                     Field("dw_width", 72, 8), Field("dw_period", 80, 8), Field("dw_height", 88, 8),
-                    Field("dw_pad", 96, 8, True)),
+                    Field("dw_pad", 96, 8, True), Field("dw_stride2", 104, 1)),
     Opcode.LOAD: (Field("buf", 4, 2), Field("addr", 8, 16), Field("rows", 24, 16)),
     Opcode.LOAD_LUT: (Field("table", 4, 1),),
     Opcode.LOAD_BIAS: (Field("bank", 4, 1),),

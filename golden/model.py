@@ -118,7 +118,8 @@ class GoldenNpu:
         self.pe_macs = [0, 0]                 # useful MACs per row for each PE buffer
         self.cur = 0                          # PE buffer the next COMPUTE uses
         self.regs = dict(precision=Precision.INT8, act=ActFn.CLAMP, out_zp=0, qmin=-128, qmax=127,
-                         shift=0, multiplier=0, single_round=0, dw_width=0, dw_period=0, dw_height=0, dw_pad=0)
+                         shift=0, multiplier=0, single_round=0, dw_width=0, dw_period=0, dw_height=0, dw_pad=0,
+                         dw_stride2=0)
         self.error = ErrorCode.OK
         self.rejected = 0
         self.counters = dict.fromkeys(COUNTER_NAMES, 0)
@@ -210,7 +211,7 @@ class GoldenNpu:
         self.regs.update(precision=Precision(f["precision"]), act=ActFn(f["act"]), out_zp=f["out_zp"],
                          qmin=f["qmin"], qmax=f["qmax"], shift=f["shift"], multiplier=f["multiplier"],
                          single_round=f["single_round"], dw_width=f["dw_width"], dw_period=f["dw_period"],
-                         dw_height=f["dw_height"], dw_pad=f["dw_pad"])
+                         dw_height=f["dw_height"], dw_pad=f["dw_pad"], dw_stride2=f["dw_stride2"])
         return d
 
     def _fence(self, cmd):
@@ -322,7 +323,7 @@ class GoldenNpu:
 
     def _compute_dw(self, cmd, d: int) -> int:
         """Depthwise COMPUTE: output j, channel n = sum_k word[j + R - 1 - k][n] * W[k][n]; the outputs of
-        image columns below ``dw_width`` written in order."""
+        image columns below ``dw_width`` (``dw_stride2``: even ones, in even rows) written in order."""
         c, r = self.config, self.regs
         data, words = self._dw_stream(cmd)
         lanes = min(c.rows, c.cols)
@@ -330,8 +331,13 @@ class GoldenNpu:
         weights = self.pe_weights[self.cur][c.rows - 1::-1, :lanes]          # (R, lanes): tap R-1-k first
         result = np.zeros((cmd.rows, c.cols), np.int64)
         result[:, :lanes] = np.einsum("jnk,kn->jn", taps, weights)
-        period = r["dw_period"]
-        written = (np.arange(cmd.rows) % period < r["dw_width"]) if period else np.zeros(cmd.rows, bool)
+        period, j = r["dw_period"], np.arange(cmd.rows)
+        written = np.zeros(cmd.rows, bool)
+        if period:
+            col = j % period
+            written = col < r["dw_width"]
+            if r["dw_stride2"]:
+                written &= (col % 2 == 0) & (j // period % 2 == 0)
         out = numerics.wrap_int32(result[written])
         n = len(out)
         rows = slice(cmd.accaddr, cmd.accaddr + n)

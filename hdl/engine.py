@@ -9,7 +9,7 @@ word : In(COMMAND_BITS)
     The head command word (fields sampled on a start pulse).
 precision : In(2)
     The CONFIG precision (``golden.isa.Precision``), stable while the engine is busy.
-dw_width, dw_period, dw_height, dw_pad : In
+dw_width, dw_period, dw_height, dw_pad, dw_stride2 : In
     The CONFIG image of depthwise COMPUTEs (``golden/isa.py``), stable while the engine is busy (the
     output-stationary engine has none: its checker rejects ``dw``).
 pl_busy, pl_issue_busy, pl_issue_ends : Out(1)

@@ -14,7 +14,7 @@ from .decoder import command_layout
 __all__ = ["DW_CONFIG", "ExecuteUnit"]
 
 #: The CONFIG fields a depthwise COMPUTE reads (``ExecuteUnit`` inputs of the same names).
-DW_CONFIG = ("dw_width", "dw_period", "dw_height", "dw_pad")
+DW_CONFIG = ("dw_width", "dw_period", "dw_height", "dw_pad", "dw_stride2")
 
 
 class _RowTag(data.Struct):
@@ -47,8 +47,9 @@ class ExecuteUnit(wiring.Component):
     (``aaddr``, ``aaddr + 1``, ...: the address steps only on data positions); any other is a pad:
     every lane ``dw_pad``, no read (the pad flag travels a cycle beside the read, to meet its data).
     The words enter the array as depthwise rows (``a_dw``), whose output j (the row of word j + R - 1)
-    counts output columns from 0 like c; it is written (its row tag valid, to ``accaddr``,
-    ``accaddr + 1``, ...) when its column is below ``dw_width``; the first R - 1 words (the FIR's
+    counts output columns from 0 like c (and the parity of its output row, which steps after column
+    ``dw_period - 1``); it is written (its row tag valid, to ``accaddr``, ``accaddr + 1``, ...) when its
+    column is below ``dw_width`` (``dw_stride2``: and even, in an even row); the first R - 1 words (the FIR's
     warm-up) and the other outputs write nothing. The drain and read-modify-write timing is the
     above for every written row.
 
@@ -56,7 +57,7 @@ class ExecuteUnit(wiring.Component):
     -------
     start, aaddr, astep, accaddr, rows, accumulate, dw, drow, dcol, buf, row_macs : In
         Dispatch pulse, command fields, the PE buffer to use and useful MACs per row of that buffer.
-    dw_width, dw_period, dw_height, dw_pad : In
+    dw_width, dw_period, dw_height, dw_pad, dw_stride2 : In
         The CONFIG registers of the depthwise image (stable while a COMPUTE runs: CONFIG waits for
         every unit).
     issue_busy, drain_busy, older_busy, move : Out(1)
@@ -102,6 +103,7 @@ class ExecuteUnit(wiring.Component):
         img_rows = 1 << len(self.dw_height)
         img_row = Signal(range(-(1 << (len(self.drow) - 1)), img_rows + 1))
         img_col, out_col = Signal.like(self.dcol), Signal.like(self.dcol)
+        odd_row = Signal()                            # the output row of the next output is odd
 
         # -- issue slot -------------------------------------------------------------------------
         issuing, reads, written = Signal(), Signal(), Signal()
@@ -109,7 +111,8 @@ class ExecuteUnit(wiring.Component):
         m.d.comb += [
             issuing.eq(self.issue_busy & (rows_left != 0)),
             reads.eq(~dw | ((img_row >= 0) & (img_row < self.dw_height) & (img_col < self.dw_width))),
-            written.eq((warm == 0) & (~dw | (out_col < self.dw_width))),
+            written.eq((warm == 0) & (~dw | ((out_col < self.dw_width)
+                                             & ~(self.dw_stride2 & (out_col[0] | odd_row))))),
             self.move.eq(self.issue_busy & last),
             self.ev_row.eq(issuing), self.ev_act_read.eq(issuing & reads), self.macs.eq(Mux(written, row_macs, 0)),
         ]
@@ -125,7 +128,8 @@ class ExecuteUnit(wiring.Component):
                 m.d.sync += [warm.eq(warm - 1), last.eq((warm == 1) & (rows_left == 1))]
             with m.Else():
                 m.d.sync += [rows_left.eq(rows_left - 1), last.eq(rows_left <= 2), accaddr.eq(accaddr + written),
-                             out_col.eq(Mux(out_next == self.dw_period, 0, out_next))]
+                             out_col.eq(Mux(out_next == self.dw_period, 0, out_next)),
+                             odd_row.eq(odd_row ^ (out_next == self.dw_period))]
 
         # -- drain: the last COMPUTE moved (``drain_left``) and the one moved before it (``older_left``;
         # any earlier one is done before it) -----------------------------------------------------------
@@ -149,7 +153,7 @@ class ExecuteUnit(wiring.Component):
                          rows_left.eq(self.rows), last.eq((self.rows <= 1) & (~self.dw | (warm_up == 0))),
                          accumulate.eq(self.accumulate), buf.eq(self.buf), row_macs.eq(self.row_macs),
                          dw.eq(self.dw), warm.eq(Mux(self.dw, warm_up, 0)), img_row.eq(self.drow),
-                         img_col.eq(self.dcol), out_col.eq(0)]
+                         img_col.eq(self.dcol), out_col.eq(0), odd_row.eq(0)]
 
         # -- row tags travel beside the array: stage 0 lines up with the SRAM data ----------------
         tag = Signal(_RowTag)

@@ -55,8 +55,8 @@ def _depth(config: NpuConfig, buf: Buf) -> int:
     return {Buf.ACT: config.act_depth, Buf.WGT: config.wgt_depth, Buf.ACC: config.acc_depth}[buf]
 
 
-#: CONFIG's depthwise image after reset (``dw_width``, ``dw_period``, ``dw_height``, ``dw_pad``).
-RESET_IMAGE = dict(dw_width=0, dw_period=0, dw_height=0, dw_pad=0)
+#: CONFIG's depthwise image after reset (``dw_width``, ``dw_period``, ``dw_height``, ``dw_pad``, ``dw_stride2``).
+RESET_IMAGE = dict(dw_width=0, dw_period=0, dw_height=0, dw_pad=0, dw_stride2=0)
 
 
 def good_command(config: NpuConfig, rng: random.Random, precision: Precision, *, max_rows: int = 8,
@@ -142,7 +142,8 @@ def _dw_image(rng: random.Random) -> dict:
     period = rng.choices([0, rng.randint(1, 6), rng.randint(1, 255)], weights=[1, 14, 5])[0]
     height = rng.choices([0, rng.randint(1, 4), rng.randint(0, 255)], weights=[1, 13, 6])[0]
     width = rng.choices([0, period, rng.randint(0, period)], weights=[1, 13, 6])[0]
-    return dict(dw_period=period, dw_width=width, dw_height=height, dw_pad=rng.randint(-128, 127))
+    return dict(dw_period=period, dw_width=width, dw_height=height, dw_pad=rng.randint(-128, 127),
+                dw_stride2=rng.randint(0, 1))
 
 
 def _dw_compute(config: NpuConfig, rng: random.Random, max_rows: int, image: dict = RESET_IMAGE) -> Command:

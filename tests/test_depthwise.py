@@ -11,19 +11,20 @@ from opennpu.golden.model import GoldenNpu
 from opennpu.golden.program import Program
 
 
-def depthwise_reference(img, w, zp, pads):
-    """(H, W, C) int image, (kh, kw, C) weights, padding with ``zp`` (top, left, bottom, right), stride 1:
-    (Ho, Wo, C) int sums."""
+def depthwise_reference(img, w, zp, pads, stride=1):
+    """(H, W, C) int image, (kh, kw, C) weights, padding with ``zp`` (top, left, bottom, right), stride 1 or
+    2: (Ho, Wo, C) int sums."""
     pt, pl, pb, pr = pads
     kh, kw, _ = w.shape
     x = np.pad(img.astype(np.int64), ((pt, pb), (pl, pr), (0, 0)), constant_values=zp)
     ho, wo = x.shape[0] - kh + 1, x.shape[1] - kw + 1
-    return sum(x[i:i + ho, j:j + wo] * w[i, j] for i in range(kh) for j in range(kw))
+    return sum(x[i:i + ho, j:j + wo] * w[i, j] for i in range(kh) for j in range(kw))[::stride, ::stride]
 
 
-def depthwise_program(config, img, w, zp, pads, kernel_rows=None, accumulate=False):
+def depthwise_program(config, img, w, zp, pads, kernel_rows=None, accumulate=False, stride=1):
     """LOAD the image and a FIR tile for kernel rows ``kernel_rows`` (all by default), one depthwise
-    COMPUTE over every output row, STORE the accumulator rows: (program, written rows)."""
+    COMPUTE over every output row (``stride`` 2: every other one, ``dw_stride2``), STORE the accumulator
+    rows: (program, written rows)."""
     R, cols = config.rows, config.cols
     h, wd, ch = img.shape
     kh, kw, _ = w.shape
@@ -42,17 +43,19 @@ def depthwise_program(config, img, w, zp, pads, kernel_rows=None, accumulate=Fal
     first = 0 if drow < 0 else drow * wd + min(dcol, wd)     # the image word of the first data position
     words = np.zeros((h * wd, config.beats(config.act_word_bytes) * config.bus_bytes), np.int8)   # (whole beats)
     words[:, :ch] = img.reshape(h * wd, ch)
-    cmds = [Command(Opcode.CONFIG, qmin=-128, qmax=127, dw_width=wd, dw_period=period, dw_height=h, dw_pad=zp),
+    written = -(-ho // stride) * -(-wd // stride)
+    cmds = [Command(Opcode.CONFIG, qmin=-128, qmax=127, dw_width=wd, dw_period=period, dw_height=h, dw_pad=zp,
+                    dw_stride2=int(stride == 2)),
             Command(Opcode.LOAD, buf=Buf.ACT, addr=0, rows=h * wd),
             Command(Opcode.LOAD, buf=Buf.WGT, addr=0, rows=krows),
             Command(Opcode.PRELOAD, addr=0, krows=krows, ncols=cols),
             Command(Opcode.COMPUTE, aaddr=first, accaddr=0, rows=rows, dw=1, drow=drow, dcol=dcol,
                     accumulate=int(accumulate)),
-            Command(Opcode.STORE, buf=Buf.ACC, addr=0, rows=ho * wd)]
+            Command(Opcode.STORE, buf=Buf.ACC, addr=0, rows=written)]
     wgt = np.zeros((krows, config.beats(config.wgt_word_bytes) * config.bus_bytes), np.int8)
     wgt[:, :cols] = tile[:krows]
     data = words.tobytes() + wgt.tobytes()
-    return order_program(Program(cmds, data), config), ho * wd
+    return order_program(Program(cmds, data), config), written
 
 
 def _run(config, program, rows):
@@ -64,9 +67,10 @@ def _run(config, program, rows):
 @settings(max_examples=40, deadline=None)
 @given(h=st.integers(1, 6), wd=st.integers(1, 5), ch=st.integers(1, 16), zp=st.integers(-128, 127),
        kernel=st.sampled_from([(3, 3), (1, 3), (3, 1), (2, 2), (1, 1)]), late=st.booleans(),
-       seed=st.integers(0, 2 ** 16))
-def test_depthwise_compute_is_a_convolution(h, wd, ch, zp, kernel, late, seed):
-    """Outputs as large as the input (stride 1, the padding split either way round)."""
+       stride=st.sampled_from([1, 2]), seed=st.integers(0, 2 ** 16))
+def test_depthwise_compute_is_a_convolution(h, wd, ch, zp, kernel, late, stride, seed):
+    """Outputs as large as the input (stride 1, the padding split either way round), or every other one of
+    them in both directions (stride 2)."""
     config = NpuConfig(rows=16, cols=16)
     kh, kw = kernel
     pt, pl = ((kh - late) // 2, (kw - late) // 2)
@@ -77,9 +81,9 @@ def test_depthwise_compute_is_a_convolution(h, wd, ch, zp, kernel, late, seed):
     rng = np.random.default_rng(seed)
     img = rng.integers(-128, 128, (h, wd, ch))
     w = rng.integers(-128, 128, (kh, kw, ch))
-    program, rows = depthwise_program(config, img, w, zp, pads)
+    program, rows = depthwise_program(config, img, w, zp, pads, stride=stride)
     out, result = _run(config, program, rows)
-    ref = depthwise_reference(img, w, zp, pads)
+    ref = depthwise_reference(img, w, zp, pads, stride)
     assert np.array_equal(out[:, :ch].reshape(ref.shape), ref)
     assert not out[:, ch:].any()
     c = result.counters
@@ -137,27 +141,29 @@ def test_activate_does_not_stream_behind_a_depthwise_compute():
 
 # -- the compiler's lowering (``compiler/depthwise.py``) ----------------------------------------------------
 
-def _conv(name, channels, hw, kernel, pads, n, rng, in_zp, out_zp, depthwise=False):
+def _conv(name, channels, hw, kernel, pads, n, rng, in_zp, out_zp, depthwise=False, stride=1):
     from opennpu.compiler.qlayers import ConvGeom, QLayer
     taps = kernel[0] * kernel[1]
     w = rng.integers(-128, 128, (channels * taps, n))
     if depthwise:
         w[np.arange(channels * taps)[:, None] // taps != np.arange(n)[None, :]] = 0
-    geom = ConvGeom((channels, *hw), kernel, (1, 1), pads, (1, 1), channels if depthwise else 1)
+    geom = ConvGeom((channels, *hw), kernel, (stride, stride), pads, (1, 1), channels if depthwise else 1)
     return QLayer(name, "Conv", w, rng.integers(-5000, 5000, n), rng.integers(1 << 29, 1 << 31, n),
                   rng.integers(-12, -8, n), out_zp, -128, 127, None, (channels, *hw), (1.0, in_zp), (1.0, out_zp),
                   geom)
 
 
-def _depthwise_model(rng, channels, hw, kernel, late):
+def _depthwise_model(rng, channels, hw, kernel, late, stride=1):
     from opennpu.compiler.qlayers import QuantModel, TensorSpec
     kh, kw = kernel
     pt, pl = (kh - late) // 2, (kw - late) // 2
+    out = tuple(-(-n // stride) for n in hw)
     layers = [_conv("pw0", 3, hw, (1, 1), (0, 0, 0, 0), channels, rng, -128, -7),
-              _conv("dw", channels, hw, kernel, (pt, pl, kh - 1 - pt, kw - 1 - pl), channels, rng, -7, 3, True),
-              _conv("pw1", channels, hw, (1, 1), (0, 0, 0, 0), 5, rng, 3, 0)]
+              _conv("dw", channels, hw, kernel, (pt, pl, kh - 1 - pt, kw - 1 - pl), channels, rng, -7, 3, True,
+                    stride),
+              _conv("pw1", channels, out, (1, 1), (0, 0, 0, 0), 5, rng, 3, 0)]
     return QuantModel(layers, TensorSpec("x", (3, *hw), None, "int8", 1.0, -128),
-                      TensorSpec("y", (5, *hw), None, "int8", 1.0, 0))
+                      TensorSpec("y", (5, *out), None, "int8", 1.0, 0))
 
 
 def _dw_computes(program):
@@ -167,20 +173,38 @@ def _dw_computes(program):
 @settings(max_examples=30, deadline=None)
 @given(channels=st.integers(1, 20), h=st.integers(1, 9), wd=st.integers(1, 12),
        kernel=st.sampled_from([(3, 3), (5, 5), (1, 3), (3, 1), (2, 2)]), late=st.booleans(),
-       array=st.sampled_from([4, 8, 16]), batch=st.integers(1, 4), seed=st.integers(0, 2 ** 16))
-def test_depthwise_layers_run_on_the_depthwise_compute(channels, h, wd, kernel, late, array, batch, seed):
-    """pointwise -> depthwise -> pointwise in one program: the depthwise layer in passes of the kernel rows
-    that fit the array's taps, over several channel groups, samples and accumulator chunks; bit-exact."""
+       array=st.sampled_from([4, 8, 16]), batch=st.integers(1, 4), stride=st.sampled_from([1, 2]),
+       seed=st.integers(0, 2 ** 16))
+def test_depthwise_layers_run_on_the_depthwise_compute(channels, h, wd, kernel, late, array, batch, stride, seed):
+    """pointwise -> depthwise (stride 1 or 2) -> pointwise in one program: the depthwise layer in passes of
+    the kernel rows that fit the array's taps, over several channel groups, samples and accumulator
+    chunks; bit-exact."""
     from opennpu.compiler.depthwise import fir_passes
     from opennpu.compiler.model_program import compile_model, run_model
     rng = np.random.default_rng(seed)
-    qm = _depthwise_model(rng, channels, (h, wd), kernel, late)
+    qm = _depthwise_model(rng, channels, (h, wd), kernel, late, stride)
     config = NpuConfig(rows=array, cols=array, act_depth=1024, wgt_depth=256, acc_depth=128)
     compiled = compile_model(qm, config, batch=batch)
     x = rng.integers(-128, 128, (batch, 3, h, wd)).astype(np.int8)
     if compiled.stages == 1:           # (else the depthwise layer starts a stage: the K tiles from the host)
         assert bool(_dw_computes(compiled._stage_program(0, qm.quantize_input(x)))) == \
             bool(fir_passes(qm.layers[1], config))
+    assert np.array_equal(run_model(compiled, x).values, qm.reference(x))
+
+
+def test_a_stride_2_layer_writes_every_other_output():
+    """A stride-2 depthwise layer of a narrow image (25x5 -> 13x3 on 16x16) takes the depthwise COMPUTE:
+    one stream per group and sample, the stride-1 outputs of odd rows and columns unwritten; bit-exact."""
+    from opennpu.compiler.depthwise import fir_passes
+    from opennpu.compiler.model_program import compile_model, run_model
+    rng = np.random.default_rng(4)
+    qm = _depthwise_model(rng, 20, (25, 5), (3, 3), True, 2)
+    config = NpuConfig(rows=16, cols=16)
+    assert fir_passes(qm.layers[1], config) == [(0, 3)]
+    x = rng.integers(-128, 128, (3, 3, 25, 5)).astype(np.int8)
+    compiled = compile_model(qm, config, batch=3)
+    computes = _dw_computes(compiled._stage_program(0, qm.quantize_input(x)))
+    assert len(computes) == 2 * 3 and {c.rows for c in computes} == {25 * 6 - 1}
     assert np.array_equal(run_model(compiled, x).values, qm.reference(x))
 
 

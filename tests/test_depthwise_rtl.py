@@ -23,23 +23,25 @@ def _outputs(config, result, rows):
     return np.frombuffer(result.outputs, "<i4").reshape(-1, words)[:rows, :config.cols]
 
 
-@pytest.mark.parametrize("array, h, wd, ch, kernel, pads, zp, backpressure", [
-    ((4, 4), 3, 5, 4, (1, 3), (0, 1, 0, 1), 7, None),      # period 6: a pad column between image rows
-    ((4, 4), 2, 3, 3, (1, 3), (0, 2, 0, 0), -128, 5),      # both pads on the left, back-pressure
-    ((4, 4), 4, 1, 4, (2, 2), (1, 1, 0, 0), 3, None),      # width 1, period 2: two kernel rows
-    ((4, 4), 3, 1, 2, (3, 1), (1, 0, 1, 0), -9, None),     # period 1: three kernel rows, no pad column
-    ((4, 4), 2, 4, 4, (1, 1), (0, 0, 0, 0), 0, None),      # no padding at all
-    ((3, 5), 3, 4, 3, (1, 3), (0, 1, 0, 1), 11, 2),        # lanes 3, 4 beyond the words: 0
-    ((4, 2), 2, 3, 2, (1, 3), (0, 1, 0, 1), -1, None),     # more lanes than columns
+@pytest.mark.parametrize("array, h, wd, ch, kernel, pads, zp, backpressure, stride", [
+    ((4, 4), 3, 5, 4, (1, 3), (0, 1, 0, 1), 7, None, 1),      # period 6: a pad column between image rows
+    ((4, 4), 2, 3, 3, (1, 3), (0, 2, 0, 0), -128, 5, 1),      # both pads on the left, back-pressure
+    ((4, 4), 4, 1, 4, (2, 2), (1, 1, 0, 0), 3, None, 1),      # width 1, period 2: two kernel rows
+    ((4, 4), 3, 1, 2, (3, 1), (1, 0, 1, 0), -9, None, 1),     # period 1: three kernel rows, no pad column
+    ((4, 4), 2, 4, 4, (1, 1), (0, 0, 0, 0), 0, None, 1),      # no padding at all
+    ((3, 5), 3, 4, 3, (1, 3), (0, 1, 0, 1), 11, 2, 1),        # lanes 3, 4 beyond the words: 0
+    ((4, 2), 2, 3, 2, (1, 3), (0, 1, 0, 1), -1, None, 1),     # more lanes than columns
+    ((4, 4), 5, 5, 4, (1, 3), (0, 1, 0, 1), 2, None, 2),      # stride 2: odd rows and columns unwritten
+    ((4, 4), 4, 4, 3, (1, 3), (0, 1, 0, 1), -5, 3, 2),        # stride 2, even sizes, back-pressure
 ])
-def test_depthwise_convolution_matches_golden(array, h, wd, ch, kernel, pads, zp, backpressure):
+def test_depthwise_convolution_matches_golden(array, h, wd, ch, kernel, pads, zp, backpressure, stride):
     config = small_config(*array)
     rng = np.random.default_rng(h * 100 + wd * 10 + ch)
     img, w = rng.integers(-128, 128, (h, wd, ch)), rng.integers(-128, 128, (*kernel, ch))
-    program, rows = depthwise_program(config, img, w, zp, pads)
+    program, rows = depthwise_program(config, img, w, zp, pads, stride=stride)
     golden = GoldenNpu(config).run(program)
     assert golden.error == ErrorCode.OK
-    ref = depthwise_reference(img, w, zp, pads)
+    ref = depthwise_reference(img, w, zp, pads, stride)
     out = _outputs(config, golden, rows)
     assert np.array_equal(out[:, :ch].reshape(ref.shape), ref)
     assert_same(Npu(config, "pysim", backpressure=backpressure).run(program), golden)
