@@ -720,6 +720,7 @@ def _emit_stage(stage: _Stage, config: NpuConfig, profile: bool) -> Emitter:
 
     e = Emitter(config, IN_PLACE_LIMIT if any(plan.in_place for plan in stage.plans) else None)
     layers = {plan.index: plan.layer for plan in stage.plans}
+    fir_layers = {plan.index for plan in stage.plans if plan.fir}
 
     def preamble(index):
         layer = layers[index]
@@ -729,7 +730,7 @@ def _emit_stage(stage: _Stage, config: NpuConfig, profile: bool) -> Emitter:
                         qmax=at.qmax)
             return
         multiplier, shift = config_requant(layer.multiplier, layer.shift)
-        image = fir_dw_config(layer) if fir_passes(layer, config) else {}
+        image = fir_dw_config(layer) if index in fir_layers else {}
         e.configure(multiplier=multiplier, shift=shift, out_zp=layer.out_zp, qmin=layer.qmin,
                     qmax=layer.qmax, lut=layer.lut, single_round=layer.single_round, **image)
 
