@@ -376,6 +376,7 @@ def _plan_stage(model: QuantModel, config: NpuConfig, indices: list, batch: int)
     for j, (i, layer) in enumerate(zip(indices, layers)):
         dest = 1 if j == len(indices) - 1 else 0
         ntiles = _ntiles(layer.n, config.cols if dest and not isinstance(layer, QAdd) else lanes)
+        passes = fir_passes(layer, config) if j else None     # (on chip only: a first layer loads its K tiles)
         if isinstance(layer, QAdd):
             segs = []
         elif j == 0 and sample_major and in_place:
@@ -383,10 +384,10 @@ def _plan_stage(model: QuantModel, config: NpuConfig, indices: list, batch: int)
         elif j == 0:
             segs = [_Seg(np.arange(k0, min(k0 + config.rows, layer.k)), True)
                     for k0 in range(0, layer.k, config.rows)]
-        elif fir_passes(layer, config):
+        elif passes:
             ntiles = _ntiles(layer.n, config.rows)       # (channel group g: N tile g, a column a channel)
             segs = [_Seg(np.arange(fir_span(layer, rows)), False, tile=g, fir=rows)
-                    for g in range(len(ntiles)) for rows in fir_passes(layer, config)]
+                    for g in range(len(ntiles)) for rows in passes]
         elif layer.conv is not None:
             segs = _direct_segs(layer, config, False)
         else:
@@ -401,7 +402,7 @@ def _plan_stage(model: QuantModel, config: NpuConfig, indices: list, batch: int)
             segs = [_Seg(kidx, False, t, pos) for (t, pos), kidx in sorted(groups.items())]
         rows_per_unit = 1 if len(indices) == 1 and not sample_major else layer.positions
         plans.append(_Plan(i, layer, rows_per_unit, segs, ntiles, dest, src=srcs[j],
-                           fir=fir_passes(layer, config) if segs and segs[0].fir else None))
+                           fir=passes or None))
     units = batch if len(indices) > 1 or sample_major else batch * layers[0].positions
     capacity = _capacity(config, len(indices), _reserved(plans, config))
     return _Stage(plans, units, min(units, capacity // _words_per_unit(plans)), sample_major=sample_major)
